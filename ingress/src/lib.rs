@@ -1,0 +1,9 @@
+//! The Postern public edge.
+//!
+//! This crate owns the only public-facing piece of Postern: ACME certificates, TLS
+//! termination, HTTP/1.1, HTTP/2, WebSocket, SSE and TCP funnels, the identity gate chain
+//! (webhook signatures, OIDC login, JWT, mTLS, IP rules), and the audit of every decision.
+//! It reaches funnel targets through an embedded node.
+//!
+//! It must never forward a request that failed its gate, never pass through identity
+//! headers that came in from the client, and never log a secret.

@@ -1,0 +1,2 @@
+//! Placeholder; the delay forwarder lands with the network lab.
+fn main() {}

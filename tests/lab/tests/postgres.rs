@@ -1,5 +1,13 @@
 //! The throwaway PostgreSQL cluster starts, answers queries and is gone after drop.
 
+// Test helpers outside #[test] fns may unwrap and panic too: a failure is a test failure.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use postern_lab::postgres::PostgresCluster;
 
 #[test]

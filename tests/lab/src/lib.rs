@@ -10,6 +10,8 @@
 //! | [`postgres::PostgresCluster`] | a throwaway PostgreSQL cluster and its connection URL |
 //! | [`netlab::NatLab`] | namespaces: public hosts, two homes behind easy/hard NAT; loss, delay |
 //! | [`netns::Netns`] | one bare network namespace, emptied and deleted on drop |
+//! | [`idp::OidcProvider`] | a real OpenID Provider with users, groups, device and code flows |
+//! | [`idp::browser`] | headless logins to it: device flow, authorization code + PKCE |
 //! | [`delay::DelayForwarder`] | a UDP/TCP relay that adds a fixed delay (no netem here) |
 //!
 //! See `docs/lab.md` for how to use each one from a test and the gotchas behind them.
@@ -17,6 +19,7 @@
 pub mod delay;
 #[allow(dead_code)] // parts used by the launchers that land next
 mod error;
+pub mod idp;
 pub mod netlab;
 pub mod netns;
 pub mod postgres;

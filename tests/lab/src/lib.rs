@@ -12,6 +12,7 @@
 //! | [`netns::Netns`] | one bare network namespace, emptied and deleted on drop |
 //! | [`idp::OidcProvider`] | a real OpenID Provider with users, groups, device and code flows |
 //! | [`idp::browser`] | headless logins to it: device flow, authorization code + PKCE |
+//! | [`pebble::Pebble`] | the pebble ACME test server (always-valid or strict with mock DNS) |
 //! | [`delay::DelayForwarder`] | a UDP/TCP relay that adds a fixed delay (no netem here) |
 //!
 //! See `docs/lab.md` for how to use each one from a test and the gotchas behind them.
@@ -22,6 +23,7 @@ mod error;
 pub mod idp;
 pub mod netlab;
 pub mod netns;
+pub mod pebble;
 pub mod postgres;
 mod process;
 #[allow(dead_code)]

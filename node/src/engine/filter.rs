@@ -56,8 +56,7 @@ impl PacketMeta {
                 let dst: [u8; 4] = packet.get(16..20)?.try_into().ok()?;
                 let protocol = *packet.get(9)?;
                 // Only the first fragment carries ports.
-                let frag_offset =
-                    u16::from_be_bytes(packet.get(6..8)?.try_into().ok()?) & 0x1fff;
+                let frag_offset = u16::from_be_bytes(packet.get(6..8)?.try_into().ok()?) & 0x1fff;
                 let payload = if frag_offset == 0 {
                     packet.get(ihl..).unwrap_or(&[])
                 } else {
@@ -250,7 +249,11 @@ mod tests {
         assert_eq!(PacketMeta::parse(&[]), None);
         assert_eq!(PacketMeta::parse(&[0x45, 0, 0]), None);
         assert_eq!(PacketMeta::parse(&[0x15; 40]), None);
-        assert_eq!(PacketMeta::parse(&[0x41; 40]), None, "IHL below 5 is invalid");
+        assert_eq!(
+            PacketMeta::parse(&[0x41; 40]),
+            None,
+            "IHL below 5 is invalid"
+        );
     }
 
     #[test]
@@ -261,7 +264,10 @@ mod tests {
         flows.note_outbound(&out, t0);
         let reply = out.reversed();
         assert!(flows.is_reply(&reply, t0 + Duration::from_secs(1)));
-        assert!(!flows.is_reply(&out, t0), "the same direction is not a reply");
+        assert!(
+            !flows.is_reply(&out, t0),
+            "the same direction is not a reply"
+        );
         let later = t0 + FlowTable::IDLE_OTHER + Duration::from_secs(1);
         assert!(!flows.is_reply(&reply, later));
         flows.expire(later);

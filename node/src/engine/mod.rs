@@ -120,10 +120,7 @@ impl std::fmt::Debug for PeerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PeerConfig")
             .field("public_key", &self.public_key)
-            .field(
-                "preshared_key",
-                &self.preshared_key.map(|_| "<redacted>"),
-            )
+            .field("preshared_key", &self.preshared_key.map(|_| "<redacted>"))
             .field("allowed_ips", &self.allowed_ips)
             .field("endpoint", &self.endpoint)
             .field("persistent_keepalive", &self.persistent_keepalive)
@@ -493,8 +490,7 @@ impl<R: WireGuardResponder> PeerEngine<R> {
     /// A packet for no peer is dropped with [`Event::NoRoute`].
     pub fn handle_outbound(&mut self, packet: &[u8], now: Instant) {
         let now = self.clock(now);
-        let Some(meta) = PacketMeta::parse(packet).filter(|_| packet.len() <= MAX_IP_PACKET)
-        else {
+        let Some(meta) = PacketMeta::parse(packet).filter(|_| packet.len() <= MAX_IP_PACKET) else {
             self.stats.invalid_outbound += 1;
             return;
         };

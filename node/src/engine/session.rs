@@ -93,8 +93,12 @@ pub trait WireGuardSession: Send {
     /// Encrypts an IP packet for the peer. Without a session, the packet is queued inside and
     /// a handshake initiation is returned instead (or `Done` if one is in flight).
     /// `dst` must be at least `packet.len() + 32` and at least 148 bytes.
-    fn encapsulate<'a>(&mut self, now: Instant, packet: &[u8], dst: &'a mut [u8])
-    -> SessionOutput<'a>;
+    fn encapsulate<'a>(
+        &mut self,
+        now: Instant,
+        packet: &[u8],
+        dst: &'a mut [u8],
+    ) -> SessionOutput<'a>;
 
     /// Processes a datagram from the peer (already routed here by the responder). An empty
     /// `datagram` flushes queued packets; see [`SessionOutput::WriteToNetwork`].

@@ -10,3 +10,4 @@
 //! drive them. It must never depend on the coordination server or the ingress.
 
 pub mod engine;
+pub mod wg_config;

@@ -10,4 +10,5 @@
 //! drive them. It must never depend on the coordination server or the ingress.
 
 pub mod engine;
+pub mod udp;
 pub mod wg_config;

@@ -3,7 +3,12 @@
 //! real time: boringtun runs on the engines' `now` (see `postern_node::engine::session`).
 
 // Test helpers outside `#[test]` functions: a panic is how they report a failure.
-#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};

@@ -2,7 +2,12 @@
 //! IP packets through the batch channels.
 
 // Test helpers outside `#[test]` functions: a panic is how they report a failure.
-#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::time::{Duration, Instant};
 

@@ -109,12 +109,6 @@ impl PacketMeta {
     }
 }
 
-/// The big-endian `u16` at `at`, if the slice is long enough.
-fn be16(bytes: &[u8], at: usize) -> Option<u16> {
-    let pair: [u8; 2] = bytes.get(at..at.checked_add(2)?)?.try_into().ok()?;
-    Some(u16::from_be_bytes(pair))
-}
-
 /// Decides whether an inbound, decrypted packet that is not a reply to one of this node's own
 /// flows may reach the local stack.
 ///
@@ -223,6 +217,12 @@ impl FlowTable {
     pub fn is_empty(&self) -> bool {
         self.flows.is_empty()
     }
+}
+
+/// The big-endian `u16` at `at`, if the slice is long enough.
+fn be16(bytes: &[u8], at: usize) -> Option<u16> {
+    let pair: [u8; 2] = bytes.get(at..at.checked_add(2)?)?.try_into().ok()?;
+    Some(u16::from_be_bytes(pair))
 }
 
 #[cfg(test)]

@@ -100,10 +100,15 @@ struct Pair {
 
 impl Pair {
     fn new() -> Self {
-        Self::with_config(|_| {})
+        Self::build(|_| {}, None)
     }
 
     fn with_config(tweak: impl Fn(&mut EngineConfig)) -> Self {
+        Self::build(tweak, None)
+    }
+
+    /// `a_keepalive` is a's PersistentKeepalive towards b.
+    fn build(tweak: impl Fn(&mut EngineConfig), a_keepalive: Option<u16>) -> Self {
         let now = Instant::now();
         let (sa, sb) = (secret(1), secret(2));
         let (pa, pb) = (PublicKey::from(&sa), PublicKey::from(&sb));
@@ -120,7 +125,7 @@ impl Pair {
                 preshared_key: None,
                 allowed_ips: vec!["100.64.0.2/32".parse().unwrap()],
                 endpoint: Some(PathId::Direct(addr_b)),
-                persistent_keepalive: None,
+                persistent_keepalive: a_keepalive,
             },
             now,
         )
@@ -648,34 +653,30 @@ fn idle_sessions_expire_and_traffic_brings_them_back() {
 }
 
 #[test]
-fn persistent_keepalive_sends_every_interval() {
-    let now = Instant::now();
-    let mut a = PeerEngine::new(EngineConfig::new(secret(1)), now);
-    let b_key = PublicKey::from(&secret(2));
-    let b_addr = sock("198.51.100.2:51820");
-    a.add_peer(
-        PeerConfig {
-            public_key: b_key,
-            preshared_key: None,
-            allowed_ips: vec![],
-            endpoint: Some(PathId::Direct(b_addr)),
-            persistent_keepalive: Some(25),
-        },
-        now,
-    )
-    .unwrap();
-    // With no session, a persistent keepalive starts a handshake; count what leaves in 60 s.
-    let mut sent = 0;
-    let mut t = now;
-    while t < now + Duration::from_secs(60) {
-        t = a.poll_timeout().unwrap();
-        a.handle_timeout(t);
-        while let Some(tx) = a.poll_transmit() {
-            assert_eq!(tx.dst, PathId::Direct(b_addr));
-            sent += 1;
-        }
-    }
-    assert!(sent >= 2, "expected keepalive-driven datagrams, got {sent}");
+fn persistent_keepalive_sends_every_interval_and_only_when_configured() {
+    // Keepalives are 32-byte data messages (type 4, empty payload).
+    let keepalives_from_a = |p: &Pair| {
+        p.wire_log
+            .iter()
+            .filter(|(from, _, d)| *from == p.a.addr && d[0] == 4 && d.len() == 32)
+            .count()
+    };
+    let mut with = Pair::build(|_| {}, Some(25));
+    with.connect();
+    let before = keepalives_from_a(&with);
+    with.run_for(Duration::from_secs(100));
+    let sent = keepalives_from_a(&with) - before;
+    assert!(
+        (3..=5).contains(&sent),
+        "25 s keepalive over 100 s idle sent {sent}"
+    );
+
+    let mut without = Pair::new();
+    without.connect();
+    let before = keepalives_from_a(&without);
+    without.run_for(Duration::from_secs(100));
+    // Only the passive keepalive answering b's last packet, if any.
+    assert!(keepalives_from_a(&without) - before <= 1);
 }
 
 #[test]

@@ -47,6 +47,24 @@ fn udp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> V
     p
 }
 
+/// An IPv6/UDP packet.
+fn udp6(src: &str, dst: &str, payload: &[u8]) -> Vec<u8> {
+    let src: std::net::Ipv6Addr = src.parse().unwrap();
+    let dst: std::net::Ipv6Addr = dst.parse().unwrap();
+    let mut p = vec![0u8; 48 + payload.len()];
+    p[0] = 0x60;
+    p[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    p[6] = 17;
+    p[7] = 64;
+    p[8..24].copy_from_slice(&src.octets());
+    p[24..40].copy_from_slice(&dst.octets());
+    p[40..42].copy_from_slice(&1000u16.to_be_bytes());
+    p[42..44].copy_from_slice(&2000u16.to_be_bytes());
+    p[44..46].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    p[48..].copy_from_slice(payload);
+    p
+}
+
 struct Node {
     engine: PeerEngine,
     addr: SocketAddr,
@@ -123,7 +141,10 @@ impl Pair {
             PeerConfig {
                 public_key: pb,
                 preshared_key: None,
-                allowed_ips: vec!["100.64.0.2/32".parse().unwrap()],
+                allowed_ips: vec![
+                    "100.64.0.2/32".parse().unwrap(),
+                    "fd7a::2/128".parse().unwrap(),
+                ],
                 endpoint: Some(PathId::Direct(addr_b)),
                 persistent_keepalive: a_keepalive,
             },
@@ -134,7 +155,10 @@ impl Pair {
             PeerConfig {
                 public_key: pa,
                 preshared_key: None,
-                allowed_ips: vec!["100.64.0.1/32".parse().unwrap()],
+                allowed_ips: vec![
+                    "100.64.0.1/32".parse().unwrap(),
+                    "fd7a::1/128".parse().unwrap(),
+                ],
                 endpoint: None,
                 persistent_keepalive: None,
             },
@@ -339,6 +363,20 @@ fn data_flows_both_ways_in_order() {
     p.run_for(Duration::from_secs(1));
     assert_eq!(p.b.inbound()[before_b..], to_b[..]);
     assert_eq!(p.a.inbound()[before_a..], to_a[..]);
+}
+
+#[test]
+fn ipv6_packets_route_by_allowed_ips_too() {
+    let mut p = Pair::new();
+    let x = udp6("fd7a::1", "fd7a::2", b"over v6");
+    p.a_sends(&x);
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(p.b.inbound(), vec![Bytes::from(x)]);
+    // A v6 source outside a's allowed IPs is refused by b.
+    p.a_sends(&udp6("fd7a::99", "fd7a::2", b"spoofed"));
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(p.b.inbound().len(), 1);
+    assert_eq!(p.b.engine.stats().source_not_allowed, 1);
 }
 
 #[test]

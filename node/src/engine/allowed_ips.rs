@@ -1,7 +1,7 @@
 //! Longest-prefix match from IP addresses to peers (WireGuard's "cryptokey routing" table).
 //!
-//! Each address family keeps one hash table per prefix length in use, and the lengths in use
-//! sorted longest first. A lookup masks the address once per length in use and probes that
+//! Each address family keeps one hash table per prefix length in use, sorted longest
+//! first. A lookup masks the address once per length in use and probes that
 //! table, so it costs at most one hash probe per distinct prefix length (at most 33 for IPv4,
 //! 129 for IPv6, usually two or three), whatever the number of routes: no linear scan over
 //! peers or prefixes.
@@ -74,20 +74,15 @@ impl<T: Clone + PartialEq> AllowedIps<T> {
     }
 }
 
-/// One family's tables: prefix length -> (masked address -> value).
+/// One family's tables: (prefix length, masked address -> value), longest length first.
 #[derive(Debug, Clone)]
 struct PrefixTables<A, T> {
-    /// Prefix lengths in use, longest first.
-    lengths: Vec<u8>,
-    tables: HashMap<u8, HashMap<A, T>>,
+    tables: Vec<(u8, HashMap<A, T>)>,
 }
 
 impl<A, T> Default for PrefixTables<A, T> {
     fn default() -> Self {
-        Self {
-            lengths: Vec::new(),
-            tables: HashMap::new(),
-        }
+        Self { tables: Vec::new() }
     }
 }
 
@@ -116,35 +111,47 @@ impl AddressBits for u128 {
 impl<A: AddressBits, T: Clone + PartialEq> PrefixTables<A, T> {
     fn insert(&mut self, addr: A, prefix_len: u8, bits: u8, value: T) -> Option<T> {
         let prefix_len = prefix_len.min(bits);
-        if !self.lengths.contains(&prefix_len) {
-            self.lengths.push(prefix_len);
-            self.lengths.sort_unstable_by(|a, b| b.cmp(a));
+        let key = addr.masked(prefix_len, bits);
+        // Longest first: find this length's table or where it belongs.
+        match self.tables.iter().position(|(len, _)| *len <= prefix_len) {
+            Some(at)
+                if self
+                    .tables
+                    .get(at)
+                    .is_some_and(|(len, _)| *len == prefix_len) =>
+            {
+                self.tables
+                    .get_mut(at)
+                    .and_then(|(_, table)| table.insert(key, value))
+            }
+            Some(at) => {
+                self.tables
+                    .insert(at, (prefix_len, HashMap::from([(key, value)])));
+                None
+            }
+            None => {
+                self.tables
+                    .push((prefix_len, HashMap::from([(key, value)])));
+                None
+            }
         }
-        self.tables
-            .entry(prefix_len)
-            .or_default()
-            .insert(addr.masked(prefix_len, bits), value)
     }
 
     fn longest_match(&self, addr: A, bits: u8) -> Option<&T> {
-        self.lengths.iter().find_map(|len| {
-            self.tables
-                .get(len)
-                .and_then(|table| table.get(&addr.masked(*len, bits)))
-        })
+        self.tables
+            .iter()
+            .find_map(|(len, table)| table.get(&addr.masked(*len, bits)))
     }
 
     fn remove_value(&mut self, value: &T) {
-        for table in self.tables.values_mut() {
+        for (_, table) in &mut self.tables {
             table.retain(|_, v| v != value);
         }
-        self.tables.retain(|_, table| !table.is_empty());
-        let tables = &self.tables;
-        self.lengths.retain(|len| tables.contains_key(len));
+        self.tables.retain(|(_, table)| !table.is_empty());
     }
 
     fn len(&self) -> usize {
-        self.tables.values().map(HashMap::len).sum()
+        self.tables.iter().map(|(_, table)| table.len()).sum()
     }
 }
 

@@ -780,3 +780,57 @@ fn arbitrary_datagrams_never_panic() {
     p.collect();
     assert!(p.b.inbound().len() == 1, "no junk was delivered");
 }
+
+#[test]
+fn engines_built_from_wg_quick_files_talk() {
+    use base64::Engine as _;
+    use postern_node::engine::encode_key;
+    use postern_node::wg_config::WgConfig;
+    let b64 = |bytes: [u8; 32]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let (sa, sb) = (secret(1), secret(2));
+    let (pa, pb) = (PublicKey::from(&sa), PublicKey::from(&sb));
+    let (addr_a, addr_b) = (sock("192.0.2.1:51820"), sock("198.51.100.2:51820"));
+    let file_a = format!(
+        "[Interface]\nPrivateKey = {}\nAddress = 100.64.0.1/32\n\n[Peer]\nPublicKey = {}\n\
+         AllowedIPs = 100.64.0.2/32\nEndpoint = {addr_b}\n",
+        b64(sa.to_bytes()),
+        encode_key(&pb)
+    );
+    let file_b = format!(
+        "[Interface]\nPrivateKey = {}\nListenPort = 51820\n[Peer]\nPublicKey = {}\n\
+         AllowedIPs = 100.64.0.1/32\n",
+        b64(sb.to_bytes()),
+        encode_key(&pa)
+    );
+    let now = Instant::now();
+    let mut engines = Vec::new();
+    for (name, text) in [("a.conf", &file_a), ("b.conf", &file_b)] {
+        let config = WgConfig::parse(name, text).unwrap();
+        let mut engine = PeerEngine::new(config.engine_config(), now);
+        for peer in &config.peers {
+            engine.add_peer(peer.engine_peer(None), now).unwrap();
+        }
+        engines.push(engine);
+    }
+    let mut b = engines.pop().unwrap();
+    let mut a = engines.pop().unwrap();
+    assert_eq!(a.public_key(), pa);
+    let packet = udp4(A_IP, B_IP, 1, 2, b"configured by file");
+    a.handle_outbound(&packet, now);
+    let mut delivered = Vec::new();
+    for _ in 0..4 {
+        while let Some(t) = a.poll_transmit() {
+            assert_eq!(t.dst, PathId::Direct(addr_b));
+            b.handle_input(PathId::Direct(addr_a), &t.payload, now);
+        }
+        while let Some(t) = b.poll_transmit() {
+            a.handle_input(PathId::Direct(addr_b), &t.payload, now);
+        }
+        while let Some(e) = b.poll_event() {
+            if let Event::InboundPacket { packet, .. } = e {
+                delivered.push(packet);
+            }
+        }
+    }
+    assert_eq!(delivered, vec![Bytes::from(packet)]);
+}

@@ -598,6 +598,31 @@ fn packets_from_a_source_outside_the_peers_allowed_ips_are_dropped() {
 }
 
 #[test]
+fn allowed_ips_can_change_at_run_time() {
+    let mut p = Pair::new();
+    p.connect();
+    let ka = p.key_a();
+    // b stops accepting 100.64.0.1 from a and accepts 100.64.1.0/24 instead.
+    assert!(
+        p.b.engine
+            .set_allowed_ips(&ka, &["100.64.1.0/24".parse().unwrap()])
+    );
+    let before = p.b.inbound().len();
+    p.a_sends(&udp4(A_IP, B_IP, 1, 2, b"old address"));
+    p.a_sends(&udp4([100, 64, 1, 7], B_IP, 1, 2, b"new range"));
+    p.run_for(Duration::from_secs(1));
+    let got = p.b.inbound();
+    assert_eq!(got.len(), before + 1);
+    assert!(got.last().unwrap().ends_with(b"new range"));
+    assert_eq!(p.b.engine.stats().source_not_allowed, 1);
+    // b's packets to the old address have no route any more.
+    p.b_sends(&udp4(B_IP, A_IP, 2, 1, b"to old"));
+    assert_eq!(p.b.engine.stats().no_route, 1);
+    let unknown = PublicKey::from(&secret(99));
+    assert!(!p.b.engine.set_allowed_ips(&unknown, &[]));
+}
+
+#[test]
 fn unknown_destination_is_dropped_with_an_event() {
     let mut p = Pair::new();
     p.a_sends(&udp4(A_IP, [192, 0, 2, 77], 1, 2, b"nowhere"));

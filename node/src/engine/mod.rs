@@ -368,6 +368,19 @@ impl<R: WireGuardResponder> PeerEngine<R> {
         }
     }
 
+    /// Replaces `peer`'s allowed IPs (a netmap delta). As with [`Self::add_peer`], networks
+    /// routed to another peer move to this one. Returns whether the peer exists.
+    pub fn set_allowed_ips(&mut self, peer: &PublicKey, allowed_ips: &[IpNet]) -> bool {
+        let Some(&index) = self.by_key.get(&peer.to_bytes()) else {
+            return false;
+        };
+        self.routes.remove_value(&index);
+        for net in allowed_ips {
+            self.routes.insert(*net, index);
+        }
+        true
+    }
+
     /// Replaces the inbound filter (by default [`AllowAll`]). Replies to flows this node
     /// opened pass whatever the filter says.
     pub fn set_filter(&mut self, filter: Box<dyn InboundFilter>) {

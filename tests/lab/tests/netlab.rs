@@ -427,3 +427,27 @@ fn sweep_removes_namespaces_of_dead_test_processes() {
     let status = sleeper.wait().unwrap();
     assert!(!status.success(), "the sleeper inside was not killed");
 }
+
+#[test]
+fn a_panicking_test_leaves_nothing_behind() {
+    let names = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = names.clone();
+    let result = std::panic::catch_unwind(move || {
+        let lab = lab(NatLabConfig::default());
+        let _sleeper = lab.spawn(Host::Coord, &["sleep", "600"]).unwrap();
+        *seen.lock().unwrap() = Host::ALL
+            .iter()
+            .map(|h| lab.namespace(*h).to_owned())
+            .collect();
+        panic!("the test fails while the lab runs");
+    });
+    assert!(result.is_err());
+    let names = names.lock().unwrap();
+    assert_eq!(names.len(), Host::ALL.len());
+    for name in names.iter() {
+        assert!(
+            !std::path::Path::new("/run/netns").join(name).exists(),
+            "{name} survived the panic"
+        );
+    }
+}

@@ -28,8 +28,12 @@ type Tokens = Arc<Mutex<HashMap<String, String>>>;
 /// A minimal HTTP-01 responder on 127.0.0.1:port: answers
 /// `/.well-known/acme-challenge/TOKEN` with the key authorization.
 fn http01_responder(port: u16) -> Tokens {
+    serve_http01(TcpListener::bind(("127.0.0.1", port)).unwrap())
+}
+
+/// The responder on a listener bound elsewhere (e.g. inside a lab namespace).
+fn serve_http01(listener: TcpListener) -> Tokens {
     let tokens: Tokens = Arc::default();
-    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
     let shared = tokens.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
@@ -67,10 +71,20 @@ fn free_port() -> u16 {
 /// Orders a certificate for `name`; answers HTTP-01 via `tokens` if given. Returns the PEM
 /// chain, or why the order did not become ready.
 async fn order(pebble: &Pebble, name: &str, tokens: Option<&Tokens>) -> Result<String, String> {
+    order_at(pebble.directory_url(), pebble.api_ca_path(), name, tokens).await
+}
+
+/// [`order`] against a directory URL, trusting the API CA at `api_ca`.
+async fn order_at(
+    directory_url: String,
+    api_ca: std::path::PathBuf,
+    name: &str,
+    tokens: Option<&Tokens>,
+) -> Result<String, String> {
     // instant-acme's default features bring aws-lc-rs next to the workspace's ring; with two
     // providers compiled in, rustls needs to be told which one to use.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let (account, _) = Account::builder_with_root(pebble.api_ca_path())
+    let (account, _) = Account::builder_with_root(api_ca)
         .unwrap()
         .create(
             &NewAccount {
@@ -78,7 +92,7 @@ async fn order(pebble: &Pebble, name: &str, tokens: Option<&Tokens>) -> Result<S
                 terms_of_service_agreed: true,
                 only_return_existing: false,
             },
-            pebble.directory_url(),
+            directory_url,
             None,
         )
         .await
@@ -200,4 +214,41 @@ async fn always_valid_pebble_issues_without_a_responder() {
     let chain = order(&pebble, "anything.example.test", None).await.unwrap();
     let root = pebble.fetch_root().unwrap();
     verify_chain(&chain, &root, "anything.example.test").unwrap();
+}
+
+#[test]
+fn pebble_inside_the_lab_validates_an_ingress_on_port_80() {
+    use postern_lab::netlab::{Host, NatLab, NatLabConfig};
+    let lab = NatLab::start(NatLabConfig::default()).unwrap();
+    let pebble = Pebble::start_in(
+        lab.netns(Host::Coord),
+        Host::Coord.addr(),
+        PebbleConfig {
+            mode: PebbleMode::Strict,
+            http_port: 80,
+            tls_port: 443,
+            dns_answer: Host::Ingress.addr(),
+        },
+    )
+    .unwrap();
+    assert_eq!(pebble.directory_url(), "https://198.18.0.10:14000/dir");
+    // The "ingress" answers HTTP-01 on its public address, port 80, and runs the ACME client.
+    let listener = lab
+        .run_in(Host::Ingress, || TcpListener::bind("198.18.0.30:80"))
+        .unwrap()
+        .unwrap();
+    let tokens = serve_http01(listener);
+    let (directory, ca) = (pebble.directory_url(), pebble.api_ca_path());
+    let chain = lab
+        .run_in(Host::Ingress, move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(order_at(directory, ca, "edge.example.test", Some(&tokens)))
+        })
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}; pebble log:\n{}", pebble.log_tail()));
+    let root = pebble.fetch_root().unwrap();
+    verify_chain(&chain, &root, "edge.example.test").unwrap();
 }

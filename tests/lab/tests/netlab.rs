@@ -451,3 +451,52 @@ fn a_panicking_test_leaves_nothing_behind() {
         );
     }
 }
+
+/// Both homes learn their public endpoint from a reflector on coord (same socket), then
+/// spray datagrams at each other's endpoint for two seconds. Returns whether A heard B and
+/// whether B heard A.
+fn hole_punch(lab: &NatLab) -> (bool, bool) {
+    udp_reflector(lab, Host::Coord, 3478);
+    let coord = SocketAddr::from((Host::Coord.addr(), 3478));
+    let a = udp_socket(lab, Host::HomeA, 44000);
+    let b = udp_socket(lab, Host::HomeB, 44000);
+    let a_public: SocketAddr = reflect(&a, coord).unwrap().parse().unwrap();
+    let b_public: SocketAddr = reflect(&b, coord).unwrap().parse().unwrap();
+    let spray = |socket: UdpSocket, peer: SocketAddr| {
+        std::thread::spawn(move || {
+            socket
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(2);
+            let mut heard = false;
+            let mut buf = [0u8; 64];
+            while Instant::now() < deadline {
+                let _ = socket.send_to(b"punch", peer);
+                if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                    heard |= &buf[..n] == b"punch" && from == peer;
+                }
+            }
+            heard
+        })
+    };
+    let a_heard = spray(a, b_public);
+    let b_heard = spray(b, a_public);
+    (a_heard.join().unwrap(), b_heard.join().unwrap())
+}
+
+#[test]
+fn hole_punching_works_between_easy_nats_but_not_with_a_hard_one() {
+    let easy = lab(NatLabConfig {
+        home_a: NatKind::Easy,
+        home_b: NatKind::Easy,
+        ipv6: false,
+    });
+    assert_eq!(hole_punch(&easy), (true, true), "easy <-> easy must punch");
+    drop(easy);
+    let mixed = lab(NatLabConfig::default());
+    assert_eq!(
+        hole_punch(&mixed),
+        (false, false),
+        "easy <-> hard must need a relay"
+    );
+}

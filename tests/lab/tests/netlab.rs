@@ -190,7 +190,7 @@ fn link_faults_drop_packets_and_flushing_forgets_mappings() {
             let _ = socket.send_to(&i.to_be_bytes(), coord);
         }
         socket
-            .set_read_timeout(Some(Duration::from_millis(400)))
+            .set_read_timeout(Some(Duration::from_millis(1000)))
             .unwrap();
         let mut buf = [0u8; 64];
         let mut n = 0;

@@ -406,7 +406,8 @@ fn sweep_removes_namespaces_of_dead_test_processes() {
         .rev()
         .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
         .unwrap();
-    let name = format!("pl{dead}x0-stale");
+    // The counter part carries our own pid, so parallel runs of this test never collide.
+    let name = format!("pl{dead}x{}-stale", std::process::id());
     let status = std::process::Command::new("ip")
         .args(["netns", "add", &name])
         .status()

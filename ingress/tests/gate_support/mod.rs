@@ -4,6 +4,14 @@
 //! that publish no example vector can still be tested (each use says so).
 
 #![allow(dead_code)]
+// each test crate uses a different part
+// Test-only helpers: a failed unwrap here is a broken test fixture, reported by the panic.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

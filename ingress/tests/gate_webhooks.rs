@@ -234,8 +234,9 @@ fn slack_url_verification_is_answered_after_verification() {
 
 // ---------------------------------------------------------------- Standard Webhooks / Svix
 
-// https://github.com/standard-webhooks/standard-webhooks/blob/main/spec/standard-webhooks.md
-// (the specification's example; the same vector is in every reference library's tests)
+// The Standard Webhooks reference libraries' vector, TestSymmetricWebhookSign in
+// https://github.com/standard-webhooks/standard-webhooks/blob/main/libraries/go/webhook_symmetric_test.go
+// (the same vector is in each of the specification's reference libraries)
 const SW_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const SW_ID: &str = "msg_p5jXN8AQM9LWM0D4loKWxJek";
 const SW_TS: u64 = 1_614_265_330;
@@ -332,6 +333,32 @@ fn standard_webhooks_retry_with_new_timestamp_is_not_a_replay() {
     assert_allowed(&first.eval(&gate, NOW), "webhook:standard-webhooks");
     assert_allowed(&retry.eval(&gate, NOW + 5), "webhook:standard-webhooks");
     assert_denied(&retry.eval(&gate, NOW + 6), ReasonCode::ReplayedDelivery);
+}
+
+// TestAsymmetricWebhookSign in
+// https://github.com/standard-webhooks/standard-webhooks/blob/main/libraries/go/webhook_asymmetric_test.go
+// publishes the signing key (an Ed25519 seed) and the expected `v1a` signature; the edge
+// only ever holds the public key, derived here from that seed.
+#[test]
+fn standard_webhooks_reference_v1a_vector() {
+    use base64::Engine as _;
+    let seed = base64::engine::general_purpose::STANDARD
+        .decode("VEVTVFNJR05JTkdLRVlET05PVFVTRVRISVNGT1JBTlk=")
+        .unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed.try_into().unwrap());
+    let public = format!("whpk_{}", b64(key.verifying_key().as_bytes()));
+    let gate = gate(Provider::StandardWebhooks, &[&public]);
+    let signature = "v1a,tQ9V2XOqn7jL/DQenEFpqIugdBVtiMmER5mhSkXBNwM0mkATuDe6KYYUuxqtaiHeYGb7KaaBRdM5WqyeFiL8Ag==";
+    assert_allowed(
+        &standard_request("webhook", signature).eval(&gate, SW_TS),
+        "webhook:standard-webhooks",
+    );
+    let forged = signature.replace("tQ9V", "tQ9W");
+    let gate = gate_support::gate(Provider::StandardWebhooks, &[&public]);
+    assert_denied(
+        &standard_request("webhook", &forged).eval(&gate, SW_TS),
+        ReasonCode::SignatureMismatch,
+    );
 }
 
 #[test]

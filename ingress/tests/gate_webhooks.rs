@@ -563,6 +563,24 @@ fn twilio_json_body_sha256_vector() {
         &request(&format!("{body} ")).eval(&gate, NOW),
         ReasonCode::BodyHashMismatch,
     );
+    // A JSON body whose URL carries no hash is not covered by the signature.
+    let unhashed = Req::post(TWILIO_URL, body)
+        .header("content-type", "application/json")
+        .header("x-twilio-signature", "a9nBmqA0ju/hNViExpshrM61xv4=");
+    assert_denied(&unhashed.eval(&gate, NOW), ReasonCode::BodyHashMismatch);
+}
+
+#[test]
+fn twilio_get_signs_the_url_alone() {
+    // Built with the test signer from the documented scheme (GET: the full URL only).
+    let gate = gate(Provider::Twilio, &[TWILIO_TOKEN]);
+    let url = "https://mycompany.com/voice?CallSid=CA1&From=%2B1555";
+    let signature = b64(&hmac_sha1(TWILIO_TOKEN.as_bytes(), &[url.as_bytes()]));
+    let request = Req::get(url).header("x-twilio-signature", &signature);
+    assert_allowed(&request.eval(&gate, NOW), "webhook:twilio");
+    let mut changed = request.clone();
+    changed.url = url.replace("CA1", "CA2");
+    assert_denied(&changed.eval(&gate, NOW), ReasonCode::SignatureMismatch);
 }
 
 // ---------------------------------------------------------------- GitLab

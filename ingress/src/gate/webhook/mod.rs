@@ -557,7 +557,8 @@ impl WebhookGate {
                 params.push_str(&name);
                 params.push_str(&value);
             }
-        } else if request.method() == http::Method::POST {
+        } else if request.method() == http::Method::POST && !request.body().is_empty() {
+            // A non-form body is covered through the `bodySHA256` query parameter.
             let query = parse::parse_form(parse::url_query(url).as_bytes())
                 .map_err(|_| ReasonCode::BodyHashMismatch)?;
             let signed_hash = query

@@ -1046,3 +1046,26 @@ fn okta_token_and_verification_get() {
     assert_allowed(&event.eval(&gate, NOW), "webhook:okta");
     assert_denied(&event.eval(&gate, NOW), ReasonCode::ReplayedDelivery);
 }
+
+// ---------------------------------------------------------------- every provider
+
+#[test]
+fn every_provider_refuses_an_unsigned_request_as_signature_missing() {
+    for provider in Provider::ALL {
+        let secret = match provider {
+            Provider::StandardWebhooks | Provider::Svix | Provider::GitlabSigned => SW_SECRET,
+            Provider::Discord => "dd74e21b0698ca4a6a983a7134a422d4b353611e0029dee93197d0cb57efee99",
+            Provider::Sendgrid => SENDGRID_PUBLIC_KEY,
+            _ => "a-secret",
+        };
+        let gate = gate(provider, &[secret]);
+        for body in ["", "{}", "a=b"] {
+            let decision = Req::post("https://h/", body).eval(&gate, NOW);
+            assert_eq!(
+                decision.deny_reason(),
+                Some(ReasonCode::SignatureMissing),
+                "{provider} with body {body:?}: {decision:?}"
+            );
+        }
+    }
+}

@@ -220,6 +220,29 @@ struct Verified {
     id: Option<String>,
 }
 
+/// The body parsed as JSON at most once per request, on first use (replay ids, Linear's
+/// timestamp and the handshakes all read it).
+struct BodyJson<'b> {
+    body: &'b [u8],
+    parsed: std::cell::OnceCell<Option<serde_json::Value>>,
+}
+
+impl<'b> BodyJson<'b> {
+    fn new(body: &'b [u8]) -> Self {
+        Self {
+            body,
+            parsed: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// The parsed body, or `None` when it is not JSON.
+    fn get(&self) -> Option<&serde_json::Value> {
+        self.parsed
+            .get_or_init(|| serde_json::from_slice(self.body).ok())
+            .as_ref()
+    }
+}
+
 impl WebhookGate {
     fn check(&self, request: &GateRequest<'_>, now: SystemTime) -> Result<Decision, ReasonCode> {
         let now = now
@@ -233,17 +256,18 @@ impl WebhookGate {
             return Err(ReasonCode::BodyTooLarge);
         }
 
-        let verified = self.verify(request, now)?;
+        let json = BodyJson::new(request.body());
+        let verified = self.verify(request, now, &json)?;
 
         if let Some(challenge) = self.scheme.challenge
-            && let Some(answer) = self.answer_challenge(challenge, request)
+            && let Some(answer) = self.answer_challenge(challenge, request, &json)
         {
             return Ok(answer);
         }
 
         let id = match verified.id {
             Some(id) => Some(id),
-            None => self.delivery_id(request),
+            None => self.delivery_id(request, &json),
         };
         if let Some(id) = &id {
             let stamp = verified
@@ -275,7 +299,12 @@ impl WebhookGate {
 
     /// Runs the provider's family. On success returns the signed timestamp (if any) and
     /// any id the family itself read.
-    fn verify(&self, request: &GateRequest<'_>, now: u64) -> Result<Verified, ReasonCode> {
+    fn verify(
+        &self,
+        request: &GateRequest<'_>,
+        now: u64,
+        json: &BodyJson<'_>,
+    ) -> Result<Verified, ReasonCode> {
         let body = request.body();
         match &self.scheme.family {
             Family::HmacBody {
@@ -334,10 +363,10 @@ impl WebhookGate {
                         (Some(stamped.timestamp), stamped.signatures)
                     }
                 };
-                let (stamp_text, stamp) = self.timestamp(request, *timestamp, stamp_text)?;
+                let (stamp_text, stamp) = self.timestamp(request, *timestamp, stamp_text, json)?;
                 self.check_window(stamp, now)?;
                 let id = match message.iter().any(|part| matches!(part, Part::Id)) {
-                    true => self.delivery_id(request),
+                    true => self.delivery_id(request, json),
                     false => None,
                 };
                 let id_text = id.as_deref().unwrap_or("");
@@ -383,7 +412,7 @@ impl WebhookGate {
                 encoding,
             } => {
                 let value = required_header(request, header, ReasonCode::SignatureMissing)?;
-                let (stamp_text, stamp) = self.timestamp(request, *timestamp, None)?;
+                let (stamp_text, stamp) = self.timestamp(request, *timestamp, None, json)?;
                 self.check_window(stamp, now)?;
                 let signature = decode_all(&[value], *encoding)?;
                 let signature = signature
@@ -412,7 +441,7 @@ impl WebhookGate {
                 encoding,
             } => {
                 let value = required_header(request, header, ReasonCode::SignatureMissing)?;
-                let (stamp_text, stamp) = self.timestamp(request, *timestamp, None)?;
+                let (stamp_text, stamp) = self.timestamp(request, *timestamp, None, json)?;
                 self.check_window(stamp, now)?;
                 let raw = decode_all(&[value], *encoding)?;
                 let raw = raw.first().ok_or(ReasonCode::SignatureMalformed)?;
@@ -477,6 +506,7 @@ impl WebhookGate {
         request: &GateRequest<'r>,
         source: TimestampSource,
         from_signature: Option<&'r str>,
+        json: &BodyJson<'_>,
     ) -> Result<(&'r str, u64), ReasonCode> {
         match source {
             TimestampSource::InSignatureHeader => {
@@ -496,8 +526,7 @@ impl WebhookGate {
                 Ok((text, value))
             }
             TimestampSource::BodyJsonMillis(field) => {
-                let json: serde_json::Value = serde_json::from_slice(request.body())
-                    .map_err(|_| ReasonCode::BodyMalformed)?;
+                let json = json.get().ok_or(ReasonCode::BodyMalformed)?;
                 let millis = json
                     .get(field)
                     .ok_or(ReasonCode::TimestampMissing)?
@@ -515,7 +544,7 @@ impl WebhookGate {
         Ok(())
     }
 
-    fn delivery_id(&self, request: &GateRequest<'_>) -> Option<String> {
+    fn delivery_id(&self, request: &GateRequest<'_>, json: &BodyJson<'_>) -> Option<String> {
         match self.scheme.replay_id {
             IdSource::None => None,
             IdSource::Header(names) => names
@@ -523,13 +552,12 @@ impl WebhookGate {
                 .find_map(|name| request.single_header(name).ok().flatten())
                 .filter(|id| !id.is_empty())
                 .map(str::to_string),
-            IdSource::BodyJson(pointer) => {
-                let json: serde_json::Value = serde_json::from_slice(request.body()).ok()?;
-                json.pointer(pointer)
-                    .and_then(serde_json::Value::as_str)
-                    .filter(|id| !id.is_empty())
-                    .map(str::to_string)
-            }
+            IdSource::BodyJson(pointer) => json
+                .get()?
+                .pointer(pointer)
+                .and_then(serde_json::Value::as_str)
+                .filter(|id| !id.is_empty())
+                .map(str::to_string),
         }
     }
 
@@ -701,11 +729,13 @@ impl WebhookGate {
         &self,
         challenge: Challenge,
         request: &GateRequest<'_>,
+        json: &BodyJson<'_>,
     ) -> Option<Decision> {
-        let json = || serde_json::from_slice::<serde_json::Value>(request.body()).ok();
+        // Cheap checks first: most deliveries are not handshakes.
+        let json = || json.get();
         match challenge {
             Challenge::SlackUrlVerification => {
-                if request.body().first() != Some(&b'{') {
+                if !contains(request.body(), b"url_verification") {
                     return None;
                 }
                 let json = json()?;
@@ -719,6 +749,9 @@ impl WebhookGate {
                 ))
             }
             Challenge::ZoomUrlValidation => {
+                if !contains(request.body(), b"endpoint.url_validation") {
+                    return None;
+                }
                 let json = json()?;
                 if json.get("event")?.as_str()? != "endpoint.url_validation" {
                     return None;
@@ -778,6 +811,10 @@ impl WebhookGate {
             }
         }
     }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    memchr::memmem::find(haystack, needle).is_some()
 }
 
 /// The header's single value, or `missing` when absent; repeated or non-text headers are

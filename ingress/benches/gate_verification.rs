@@ -67,6 +67,11 @@ fn cases() -> Vec<Case> {
             sign: hmac(Provider::Github, SECRET),
         },
         Case {
+            family: "hmac body, rotation: 2nd of 2 secrets (github)",
+            chain: GateChain::gate(gate(Provider::Github, &["the-new-secret", SECRET])),
+            sign: hmac(Provider::Github, SECRET),
+        },
+        Case {
             family: "hmac ts+body (slack)",
             chain: GateChain::gate(gate(Provider::Slack, &[SECRET])),
             sign: hmac(Provider::Slack, SECRET),
@@ -150,6 +155,13 @@ fn cases() -> Vec<Case> {
                     .header("idempotency-key", &format!("id-{n}"))
             }),
         },
+        Case {
+            family: "static token, no delivery id (gitlab)",
+            chain: GateChain::gate(gate(Provider::Gitlab, &[SECRET])),
+            sign: Box::new(|size, n| {
+                Req::post("https://hook.example/in", body(size, n)).header("x-gitlab-token", SECRET)
+            }),
+        },
     ]
 }
 
@@ -187,9 +199,9 @@ fn verification(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default()
-        .sample_size(30)
+        .sample_size(40)
         .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2));
+        .measurement_time(Duration::from_secs(3));
     targets = verification
 }
 criterion_main!(benches);

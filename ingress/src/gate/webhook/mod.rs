@@ -194,10 +194,18 @@ impl WebhookGate {
         self.provider
     }
 
-    /// The replay cache, so the server can [`ReplayCache::forget`] a delivery it could not
-    /// hand to the target (the provider's retry must then be admitted).
-    pub fn replay_cache(&self) -> &ReplayCache {
-        &self.replay
+    /// Forgets an admitted delivery, so that the provider's retry of it is admitted. Call
+    /// when a request this gate admitted could not be handed to the target at all. `id` is
+    /// the `Delivery` attribute of the admitted identity; `signed_timestamp` is the
+    /// provider's timestamp for providers that sign one (a retry of those carries a new
+    /// timestamp and is admitted anyway).
+    pub fn forget_delivery(&self, id: &str, signed_timestamp: Option<u64>) {
+        self.replay.forget(&self.replay_key(id, signed_timestamp));
+    }
+
+    fn replay_key(&self, id: &str, signed_timestamp: Option<u64>) -> String {
+        let stamp = signed_timestamp.map(|t| t.to_string()).unwrap_or_default();
+        format!("{}/{id}/{stamp}", self.provider.name())
     }
 }
 
@@ -270,11 +278,7 @@ impl WebhookGate {
             None => self.delivery_id(request, &json),
         };
         if let Some(id) = &id {
-            let stamp = verified
-                .timestamp
-                .map(|t| t.to_string())
-                .unwrap_or_default();
-            let key = format!("{}/{id}/{stamp}", self.provider.name());
+            let key = self.replay_key(id, verified.timestamp);
             let from = verified.timestamp.map_or(now, |t| t.max(now));
             let expires = from.saturating_add(self.tolerance_secs);
             if !self.replay.check_and_insert(&key, now, expires) {

@@ -1069,3 +1069,45 @@ fn every_provider_refuses_an_unsigned_request_as_signature_missing() {
         }
     }
 }
+
+#[test]
+fn flipping_any_body_byte_of_a_published_vector_is_a_mismatch() {
+    // Every position of every published body, one bit flipped, with the original headers.
+    let github = gate(Provider::Github, &[GITHUB_SECRET]);
+    let slack = gate(Provider::Slack, &[SLACK_SECRET]);
+    let standard = gate(Provider::StandardWebhooks, &[SW_SECRET]);
+    let sendgrid = gate(Provider::Sendgrid, &[SENDGRID_PUBLIC_KEY]);
+    let square = gate(Provider::Square, &["asdf1234"]);
+    let cases: Vec<(&dyn postern_ingress::gate::Gate, Req, u64)> = vec![
+        (&github, github_request(GITHUB_SIGNATURE, "d"), NOW),
+        (&slack, slack_request(), SLACK_TS),
+        (&standard, standard_request("webhook", SW_SIGNATURE), SW_TS),
+        (
+            &sendgrid,
+            sendgrid_request(SENDGRID_SIGNATURE, SENDGRID_BODY),
+            SENDGRID_TS,
+        ),
+        (
+            &square,
+            Req::post("https://example.com/webhook", r#"{"hello":"world"}"#).header(
+                "x-square-hmacsha256-signature",
+                "2kRE5qRU2tR+tBGlDwMEw2avJ7QM4ikPYD/PJ3bd9Og=",
+            ),
+            NOW,
+        ),
+    ];
+    // A forged copy never verifies, so it never reaches the replay cache.
+    for (gate, request, now) in cases {
+        for position in 0..request.body.len() {
+            let mut forged = request.clone();
+            forged.body[position] ^= 0x01;
+            let decision = forged.eval(gate, now);
+            assert_eq!(
+                decision.deny_reason(),
+                Some(ReasonCode::SignatureMismatch),
+                "{} with byte {position} flipped: {decision:?}",
+                gate.name()
+            );
+        }
+    }
+}

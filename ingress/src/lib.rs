@@ -7,3 +7,5 @@
 //!
 //! It must never forward a request that failed its gate, never pass through identity
 //! headers that came in from the client, and never log a secret.
+
+pub mod gate;

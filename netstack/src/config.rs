@@ -179,7 +179,8 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        let config = NetstackConfig::new(["100.64.0.1".parse().unwrap(), "fd7a::1".parse().unwrap()]);
+        let config =
+            NetstackConfig::new(["100.64.0.1".parse().unwrap(), "fd7a::1".parse().unwrap()]);
         config.validate().unwrap();
     }
 

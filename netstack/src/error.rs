@@ -113,7 +113,11 @@ mod tests {
         let err: io::Error = NetstackError::ConnectionRefused { remote }.into();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
         assert!(err.to_string().contains("100.64.0.2:80"), "{err}");
-        let err: io::Error = NetstackError::DatagramTooLarge { len: 9000, max: 1392 }.into();
+        let err: io::Error = NetstackError::DatagramTooLarge {
+            len: 9000,
+            max: 1392,
+        }
+        .into();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         assert!(err.to_string().contains("9000 bytes"), "{err}");
     }

@@ -69,6 +69,7 @@ mod config;
 mod error;
 mod packet;
 mod seam;
+mod seq_repair;
 mod stack;
 mod tcp;
 mod udp;

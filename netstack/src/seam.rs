@@ -19,6 +19,8 @@ use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Med
 use smoltcp::time::Instant;
 use tokio::sync::mpsc;
 
+use crate::seq_repair::AckSeqRepair;
+
 /// A batch of whole IP packets (IPv4 or IPv6, no link-layer header), in order.
 pub type PacketBatch = Vec<Bytes>;
 
@@ -47,6 +49,8 @@ pub(crate) struct SeamDevice {
     /// When `tx` holds this many packets, smoltcp is told the device is busy.
     tx_limit: usize,
     caps: DeviceCapabilities,
+    /// Fixes the sequence numbers of rewound pure ACKs (see `seq_repair`).
+    pub(crate) repair: AckSeqRepair,
 }
 
 impl SeamDevice {
@@ -67,6 +71,7 @@ impl SeamDevice {
             tx: Vec::new(),
             tx_limit,
             caps,
+            repair: AckSeqRepair::default(),
         }
     }
 
@@ -95,14 +100,23 @@ impl phy::Device for SeamDevice {
         let packet = self.rx.take()?;
         // Replies to an inbound packet (RST, ICMP errors) may go a little past the limit:
         // ingress must never stall on a busy engine, or the two could wait on each other.
-        Some((RxToken(packet), TxToken(&mut self.tx)))
+        Some((
+            RxToken(packet),
+            TxToken {
+                tx: &mut self.tx,
+                repair: &mut self.repair,
+            },
+        ))
     }
 
     fn transmit(&mut self, _now: Instant) -> Option<Self::TxToken<'_>> {
         if self.tx_full() {
             return None;
         }
-        Some(TxToken(&mut self.tx))
+        Some(TxToken {
+            tx: &mut self.tx,
+            repair: &mut self.repair,
+        })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -121,7 +135,10 @@ impl phy::RxToken for RxToken {
     }
 }
 
-pub(crate) struct TxToken<'a>(&'a mut Vec<Bytes>);
+pub(crate) struct TxToken<'a> {
+    tx: &'a mut Vec<Bytes>,
+    repair: &'a mut AckSeqRepair,
+}
 
 impl phy::TxToken for TxToken<'_> {
     fn consume<R, F>(self, len: usize, f: F) -> R
@@ -130,7 +147,8 @@ impl phy::TxToken for TxToken<'_> {
     {
         let mut buf = BytesMut::zeroed(len);
         let result = f(&mut buf);
-        self.0.push(buf.freeze());
+        self.repair.on_transmit(&mut buf);
+        self.tx.push(buf.freeze());
         result
     }
 }

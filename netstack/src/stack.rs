@@ -88,7 +88,8 @@ impl Netstack {
     /// configuration is invalid (the error names the field) or if there is no runtime.
     pub fn new(config: NetstackConfig) -> Result<(Self, PacketSeam), NetstackError> {
         config.validate()?;
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetstackError::NoRuntime)?;
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| NetstackError::NoRuntime)?;
         let (to_stack, inbound) = mpsc::channel(config.seam_capacity);
         let (outbound, from_stack) = mpsc::channel(config.seam_capacity);
 
@@ -173,12 +174,14 @@ impl Netstack {
         if remote.port() == 0 || remote.ip().is_unspecified() || remote.ip().is_multicast() {
             return Err(NetstackError::InvalidRemote { remote });
         }
-        let local_ip = self.shared.config.source_for(remote.ip()).ok_or(
-            NetstackError::NoSourceAddress {
-                family: family(remote.ip()),
-                remote: remote.ip(),
-            },
-        )?;
+        let local_ip =
+            self.shared
+                .config
+                .source_for(remote.ip())
+                .ok_or(NetstackError::NoSourceAddress {
+                    family: family(remote.ip()),
+                    remote: remote.ip(),
+                })?;
         let (handle, local) = {
             let mut st = self.shared.lock();
             st.check_running()?;
@@ -208,7 +211,9 @@ impl Netstack {
         // From here the stream owns the socket: if this future is dropped, so is the stream,
         // and its Drop closes the socket.
         let stream = TcpStream::new(self.shared.clone(), handle, local, remote);
-        stream.wait_connected(self.shared.config.connect_timeout).await?;
+        stream
+            .wait_connected(self.shared.config.connect_timeout)
+            .await?;
         Ok(stream)
     }
 
@@ -292,6 +297,29 @@ impl Netstack {
     /// The stack's own addresses.
     pub fn addresses(&self) -> &[IpAddr] {
         &self.shared.config.addresses
+    }
+
+    /// A one-line-per-socket description of the TCP sockets, for debugging stalls.
+    #[doc(hidden)]
+    pub fn debug_sockets(&self) -> String {
+        let mut st = self.shared.lock();
+        let handles: Vec<SocketHandle> = st.tcp.keys().copied().collect();
+        let mut out = format!("tx_queue={} ", st.device.tx.len());
+        for handle in handles {
+            if let Some(socket) = st.tcp_socket(handle) {
+                out.push_str(&format!(
+                    "[{:?} local={:?} remote={:?} sendq={} recvq={} can_send={} can_recv={}] ",
+                    socket.state(),
+                    socket.local_endpoint(),
+                    socket.remote_endpoint(),
+                    socket.send_queue(),
+                    socket.recv_queue(),
+                    socket.can_send(),
+                    socket.can_recv()
+                ));
+            }
+        }
+        out
     }
 
     /// A snapshot of the stack's counters.
@@ -564,10 +592,11 @@ impl StackState {
         if let Some(port) = entry.connect_port {
             self.tcp_connect_ports.remove(&port);
         }
-        if let Some(tuple) = entry.tuple
-            && self.inbound_tuples.get(&tuple) == Some(&handle)
-        {
-            self.inbound_tuples.remove(&tuple);
+        if let Some(tuple) = entry.tuple {
+            self.device.repair.forget(tuple.0, tuple.1);
+            if self.inbound_tuples.get(&tuple) == Some(&handle) {
+                self.inbound_tuples.remove(&tuple);
+            }
         }
         if let TcpRole::Pending(id) = entry.role
             && let Some(listener) = self.listeners.get_mut(&id)
@@ -639,9 +668,7 @@ impl StackState {
             .pending
             .iter()
             .copied()
-            .filter(|h| {
-                self.sockets.get::<tcp::Socket<'static>>(*h).state() == tcp::State::Listen
-            })
+            .filter(|h| self.sockets.get::<tcp::Socket<'static>>(*h).state() == tcp::State::Listen)
             .collect();
         for handle in relisten {
             self.pending.retain(|h| *h != handle);
@@ -739,7 +766,12 @@ impl StackState {
 
         let mut index = 0;
         while let Some(&handle) = self.udp_orphans.get(index) {
-            if self.sockets.get::<udp::Socket<'static>>(handle).send_queue() == 0 {
+            if self
+                .sockets
+                .get::<udp::Socket<'static>>(handle)
+                .send_queue()
+                == 0
+            {
                 self.udp_orphans.swap_remove(index);
                 self.remove_udp(handle);
             } else {

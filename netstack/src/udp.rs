@@ -54,12 +54,14 @@ impl UdpSocket {
         if target.port() == 0 || target.ip().is_unspecified() {
             return Err(NetstackError::InvalidRemote { remote: target }.into());
         }
-        let source = self.shared.config.source_for(target.ip()).ok_or(
-            NetstackError::NoSourceAddress {
-                family: if target.is_ipv4() { "IPv4" } else { "IPv6" },
-                remote: target.ip(),
-            },
-        )?;
+        let source =
+            self.shared
+                .config
+                .source_for(target.ip())
+                .ok_or(NetstackError::NoSourceAddress {
+                    family: if target.is_ipv4() { "IPv4" } else { "IPv6" },
+                    remote: target.ip(),
+                })?;
         let header = if target.is_ipv4() {
             IPV4_HEADER
         } else {

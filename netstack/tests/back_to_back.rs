@@ -186,6 +186,15 @@ async fn hundred_megabytes_each_way_arrive_intact() {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut total = 0;
+    // On a stall, say where each end is.
+    let (da, db) = (p.a.clone(), p.b.clone());
+    let watchdog = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            eprintln!("still running; a: {:?} {}", da.stats(), da.debug_sockets());
+            eprintln!("still running; b: {:?} {}", db.stats(), db.debug_sockets());
+        }
+    });
     within(300, async {
         loop {
             let n = r.read(&mut buf).await.unwrap();
@@ -197,6 +206,7 @@ async fn hundred_megabytes_each_way_arrive_intact() {
         }
     })
     .await;
+    watchdog.abort();
     assert_eq!(total, LEN);
     assert_eq!(hasher.finalize().to_vec(), want_down);
     let (up_len, up_hash) = within(300, server).await.unwrap();
@@ -283,13 +293,20 @@ async fn half_close_keeps_the_other_direction_open() {
 async fn connecting_to_a_port_nobody_listens_on_is_refused() {
     let p = pair();
     let _other = p.b.listen_tcp(81).unwrap();
-    let err = within(10, p.a.connect_tcp(addr(B_V4, 82))).await.unwrap_err();
+    let err = within(10, p.a.connect_tcp(addr(B_V4, 82)))
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, NetstackError::ConnectionRefused { remote } if remote == addr(B_V4, 82)),
         "{err}"
     );
-    let err = within(10, p.a.connect_tcp(addr(B_V6, 82))).await.unwrap_err();
-    assert!(matches!(err, NetstackError::ConnectionRefused { .. }), "{err}");
+    let err = within(10, p.a.connect_tcp(addr(B_V6, 82)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, NetstackError::ConnectionRefused { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("refused"), "{err}");
     let io_err: io::Error = err.into();
     assert_eq!(io_err.kind(), io::ErrorKind::ConnectionRefused);
@@ -324,7 +341,12 @@ async fn any_port_listener_accepts_every_port_and_tells_which() {
         stream
     });
 
-    for target in [addr(B_V4, 22), addr(B_V4, 31337), addr(B_V6, 1), addr(B_V4, 65535)] {
+    for target in [
+        addr(B_V4, 22),
+        addr(B_V4, 31337),
+        addr(B_V6, 1),
+        addr(B_V4, 65535),
+    ] {
         let mut stream = within(10, p.a.connect_tcp(target)).await.unwrap();
         let mut reply = Vec::new();
         within(10, stream.read_to_end(&mut reply)).await.unwrap();
@@ -333,13 +355,21 @@ async fn any_port_listener_accepts_every_port_and_tells_which() {
     let mut stream = within(10, p.a.connect_tcp(addr(B_V4, 8080))).await.unwrap();
     let mut reply = Vec::new();
     within(10, stream.read_to_end(&mut reply)).await.unwrap();
-    assert_eq!(reply, b"specific", "a port's own listener wins over the any-port one");
+    assert_eq!(
+        reply, b"specific",
+        "a port's own listener wins over the any-port one"
+    );
 
     let seen = within(10, server).await.unwrap();
     let locals: Vec<SocketAddr> = seen.iter().map(|(a, _)| *a).collect();
     assert_eq!(
         locals,
-        [addr(B_V4, 22), addr(B_V4, 31337), addr(B_V6, 1), addr(B_V4, 65535)]
+        [
+            addr(B_V4, 22),
+            addr(B_V4, 31337),
+            addr(B_V6, 1),
+            addr(B_V4, 65535)
+        ]
     );
     within(10, specific_server).await.unwrap();
 }
@@ -353,7 +383,10 @@ async fn udp_both_ways_over_ipv4_and_ipv6() {
     assert!(a.local_port() >= 49152);
     assert!(matches!(
         p.b.bind_udp(53),
-        Err(NetstackError::AddrInUse { protocol: "udp", port: 53 })
+        Err(NetstackError::AddrInUse {
+            protocol: "udp",
+            port: 53
+        })
     ));
 
     for (to_b, from_a) in [(addr(B_V4, 53), A_V4), (addr(B_V6, 53), A_V6)] {
@@ -372,7 +405,10 @@ async fn udp_both_ways_over_ipv4_and_ipv6() {
     let too_big = vec![0u8; 1500];
     let err = a.send_to(&too_big, addr(B_V4, 53)).await.unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
-    assert!(err.to_string().contains("does not fit the tunnel MTU"), "{err}");
+    assert!(
+        err.to_string().contains("does not fit the tunnel MTU"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -395,9 +431,15 @@ async fn an_idle_stack_sleeps() {
 
     // Let the last ACKs settle, then count the owner loops' turns over an idle second.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = (p.a.stats().poll_loop_iterations, p.b.stats().poll_loop_iterations);
+    let before = (
+        p.a.stats().poll_loop_iterations,
+        p.b.stats().poll_loop_iterations,
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = (p.a.stats().poll_loop_iterations, p.b.stats().poll_loop_iterations);
+    let after = (
+        p.a.stats().poll_loop_iterations,
+        p.b.stats().poll_loop_iterations,
+    );
     let turns = (after.0 - before.0, after.1 - before.1);
     assert!(
         turns.0 <= 2 && turns.1 <= 2,
@@ -527,4 +569,58 @@ async fn a_stopped_stack_fails_its_sockets_cleanly() {
     let err = within(10, reader).await.unwrap().unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::NotConnected, "{err}");
     drop((a, wire, client));
+}
+
+/// Both ends time out with data in flight both ways, then see each other's ACKs late: a
+/// stalled scheduler does this (here: one thread, blocked outright for longer than
+/// smoltcp's 1 s minimum retransmission timeout). smoltcp 0.14 alone deadlocks here; see
+/// `seq_repair` in the crate.
+#[tokio::test(flavor = "current_thread")]
+async fn tcp_survives_simultaneous_retransmissions() {
+    const LEN: usize = 12 * 1000 * 1000;
+    let p = pair();
+    let listener = p.b.listen_tcp(6000).unwrap();
+    let client = within(10, p.a.connect_tcp(addr(B_V4, 6000))).await.unwrap();
+    let server = within(10, listener.accept()).await.unwrap();
+
+    let mut tasks = Vec::new();
+    for (stream, seed) in [(client, 11u8), (server, 12u8)] {
+        let (mut r, mut w) = tokio::io::split(stream);
+        tasks.push(tokio::spawn(async move {
+            let writer = tokio::spawn(async move {
+                let data = pattern(LEN, seed);
+                for chunk in data.chunks(64 * 1024) {
+                    w.write_all(chunk).await.unwrap();
+                }
+                w.shutdown().await.unwrap();
+                w
+            });
+            let (total, digest) = {
+                let mut hasher = Sha256::new();
+                let mut buf = vec![0u8; 256 * 1024];
+                let mut total = 0;
+                loop {
+                    let n = r.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                    total += n;
+                }
+                (total, hasher.finalize().to_vec())
+            };
+            let _w = writer.await.unwrap();
+            (total, digest)
+        }));
+    }
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(within(60, task).await.unwrap());
+    }
+    assert_eq!(results[0], (LEN, Sha256::digest(pattern(LEN, 12)).to_vec()));
+    assert_eq!(results[1], (LEN, Sha256::digest(pattern(LEN, 11)).to_vec()));
 }

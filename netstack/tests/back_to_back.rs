@@ -1,5 +1,9 @@
 //! Two netstacks wired back to back in memory (like a veth pair), talking TCP and UDP.
 
+// Test helpers outside `#[test]` functions may unwrap too (clippy.toml covers only the
+// test functions themselves).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;

@@ -42,7 +42,10 @@
 //!
 //! - TCP buffers default to 2 MiB each way ([`NetstackConfig::tcp_rx_buffer`]), enough for
 //!   the bandwidth-delay product of a fast tunnel; smoltcp scales the window to match.
-//! - Receivers acknowledge every segment at once (`set_ack_delay(None)`), and Nagle is off.
+//! - Receivers acknowledge every segment at once (`set_ack_delay(None)`).
+//! - Nagle's algorithm is on by default, as in kernel sockets: smoltcp without it sends a
+//!   tiny segment each time the congestion window grows by a few bytes (measured: 8x less
+//!   throughput). [`TcpStream::set_nodelay`] turns it off for request/response traffic.
 //! - Ingress is processed per packet: each inbound packet is handed to smoltcp and the
 //!   resulting ACKs are sent before the next packet is looked at. Feeding smoltcp a whole
 //!   batch before sending would collapse many ACKs into one and starve the sender's

@@ -467,8 +467,10 @@ impl StackState {
         // Acknowledge every segment at once: delayed ACKs halve the ACK clock that drives
         // the sender's congestion window, and latency here is cheap.
         socket.set_ack_delay(None);
-        // Proxied bytes go out as they come; coalescing is the writer's job.
-        socket.set_nagle_enabled(false);
+        // Nagle on, as in kernel sockets: without it smoltcp sends a sliver of a segment for
+        // every few bytes the congestion window grows (measured: 200-byte average segments
+        // and 8x less throughput). `TcpStream::set_nodelay` turns it off per connection.
+        socket.set_nagle_enabled(true);
         socket.set_congestion_control(match self.config.congestion_control {
             CongestionControl::None => tcp::CongestionControl::None,
             CongestionControl::Reno => tcp::CongestionControl::Reno,

@@ -127,6 +127,26 @@ impl TcpStream {
         self.peer
     }
 
+    /// Turns Nagle's algorithm off (`true`) or on (`false`, the default), like
+    /// `TCP_NODELAY`. With it on, a segment smaller than the MSS waits while earlier data is
+    /// unacknowledged, which keeps bulk transfers in full segments; turn it off for
+    /// request/response traffic that writes small pieces and waits for answers.
+    pub fn set_nodelay(&self, nodelay: bool) {
+        let mut st = self.shared.lock();
+        if let Some(socket) = st.tcp_socket(self.handle) {
+            socket.set_nagle_enabled(!nodelay);
+        }
+        drop(st);
+        self.shared.wake_owner();
+    }
+
+    /// Whether Nagle's algorithm is off for this connection (see [`set_nodelay`](Self::set_nodelay)).
+    pub fn nodelay(&self) -> bool {
+        let mut st = self.shared.lock();
+        st.tcp_socket(self.handle)
+            .is_some_and(|socket| !socket.nagle_enabled())
+    }
+
     /// Waits until an outbound connection is established or has failed.
     pub(crate) async fn wait_connected(&self, timeout: Duration) -> Result<(), NetstackError> {
         let started = Instant::now();

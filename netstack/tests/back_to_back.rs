@@ -103,6 +103,9 @@ async fn tcp_echo_over_ipv4() {
         w.shutdown().await.unwrap();
     });
     let mut client = within(10, p.a.connect_tcp(addr(B_V4, 7))).await.unwrap();
+    assert!(!client.nodelay());
+    client.set_nodelay(true);
+    assert!(client.nodelay());
     assert_eq!(client.peer_addr(), addr(B_V4, 7));
     assert_eq!(client.local_addr().ip(), A_V4.parse::<IpAddr>().unwrap());
     for round in 0..20u8 {

@@ -661,8 +661,19 @@ impl StackState {
             None if !self.tcp_connect_ports.contains(&port) => self.any_port_listener?,
             None => return None,
         };
-        if self.inbound_tuples.contains_key(&(to, from)) {
-            return None; // a retransmitted SYN: its socket exists
+        if let Some(&existing) = self.inbound_tuples.get(&(to, from)) {
+            let lingering = self
+                .tcp
+                .get(&existing)
+                .is_some_and(|e| e.role == TcpRole::Orphan)
+                && self.sockets.get::<tcp::Socket<'static>>(existing).state()
+                    == tcp::State::TimeWait;
+            if !lingering {
+                return None; // a retransmitted SYN: its socket exists
+            }
+            // A new connection reusing the tuple of one in TIME-WAIT: let the old one go.
+            self.orphans.retain(|h| *h != existing);
+            self.remove_tcp(existing);
         }
         // Sockets whose handshake was reset fall back to LISTEN in smoltcp; drop them now so
         // that they cannot catch this SYN instead of the socket made for it.

@@ -6,8 +6,12 @@
 //! number lies before its receive window *without reading the segment's ACK field*. When
 //! both ends of a connection have data in flight and both time out (a loss burst, or a
 //! stalled scheduler), each end's ACKs carry sequence numbers the other has already passed:
-//! every ACK is dropped, neither send queue drains, and the connection hangs for good. The
-//! `tcp_survives_simultaneous_retransmissions` test reproduces it.
+//! every ACK is dropped, neither send queue drains, and the connection hangs for good. It was
+//! first seen in the 100 MB each-way test on a loaded machine (both ends: full send queue,
+//! empty receive queue, only "segment not in receive window" and "zero-length segment not
+//! inside window" in smoltcp's log). The `tcp_survives_simultaneous_retransmissions` test
+//! provokes it by blocking the runtime's only thread; without this repair it hung in some of
+//! its runs (the timer and the inbound packets race after the stall), with it in none.
 //!
 //! The repair: remember, per flow, the highest sequence number ever sent, and stamp it on
 //! outgoing zero-length ACK segments whose number is older. That is the number RFC 9293 has

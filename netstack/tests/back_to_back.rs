@@ -580,8 +580,9 @@ async fn a_stopped_stack_fails_its_sockets_cleanly() {
 
 /// Both ends time out with data in flight both ways, then see each other's ACKs late: a
 /// stalled scheduler does this (here: one thread, blocked outright for longer than
-/// smoltcp's 1 s minimum retransmission timeout). smoltcp 0.14 alone deadlocks here; see
-/// `seq_repair` in the crate.
+/// smoltcp's 1 s minimum retransmission timeout). smoltcp 0.14 alone can deadlock here
+/// (it did in some runs, depending on whether a stack sees its timer or the late packets
+/// first); see `seq_repair` in the crate.
 #[tokio::test(flavor = "current_thread")]
 async fn tcp_survives_simultaneous_retransmissions() {
     const LEN: usize = 12 * 1000 * 1000;

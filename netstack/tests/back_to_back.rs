@@ -632,3 +632,42 @@ async fn tcp_survives_simultaneous_retransmissions() {
     assert_eq!(results[0], (LEN, Sha256::digest(pattern(LEN, 12)).to_vec()));
     assert_eq!(results[1], (LEN, Sha256::digest(pattern(LEN, 11)).to_vec()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_listener_frees_its_port_and_refuses_newcomers() {
+    let p = pair();
+    let listener = p.b.listen_tcp(40).unwrap();
+    assert!(matches!(
+        p.b.listen_tcp(40),
+        Err(NetstackError::AddrInUse {
+            protocol: "tcp",
+            port: 40
+        })
+    ));
+    // A connection that completed its handshake but was never accepted is reset.
+    let mut queued = within(10, p.a.connect_tcp(addr(B_V4, 40))).await.unwrap();
+    drop(listener);
+    let err = within(10, queued.read(&mut [0u8; 8])).await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+    let err = within(10, p.a.connect_tcp(addr(B_V4, 40)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, NetstackError::ConnectionRefused { .. }),
+        "{err}"
+    );
+    // The port can be listened on again.
+    let again = p.b.listen_tcp(40).unwrap();
+    let _client = within(10, p.a.connect_tcp(addr(B_V4, 40))).await.unwrap();
+    let accepted = within(10, again.accept()).await.unwrap();
+    assert_eq!(accepted.local_addr().port(), 40);
+
+    let udp = p.b.bind_udp(41).unwrap();
+    drop(udp);
+    within(10, async {
+        while p.b.bind_udp(41).is_err() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}

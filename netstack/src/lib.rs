@@ -1,10 +1,88 @@
 //! A userspace TCP/IP stack for Postern nodes.
 //!
-//! This crate wraps smoltcp behind an IP-packet seam: IP packets go in and come out, and
-//! applications get async `TcpListener`, `TcpStream` and `UdpSocket` types that implement
-//! tokio's traits. It is what lets a node accept and open connections on its tailnet
-//! addresses without root and without a TUN device.
+//! This crate wraps [smoltcp](https://docs.rs/smoltcp/0.14) behind an IP-packet seam: IP
+//! packets go in and come out, and applications get an async [`TcpListener`], [`TcpStream`]
+//! (tokio's `AsyncRead`/`AsyncWrite`) and [`UdpSocket`], over IPv4 and IPv6. It is what lets
+//! a node accept and open connections on its tailnet addresses without root and without a
+//! TUN device.
 //!
-//! It must never know about WireGuard, peers or policy: it sees only IP packets. It must
-//! never busy-poll: the stack sleeps until a packet, an application call or its own timer
-//! needs it.
+//! # What it owns, and what it never does
+//!
+//! It owns the node's userspace TCP/IP: its addresses, its sockets, their buffers and timers.
+//! It never knows about WireGuard, peers or policy: it sees only IP packets, and packets
+//! reach it already decrypted and filtered. It never busy-polls: the stack sleeps until a
+//! packet, a socket call or its own timer needs it. It never panics on a packet from the
+//! network: malformed packets are dropped and counted ([`NetstackStats`]).
+//!
+//! # The seam
+//!
+//! [`Netstack::new`] returns the stack and a [`PacketSeam`]: two bounded channels of packet
+//! batches (`Vec<Bytes>`). The engine pushes decrypted inbound packets into
+//! `PacketSeam::to_stack` and takes outbound packets from `PacketSeam::from_stack`. Channels,
+//! rather than a trait the engine implements, let the engine and the stack run as two tasks
+//! on two cores, hand packets over in batches, and push back on each other without calling
+//! into each other (see the `seam` module source for the full reasoning).
+//! [`MemoryWire`] joins two seams back to back for tests and benchmarks.
+//!
+//! # Design: one owner task, state behind a mutex
+//!
+//! One tokio task owns the smoltcp `Interface`: only it processes packets and timers. The
+//! interface, the socket set and the bookkeeping sit behind one `std::sync::Mutex`, and
+//! socket handles lock it briefly to copy bytes straight into or out of the smoltcp socket
+//! buffers, register their waker with smoltcp, and nudge the owner (a `tokio::sync::Notify`)
+//! when they queued something to send.
+//!
+//! This was chosen over message passing (socket handles sending requests to the owner over
+//! channels) for throughput: a read or write costs one short lock and one copy into the
+//! socket buffer, with no per-call message, no extra buffer and no round trip through
+//! another task. The owner holds the lock only for short stretches (a few dozen packets),
+//! so handles wait at most microseconds.
+//!
+//! # Performance choices
+//!
+//! - TCP buffers default to 2 MiB each way ([`NetstackConfig::tcp_rx_buffer`]), enough for
+//!   the bandwidth-delay product of a fast tunnel; smoltcp scales the window to match.
+//! - Receivers acknowledge every segment at once (`set_ack_delay(None)`).
+//! - Nagle's algorithm is on by default, as in kernel sockets: smoltcp without it sends a
+//!   tiny segment each time the congestion window grows by a few bytes (measured: 8x less
+//!   throughput). [`TcpStream::set_nodelay`] turns it off for request/response traffic.
+//! - Ingress is processed per packet: each inbound packet is handed to smoltcp and the
+//!   resulting ACKs are sent before the next packet is looked at. Feeding smoltcp a whole
+//!   batch before sending would collapse many ACKs into one and starve the sender's
+//!   congestion window of its ACK clock.
+//! - The owner arms one timer at smoltcp's `poll_delay` and otherwise sleeps; a test counts
+//!   its loop turns over an idle second.
+//! - smoltcp computes checksums on transmit only; inbound checksums are verified once, in
+//!   [`inspect_inbound`], which also counts the failures (or not at all, when the engine
+//!   already authenticated the packets and [`NetstackConfig::verify_checksums`] is off).
+//!
+//! # Accepting on any port
+//!
+//! smoltcp has no listen backlog: a listening socket becomes the connection. So the stack
+//! looks at each inbound SYN before smoltcp does, and if a listener covers its port (one
+//! port, or [`Netstack::listen_tcp_any_port`]) it creates a listening socket for exactly that
+//! SYN. Ports nobody listens on are answered with RST.
+//!
+//! # Limits
+//!
+//! At most one IPv4 and one IPv6 address. No IP fragmentation (fragments are dropped and
+//! counted; UDP datagrams must fit the MTU). No ICMP echo replies.
+
+mod config;
+mod error;
+mod packet;
+mod seam;
+mod seq_repair;
+mod stack;
+mod tcp;
+mod udp;
+mod wire;
+
+pub use config::{CongestionControl, NetstackConfig};
+pub use error::NetstackError;
+pub use packet::{InboundPacket, MalformedPacket, Transport, inspect_inbound};
+pub use seam::{PacketBatch, PacketSeam};
+pub use stack::{Netstack, NetstackStats};
+pub use tcp::{TcpListener, TcpStream};
+pub use udp::UdpSocket;
+pub use wire::{Impairment, MemoryWire, WireStats};

@@ -1,0 +1,212 @@
+//! How a [`Netstack`](crate::Netstack) is set up: its addresses, MTU, buffer sizes and limits.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::error::NetstackError;
+
+/// Largest TCP receive or send buffer smoltcp accepts (its window scale tops out at 1 GiB).
+const MAX_TCP_BUFFER: usize = 1 << 30;
+
+/// The settings of one [`Netstack`](crate::Netstack).
+///
+/// Start from [`NetstackConfig::new`] with the node's tailnet addresses and change the
+/// fields you need; [`Netstack::new`](crate::Netstack::new) checks them and says which one is
+/// wrong.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct NetstackConfig {
+    /// The node's own addresses: at most one IPv4 and one IPv6 address, each a unicast
+    /// address. Packets to other destinations are dropped (and counted).
+    pub addresses: Vec<IpAddr>,
+    /// The IP MTU of the tunnel, in bytes (1280 to 65535; WireGuard's usual is 1420).
+    /// TCP segments are sized to fit it and larger UDP datagrams are refused.
+    pub mtu: usize,
+    /// Receive buffer of each TCP connection, in bytes. This is the largest window the
+    /// stack advertises, so it should cover the bandwidth-delay product (1 to 4 MiB).
+    pub tcp_rx_buffer: usize,
+    /// Send buffer of each TCP connection, in bytes (bytes written but not yet acknowledged).
+    pub tcp_tx_buffer: usize,
+    /// Payload bytes buffered per UDP socket, in each direction.
+    pub udp_buffer: usize,
+    /// Datagrams buffered per UDP socket, in each direction.
+    pub udp_datagrams: usize,
+    /// Capacity, in packet batches, of each of the two seam channels.
+    pub seam_capacity: usize,
+    /// How many outbound packets the stack holds while the engine is not taking them.
+    /// When that many wait, TCP stops sending (no packet is lost) until the engine catches up.
+    pub outbound_queue: usize,
+    /// Connections a listener holds in handshake or waiting for `accept` before it refuses
+    /// new ones with RST.
+    pub listen_backlog: usize,
+    /// How long [`Netstack::connect_tcp`](crate::Netstack::connect_tcp) waits for the peer's
+    /// answer before giving up.
+    pub connect_timeout: Duration,
+    /// How long an inbound handshake may stay half-open before it is dropped.
+    pub handshake_timeout: Duration,
+    /// How long a dropped [`TcpStream`](crate::TcpStream) may linger to finish its close
+    /// while the peer says nothing, before it is aborted with RST.
+    pub orphan_linger: Duration,
+    /// The TCP congestion controller of every connection.
+    pub congestion_control: CongestionControl,
+    /// Verify IP, TCP and UDP checksums of inbound packets (bad ones are dropped and counted).
+    /// Packets that come out of WireGuard are already authenticated, so an engine that only
+    /// feeds decrypted packets may turn this off to save one pass over every payload.
+    pub verify_checksums: bool,
+}
+
+/// TCP congestion control used by the stack's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CongestionControl {
+    /// No congestion control: send as much as the peer's window allows. Fastest on a
+    /// lossless path, unfair and lossy on a real network.
+    None,
+    /// TCP Reno.
+    Reno,
+    /// TCP CUBIC, as Linux uses by default.
+    Cubic,
+}
+
+impl NetstackConfig {
+    /// Settings for a stack that owns `addresses`, with defaults for everything else:
+    /// MTU 1420, 2 MiB TCP buffers each way, CUBIC, checksums verified.
+    pub fn new(addresses: impl IntoIterator<Item = IpAddr>) -> Self {
+        Self {
+            addresses: addresses.into_iter().collect(),
+            mtu: 1420,
+            tcp_rx_buffer: 2 << 20,
+            tcp_tx_buffer: 2 << 20,
+            udp_buffer: 256 << 10,
+            udp_datagrams: 256,
+            seam_capacity: 256,
+            outbound_queue: 1024,
+            listen_backlog: 128,
+            connect_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(30),
+            orphan_linger: Duration::from_secs(60),
+            congestion_control: CongestionControl::Cubic,
+            verify_checksums: true,
+        }
+    }
+
+    /// Checks every field; the error names the field and the accepted range.
+    pub(crate) fn validate(&self) -> Result<(), NetstackError> {
+        let invalid = |what: String| Err(NetstackError::InvalidConfig(what));
+        if self.addresses.is_empty() {
+            return invalid("`addresses` is empty: give the stack at least one address".into());
+        }
+        let v4 = self.addresses.iter().filter(|a| a.is_ipv4()).count();
+        let v6 = self.addresses.len() - v4;
+        if v4 > 1 || v6 > 1 {
+            return invalid(format!(
+                "`addresses` has {v4} IPv4 and {v6} IPv6 addresses; at most one of each is supported"
+            ));
+        }
+        for addr in &self.addresses {
+            if addr.is_unspecified() || addr.is_multicast() || is_broadcast(addr) {
+                return invalid(format!("address {addr} is not a unicast address"));
+            }
+        }
+        if !(1280..=65535).contains(&self.mtu) {
+            return invalid(format!("`mtu` is {}; it must be 1280 to 65535", self.mtu));
+        }
+        for (name, size) in [
+            ("tcp_rx_buffer", self.tcp_rx_buffer),
+            ("tcp_tx_buffer", self.tcp_tx_buffer),
+        ] {
+            if !(4096..=MAX_TCP_BUFFER).contains(&size) {
+                return invalid(format!(
+                    "`{name}` is {size} bytes; it must be 4 KiB to 1 GiB"
+                ));
+            }
+        }
+        if self.udp_buffer < self.mtu {
+            return invalid(format!(
+                "`udp_buffer` is {} bytes; it must hold at least one MTU ({} bytes)",
+                self.udp_buffer, self.mtu
+            ));
+        }
+        for (name, count) in [
+            ("udp_datagrams", self.udp_datagrams),
+            ("seam_capacity", self.seam_capacity),
+            ("outbound_queue", self.outbound_queue),
+            ("listen_backlog", self.listen_backlog),
+        ] {
+            if count == 0 {
+                return invalid(format!("`{name}` is 0; it must be at least 1"));
+            }
+        }
+        for (name, time) in [
+            ("connect_timeout", self.connect_timeout),
+            ("handshake_timeout", self.handshake_timeout),
+            ("orphan_linger", self.orphan_linger),
+        ] {
+            if time.is_zero() {
+                return invalid(format!("`{name}` is zero; it must be positive"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The stack's IPv4 address, if it has one.
+    pub(crate) fn ipv4(&self) -> Option<IpAddr> {
+        self.addresses.iter().copied().find(IpAddr::is_ipv4)
+    }
+
+    /// The stack's IPv6 address, if it has one.
+    pub(crate) fn ipv6(&self) -> Option<IpAddr> {
+        self.addresses.iter().copied().find(IpAddr::is_ipv6)
+    }
+
+    /// The stack's own address of the same family as `remote`.
+    pub(crate) fn source_for(&self, remote: IpAddr) -> Option<IpAddr> {
+        if remote.is_ipv4() {
+            self.ipv4()
+        } else {
+            self.ipv6()
+        }
+    }
+}
+
+fn is_broadcast(addr: &IpAddr) -> bool {
+    matches!(addr, IpAddr::V4(v4) if v4.is_broadcast())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let config =
+            NetstackConfig::new(["100.64.0.1".parse().unwrap(), "fd7a::1".parse().unwrap()]);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let mut config = NetstackConfig::new(["100.64.0.1".parse().unwrap()]);
+        config.mtu = 100;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("`mtu` is 100"), "{err}");
+
+        let config = NetstackConfig::new([]);
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("`addresses` is empty"), "{err}");
+
+        let config = NetstackConfig::new(["0.0.0.0".parse().unwrap()]);
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("not a unicast address"), "{err}");
+
+        let config =
+            NetstackConfig::new(["100.64.0.1".parse().unwrap(), "100.64.0.2".parse().unwrap()]);
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("at most one of each"), "{err}");
+
+        let mut config = NetstackConfig::new(["100.64.0.1".parse().unwrap()]);
+        config.tcp_rx_buffer = 2 << 30;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("`tcp_rx_buffer`"), "{err}");
+    }
+}

@@ -1,0 +1,327 @@
+//! TCP sockets of the netstack: [`TcpListener`] and [`TcpStream`].
+
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::tcp::{RecvError, State};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::error::NetstackError;
+use crate::stack::Shared;
+
+/// Accepts TCP connections made to the netstack, on one port or on every port.
+///
+/// Made by [`Netstack::listen_tcp`](crate::Netstack::listen_tcp) or
+/// [`Netstack::listen_tcp_any_port`](crate::Netstack::listen_tcp_any_port). Dropping it
+/// frees the port and resets the connections that were not accepted yet.
+pub struct TcpListener {
+    shared: Arc<Shared>,
+    id: u64,
+    port: Option<u16>,
+}
+
+impl TcpListener {
+    pub(crate) fn new(shared: Arc<Shared>, id: u64, port: Option<u16>) -> Self {
+        Self { shared, id, port }
+    }
+
+    /// Waits for the next connection whose handshake has completed.
+    ///
+    /// Fails only with [`NetstackError::Stopped`] once the netstack is gone. Cancel-safe: a
+    /// connection is taken from the queue only when this returns it.
+    pub async fn accept(&self) -> Result<TcpStream, NetstackError> {
+        poll_fn(|cx| self.poll_accept(cx)).await
+    }
+
+    /// Polls for the next accepted connection; the poll form of [`accept`](Self::accept).
+    pub fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<Result<TcpStream, NetstackError>> {
+        let mut st = self.shared.lock();
+        if st.stopped {
+            return Poll::Ready(Err(NetstackError::Stopped));
+        }
+        if let Some((handle, local, remote)) = st.pop_ready(self.id) {
+            drop(st);
+            return Poll::Ready(Ok(TcpStream::new(
+                self.shared.clone(),
+                handle,
+                local,
+                remote,
+            )));
+        }
+        if let Some(listener) = st.listeners.get_mut(&self.id) {
+            listener.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// The port this listener accepts on, or `None` for the any-port listener.
+    pub fn local_port(&self) -> Option<u16> {
+        self.port
+    }
+}
+
+impl std::fmt::Debug for TcpListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpListener")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for TcpListener {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        if !st.stopped {
+            st.remove_listener(self.id);
+            drop(st);
+            self.shared.wake_owner();
+        }
+    }
+}
+
+/// A TCP connection of the netstack; it implements tokio's [`AsyncRead`] and [`AsyncWrite`].
+///
+/// `poll_shutdown` closes the sending half (FIN) while reading goes on (half-close).
+/// `poll_flush` returns at once: written bytes are in the connection's send buffer, as with
+/// a kernel socket. Dropping the stream closes it: a FIN after the bytes already written,
+/// or a RST if received bytes were never read (as Linux does).
+///
+/// Read errors: `ConnectionReset` after the peer reset the connection; end-of-file after
+/// its FIN. Write errors: `BrokenPipe` after `shutdown`, `ConnectionReset` after a reset.
+/// Once the netstack is gone every call fails with `NotConnected`.
+pub struct TcpStream {
+    shared: Arc<Shared>,
+    handle: SocketHandle,
+    local: SocketAddr,
+    peer: SocketAddr,
+}
+
+impl TcpStream {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        handle: SocketHandle,
+        local: SocketAddr,
+        peer: SocketAddr,
+    ) -> Self {
+        Self {
+            shared,
+            handle,
+            local,
+            peer,
+        }
+    }
+
+    /// The stack's end of the connection: its address and the port the peer connected to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The peer's end of the connection.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Turns Nagle's algorithm off (`true`) or on (`false`, the default), like
+    /// `TCP_NODELAY`. With it on, a segment smaller than the MSS waits while earlier data is
+    /// unacknowledged, which keeps bulk transfers in full segments; turn it off for
+    /// request/response traffic that writes small pieces and waits for answers.
+    pub fn set_nodelay(&self, nodelay: bool) {
+        let mut st = self.shared.lock();
+        if let Some(socket) = st.tcp_socket(self.handle) {
+            socket.set_nagle_enabled(!nodelay);
+        }
+        drop(st);
+        self.shared.wake_owner();
+    }
+
+    /// Whether Nagle's algorithm is off for this connection (see [`set_nodelay`](Self::set_nodelay)).
+    pub fn nodelay(&self) -> bool {
+        let mut st = self.shared.lock();
+        st.tcp_socket(self.handle)
+            .is_some_and(|socket| !socket.nagle_enabled())
+    }
+
+    /// Waits until an outbound connection is established or has failed.
+    pub(crate) async fn wait_connected(&self, timeout: Duration) -> Result<(), NetstackError> {
+        let started = Instant::now();
+        poll_fn(|cx| {
+            let mut st = self.shared.lock();
+            if st.stopped {
+                return Poll::Ready(Err(NetstackError::Stopped));
+            }
+            let Some(socket) = st.tcp_socket(self.handle) else {
+                return Poll::Ready(Err(NetstackError::Stopped));
+            };
+            match socket.state() {
+                State::SynSent | State::SynReceived => {
+                    socket.register_send_waker(cx.waker());
+                    Poll::Pending
+                }
+                State::Closed | State::Listen => {
+                    Poll::Ready(Err(if started.elapsed() >= timeout {
+                        NetstackError::ConnectTimedOut {
+                            remote: self.peer,
+                            timeout,
+                        }
+                    } else {
+                        NetstackError::ConnectionRefused { remote: self.peer }
+                    }))
+                }
+                _ => {
+                    // Established: from now on an idle connection lives until closed.
+                    socket.set_timeout(None);
+                    Poll::Ready(Ok(()))
+                }
+            }
+        })
+        .await
+    }
+}
+
+impl std::fmt::Debug for TcpStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpStream")
+            .field("local", &self.local)
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+fn stopped() -> io::Error {
+    NetstackError::Stopped.into()
+}
+
+impl AsyncRead for TcpStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let mut st = self.shared.lock();
+        if st.stopped {
+            return Poll::Ready(Err(stopped()));
+        }
+        let Some(socket) = st.tcp_socket(self.handle) else {
+            return Poll::Ready(Err(stopped()));
+        };
+        let mut total = 0;
+        // Two rounds: the receive buffer is a ring, and the data may wrap around its end.
+        let mut outcome = Ok(());
+        for _ in 0..2 {
+            let copied = socket.recv(|data| {
+                let n = data.len().min(buf.remaining());
+                if let Some(chunk) = data.get(..n) {
+                    buf.put_slice(chunk);
+                }
+                (n, n)
+            });
+            match copied {
+                Ok(0) => break,
+                Ok(n) => total += n,
+                Err(err) => {
+                    outcome = Err(err);
+                    break;
+                }
+            }
+            if buf.remaining() == 0 {
+                break;
+            }
+        }
+        if total > 0 {
+            drop(st);
+            // Reading opened the receive window: the owner may have an update to send.
+            self.shared.wake_owner();
+            return Poll::Ready(Ok(()));
+        }
+        match outcome {
+            Ok(()) => {
+                socket.register_recv_waker(cx.waker());
+                Poll::Pending
+            }
+            Err(RecvError::Finished) => Poll::Ready(Ok(())),
+            Err(RecvError::InvalidState) => Poll::Ready(Err(if socket.state() == State::Closed {
+                io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    format!("connection with {} was reset", self.peer),
+                )
+            } else {
+                io::Error::new(io::ErrorKind::NotConnected, "TCP stream is not connected")
+            })),
+        }
+    }
+}
+
+impl AsyncWrite for TcpStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut st = self.shared.lock();
+        if st.stopped {
+            return Poll::Ready(Err(stopped()));
+        }
+        let Some(socket) = st.tcp_socket(self.handle) else {
+            return Poll::Ready(Err(stopped()));
+        };
+        match socket.send_slice(buf) {
+            Ok(0) if !buf.is_empty() => {
+                socket.register_send_waker(cx.waker());
+                Poll::Pending
+            }
+            Ok(n) => {
+                drop(st);
+                self.shared.wake_owner();
+                Poll::Ready(Ok(n))
+            }
+            Err(_) => Poll::Ready(Err(if socket.state() == State::Closed {
+                io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    format!("connection with {} was reset", self.peer),
+                )
+            } else {
+                io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the sending half of this TCP stream is closed",
+                )
+            })),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut st = self.shared.lock();
+        if st.stopped {
+            return Poll::Ready(Err(stopped()));
+        }
+        if let Some(socket) = st.tcp_socket(self.handle) {
+            socket.close();
+        }
+        drop(st);
+        self.shared.wake_owner();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for TcpStream {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        if !st.stopped {
+            st.release_stream(self.handle);
+            drop(st);
+            self.shared.wake_owner();
+        }
+    }
+}

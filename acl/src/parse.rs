@@ -96,6 +96,18 @@ impl Policy {
                 }]));
             }
         };
+        // jsonc-parser tolerates a missing comma between members; HuJSON does not.
+        if let Some(value) = &ast.value {
+            if let Some(offset) = missing_comma(text, value) {
+                return Err(PolicyErrors(vec![PolicyError {
+                    position: source.position(offset),
+                    kind: ErrorKind::Syntax {
+                        message: "expected ',' between members; add a comma after this value"
+                            .to_string(),
+                    },
+                }]));
+            }
+        }
         let mut reader = Reader {
             source: &source,
             errors: Vec::new(),
@@ -903,8 +915,10 @@ impl<'a> Reader<'_, '_> {
             let start = prop_name_range(&prop.name).start;
             match known.iter().find(|k| **k == name) {
                 Some(key) => {
-                    if out.insert(*key, prop).is_some() {
+                    if out.contains_key(key) {
                         self.error(start, ErrorKind::DuplicateKey { key: name });
+                    } else {
+                        out.insert(*key, prop);
                     }
                 }
                 None if unsupported.contains(&name.as_str()) => {
@@ -1053,6 +1067,50 @@ fn syntax_message(e: &jsonc_parser::errors::ParseError) -> String {
         _ => "",
     };
     format!("{}{hint}", e.kind())
+}
+
+/// The end offset of the first member (of any object or array) not followed by a comma
+/// before its next sibling.
+fn missing_comma(text: &str, v: &Value<'_>) -> Option<usize> {
+    let ranges: Vec<Range> = match v {
+        Value::Object(o) => o.properties.iter().map(|p| p.range).collect(),
+        Value::Array(a) => a.elements.iter().map(value_range).collect(),
+        _ => return None,
+    };
+    for pair in ranges.windows(2) {
+        if let [a, b] = pair {
+            let gap = text.get(a.end..b.start).unwrap_or(",");
+            if strip_comments(gap).trim() != "," {
+                return Some(a.end);
+            }
+        }
+    }
+    let children: Vec<&Value<'_>> = match v {
+        Value::Object(o) => o.properties.iter().map(|p| &p.value).collect(),
+        Value::Array(a) => a.elements.iter().collect(),
+        _ => Vec::new(),
+    };
+    children.into_iter().find_map(|c| missing_comma(text, c))
+}
+
+/// The text between two values with its `//` and `/* */` comments removed.
+fn strip_comments(gap: &str) -> String {
+    let mut out = String::new();
+    let mut rest = gap;
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix("//") {
+            rest = after.find('\n').map_or("", |i| after.get(i..).unwrap_or(""));
+        } else if let Some(after) = rest.strip_prefix("/*") {
+            rest = after.find("*/").map_or("", |i| after.get(i + 2..).unwrap_or(""));
+        } else {
+            let mut chars = rest.chars();
+            if let Some(c) = chars.next() {
+                out.push(c);
+            }
+            rest = chars.as_str();
+        }
+    }
+    out
 }
 
 fn value_range(v: &Value<'_>) -> Range {

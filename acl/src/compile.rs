@@ -439,10 +439,25 @@ fn compile_node(policy: &Policy, nodes: &NodeSet, slot: u32, cache: &mut Cache) 
                 continue;
             }
             seen.extend(&own);
+            // A node named by identity sends from all its addresses; one matched only by
+            // a prefix, from the addresses inside it.
             let ranges = Arc::new(AddrRanges::from_addresses(
-                own.iter()
-                    .filter_map(|s| nodes.slot(*s))
-                    .flat_map(|n| n.addresses.iter().copied()),
+                own.iter().filter_map(|s| nodes.slot(*s)).flat_map(|n| {
+                    let peer = Subject::of_node(n);
+                    let by_identity = rule.src.iter().any(|sel| {
+                        !matches!(sel, Selector::Prefix(_) | Selector::Host { .. })
+                            && policy.matches_src(sel, &peer)
+                    });
+                    n.addresses.iter().copied().filter(move |ip| {
+                        by_identity
+                            || rule.src.iter().any(|sel| match sel {
+                                Selector::Prefix(p) | Selector::Host { prefix: p, .. } => {
+                                    p.contains(ip)
+                                }
+                                _ => false,
+                            })
+                    })
+                }),
             ));
             push_caps(&rule.caps, &ranges, &mut sources);
         }
@@ -611,7 +626,11 @@ fn funnel_slots(policy: &Policy, nodes: &NodeSet, cache: &mut Cache) -> Arc<Vec<
 
 /// Expands source selectors into node slots and allowed address ranges.
 fn expand_src(policy: &Policy, nodes: &NodeSet, selectors: &[Selector]) -> Expansion {
+    // Nodes named by identity contribute all their addresses; prefixes contribute
+    // themselves (as in Tailscale, an IP selector allows that IP only), and the nodes
+    // inside them only become visible peers.
     let mut slots = Vec::new();
+    let mut by_prefix = Vec::new();
     let mut prefixes: Vec<IpNet> = Vec::new();
     for selector in selectors {
         match selector {
@@ -621,29 +640,29 @@ fn expand_src(policy: &Policy, nodes: &NodeSet, selectors: &[Selector]) -> Expan
                         .iter()
                         .filter_map(|p| p.parse::<IpNet>().ok()),
                 );
-                slots.extend(nodes.all_slots());
+                by_prefix.extend(nodes.all_slots());
             }
             Selector::Host { prefix, .. } | Selector::Prefix(prefix) => {
                 prefixes.push(*prefix);
-                nodes.in_prefix(prefix, |s| slots.push(s));
+                nodes.in_prefix(prefix, |s| by_prefix.push(s));
             }
             other => expand_node_selector(policy, nodes, other, &mut slots),
         }
     }
-    slots.sort_unstable();
-    slots.dedup();
-    let mut ranges = AddrRanges::from_prefixes(&prefixes);
     let addresses = AddrRanges::from_addresses(
         slots
             .iter()
             .filter_map(|s| nodes.slot(*s))
             .flat_map(|n| n.addresses.iter().copied()),
     );
-    if !prefixes.is_empty() {
-        ranges = AddrRanges::union([&ranges, &addresses]);
+    let ranges = if prefixes.is_empty() {
+        addresses
     } else {
-        ranges = addresses;
-    }
+        AddrRanges::union([&AddrRanges::from_prefixes(&prefixes), &addresses])
+    };
+    slots.extend(by_prefix);
+    slots.sort_unstable();
+    slots.dedup();
     Expansion {
         slots,
         ranges: Arc::new(ranges),

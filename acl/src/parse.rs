@@ -1099,9 +1099,13 @@ fn strip_comments(gap: &str) -> String {
     let mut rest = gap;
     while !rest.is_empty() {
         if let Some(after) = rest.strip_prefix("//") {
-            rest = after.find('\n').map_or("", |i| after.get(i..).unwrap_or(""));
+            rest = after
+                .find('\n')
+                .map_or("", |i| after.get(i..).unwrap_or(""));
         } else if let Some(after) = rest.strip_prefix("/*") {
-            rest = after.find("*/").map_or("", |i| after.get(i + 2..).unwrap_or(""));
+            rest = after
+                .find("*/")
+                .map_or("", |i| after.get(i + 2..).unwrap_or(""));
         } else {
             let mut chars = rest.chars();
             if let Some(c) = chars.next() {

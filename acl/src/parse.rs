@@ -97,16 +97,16 @@ impl Policy {
             }
         };
         // jsonc-parser tolerates a missing comma between members; HuJSON does not.
-        if let Some(value) = &ast.value {
-            if let Some(offset) = missing_comma(text, value) {
-                return Err(PolicyErrors(vec![PolicyError {
-                    position: source.position(offset),
-                    kind: ErrorKind::Syntax {
-                        message: "expected ',' between members; add a comma after this value"
-                            .to_string(),
-                    },
-                }]));
-            }
+        if let Some(value) = &ast.value
+            && let Some(offset) = missing_comma(text, value)
+        {
+            return Err(PolicyErrors(vec![PolicyError {
+                position: source.position(offset),
+                kind: ErrorKind::Syntax {
+                    message: "expected ',' between members; add a comma after this value"
+                        .to_string(),
+                },
+            }]));
         }
         let mut reader = Reader {
             source: &source,

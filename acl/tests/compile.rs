@@ -2,6 +2,8 @@
 //! groups, incremental recompilation, and a property test of the compiled packet filter and
 //! peer lists against a simple reference evaluator written here from the policy's rules.
 
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)] // test helpers may panic
+
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;

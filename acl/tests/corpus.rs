@@ -7,6 +7,8 @@
 //! After an intended change, `BLESS=1 cargo test -p postern-acl --test corpus` rewrites the
 //! expectations; review the diff before committing.
 
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)] // test helpers may panic
+
 use std::fs;
 use std::path::{Path, PathBuf};
 

@@ -66,5 +66,5 @@ pub use model::{
     TestSource, TestTarget, UserLogin,
 };
 pub use node::{NodeId, NodeSet, NodeView};
-pub use parse::MAX_POLICY_BYTES;
+pub use parse::{MAX_NESTING, MAX_POLICY_BYTES};
 pub use source::Position;

@@ -79,6 +79,15 @@ impl Policy {
                 },
             }]));
         }
+        if let Some(offset) = too_deep(text) {
+            return Err(PolicyErrors(vec![PolicyError {
+                position: source.position(offset),
+                kind: ErrorKind::InvalidValue {
+                    expected: format!("at most {MAX_NESTING} nested objects and arrays"),
+                    found: "deeper nesting".to_string(),
+                },
+            }]));
+        }
         let parse_options = ParseOptions {
             allow_comments: true,
             allow_loose_object_property_names: false,
@@ -1067,6 +1076,56 @@ fn syntax_message(e: &jsonc_parser::errors::ParseError) -> String {
         _ => "",
     };
     format!("{}{hint}", e.kind())
+}
+
+/// How deeply objects and arrays may nest. Policies need about 6 levels; the limit keeps
+/// the recursive parser far from the end of the stack on hostile input.
+pub const MAX_NESTING: usize = 64;
+
+/// The offset of the first `[` or `{` nested deeper than [`MAX_NESTING`], skipping strings
+/// and comments.
+fn too_deep(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'"' => {
+                i += 1;
+                while let Some(&c) = bytes.get(i) {
+                    match c {
+                        b'\\' => i += 2,
+                        b'"' => break,
+                        _ => i += 1,
+                    }
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                while bytes.get(i).is_some_and(|c| *c != b'\n') {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while bytes.get(i).is_some()
+                    && !(bytes.get(i) == Some(&b'*') && bytes.get(i + 1) == Some(&b'/'))
+                {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Some(i);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// The end offset of the first member (of any object or array) not followed by a comma

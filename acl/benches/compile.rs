@@ -133,7 +133,8 @@ fn bench(c: &mut Criterion) {
     let all = nodes();
     let set: NodeSet = all.iter().cloned().collect();
     assert_eq!(set.len(), 10_000);
-    assert_eq!(policy.net_rules().len() + policy.app_rules().len(), RULES);
+    let summary = policy.summary();
+    assert_eq!(summary.acls + summary.grants, RULES);
 
     let mut group = c.benchmark_group("acl");
     group.sample_size(10);

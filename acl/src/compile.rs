@@ -290,14 +290,17 @@ impl PolicyCompiler {
         };
         let policy = &self.policy;
         let subject = Subject::of_node(node);
-        for (i, rule) in policy.net_rules.iter().enumerate() {
-            if rule.src.iter().any(|s| policy.matches_src(s, &subject))
-                && let Some(entry) = self.cache.net_src.get_mut(i)
+        let index = self.cache.index.clone();
+        for (class, selectors) in index.src_lists.iter().enumerate() {
+            if selectors.iter().any(|s| policy.matches_src(s, &subject))
+                && let Some(entry) = self.cache.net_src.get_mut(class)
             {
                 *entry = None;
             }
-            if rule.dst.iter().any(|s| policy.matches_src(s, &subject))
-                && let Some(entry) = self.cache.net_dst.get_mut(i)
+        }
+        for (class, selectors) in index.dst_lists.iter().enumerate() {
+            if selectors.iter().any(|s| policy.matches_src(s, &subject))
+                && let Some(entry) = self.cache.net_dst.get_mut(class)
             {
                 *entry = None;
             }
@@ -322,7 +325,8 @@ struct Expansion {
     ranges: Arc<AddrRanges>,
 }
 
-/// Per-rule expansions shared between the compilations of many nodes.
+/// Per-rule expansions shared between the compilations of many nodes. Rules with the same
+/// `src` (or `dst`) list share one expansion.
 #[derive(Debug, Clone)]
 struct Cache {
     index: Arc<RuleIndex>,
@@ -334,36 +338,49 @@ struct Cache {
 
 impl Cache {
     fn new(policy: &Policy) -> Self {
+        let index = RuleIndex::build(policy);
         Cache {
-            index: Arc::new(RuleIndex::build(policy)),
-            net_src: vec![None; policy.net_rules.len()],
-            net_dst: vec![None; policy.net_rules.len()],
+            net_src: vec![None; index.src_lists.len()],
+            net_dst: vec![None; index.dst_lists.len()],
+            index: Arc::new(index),
             app_src: vec![None; policy.app_rules.len()],
             funnel_slots: None,
         }
     }
 
     fn net_src(&mut self, policy: &Policy, nodes: &NodeSet, rule: usize) -> Arc<Expansion> {
-        if let Some(Some(e)) = self.net_src.get(rule) {
+        let class = self
+            .index
+            .src_class
+            .get(rule)
+            .copied()
+            .unwrap_or(usize::MAX);
+        if let Some(Some(e)) = self.net_src.get(class) {
             return e.clone();
         }
-        let selectors = policy.net_rules.get(rule).map_or(&[][..], |r| &r.src[..]);
+        let selectors = self.index.src_lists.get(class).map_or(&[][..], |s| &s[..]);
         let e = Arc::new(expand_src(policy, nodes, selectors));
-        if let Some(entry) = self.net_src.get_mut(rule) {
+        if let Some(entry) = self.net_src.get_mut(class) {
             *entry = Some(e.clone());
         }
         e
     }
 
     fn net_dst(&mut self, policy: &Policy, nodes: &NodeSet, rule: usize) -> Arc<Vec<u32>> {
-        if let Some(Some(e)) = self.net_dst.get(rule) {
+        let class = self
+            .index
+            .dst_class
+            .get(rule)
+            .copied()
+            .unwrap_or(usize::MAX);
+        if let Some(Some(e)) = self.net_dst.get(class) {
             return e.clone();
         }
-        let selectors = policy.net_rules.get(rule).map_or(&[][..], |r| &r.dst[..]);
+        let selectors = self.index.dst_lists.get(class).map_or(&[][..], |s| &s[..]);
         let mut slots = Vec::new();
         expand_dst(policy, nodes, selectors, None, &mut slots);
         let e = Arc::new(slots);
-        if let Some(entry) = self.net_dst.get_mut(rule) {
+        if let Some(entry) = self.net_dst.get_mut(class) {
             *entry = Some(e.clone());
         }
         e
@@ -746,12 +763,24 @@ struct SideIndex {
 struct RuleIndex {
     src: SideIndex,
     dst: SideIndex,
+    /// Rule to its class of identical `src` lists, and each class's list.
+    src_class: Vec<usize>,
+    src_lists: Vec<Vec<Selector>>,
+    /// The same for `dst` lists.
+    dst_class: Vec<usize>,
+    dst_lists: Vec<Vec<Selector>>,
 }
 
 impl RuleIndex {
     fn build(policy: &Policy) -> Self {
         let mut src = SideIndex::default();
         let mut dst = SideIndex::default();
+        let mut src_classes: HashMap<&[Selector], usize> = HashMap::new();
+        let mut dst_classes: HashMap<&[Selector], usize> = HashMap::new();
+        let mut src_class = Vec::new();
+        let mut dst_class = Vec::new();
+        let mut src_lists = Vec::new();
+        let mut dst_lists = Vec::new();
         for (i, rule) in policy.net_rules.iter().enumerate() {
             let i = u32::try_from(i).unwrap_or(u32::MAX);
             for s in &rule.src {
@@ -760,8 +789,23 @@ impl RuleIndex {
             for d in &rule.dst {
                 dst.add(d, i);
             }
+            src_class.push(*src_classes.entry(&rule.src[..]).or_insert_with(|| {
+                src_lists.push(rule.src.clone());
+                src_lists.len() - 1
+            }));
+            dst_class.push(*dst_classes.entry(&rule.dst[..]).or_insert_with(|| {
+                dst_lists.push(rule.dst.clone());
+                dst_lists.len() - 1
+            }));
         }
-        RuleIndex { src, dst }
+        RuleIndex {
+            src,
+            dst,
+            src_class,
+            src_lists,
+            dst_class,
+            dst_lists,
+        }
     }
 }
 

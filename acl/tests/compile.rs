@@ -415,3 +415,36 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn tag_owners_decide_who_may_apply_a_tag() {
+    let policy = Policy::parse(
+        "p.hujson",
+        r#"{
+          "groups": {"group:eng": ["alice@x.com"]},
+          "tagOwners": {"tag:web": ["group:eng"], "tag:db": ["autogroup:admin"], "tag:mon": ["tag:web"]},
+        }"#,
+    )
+    .unwrap();
+    let alice = node(1, "alice@x.com", &[]);
+    let bob = node(2, "bob@x.com", &[]);
+    let web = node(3, "bob@x.com", &["web"]);
+    let s = postern_acl::Subject::of_node;
+    assert!(policy.may_apply_tag("web", &s(&alice), false));
+    assert!(!policy.may_apply_tag("web", &s(&bob), false));
+    assert!(!policy.may_apply_tag("db", &s(&alice), false));
+    assert!(policy.may_apply_tag("db", &s(&bob), true));
+    assert!(policy.may_apply_tag("mon", &s(&web), false));
+    assert!(!policy.may_apply_tag("nope", &s(&alice), true));
+}
+
+#[test]
+fn an_empty_policy_denies_everything_and_shows_no_peers() {
+    let policy = Arc::new(Policy::parse("p.hujson", "{}").unwrap());
+    let compiler = PolicyCompiler::new(policy, fleet().into_iter().collect());
+    for n in fleet() {
+        let c = compiler.compiled(n.id).unwrap();
+        assert!(c.visible_peers.is_empty());
+        assert!(c.packet_filter.is_deny_all());
+    }
+}

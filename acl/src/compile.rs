@@ -338,11 +338,11 @@ struct Cache {
 
 impl Cache {
     fn new(policy: &Policy) -> Self {
-        let index = RuleIndex::build(policy);
+        let index = policy.rule_index.clone();
         Cache {
             net_src: vec![None; index.src_lists.len()],
             net_dst: vec![None; index.dst_lists.len()],
-            index: Arc::new(index),
+            index,
             app_src: vec![None; policy.app_rules.len()],
             funnel_slots: None,
         }
@@ -759,8 +759,9 @@ struct SideIndex {
     self_: Vec<u32>,
 }
 
-#[derive(Debug, PartialEq)]
-struct RuleIndex {
+/// Built once per policy, at parse time.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct RuleIndex {
     src: SideIndex,
     dst: SideIndex,
     /// Rule to its class of identical `src` lists, and each class's list.
@@ -772,7 +773,7 @@ struct RuleIndex {
 }
 
 impl RuleIndex {
-    fn build(policy: &Policy) -> Self {
+    pub(crate) fn build(policy: &Policy) -> Self {
         let mut src = SideIndex::default();
         let mut dst = SideIndex::default();
         let mut src_classes: HashMap<&[Selector], usize> = HashMap::new();

@@ -443,6 +443,8 @@ pub struct Policy {
     pub(crate) acl_count: usize,
     /// Number of entries in `grants`.
     pub(crate) grant_count: usize,
+    /// The rules indexed by what their src and dst name (for compilation).
+    pub(crate) rule_index: std::sync::Arc<crate::compile::RuleIndex>,
 }
 
 impl Policy {

@@ -265,7 +265,8 @@ impl<'a> Reader<'_, '_> {
                     .insert(group.clone());
             }
         }
-        Some(Policy {
+        let mut policy = Policy {
+            rule_index: Default::default(),
             file_name: self.source.file.to_string(),
             groups: std::mem::take(&mut self.groups),
             user_groups,
@@ -279,7 +280,9 @@ impl<'a> Reader<'_, '_> {
             tests,
             acl_count,
             grant_count,
-        })
+        };
+        policy.rule_index = std::sync::Arc::new(crate::compile::RuleIndex::build(&policy));
+        Some(policy)
     }
 
     // ----- sections -----

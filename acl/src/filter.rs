@@ -5,6 +5,7 @@
 //! source address ranges allowed on those ports. A lookup is two binary searches: the
 //! port's segment, then the source address among the ranges. No rule is scanned.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -157,9 +158,12 @@ impl PacketFilter {
                 }
             }
         }
+        // Protocols often share their sources (TCP, UDP, ICMP and ICMPv6 of one rule): each
+        // distinct combination of source sets is merged once.
+        let mut unions = HashMap::new();
         let tables = by_proto
             .into_iter()
-            .map(|(proto, items)| (proto, PortTable::build(&items)))
+            .map(|(proto, items)| (proto, PortTable::build(&items, &mut unions)))
             .collect();
         PacketFilter {
             any: (!any.is_empty()).then(|| AddrRanges::union(any)),
@@ -200,7 +204,10 @@ impl PacketFilter {
 }
 
 impl PortTable {
-    fn build(items: &[(PortRange, &AddrRanges)]) -> Self {
+    fn build(
+        items: &[(PortRange, &AddrRanges)],
+        unions: &mut HashMap<Vec<usize>, AddrRanges>,
+    ) -> Self {
         let mut bounds: Vec<u32> = vec![0];
         for (r, _) in items {
             bounds.push(u32::from(r.first));
@@ -210,18 +217,44 @@ impl PortTable {
         bounds.dedup();
         let mut starts = Vec::new();
         let mut ranges: Vec<AddrRanges> = Vec::new();
+        let mut last_key: Option<Vec<usize>> = None;
         for start in bounds {
             let Ok(port) = u16::try_from(start) else {
                 break; // 65536: past the last port
             };
-            let covering = items
+            // The sets covering this port, identified by address (the same set is often
+            // listed for several entries).
+            let mut key: Vec<usize> = items
                 .iter()
                 .filter(|(r, _)| r.contains(port))
-                .map(|(_, src)| *src);
-            let set = AddrRanges::union(covering);
-            if ranges.last() == Some(&set) {
+                .map(|(_, src)| std::ptr::from_ref::<AddrRanges>(src) as usize)
+                .collect();
+            key.sort_unstable();
+            key.dedup();
+            if last_key.as_ref() == Some(&key) {
                 continue; // same as the previous segment: extend it
             }
+            let set = match unions.get(&key) {
+                Some(set) => set.clone(),
+                None => {
+                    let mut seen = Vec::new();
+                    let covering: Vec<&AddrRanges> = items
+                        .iter()
+                        .filter(|(r, _)| r.contains(port))
+                        .map(|(_, src)| *src)
+                        .filter(|src| {
+                            let id = std::ptr::from_ref::<AddrRanges>(src) as usize;
+                            let fresh = !seen.contains(&id);
+                            seen.push(id);
+                            fresh
+                        })
+                        .collect();
+                    let set = AddrRanges::union(covering);
+                    unions.insert(key.clone(), set.clone());
+                    set
+                }
+            };
+            last_key = Some(key);
             starts.push(port);
             ranges.push(set);
         }
@@ -263,7 +296,9 @@ fn push_prefix(p: &IpNet, v4: &mut Vec<(u32, u32)>, v6: &mut Vec<(u128, u128)>) 
 
 /// Sorts and merges overlapping or adjacent ranges.
 fn merge<T: Copy + Ord + Step>(mut ranges: Vec<(T, T)>) -> Vec<(T, T)> {
-    ranges.sort_unstable();
+    // A stable sort: unions concatenate already sorted lists, and its run detection merges
+    // them in about linear time.
+    ranges.sort();
     let mut out: Vec<(T, T)> = Vec::with_capacity(ranges.len());
     for (first, last) in ranges {
         match out.last_mut() {

@@ -448,3 +448,32 @@ fn an_empty_policy_denies_everything_and_shows_no_peers() {
         assert!(c.packet_filter.is_deny_all());
     }
 }
+
+#[test]
+fn an_ingress_joining_or_leaving_updates_the_funnelling_nodes() {
+    let policy = Arc::new(Policy::parse("p.hujson", POLICY).unwrap());
+    let without_ingress: Vec<NodeView> = fleet().into_iter().filter(|n| !n.is_ingress).collect();
+    let mut compiler = PolicyCompiler::new(policy.clone(), without_ingress.into_iter().collect());
+    assert!(
+        !compiler
+            .compiled(NodeId(5))
+            .unwrap()
+            .packet_filter
+            .allows(ip(9), 3001, IpProto::TCP)
+    );
+    let ingress = fleet().into_iter().find(|n| n.is_ingress).unwrap();
+    let changed = compiler.upsert_node(ingress);
+    assert_eq!(changed, vec![NodeId(5), NodeId(6), NodeId(9)]);
+    assert!(
+        compiler
+            .compiled(NodeId(5))
+            .unwrap()
+            .packet_filter
+            .allows(ip(9), 3001, IpProto::TCP)
+    );
+    let full = PolicyCompiler::new(policy, compiler.nodes().clone());
+    for n in compiler.nodes().iter() {
+        assert_eq!(compiler.compiled(n.id), full.compiled(n.id), "{}", n.id);
+    }
+    assert_eq!(compiler.remove_node(NodeId(9)), vec![NodeId(5), NodeId(6)]);
+}

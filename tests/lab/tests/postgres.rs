@@ -1,0 +1,58 @@
+//! The throwaway PostgreSQL cluster starts, answers queries and is gone after drop.
+
+// Test helpers outside #[test] fns may unwrap and panic too: a failure is a test failure.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use postern_lab::postgres::PostgresCluster;
+
+#[test]
+fn cluster_answers_a_query_and_is_removed_on_drop() {
+    let pg = PostgresCluster::start().unwrap();
+    assert!(pg.url().starts_with("postgres://postgres@127.0.0.1:"));
+    assert_eq!(pg.psql("select 1 + 1").unwrap().trim(), "2");
+
+    // A query through the URL with psql itself, as a client would.
+    let out = std::process::Command::new("psql")
+        .args(["-X", "-At", "-d", &pg.url(), "-c", "select current_user"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "postgres");
+
+    let db = pg.create_database("lab_test").unwrap();
+    assert!(db.ends_with("/lab_test"));
+    let bad = pg.create_database("Robert'); DROP").unwrap_err();
+    assert!(bad.to_string().contains("lowercase"), "{bad}");
+    let sql_error = pg.psql("select * from no_such_table").unwrap_err();
+    assert!(
+        sql_error.to_string().contains("no_such_table"),
+        "{sql_error}"
+    );
+
+    let dir = pg.socket_dir().to_owned();
+    let port = pg.port();
+    drop(pg);
+    assert!(!dir.exists(), "temp dir {} left behind", dir.display());
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "server still listening on {port} after drop"
+    );
+}
+
+#[test]
+fn two_clusters_run_side_by_side() {
+    let a = PostgresCluster::start().unwrap();
+    let b = PostgresCluster::start().unwrap();
+    assert_ne!(a.port(), b.port());
+    a.psql("create table only_in_a (x int)").unwrap();
+    assert!(b.psql("select * from only_in_a").is_err());
+}

@@ -1,0 +1,407 @@
+//! The UDP shell around the peer engine: one tokio task owns a UDP socket and a
+//! [`PeerEngine`], and nothing else touches either.
+//!
+//! Datagrams move in batches: `recvmmsg` with GRO on receive and `sendmsg` with GSO on send
+//! (through `quinn-udp`, which falls back to plain calls where the kernel lacks them). IP
+//! packets cross the seam to the local stack as batches over bounded channels, the same shape
+//! the netstack uses: `mpsc::Sender<Vec<Bytes>>` into the engine (outbound packets),
+//! `mpsc::Receiver<Vec<Bytes>>` out of it (decrypted inbound packets).
+//!
+//! The task never blocks on the stack: when the inbound channel is full, the batch is
+//! dropped and counted (as a NIC drops on a full ring), which also rules out a deadlock
+//! between the two directions. The stack, in turn, may wait on the outbound channel: that is
+//! the backpressure a slow socket should exert.
+//!
+//! Time: the task passes `Instant::now()` as `now` on every wake-up and arms a tokio timer at
+//! the engine's `poll_timeout`.
+
+mod batch;
+
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use quinn_udp::{RecvMeta, UdpSocketState};
+use tokio::io::Interest;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::engine::session::WireGuardResponder;
+use crate::engine::{EngineError, EngineStats, Event, PathId, PeerConfig, PeerEngine, PeerStats};
+use boringtun::x25519::PublicKey;
+
+pub use self::batch::{GsoRun, gso_runs};
+
+/// Largest UDP payload one receive buffer holds (a full GRO batch is at most 64 KiB).
+const RECV_BUF: usize = 65_536;
+/// Socket buffer size asked for in each direction.
+const SOCKET_BUFFER: usize = 4 << 20;
+/// Most outbound packet batches taken from the channel before the socket is served again.
+const OUTBOUND_BATCHES_PER_WAKE: usize = 16;
+/// Most receive calls per wake-up before timers and outbound traffic get a turn.
+const RECV_CALLS_PER_WAKE: usize = 8;
+
+/// How the shell is sized.
+#[derive(Debug, Clone, Copy)]
+pub struct UdpShellConfig {
+    /// Capacity, in batches, of the channels to and from the local stack.
+    pub channel_batches: usize,
+    /// Capacity of the event channel (handshakes, roaming, ...); events beyond it are
+    /// dropped, never waited for.
+    pub event_capacity: usize,
+}
+
+impl Default for UdpShellConfig {
+    fn default() -> Self {
+        Self {
+            channel_batches: 64,
+            event_capacity: 256,
+        }
+    }
+}
+
+/// A command to the task that owns the engine.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum EngineCommand {
+    /// Add a peer; the result comes back on the channel.
+    AddPeer(PeerConfig, oneshot::Sender<Result<(), EngineError>>),
+    /// Remove a peer; whether it existed comes back.
+    RemovePeer(PublicKey, oneshot::Sender<bool>),
+    /// Read one peer's counters.
+    PeerStats(PublicKey, oneshot::Sender<Option<PeerStats>>),
+    /// Read the engine's drop counters.
+    EngineStats(oneshot::Sender<EngineStats>),
+}
+
+/// The handles of a running UDP engine task.
+#[derive(Debug)]
+pub struct UdpEngine {
+    /// IP packets from the local stack to peers, in batches. Dropping every sender stops
+    /// the task.
+    pub outbound: mpsc::Sender<Vec<Bytes>>,
+    /// Decrypted IP packets from peers that passed the filter, in batches.
+    pub inbound: mpsc::Receiver<Vec<Bytes>>,
+    /// Everything but inbound packets: handshakes, expiry, roaming, no-route.
+    pub events: mpsc::Receiver<Event>,
+    /// Commands to the engine (peers, counters).
+    pub commands: mpsc::Sender<EngineCommand>,
+    /// Counters of the shell itself.
+    pub counters: Arc<ShellCounters>,
+    /// The socket's local address.
+    pub local_addr: SocketAddr,
+    /// The task; it ends with `Ok` when `outbound` is closed, or with the socket's error.
+    pub task: JoinHandle<io::Result<()>>,
+}
+
+/// What the shell dropped or did, beyond the engine's own counters.
+#[derive(Debug, Default)]
+pub struct ShellCounters {
+    /// Inbound packets dropped because the local stack's channel was full.
+    pub inbound_dropped: AtomicU64,
+    /// Events dropped because the event channel was full.
+    pub events_dropped: AtomicU64,
+    /// Datagrams the socket refused to send (unreachable, too big, ...).
+    pub send_errors: AtomicU64,
+    /// Datagrams received.
+    pub datagrams_in: AtomicU64,
+    /// Datagrams sent.
+    pub datagrams_out: AtomicU64,
+}
+
+impl UdpEngine {
+    /// Starts the task that drives `engine` over `socket` (bound, any blocking mode). Must be
+    /// called inside a tokio runtime.
+    ///
+    /// Fails if the socket cannot be registered with tokio or set up for batched I/O.
+    pub fn spawn<R>(
+        engine: PeerEngine<R>,
+        socket: std::net::UdpSocket,
+        config: UdpShellConfig,
+    ) -> io::Result<Self>
+    where
+        R: WireGuardResponder + 'static,
+        R::Session: 'static,
+    {
+        socket.set_nonblocking(true)?;
+        let state = UdpSocketState::new((&socket).into())?;
+        // Best effort: bursts (a handshake flushing its queue, a GSO batch) should not
+        // overflow a small default buffer. The kernel caps these at net.core.*mem_max.
+        let _ = state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER);
+        let _ = state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER);
+        let socket = tokio::net::UdpSocket::from_std(socket)?;
+        let local_addr = socket.local_addr()?;
+        let capacity = config.channel_batches.max(1);
+        let (outbound_tx, outbound_rx) = mpsc::channel(capacity);
+        let (inbound_tx, inbound_rx) = mpsc::channel(capacity);
+        let (events_tx, events_rx) = mpsc::channel(config.event_capacity.max(1));
+        let (commands_tx, commands_rx) = mpsc::channel(16);
+        let counters = Arc::new(ShellCounters::default());
+        let task = Shell {
+            engine,
+            socket,
+            state,
+            outbound: outbound_rx,
+            inbound: inbound_tx,
+            events: events_tx,
+            commands: commands_rx,
+            counters: Arc::clone(&counters),
+            pending_inbound: Vec::new(),
+        };
+        let task = tokio::spawn(task.run());
+        Ok(Self {
+            outbound: outbound_tx,
+            inbound: inbound_rx,
+            events: events_rx,
+            commands: commands_tx,
+            counters,
+            local_addr,
+            task,
+        })
+    }
+}
+
+struct Shell<R: WireGuardResponder> {
+    engine: PeerEngine<R>,
+    socket: tokio::net::UdpSocket,
+    state: UdpSocketState,
+    outbound: mpsc::Receiver<Vec<Bytes>>,
+    inbound: mpsc::Sender<Vec<Bytes>>,
+    events: mpsc::Sender<Event>,
+    commands: mpsc::Receiver<EngineCommand>,
+    counters: Arc<ShellCounters>,
+    pending_inbound: Vec<Bytes>,
+}
+
+impl<R: WireGuardResponder> Shell<R> {
+    async fn run(mut self) -> io::Result<()> {
+        let mut bufs: Vec<Vec<u8>> = (0..quinn_udp::BATCH_SIZE)
+            .map(|_| vec![0u8; RECV_BUF])
+            .collect();
+        let mut metas = vec![RecvMeta::default(); quinn_udp::BATCH_SIZE];
+        let mut commands_open = true;
+        loop {
+            self.drain_engine().await?;
+            let deadline = self
+                .engine
+                .poll_timeout()
+                .unwrap_or_else(|| Instant::now() + crate::engine::TIMER_TICK);
+            tokio::select! {
+                readable = self.socket.readable() => {
+                    readable?;
+                    self.receive(&mut bufs, &mut metas)?;
+                }
+                batch = self.outbound.recv() => {
+                    let Some(batch) = batch else {
+                        return Ok(());
+                    };
+                    let now = Instant::now();
+                    for packet in batch {
+                        self.engine.handle_outbound(&packet, now);
+                    }
+                    for _ in 1..OUTBOUND_BATCHES_PER_WAKE {
+                        let Ok(batch) = self.outbound.try_recv() else { break };
+                        for packet in batch {
+                            self.engine.handle_outbound(&packet, now);
+                        }
+                    }
+                }
+                command = self.commands.recv(), if commands_open => {
+                    match command {
+                        Some(command) => self.command(command),
+                        None => commands_open = false,
+                    }
+                }
+                () = tokio::time::sleep_until(deadline.into()) => {}
+            }
+            let now = Instant::now();
+            if self.engine.poll_timeout().is_some_and(|t| t <= now) {
+                self.engine.handle_timeout(now);
+            }
+        }
+    }
+
+    fn receive(&mut self, bufs: &mut [Vec<u8>], metas: &mut [RecvMeta]) -> io::Result<()> {
+        for _ in 0..RECV_CALLS_PER_WAKE {
+            let mut slices: Vec<IoSliceMut<'_>> =
+                bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            let received = self.socket.try_io(Interest::READABLE, || {
+                self.state.recv((&self.socket).into(), &mut slices, metas)
+            });
+            let count = match received {
+                Ok(count) => count,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                // ICMP errors for earlier sends surface here; they are not fatal.
+                Err(e) if is_transient(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            let now = Instant::now();
+            for (meta, buf) in metas.iter().zip(bufs.iter()).take(count) {
+                let data = buf.get(..meta.len).unwrap_or(&[]);
+                let stride = if meta.stride == 0 {
+                    meta.len
+                } else {
+                    meta.stride
+                };
+                for datagram in data.chunks(stride.max(1)) {
+                    self.counters.datagrams_in.fetch_add(1, Ordering::Relaxed);
+                    self.engine
+                        .handle_input(PathId::Direct(meta.addr), datagram, now);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn command(&mut self, command: EngineCommand) {
+        let now = Instant::now();
+        // A requester that went away does not care about the answer.
+        match command {
+            EngineCommand::AddPeer(peer, reply) => {
+                let _ = reply.send(self.engine.add_peer(peer, now));
+            }
+            EngineCommand::RemovePeer(key, reply) => {
+                let _ = reply.send(self.engine.remove_peer(&key));
+            }
+            EngineCommand::PeerStats(key, reply) => {
+                let _ = reply.send(self.engine.peer_stats(&key));
+            }
+            EngineCommand::EngineStats(reply) => {
+                let _ = reply.send(self.engine.stats());
+            }
+        }
+    }
+
+    /// Sends what the engine wants to send and hands events and packets on.
+    async fn drain_engine(&mut self) -> io::Result<()> {
+        while let Some(event) = self.engine.poll_event() {
+            match event {
+                Event::InboundPacket { packet, .. } => self.pending_inbound.push(packet),
+                other => {
+                    tracing::debug!(event = ?other, "peer engine event");
+                    if self.events.try_send(other).is_err() {
+                        self.counters.events_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        if !self.pending_inbound.is_empty() {
+            let batch = std::mem::take(&mut self.pending_inbound);
+            let len = batch.len() as u64;
+            if self.inbound.try_send(batch).is_err() {
+                self.counters
+                    .inbound_dropped
+                    .fetch_add(len, Ordering::Relaxed);
+            }
+        }
+        let mut transmits = Vec::new();
+        while let Some(t) = self.engine.poll_transmit() {
+            transmits.push(t);
+        }
+        if transmits.is_empty() {
+            return Ok(());
+        }
+        let max_segments = self.state.max_gso_segments();
+        for run in gso_runs(&transmits, max_segments) {
+            send_run(&self.socket, &self.state, &self.counters, &run).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Sends one run of datagrams, waiting for the socket to be writable. A run the socket
+/// refuses is counted in [`ShellCounters::send_errors`] and dropped.
+async fn send_run(
+    socket: &tokio::net::UdpSocket,
+    state: &UdpSocketState,
+    counters: &ShellCounters,
+    run: &GsoRun,
+) -> io::Result<()> {
+    let PathId::Direct(destination) = run.dst;
+    let transmit = quinn_udp::Transmit {
+        destination,
+        ecn: None,
+        contents: &run.contents,
+        segment_size: run.segment_size,
+        src_ip: None,
+    };
+    loop {
+        socket.writable().await?;
+        let sent = socket.try_io(Interest::WRITABLE, || {
+            state.try_send((&socket).into(), &transmit)
+        });
+        match sent {
+            Ok(()) => {
+                counters
+                    .datagrams_out
+                    .fetch_add(run.count as u64, Ordering::Relaxed);
+                return Ok(());
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if run.segment_size.is_some() && state.max_gso_segments() == 1 => {
+                // The kernel refused GSO and quinn-udp turned it off: send one by one.
+                tracing::debug!(error = %e, "GSO send failed; retrying datagrams singly");
+                for segment in run.segments() {
+                    let single = quinn_udp::Transmit {
+                        destination,
+                        ecn: None,
+                        contents: segment,
+                        segment_size: None,
+                        src_ip: None,
+                    };
+                    let sent = socket.try_io(Interest::WRITABLE, || {
+                        state.try_send((&socket).into(), &single)
+                    });
+                    count_send(counters, sent);
+                }
+                return Ok(());
+            }
+            Err(e) => {
+                // UDP is lossy anyway: a datagram the socket refuses (unreachable, too big,
+                // a queued ICMP error) is dropped and counted; the engine keeps serving.
+                if is_transient(&e) || is_per_datagram(&e) {
+                    tracing::debug!(error = %e, %destination, "UDP send failed");
+                } else {
+                    tracing::warn!(error = %e, %destination, "UDP send failed");
+                }
+                counters
+                    .send_errors
+                    .fetch_add(run.count as u64, Ordering::Relaxed);
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn count_send(counters: &ShellCounters, sent: io::Result<()>) {
+    match sent {
+        Ok(()) => counters.datagrams_out.fetch_add(1, Ordering::Relaxed),
+        Err(_) => counters.send_errors.fetch_add(1, Ordering::Relaxed),
+    };
+}
+
+/// Errors about one destination or one datagram: drop it and keep serving.
+fn is_per_datagram(e: &io::Error) -> bool {
+    quinn_udp::is_msg_size_err(e)
+        || matches!(
+            e.kind(),
+            io::ErrorKind::HostUnreachable
+                | io::ErrorKind::NetworkUnreachable
+                | io::ErrorKind::AddrNotAvailable
+                | io::ErrorKind::InvalidInput
+                | io::ErrorKind::PermissionDenied
+        )
+}
+
+/// Errors that an ICMP message for an earlier datagram leaves on the socket.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}

@@ -6,7 +6,7 @@
 //!
 //! # Encoding
 //!
-//! Each message travels in one [`Frame`](crate::frame::Frame). The payload is a JSON
+//! Each message travels in one [`Frame`]. The payload is a JSON
 //! envelope `{"v": PROTOCOL_VERSION, "msg": {"type": "...", ...}}`. JSON (not a compact
 //! binary format) because the netmap evolves: unknown fields are ignored and new optional
 //! fields default, so old and new nodes interoperate, and a captured message is readable in

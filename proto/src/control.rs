@@ -483,7 +483,100 @@ mod tests {
         assert!(matches!(err, MessageError::Decompress(_)), "{err}");
     }
 
+    fn arb_peer() -> impl Strategy<Value = crate::netmap::Peer> {
+        use crate::netmap::Peer;
+        use std::net::IpAddr;
+        (
+            (
+                any::<u64>(),
+                ".{0,30}",
+                any::<[u8; 32]>(),
+                proptest::option::of(any::<[u8; 32]>()),
+            ),
+            (
+                any::<[u8; 4]>(),
+                any::<[u8; 16]>(),
+                0u8..=32,
+                proptest::collection::vec((any::<[u8; 4]>(), any::<u16>()), 0..3),
+            ),
+            (
+                proptest::option::of(any::<u16>()),
+                any::<bool>(),
+                proptest::option::of(any::<i64>()),
+                any::<bool>(),
+            ),
+            (
+                any::<u64>(),
+                ".{0,20}",
+                proptest::collection::vec("[a-z:]{1,12}", 0..3),
+            ),
+        )
+            .prop_map(
+                |(
+                    (id, name, key, disco),
+                    (v4, v6, bits, eps),
+                    (relay, online, expiry, ingress),
+                    (uid, login, tags),
+                )| {
+                    let v4 = IpAddr::from(v4);
+                    Peer {
+                        id: NodeId(id),
+                        name,
+                        node_key: NodePublicKey::from_bytes(key),
+                        disco_key: disco.map(DiscoPublicKey::from_bytes),
+                        addresses: vec![v4, IpAddr::from(v6)],
+                        allowed_ips: vec![ipnet::IpNet::new(v4, bits).unwrap()],
+                        endpoints: eps.into_iter().map(SocketAddr::from).collect(),
+                        home_relay: relay.map(RegionId),
+                        online,
+                        key_expiry: expiry.map(UnixTime),
+                        user: UserProfile {
+                            id: crate::UserId(uid),
+                            login: login.clone(),
+                            display_name: login,
+                            groups: tags.clone(),
+                        },
+                        tags,
+                        is_ingress: ingress,
+                    }
+                },
+            )
+    }
+
     proptest! {
+        #[test]
+        fn arbitrary_netmaps_and_deltas_round_trip(
+            peers in proptest::collection::vec(arb_peer(), 0..40),
+            removed in proptest::collection::vec(any::<u64>(), 0..5),
+            rule_ports in proptest::collection::vec((any::<u16>(), any::<u16>()), 0..5),
+        ) {
+            use crate::netmap::{FilterDestination, FilterRule, IpProtocol, PortRange};
+            let mut map = netmap(&[]);
+            map.peers = peers.clone();
+            map.packet_filter = rule_ports
+                .iter()
+                .map(|(a, b)| FilterRule {
+                    sources: vec!["0.0.0.0/0".parse().unwrap()],
+                    destinations: vec![FilterDestination {
+                        prefix: "::/0".parse().unwrap(),
+                        ports: PortRange::new(*a.min(b), *a.max(b)).unwrap(),
+                    }],
+                    protocols: vec![IpProtocol::TCP, IpProtocol(*a as u8)],
+                })
+                .collect();
+            let full = ControlMessage::MapResponse(MapResponse::Full { netmap: Box::new(map.clone()) });
+            prop_assert_eq!(round_trip(&full), full);
+            let delta = ControlMessage::MapResponse(MapResponse::Delta {
+                delta: Box::new(NetmapDelta {
+                    peers_removed: removed.into_iter().map(NodeId).collect(),
+                    peers_changed: peers,
+                    packet_filter: Some(map.packet_filter),
+                    ..NetmapDelta::default()
+                }),
+            });
+            prop_assert_eq!(round_trip(&delta), delta);
+        }
+
         #[test]
         fn decoding_arbitrary_payloads_never_panics(
             t in prop_oneof![Just(FRAME_JSON), Just(FRAME_JSON_LZ4), any::<u8>()],

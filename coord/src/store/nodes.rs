@@ -91,6 +91,36 @@ impl Store {
         })
     }
 
+    /// The nodes of one user, by id.
+    pub async fn nodes_of_user(&self, user: UserId) -> Result<Vec<NodeRecord>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM nodes WHERE user_id = $1 ORDER BY id");
+        on_pool!(self, |pool| {
+            let rows = sqlx::query(&sql)
+                .bind(db_id(user.0))
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(node_from_row).collect()
+        })
+    }
+
+    /// Nodes whose key expires before `before`, soonest first (to notify or cut them off).
+    pub async fn nodes_with_key_expiring_before(
+        &self,
+        before: UnixTime,
+    ) -> Result<Vec<NodeRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM nodes WHERE key_expiry IS NOT NULL AND key_expiry < $1 \
+             ORDER BY key_expiry, id"
+        );
+        on_pool!(self, |pool| {
+            let rows = sqlx::query(&sql)
+                .bind(before.as_secs())
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(node_from_row).collect()
+        })
+    }
+
     /// The names and addresses in use, for allocating new ones.
     pub async fn node_names_and_addresses(
         &self,

@@ -200,6 +200,50 @@ pub async fn nodes_round_trip_and_unique_columns_conflict(fresh: &Fresh) {
     let flagged = store.set_node_flags(node.id, true, true).await.unwrap();
     assert!(flagged.approved && flagged.is_ingress);
 
+    let second = store.insert_node(&new_node(4, owner)).await.unwrap();
+    assert_eq!(store.nodes_of_user(owner).await.unwrap().len(), 2);
+    assert!(
+        store
+            .nodes_of_user(UserId(424_242))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // node 1 now never expires; node 4 expires an hour after NOW.
+    let expiring = store
+        .nodes_with_key_expiring_before(NOW.saturating_add_secs(7200))
+        .await
+        .unwrap();
+    assert_eq!(
+        expiring.iter().map(|n| n.id).collect::<Vec<_>>(),
+        [second.id]
+    );
+    assert!(
+        store
+            .nodes_with_key_expiring_before(NOW)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A value edited by hand into something unreadable is an error naming the column,
+    // never a panic.
+    raw_execute(
+        fresh,
+        &format!(
+            "UPDATE nodes SET node_key = 'garbage' WHERE id = {}",
+            second.id.0
+        ),
+    )
+    .await
+    .unwrap();
+    let err = store.node(second.id).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the store holds an unreadable value in nodes.node_key: not a nodekey key: expected \
+         text starting with \"nodekey:\" followed by 64 hex digits"
+    );
+
     store.delete_node(node.id).await.unwrap();
     assert_eq!(store.node(node.id).await.unwrap(), None);
     let err = store.delete_node(node.id).await.unwrap_err();

@@ -39,6 +39,9 @@ pub const FRAME_JSON_LZ4: u8 = 0x02;
 /// Default largest decompressed message accepted: 64 MiB.
 pub const DEFAULT_MAX_MESSAGE_LEN: usize = 64 * 1024 * 1024;
 
+/// Largest expansion an LZ4 block can encode.
+const LZ4_MAX_RATIO: usize = 255;
+
 /// Default size above which payloads are compressed: 4 KiB.
 pub const DEFAULT_COMPRESS_THRESHOLD: usize = 4 * 1024;
 
@@ -327,6 +330,13 @@ impl ControlCodec {
                         max: self.max_message_len,
                     });
                 }
+                // LZ4 cannot expand more than 255×; refuse before allocating `len` bytes.
+                if len > block.len().saturating_mul(LZ4_MAX_RATIO).saturating_add(16) {
+                    return Err(MessageError::Decompress(format!(
+                        "announces {len} bytes from a {}-byte block, more than LZ4 can expand to",
+                        block.len()
+                    )));
+                }
                 let json = lz4_flex::block::decompress(block, len)
                     .map_err(|err| MessageError::Decompress(err.to_string()))?;
                 decode_envelope(&json)
@@ -472,6 +482,12 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "control message of 2147483647 bytes exceeds the limit of 67108864 bytes"
+        );
+        let err = decode(FRAME_JSON_LZ4, &[0, 0, 0, 1, 0xf0]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "compressed control message is damaged: announces 16777216 bytes from a 1-byte \
+             block, more than LZ4 can expand to"
         );
         let err = decode(FRAME_JSON_LZ4, &[10, 0, 0, 0, 0xf0]).unwrap_err();
         assert!(

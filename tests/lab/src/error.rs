@@ -94,3 +94,33 @@ impl LabError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_say_what_to_do() {
+        let missing = LabError::MissingTool {
+            tool: "pebble".into(),
+            looked: "PATH".into(),
+        };
+        assert_eq!(
+            missing.to_string(),
+            "pebble not found (PATH): run scripts/install-deps"
+        );
+        let root = LabError::NotRoot {
+            what: "the NAT lab".into(),
+        };
+        assert!(root.to_string().contains("run the tests as root"), "{root}");
+        let timeout = LabError::Timeout {
+            what: "pebble".into(),
+            waited: Duration::from_secs(20),
+            hint: "check its log".into(),
+        };
+        assert!(
+            timeout.to_string().starts_with("pebble not ready after 20"),
+            "{timeout}"
+        );
+    }
+}

@@ -482,30 +482,8 @@ table inet postern_lab_filter {{
     )
 }
 
-/// A veth pair created directly inside the two namespaces (names never clash with the root
-/// namespace), both ends up.
 fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<(), LabError> {
-    crate::tools::run(
-        &format!("creating veth {}:{a_if} <-> {}:{b_if}", a.name(), b.name()),
-        Command::new("ip").args([
-            "link",
-            "add",
-            "name",
-            a_if,
-            "netns",
-            a.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            b_if,
-            "netns",
-            b.name(),
-        ]),
-    )?;
-    a.ip(&["link", "set", a_if, "up"])?;
-    b.ip(&["link", "set", b_if, "up"])?;
-    Ok(())
+    a.veth_to(a_if, b, b_if)
 }
 
 /// With bridge netfilter on (the default in every new namespace here), frames bridged

@@ -128,12 +128,42 @@ impl Netns {
         Path::new("/run/netns").join(&self.name)
     }
 
-    /// Runs `ip -n NAME args...`.
-    pub(crate) fn ip(&self, args: &[&str]) -> Result<String, LabError> {
+    /// Runs `ip -n NAME args...` (e.g. `["addr", "add", "10.0.0.1/24", "dev", "eth0"]`) and
+    /// returns its output; fails with `ip`'s message.
+    pub fn ip(&self, args: &[&str]) -> Result<String, LabError> {
         run(
             &format!("`ip {}` in {}", args.join(" "), self.name),
             Command::new(ip()?).arg("-n").arg(&self.name).args(args),
         )
+    }
+
+    /// Creates a veth pair between this namespace (`my_if`) and `other` (`other_if`),
+    /// directly inside both (names never clash with the root namespace), both ends up.
+    pub fn veth_to(&self, my_if: &str, other: &Netns, other_if: &str) -> Result<(), LabError> {
+        run(
+            &format!(
+                "creating veth {}:{my_if} <-> {}:{other_if}",
+                self.name, other.name
+            ),
+            Command::new(ip()?).args([
+                "link",
+                "add",
+                "name",
+                my_if,
+                "netns",
+                &self.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                other_if,
+                "netns",
+                &other.name,
+            ]),
+        )?;
+        self.ip(&["link", "set", my_if, "up"])?;
+        other.ip(&["link", "set", other_if, "up"])?;
+        Ok(())
     }
 
     /// Sets sysctls inside the namespace.

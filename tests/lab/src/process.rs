@@ -24,10 +24,14 @@ pub struct LabProcess {
 }
 
 impl LabProcess {
-    /// Starts `cmd` with its output appended to `log` and stdin closed.
+    /// Starts `cmd` with its standard output and error written to `log` and stdin closed;
+    /// `name` appears in error messages. Use it for any daemon a test starts (e.g. the
+    /// binary under test, built from [`crate::netlab::NatLab::command`] to run on a lab host
+    /// with extra environment variables).
     ///
-    /// Fails if the program cannot be started (missing binary, bad working directory).
-    pub(crate) fn spawn(name: &str, mut cmd: Command, log: &Path) -> Result<Self, LabError> {
+    /// Fails if the program cannot be started (missing binary, bad working directory) or the
+    /// log cannot be created.
+    pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Result<Self, LabError> {
         let out = File::create(log)
             .map_err(|e| LabError::io(format!("creating log {}", log.display()), e))?;
         let err = out

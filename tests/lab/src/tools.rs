@@ -135,3 +135,18 @@ fn is_executable(path: &Path) -> bool {
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         .unwrap_or(false)
 }
+
+/// Sends `GET path` over plain HTTP/1.0 to `addr` and returns the status code, or `None` if
+/// nothing answers (yet). For readiness polls; call it inside a namespace via `run_in`.
+pub(crate) fn http_status(addr: std::net::SocketAddr, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let timeout = Duration::from_millis(500);
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut head = [0u8; 16];
+    stream.read_exact(&mut head).ok()?;
+    // "HTTP/1.1 200 OK"
+    std::str::from_utf8(head.get(9..12)?).ok()?.parse().ok()
+}

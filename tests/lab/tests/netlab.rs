@@ -190,7 +190,7 @@ fn link_faults_drop_packets_and_flushing_forgets_mappings() {
             let _ = socket.send_to(&i.to_be_bytes(), coord);
         }
         socket
-            .set_read_timeout(Some(Duration::from_millis(400)))
+            .set_read_timeout(Some(Duration::from_millis(1000)))
             .unwrap();
         let mut buf = [0u8; 64];
         let mut n = 0;
@@ -406,7 +406,8 @@ fn sweep_removes_namespaces_of_dead_test_processes() {
         .rev()
         .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
         .unwrap();
-    let name = format!("pl{dead}x0-stale");
+    // The counter part carries our own pid, so parallel runs of this test never collide.
+    let name = format!("pl{dead}x{}-stale", std::process::id());
     let status = std::process::Command::new("ip")
         .args(["netns", "add", &name])
         .status()
@@ -426,4 +427,77 @@ fn sweep_removes_namespaces_of_dead_test_processes() {
     );
     let status = sleeper.wait().unwrap();
     assert!(!status.success(), "the sleeper inside was not killed");
+}
+
+#[test]
+fn a_panicking_test_leaves_nothing_behind() {
+    let names = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = names.clone();
+    let result = std::panic::catch_unwind(move || {
+        let lab = lab(NatLabConfig::default());
+        let _sleeper = lab.spawn(Host::Coord, &["sleep", "600"]).unwrap();
+        *seen.lock().unwrap() = Host::ALL
+            .iter()
+            .map(|h| lab.namespace(*h).to_owned())
+            .collect();
+        panic!("the test fails while the lab runs");
+    });
+    assert!(result.is_err());
+    let names = names.lock().unwrap();
+    assert_eq!(names.len(), Host::ALL.len());
+    for name in names.iter() {
+        assert!(
+            !std::path::Path::new("/run/netns").join(name).exists(),
+            "{name} survived the panic"
+        );
+    }
+}
+
+/// Both homes learn their public endpoint from a reflector on coord (same socket), then
+/// spray datagrams at each other's endpoint for two seconds. Returns whether A heard B and
+/// whether B heard A.
+fn hole_punch(lab: &NatLab) -> (bool, bool) {
+    udp_reflector(lab, Host::Coord, 3478);
+    let coord = SocketAddr::from((Host::Coord.addr(), 3478));
+    let a = udp_socket(lab, Host::HomeA, 44000);
+    let b = udp_socket(lab, Host::HomeB, 44000);
+    let a_public: SocketAddr = reflect(&a, coord).unwrap().parse().unwrap();
+    let b_public: SocketAddr = reflect(&b, coord).unwrap().parse().unwrap();
+    let spray = |socket: UdpSocket, peer: SocketAddr| {
+        std::thread::spawn(move || {
+            socket
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(2);
+            let mut heard = false;
+            let mut buf = [0u8; 64];
+            while Instant::now() < deadline {
+                let _ = socket.send_to(b"punch", peer);
+                if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                    heard |= &buf[..n] == b"punch" && from == peer;
+                }
+            }
+            heard
+        })
+    };
+    let a_heard = spray(a, b_public);
+    let b_heard = spray(b, a_public);
+    (a_heard.join().unwrap(), b_heard.join().unwrap())
+}
+
+#[test]
+fn hole_punching_works_between_easy_nats_but_not_with_a_hard_one() {
+    let easy = lab(NatLabConfig {
+        home_a: NatKind::Easy,
+        home_b: NatKind::Easy,
+        ipv6: false,
+    });
+    assert_eq!(hole_punch(&easy), (true, true), "easy <-> easy must punch");
+    drop(easy);
+    let mixed = lab(NatLabConfig::default());
+    assert_eq!(
+        hole_punch(&mixed),
+        (false, false),
+        "easy <-> hard must need a relay"
+    );
 }

@@ -56,3 +56,18 @@ fn two_clusters_run_side_by_side() {
     a.psql("create table only_in_a (x int)").unwrap();
     assert!(b.psql("select * from only_in_a").is_err());
 }
+
+#[test]
+fn a_panicking_test_stops_the_cluster() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let inner = seen.clone();
+    let result = std::panic::catch_unwind(move || {
+        let pg = PostgresCluster::start().unwrap();
+        *inner.lock().unwrap() = Some((pg.port(), pg.socket_dir().to_owned()));
+        panic!("the test fails while the cluster runs");
+    });
+    assert!(result.is_err());
+    let (port, dir) = seen.lock().unwrap().clone().unwrap();
+    assert!(!dir.exists(), "{} survived the panic", dir.display());
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+}

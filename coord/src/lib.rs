@@ -8,3 +8,5 @@
 //! only packets that are already encrypted end to end. It must never log a secret.
 
 pub mod policy_admin;
+pub mod registry;
+pub mod store;

@@ -11,4 +11,5 @@
 
 pub mod engine;
 pub mod udp;
+pub mod userspace;
 pub mod wg_config;

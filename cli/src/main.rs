@@ -3,6 +3,7 @@
 
 #![allow(clippy::print_stderr, clippy::print_stdout)] // a command-line program talks to its user
 
+mod dev;
 mod wg;
 
 use std::process::ExitCode;
@@ -34,6 +35,8 @@ enum Command {
     /// Plain WireGuard: bring up a wg-quick configuration without a coordination server.
     #[command(subcommand)]
     Wg(wg::WgCommand),
+    /// Everything on one machine for a first look (not built yet: says what it will do).
+    Dev(dev::DevArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
     init_logging();
     match cli.command {
         Command::Wg(command) => wg::run(command),
+        Command::Dev(args) => dev::run(&args),
     }
 }
 

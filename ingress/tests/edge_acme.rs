@@ -1,6 +1,9 @@
 //! Certificates from pebble in strict mode (it really connects back to the ingress): HTTP-01
 //! and TLS-ALPN-01 issuance, and a restart that reuses the stored certificate.
 
+// Helper functions of these tests unwrap too: a failure is the test failing.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
 mod edge_support;
 
 use std::time::Duration;

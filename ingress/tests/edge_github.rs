@@ -1,6 +1,9 @@
 //! End to end: pebble (strict) issues the certificate, the real `postern-ingress` binary
 //! verifies GitHub signatures, and only signed deliveries reach the origin, byte for byte.
 
+// Helper functions of these tests unwrap too: a failure is the test failing.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
 mod edge_support;
 
 use std::time::Duration;

@@ -37,7 +37,7 @@ use crate::certs::{ACME_TLS_ALPN, CertResolver, HttpChallenges};
 use crate::gate::{Decision, GateChain, GateRequest, rewrite_identity_headers};
 
 pub use forward::EdgeBody;
-pub use upstream::{TcpUpstream, Upstream, UpstreamIo};
+pub use upstream::{Connecting, TcpUpstream, Upstream, UpstreamIo};
 
 /// A public hostname and where its requests go.
 #[derive(Debug, Clone)]

@@ -11,15 +11,17 @@ pub trait UpstreamIo: AsyncRead + AsyncWrite + Send + Unpin {}
 
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> UpstreamIo for T {}
 
+/// The future of [`Upstream::connect`]: a stream to the target, or the connect error.
+pub type Connecting<'a> =
+    Pin<Box<dyn Future<Output = std::io::Result<Box<dyn UpstreamIo>>> + Send + 'a>>;
+
 /// Opens byte streams to one funnel's target.
 ///
 /// Called once per forwarded request (and once per WebSocket). An error becomes a `502
 /// upstream_unreachable` answer and an `error` audit record.
 pub trait Upstream: Send + Sync + fmt::Debug {
     /// Opens a new stream to the target.
-    fn connect(
-        &self,
-    ) -> Pin<Box<dyn Future<Output = std::io::Result<Box<dyn UpstreamIo>>> + Send + '_>>;
+    fn connect(&self) -> Connecting<'_>;
 }
 
 /// A target reached by plain TCP at a fixed address (`host:port`).
@@ -39,9 +41,7 @@ impl TcpUpstream {
 }
 
 impl Upstream for TcpUpstream {
-    fn connect(
-        &self,
-    ) -> Pin<Box<dyn Future<Output = std::io::Result<Box<dyn UpstreamIo>>> + Send + '_>> {
+    fn connect(&self) -> Connecting<'_> {
         Box::pin(async move {
             let stream = tokio::net::TcpStream::connect(&self.address).await?;
             stream.set_nodelay(true)?;

@@ -2,6 +2,15 @@
 //! `postern-ingress` binary started against pebble.
 
 #![allow(dead_code)]
+// each test crate uses a different part
+// Test-only helpers: a failed unwrap here is a broken test fixture, reported by the panic.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::too_many_arguments
+)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

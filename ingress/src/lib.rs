@@ -8,4 +8,9 @@
 //! It must never forward a request that failed its gate, never pass through identity
 //! headers that came in from the client, and never log a secret.
 
+pub mod audit;
+pub mod certs;
+pub mod config;
+pub mod edge;
 pub mod gate;
+pub mod server;

@@ -1,0 +1,19 @@
+//! Fuzzes the `ingress.toml` parser and the PEM certificate loader: nothing may panic.
+//!
+//! Run from `ingress/`: `cargo +nightly fuzz run ingress_config -- -max_total_time=30`.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use postern_ingress::certs::{StoredCert, certified_key_from_pem};
+use postern_ingress::config::IngressConfig;
+
+fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data);
+    if let Ok(config) = IngressConfig::parse(&text) {
+        let _ = config.validate();
+        let _ = config.funnels(&|_| Some("secret".to_string()));
+    }
+    let _ = StoredCert::from_pem(text.to_string(), text.to_string(), "fuzz");
+    let _ = certified_key_from_pem(&text, &text, "fuzz");
+});

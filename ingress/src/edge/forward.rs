@@ -1,0 +1,326 @@
+//! Sending an admitted request to the target and streaming the answer back.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Version, request};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, SizeHint};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use super::Upstream;
+use crate::audit::{AuditRecord, AuditSink};
+
+/// The body type of every response the edge sends: the target's streamed body or a short
+/// text of the edge's own.
+pub type EdgeBody = BoxBody<Bytes, hyper::Error>;
+
+/// Why forwarding failed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ForwardError {
+    #[error("the target could not be reached: {0}")]
+    Connect(std::io::Error),
+    #[error("the target's HTTP connection failed: {0}")]
+    Http(hyper::Error),
+    #[error("the target did not answer in time")]
+    Timeout,
+    #[error("the request could not be rebuilt for the target: {0}")]
+    Build(http::Error),
+}
+
+impl ForwardError {
+    pub(super) fn status(&self) -> StatusCode {
+        match self {
+            ForwardError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    pub(super) fn code(&self) -> &'static str {
+        match self {
+            ForwardError::Connect(_) => "upstream_unreachable",
+            ForwardError::Http(_) => "upstream_failed",
+            ForwardError::Timeout => "upstream_timeout",
+            ForwardError::Build(_) => "bad_request",
+        }
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 7.6.1): never forwarded in either direction.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// Whether the request asks for a protocol upgrade (WebSocket over HTTP/1.1).
+pub(super) fn wants_upgrade<B>(request: &Request<B>) -> bool {
+    request.headers().contains_key(header::UPGRADE)
+        && request.version() == Version::HTTP_11
+        && connection_tokens(request.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+/// Forwards one admitted request (headers already rewritten by the gate step) and returns
+/// the response to send to the client.
+pub(super) async fn forward(
+    upstream: &dyn Upstream,
+    mut parts: request::Parts,
+    body: Full<Bytes>,
+    host: &str,
+    client: SocketAddr,
+    client_upgrade: Option<OnUpgrade>,
+    timeout: Duration,
+) -> Result<Response<EdgeBody>, ForwardError> {
+    let upgrading = client_upgrade.is_some();
+    let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut parts.headers);
+    if upgrading && let Some(value) = upgrade_value {
+        parts.headers.insert(header::UPGRADE, value);
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    set_forwarded(&mut parts.headers, host, client);
+    if let Ok(value) = HeaderValue::from_str(host) {
+        parts.headers.insert(header::HOST, value);
+    }
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str)
+        .to_string();
+    let mut builder = Request::builder()
+        .method(parts.method)
+        .uri(path)
+        .version(Version::HTTP_11);
+    if let Some(headers) = builder.headers_mut() {
+        *headers = parts.headers;
+    }
+    let outgoing = builder.body(body).map_err(ForwardError::Build)?;
+
+    let exchange = async {
+        let stream = upstream.connect().await.map_err(ForwardError::Connect)?;
+        let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(ForwardError::Http)?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%error, "target connection ended with an error");
+            }
+        });
+        sender
+            .send_request(outgoing)
+            .await
+            .map_err(ForwardError::Http)
+    };
+    let mut response = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| ForwardError::Timeout)??;
+
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = client_upgrade
+    {
+        let target_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            match tokio::try_join!(client_upgrade, target_upgrade) {
+                Ok((client_io, target_io)) => {
+                    let mut client_io = TokioIo::new(client_io);
+                    let mut target_io = TokioIo::new(target_io);
+                    let _ = tokio::io::copy_bidirectional(&mut client_io, &mut target_io).await;
+                }
+                Err(error) => tracing::debug!(%error, "upgrade failed"),
+            }
+        });
+        return Ok(response.map(BodyExt::boxed));
+    }
+    strip_hop_by_hop(response.headers_mut());
+    response.headers_mut().remove(header::UPGRADE);
+    Ok(response.map(BodyExt::boxed))
+}
+
+/// A short text response of the edge's own.
+pub(super) fn text(status: StatusCode, body: String) -> Response<EdgeBody> {
+    let mut response = bytes(status, Bytes::from(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// A response with a fixed body.
+pub(super) fn bytes(status: StatusCode, body: Bytes) -> Response<EdgeBody> {
+    let mut response = Response::new(Full::new(body).map_err(|never| match never {}).boxed());
+    *response.status_mut() = status;
+    response
+}
+
+/// Wraps a response body so that the audit record is written, with the byte count and
+/// duration, when the body ends or is dropped.
+pub(super) fn audited(
+    body: EdgeBody,
+    record: AuditRecord,
+    started: Instant,
+    sink: Arc<dyn AuditSink>,
+) -> EdgeBody {
+    AuditedBody {
+        inner: body,
+        bytes: 0,
+        pending: Some((record, started, sink)),
+    }
+    .boxed()
+}
+
+struct AuditedBody {
+    inner: EdgeBody,
+    bytes: u64,
+    pending: Option<(AuditRecord, Instant, Arc<dyn AuditSink>)>,
+}
+
+impl AuditedBody {
+    fn write_record(&mut self) {
+        if let Some((mut record, started, sink)) = self.pending.take() {
+            record.bytes = self.bytes;
+            record.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            sink.record(&record);
+        }
+    }
+}
+
+impl Body for AuditedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.write_record(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for AuditedBody {
+    fn drop(&mut self) {
+        self.write_record();
+    }
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+fn set_forwarded(headers: &mut HeaderMap, host: &str, client: SocketAddr) {
+    let ip = client.ip();
+    let node = if ip.is_ipv6() {
+        format!("\"[{ip}]\"")
+    } else {
+        ip.to_string()
+    };
+    let pairs = [
+        ("x-forwarded-for", ip.to_string()),
+        ("x-forwarded-proto", "https".to_string()),
+        ("x-forwarded-host", host.to_string()),
+        ("forwarded", format!("for={node};proto=https;host={host}")),
+    ];
+    for (name, value) in pairs {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_headers_replace_client_values() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        set_forwarded(
+            &mut headers,
+            "hooks.example",
+            "203.0.113.7:4000".parse().unwrap(),
+        );
+        assert_eq!(headers["x-forwarded-for"], "203.0.113.7");
+        assert_eq!(headers["x-forwarded-proto"], "https");
+        assert_eq!(headers["x-forwarded-host"], "hooks.example");
+        assert_eq!(
+            headers["forwarded"],
+            "for=203.0.113.7;proto=https;host=hooks.example"
+        );
+        set_forwarded(&mut headers, "h", "[2001:db8::1]:4000".parse().unwrap());
+        assert_eq!(
+            headers["forwarded"],
+            "for=\"[2001:db8::1]\";proto=https;host=h"
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("x-kept"));
+    }
+}

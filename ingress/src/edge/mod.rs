@@ -1,0 +1,451 @@
+//! The HTTPS edge: TLS with SNI, HTTP/1.1 and HTTP/2, one funnel per hostname, the gate
+//! chain on every request, forwarding to the funnel's target, and the audit record.
+//!
+//! For each request on the TLS port the edge:
+//! 1. finds the funnel by host (unknown hosts get a bare `404`, a host that differs from
+//!    the TLS SNI gets `421`);
+//! 2. buffers the body up to [`Limits::max_body_bytes`] (`413 body_too_large` beyond);
+//! 3. runs the funnel's [`GateChain`]: `Deny` answers with the status and the reason code
+//!    as the body and forwards nothing; `Respond` answers the provider's handshake;
+//! 4. on `Allow`, strips client-sent `Postern-*` headers and sets the edge's own, sets
+//!    `X-Forwarded-For/-Proto/-Host` and `Forwarded`, and sends the request to the target
+//!    over HTTP/1.1 through [`Upstream`]; the response body streams back unbuffered (SSE,
+//!    chunked), and `101 Switching Protocols` (WebSocket) becomes a byte pipe;
+//! 5. writes one [`AuditRecord`] when the response is over.
+//!
+//! The HTTP port answers ACME HTTP-01 challenges and redirects known hosts to HTTPS.
+
+mod forward;
+mod upstream;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::audit::{AuditRecord, AuditSink};
+use crate::certs::{ACME_TLS_ALPN, CertResolver, HttpChallenges};
+use crate::gate::{Decision, GateChain, GateRequest, rewrite_identity_headers};
+
+pub use forward::EdgeBody;
+pub use upstream::{Connecting, TcpUpstream, Upstream, UpstreamIo};
+
+/// A public hostname and where its requests go.
+#[derive(Debug, Clone)]
+pub struct Funnel {
+    /// The public hostname (lower case), e.g. `hooks.example.com`.
+    pub hostname: String,
+    /// How to reach the target.
+    pub upstream: Arc<dyn Upstream>,
+    /// The gates every request must pass.
+    pub chain: GateChain,
+}
+
+/// The edge's bounds on what a client may send and how long it may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest request head (HTTP/1.1 buffer, HTTP/2 header list), in bytes. HTTP/1.1
+    /// never goes below 8192.
+    pub max_header_bytes: usize,
+    /// The largest request body the edge buffers for the gates; larger bodies get `413`.
+    pub max_body_bytes: usize,
+    /// How long a connection may sit without sending a request head (also the TLS
+    /// handshake bound).
+    pub idle_timeout: Duration,
+    /// How long the client may take to send the body plus the target to answer with a
+    /// response head. The response body itself may stream for longer.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    /// 16 KiB of headers, 5 MiB of body, 60 s idle, 60 s per request.
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 16 * 1024,
+            max_body_bytes: crate::gate::webhook::DEFAULT_MAX_BODY_BYTES,
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The edge: funnels by hostname, limits, audit sink, pending HTTP-01 answers.
+#[derive(Debug)]
+pub struct Edge {
+    funnels: HashMap<String, Arc<Funnel>>,
+    limits: Limits,
+    audit: Arc<dyn AuditSink>,
+    http_challenges: Arc<HttpChallenges>,
+}
+
+impl Edge {
+    /// An edge serving `funnels`. Hostnames are matched case-insensitively.
+    pub fn new(
+        funnels: Vec<Funnel>,
+        limits: Limits,
+        audit: Arc<dyn AuditSink>,
+        http_challenges: Arc<HttpChallenges>,
+    ) -> Self {
+        let funnels = funnels
+            .into_iter()
+            .map(|f| (f.hostname.to_ascii_lowercase(), Arc::new(f)))
+            .collect();
+        Self {
+            funnels,
+            limits,
+            audit,
+            http_challenges,
+        }
+    }
+
+    /// The rustls configuration of the TLS port: ring provider, certificates from
+    /// `resolver`, ALPN `h2`, `http/1.1` and `acme-tls/1`.
+    pub fn tls_config(
+        resolver: Arc<CertResolver>,
+    ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// Serves the TLS port until the listener fails. Each connection runs on its own task.
+    pub async fn serve_tls(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<()> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        loop {
+            let (tcp, client) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed on the TLS port; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let edge = Arc::clone(&self);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let handshake =
+                    tokio::time::timeout(edge.limits.idle_timeout, acceptor.accept(tcp)).await;
+                let Ok(Ok(mut tls)) = handshake else {
+                    tracing::debug!(%client, "TLS handshake failed or timed out");
+                    return;
+                };
+                let (_, connection) = tls.get_ref();
+                if connection.alpn_protocol() == Some(ACME_TLS_ALPN) {
+                    tracing::info!(%client, "answered a TLS-ALPN-01 validation");
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+                    return;
+                }
+                let sni = connection.server_name().map(str::to_ascii_lowercase);
+                let service_edge = Arc::clone(&edge);
+                let service = service_fn(move |request| {
+                    Arc::clone(&service_edge).handle(request, client, sni.clone())
+                });
+                if let Err(error) = edge
+                    .connection_builder()
+                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                    .await
+                {
+                    tracing::debug!(%client, %error, "connection ended with an error");
+                }
+            });
+        }
+    }
+
+    /// Serves the plain HTTP port: ACME HTTP-01 answers, a redirect to HTTPS for known
+    /// hosts, `404` otherwise.
+    pub async fn serve_http(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        loop {
+            let (tcp, client) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed on the HTTP port; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let edge = Arc::clone(&self);
+            tokio::spawn(async move {
+                let service_edge = Arc::clone(&edge);
+                let service = service_fn(move |request| {
+                    let edge = Arc::clone(&service_edge);
+                    async move { Ok::<_, Infallible>(edge.handle_plain(&request, client)) }
+                });
+                let _ = edge
+                    .connection_builder()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    }
+
+    fn connection_builder(&self) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.limits.idle_timeout)
+            .max_buf_size(self.limits.max_header_bytes.max(8192));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX));
+        builder
+    }
+
+    fn handle_plain(&self, request: &Request<Incoming>, client: SocketAddr) -> Response<EdgeBody> {
+        let path = request.uri().path();
+        if let Some(token) = path.strip_prefix("/.well-known/acme-challenge/")
+            && let Some(answer) = self.http_challenges.answer(token)
+        {
+            tracing::info!(%client, "answered an HTTP-01 validation");
+            return forward::text(StatusCode::OK, answer);
+        }
+        match request_host(request) {
+            Some(host) if self.funnels.contains_key(&host) => {
+                let target = format!(
+                    "https://{host}{}",
+                    request
+                        .uri()
+                        .path_and_query()
+                        .map_or("/", http::uri::PathAndQuery::as_str)
+                );
+                let mut response = forward::text(StatusCode::PERMANENT_REDIRECT, String::new());
+                if let Ok(location) = HeaderValue::from_str(&target) {
+                    response
+                        .headers_mut()
+                        .insert(http::header::LOCATION, location);
+                }
+                response
+            }
+            _ => forward::text(StatusCode::NOT_FOUND, "not found\n".into()),
+        }
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        mut request: Request<Incoming>,
+        client: SocketAddr,
+        sni: Option<String>,
+    ) -> Result<Response<EdgeBody>, Infallible> {
+        let mut audit = PendingAudit::new(&request, client, Arc::clone(&self.audit));
+        let host = request_host(&request);
+        let Some(funnel) = host.as_ref().and_then(|h| self.funnels.get(h)).cloned() else {
+            return Ok(audit.finish_now(
+                StatusCode::NOT_FOUND,
+                "deny",
+                Some("unknown_host"),
+                "not found\n",
+            ));
+        };
+        audit.record.funnel = Some(funnel.hostname.clone());
+        if sni.as_ref().is_some_and(|sni| Some(sni) != host.as_ref()) {
+            return Ok(audit.finish_now(
+                StatusCode::MISDIRECTED_REQUEST,
+                "deny",
+                Some("misdirected_request"),
+                "misdirected_request\n",
+            ));
+        }
+        let client_upgrade =
+            forward::wants_upgrade(&request).then(|| hyper::upgrade::on(&mut request));
+        let (mut parts, body) = request.into_parts();
+
+        let limit = self.limits.max_body_bytes;
+        let declared_too_large = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|len| len > limit as u64);
+        let collected = if declared_too_large {
+            None
+        } else {
+            tokio::time::timeout(
+                self.limits.request_timeout,
+                Limited::new(body, limit).collect(),
+            )
+            .await
+            .ok()
+        };
+        let body = match collected {
+            Some(Ok(collected)) => collected.to_bytes(),
+            Some(Err(error))
+                if error
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_none() =>
+            {
+                return Ok(audit.finish_now(
+                    StatusCode::BAD_REQUEST,
+                    "deny",
+                    Some("body_unreadable"),
+                    "body_unreadable\n",
+                ));
+            }
+            None if !declared_too_large => {
+                return Ok(audit.finish_now(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "deny",
+                    Some("request_timeout"),
+                    "request_timeout\n",
+                ));
+            }
+            _ => {
+                audit.record.gate = Some("edge".into());
+                return Ok(audit.finish_now(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "deny",
+                    Some("body_too_large"),
+                    "body_too_large\n",
+                ));
+            }
+        };
+
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map_or("/", http::uri::PathAndQuery::as_str)
+            .to_string();
+        let url = format!("https://{}{}", funnel.hostname, path_and_query);
+        let gate_request = GateRequest::new(&parts.method, &url, &parts.headers, &body, client);
+        let outcome = funnel.chain.evaluate(&gate_request, SystemTime::now());
+        audit.record.gate = outcome.trace.entries.last().map(|e| e.gate.clone());
+        match outcome.decision {
+            Decision::Deny { status, reason } => {
+                tracing::info!(funnel = %funnel.hostname, %client, trace = %outcome.trace.summary(), "request denied");
+                Ok(audit.finish_now(
+                    status,
+                    "deny",
+                    Some(reason.as_str()),
+                    &format!("{reason}\n"),
+                ))
+            }
+            Decision::Respond {
+                status,
+                headers,
+                body,
+            } => {
+                let mut response = forward::bytes(status, Bytes::from(body));
+                for (name, value) in headers {
+                    response.headers_mut().insert(name, value);
+                }
+                Ok(audit.finish(response, "respond", None))
+            }
+            Decision::Allow { gate, identity } => {
+                audit.record.gate = Some(gate.clone());
+                rewrite_identity_headers(&mut parts.headers, Some((&gate, &identity)));
+                let host = funnel.hostname.clone();
+                let result = forward::forward(
+                    &*funnel.upstream,
+                    parts,
+                    Full::new(body),
+                    &host,
+                    client,
+                    client_upgrade,
+                    self.limits.request_timeout,
+                )
+                .await;
+                Ok(match result {
+                    Ok(response) => audit.finish(response, "allow", None),
+                    Err(failure) => {
+                        tracing::warn!(funnel = %funnel.hostname, error = %failure, "forwarding failed");
+                        let code = failure.code();
+                        audit.finish_now(
+                            failure.status(),
+                            "error",
+                            Some(code),
+                            &format!("{code}\n"),
+                        )
+                    }
+                })
+            }
+        }
+    }
+}
+
+/// The request's host, lower case, without a port: the URI authority (HTTP/2) or `Host`.
+fn request_host<B>(request: &Request<B>) -> Option<String> {
+    let raw = match request.uri().host() {
+        Some(host) => host.to_string(),
+        None => {
+            let header = request.headers().get(http::header::HOST)?.to_str().ok()?;
+            header
+                .rsplit_once(':')
+                .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+                .map_or(header, |(host, _)| host)
+                .to_string()
+        }
+    };
+    Some(raw.trim_end_matches('.').to_ascii_lowercase())
+}
+
+/// The audit record of one request, written when its response body ends.
+struct PendingAudit {
+    record: AuditRecord,
+    started: Instant,
+    sink: Arc<dyn AuditSink>,
+}
+
+impl PendingAudit {
+    fn new<B>(request: &Request<B>, client: SocketAddr, sink: Arc<dyn AuditSink>) -> Self {
+        let time = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        Self {
+            record: AuditRecord {
+                time,
+                funnel: None,
+                client: client.to_string(),
+                method: request.method().to_string(),
+                path: request.uri().path().to_string(),
+                gate: None,
+                result: "deny",
+                reason: None,
+                status: 0,
+                bytes: 0,
+                duration_ms: 0,
+            },
+            started: Instant::now(),
+            sink,
+        }
+    }
+
+    fn finish_now(
+        self,
+        status: StatusCode,
+        result: &'static str,
+        reason: Option<&str>,
+        body: &str,
+    ) -> Response<EdgeBody> {
+        self.finish(forward::text(status, body.to_string()), result, reason)
+    }
+
+    fn finish(
+        mut self,
+        response: Response<EdgeBody>,
+        result: &'static str,
+        reason: Option<&str>,
+    ) -> Response<EdgeBody> {
+        self.record.result = result;
+        self.record.reason = reason.map(str::to_string);
+        self.record.status = response.status().as_u16();
+        response.map(|body| forward::audited(body, self.record, self.started, self.sink))
+    }
+}

@@ -1,0 +1,211 @@
+//! Wiring: listeners, certificates, the edge, and the certificate upkeep tasks. The binary
+//! calls [`run`]; tests may too.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::net::TcpListener;
+
+use crate::audit::AuditSink;
+use crate::certs::{
+    AcmeConfig, AcmeIssuer, CertResolver, CertStore, HttpChallenges, certified_key_from_pem,
+    renewal_at, renewal_due,
+};
+use crate::config::IngressConfig;
+use crate::edge::{Edge, Funnel};
+
+/// Why the ingress stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// A listening address could not be bound.
+    #[error(
+        "cannot listen on {address}: {source} (is another server using the port, or are privileges missing for ports below 1024?)"
+    )]
+    Bind {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The static certificate could not be loaded.
+    #[error("static certificate: {0}")]
+    StaticCert(String),
+    /// The TLS configuration was refused.
+    #[error("TLS setup: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The ACME account could not be opened.
+    #[error(transparent)]
+    Acme(#[from] crate::certs::AcmeError),
+    /// A listener failed.
+    #[error("a listener stopped: {0}")]
+    Listener(std::io::Error),
+}
+
+/// Runs the ingress until SIGINT/SIGTERM: binds the ports, loads the static certificate,
+/// opens the ACME account and keeps a certificate for each funnel hostname (stored ones are
+/// reused; new ones ordered; renewal two thirds into the lifetime), and serves requests.
+pub async fn run(
+    config: &IngressConfig,
+    funnels: Vec<Funnel>,
+    audit: Arc<dyn AuditSink>,
+) -> Result<(), RunError> {
+    let resolver = Arc::new(CertResolver::new());
+    if let Some(static_cert) = &config.static_cert {
+        let read = |path: &std::path::Path| {
+            std::fs::read_to_string(path)
+                .map_err(|e| RunError::StaticCert(format!("{}: {e}", path.display())))
+        };
+        let key = certified_key_from_pem(
+            &read(&static_cert.cert)?,
+            &read(&static_cert.key)?,
+            &static_cert.cert.display().to_string(),
+        )
+        .map_err(|e| RunError::StaticCert(e.to_string()))?;
+        resolver.set_static(key);
+    }
+    let challenges = Arc::new(HttpChallenges::default());
+    let hostnames: Vec<String> = funnels.iter().map(|f| f.hostname.clone()).collect();
+    let edge = Arc::new(Edge::new(
+        funnels,
+        config.limits(),
+        audit,
+        Arc::clone(&challenges),
+    ));
+
+    let bind = |address| async move {
+        TcpListener::bind(address)
+            .await
+            .map_err(|source| RunError::Bind { address, source })
+    };
+    let tls_listener = bind(config.listen.https).await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(http) = config.listen.http {
+        let http_listener = bind(http).await?;
+        tracing::info!(address = %http_listener.local_addr().map_err(RunError::Listener)?, "HTTP port listening");
+        tasks.spawn(Arc::clone(&edge).serve_http(http_listener));
+    }
+    tracing::info!(address = %tls_listener.local_addr().map_err(RunError::Listener)?, "TLS port listening");
+    tasks
+        .spawn(Arc::clone(&edge).serve_tls(tls_listener, Edge::tls_config(Arc::clone(&resolver))?));
+
+    if let Some(acme) = config.acme() {
+        let issuer = open_issuer(&acme, config, &challenges, &resolver).await?;
+        let store = CertStore::new(&config.state_dir);
+        for host in hostnames {
+            let (issuer, store, resolver) = (issuer.clone(), store.clone(), Arc::clone(&resolver));
+            tokio::spawn(keep_certificate(issuer, store, resolver, host));
+        }
+    }
+
+    tokio::select! {
+        finished = tasks.join_next() => match finished {
+            Some(Ok(Err(error))) => Err(RunError::Listener(error)),
+            _ => Ok(()),
+        },
+        () = shutdown_signal() => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+    }
+}
+
+async fn open_issuer(
+    acme: &AcmeConfig,
+    config: &IngressConfig,
+    challenges: &Arc<HttpChallenges>,
+    resolver: &Arc<CertResolver>,
+) -> Result<AcmeIssuer, RunError> {
+    let mut delay = Duration::from_secs(2);
+    loop {
+        match AcmeIssuer::open(
+            acme,
+            &config.state_dir,
+            Arc::clone(challenges),
+            Arc::clone(resolver),
+        )
+        .await
+        {
+            Ok(issuer) => return Ok(issuer),
+            Err(crate::certs::AcmeError::AccountFile { path, reason }) => {
+                return Err(crate::certs::AcmeError::AccountFile { path, reason }.into());
+            }
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?delay, "waiting for the ACME CA to register or load the account");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(300));
+            }
+        }
+    }
+}
+
+/// Keeps one hostname's certificate: installs the stored one, orders one when none is
+/// stored or the stored one is due, then sleeps until the renewal time.
+async fn keep_certificate(
+    issuer: AcmeIssuer,
+    store: CertStore,
+    resolver: Arc<CertResolver>,
+    host: String,
+) {
+    let mut current = match store.load(&host) {
+        Ok(found) => found,
+        Err(error) => {
+            tracing::warn!(%host, %error, "the stored certificate is unusable; ordering a new one");
+            None
+        }
+    };
+    if let Some(cert) = &current {
+        match cert.certified_key(&host) {
+            Ok(key) => {
+                resolver.set_host(&host, key);
+                tracing::info!(%host, not_after = ?cert.not_after, "using the stored certificate");
+            }
+            Err(error) => {
+                tracing::warn!(%host, %error, "the stored certificate is unusable; ordering a new one");
+                current = None;
+            }
+        }
+    }
+    let mut retry = Duration::from_secs(5);
+    loop {
+        let now = SystemTime::now();
+        let due = current
+            .as_ref()
+            .is_none_or(|c| renewal_due(c.not_before, c.not_after, now));
+        if !due {
+            let at = current
+                .as_ref()
+                .map_or(now, |c| renewal_at(c.not_before, c.not_after));
+            let wait = at.duration_since(now).unwrap_or_default();
+            tracing::info!(%host, renew_in = ?wait, "certificate valid; waiting for its renewal time");
+            tokio::time::sleep(wait.min(Duration::from_secs(86_400))).await;
+            continue;
+        }
+        match issuer.issue(&host).await {
+            Ok(cert) => {
+                current = Some(cert);
+                retry = Duration::from_secs(5);
+            }
+            Err(error) => {
+                tracing::warn!(%host, %error, retry_in = ?retry, "certificate order failed; retrying");
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(Duration::from_secs(3600));
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,227 @@
+//! The HTTPS edge in-process with a static certificate: HTTP/2 with a streamed (SSE-like)
+//! response, a WebSocket-style upgrade passed through as bytes, the body limit, and the
+//! audit record.
+
+// Helper functions of these tests unwrap too: a failure is the test failing.
+#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use postern_ingress::audit::{AuditRecord, AuditSink};
+use postern_ingress::certs::{CertResolver, HttpChallenges, certified_key_from_pem};
+use postern_ingress::edge::{Edge, Funnel, Limits, TcpUpstream};
+use postern_ingress::gate::{GateChain, PassThroughGate};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+#[derive(Debug, Default)]
+struct MemorySink(Mutex<Vec<AuditRecord>>);
+impl AuditSink for MemorySink {
+    fn record(&self, record: &AuditRecord) {
+        self.0.lock().unwrap().push(record.clone());
+    }
+}
+
+/// A raw HTTP/1.1 origin: `/stream` sends one chunk, waits for `release`, sends another;
+/// `/upgrade` answers 101 and echoes bytes; anything else counts and answers 200.
+async fn start_origin(release: Arc<Notify>, hits: Arc<AtomicUsize>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let release = Arc::clone(&release);
+            let hits = Arc::clone(&hits);
+            tokio::spawn(async move {
+                let head = read_head(&mut tcp).await;
+                if head.starts_with("GET /stream ") {
+                    tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n7\r\nfirst\n\n\r\n").await.unwrap();
+                    release.notified().await;
+                    tcp.write_all(b"8\r\nsecond\n\n\r\n0\r\n\r\n")
+                        .await
+                        .unwrap();
+                } else if head.starts_with("GET /upgrade ") {
+                    assert!(
+                        head.to_ascii_lowercase().contains("upgrade: websocket"),
+                        "{head}"
+                    );
+                    tcp.write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n").await.unwrap();
+                    let mut buffer = [0u8; 64];
+                    loop {
+                        let n = tcp.read(&mut buffer).await.unwrap();
+                        if n == 0 {
+                            break;
+                        }
+                        tcp.write_all(&buffer[..n]).await.unwrap();
+                    }
+                } else {
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+    });
+    address
+}
+
+async fn read_head(tcp: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if tcp.read(&mut byte).await.unwrap() == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+struct Fixture {
+    address: std::net::SocketAddr,
+    cert_pem: String,
+    audit: Arc<MemorySink>,
+    release: Arc<Notify>,
+    hits: Arc<AtomicUsize>,
+}
+
+async fn start_edge() -> Fixture {
+    let release = Arc::new(Notify::new());
+    let hits = Arc::new(AtomicUsize::new(0));
+    let origin = start_origin(Arc::clone(&release), Arc::clone(&hits)).await;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["app.test".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let resolver = Arc::new(CertResolver::new());
+    resolver.set_static(certified_key_from_pem(&cert.pem(), &key.serialize_pem(), "test").unwrap());
+    let audit = Arc::new(MemorySink::default());
+    let limits = Limits {
+        max_body_bytes: 1024,
+        ..Limits::default()
+    };
+    let edge = Arc::new(Edge::new(
+        vec![Funnel {
+            hostname: "app.test".into(),
+            upstream: Arc::new(TcpUpstream::new(origin)),
+            chain: GateChain::gate(PassThroughGate),
+        }],
+        limits,
+        audit.clone(),
+        Arc::new(HttpChallenges::default()),
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(edge.serve_tls(listener, Edge::tls_config(resolver).unwrap()));
+    Fixture {
+        address,
+        cert_pem: cert.pem(),
+        audit,
+        release,
+        hits,
+    }
+}
+
+fn client(fixture: &Fixture) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(fixture.cert_pem.as_bytes()).unwrap())
+        .resolve("app.test", fixture.address)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_response_streams_before_the_origin_finishes() {
+    let fixture = start_edge().await;
+    let mut response = client(&fixture)
+        .get("https://app.test/stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    // The origin holds the second chunk until released: the first must arrive alone.
+    let first = response.chunk().await.unwrap().unwrap();
+    assert_eq!(&first[..], b"first\n\n");
+    fixture.release.notify_one();
+    let second = response.chunk().await.unwrap().unwrap();
+    assert_eq!(&second[..], b"second\n\n");
+    let mut rest = Vec::new();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        rest.extend_from_slice(&chunk);
+    }
+    assert_eq!(rest, b"", "unexpected bytes after the last chunk");
+    drop(response);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let records = fixture.audit.0.lock().unwrap().clone();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].result, "allow");
+    assert_eq!(records[0].bytes, 15);
+    assert_eq!(records[0].path, "/stream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_body_is_refused_and_never_forwarded() {
+    let fixture = start_edge().await;
+    let client = client(&fixture);
+    let small = client
+        .post("https://app.test/x")
+        .body(vec![b'a'; 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(small.status(), 200);
+    let large = client
+        .post("https://app.test/x")
+        .body(vec![b'a'; 1025])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(large.status(), 413);
+    assert_eq!(large.text().await.unwrap(), "body_too_large\n");
+    assert_eq!(fixture.hits.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_becomes_a_byte_pipe() {
+    let fixture = start_edge().await;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut fixture.cert_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(fixture.address).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("app.test").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(b"GET /upgrade HTTP/1.1\r\nhost: app.test\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            tls.read(&mut byte).await.unwrap(),
+            1,
+            "closed during the head"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    tls.write_all(b"hello through the edge").await.unwrap();
+    let mut echoed = [0u8; 22];
+    tls.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"hello through the edge");
+}

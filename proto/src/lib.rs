@@ -7,3 +7,23 @@
 //! It must never do I/O, read a clock or spawn tasks: every type here is plain data with
 //! parsing and encoding. Parsers of bytes that came from the network return typed errors
 //! and never panic.
+//!
+//! - [`keys`]: machine, node and disco keys (x25519, from `boringtun::x25519`);
+//! - [`ids`]: stable node and user ids, wall-clock timestamps;
+//! - [`netmap`]: the netmap a node receives and deltas to it;
+//! - [`control`]: versioned control-channel messages and their encoding;
+//! - [`frame`]: the length-prefixed framing both protocols use, with an incremental decoder;
+//! - [`relay`]: binary relay frames.
+
+pub mod control;
+pub mod frame;
+pub mod ids;
+pub mod keys;
+pub mod netmap;
+pub mod relay;
+
+pub use ids::{NodeId, UnixTime, UserId};
+pub use keys::{
+    DiscoPrivateKey, DiscoPublicKey, MachinePrivateKey, MachinePublicKey, NodePrivateKey,
+    NodePublicKey, x25519,
+};

@@ -64,16 +64,16 @@ async fn wait_for(
     what: &str,
     pred: impl Fn(&Netmap) -> bool,
 ) -> Netmap {
-    let found = tokio::time::timeout(WAIT, rx.wait_for(|map| map.as_ref().is_some_and(&pred)))
+    let result = tokio::time::timeout(WAIT, rx.wait_for(|map| map.as_ref().is_some_and(&pred)))
         .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "timed out waiting for {what}; last netmap: {:?}",
-                rx.borrow()
-            )
-        })
-        .unwrap();
-    found.clone().unwrap()
+        .map(|found| found.unwrap().clone());
+    match result {
+        Ok(found) => found.unwrap(),
+        Err(_) => panic!(
+            "timed out waiting for {what}; last netmap: {:?}",
+            rx.borrow()
+        ),
+    }
 }
 
 fn peer_names(map: &Netmap) -> Vec<String> {
@@ -135,7 +135,9 @@ async fn three_nodes_see_each_other_then_a_fourth_then_survive_a_restart() {
         .await;
         assert_eq!(map.peers.len(), 3);
     }
-    let all_online = |m: &Netmap| m.peers.len() == 3 && m.peers.iter().all(|p| p.online);
+    let all_online = |m: &Netmap| {
+        m.peers.len() == 3 && m.peers.iter().all(|p| p.online && !p.endpoints.is_empty())
+    };
     let mut before = Vec::new();
     for rx in rxs.iter_mut().chain(std::iter::once(&mut delta_rx)) {
         before.push(wait_for(rx, "every peer online", all_online).await);

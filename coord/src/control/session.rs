@@ -78,6 +78,8 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     // Phase 2: the stream.
+    // Endpoints first, so peers learn the node online with its endpoints in one delta.
+    record_endpoints(&coord, node_id, &request).await?;
     coord.metrics.connected_nodes.inc();
     coord.hub.connected(node_id);
     let result = stream(&coord, &mut conn, node_id, request).await;
@@ -93,7 +95,6 @@ async fn stream<S: AsyncRead + AsyncWrite + Unpin>(
     request: MapRequest,
 ) -> Result<(), SessionError> {
     let mut changes = coord.hub.subscribe();
-    record_endpoints(coord, node_id, &request).await?;
     let Some(mut sent) = current_netmap(coord, node_id).await? else {
         return Ok(());
     };

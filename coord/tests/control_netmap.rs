@@ -2,6 +2,13 @@
 //! clients registering with auth keys and following their netmap streams, a join seen by
 //! everyone, and a coord restart the clients ride through.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use std::path::Path;
 use std::time::Duration;
 

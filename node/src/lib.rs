@@ -9,6 +9,7 @@
 //! The protocol cores are state machines that take `now` and do no I/O; thin tokio shells
 //! drive them. It must never depend on the coordination server or the ingress.
 
+pub mod control;
 pub mod engine;
 pub mod udp;
 pub mod userspace;

@@ -1,0 +1,148 @@
+//! The control plane: the coord's side of the control channel and the netmap stream.
+//!
+//! A node dials `POST /control` with `Upgrade: postern-control/1`; after the `101` the
+//! connection runs the Noise IK handshake ([`postern_node::control::noise`]), in which the
+//! coord learns and authenticates the node's machine key. Then framed control messages
+//! flow: registration ([`auth`]), a map request, and the netmap stream ([`session`]) of a
+//! full netmap, deltas on every change ([`hub`]) and keepalives.
+//! `docs/coord.md` describes the protocol.
+
+pub mod auth;
+pub mod hub;
+pub mod key;
+pub mod metrics;
+pub mod session;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use postern_proto::{MachinePrivateKey, MachinePublicKey};
+use tokio_util::sync::CancellationToken;
+
+use crate::registry::{Registry, RegistryError};
+use crate::store::{Store, StoreError};
+
+pub use auth::{AuthKeyOptions, CreatedAuthKey, create_auth_key};
+pub use hub::NetmapHub;
+pub use key::{CoordKeyError, load_or_create_coord_key};
+pub use metrics::ControlMetrics;
+
+/// Default interval between keepalives on an idle map stream: 50 s.
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(50);
+
+/// How the coord's control plane runs.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// The state directory: the coord key, and the SQLite store unless `store` says otherwise.
+    pub state_dir: PathBuf,
+    /// The store location (see [`Store::open`]); `None` for SQLite in `state_dir`.
+    pub store: Option<String>,
+    /// The tailnet's DNS domain (`example.ts.net`).
+    pub tailnet_domain: String,
+    /// Keepalive interval on idle map streams.
+    pub keepalive_interval: Duration,
+}
+
+impl ControlConfig {
+    /// SQLite in `state_dir`, the default keepalive.
+    pub fn new(state_dir: impl Into<PathBuf>, tailnet_domain: impl Into<String>) -> Self {
+        Self {
+            state_dir: state_dir.into(),
+            store: None,
+            tailnet_domain: tailnet_domain.into(),
+            keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
+        }
+    }
+}
+
+/// Why the coord could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The state directory could not be created.
+    #[error("cannot create the state directory {path}: {source}")]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The coord key.
+    #[error(transparent)]
+    Key(#[from] CoordKeyError),
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The registry.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// The running control plane: cheap to clone, shared by every session.
+#[derive(Debug, Clone)]
+pub struct Coord {
+    /// The registry (and the store under it).
+    pub registry: Registry,
+    /// Online nodes and the change signal.
+    pub hub: NetmapHub,
+    /// Metrics.
+    pub metrics: Arc<ControlMetrics>,
+    /// Settings.
+    pub config: Arc<ControlConfig>,
+    key: Arc<MachinePrivateKey>,
+    shutdown: CancellationToken,
+}
+
+impl Coord {
+    /// Opens the state directory (creating it, mode 0700), the coord key and the store.
+    pub async fn open(config: ControlConfig) -> Result<Self, OpenError> {
+        create_state_dir(&config.state_dir).map_err(|source| OpenError::StateDir {
+            path: config.state_dir.clone(),
+            source,
+        })?;
+        let key = load_or_create_coord_key(&config.state_dir)?;
+        let store = match &config.store {
+            Some(location) => Store::open(location).await?,
+            None => Store::open_sqlite(&config.state_dir).await?,
+        };
+        let registry = Registry::open(store, &config.tailnet_domain).await?;
+        Ok(Self {
+            registry,
+            hub: NetmapHub::new(),
+            metrics: Arc::new(ControlMetrics::new()),
+            config: Arc::new(config),
+            key: Arc::new(key),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// The coord's public key, which nodes pin.
+    pub fn public_key(&self) -> MachinePublicKey {
+        self.key.public_key()
+    }
+
+    /// The coord's static key, for accepting control connections.
+    pub fn private_key(&self) -> &MachinePrivateKey {
+        &self.key
+    }
+
+    /// The token cancelled when the coord shuts down; sessions end on it.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Ends every session and closes the store.
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        self.registry.store().close().await;
+    }
+}
+
+fn create_state_dir(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}

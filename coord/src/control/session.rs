@@ -1,0 +1,195 @@
+//! One node's control session on the coord: registration, then the netmap stream.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use postern_node::control::ControlConnection;
+use postern_proto::control::{ControlMessage, MapRequest, MapResponse, RegisterResponse};
+use postern_proto::netmap::Netmap;
+use postern_proto::{NodeId, UnixTime};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::Coord;
+use super::auth::register;
+use crate::netmap::{TailnetView, build_netmap, diff};
+
+/// Why a session ended abnormally (a clean close by the node is `Ok`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The connection failed.
+    #[error(transparent)]
+    Connection(#[from] postern_node::control::ConnectionError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// Registration failed inside the coord.
+    #[error(transparent)]
+    Register(#[from] super::auth::RegisterError),
+    /// The node broke the protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+}
+
+/// Serves one authenticated connection until it closes or the coord shuts down.
+pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
+    coord: Coord,
+    mut conn: ControlConnection<S>,
+) -> Result<(), SessionError> {
+    let machine = conn
+        .remote_machine_key()
+        .ok_or(SessionError::Protocol("no machine key after the handshake"))?;
+    // Phase 1: registration until a map request.
+    let (node_id, request) = loop {
+        let Some(message) = conn.recv().await? else {
+            return Ok(());
+        };
+        match message {
+            ControlMessage::RegisterRequest(request) => {
+                let answer = register(&coord.registry, machine, &request, now()).await?;
+                let authorized = matches!(answer, RegisterResponse::Authorized { .. });
+                if authorized {
+                    coord.metrics.registrations.inc();
+                    coord.hub.notify();
+                } else {
+                    coord.metrics.registrations_rejected.inc();
+                }
+                conn.send(&ControlMessage::RegisterResponse(answer)).await?;
+                if !authorized {
+                    return Ok(());
+                }
+            }
+            ControlMessage::MapRequest(request) => {
+                let node = coord.registry.store().node_by_machine_key(&machine).await?;
+                match node {
+                    Some(node) if node.node_key == request.node_key => break (node.id, request),
+                    _ => {
+                        let reason =
+                            "this machine is not registered with that node key; register first";
+                        let answer = RegisterResponse::Rejected {
+                            reason: reason.into(),
+                        };
+                        conn.send(&ControlMessage::RegisterResponse(answer)).await?;
+                        return Ok(());
+                    }
+                }
+            }
+            _ => return Err(SessionError::Protocol("the node sent a server message")),
+        }
+    };
+    // Phase 2: the stream.
+    // Endpoints first, so peers learn the node online with its endpoints in one delta.
+    record_endpoints(&coord, node_id, &request).await?;
+    coord.metrics.connected_nodes.inc();
+    coord.hub.connected(node_id);
+    let result = stream(&coord, &mut conn, node_id, request).await;
+    coord.hub.disconnected(node_id);
+    coord.metrics.connected_nodes.dec();
+    result
+}
+
+async fn stream<S: AsyncRead + AsyncWrite + Unpin>(
+    coord: &Coord,
+    conn: &mut ControlConnection<S>,
+    node_id: NodeId,
+    request: MapRequest,
+) -> Result<(), SessionError> {
+    let mut changes = coord.hub.subscribe();
+    let Some(mut sent) = current_netmap(coord, node_id).await? else {
+        return Ok(());
+    };
+    send_map(
+        coord,
+        conn,
+        MapResponse::Full {
+            netmap: Box::new(sent.clone()),
+        },
+    )
+    .await?;
+    if !request.stream {
+        return Ok(());
+    }
+    let keepalive = coord.config.keepalive_interval;
+    let mut next_keepalive = tokio::time::Instant::now() + keepalive;
+    loop {
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                let Some(fresh) = current_netmap(coord, node_id).await? else {
+                    // The node was deleted: end its stream.
+                    return Ok(());
+                };
+                let delta = diff(&sent, &fresh);
+                if !delta.is_empty() {
+                    send_map(coord, conn, MapResponse::Delta { delta: Box::new(delta) }).await?;
+                    next_keepalive = tokio::time::Instant::now() + keepalive;
+                    sent = fresh;
+                }
+            }
+            message = conn.recv() => match message? {
+                None => return Ok(()),
+                Some(ControlMessage::MapRequest(update)) => {
+                    record_endpoints(coord, node_id, &update).await?;
+                }
+                Some(_) => return Err(SessionError::Protocol("unexpected message on a map stream")),
+            },
+            () = tokio::time::sleep_until(next_keepalive) => {
+                conn.send(&ControlMessage::MapResponse(MapResponse::KeepAlive)).await?;
+                coord.metrics.keepalives_sent.inc();
+                next_keepalive = tokio::time::Instant::now() + keepalive;
+            }
+            () = coord.shutdown.cancelled() => return Ok(()),
+        }
+    }
+}
+
+async fn send_map<S: AsyncRead + AsyncWrite + Unpin>(
+    coord: &Coord,
+    conn: &mut ControlConnection<S>,
+    response: MapResponse,
+) -> Result<(), SessionError> {
+    conn.send(&ControlMessage::MapResponse(response)).await?;
+    coord.metrics.netmap_frames_sent.inc();
+    Ok(())
+}
+
+async fn record_endpoints(
+    coord: &Coord,
+    node_id: NodeId,
+    request: &MapRequest,
+) -> Result<(), SessionError> {
+    let store = coord.registry.store();
+    let before = store.node(node_id).await?;
+    store
+        .set_node_endpoints(node_id, &request.endpoints, now())
+        .await?;
+    if before.is_some_and(|node| node.endpoints != request.endpoints) {
+        coord.hub.notify();
+    }
+    Ok(())
+}
+
+async fn current_netmap(coord: &Coord, node_id: NodeId) -> Result<Option<Netmap>, SessionError> {
+    let store = coord.registry.store();
+    let nodes = store.list_nodes().await?;
+    let users: HashMap<_, _> = store
+        .list_users()
+        .await?
+        .into_iter()
+        .map(|user| (user.id, user))
+        .collect();
+    let view = TailnetView {
+        nodes,
+        users,
+        online: coord.hub.online(),
+        tailnet_domain: coord.registry.tailnet_domain().to_owned(),
+        ula: Some(coord.registry.ula_prefix()),
+    };
+    Ok(build_netmap(&view, node_id))
+}
+
+fn now() -> UnixTime {
+    UnixTime::from_system_time(SystemTime::now())
+}

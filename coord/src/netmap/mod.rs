@@ -1,0 +1,288 @@
+//! Netmaps: computing each node's view of the tailnet and the deltas between two views.
+//!
+//! [`build_netmap`] is pure: it takes the registered nodes, their users and who is online,
+//! and returns one node's netmap. [`diff`] compares the last netmap sent to a node with a
+//! fresh one and returns the smallest [`NetmapDelta`] that turns one into the other, so a
+//! session can recompute on every change and send only what changed.
+//!
+//! TODO(acl): visibility and the packet filter are all-to-all until the `postern-acl`
+//! crate's `compile_for` is wired in: every node sees every other node, and accepts any
+//! packet from the tailnet's ranges.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use postern_proto::netmap::{
+    DnsConfig, DnsRecord, EndpointsChange, FilterDestination, FilterRule, Netmap, NetmapDelta,
+    OnlineChange, Peer, PortRange, RelayMap, SelfNode, UserProfile,
+};
+use postern_proto::{NodeId, UserId};
+
+use crate::store::{NodeRecord, UserRecord};
+
+/// The tailnet's IPv4 range (CGNAT space).
+pub const TAILNET_IPV4: Ipv4Net = Ipv4Net::new_assert(std::net::Ipv4Addr::new(100, 64, 0, 0), 10);
+
+/// Everything [`build_netmap`] needs about the tailnet, read once per change.
+#[derive(Debug, Clone, Default)]
+pub struct TailnetView {
+    /// Every registered node.
+    pub nodes: Vec<NodeRecord>,
+    /// Users by id.
+    pub users: HashMap<UserId, UserRecord>,
+    /// Nodes holding a map stream now.
+    pub online: HashSet<NodeId>,
+    /// The tailnet's DNS domain.
+    pub tailnet_domain: String,
+    /// The tailnet's ULA /48.
+    pub ula: Option<Ipv6Net>,
+}
+
+/// The netmap of node `id`, or `None` if it is not registered.
+pub fn build_netmap(view: &TailnetView, id: NodeId) -> Option<Netmap> {
+    let me = view.nodes.iter().find(|node| node.id == id)?;
+    let fqdn = |name: &str| format!("{name}.{}", view.tailnet_domain);
+    let self_node = SelfNode {
+        id: me.id,
+        name: me.name.clone(),
+        fqdn: fqdn(&me.name),
+        addresses: postern_proto::netmap::NodeAddresses {
+            ipv4: me.ipv4,
+            ipv6: me.ipv6,
+        },
+        key_expiry: me.key_expiry,
+        user: profile(view, me.user_id),
+        tags: me.tags.clone(),
+    };
+    let mut peers: Vec<Peer> = view
+        .nodes
+        .iter()
+        .filter(|node| node.id != id && node.approved)
+        .map(|node| Peer {
+            id: node.id,
+            name: fqdn(&node.name),
+            node_key: node.node_key,
+            disco_key: None,
+            addresses: vec![IpAddr::V4(node.ipv4), IpAddr::V6(node.ipv6)],
+            allowed_ips: vec![
+                IpNet::from(IpAddr::V4(node.ipv4)),
+                IpNet::from(IpAddr::V6(node.ipv6)),
+            ],
+            endpoints: node.endpoints.clone(),
+            home_relay: None,
+            online: view.online.contains(&node.id),
+            key_expiry: node.key_expiry,
+            user: profile(view, node.user_id),
+            tags: node.tags.clone(),
+            is_ingress: node.is_ingress,
+        })
+        .collect();
+    peers.sort_by_key(|peer| peer.id);
+    let mut names: Vec<DnsRecord> = std::iter::once(DnsRecord {
+        name: self_node.fqdn.clone(),
+        addresses: self_node.addresses.to_vec(),
+    })
+    .chain(peers.iter().map(|peer| DnsRecord {
+        name: peer.name.clone(),
+        addresses: peer.addresses.clone(),
+    }))
+    .collect();
+    names.sort_by(|a, b| a.name.cmp(&b.name));
+    let packet_filter = all_to_all_filter(view, &self_node);
+    let mut netmap = Netmap {
+        self_node,
+        peers,
+        packet_filter,
+        relay_map: RelayMap::default(),
+        dns: DnsConfig {
+            tailnet_domain: view.tailnet_domain.clone(),
+            names,
+        },
+        funnel_grants: Vec::new(),
+    };
+    netmap.normalize();
+    Some(netmap)
+}
+
+/// The delta that turns `old` into `new` (empty if they are equal). Both must be for the
+/// same node; if they are not, the self record is replaced.
+pub fn diff(old: &Netmap, new: &Netmap) -> NetmapDelta {
+    let before: BTreeMap<NodeId, &Peer> = old.peers.iter().map(|p| (p.id, p)).collect();
+    let after: BTreeMap<NodeId, &Peer> = new.peers.iter().map(|p| (p.id, p)).collect();
+    let mut delta = NetmapDelta::default();
+    for id in before.keys() {
+        if !after.contains_key(id) {
+            delta.peers_removed.push(*id);
+        }
+    }
+    for (id, peer) in &after {
+        let Some(previous) = before.get(id) else {
+            delta.peers_added.push((*peer).clone());
+            continue;
+        };
+        if previous == peer {
+            continue;
+        }
+        let mut moved = (*previous).clone();
+        moved.endpoints = peer.endpoints.clone();
+        moved.home_relay = peer.home_relay;
+        let mut toggled = (*previous).clone();
+        toggled.online = peer.online;
+        if &&moved == peer {
+            delta.endpoints_changed.push(EndpointsChange {
+                id: *id,
+                endpoints: peer.endpoints.clone(),
+                home_relay: peer.home_relay,
+            });
+        } else if &&toggled == peer {
+            delta.online_changed.push(OnlineChange {
+                id: *id,
+                online: peer.online,
+            });
+        } else {
+            delta.peers_changed.push((*peer).clone());
+        }
+    }
+    if old.self_node != new.self_node {
+        delta.self_node = Some(new.self_node.clone());
+    }
+    if old.packet_filter != new.packet_filter {
+        delta.packet_filter = Some(new.packet_filter.clone());
+    }
+    if old.relay_map != new.relay_map {
+        delta.relay_map = Some(new.relay_map.clone());
+    }
+    if old.dns != new.dns {
+        delta.dns = Some(new.dns.clone());
+    }
+    if old.funnel_grants != new.funnel_grants {
+        delta.funnel_grants = Some(new.funnel_grants.clone());
+    }
+    delta
+}
+
+fn profile(view: &TailnetView, user: UserId) -> UserProfile {
+    match view.users.get(&user) {
+        Some(record) => UserProfile {
+            id: record.id,
+            login: record.login.clone(),
+            display_name: record.display_name.clone(),
+            groups: record.groups.clone(),
+        },
+        None => UserProfile {
+            id: user,
+            login: String::new(),
+            display_name: String::new(),
+            groups: Vec::new(),
+        },
+    }
+}
+
+/// TODO(acl): replace with the policy's compiled filter. Accepts anything from the
+/// tailnet's address ranges to this node's addresses.
+fn all_to_all_filter(view: &TailnetView, me: &SelfNode) -> Vec<FilterRule> {
+    let mut sources = vec![IpNet::V4(TAILNET_IPV4)];
+    if let Some(ula) = view.ula {
+        sources.push(IpNet::V6(ula));
+    }
+    let destinations = me
+        .addresses
+        .to_vec()
+        .into_iter()
+        .map(|addr| FilterDestination {
+            prefix: IpNet::from(addr),
+            ports: PortRange::ALL,
+        })
+        .collect();
+    vec![FilterRule {
+        sources,
+        destinations,
+        protocols: Vec::new(),
+    }]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postern_proto::{MachinePrivateKey, NodePrivateKey, UnixTime};
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn node(id: u64) -> NodeRecord {
+        let rng = &mut rand::rngs::OsRng;
+        NodeRecord {
+            id: NodeId(id),
+            machine_key: MachinePrivateKey::generate(rng).public_key(),
+            node_key: NodePrivateKey::generate(rng).public_key(),
+            name: format!("n{id}"),
+            ipv4: Ipv4Addr::new(100, 64, 0, id as u8),
+            ipv6: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, id as u16),
+            user_id: UserId(1),
+            tags: Vec::new(),
+            created_at: UnixTime(0),
+            last_seen: None,
+            key_expiry: None,
+            ephemeral: false,
+            approved: true,
+            is_ingress: false,
+            endpoints: Vec::new(),
+        }
+    }
+
+    fn view(nodes: Vec<NodeRecord>) -> TailnetView {
+        TailnetView {
+            nodes,
+            tailnet_domain: "example.test".into(),
+            ..TailnetView::default()
+        }
+    }
+
+    #[test]
+    fn a_node_sees_every_other_approved_node_and_their_names() {
+        let mut unapproved = node(4);
+        unapproved.approved = false;
+        let v = view(vec![node(1), node(2), node(3), unapproved]);
+        let map = build_netmap(&v, NodeId(2)).unwrap();
+        let ids: Vec<_> = map.peers.iter().map(|p| p.id.0).collect();
+        assert_eq!(ids, vec![1, 3]);
+        assert_eq!(map.self_node.fqdn, "n2.example.test");
+        assert!(map.dns.names.iter().any(|r| r.name == "n3.example.test"));
+        assert!(build_netmap(&v, NodeId(9)).is_none());
+    }
+
+    #[test]
+    fn diff_applied_to_the_old_netmap_gives_the_new_one() {
+        let mut v = view(vec![node(1), node(2), node(3)]);
+        let old = build_netmap(&v, NodeId(1)).unwrap();
+        assert!(diff(&old, &old).is_empty());
+        v.nodes.retain(|n| n.id != NodeId(2));
+        v.nodes.push(node(4));
+        v.nodes[1].endpoints = vec!["192.0.2.1:41641".parse().unwrap()];
+        v.online.insert(NodeId(4));
+        let new = build_netmap(&v, NodeId(1)).unwrap();
+        let delta = diff(&old, &new);
+        assert_eq!(delta.peers_removed, vec![NodeId(2)]);
+        assert_eq!(delta.peers_added.len(), 1);
+        assert_eq!(delta.endpoints_changed.len(), 1);
+        let mut applied = old.clone();
+        applied.apply(&delta).unwrap();
+        assert_eq!(applied, new);
+    }
+
+    #[test]
+    fn an_online_flip_is_a_small_delta() {
+        let mut v = view(vec![node(1), node(2)]);
+        let old = build_netmap(&v, NodeId(1)).unwrap();
+        v.online.insert(NodeId(2));
+        let new = build_netmap(&v, NodeId(1)).unwrap();
+        let delta = diff(&old, &new);
+        assert_eq!(
+            delta.online_changed,
+            vec![OnlineChange {
+                id: NodeId(2),
+                online: true
+            }]
+        );
+        assert!(delta.peers_changed.is_empty());
+    }
+}

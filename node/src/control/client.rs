@@ -1,0 +1,188 @@
+//! The tokio shell of the control client: dial, drive a [`ControlSession`], redial.
+//!
+//! [`ControlClient::spawn`] runs until the coord refuses the node for good (or the handle
+//! is aborted). It publishes the latest netmap through a `tokio::sync::watch`, redials with
+//! exponential backoff when the connection drops, and treats a stream that stays silent
+//! longer than [`ClientConfig::silence_timeout`] as dead (the coord sends keepalives well
+//! within it).
+
+use std::time::Duration;
+
+use postern_proto::netmap::Netmap;
+use postern_proto::{MachinePrivateKey, MachinePublicKey};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::connection::{ConnectionError, dial, fetch_coord_key};
+use super::session::{ControlSession, SessionConfig, SessionError};
+
+/// Default silence after which the client redials: 120 s.
+pub const DEFAULT_SILENCE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How a [`ControlClient`] connects.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The coord's `host:port`.
+    pub coord_addr: String,
+    /// The pinned coord key; `None` fetches it from `GET /key` on first contact and pins it
+    /// for the life of the client.
+    pub coord_key: Option<MachinePublicKey>,
+    /// This machine's key (the Noise static key).
+    pub machine_key: MachinePrivateKey,
+    /// What to register and report.
+    pub session: SessionConfig,
+    /// Redial when nothing arrives for this long.
+    pub silence_timeout: Duration,
+    /// First redial delay; doubles up to `max_backoff`, resets after a netmap arrives.
+    pub min_backoff: Duration,
+    /// Longest redial delay.
+    pub max_backoff: Duration,
+}
+
+impl ClientConfig {
+    /// A config with the default silence timeout and backoff of 100 ms to 30 s.
+    pub fn new(
+        coord_addr: impl Into<String>,
+        machine_key: MachinePrivateKey,
+        session: SessionConfig,
+    ) -> Self {
+        Self {
+            coord_addr: coord_addr.into(),
+            coord_key: None,
+            machine_key,
+            session,
+            silence_timeout: DEFAULT_SILENCE_TIMEOUT,
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why the control client stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The coord refused the node; fix the cause (a new auth key, a login) and restart.
+    #[error(transparent)]
+    Session(SessionError),
+}
+
+/// A running control client.
+#[derive(Debug)]
+pub struct ControlClient {
+    netmap: watch::Receiver<Option<Netmap>>,
+    task: JoinHandle<Result<(), ClientError>>,
+}
+
+impl ControlClient {
+    /// Starts the client on the current tokio runtime.
+    pub fn spawn(config: ClientConfig) -> Self {
+        let (tx, rx) = watch::channel(None);
+        let task = tokio::spawn(run(config, tx));
+        Self { netmap: rx, task }
+    }
+
+    /// A receiver of the latest netmap (`None` until the first one arrives).
+    pub fn netmap(&self) -> watch::Receiver<Option<Netmap>> {
+        self.netmap.clone()
+    }
+
+    /// Stops the client and closes its connection.
+    pub fn shutdown(self) {
+        self.task.abort();
+    }
+
+    /// Waits for the client to stop by itself (only on a final refusal).
+    pub async fn join(self) -> Result<(), ClientError> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+enum Ended {
+    Retry(String),
+    Fatal(SessionError),
+}
+
+async fn run(
+    mut config: ClientConfig,
+    netmap: watch::Sender<Option<Netmap>>,
+) -> Result<(), ClientError> {
+    let mut session = ControlSession::new(config.session.clone());
+    let mut backoff = config.min_backoff;
+    loop {
+        let mut got_netmap = false;
+        match connect_once(&mut config, &mut session, &netmap, &mut got_netmap).await {
+            Ended::Fatal(err) => {
+                tracing::error!(%err, "control client stopped");
+                return Err(ClientError::Session(err));
+            }
+            Ended::Retry(why) => {
+                if got_netmap {
+                    backoff = config.min_backoff;
+                }
+                tracing::info!(reason = %why, retry_in = ?backoff, "control connection lost; redialling");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(config.max_backoff);
+    }
+}
+
+async fn connect_once(
+    config: &mut ClientConfig,
+    session: &mut ControlSession,
+    netmap: &watch::Sender<Option<Netmap>>,
+    got_netmap: &mut bool,
+) -> Ended {
+    let coord_key = match config.coord_key {
+        Some(key) => key,
+        None => match fetch_coord_key(&config.coord_addr).await {
+            Ok(key) => {
+                tracing::info!(coord_key = %key, "pinned the coord key on first contact");
+                config.coord_key = Some(key);
+                key
+            }
+            Err(err) => return Ended::Retry(err.to_string()),
+        },
+    };
+    let mut conn = match dial(&config.coord_addr, &config.machine_key, &coord_key).await {
+        Ok(conn) => conn,
+        Err(err) => return Ended::Retry(err.to_string()),
+    };
+    for message in session.on_connected() {
+        if let Err(err) = conn.send(&message).await {
+            return Ended::Retry(err.to_string());
+        }
+    }
+    loop {
+        let received = tokio::time::timeout(config.silence_timeout, conn.recv()).await;
+        let message = match received {
+            Err(_) => return Ended::Retry(format!("silent for {:?}", config.silence_timeout)),
+            Ok(Ok(Some(message))) => message,
+            Ok(Ok(None)) => return Ended::Retry("coord closed the connection".into()),
+            Ok(Err(err)) => return Ended::Retry(describe(&err)),
+        };
+        let before = session.netmap_version();
+        let replies = match session.handle_message(message) {
+            Ok(replies) => replies,
+            Err(err) if err.is_retryable() => return Ended::Retry(err.to_string()),
+            Err(err) => return Ended::Fatal(err),
+        };
+        if session.netmap_version() != before {
+            *got_netmap = true;
+            netmap.send_replace(session.netmap().cloned());
+        }
+        for reply in replies {
+            if let Err(err) = conn.send(&reply).await {
+                return Ended::Retry(err.to_string());
+            }
+        }
+    }
+}
+
+fn describe(err: &ConnectionError) -> String {
+    err.to_string()
+}

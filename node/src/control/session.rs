@@ -1,0 +1,191 @@
+//! The node's control session: what to send and what to keep, without I/O.
+//!
+//! [`ControlSession`] decides the messages of one connection and folds what the coord
+//! sends into the latest [`Netmap`]. Call [`ControlSession::on_connected`] after each
+//! handshake and send what it returns, then [`ControlSession::handle_message`] with every
+//! received message and send what it returns. The netmap survives reconnections: a node
+//! keeps using its last netmap while the coord is away.
+
+use std::net::SocketAddr;
+
+use postern_proto::control::{
+    AuthKeySecret, Capabilities, ControlMessage, MapRequest, MapResponse, RegisterAuth,
+    RegisterRequest, RegisterResponse,
+};
+use postern_proto::netmap::{DeltaError, Netmap, RegionId};
+use postern_proto::{DiscoPublicKey, NodeId, NodePublicKey};
+
+/// What the node tells the coord about itself.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// The WireGuard key to register.
+    pub node_key: NodePublicKey,
+    /// The current disco key.
+    pub disco_key: DiscoPublicKey,
+    /// The hostname to derive the node's name from.
+    pub hostname: String,
+    /// The auth key to register with; `None` asks for interactive login.
+    pub auth_key: Option<AuthKeySecret>,
+    /// Tags to ask for.
+    pub requested_tags: Vec<String>,
+    /// Remove the node when it goes offline.
+    pub ephemeral: bool,
+    /// Candidate UDP endpoints to report.
+    pub endpoints: Vec<SocketAddr>,
+    /// Relay region the node is attached to.
+    pub home_relay: Option<RegionId>,
+}
+
+/// Why the session cannot go on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The coord refused the registration; retrying will not help until the cause is fixed.
+    #[error("the coord refused to register this node: {0}")]
+    Rejected(String),
+    /// The coord wants an interactive login at this URL.
+    #[error("log in at {0} to register this node")]
+    LoginRequired(String),
+    /// An admin must approve the node.
+    #[error("node {0} waits for an admin's approval")]
+    NeedsApproval(NodeId),
+    /// A delta did not fit the netmap; reconnect to get a full netmap.
+    #[error("netmap out of sync ({0}); reconnecting for a full netmap")]
+    OutOfSync(DeltaError),
+    /// The coord sent a message a node never expects (a request).
+    #[error("the coord sent an unexpected {0} message")]
+    Unexpected(&'static str),
+}
+
+impl SessionError {
+    /// Whether reconnecting may help (true) or the client should stop (false).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            SessionError::OutOfSync(_) | SessionError::Unexpected(_)
+        )
+    }
+}
+
+/// The node side of the control protocol. See the module docs.
+#[derive(Debug, Clone)]
+pub struct ControlSession {
+    config: SessionConfig,
+    node_id: Option<NodeId>,
+    netmap: Option<Netmap>,
+    netmap_version: u64,
+}
+
+impl ControlSession {
+    /// A session that has not registered yet.
+    pub fn new(config: SessionConfig) -> Self {
+        Self {
+            config,
+            node_id: None,
+            netmap: None,
+            netmap_version: 0,
+        }
+    }
+
+    /// The messages to send on a fresh connection: a registration the first time, a map
+    /// request once registered (the coord recognises the machine key).
+    pub fn on_connected(&mut self) -> Vec<ControlMessage> {
+        if self.node_id.is_some() {
+            vec![self.map_request()]
+        } else {
+            let auth = match &self.config.auth_key {
+                Some(key) => RegisterAuth::AuthKey { key: key.clone() },
+                None => RegisterAuth::Interactive,
+            };
+            vec![ControlMessage::RegisterRequest(RegisterRequest {
+                node_key: self.config.node_key,
+                hostname: self.config.hostname.clone(),
+                auth,
+                requested_tags: self.config.requested_tags.clone(),
+                ephemeral: self.config.ephemeral,
+            })]
+        }
+    }
+
+    /// Processes one message from the coord and returns the messages to send back.
+    pub fn handle_message(
+        &mut self,
+        message: ControlMessage,
+    ) -> Result<Vec<ControlMessage>, SessionError> {
+        match message {
+            ControlMessage::RegisterResponse(response) => match response {
+                RegisterResponse::Authorized { node_id, .. } => {
+                    self.node_id = Some(node_id);
+                    Ok(vec![self.map_request()])
+                }
+                RegisterResponse::LoginRequired { login_url } => {
+                    Err(SessionError::LoginRequired(login_url))
+                }
+                RegisterResponse::NeedsApproval { node_id } => {
+                    Err(SessionError::NeedsApproval(node_id))
+                }
+                RegisterResponse::Rejected { reason } => Err(SessionError::Rejected(reason)),
+                _ => Err(SessionError::Unexpected("unknown register response")),
+            },
+            ControlMessage::MapResponse(response) => {
+                match response {
+                    MapResponse::Full { netmap } => {
+                        let mut netmap = *netmap;
+                        netmap.normalize();
+                        self.node_id = Some(netmap.self_node.id);
+                        self.netmap = Some(netmap);
+                        self.netmap_version += 1;
+                    }
+                    MapResponse::Delta { delta } => {
+                        let netmap = self
+                            .netmap
+                            .as_mut()
+                            .ok_or(SessionError::Unexpected("delta before a full netmap"))?;
+                        netmap.apply(&delta).map_err(SessionError::OutOfSync)?;
+                        self.netmap_version += 1;
+                    }
+                    MapResponse::KeepAlive => {}
+                    _ => return Err(SessionError::Unexpected("unknown map response")),
+                }
+                Ok(Vec::new())
+            }
+            ControlMessage::RegisterRequest(_) => Err(SessionError::Unexpected("register request")),
+            ControlMessage::MapRequest(_) => Err(SessionError::Unexpected("map request")),
+            _ => Err(SessionError::Unexpected("unknown")),
+        }
+    }
+
+    /// The latest netmap, if one arrived.
+    pub fn netmap(&self) -> Option<&Netmap> {
+        self.netmap.as_ref()
+    }
+
+    /// Increases by one with every netmap change; lets a shell publish only changes.
+    pub fn netmap_version(&self) -> u64 {
+        self.netmap_version
+    }
+
+    /// This node's id once registered.
+    pub fn node_id(&self) -> Option<NodeId> {
+        self.node_id
+    }
+
+    /// Updates the endpoints to report on the next map request.
+    pub fn set_endpoints(&mut self, endpoints: Vec<SocketAddr>) {
+        self.config.endpoints = endpoints;
+    }
+
+    fn map_request(&self) -> ControlMessage {
+        ControlMessage::MapRequest(MapRequest {
+            node_key: self.config.node_key,
+            disco_key: self.config.disco_key,
+            endpoints: self.config.endpoints.clone(),
+            home_relay: self.config.home_relay,
+            capabilities: Capabilities {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                features: Vec::new(),
+            },
+            stream: true,
+        })
+    }
+}

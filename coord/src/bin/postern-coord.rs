@@ -2,11 +2,15 @@
 
 #![allow(clippy::print_stderr, clippy::print_stdout)] // a command-line program talks to its user
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use postern_coord::control::{AuthKeyOptions, ControlConfig, Coord, create_auth_key};
 use postern_coord::policy_admin::{self, CommandOutput};
+use postern_proto::UnixTime;
 
 /// The Postern coordination server and its admin commands.
 #[derive(Debug, Parser)]
@@ -21,6 +25,65 @@ enum Command {
     /// Check and query a policy file (HuJSON, Tailscale-compatible; see docs/policy.md).
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Run the coordination server: the control endpoint nodes register with and stream
+    /// their netmaps from, plus /key, /healthz and /metrics.
+    ///
+    /// Nodes register with auth keys (see `postern-coord keys create`). Stop it with Ctrl-C
+    /// or SIGTERM; its state (key, SQLite store) stays in the state directory.
+    ///
+    /// Example: postern-coord serve --state-dir /var/lib/postern-coord --listen 0.0.0.0:8443
+    Serve {
+        #[command(flatten)]
+        state: StateArgs,
+        /// Address to listen on for HTTP (control upgrade, /key, /healthz, /metrics).
+        #[arg(long, default_value = "127.0.0.1:8443", value_name = "ADDR:PORT")]
+        listen: SocketAddr,
+    },
+    /// Manage auth keys, which let a node register without an interactive login.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// Where the coord keeps its state.
+#[derive(Debug, Args)]
+struct StateArgs {
+    /// The state directory: the coord key, and the SQLite store unless --database is given.
+    #[arg(
+        long,
+        env = "POSTERN_COORD_STATE_DIR",
+        default_value = "/var/lib/postern-coord"
+    )]
+    state_dir: PathBuf,
+    /// The store: sqlite://FILE or postgres://USER@HOST/DB (default: SQLite in the state dir).
+    #[arg(long, env = "POSTERN_COORD_DATABASE", value_name = "URL")]
+    database: Option<String>,
+    /// The tailnet's DNS domain; node names live under it.
+    #[arg(long, default_value = "tailnet.internal", value_name = "DOMAIN")]
+    tailnet_domain: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Make an auth key and print it once. Only its hash is stored: keep the printed key
+    /// somewhere safe, it cannot be shown again.
+    ///
+    /// Example: postern-coord keys create --reusable --tags tag:ci --expiry 1h
+    Create {
+        #[command(flatten)]
+        state: StateArgs,
+        /// The key may register many nodes (default: one).
+        #[arg(long)]
+        reusable: bool,
+        /// Nodes registered with it are removed once they go offline.
+        #[arg(long)]
+        ephemeral: bool,
+        /// Tags its nodes get, comma-separated (tag:ci,tag:db).
+        #[arg(long, value_delimiter = ',', value_name = "TAGS")]
+        tags: Vec<String>,
+        /// How long the key stays valid (e.g. 1h, 7d); default: no expiry.
+        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+        expiry: Option<Duration>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -64,6 +127,23 @@ enum PolicyCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let output = match cli.command {
+        Command::Serve { state, listen } => return run_async(serve(state, listen)),
+        Command::Keys(KeysCommand::Create {
+            state,
+            reusable,
+            ephemeral,
+            tags,
+            expiry,
+        }) => {
+            let options = AuthKeyOptions {
+                reusable,
+                ephemeral,
+                tags,
+                expiry,
+                user: None,
+            };
+            return run_async(keys_create(state, options));
+        }
         Command::Policy(PolicyCommand::Check { file, json }) => {
             with_file(&file, |name, text| policy_admin::check(name, text, json))
         }
@@ -80,6 +160,85 @@ fn main() -> ExitCode {
     print!("{}", output.stdout);
     eprint!("{}", output.stderr);
     ExitCode::from(output.exit_code)
+}
+
+/// Runs an async command on a fresh runtime; errors print as `postern-coord: ...`, exit 1.
+fn run_async(command: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    init_logging();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("postern-coord: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("postern-coord: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn control_config(state: StateArgs) -> ControlConfig {
+    let mut config = ControlConfig::new(state.state_dir, state.tailnet_domain);
+    config.store = state.database;
+    config
+}
+
+async fn serve(state: StateArgs, listen: SocketAddr) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let coord = Coord::open(control_config(state))
+        .await
+        .context("cannot open the coord's state")?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let handle = postern_coord::server::serve(coord.clone(), listener)
+        .with_context(|| format!("cannot serve on {listen}"))?;
+    wait_for_shutdown_signal().await?;
+    tracing::info!("shutting down");
+    handle.shutdown().await;
+    coord.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+async fn keys_create(state: StateArgs, options: AuthKeyOptions) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let coord = Coord::open(control_config(state))
+        .await
+        .context("cannot open the coord's state")?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| UnixTime(i64::try_from(d.as_secs()).unwrap_or(i64::MAX)))
+        .context("the system clock is before 1970")?;
+    let created = create_auth_key(coord.registry.store(), &options, now)
+        .await
+        .context("cannot store the auth key")?;
+    coord.shutdown().await;
+    // The key is printed once, on standard output only, so it can be captured by a script.
+    println!("{}", created.secret.expose());
+    Ok(())
 }
 
 fn with_file(path: &PathBuf, run: impl FnOnce(&str, &str) -> CommandOutput) -> CommandOutput {

@@ -1,5 +1,7 @@
 //! The `postern-coord serve` and `keys create` subcommands, through the real binary.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions may unwrap
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;

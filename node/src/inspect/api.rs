@@ -345,26 +345,26 @@ async fn guard(request: Request, next: Next) -> Response {
             ),
         );
     };
-    if !matches!(*request.method(), Method::GET | Method::HEAD) {
-        if let Some(reason) = cross_site(headers, &host) {
-            return error(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "refused a cross-site {} request: {reason}. Use the inspector's own page, curl or `postern inspect`.",
-                    request.method()
-                ),
-            );
-        }
+    if !matches!(*request.method(), Method::GET | Method::HEAD)
+        && let Some(reason) = cross_site(headers, &host)
+    {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "refused a cross-site {} request: {reason}. Use the inspector's own page, curl or `postern inspect`.",
+                request.method()
+            ),
+        );
     }
     next.run(request).await
 }
 
 /// Why a state-changing request looks cross-site, or `None` if it does not.
 fn cross_site(headers: &HeaderMap, host: &str) -> Option<String> {
-    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
-        if !matches!(site, "same-origin" | "none") {
-            return Some(format!("the browser says it came from a {site} page"));
-        }
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
+        && !matches!(site, "same-origin" | "none")
+    {
+        return Some(format!("the browser says it came from a {site} page"));
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");

@@ -72,7 +72,7 @@ pub enum CaptureError {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum StoreEvent {
     /// A new entry was recorded.
-    Added(EntrySummary),
+    Added(Box<EntrySummary>),
     /// Everything was cleared.
     Cleared,
 }
@@ -192,7 +192,7 @@ impl CaptureStore {
             (id, summary)
         };
         // Nobody listening is fine.
-        let _ = self.events.send(StoreEvent::Added(summary));
+        let _ = self.events.send(StoreEvent::Added(Box::new(summary)));
         id
     }
 
@@ -226,10 +226,10 @@ impl CaptureStore {
             let mut ring = self.lock();
             ring.entries.clear();
             ring.total_bytes = 0;
-            if let Some(path) = self.config.persist_path.as_deref() {
-                if let Err(error) = ring.rewrite_file(path) {
-                    tracing::warn!(path = %path.display(), %error, "could not truncate the capture file");
-                }
+            if let Some(path) = self.config.persist_path.as_deref()
+                && let Err(error) = ring.rewrite_file(path)
+            {
+                tracing::warn!(path = %path.display(), %error, "could not truncate the capture file");
             }
         }
         let _ = self.events.send(StoreEvent::Cleared);
@@ -427,67 +427,45 @@ fn create_private(path: &Path) -> std::io::Result<File> {
 
 fn matches(entry: &Entry, filter: &EntryFilter) -> bool {
     let summary = entry.summary();
-    if let Some(path) = filter.path.as_deref().filter(|p| !p.is_empty()) {
-        if !summary.path.contains(path) {
-            return false;
-        }
-    }
-    if let Some(method) = filter.method.as_deref().filter(|m| !m.is_empty()) {
-        if !summary.method.eq_ignore_ascii_case(method) {
-            return false;
-        }
-    }
-    if let Some(status) = filter.status.as_deref().filter(|s| !s.is_empty()) {
-        if !status_matches(summary.status, status) {
-            return false;
-        }
-    }
-    if let Some(min) = filter.min_duration_ms {
-        if summary.duration_ms < min {
-            return false;
-        }
-    }
-    if let Some(max) = filter.max_duration_ms {
-        if summary.duration_ms > max {
-            return false;
-        }
-    }
-    if let Some(kind) = filter.kind.as_deref().filter(|k| !k.is_empty()) {
-        if summary.kind != kind {
-            return false;
-        }
-    }
-    if let Some(source) = filter.source.as_deref().filter(|s| !s.is_empty()) {
-        let name = summary
-            .source
-            .and_then(|s| serde_json::to_value(s).ok())
-            .and_then(|v| v.as_str().map(str::to_owned));
-        if name.as_deref() != Some(source) {
-            return false;
-        }
-    }
-    if let Some(header) = filter.header.as_deref().filter(|h| !h.is_empty()) {
-        let (name, value) = match header.split_once(':') {
-            Some((name, value)) => (name.trim(), Some(value.trim())),
-            None => (header.trim(), None),
-        };
-        let Entry::Exchange(exchange) = entry else {
-            return false;
-        };
-        let response = exchange.response.as_ref().map(|r| &r.headers[..]);
-        let found = exchange
-            .request
-            .headers
-            .iter()
-            .chain(response.unwrap_or(&[]).iter())
-            .any(|(n, v)| {
-                n.eq_ignore_ascii_case(name) && value.is_none_or(|text| v.contains(text))
-            });
-        if !found {
-            return false;
-        }
-    }
-    true
+    let set = |field: &Option<String>| field.clone().filter(|text| !text.is_empty());
+    let source_name = summary
+        .source
+        .and_then(|s| serde_json::to_value(s).ok())
+        .and_then(|v| v.as_str().map(str::to_owned));
+    set(&filter.path).is_none_or(|path| summary.path.contains(&path))
+        && set(&filter.method).is_none_or(|m| summary.method.eq_ignore_ascii_case(&m))
+        && set(&filter.status).is_none_or(|s| status_matches(summary.status, &s))
+        && filter
+            .min_duration_ms
+            .is_none_or(|min| summary.duration_ms >= min)
+        && filter
+            .max_duration_ms
+            .is_none_or(|max| summary.duration_ms <= max)
+        && set(&filter.kind).is_none_or(|kind| summary.kind == kind)
+        && set(&filter.source).is_none_or(|source| source_name.as_deref() == Some(&source))
+        && set(&filter.header).is_none_or(|header| header_matches(entry, &header))
+}
+
+/// `name` (present) or `name: text` (present, value contains text), on the request or the
+/// response; never for denials, which hold no headers.
+fn header_matches(entry: &Entry, header: &str) -> bool {
+    let (name, value) = match header.split_once(':') {
+        Some((name, value)) => (name.trim(), Some(value.trim())),
+        None => (header.trim(), None),
+    };
+    let Entry::Exchange(exchange) = entry else {
+        return false;
+    };
+    let response = exchange
+        .response
+        .as_ref()
+        .map_or(&[][..], |r| &r.headers[..]);
+    exchange
+        .request
+        .headers
+        .iter()
+        .chain(response.iter())
+        .any(|(n, v)| n.eq_ignore_ascii_case(name) && value.is_none_or(|text| v.contains(text)))
 }
 
 /// `404` matches 404; `4xx` (or `4XX`) matches 400..=499.

@@ -43,6 +43,7 @@ async fn capture_list_show_replay_and_clear() {
     assert_eq!(original.gate.as_deref(), Some("webhook:github"));
     assert_eq!(original.identity.as_deref(), Some("github"));
     assert_eq!(original.request_size, WEBHOOK.len() as u64);
+    assert_eq!(original.reason, None, "a complete exchange has no error");
 
     // Masked by default, revealed on request.
     let detail = client.show(original.id, false).await.unwrap();
@@ -250,6 +251,53 @@ async fn an_unreachable_local_service_is_a_502_and_is_recorded() {
             .unwrap()
             .contains("did not answer")
     );
+}
+
+#[tokio::test]
+async fn empty_and_abandoned_responses_are_recorded_as_such() {
+    let harness = Harness::start(CaptureConfig::default()).await;
+    let proxy = postern_node::inspect::CapturingProxy::new(
+        &format!("http://{}", harness.origin),
+        harness.store.clone(),
+    )
+    .unwrap();
+    let get = |path: &str| {
+        Request::get(path)
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap()
+    };
+    // An empty 204 is a complete exchange.
+    let response = proxy
+        .forward(get("/empty"), postern_node::inspect::ExchangeMeta::funnel())
+        .await;
+    assert_eq!(response.status().as_u16(), 204);
+    drop(response);
+    // A client that gives up after the first chunk.
+    let response = proxy
+        .forward(
+            get("/stalls"),
+            postern_node::inspect::ExchangeMeta::funnel(),
+        )
+        .await;
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"partial");
+    drop(body);
+
+    harness.wait_for_entries(2).await;
+    let list = harness.store.list(&EntryFilter::default());
+    assert_eq!(list[1].path, "/empty");
+    assert_eq!(list[1].status, Some(204));
+    assert_eq!(list[1].reason, None);
+    assert_eq!(list[0].path, "/stalls");
+    assert_eq!(
+        list[0].reason.as_deref(),
+        Some("the client went away before the response ended")
+    );
+    let Some(Entry::Exchange(stalled)) = harness.store.get(list[0].id) else {
+        panic!("expected an exchange")
+    };
+    assert_eq!(&stalled.response.unwrap().body.bytes[..], b"partial");
 }
 
 #[tokio::test]

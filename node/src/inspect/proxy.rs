@@ -566,6 +566,12 @@ impl Body for CaptureBody {
                 if let Some(data) = frame.data_ref() {
                     lock(&this.capture).push(data);
                 }
+                // hyper stops polling a body that says it has ended (e.g. Content-Length
+                // reached), so the `None` below may never come.
+                if this.inner.is_end_stream() {
+                    lock(&this.capture).complete = true;
+                    this.finish.take();
+                }
             }
             Poll::Ready(None) => {
                 lock(&this.capture).complete = true;
@@ -588,6 +594,16 @@ impl Body for CaptureBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for CaptureBody {
+    fn drop(&mut self) {
+        // An empty body may be finished without ever being polled.
+        if self.inner.is_end_stream() {
+            lock(&self.capture).complete = true;
+        }
+        // `finish` (if still here) is dropped next and records the exchange.
     }
 }
 

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
+use futures::StreamExt as _;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::{Request, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -18,6 +20,8 @@ use postern_node::inspect::{
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+type OriginBody = BoxBody<Bytes, hyper::Error>;
 
 /// A request as the origin saw it.
 #[derive(Debug, Clone)]
@@ -126,7 +130,8 @@ impl Drop for Harness {
     }
 }
 
-/// The developer's local service: records every request and answers JSON with a count.
+/// The developer's local service: records every request and answers JSON with a count;
+/// `/empty` answers 204 with no body, `/stalls` sends one chunk and then nothing.
 async fn start_origin(seen: Arc<Mutex<Vec<Seen>>>, shutdown: CancellationToken) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -160,10 +165,36 @@ async fn start_origin(seen: Arc<Mutex<Vec<Seen>>>, shutdown: CancellationToken) 
                                 });
                                 seen.len()
                             };
+                            let body: OriginBody = match parts.uri.path() {
+                                // No body at all: hyper may never poll it.
+                                "/empty" => {
+                                    let response = Response::builder()
+                                        .status(204)
+                                        .body(
+                                            Full::new(Bytes::new()).map_err(|e| match e {}).boxed(),
+                                        )
+                                        .unwrap();
+                                    return Ok::<_, hyper::Error>(response);
+                                }
+                                // One chunk, then nothing ever again.
+                                "/stalls" => {
+                                    let first = futures::stream::once(async {
+                                        Ok::<_, hyper::Error>(hyper::body::Frame::data(
+                                            Bytes::from_static(b"partial"),
+                                        ))
+                                    });
+                                    BodyExt::boxed(StreamBody::new(
+                                        first.chain(futures::stream::pending()),
+                                    ))
+                                }
+                                _ => Full::new(Bytes::from(format!("{{\"received\":{n}}}")))
+                                    .map_err(|e| match e {})
+                                    .boxed(),
+                            };
                             let response = Response::builder()
                                 .header("content-type", "application/json")
                                 .header("set-cookie", "session=origin-secret")
-                                .body(Full::new(Bytes::from(format!("{{\"received\":{n}}}"))))
+                                .body(body)
                                 .unwrap();
                             Ok::<_, hyper::Error>(response)
                         }

@@ -301,6 +301,41 @@ async fn empty_and_abandoned_responses_are_recorded_as_such() {
 }
 
 #[tokio::test]
+async fn a_replay_of_a_stalling_service_is_abandoned_and_recorded() {
+    let harness = Harness::start(CaptureConfig::default()).await;
+    harness.send_webhook("/stalls-not", WEBHOOK).await;
+    harness.wait_for_entries(1).await;
+    let id = harness.store.list(&EntryFilter::default())[0].id;
+    let proxy = postern_node::inspect::CapturingProxy::new(
+        &format!("http://{}", harness.origin),
+        harness.store.clone(),
+    )
+    .unwrap()
+    .with_replay_timeout(Duration::from_millis(300));
+    let changes = ReplayChanges {
+        path: Some("/stalls".into()),
+        ..ReplayChanges::default()
+    };
+    let outcome = proxy
+        .replay(harness.store.get(id), id, &changes)
+        .await
+        .unwrap();
+    assert_eq!(outcome.status, None);
+    assert!(
+        outcome
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("did not finish answering within 300 ms"),
+        "{outcome:?}"
+    );
+    let list = harness.store.list(&EntryFilter::default());
+    assert_eq!(list[0].id, outcome.id);
+    assert_eq!(list[0].replay_of, Some(id));
+    assert!(list[0].reason.is_some(), "{:?}", list[0]);
+}
+
+#[tokio::test]
 async fn denials_from_the_audit_show_with_their_reason() {
     let harness = Harness::start(CaptureConfig::default()).await;
     let line = r#"{"time":"2026-11-29T08:00:00Z","funnel":"hooks.example","client":"203.0.113.7:5000","method":"POST","path":"/hook","gate":"webhook:github","result":"deny","reason":"signature_mismatch","status":403,"bytes":18,"duration_ms":2}"#;

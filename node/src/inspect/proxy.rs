@@ -20,7 +20,7 @@
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{HOST, HeaderName, HeaderValue};
@@ -48,6 +48,9 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// The header a replayed request carries so the local service can tell it from a live one.
 pub const REPLAY_HEADER: &str = "x-postern-replay-of";
+
+/// How long [`CapturingProxy::replay`] waits for the whole response: 30 s.
+pub const DEFAULT_REPLAY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a [`CapturingProxy`] knows about a request besides the request itself.
 #[derive(Debug, Clone)]
@@ -130,7 +133,8 @@ pub struct ReplayOutcome {
     pub id: u64,
     /// The original's id.
     pub replay_of: u64,
-    /// The local service's status, `None` if it could not be reached.
+    /// The local service's status, `None` if it could not be reached or did not answer in
+    /// time.
     pub status: Option<u16>,
     /// Why it failed, if it did.
     pub error: Option<String>,
@@ -140,6 +144,7 @@ pub struct ReplayOutcome {
 #[derive(Debug, Clone)]
 pub struct CapturingProxy {
     target: Uri,
+    replay_timeout: Duration,
     recorder: Arc<dyn ExchangeRecorder>,
     client: Client<HttpConnector, ProxyBody>,
 }
@@ -164,9 +169,17 @@ impl CapturingProxy {
         let client = Client::builder(TokioExecutor::new()).build_http();
         Ok(Self {
             target: uri,
+            replay_timeout: DEFAULT_REPLAY_TIMEOUT,
             recorder,
             client,
         })
+    }
+
+    /// The same proxy with replays abandoned after `timeout` (default
+    /// [`DEFAULT_REPLAY_TIMEOUT`]) instead.
+    pub fn with_replay_timeout(mut self, timeout: Duration) -> Self {
+        self.replay_timeout = timeout;
+        self
     }
 
     /// The target URL, e.g. `http://127.0.0.1:3000/`.
@@ -267,8 +280,9 @@ impl CapturingProxy {
     /// Replays do not pass through any gate.
     ///
     /// Fails if the original is unknown, a denial, has a truncated body (and no new body is
-    /// given) or a change is not valid HTTP. An unreachable local service is not a failure:
-    /// it is recorded and reported in the outcome.
+    /// given) or a change is not valid HTTP. An unreachable or stalled local service is not
+    /// a failure: it is recorded and reported in the outcome's `error` (a replay is
+    /// abandoned after the replay timeout, 30 s by default).
     pub async fn replay(
         &self,
         original: Option<Entry>,
@@ -342,24 +356,36 @@ impl CapturingProxy {
             }),
             ..self.clone()
         };
-        let response = proxy.forward(request, meta).await;
-        let status = response.status();
-        let failed = response.headers().contains_key(PROXY_ERROR_HEADER);
-        // Drain the body so the exchange completes and is recorded.
-        let _ = response.into_body().collect().await;
-        let id = ids.get();
-        Ok(ReplayOutcome {
-            id,
-            replay_of: original.id,
-            status: (!failed).then_some(status.as_u16()),
-            error: if failed {
+        let exchange = async {
+            let response = proxy.forward(request, meta).await;
+            let status = response.status();
+            let failed = response.headers().contains_key(PROXY_ERROR_HEADER);
+            // Drain the body so the exchange completes and is recorded.
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map(|collected| collected.to_bytes())
+                .unwrap_or_default();
+            (status, failed, body)
+        };
+        let (status, error) = match tokio::time::timeout(self.replay_timeout, exchange).await {
+            Ok((status, false, _)) => (Some(status.as_u16()), None),
+            Ok((_, true, body)) => (None, Some(String::from_utf8_lossy(&body).trim().to_owned())),
+            Err(_) => (
+                None,
                 Some(format!(
-                    "the local service at {} did not answer",
-                    self.target
-                ))
-            } else {
-                None
-            },
+                    "the local service at {} did not finish answering within {} ms; the replay was abandoned",
+                    self.target,
+                    self.replay_timeout.as_millis()
+                )),
+            ),
+        };
+        Ok(ReplayOutcome {
+            id: ids.get(),
+            replay_of: original.id,
+            status,
+            error,
         })
     }
 
@@ -482,6 +508,9 @@ impl Drop for PendingExchange {
                 exchange.error = Some("the client went away before the response ended".to_owned());
             }
             response.body = capture.take();
+        }
+        if exchange.response.is_none() && exchange.error.is_none() && !self.finished {
+            exchange.error = Some("abandoned before the local service answered".to_owned());
         }
         self.recorder.record(exchange);
     }

@@ -72,8 +72,9 @@ pub struct Exchange {
     pub duration_ms: u64,
 }
 
-/// The captured request of an [`Exchange`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The captured request of an [`Exchange`]. `Debug` masks secret headers and leaves the
+/// body out (its size only).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CapturedRequest {
     /// The method, e.g. `POST`.
     pub method: String,
@@ -87,8 +88,9 @@ pub struct CapturedRequest {
     pub body: CapturedBody,
 }
 
-/// The captured response of an [`Exchange`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The captured response of an [`Exchange`]. `Debug` masks secret headers and leaves the
+/// body out (its size only).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CapturedResponse {
     /// The status code.
     pub status: u16,
@@ -96,6 +98,60 @@ pub struct CapturedResponse {
     pub headers: Vec<(String, String)>,
     /// The body, capped at the store's body limit.
     pub body: CapturedBody,
+}
+
+impl std::fmt::Debug for CapturedRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CapturedRequest")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .field("headers", &MaskedHeaders(&self.headers))
+            .field("body", &BodySize(&self.body))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for CapturedResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CapturedResponse")
+            .field("status", &self.status)
+            .field("headers", &MaskedHeaders(&self.headers))
+            .field("body", &BodySize(&self.body))
+            .finish()
+    }
+}
+
+/// Headers for `Debug`, secret values masked.
+struct MaskedHeaders<'a>(&'a [(String, String)]);
+
+impl std::fmt::Debug for MaskedHeaders<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, value)| {
+                let shown = if is_secret_header(name) {
+                    masked_value(value)
+                } else {
+                    value.clone()
+                };
+                (name, shown)
+            }))
+            .finish()
+    }
+}
+
+/// A body for `Debug`: its sizes only.
+struct BodySize<'a>(&'a CapturedBody);
+
+impl std::fmt::Debug for BodySize<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "<{} bytes{}>",
+            self.0.size,
+            if self.0.truncated { ", truncated" } else { "" }
+        )
+    }
 }
 
 /// A body, or its first `cap` bytes. In JSON: `{"size", "truncated", "encoding", "data"}`,
@@ -514,6 +570,15 @@ mod tests {
             assert!(is_secret_header(name), "{name}");
         }
         assert!(!is_secret_header("content-type"));
+    }
+
+    #[test]
+    fn debug_output_hides_secret_headers_and_bodies() {
+        let shown = format!("{:?}", Entry::Exchange(sample()));
+        assert!(!shown.contains("sha256=abcdef"), "{shown}");
+        assert!(!shown.contains("s=1"), "{shown}");
+        assert!(shown.contains("[masked: 13 chars]"), "{shown}");
+        assert!(shown.contains("<7 bytes>"), "{shown}");
     }
 
     #[test]

@@ -406,6 +406,32 @@ pub fn is_secret_header(name: &str) -> bool {
         .any(|word| name.contains(word))
 }
 
+/// `time` as the captured entries write it: RFC 3339 UTC with milliseconds, e.g.
+/// `2026-11-29T09:30:00.123Z`. For adapters that build an [`Exchange`] from another
+/// proxy's record.
+pub fn rfc3339(time: std::time::SystemTime) -> String {
+    let time = time::OffsetDateTime::from(time);
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time.format(&format).unwrap_or_else(|_| time.to_string())
+}
+
+/// Headers as the captured entries hold them: `[name, value]` pairs in order, names lower
+/// case, values that are not UTF-8 converted lossily. For adapters that build an
+/// [`Exchange`] from another proxy's record.
+pub fn header_pairs(headers: &http::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
 /// What a masked header value is shown as: it says how long the hidden value is and nothing
 /// else.
 pub fn masked_value(value: &str) -> String {
@@ -570,6 +596,12 @@ mod tests {
             assert!(is_secret_header(name), "{name}");
         }
         assert!(!is_secret_header("content-type"));
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_millis() {
+        let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_795_944_600_123);
+        assert_eq!(rfc3339(time), "2026-11-29T09:30:00.123Z");
     }
 
     #[test]

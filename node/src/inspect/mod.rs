@@ -28,7 +28,7 @@ pub mod store;
 
 pub use exchange::{
     Admission, CapturedBody, CapturedRequest, CapturedResponse, DeniedDelivery, Entry,
-    EntrySummary, Exchange, Source, is_secret_header, masked_value,
+    EntrySummary, Exchange, Source, header_pairs, is_secret_header, masked_value, rfc3339,
 };
 pub use proxy::{CapturingProxy, ExchangeMeta, ReplayChanges, ReplayOutcome};
 pub use store::{

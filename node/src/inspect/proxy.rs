@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::exchange::{
     Admission, CapturedBody, CapturedRequest, CapturedResponse, Entry, Exchange, Source,
+    header_pairs, rfc3339,
 };
 use super::store::ExchangeRecorder;
 
@@ -196,7 +197,7 @@ impl CapturingProxy {
         B::Error: Into<BoxError>,
     {
         let started = Instant::now();
-        let time = now_rfc3339();
+        let time = rfc3339(SystemTime::now());
         let cap = self.recorder.max_body_bytes();
         let (parts, body) = request.into_parts();
         let request_capture = Arc::new(Mutex::new(BodyCapture::new(cap)));
@@ -687,18 +688,6 @@ fn unmask(edited: &[(String, String)], original: &[(String, String)]) -> Vec<(St
         .collect()
 }
 
-fn header_pairs(headers: &http::HeaderMap) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .map(|(name, value)| {
-            (
-                name.as_str().to_owned(),
-                String::from_utf8_lossy(value.as_bytes()).into_owned(),
-            )
-        })
-        .collect()
-}
-
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     // Headers named by Connection are hop-by-hop too.
     let named: Vec<HeaderName> = headers
@@ -741,15 +730,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Now as RFC 3339 UTC with milliseconds, e.g. `2026-11-29T09:30:00.123Z`.
-pub(crate) fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::from(SystemTime::now());
-    let format = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    now.format(&format).unwrap_or_else(|_| now.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -790,12 +770,5 @@ mod tests {
         assert!(err.to_string().contains("only http://"), "{err}");
         let err = CapturingProxy::new("127.0.0.1:3000", store).unwrap_err();
         assert!(err.to_string().contains("http://HOST:PORT"), "{err}");
-    }
-
-    #[test]
-    fn timestamps_are_rfc3339_utc_with_millis() {
-        let t = now_rfc3339();
-        assert_eq!(t.len(), "2026-11-29T09:30:00.123Z".len(), "{t}");
-        assert!(t.ends_with('Z'));
     }
 }

@@ -3,7 +3,8 @@
 //! running `fixtures/inspect-ui/ui-test.mjs`.
 //!
 //! The script opens the UI, POSTs a webhook through the capturing proxy and waits for it to
-//! appear live, checks the masked detail, replays it and waits for the replay in the list.
+//! appear live, checks the masked detail, replays it and waits for the replay in the list,
+//! replays it again with a changed body, opens a denial and narrows the list with a filter.
 //! This test then checks that the replay reached the local service and was recorded
 //! linked to the original. Screenshots go to `target/inspect-ui-artifacts/` (or
 //! `$POSTERN_TEST_ARTIFACTS/inspect-ui/`).
@@ -20,7 +21,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use inspect_harness::{Harness, SIGNATURE};
-use postern_node::inspect::{CaptureConfig, Entry, Source};
+use postern_node::inspect::{CaptureConfig, DeniedDelivery, Entry, Source};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -40,6 +41,16 @@ async fn the_ui_shows_a_webhook_live_and_replays_it() {
     let _ = std::fs::remove_dir_all(&artifacts);
 
     let harness = Harness::start(CaptureConfig::default()).await;
+    harness.store.record_denied(DeniedDelivery {
+        id: 0,
+        time: "2026-11-29T09:00:00Z".into(),
+        funnel: Some("hooks.example".into()),
+        method: "POST".into(),
+        path: "/hooks/github".into(),
+        gate: Some("webhook:github".into()),
+        reason: "signature_mismatch".into(),
+        status: 403,
+    });
     let child = tokio::process::Command::new("node")
         .arg("ui-test.mjs")
         .current_dir(&fixture)
@@ -73,7 +84,9 @@ async fn the_ui_shows_a_webhook_live_and_replays_it() {
 
     // The replay reached the local service with the original's secrets, marked as a replay.
     let seen = harness.seen();
-    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(&seen[2].body[..], br#"{"ref":"refs/heads/dev"}"#);
+    assert_eq!(seen[2].header("x-hub-signature-256"), Some(SIGNATURE));
     assert_eq!(seen[1].path, "/hooks/github");
     assert_eq!(seen[1].header("x-hub-signature-256"), Some(SIGNATURE));
     assert_eq!(
@@ -92,6 +105,8 @@ async fn the_ui_shows_a_webhook_live_and_replays_it() {
         "02-webhook-arrived-live.png",
         "03-detail-masked.png",
         "04-replayed.png",
+        "05-replay-with-changes.png",
+        "06-denied.png",
     ] {
         let size = std::fs::metadata(artifacts.join(name))
             .map(|m| m.len())

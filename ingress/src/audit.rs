@@ -36,11 +36,59 @@ pub struct AuditRecord {
     pub duration_ms: u64,
 }
 
+/// One connection of a TCP funnel or a TLS passthrough funnel (or a connection the TLS
+/// port refused before any request), written when the connection ends. Field names are the
+/// JSON keys (see `docs/ingress.md`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ConnectionRecord {
+    /// When the connection was accepted, RFC 3339 UTC.
+    pub time: String,
+    /// `tcp` (a raw TCP funnel), `tls-passthrough`, or `tls` (the TLS port itself).
+    pub kind: &'static str,
+    /// The funnel: `tcp:PORT` for a TCP funnel, the hostname for passthrough, `null` when
+    /// none was chosen.
+    pub funnel: Option<String>,
+    /// The client's address (`ip:port`).
+    pub client: String,
+    /// `allow` (bytes were piped), `deny` (refused by a limit or an unknown name) or
+    /// `error` (the target could not be reached).
+    pub result: &'static str,
+    /// How it ended or why it was refused: `closed`, `idle_timeout`, `total_timeout`,
+    /// `io_error`, `too_many_connections`, `unknown_sni`, `upstream_unreachable`, ...
+    pub reason: String,
+    /// Bytes received from the client and sent on to the target.
+    pub bytes_from_client: u64,
+    /// Bytes received from the target and sent on to the client.
+    pub bytes_to_client: u64,
+    /// Milliseconds from accept to close.
+    pub duration_ms: u64,
+}
+
 /// Where audit records go. Implementations must not block for long: `record` is called on
 /// the request path.
 pub trait AuditSink: Send + Sync + std::fmt::Debug {
     /// Stores one record. Failures are the sink's to report (logging); the request goes on.
     fn record(&self, record: &AuditRecord);
+
+    /// Stores one connection record (TCP and passthrough funnels). The default folds it
+    /// into an [`AuditRecord`] (method `TCP`/`TLS`, `bytes` = bytes to the client) so that
+    /// sinks written before connection records lose nothing but the byte count from the
+    /// client; [`JsonLinesSink`] writes the full record.
+    fn record_connection(&self, record: &ConnectionRecord) {
+        self.record(&AuditRecord {
+            time: record.time.clone(),
+            funnel: record.funnel.clone(),
+            client: record.client.clone(),
+            method: record.kind.to_ascii_uppercase(),
+            path: String::new(),
+            gate: None,
+            result: record.result,
+            reason: Some(record.reason.clone()),
+            status: 0,
+            bytes: record.bytes_to_client,
+            duration_ms: record.duration_ms,
+        });
+    }
 }
 
 /// Writes each record as one JSON line to a writer (a file opened for append, or stdout).
@@ -76,7 +124,17 @@ impl JsonLinesSink {
 
 impl AuditSink for JsonLinesSink {
     fn record(&self, record: &AuditRecord) {
-        let Ok(mut line) = serde_json::to_vec(record) else {
+        self.write_line(serde_json::to_vec(record));
+    }
+
+    fn record_connection(&self, record: &ConnectionRecord) {
+        self.write_line(serde_json::to_vec(record));
+    }
+}
+
+impl JsonLinesSink {
+    fn write_line(&self, line: serde_json::Result<Vec<u8>>) {
+        let Ok(mut line) = line else {
             return;
         };
         line.push(b'\n');

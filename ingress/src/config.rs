@@ -9,6 +9,10 @@ use serde::Deserialize;
 
 use crate::certs::{AcmeConfig, ChallengeKind};
 use crate::edge::{Funnel, Limits, TcpUpstream};
+use crate::tcp_funnel::{ClientLimiter, PassthroughFunnel, TcpFunnel, TcpLimits};
+
+/// The default of `limits.max_connections_per_client`.
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 256;
 use crate::gate::{GateChain, PassThroughGate, Provider, Secret, WebhookGate, WebhookGateConfig};
 
 /// The whole configuration file.
@@ -32,6 +36,75 @@ pub struct IngressConfig {
     /// The funnels.
     #[serde(default, rename = "funnel")]
     pub funnels: Vec<FunnelSection>,
+    /// Raw TCP funnels, each on a port of `listen.tcp_port_range`.
+    #[serde(default, rename = "tcp_funnel")]
+    pub tcp_funnels: Vec<TcpFunnelSection>,
+    /// TLS passthrough funnels: hostnames on the TLS port whose TLS the target terminates.
+    #[serde(default, rename = "passthrough_funnel")]
+    pub passthrough_funnels: Vec<PassthroughFunnelSection>,
+}
+
+/// One `[[tcp_funnel]]`: a public port piped to a target.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpFunnelSection {
+    /// The public port; must lie in `listen.tcp_port_range`.
+    pub port: u16,
+    /// The target, `host:port`.
+    pub target: String,
+    /// Send a PROXY protocol v2 header to the target first (default false).
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+/// One `[[passthrough_funnel]]`: a hostname on the TLS port piped, still encrypted, to a
+/// target that terminates TLS itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassthroughFunnelSection {
+    /// The public hostname (the SNI clients send).
+    pub hostname: String,
+    /// The target, `host:port`, speaking TLS.
+    pub target: String,
+    /// Send a PROXY protocol v2 header to the target first (default false).
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+/// `listen.tcp_port_range`: the public ports TCP funnels may use, `"FIRST-LAST"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct TcpPortRange {
+    /// The first port of the range.
+    pub first: u16,
+    /// The last port of the range (inclusive).
+    pub last: u16,
+}
+
+impl TcpPortRange {
+    /// Whether `port` lies in the range.
+    pub fn contains(self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl TryFrom<String> for TcpPortRange {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "tcp_port_range {text:?} is not \"FIRST-LAST\" with 1 <= FIRST <= LAST <= 65535 (e.g. \"20000-20999\")"
+            )
+        };
+        let (first, last) = text.split_once('-').ok_or_else(bad)?;
+        let first: u16 = first.trim().parse().map_err(|_| bad())?;
+        let last: u16 = last.trim().parse().map_err(|_| bad())?;
+        if first == 0 || first > last {
+            return Err(bad());
+        }
+        Ok(Self { first, last })
+    }
 }
 
 /// `[listen]`.
@@ -42,6 +115,8 @@ pub struct ListenConfig {
     pub https: SocketAddr,
     /// The plain HTTP port (HTTP-01 challenges, redirects), e.g. `0.0.0.0:80`.
     pub http: Option<SocketAddr>,
+    /// The ports TCP funnels may listen on (on the IP of `https`), e.g. `"20000-20999"`.
+    pub tcp_port_range: Option<TcpPortRange>,
 }
 
 /// `[acme]`.
@@ -81,6 +156,14 @@ pub struct LimitsSection {
     pub idle_timeout_secs: u64,
     /// Seconds for the body to arrive and the target to answer with a head.
     pub request_timeout_secs: u64,
+    /// Concurrent connections one client IP may hold open (TLS port and TCP funnels
+    /// together); `0` for no bound.
+    pub max_connections_per_client: usize,
+    /// Seconds a TCP or passthrough connection may move no byte before it is closed.
+    pub tcp_idle_timeout_secs: u64,
+    /// Seconds after which a TCP or passthrough connection is closed however busy; `0` for
+    /// no bound.
+    pub tcp_total_timeout_secs: u64,
 }
 
 impl Default for LimitsSection {
@@ -91,6 +174,9 @@ impl Default for LimitsSection {
             max_body_bytes: limits.max_body_bytes,
             idle_timeout_secs: limits.idle_timeout.as_secs(),
             request_timeout_secs: limits.request_timeout.as_secs(),
+            max_connections_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+            tcp_idle_timeout_secs: TcpLimits::default().idle_timeout.as_secs(),
+            tcp_total_timeout_secs: 0,
         }
     }
 }
@@ -182,6 +268,46 @@ impl IngressConfig {
         }
     }
 
+    /// The bounds of TCP and passthrough connections.
+    pub fn tcp_limits(&self) -> TcpLimits {
+        TcpLimits {
+            idle_timeout: Duration::from_secs(self.limits.tcp_idle_timeout_secs),
+            total_timeout: (self.limits.tcp_total_timeout_secs > 0)
+                .then(|| Duration::from_secs(self.limits.tcp_total_timeout_secs)),
+            ..TcpLimits::default()
+        }
+    }
+
+    /// The per-client connection limiter (shared by the TLS port and the TCP funnels).
+    pub fn client_limiter(&self) -> Arc<ClientLimiter> {
+        let max = self.limits.max_connections_per_client;
+        ClientLimiter::new((max > 0).then_some(max))
+    }
+
+    /// The TCP funnels, each reaching its target over plain TCP.
+    pub fn tcp_funnels(&self) -> Vec<TcpFunnel> {
+        self.tcp_funnels
+            .iter()
+            .map(|section| TcpFunnel {
+                port: section.port,
+                upstream: Arc::new(TcpUpstream::new(section.target.clone())),
+                proxy_protocol: section.proxy_protocol,
+            })
+            .collect()
+    }
+
+    /// The passthrough funnels, each reaching its target over plain TCP.
+    pub fn passthrough_funnels(&self) -> Vec<PassthroughFunnel> {
+        self.passthrough_funnels
+            .iter()
+            .map(|section| PassthroughFunnel {
+                hostname: section.hostname.to_ascii_lowercase(),
+                upstream: Arc::new(TcpUpstream::new(section.target.clone())),
+                proxy_protocol: section.proxy_protocol,
+            })
+            .collect()
+    }
+
     /// The ACME settings, if certificates come from a CA.
     pub fn acme(&self) -> Option<AcmeConfig> {
         self.acme.as_ref().map(|acme| AcmeConfig {
@@ -214,6 +340,43 @@ impl IngressConfig {
                 return Err(ConfigError::Invalid(format!(
                     "hostname {} appears in two funnels; each hostname maps to one funnel",
                     funnel.hostname
+                )));
+            }
+        }
+        self.validate_byte_funnels(&mut seen)
+    }
+
+    fn validate_byte_funnels(
+        &self,
+        hostnames: &mut std::collections::HashSet<String>,
+    ) -> Result<(), ConfigError> {
+        for funnel in &self.passthrough_funnels {
+            if !hostnames.insert(funnel.hostname.to_ascii_lowercase()) {
+                return Err(ConfigError::Invalid(format!(
+                    "hostname {} appears in two funnels (passthrough or not); each hostname maps to one funnel",
+                    funnel.hostname
+                )));
+            }
+        }
+        let mut ports = std::collections::HashSet::new();
+        for funnel in &self.tcp_funnels {
+            let port = funnel.port;
+            let Some(range) = self.listen.tcp_port_range else {
+                return Err(ConfigError::Invalid(format!(
+                    "tcp_funnel on port {port}: set listen.tcp_port_range (e.g. \"20000-20999\") to the ports TCP funnels may use"
+                )));
+            };
+            if !range.contains(port) {
+                return Err(ConfigError::Invalid(format!(
+                    "tcp_funnel on port {port}: the port is outside listen.tcp_port_range {}-{}",
+                    range.first, range.last
+                )));
+            }
+            let taken = Some(port) == Some(self.listen.https.port())
+                || Some(port) == self.listen.http.map(|a| a.port());
+            if taken || !ports.insert(port) {
+                return Err(ConfigError::Invalid(format!(
+                    "tcp_funnel on port {port}: the port is already used by another funnel or listener"
                 )));
             }
         }
@@ -319,6 +482,71 @@ secret_env = "GH_SECRET"
             .funnels(&|name| (name == "GH_SECRET").then(|| "s3cret".to_string()))
             .unwrap();
         assert_eq!(funnels[0].hostname, "hooks.example.com");
+    }
+
+    #[test]
+    fn byte_funnels_parse_and_validate() {
+        let text = format!(
+            "{}{}",
+            EXAMPLE.replace(
+                "http = \"0.0.0.0:80\"",
+                "http = \"0.0.0.0:80\"\ntcp_port_range = \"20000-20010\""
+            ),
+            r#"
+[limits]
+max_connections_per_client = 4
+tcp_total_timeout_secs = 3600
+[[tcp_funnel]]
+port = 20001
+target = "127.0.0.1:5432"
+proxy_protocol = true
+[[passthrough_funnel]]
+hostname = "Secure.Example.com"
+target = "127.0.0.1:8443"
+"#
+        );
+        let config = IngressConfig::parse(&text).unwrap();
+        config.validate().unwrap();
+        let tcp = config.tcp_funnels();
+        assert_eq!((tcp[0].port, tcp[0].proxy_protocol), (20001, true));
+        assert_eq!(
+            config.passthrough_funnels()[0].hostname,
+            "secure.example.com"
+        );
+        assert_eq!(
+            config.tcp_limits().total_timeout,
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(config.tcp_limits().idle_timeout, Duration::from_secs(300));
+
+        let outside = text.replace("port = 20001", "port = 30000");
+        let err = IngressConfig::parse(&outside)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("outside listen.tcp_port_range 20000-20010"),
+            "{err}"
+        );
+        let no_range = text.replace("tcp_port_range = \"20000-20010\"", "");
+        let err = IngressConfig::parse(&no_range)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("set listen.tcp_port_range"), "{err}");
+        let twice = text.replace("Secure.Example.com", "hooks.example.com");
+        let err = IngressConfig::parse(&twice)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("appears in two funnels"), "{err}");
+        for bad in ["20010-20000", "0-5", "20000", "a-b"] {
+            let err = IngressConfig::parse(&text.replace("20000-20010", bad)).unwrap_err();
+            assert!(err.contains("is not \"FIRST-LAST\""), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -14,3 +14,4 @@ pub mod config;
 pub mod edge;
 pub mod gate;
 pub mod server;
+pub mod tcp_funnel;

@@ -13,6 +13,7 @@ use crate::certs::{
 };
 use crate::config::IngressConfig;
 use crate::edge::{Edge, Funnel};
+use crate::tcp_funnel::{TlsPortRouter, serve_tcp_funnel};
 
 /// Why the ingress stopped or could not start.
 #[derive(Debug, thiserror::Error)]
@@ -66,12 +67,18 @@ pub async fn run(
     }
     let challenges = Arc::new(HttpChallenges::default());
     let hostnames: Vec<String> = funnels.iter().map(|f| f.hostname.clone()).collect();
-    let edge = Arc::new(Edge::new(
-        funnels,
-        config.limits(),
-        audit,
-        Arc::clone(&challenges),
+    let limiter = config.client_limiter();
+    let tls_router = Arc::new(TlsPortRouter::new(
+        config.passthrough_funnels(),
+        config.tcp_limits(),
+        Arc::clone(&limiter),
+        Arc::clone(&audit),
     ));
+    let tcp_audit = Arc::clone(&audit);
+    let edge = Arc::new(
+        Edge::new(funnels, config.limits(), audit, Arc::clone(&challenges))
+            .with_tls_router(tls_router),
+    );
 
     let bind = |address| async move {
         TcpListener::bind(address)
@@ -88,6 +95,18 @@ pub async fn run(
     tracing::info!(address = %tls_listener.local_addr().map_err(RunError::Listener)?, "TLS port listening");
     tasks
         .spawn(Arc::clone(&edge).serve_tls(tls_listener, Edge::tls_config(Arc::clone(&resolver))?));
+    for funnel in config.tcp_funnels() {
+        let address = std::net::SocketAddr::new(config.listen.https.ip(), funnel.port);
+        let listener = bind(address).await?;
+        tracing::info!(%address, proxy_protocol = funnel.proxy_protocol, "TCP funnel listening");
+        tasks.spawn(serve_tcp_funnel(
+            listener,
+            Arc::new(funnel),
+            config.tcp_limits(),
+            Arc::clone(&limiter),
+            Arc::clone(&tcp_audit),
+        ));
+    }
 
     if let Some(acme) = config.acme() {
         let issuer = open_issuer(&acme, config, &challenges, &resolver).await?;

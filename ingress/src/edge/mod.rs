@@ -35,6 +35,7 @@ use tokio::net::TcpListener;
 use crate::audit::{AuditRecord, AuditSink};
 use crate::certs::{ACME_TLS_ALPN, CertResolver, HttpChallenges};
 use crate::gate::{Decision, GateChain, GateRequest, rewrite_identity_headers};
+use crate::tcp_funnel::{ClientLimiter, TcpLimits, TlsPortRouter, TlsRoute};
 
 pub use forward::EdgeBody;
 pub use upstream::{Connecting, TcpUpstream, Upstream, UpstreamIo};
@@ -85,6 +86,7 @@ pub struct Edge {
     limits: Limits,
     audit: Arc<dyn AuditSink>,
     http_challenges: Arc<HttpChallenges>,
+    tls_router: Arc<TlsPortRouter>,
 }
 
 impl Edge {
@@ -99,12 +101,28 @@ impl Edge {
             .into_iter()
             .map(|f| (f.hostname.to_ascii_lowercase(), Arc::new(f)))
             .collect();
+        let tls_router = Arc::new(TlsPortRouter::new(
+            Vec::new(),
+            TcpLimits::default(),
+            ClientLimiter::new(None),
+            Arc::clone(&audit),
+        ));
         Self {
             funnels,
             limits,
             audit,
             http_challenges,
+            tls_router,
         }
+    }
+
+    /// Replaces the TLS port's first step: passthrough hostnames and the per-client
+    /// connection limit (see [`TlsPortRouter`]). Without it the edge has no passthrough
+    /// funnels and no connection bound.
+    #[must_use]
+    pub fn with_tls_router(mut self, router: Arc<TlsPortRouter>) -> Self {
+        self.tls_router = router;
+        self
     }
 
     /// The rustls configuration of the TLS port: ring provider, certificates from
@@ -128,7 +146,6 @@ impl Edge {
         listener: TcpListener,
         tls: Arc<rustls::ServerConfig>,
     ) -> std::io::Result<()> {
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         loop {
             let (tcp, client) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -139,10 +156,18 @@ impl Edge {
                 }
             };
             let edge = Arc::clone(&self);
-            let acceptor = acceptor.clone();
+            let tls = Arc::clone(&tls);
             tokio::spawn(async move {
+                let is_funnel = |host: &str| edge.funnels.contains_key(host);
+                let route = edge
+                    .tls_router
+                    .route(tcp, client, edge.limits.idle_timeout, &is_funnel)
+                    .await;
+                let TlsRoute::Terminate { start, slot: _slot } = route else {
+                    return;
+                };
                 let handshake =
-                    tokio::time::timeout(edge.limits.idle_timeout, acceptor.accept(tcp)).await;
+                    tokio::time::timeout(edge.limits.idle_timeout, start.into_stream(tls)).await;
                 let Ok(Ok(mut tls)) = handshake else {
                     tracing::debug!(%client, "TLS handshake failed or timed out");
                     return;

@@ -167,7 +167,7 @@ impl Edge {
                     return;
                 };
                 let handshake =
-                    tokio::time::timeout(edge.limits.idle_timeout, start.into_stream(tls)).await;
+                    tokio::time::timeout(edge.limits.idle_timeout, (*start).into_stream(tls)).await;
                 let Ok(Ok(mut tls)) = handshake else {
                     tracing::debug!(%client, "TLS handshake failed or timed out");
                     return;

@@ -107,7 +107,7 @@ pub async fn serve_tcp_funnel(
         tokio::spawn(async move {
             let _slot = slot;
             let local = tcp.local_addr().unwrap_or(client);
-            let mut audit_record = ConnectionAudit::new("tcp", Some(funnel.name()), client);
+            let audit_record = ConnectionAudit::new("tcp", Some(funnel.name()), client);
             let _ = tcp.set_nodelay(true);
             let header = funnel
                 .proxy_protocol

@@ -42,7 +42,7 @@ pub enum TlsRoute {
     /// lives.
     Terminate {
         /// The read ClientHello and the connection.
-        start: StartHandshake<TcpStream>,
+        start: Box<StartHandshake<TcpStream>>,
         /// The client's connection slot.
         slot: ClientSlot,
     },
@@ -128,7 +128,7 @@ impl TlsPortRouter {
             .map(str::to_ascii_lowercase);
         let Some(sni) = sni else {
             return TlsRoute::Terminate {
-                start: StartHandshake::from_parts(accepted, tcp),
+                start: Box::new(StartHandshake::from_parts(accepted, tcp)),
                 slot,
             };
         };
@@ -149,7 +149,7 @@ impl TlsPortRouter {
             return TlsRoute::Done;
         }
         TlsRoute::Terminate {
-            start: StartHandshake::from_parts(accepted, tcp),
+            start: Box::new(StartHandshake::from_parts(accepted, tcp)),
             slot,
         }
     }

@@ -37,13 +37,14 @@ pub mod routes;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use ipnet::IpNet;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tun_rs::{AsyncDevice, DeviceBuilder};
 
-use crate::udp::UdpEngine;
+use crate::udp::{ShellCounters, UdpEngine};
 use crate::userspace::{DEFAULT_MTU, TunnelError, log_events, spawn_udp_engine};
 use crate::wg_config::WgConfig;
 
@@ -124,6 +125,7 @@ pub struct KernelTunnel {
     offload: bool,
     routes: Vec<IpNet>,
     local_addr: SocketAddr,
+    counters: Arc<ShellCounters>,
     cancel: CancellationToken,
     engine_task: Option<JoinHandle<io::Result<()>>>,
     tasks: Vec<JoinHandle<()>>,
@@ -163,6 +165,7 @@ impl KernelTunnel {
             events,
             local_addr,
             task: engine_task,
+            counters,
             ..
         } = udp;
         let device = Arc::new(device);
@@ -192,6 +195,7 @@ impl KernelTunnel {
             offload,
             routes: planned,
             local_addr,
+            counters,
             cancel,
             engine_task: Some(engine_task),
             tasks,
@@ -229,7 +233,15 @@ impl KernelTunnel {
             Some(task) => task.await.unwrap_or_else(|e| Err(io::Error::other(e))),
             None => Ok(()),
         };
-        tracing::info!(device = %self.name, "kernel-mode WireGuard tunnel stopped");
+        let c = &self.counters;
+        tracing::info!(
+            device = %self.name,
+            datagrams_in = c.datagrams_in.load(Ordering::Relaxed),
+            datagrams_out = c.datagrams_out.load(Ordering::Relaxed),
+            inbound_dropped = c.inbound_dropped.load(Ordering::Relaxed),
+            send_errors = c.send_errors.load(Ordering::Relaxed),
+            "kernel-mode WireGuard tunnel stopped"
+        );
         result
     }
 }

@@ -133,14 +133,20 @@ pub(super) async fn engine_to_device(
     }
 }
 
-/// Appends the first `count` packets of `bufs` to `batch` as owned buffers.
+/// Appends the first `count` packets of `bufs` to `batch`, copied into one shared
+/// allocation (the segments of a super-packet are freed together, after encryption).
 fn collect(bufs: &[Vec<u8>], sizes: &[usize], count: usize, batch: &mut Vec<Bytes>) {
-    for (buf, &size) in bufs.iter().zip(sizes).take(count) {
-        if let Some(packet) = buf.get(..size)
-            && !packet.is_empty()
-        {
-            batch.push(Bytes::copy_from_slice(packet));
-        }
+    let packets = || {
+        bufs.iter()
+            .zip(sizes)
+            .take(count)
+            .filter_map(|(buf, &size)| buf.get(..size))
+            .filter(|p| !p.is_empty())
+    };
+    let mut block = BytesMut::with_capacity(packets().map(<[u8]>::len).sum());
+    for packet in packets() {
+        block.extend_from_slice(packet);
+        batch.push(block.split().freeze());
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
 use postern_coord::control::{AuthKeyOptions, ControlConfig, Coord, create_auth_key};
+use postern_coord::policy::PolicySource;
 use postern_coord::policy_admin::{self, CommandOutput};
 use postern_proto::UnixTime;
 
@@ -38,10 +39,50 @@ enum Command {
         /// Address to listen on for HTTP (control upgrade, /key, /healthz, /metrics).
         #[arg(long, default_value = "127.0.0.1:8443", value_name = "ADDR:PORT")]
         listen: SocketAddr,
+        #[command(flatten)]
+        policy: ServePolicyArgs,
     },
     /// Manage auth keys, which let a node register without an interactive login.
     #[command(subcommand)]
     Keys(KeysCommand),
+}
+
+/// The policy and the node lifecycle of `serve`.
+#[derive(Debug, Args)]
+struct ServePolicyArgs {
+    /// The policy file (HuJSON; see docs/policy.md). Reloaded on SIGHUP and when its
+    /// contents change (checked every 2 s); an invalid new version is refused and the
+    /// previous policy stays in force. Default: the built-in policy, which lets each user's
+    /// own devices reach each other and nothing else.
+    #[arg(long, env = "POSTERN_COORD_POLICY", value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// How long an untagged node's key lasts from its registration (e.g. 90d, 12h); the
+    /// node must register again before then. Tagged nodes' keys never expire. `0s` turns
+    /// expiry off.
+    #[arg(long, default_value = "180d", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    key_expiry: Duration,
+    /// New nodes wait for an admin's `postern-coord nodes approve` before they join.
+    #[arg(long)]
+    require_approval: bool,
+    /// How long an ephemeral node may stay offline before it is removed.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    ephemeral_timeout: Duration,
+    /// How often the policy file is checked for changes.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration, value_name = "DURATION", hide = true)]
+    policy_poll_interval: Duration,
+}
+
+impl ServePolicyArgs {
+    fn apply(self, config: &mut ControlConfig) {
+        config.policy = match self.policy {
+            Some(path) => PolicySource::File(path),
+            None => PolicySource::BuiltIn,
+        };
+        config.key_expiry = (!self.key_expiry.is_zero()).then_some(self.key_expiry);
+        config.require_approval = self.require_approval;
+        config.ephemeral_timeout = self.ephemeral_timeout;
+        config.policy_poll_interval = self.policy_poll_interval;
+    }
 }
 
 /// Where the coord keeps its state.
@@ -83,6 +124,10 @@ enum KeysCommand {
         /// How long the key stays valid (e.g. 1h, 7d); default: no expiry.
         #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
         expiry: Option<Duration>,
+        /// The user its nodes belong to (a login, e.g. alice@example.com); created if
+        /// unknown. Default: the built-in `tagged-devices` user.
+        #[arg(long, value_name = "LOGIN")]
+        user: Option<String>,
     },
 }
 
@@ -127,13 +172,18 @@ enum PolicyCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let output = match cli.command {
-        Command::Serve { state, listen } => return run_async(serve(state, listen)),
+        Command::Serve {
+            state,
+            listen,
+            policy,
+        } => return run_async(serve(state, listen, policy)),
         Command::Keys(KeysCommand::Create {
             state,
             reusable,
             ephemeral,
             tags,
             expiry,
+            user,
         }) => {
             let options = AuthKeyOptions {
                 reusable,
@@ -142,7 +192,7 @@ fn main() -> ExitCode {
                 expiry,
                 user: None,
             };
-            return run_async(keys_create(state, options));
+            return run_async(keys_create(state, options, user));
         }
         Command::Policy(PolicyCommand::Check { file, json }) => {
             with_file(&file, |name, text| policy_admin::check(name, text, json))
@@ -196,21 +246,41 @@ fn control_config(state: StateArgs) -> ControlConfig {
     config
 }
 
-async fn serve(state: StateArgs, listen: SocketAddr) -> anyhow::Result<()> {
+async fn serve(
+    state: StateArgs,
+    listen: SocketAddr,
+    policy: ServePolicyArgs,
+) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let coord = Coord::open(control_config(state))
+    use tokio::signal::unix::{SignalKind, signal};
+    // Installed first: a SIGHUP must never find the default action (terminate).
+    let hangups = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let mut config = control_config(state);
+    policy.apply(&mut config);
+    let coord = Coord::open(config)
         .await
-        .context("cannot open the coord's state")?;
+        .context("cannot start the coord")?;
+    tracing::info!(policy = %coord.policy.source(), "policy in force: {}", coord.policy.summary());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let handle = postern_coord::server::serve(coord.clone(), listener)
         .with_context(|| format!("cannot serve on {listen}"))?;
+    let reloader = tokio::spawn(reload_on_sighup(coord.clone(), hangups));
     wait_for_shutdown_signal().await?;
+    reloader.abort();
     tracing::info!("shutting down");
     handle.shutdown().await;
     coord.shutdown().await;
     Ok(())
+}
+
+/// Reloads the policy on every SIGHUP.
+async fn reload_on_sighup(coord: Coord, mut hangups: tokio::signal::unix::Signal) {
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the policy");
+        coord.reload_policy("signal:SIGHUP", true).await;
+    }
 }
 
 async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
@@ -223,7 +293,11 @@ async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn keys_create(state: StateArgs, options: AuthKeyOptions) -> anyhow::Result<()> {
+async fn keys_create(
+    state: StateArgs,
+    mut options: AuthKeyOptions,
+    user: Option<String>,
+) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let coord = Coord::open(control_config(state))
         .await
@@ -232,9 +306,31 @@ async fn keys_create(state: StateArgs, options: AuthKeyOptions) -> anyhow::Resul
         .duration_since(UNIX_EPOCH)
         .map(|d| UnixTime(i64::try_from(d.as_secs()).unwrap_or(i64::MAX)))
         .context("the system clock is before 1970")?;
-    let created = create_auth_key(coord.registry.store(), &options, now)
+    let store = coord.registry.store();
+    if let Some(login) = &user {
+        let record = match store.user_by_login(login).await? {
+            Some(record) => record,
+            None => store.upsert_user(login, "", &[], now).await?,
+        };
+        options.user = Some(record.id);
+    }
+    let created = create_auth_key(store, &options, now)
         .await
         .context("cannot store the auth key")?;
+    coord
+        .audit(
+            postern_coord::audit::ACTOR_ADMIN,
+            postern_coord::audit::AUTH_KEY_CREATE,
+            &format!("authkey:{}", created.record.id),
+            serde_json::json!({
+                "user": user,
+                "reusable": options.reusable,
+                "ephemeral": options.ephemeral,
+                "tags": options.tags,
+                "expires_at": created.record.expires_at.map(|t| t.0),
+            }),
+        )
+        .await;
     coord.shutdown().await;
     // The key is printed once, on standard output only, so it can be captured by a script.
     println!("{}", created.secret.expose());

@@ -127,6 +127,27 @@ async fn editing_the_policy_file_changes_who_sees_whom_live_and_a_broken_edit_is
     wait_for(&mut a, "alice to lose bob", |m| m.peers.is_empty()).await;
     wait_for(&mut b, "bob to lose alice", |m| m.peers.is_empty()).await;
 
+    // Each reload, applied or refused, is in the audit log with its errors.
+    let audit = coord.admin_json(&["audit"]);
+    let reloads: Vec<_> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"].as_str().unwrap().starts_with("policy.reload"))
+        .collect();
+    let kinds: Vec<_> = reloads
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["policy.reload", "policy.reload.failed", "policy.reload"],
+        "{audit:#}"
+    );
+    let errors = reloads[1]["details"]["errors"][0].as_str().unwrap();
+    assert!(errors.starts_with(&expected_position), "{errors}");
+    assert_eq!(reloads[0]["actor"], "coord");
+
     alice.shutdown();
     bob.shutdown();
     carol.shutdown();
@@ -155,6 +176,15 @@ async fn sighup_reloads_the_policy() {
     wait_for(&mut a, "alice to see bob", |m| m.peers.len() == 1).await;
     wait_for(&mut b, "bob to see alice", |m| m.peers.len() == 1).await;
     coord.wait_log("policy reloaded").await;
+    let audit = coord.admin_json(&["audit"]);
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "policy.reload" && e["actor"] == "signal:SIGHUP"),
+        "{audit:#}"
+    );
     alice.shutdown();
     bob.shutdown();
     coord.stop();

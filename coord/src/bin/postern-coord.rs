@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
+use postern_coord::admin::client::{AdminClient, format_audit, format_node, format_node_table};
 use postern_coord::control::{AuthKeyOptions, ControlConfig, Coord, create_auth_key};
 use postern_coord::policy::PolicySource;
 use postern_coord::policy_admin::{self, CommandOutput};
@@ -41,6 +42,25 @@ enum Command {
         listen: SocketAddr,
         #[command(flatten)]
         policy: ServePolicyArgs,
+        /// Address of the admin API (used by `postern-coord nodes` and `audit`); keep it on
+        /// loopback. Its bound address goes to STATE_DIR/admin.addr, its token is
+        /// STATE_DIR/admin.token (mode 0600).
+        #[arg(long, default_value = postern_coord::admin::DEFAULT_ADMIN_LISTEN, value_name = "ADDR:PORT")]
+        admin_listen: SocketAddr,
+    },
+    /// List and manage the tailnet's nodes through the running coord's admin API.
+    #[command(subcommand)]
+    Nodes(NodesCommand),
+    /// Show the coord's audit log: registrations, approvals, expiries, deletions, renames,
+    /// tag changes, auth keys made and policy reloads.
+    ///
+    /// Example: postern-coord audit --since 1h
+    Audit {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Only records from the last DURATION (e.g. 30m, 1h, 7d); default: all.
+        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+        since: Option<Duration>,
     },
     /// Manage auth keys, which let a node register without an interactive login.
     #[command(subcommand)]
@@ -101,6 +121,87 @@ struct StateArgs {
     /// The tailnet's DNS domain; node names live under it.
     #[arg(long, default_value = "tailnet.internal", value_name = "DOMAIN")]
     tailnet_domain: String,
+}
+
+/// How an admin command reaches the running coord.
+#[derive(Debug, Args)]
+struct AdminArgs {
+    /// The coord's state directory: its admin.addr and admin.token are read from here.
+    #[arg(
+        long,
+        env = "POSTERN_COORD_STATE_DIR",
+        default_value = "/var/lib/postern-coord"
+    )]
+    state_dir: PathBuf,
+    /// The admin API's URL (default: from STATE_DIR/admin.addr).
+    #[arg(long, env = "POSTERN_COORD_ADMIN_URL", value_name = "URL")]
+    admin_url: Option<String>,
+    /// The admin token's file (default: STATE_DIR/admin.token).
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum NodesCommand {
+    /// List every node: id, name, address, user, tags, status (online, offline, expired,
+    /// needs-approval) and when it was last seen.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show one node (by id or name).
+    Show {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The node's id or name.
+        node: String,
+    },
+    /// Rename a node; the new name must be a free DNS label.
+    Rename {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The node's id or name.
+        node: String,
+        /// The new name.
+        name: String,
+    },
+    /// Replace a node's tags (none given: remove them all). A tagged node is no longer its
+    /// user's, and its key does not expire.
+    ///
+    /// Example: postern-coord nodes tag build-7 tag:ci,tag:linux
+    Tag {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The node's id or name.
+        node: String,
+        /// The tags, comma-separated (tag:NAME).
+        #[arg(value_delimiter = ',', value_name = "TAGS")]
+        tags: Vec<String>,
+    },
+    /// Delete a node: it leaves every netmap at once, and its name and addresses are freed.
+    Delete {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The node's id or name.
+        node: String,
+    },
+    /// Expire a node's key now: it vanishes from its peers' netmaps until it registers again.
+    Expire {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The node's id or name.
+        node: String,
+    },
+    /// Approve a node waiting for approval (serve --require-approval).
+    Approve {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The node's id or name.
+        node: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -176,7 +277,10 @@ fn main() -> ExitCode {
             state,
             listen,
             policy,
-        } => return run_async(serve(state, listen, policy)),
+            admin_listen,
+        } => return run_async(serve(state, listen, policy, admin_listen)),
+        Command::Nodes(command) => return run_admin(nodes_command(command)),
+        Command::Audit { admin, since } => return run_admin(audit_command(admin, since)),
         Command::Keys(KeysCommand::Create {
             state,
             reusable,
@@ -250,6 +354,7 @@ async fn serve(
     state: StateArgs,
     listen: SocketAddr,
     policy: ServePolicyArgs,
+    admin_listen: SocketAddr,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     use tokio::signal::unix::{SignalKind, signal};
@@ -266,6 +371,11 @@ async fn serve(
         .with_context(|| format!("cannot listen on {listen}"))?;
     let handle = postern_coord::server::serve(coord.clone(), listener)
         .with_context(|| format!("cannot serve on {listen}"))?;
+    let admin_listener = tokio::net::TcpListener::bind(admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {admin_listen} for the admin API"))?;
+    postern_coord::admin::serve_admin(coord.clone(), admin_listener)
+        .context("cannot start the admin API")?;
     let reloader = tokio::spawn(reload_on_sighup(coord.clone(), hangups));
     wait_for_shutdown_signal().await?;
     reloader.abort();
@@ -335,6 +445,102 @@ async fn keys_create(
     // The key is printed once, on standard output only, so it can be captured by a script.
     println!("{}", created.secret.expose());
     Ok(())
+}
+
+/// Runs an admin command: prints its output, or `postern-coord: ERROR` and exits 1.
+fn run_admin(command: impl std::future::Future<Output = anyhow::Result<String>>) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("postern-coord: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("postern-coord: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn admin_client(admin: &AdminArgs) -> anyhow::Result<AdminClient> {
+    Ok(AdminClient::new(
+        &admin.state_dir,
+        admin.admin_url.as_deref(),
+        admin.admin_token_file.as_deref(),
+    )?)
+}
+
+async fn nodes_command(command: NodesCommand) -> anyhow::Result<String> {
+    let (admin, node, verb) = match command {
+        NodesCommand::List { admin } => {
+            let nodes = admin_client(&admin)?.nodes().await?;
+            return Ok(if admin.json {
+                serde_json::to_string_pretty(&nodes)? + "\n"
+            } else {
+                format_node_table(&nodes)
+            });
+        }
+        NodesCommand::Show { admin, node } => {
+            let info = admin_client(&admin)?.node(&node).await?;
+            return Ok(if admin.json {
+                serde_json::to_string_pretty(&info)? + "\n"
+            } else {
+                format_node(&info)
+            });
+        }
+        NodesCommand::Rename { admin, node, name } => {
+            let info = admin_client(&admin)?.rename(&node, &name).await?;
+            (admin, info, "renamed")
+        }
+        NodesCommand::Tag { admin, node, tags } => {
+            let info = admin_client(&admin)?.tag(&node, &tags).await?;
+            (admin, info, "tagged")
+        }
+        NodesCommand::Delete { admin, node } => {
+            let info = admin_client(&admin)?.delete(&node).await?;
+            (admin, info, "deleted")
+        }
+        NodesCommand::Expire { admin, node } => {
+            let info = admin_client(&admin)?.expire(&node).await?;
+            (admin, info, "expired")
+        }
+        NodesCommand::Approve { admin, node } => {
+            let info = admin_client(&admin)?.approve(&node).await?;
+            (admin, info, "approved")
+        }
+    };
+    Ok(if admin.json {
+        serde_json::to_string_pretty(&node)? + "\n"
+    } else {
+        let tags = if node.tags.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", node.tags.join(","))
+        };
+        format!("{verb} node {} ({}){tags}\n", node.id, node.name)
+    })
+}
+
+async fn audit_command(admin: AdminArgs, since: Option<Duration>) -> anyhow::Result<String> {
+    let since_ms = match since {
+        Some(window) => {
+            let now_ms = postern_coord::audit::now_ms();
+            now_ms.saturating_sub(i64::try_from(window.as_millis()).unwrap_or(i64::MAX))
+        }
+        None => 0,
+    };
+    let entries = admin_client(&admin)?.audit(since_ms).await?;
+    Ok(if admin.json {
+        serde_json::to_string_pretty(&entries)? + "\n"
+    } else {
+        format_audit(&entries)
+    })
 }
 
 fn with_file(path: &PathBuf, run: impl FnOnce(&str, &str) -> CommandOutput) -> CommandOutput {

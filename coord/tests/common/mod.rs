@@ -55,6 +55,7 @@ impl CoordProcess {
             .arg("--state-dir")
             .arg(&state_dir)
             .args(["--listen", &addr, "--tailnet-domain", "example.test"])
+            .args(["--admin-listen", "127.0.0.1:0"])
             .arg("--policy")
             .arg(&policy_path)
             .args(extra)
@@ -99,6 +100,34 @@ impl CoordProcess {
             .arg(&self.state_dir)
             .output()
             .unwrap()
+    }
+
+    /// Runs an admin command and returns its standard output; fails the test on an error.
+    pub fn admin(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "postern-coord {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs an admin command with `--json` and parses its output.
+    pub fn admin_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        serde_json::from_str(&self.admin(&all)).unwrap()
+    }
+
+    /// The audit log's actions, oldest first.
+    pub fn audit_actions(&self) -> Vec<String> {
+        self.admin_json(&["audit"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["action"].as_str().unwrap().to_owned())
+            .collect()
     }
 
     /// Makes an auth key with `keys create ARGS`.

@@ -101,6 +101,8 @@ struct Inner {
     last_text: String,
     /// Whether `last_text` was refused (the policy in force is older).
     last_refused: bool,
+    /// The last error reading the file, if the last read failed.
+    last_read_error: Option<String>,
 }
 
 impl PolicyEngine {
@@ -115,6 +117,7 @@ impl PolicyEngine {
                 compiler: PolicyCompiler::new(Arc::new(policy), NodeSet::new()),
                 last_text: text,
                 last_refused: false,
+                last_read_error: None,
             })),
         })
     }
@@ -137,11 +140,24 @@ impl PolicyEngine {
         if self.source == PolicySource::BuiltIn {
             return ReloadOutcome::Unchanged;
         }
-        let text = match read_source(&self.source) {
-            Ok(text) => text,
-            Err(err) => return ReloadOutcome::Failed(err),
-        };
+        let read = read_source(&self.source);
         let mut inner = self.lock();
+        let text = match read {
+            Ok(text) => {
+                inner.last_read_error = None;
+                text
+            }
+            Err(err) => {
+                // A missing or unreadable file is reported once (and on every forced reload),
+                // not at every poll.
+                let message = err.to_string();
+                if !force && inner.last_read_error.as_deref() == Some(message.as_str()) {
+                    return ReloadOutcome::Unchanged;
+                }
+                inner.last_read_error = Some(message);
+                return ReloadOutcome::Failed(err);
+            }
+        };
         // Unchanged text that is in force never needs a reload; unchanged text that was
         // refused is checked (and refused) again only when forced.
         if text == inner.last_text && (!inner.last_refused || !force) {
@@ -333,5 +349,17 @@ mod tests {
         };
         assert_eq!(changed, vec![NodeId(1), NodeId(2)]);
         engine.with_compiled(NodeId(1), |c| assert!(c.unwrap().visible_peers.is_empty()));
+        // A file that disappears is reported once; the policy in force stays.
+        std::fs::remove_file(&path).unwrap();
+        let ReloadOutcome::Failed(err) = engine.reload(false) else {
+            panic!("expected a failure");
+        };
+        assert!(
+            err.to_string().contains("cannot read the policy file"),
+            "{err}"
+        );
+        assert!(matches!(engine.reload(false), ReloadOutcome::Unchanged));
+        assert!(matches!(engine.reload(true), ReloadOutcome::Failed(_)));
+        assert_eq!(engine.summary(), engine.policy().summary().to_string());
     }
 }

@@ -92,7 +92,7 @@ impl Coord {
             }
             ReloadOutcome::Applied { changed, summary } => {
                 tracing::info!(policy = %source, nodes_changed = changed.len(), "policy reloaded: {summary}");
-                self.hub.notify();
+                // Recorded before the netmaps change, so the log never lags behind them.
                 self.audit(
                     actor,
                     audit::POLICY_RELOAD,
@@ -100,6 +100,7 @@ impl Coord {
                     json!({"ok": true, "summary": summary, "nodes_changed": changed.len()}),
                 )
                 .await;
+                self.hub.notify();
             }
             ReloadOutcome::Failed(err) => {
                 tracing::error!(policy = %source, "policy reload refused, the previous policy stays in force:\n{err}");

@@ -130,6 +130,23 @@ impl CoordProcess {
             .collect()
     }
 
+    /// Waits until the audit log has a record of `action` (the coord's own records, like
+    /// an expiry it noticed, are written within a lifecycle tick).
+    pub async fn wait_audit(&self, action: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let actions = self.audit_actions();
+            if actions.iter().any(|a| a == action) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {action} record in {actions:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Makes an auth key with `keys create ARGS`.
     pub fn auth_key(&self, args: &[&str]) -> AuthKeySecret {
         let mut all = vec!["keys", "create"];

@@ -82,11 +82,11 @@ pub(super) async fn forward(
     context: &UpstreamContext,
     mut parts: request::Parts,
     body: Full<Bytes>,
-    host: &str,
-    client: SocketAddr,
     client_upgrade: Option<OnUpgrade>,
     timeout: Duration,
 ) -> Result<Response<EdgeBody>, ForwardError> {
+    let host = context.hostname.as_str();
+    let client = context.client;
     let upgrading = client_upgrade.is_some();
     let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
     strip_hop_by_hop(&mut parts.headers);

@@ -355,10 +355,9 @@ impl Edge {
             Decision::Allow { gate, identity } => {
                 audit.record.gate = Some(gate.clone());
                 rewrite_identity_headers(&mut parts.headers, Some((&gate, &identity)));
-                let host = funnel.hostname.clone();
                 let context = UpstreamContext {
                     client,
-                    hostname: host.clone(),
+                    hostname: funnel.hostname.clone(),
                     admission: Some((gate, identity)),
                 };
                 let result = forward::forward(
@@ -366,8 +365,6 @@ impl Edge {
                     &context,
                     parts,
                     Full::new(body),
-                    &host,
-                    client,
                     client_upgrade,
                     self.limits.request_timeout,
                 )

@@ -22,9 +22,10 @@ use std::time::Duration;
 use base64::Engine as _;
 use boringtun::x25519::{PublicKey, StaticSecret};
 use postern_netstack::TcpStream as TunnelStream;
+use postern_node::inspect::{CaptureConfig, CaptureStore, Entry, EntryFilter, Source};
 use postern_node::serve::{
-    Exchange, ExchangeObserver, FUNNEL_HOP_PORT, NoopObserver, OriginUrl, PeerIdentity, RoutePath,
-    ServeConfig, ServeRuntime, ServeTable, Service, StaticPeerDirectory,
+    Exchange, ExchangeObserver, FUNNEL_HOP_PORT, InspectObserver, NoopObserver, OriginUrl,
+    PeerIdentity, RoutePath, ServeConfig, ServeRuntime, ServeTable, Service, StaticPeerDirectory,
 };
 use postern_node::userspace::UserspaceTunnel;
 use postern_node::wg_config::WgConfig;
@@ -278,6 +279,50 @@ async fn tailnet_http_serve_sets_identity_headers_and_routes_by_path() {
     assert_eq!(&first.response_body.bytes[..], b"web\n");
     assert!(first.response_body.truncated);
     runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_observer_records_into_the_capture_store() {
+    let mesh = mesh().await;
+    let web = start_origin("web", Arc::new(Notify::new())).await;
+    let mut config = ServeConfig::new();
+    config.insert(Service::http(80, origin_url(web))).unwrap();
+    let store = CaptureStore::open(CaptureConfig::default()).unwrap();
+    let _runtime = ServeRuntime::start(
+        mesh.node.netstack().clone(),
+        ServeTable::new(config),
+        directory(false),
+        Arc::new(InspectObserver::new(store.clone())),
+    )
+    .unwrap();
+    let mut stream = connect(&mesh, 80).await;
+    let response = request(&mut stream, "/inspected?q=1", "").await;
+    assert!(response.starts_with("http/1.1 200"), "{response}");
+    let mut entry = None;
+    for _ in 0..100 {
+        if let Some(summary) = store.list(&EntryFilter::default()).first() {
+            entry = store.get(summary.id);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let Some(Entry::Exchange(exchange)) = entry else {
+        panic!("nothing recorded: {entry:?}");
+    };
+    assert_eq!(exchange.source, Source::Serve);
+    let admission = exchange.admission.unwrap();
+    assert_eq!(admission.gate, "tailnet");
+    assert_eq!(admission.identity.as_deref(), Some("alice@example.com"));
+    assert_eq!(exchange.request.path, "/inspected?q=1");
+    assert!(
+        exchange
+            .request
+            .headers
+            .contains(&("postern-user-login".into(), "alice@example.com".into()))
+    );
+    let response = exchange.response.unwrap();
+    assert_eq!(response.status, 200);
+    assert!(response.body.bytes.starts_with(b"web\nGET /inspected?q=1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,8 @@
 //!   strips every incoming `Postern-*` header and sets its own (see [`identity`] for the
 //!   names; docs/serve.md lists them).
 //! - [`ExchangeObserver`] is the request-capture hook: the HTTP proxy reports each exchange
-//!   to it; [`NoopObserver`] is the default (see [`observer`]).
+//!   to it; [`NoopObserver`] is the default (see [`observer`]), [`InspectObserver`] records
+//!   into request inspection's capture store.
 //!
 //! A tailnet connection from an address no peer owns is closed without an answer: WireGuard
 //! only delivers packets from known peers, so this means the netmap and the engine
@@ -22,6 +23,7 @@
 //!
 //! [`FunnelHello`]: postern_proto::funnel_hop::FunnelHello
 
+mod capture;
 mod config;
 mod funnel;
 pub mod identity;
@@ -37,6 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use capture::InspectObserver;
 pub use config::{
     HttpRoute, OriginUrl, RoutePath, ServeConfig, ServeConfigError, ServeTable, ServeTarget,
     Service,

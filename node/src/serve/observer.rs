@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, Method, StatusCode, Uri};
+use http::{HeaderMap, Method, StatusCode, Uri, Version};
 use hyper::body::{Body, Frame, SizeHint};
 
 use super::identity::RequestOrigin;
@@ -63,6 +63,8 @@ pub struct Exchange {
     pub method: Method,
     /// The request target as the client sent it (path and query).
     pub uri: Uri,
+    /// The HTTP version the client spoke.
+    pub version: Version,
     /// The origin the request was sent to, e.g. `http://127.0.0.1:3000/users`; empty if no
     /// route matched.
     pub upstream: String,
@@ -73,6 +75,9 @@ pub struct Exchange {
     /// The response status sent to the client (a `502` of the node's own if the target
     /// could not be reached: see `error`).
     pub status: StatusCode,
+    /// Whether the response came from the origin (`false` when the node answered itself:
+    /// no route, origin unreachable).
+    pub answered_by_origin: bool,
     /// The response headers.
     pub response_headers: HeaderMap,
     /// The captured response body.

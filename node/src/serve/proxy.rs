@@ -84,10 +84,12 @@ impl HttpProxy {
                     port: self.port,
                     method: request.method().clone(),
                     uri: request.uri().clone(),
+                    version: request.version(),
                     upstream: String::new(),
                     request_headers: HeaderMap::new(),
                     request_body: Default::default(),
                     status: StatusCode::OK,
+                    answered_by_origin: false,
                     response_headers: HeaderMap::new(),
                     response_body: Default::default(),
                     error: None,
@@ -192,6 +194,9 @@ impl HttpProxy {
                 }
             });
             let response = response.map(BodyExt::boxed_unsync);
+            if let Some((_, record)) = exchange.as_mut() {
+                record.answered_by_origin = true;
+            }
             return self.finish_now(exchange, started, request_capture, response, None);
         }
         strip_hop_by_hop(response.headers_mut());
@@ -200,6 +205,7 @@ impl HttpProxy {
             return response.map(BodyExt::boxed_unsync);
         };
         record.status = response.status();
+        record.answered_by_origin = true;
         record.response_headers = response.headers().clone();
         let (parts, body) = response.into_parts();
         let (tee, response_capture) = TeeBody::new(body, limit);

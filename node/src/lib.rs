@@ -13,6 +13,7 @@ pub mod control;
 pub mod engine;
 pub mod inspect;
 pub mod serve;
+pub mod tun;
 pub mod udp;
 pub mod userspace;
 pub mod wg_config;

@@ -12,6 +12,7 @@
 pub mod control;
 pub mod engine;
 pub mod inspect;
+pub mod serve;
 pub mod tun;
 pub mod udp;
 pub mod userspace;

@@ -13,10 +13,13 @@
 //! - [`netmap`]: the netmap a node receives and deltas to it;
 //! - [`control`]: versioned control-channel messages and their encoding;
 //! - [`frame`]: the length-prefixed framing both protocols use, with an incremental decoder;
-//! - [`relay`]: binary relay frames.
+//! - [`relay`]: binary relay frames;
+//! - [`funnel_hop`]: the hello and reply the ingress and a node exchange before a funnelled
+//!   stream.
 
 pub mod control;
 pub mod frame;
+pub mod funnel_hop;
 pub mod ids;
 pub mod keys;
 pub mod netmap;

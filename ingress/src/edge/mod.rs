@@ -9,13 +9,16 @@
 //!    as the body and forwards nothing; `Respond` answers the provider's handshake;
 //! 4. on `Allow`, strips client-sent `Postern-*` headers and sets the edge's own, sets
 //!    `X-Forwarded-For/-Proto/-Host` and `Forwarded`, and sends the request to the target
-//!    over HTTP/1.1 through [`Upstream`]; the response body streams back unbuffered (SSE,
+//!    over HTTP/1.1 through [`Upstream`] (a [`TcpUpstream`], or a node of the mesh through
+//!    [`MeshUpstream`], which first performs the funnel hop handshake; a node's refusal
+//!    becomes `502` with the refusal code); the response body streams back unbuffered (SSE,
 //!    chunked), and `101 Switching Protocols` (WebSocket) becomes a byte pipe;
 //! 5. writes one [`AuditRecord`] when the response is over.
 //!
 //! The HTTP port answers ACME HTTP-01 challenges and redirects known hosts to HTTPS.
 
 mod forward;
+mod mesh_upstream;
 mod upstream;
 
 use std::collections::HashMap;
@@ -37,7 +40,8 @@ use crate::certs::{ACME_TLS_ALPN, CertResolver, HttpChallenges};
 use crate::gate::{Decision, GateChain, GateRequest, rewrite_identity_headers};
 
 pub use forward::EdgeBody;
-pub use upstream::{Connecting, TcpUpstream, Upstream, UpstreamIo};
+pub use mesh_upstream::MeshUpstream;
+pub use upstream::{Connecting, TcpUpstream, Upstream, UpstreamContext, UpstreamIo};
 
 /// A public hostname and where its requests go.
 #[derive(Debug, Clone)]
@@ -351,13 +355,16 @@ impl Edge {
             Decision::Allow { gate, identity } => {
                 audit.record.gate = Some(gate.clone());
                 rewrite_identity_headers(&mut parts.headers, Some((&gate, &identity)));
-                let host = funnel.hostname.clone();
+                let context = UpstreamContext {
+                    client,
+                    hostname: funnel.hostname.clone(),
+                    admission: Some((gate, identity)),
+                };
                 let result = forward::forward(
                     &*funnel.upstream,
+                    &context,
                     parts,
                     Full::new(body),
-                    &host,
-                    client,
                     client_upgrade,
                     self.limits.request_timeout,
                 )

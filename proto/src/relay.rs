@@ -530,7 +530,10 @@ mod tests {
         let elsewhere = AttachChallenge::generate(&mut rng);
         let replayed = attach_proof(&node, &elsewhere.challenge()).unwrap();
         assert_eq!(
-            challenge.verify(&node.public_key(), &replayed).unwrap_err().to_string(),
+            challenge
+                .verify(&node.public_key(), &replayed)
+                .unwrap_err()
+                .to_string(),
             "the attach proof does not match the node key; the client does not hold that key"
         );
         assert_eq!(
@@ -542,7 +545,10 @@ mod tests {
             challenge.verify(&NodePublicKey::from_bytes([0; 32]), &[0; 32]),
             Err(AttachProofError::WeakKey)
         );
-        assert_eq!(attach_proof(&node, &[0; 32]), Err(AttachProofError::WeakKey));
+        assert_eq!(
+            attach_proof(&node, &[0; 32]),
+            Err(AttachProofError::WeakKey)
+        );
         assert!(!format!("{challenge:?}").contains("secret"));
     }
 
@@ -554,7 +560,9 @@ mod tests {
             RelayFrame::ServerChallenge { challenge: [7; 32] }
         );
         assert_eq!(
-            parse(TYPE_SERVER_CHALLENGE, &[7; 33]).unwrap_err().to_string(),
+            parse(TYPE_SERVER_CHALLENGE, &[7; 33])
+                .unwrap_err()
+                .to_string(),
             "server-challenge frame payload is 33 bytes, longer than the 32 allowed"
         );
         assert_eq!(

@@ -29,6 +29,11 @@ use sha2::Sha256;
 use crate::frame::{Frame, FrameError};
 use crate::keys::{KEY_LEN, NodePrivateKey, NodePublicKey, x25519};
 
+/// The HTTP path a relay connection upgrades on.
+pub const RELAY_PATH: &str = "/relay";
+/// The `Upgrade` protocol token of a relay connection.
+pub const RELAY_UPGRADE: &str = "postern-relay/1";
+
 /// Largest packet a relay frame carries: the largest UDP payload.
 pub const MAX_PACKET_LEN: usize = 65_535;
 /// Largest client proof accepted in [`RelayFrame::ClientInfo`].

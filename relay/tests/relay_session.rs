@@ -2,6 +2,14 @@
 //! bad proofs and unregistered keys, forwarding by node key, and a slow receiver that must
 //! not stall anyone else.
 
+// Test helpers outside `#[test]` functions: a panic is how they report a failure.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

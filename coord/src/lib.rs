@@ -11,5 +11,6 @@ pub mod control;
 pub mod netmap;
 pub mod policy_admin;
 pub mod registry;
+pub mod relay;
 pub mod server;
 pub mod store;

@@ -12,7 +12,8 @@
 //!   counters, keepalives);
 //! - [`server`]: the tokio/hyper shell (upgrade, attach, one reader and writer per client);
 //! - [`stun`]: the STUN binding responder on UDP;
-//! - [`authorizer`]: who may attach.
+//! - [`authorizer`]: who may attach;
+//! - [`tls`]: loading the certificate for `https://` on 443.
 //!
 //! The relay never sees plaintext: WireGuard encrypts end to end between the nodes.
 
@@ -21,6 +22,7 @@ pub mod core;
 mod metrics;
 pub mod server;
 pub mod stun;
+pub mod tls;
 
 pub use authorizer::{AuthorizeError, NodeAuthorizer, StaticAllowList};
 pub use core::{ClientStats, RelayConfig, RelayStats};

@@ -42,6 +42,8 @@ pub struct ControlConfig {
     pub tailnet_domain: String,
     /// Keepalive interval on idle map streams.
     pub keepalive_interval: Duration,
+    /// The relay map every netmap carries (empty: no relays).
+    pub relay_map: postern_proto::netmap::RelayMap,
 }
 
 impl ControlConfig {
@@ -52,6 +54,7 @@ impl ControlConfig {
             store: None,
             tailnet_domain: tailnet_domain.into(),
             keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
+            relay_map: postern_proto::netmap::RelayMap::default(),
         }
     }
 }

@@ -186,6 +186,7 @@ async fn current_netmap(coord: &Coord, node_id: NodeId) -> Result<Option<Netmap>
         online: coord.hub.online(),
         tailnet_domain: coord.registry.tailnet_domain().to_owned(),
         ula: Some(coord.registry.ula_prefix()),
+        relay_map: coord.config.relay_map.clone(),
     };
     Ok(build_netmap(&view, node_id))
 }

@@ -37,6 +37,8 @@ pub struct TailnetView {
     pub tailnet_domain: String,
     /// The tailnet's ULA /48.
     pub ula: Option<Ipv6Net>,
+    /// The relay map from the coord's configuration.
+    pub relay_map: RelayMap,
 }
 
 /// The netmap of node `id`, or `None` if it is not registered.
@@ -94,7 +96,7 @@ pub fn build_netmap(view: &TailnetView, id: NodeId) -> Option<Netmap> {
         self_node,
         peers,
         packet_filter,
-        relay_map: RelayMap::default(),
+        relay_map: view.relay_map.clone(),
         dns: DnsConfig {
             tailnet_domain: view.tailnet_domain.clone(),
             names,

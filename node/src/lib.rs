@@ -14,6 +14,7 @@ pub mod engine;
 pub mod inspect;
 pub mod serve;
 pub mod tun;
+pub mod relay;
 pub mod udp;
 pub mod userspace;
 pub mod wg_config;

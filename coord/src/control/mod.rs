@@ -66,6 +66,8 @@ pub struct ControlConfig {
     pub ephemeral_timeout: Duration,
     /// How often key expiry and offline ephemeral nodes are checked.
     pub lifecycle_interval: Duration,
+    /// The relay map every netmap carries (empty: no relays).
+    pub relay_map: postern_proto::netmap::RelayMap,
 }
 
 impl ControlConfig {
@@ -82,6 +84,7 @@ impl ControlConfig {
             require_approval: false,
             ephemeral_timeout: DEFAULT_EPHEMERAL_TIMEOUT,
             lifecycle_interval: Duration::from_secs(1),
+            relay_map: postern_proto::netmap::RelayMap::default(),
         }
     }
 }

@@ -58,6 +58,7 @@ impl Coord {
             ula: Some(self.registry.ula_prefix()),
             funnels,
             now: now(),
+            relay_map: self.config.relay_map.clone(),
         };
         let changed = self.policy.sync(view.policy_views());
         if !changed.is_empty() {

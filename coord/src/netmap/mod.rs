@@ -45,6 +45,8 @@ pub struct TailnetView {
     pub funnels: HashMap<NodeId, Vec<FunnelRecord>>,
     /// When the view was read; keys that expired before it are expired.
     pub now: UnixTime,
+    /// The relay map from the coord's configuration.
+    pub relay_map: RelayMap,
 }
 
 impl Default for TailnetView {
@@ -57,6 +59,7 @@ impl Default for TailnetView {
             ula: None,
             funnels: HashMap::new(),
             now: UnixTime(0),
+            relay_map: RelayMap::default(),
         }
     }
 }
@@ -156,7 +159,7 @@ pub fn build_netmap(
         self_node,
         peers,
         packet_filter,
-        relay_map: RelayMap::default(),
+        relay_map: view.relay_map.clone(),
         dns: DnsConfig {
             tailnet_domain: view.tailnet_domain.clone(),
             names,

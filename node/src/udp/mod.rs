@@ -320,7 +320,10 @@ async fn send_run(
     counters: &ShellCounters,
     run: &GsoRun,
 ) -> io::Result<()> {
-    let PathId::Direct(destination) = run.dst;
+    let PathId::Direct(destination) = run.dst else {
+        // Relay paths are carried by the relay client, not this socket.
+        return Ok(());
+    };
     let transmit = quinn_udp::Transmit {
         destination,
         ecn: None,

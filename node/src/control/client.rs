@@ -9,6 +9,10 @@
 use std::time::Duration;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use postern_proto::control::ControlMessage;
 
 use postern_proto::netmap::{Netmap, RegionId};
 use postern_proto::{MachinePrivateKey, MachinePublicKey, NodeId};
@@ -78,6 +82,7 @@ pub enum ClientError {
 pub struct ControlClient {
     netmap: watch::Receiver<Option<Netmap>>,
     reported: watch::Sender<ReportedEndpoints>,
+    connected: Arc<AtomicBool>,
     task: JoinHandle<Result<(), ClientError>>,
 }
 
@@ -89,10 +94,12 @@ impl ControlClient {
             endpoints: config.session.endpoints.clone(),
             home_relay: config.session.home_relay,
         });
-        let task = tokio::spawn(run(config, tx, reported_rx));
+        let connected = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(run(config, tx, reported_rx, Arc::clone(&connected)));
         Self {
             netmap: rx,
             reported,
+            connected,
             task,
         }
     }
@@ -118,6 +125,18 @@ impl ControlClient {
     /// A receiver of the latest netmap (`None` until the first one arrives).
     pub fn netmap(&self) -> watch::Receiver<Option<Netmap>> {
         self.netmap.clone()
+    }
+
+    /// Whether the client holds a live netmap stream now (a netmap or keepalive arrived on
+    /// the current connection). While `false`, the node runs on its last netmap.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Whether the client stopped (the coord refused the node for good); [`Self::join`]
+    /// then returns why at once.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
     }
 
     /// Stops the client and closes its connection.
@@ -150,6 +169,7 @@ async fn run(
     mut config: ClientConfig,
     netmap: watch::Sender<Option<Netmap>>,
     mut reported: watch::Receiver<ReportedEndpoints>,
+    live: Arc<AtomicBool>,
 ) -> Result<(), ClientError> {
     let mut session = match config.node_id {
         Some(id) => ControlSession::resume(config.session.clone(), id),
@@ -166,9 +186,12 @@ async fn run(
             &mut session,
             &netmap,
             &mut reported,
+            &live,
             &mut got_netmap,
         );
-        match connected.await {
+        let ended = connected.await;
+        live.store(false, Ordering::Relaxed);
+        match ended {
             Ended::Fatal(err) => {
                 tracing::error!(%err, "control client stopped");
                 return Err(ClientError::Session(err));
@@ -190,6 +213,7 @@ async fn connect_once(
     session: &mut ControlSession,
     netmap: &watch::Sender<Option<Netmap>>,
     reported: &mut watch::Receiver<ReportedEndpoints>,
+    live: &AtomicBool,
     got_netmap: &mut bool,
 ) -> Ended {
     let coord_key = match config.coord_key {
@@ -237,6 +261,9 @@ async fn connect_once(
             Ok(Ok(None)) => return Ended::Retry("coord closed the connection".into()),
             Ok(Err(err)) => return Ended::Retry(describe(&err)),
         };
+        if matches!(message, ControlMessage::MapResponse(_)) {
+            live.store(true, Ordering::Relaxed);
+        }
         let before = session.netmap_version();
         let replies = match session.handle_message(message) {
             Ok(replies) => replies,

@@ -77,12 +77,9 @@ pub struct ResolveAnswer {
     pub address: IpAddr,
 }
 
-/// Binds the local API socket at `path` (replacing a stale socket nobody answers on) with
-/// mode `0600`, and serves `node` on it until the node stops.
-///
-/// Fails if another daemon answers on the socket, or the socket cannot be created.
-pub async fn serve(node: NodeHandle, path: &Path) -> Result<(), ApiError> {
-    let listener = bind(path).await?;
+/// Serves `node` on `listener` (from [`bind`] at `path`) until the node stops, then
+/// removes the socket file.
+pub async fn serve(node: NodeHandle, listener: UnixListener, path: &Path) {
     let stop = node.clone();
     let router = Router::new()
         .route("/v0/status", get(status))
@@ -99,10 +96,13 @@ pub async fn serve(node: NodeHandle, path: &Path) -> Result<(), ApiError> {
         tracing::warn!(%err, "local API stopped");
     }
     let _ = std::fs::remove_file(path);
-    Ok(())
 }
 
-/// Binds the socket; see [`serve`].
+/// Binds the local API socket at `path` with mode `0600`, replacing a stale socket nobody
+/// answers on. Bind before starting the node, so a second daemon on the same state
+/// directory stops early.
+///
+/// Fails if another daemon answers on the socket, or the socket cannot be created.
 pub async fn bind(path: &Path) -> Result<UnixListener, ApiError> {
     if path.exists() {
         if tokio::net::UnixStream::connect(path).await.is_ok() {

@@ -28,6 +28,7 @@ pub mod api;
 pub mod api_client;
 pub mod endpoints;
 pub mod filter;
+pub mod http_proxy;
 pub mod icmp;
 pub mod names;
 pub mod plan;

@@ -135,7 +135,7 @@ pub(crate) fn run_login(args: LoginArgs) -> ExitCode {
                 );
             } else {
                 eprintln!(
-                    "logged in to {} as {} (node {}); start the node with `postern up`",
+                    "logged in to {} as {} ({}); start the node with `postern up`",
                     login.coord_url, login.name, login.node_id
                 );
             }

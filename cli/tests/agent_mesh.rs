@@ -194,6 +194,10 @@ impl Node {
     }
 
     fn up(&mut self) {
+        self.up_with(&[]);
+    }
+
+    fn up_with(&mut self, extra: &[&str]) {
         let log = std::fs::File::options()
             .create(true)
             .append(true)
@@ -201,6 +205,7 @@ impl Node {
             .unwrap();
         let child = Command::new(POSTERN)
             .arg("up")
+            .args(extra)
             .arg("--state-dir")
             .arg(&self.state)
             .env("RUST_LOG", "info")
@@ -385,13 +390,18 @@ impl Drop for Nc {
 
 /// A coord and two logged-in nodes, up and seeing each other online.
 fn mesh(dir: &Path) -> (Coord, Node, Node) {
+    mesh_with(dir, &[])
+}
+
+/// Like [`mesh`], with extra `postern up` arguments for alpha.
+fn mesh_with(dir: &Path, alpha_args: &[&str]) -> (Coord, Node, Node) {
     let coord = Coord::new(dir);
     let key = coord.auth_key();
     let mut alpha = Node::new(dir, "alpha");
     let mut beta = Node::new(dir, "beta");
     alpha.login(&coord, &key);
     beta.login(&coord, &key);
-    alpha.up();
+    alpha.up_with(alpha_args);
     beta.up();
     for (node, other) in [(&alpha, "beta"), (&beta, "alpha")] {
         wait_for(
@@ -411,7 +421,9 @@ fn mesh(dir: &Path) -> (Coord, Node, Node) {
 #[test]
 fn two_nodes_carry_bytes_both_ways_and_show_each_other() {
     let dir = tempfile::tempdir().unwrap();
-    let (_coord, alpha, beta) = mesh(dir.path());
+    let socks5: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let socks5_arg = socks5.to_string();
+    let (_coord, alpha, beta) = mesh_with(dir.path(), &["--socks5", &socks5_arg]);
 
     let status = alpha.status();
     assert_eq!(status["self"]["name"], "alpha");
@@ -468,6 +480,34 @@ fn two_nodes_carry_bytes_both_ways_and_show_each_other() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("pong from"));
+
+    // A host program reaches beta by name through alpha's SOCKS5 proxy (the name resolves
+    // in the netmap, as `curl --socks5-hostname` would send it).
+    let mut server = Nc::listen(&beta, 7001);
+    let mut proxy = TcpStream::connect(socks5).unwrap();
+    proxy
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    proxy.write_all(&[5, 1, 0]).unwrap();
+    let mut answer = [0u8; 2];
+    proxy.read_exact(&mut answer).unwrap();
+    assert_eq!(answer, [5, 0]);
+    let mut request = vec![5, 1, 0, 3, 4];
+    request.extend_from_slice(b"beta");
+    request.extend_from_slice(&7001u16.to_be_bytes());
+    proxy.write_all(&request).unwrap();
+    let mut reply = [0u8; 10];
+    proxy.read_exact(&mut reply).unwrap();
+    assert_eq!(reply[1], 0, "SOCKS5 CONNECT to beta:7001 failed: {reply:?}");
+    proxy.write_all(b"via socks5\n").unwrap();
+    server.expect(b"via socks5\n");
+    server.send(b"back\n");
+    let mut back = [0u8; 5];
+    proxy.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"back\n");
+    drop(proxy);
+    server.close_stdin();
+    server.wait_success();
 
     // A name that is not in the netmap is a clear error.
     let out = alpha.postern(&["nc", "nobody", "80"]);

@@ -12,6 +12,7 @@
 pub mod control;
 pub mod daemon;
 pub mod engine;
+pub mod inspect;
 pub mod udp;
 pub mod userspace;
 pub mod wg_config;

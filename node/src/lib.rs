@@ -10,6 +10,7 @@
 //! drive them. It must never depend on the coordination server or the ingress.
 
 pub mod control;
+pub mod daemon;
 pub mod engine;
 pub mod inspect;
 pub mod serve;

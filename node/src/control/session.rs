@@ -87,6 +87,18 @@ impl ControlSession {
         }
     }
 
+    /// A session for a node that registered before (its machine and node keys are known to
+    /// the coord as node `node_id`): the first message on each connection is a map request,
+    /// so a restarted node keeps its name and addresses without an auth key.
+    pub fn resume(config: SessionConfig, node_id: NodeId) -> Self {
+        Self {
+            config,
+            node_id: Some(node_id),
+            netmap: None,
+            netmap_version: 0,
+        }
+    }
+
     /// The messages to send on a fresh connection: a registration the first time, a map
     /// request once registered (the coord recognises the machine key).
     pub fn on_connected(&mut self) -> Vec<ControlMessage> {
@@ -173,6 +185,19 @@ impl ControlSession {
     /// Updates the endpoints to report on the next map request.
     pub fn set_endpoints(&mut self, endpoints: Vec<SocketAddr>) {
         self.config.endpoints = endpoints;
+    }
+
+    /// Updates the endpoints and home relay to report, and returns the map request that
+    /// tells the coord now (`None` before registration: the first map request carries them).
+    /// Send the result on the open connection, if any.
+    pub fn update_endpoints(
+        &mut self,
+        endpoints: Vec<SocketAddr>,
+        home_relay: Option<RegionId>,
+    ) -> Option<ControlMessage> {
+        self.config.endpoints = endpoints;
+        self.config.home_relay = home_relay;
+        self.node_id.map(|_| self.map_request())
     }
 
     fn map_request(&self) -> ControlMessage {

@@ -16,9 +16,11 @@
 //! This module is sans-IO: it reads no clock and no socket. Time is the `now` parameter,
 //! which makes every decision reproducible in tests.
 //!
-//! Later gates (OIDC session cookies, JWT, mTLS subject, IP rules, rate limits) implement
-//! the same [`Gate`] trait; [`GateRequest`] already carries cookies, the client address and
-//! the client certificate subject for them.
+//! The gates: [`WebhookGate`] (22 providers), [`JwtGate`], [`OidcGate`] (login for
+//! people), [`MtlsGate`], [`IpRulesGate`], and [`RateLimit`] around a chain. Gates with
+//! I/O (JWKS fetches, OIDC discovery and code exchange) do it in
+//! [`Gate::evaluate_async`] and keep the decision itself in the pure [`Gate::evaluate`];
+//! the edge runs [`GateChain::evaluate_async`].
 
 mod chain;
 mod identity_headers;

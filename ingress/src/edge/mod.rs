@@ -126,6 +126,37 @@ impl Edge {
         Ok(Arc::new(config))
     }
 
+    /// Like [`Edge::tls_config`], but asking clients for a certificate (optional at the
+    /// TLS level), naming `ca_hints` (the subjects of the funnels' mTLS CAs). The chain
+    /// is handed to the funnel's gates, whose mTLS gate verifies it against its own CA
+    /// (see `gate::DeferredClientCertVerifier`). Use it when any funnel has an mTLS gate
+    /// (`GateChain::client_ca_subjects` is not empty).
+    pub fn tls_config_with_client_certs(
+        resolver: Arc<CertResolver>,
+        ca_hints: Vec<rustls::DistinguishedName>,
+    ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = Arc::new(crate::gate::DeferredClientCertVerifier::new(
+            ca_hints,
+            Arc::clone(&provider),
+        ));
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(resolver);
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// The subjects of every funnel's mTLS CAs, for
+    /// [`Edge::tls_config_with_client_certs`]; empty when no funnel has an mTLS gate.
+    pub fn client_ca_hints(&self) -> Vec<rustls::DistinguishedName> {
+        self.funnels
+            .values()
+            .flat_map(|funnel| funnel.chain.client_ca_subjects())
+            .collect()
+    }
+
     /// Serves the TLS port until the listener fails. Each connection runs on its own task.
     pub async fn serve_tls(
         self: Arc<Self>,
@@ -158,9 +189,18 @@ impl Edge {
                     return;
                 }
                 let sni = connection.server_name().map(str::to_ascii_lowercase);
+                let client_certs: Arc<[rustls_pki_types::CertificateDer<'static>]> = connection
+                    .peer_certificates()
+                    .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect())
+                    .unwrap_or_default();
                 let service_edge = Arc::clone(&edge);
                 let service = service_fn(move |request| {
-                    Arc::clone(&service_edge).handle(request, client, sni.clone())
+                    Arc::clone(&service_edge).handle(
+                        request,
+                        client,
+                        sni.clone(),
+                        Arc::clone(&client_certs),
+                    )
                 });
                 if let Err(error) = edge
                     .connection_builder()
@@ -248,6 +288,7 @@ impl Edge {
         mut request: Request<Incoming>,
         client: SocketAddr,
         sni: Option<String>,
+        client_certs: Arc<[rustls_pki_types::CertificateDer<'static>]>,
     ) -> Result<Response<EdgeBody>, Infallible> {
         let mut audit = PendingAudit::new(&request, client, Arc::clone(&self.audit));
         let host = request_host(&request);
@@ -328,18 +369,25 @@ impl Edge {
             .map_or("/", http::uri::PathAndQuery::as_str)
             .to_string();
         let url = format!("https://{}{}", funnel.hostname, path_and_query);
-        let gate_request = GateRequest::new(&parts.method, &url, &parts.headers, &body, client);
-        let outcome = funnel.chain.evaluate(&gate_request, SystemTime::now());
-        audit.record.gate = outcome.trace.entries.last().map(|e| e.gate.clone());
+        let gate_request = GateRequest::new(&parts.method, &url, &parts.headers, &body, client)
+            .with_client_cert_chain(&client_certs);
+        let outcome = funnel
+            .chain
+            .evaluate_async(&gate_request, SystemTime::now())
+            .await;
+        audit.record.gate = outcome.decided_by.clone();
         match outcome.decision {
-            Decision::Deny { status, reason } => {
+            Decision::Deny {
+                status,
+                reason,
+                headers,
+            } => {
                 tracing::info!(funnel = %funnel.hostname, %client, trace = %outcome.trace.summary(), "request denied");
-                Ok(audit.finish_now(
-                    status,
-                    "deny",
-                    Some(reason.as_str()),
-                    &format!("{reason}\n"),
-                ))
+                let mut response = forward::text(status, format!("{reason}\n"));
+                for (name, value) in headers {
+                    response.headers_mut().append(name, value);
+                }
+                Ok(audit.finish(response, "deny", Some(reason.as_str())))
             }
             Decision::Respond {
                 status,
@@ -348,7 +396,7 @@ impl Edge {
             } => {
                 let mut response = forward::bytes(status, Bytes::from(body));
                 for (name, value) in headers {
-                    response.headers_mut().insert(name, value);
+                    response.headers_mut().append(name, value);
                 }
                 Ok(audit.finish(response, "respond", None))
             }

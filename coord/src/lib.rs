@@ -8,6 +8,7 @@
 //! only packets that are already encrypted end to end. It must never log a secret.
 
 pub mod control;
+pub mod login;
 pub mod netmap;
 pub mod policy_admin;
 pub mod registry;

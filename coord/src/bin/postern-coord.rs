@@ -38,6 +38,8 @@ enum Command {
         /// Address to listen on for HTTP (control upgrade, /key, /healthz, /metrics).
         #[arg(long, default_value = "127.0.0.1:8443", value_name = "ADDR:PORT")]
         listen: SocketAddr,
+        #[command(flatten)]
+        login: LoginArgs,
     },
     /// Manage auth keys, which let a node register without an interactive login.
     #[command(subcommand)]
@@ -60,6 +62,41 @@ struct StateArgs {
     /// The tailnet's DNS domain; node names live under it.
     #[arg(long, default_value = "tailnet.internal", value_name = "DOMAIN")]
     tailnet_domain: String,
+}
+
+/// Interactive login through the organisation's OpenID Connect provider (docs/coord.md).
+#[derive(Debug, Args)]
+struct LoginArgs {
+    /// The IdP's issuer URL; enables interactive login (`postern login` without a key).
+    #[arg(long, env = "POSTERN_COORD_OIDC_ISSUER", value_name = "URL")]
+    oidc_issuer: Option<String>,
+    /// The coord's client id at the IdP.
+    #[arg(long, env = "POSTERN_COORD_OIDC_CLIENT_ID", value_name = "ID")]
+    oidc_client_id: Option<String>,
+    /// A file holding the client secret (one line); omit for a public client.
+    #[arg(
+        long,
+        env = "POSTERN_COORD_OIDC_CLIENT_SECRET_FILE",
+        value_name = "FILE"
+    )]
+    oidc_client_secret_file: Option<PathBuf>,
+    /// The client id to use for device login, if the IdP allows the device grant only for
+    /// another (public) client; default: --oidc-client-id.
+    #[arg(long, value_name = "ID")]
+    oidc_device_client_id: Option<String>,
+    /// The coord's URL as browsers reach it; register {URL}/oidc/callback at the IdP.
+    /// Default: http://<--listen>.
+    #[arg(long, env = "POSTERN_COORD_PUBLIC_URL", value_name = "URL")]
+    public_url: Option<String>,
+    /// Only these email domains may log in, comma-separated (default: any).
+    #[arg(long, value_delimiter = ',', value_name = "DOMAINS")]
+    allowed_domains: Vec<String>,
+    /// Only members of one of these IdP groups may log in, comma-separated (default: any).
+    #[arg(long, value_delimiter = ',', value_name = "GROUPS")]
+    allowed_groups: Vec<String>,
+    /// How long a login link or device code stays usable.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    login_timeout: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,7 +164,11 @@ enum PolicyCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let output = match cli.command {
-        Command::Serve { state, listen } => return run_async(serve(state, listen)),
+        Command::Serve {
+            state,
+            listen,
+            login,
+        } => return run_async(serve(state, listen, login)),
         Command::Keys(KeysCommand::Create {
             state,
             reusable,
@@ -196,11 +237,15 @@ fn control_config(state: StateArgs) -> ControlConfig {
     config
 }
 
-async fn serve(state: StateArgs, listen: SocketAddr) -> anyhow::Result<()> {
+async fn serve(state: StateArgs, listen: SocketAddr, login: LoginArgs) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let coord = Coord::open(control_config(state))
+    let login = login_service(login, listen).await?;
+    let mut coord = Coord::open(control_config(state))
         .await
         .context("cannot open the coord's state")?;
+    if let Some(login) = login {
+        coord = coord.with_login(login);
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -211,6 +256,56 @@ async fn serve(state: StateArgs, listen: SocketAddr) -> anyhow::Result<()> {
     handle.shutdown().await;
     coord.shutdown().await;
     Ok(())
+}
+
+/// The login service, if --oidc-issuer is given: discovers the IdP now, so a wrong issuer
+/// fails at start rather than at the first login.
+async fn login_service(
+    args: LoginArgs,
+    listen: SocketAddr,
+) -> anyhow::Result<Option<postern_coord::login::LoginService>> {
+    use anyhow::Context as _;
+    use postern_coord::login::{Admission, LoginConfig, LoginService};
+    let Some(issuer) = args.oidc_issuer else {
+        anyhow::ensure!(
+            args.oidc_client_id.is_none(),
+            "--oidc-client-id needs --oidc-issuer"
+        );
+        return Ok(None);
+    };
+    let client_id = args
+        .oidc_client_id
+        .context("--oidc-issuer needs --oidc-client-id (the coord's client at the IdP)")?;
+    let secret = match &args.oidc_client_secret_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the client secret file {}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let public_url = args
+        .public_url
+        .unwrap_or_else(|| format!("http://{listen}"));
+    let mut config = LoginConfig::new(issuer, client_id, secret, public_url);
+    config.oidc.device_client_id = args.oidc_device_client_id;
+    config.admission = Admission {
+        domains: args.allowed_domains,
+        groups: args.allowed_groups,
+    };
+    config.login_ttl = args.login_timeout;
+    tracing::info!(
+        issuer = %config.oidc.issuer,
+        redirect_url = %config.oidc.redirect_url,
+        allowed_domains = ?config.admission.domains,
+        allowed_groups = ?config.admission.groups,
+        "interactive login enabled"
+    );
+    let service = LoginService::discover(config)
+        .await
+        .context("cannot set up interactive login")?;
+    Ok(Some(service))
 }
 
 async fn wait_for_shutdown_signal() -> anyhow::Result<()> {

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::connection::{ConnectionError, dial, fetch_coord_key};
-use super::session::{ControlSession, SessionConfig, SessionError};
+use super::session::{ControlSession, RegistrationState, SessionConfig, SessionError};
 
 /// Default silence after which the client redials: 120 s.
 pub const DEFAULT_SILENCE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -37,6 +37,8 @@ pub struct ClientConfig {
     pub min_backoff: Duration,
     /// Longest redial delay.
     pub max_backoff: Duration,
+    /// Without an auth key: ask for a device-code login instead of a browser link.
+    pub device_login: bool,
 }
 
 impl ClientConfig {
@@ -54,6 +56,7 @@ impl ClientConfig {
             silence_timeout: DEFAULT_SILENCE_TIMEOUT,
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(30),
+            device_login: false,
         }
     }
 }
@@ -71,6 +74,7 @@ pub enum ClientError {
 #[derive(Debug)]
 pub struct ControlClient {
     netmap: watch::Receiver<Option<Netmap>>,
+    registration: watch::Receiver<RegistrationState>,
     task: JoinHandle<Result<(), ClientError>>,
 }
 
@@ -78,8 +82,19 @@ impl ControlClient {
     /// Starts the client on the current tokio runtime.
     pub fn spawn(config: ClientConfig) -> Self {
         let (tx, rx) = watch::channel(None);
-        let task = tokio::spawn(run(config, tx));
-        Self { netmap: rx, task }
+        let (registration_tx, registration) = watch::channel(RegistrationState::default());
+        let task = tokio::spawn(run(config, tx, registration_tx));
+        Self {
+            netmap: rx,
+            registration,
+            task,
+        }
+    }
+
+    /// A receiver of where the registration stands: show the login link or device code
+    /// while it is `LoginRequired`/`DeviceCode`, then the outcome.
+    pub fn registration(&self) -> watch::Receiver<RegistrationState> {
+        self.registration.clone()
     }
 
     /// A receiver of the latest netmap (`None` until the first one arrives).
@@ -109,12 +124,22 @@ enum Ended {
 async fn run(
     mut config: ClientConfig,
     netmap: watch::Sender<Option<Netmap>>,
+    registration: watch::Sender<RegistrationState>,
 ) -> Result<(), ClientError> {
     let mut session = ControlSession::new(config.session.clone());
+    session.set_device_login(config.device_login);
     let mut backoff = config.min_backoff;
     loop {
         let mut got_netmap = false;
-        match connect_once(&mut config, &mut session, &netmap, &mut got_netmap).await {
+        let ended = connect_once(
+            &mut config,
+            &mut session,
+            &netmap,
+            &registration,
+            &mut got_netmap,
+        )
+        .await;
+        match ended {
             Ended::Fatal(err) => {
                 tracing::error!(%err, "control client stopped");
                 return Err(ClientError::Session(err));
@@ -135,6 +160,7 @@ async fn connect_once(
     config: &mut ClientConfig,
     session: &mut ControlSession,
     netmap: &watch::Sender<Option<Netmap>>,
+    registration: &watch::Sender<RegistrationState>,
     got_netmap: &mut bool,
 ) -> Ended {
     let coord_key = match config.coord_key {
@@ -166,7 +192,9 @@ async fn connect_once(
             Ok(Err(err)) => return Ended::Retry(describe(&err)),
         };
         let before = session.netmap_version();
-        let replies = match session.handle_message(message) {
+        let handled = session.handle_message(message);
+        publish_registration(registration, session);
+        let replies = match handled {
             Ok(replies) => replies,
             Err(err) if err.is_retryable() => return Ended::Retry(err.to_string()),
             Err(err) => return Ended::Fatal(err),
@@ -181,6 +209,16 @@ async fn connect_once(
             }
         }
     }
+}
+
+fn publish_registration(registration: &watch::Sender<RegistrationState>, session: &ControlSession) {
+    registration.send_if_modified(|state| {
+        let changed = state != session.registration();
+        if changed {
+            *state = session.registration().clone();
+        }
+        changed
+    });
 }
 
 fn describe(err: &ConnectionError) -> String {

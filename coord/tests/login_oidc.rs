@@ -236,7 +236,11 @@ async fn alice_and_carol_log_in_and_their_nodes_are_theirs_in_every_netmap() {
             m.peers.iter().any(|p| p.name == "desktop.tailnet.internal")
         })
         .await;
-    let peer = map.peers.iter().find(|p| p.name == "desktop.tailnet.internal").unwrap();
+    let peer = map
+        .peers
+        .iter()
+        .find(|p| p.name == "desktop.tailnet.internal")
+        .unwrap();
     assert_eq!(peer.user.login, "carol@example.com");
     assert!(peer.user.groups.is_empty());
 

@@ -408,6 +408,19 @@ mod tests {
             ControlMessage::RegisterResponse(RegisterResponse::LoginRequired {
                 login_url: "https://coord.example.com/login/abc".into(),
             }),
+            ControlMessage::RegisterRequest(RegisterRequest {
+                node_key: NodePublicKey::from_bytes([2; 32]),
+                hostname: "server".into(),
+                auth: RegisterAuth::Device,
+                requested_tags: vec![],
+                ephemeral: false,
+            }),
+            ControlMessage::RegisterResponse(RegisterResponse::DeviceCode {
+                verification_uri: "https://idp.example.com/device".into(),
+                verification_uri_complete: None,
+                user_code: "WDJB-MJHT".into(),
+                expires_in_secs: 600,
+            }),
             ControlMessage::RegisterResponse(RegisterResponse::Authorized {
                 node_id: NodeId(4),
                 name: "laptop".into(),
@@ -636,5 +649,24 @@ mod tests {
             });
             prop_assert_eq!(round_trip(&message), message);
         }
+    }
+
+    #[test]
+    fn device_login_wire_format_is_stable() {
+        let auth: RegisterAuth = serde_json::from_str(r#"{"kind":"device"}"#).unwrap();
+        assert_eq!(auth, RegisterAuth::Device);
+        let response: RegisterResponse = serde_json::from_str(
+            r#"{"status":"device_code","verification_uri":"https://idp/device","user_code":"AB-CD","expires_in_secs":600}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            response,
+            RegisterResponse::DeviceCode {
+                verification_uri: "https://idp/device".into(),
+                verification_uri_complete: None,
+                user_code: "AB-CD".into(),
+                expires_in_secs: 600,
+            }
+        );
     }
 }

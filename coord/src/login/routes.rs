@@ -239,3 +239,53 @@ fn escape_html(text: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn cookie_headers(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn the_binding_cookie_is_found_among_others_and_must_match() {
+        let binding: [u8; 32] = Sha256::digest(b"abc").into();
+        assert!(same_browser(
+            &cookie_headers("a=1; postern_login=abc; b=2"),
+            &binding
+        ));
+        assert!(!same_browser(
+            &cookie_headers("postern_login=abd"),
+            &binding
+        ));
+        assert!(!same_browser(&cookie_headers("other=abc"), &binding));
+        assert!(!same_browser(&HeaderMap::new(), &binding));
+    }
+
+    #[test]
+    fn pages_escape_what_they_show() {
+        assert_eq!(
+            escape_html("<script>\"x\" & 'y'</script>"),
+            "&lt;script&gt;&quot;x&quot; &amp; &#39;y&#39;&lt;/script&gt;"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn cookie_and_login_id_parsing_never_panic(text in "\\PC{0,200}") {
+            if let Ok(value) = HeaderValue::from_str(&text) {
+                let mut headers = HeaderMap::new();
+                headers.insert(header::COOKIE, value);
+                let _ = same_browser(&headers, &[0; 32]);
+            }
+            if let Some(id) = LoginId::parse(&text) {
+                prop_assert_eq!(id.as_str().len(), 64);
+            }
+        }
+    }
+}

@@ -282,3 +282,118 @@ impl ControlSession {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use postern_proto::netmap::{NodeAddresses, UserProfile};
+    use postern_proto::{DiscoPrivateKey, NodePrivateKey, UserId};
+
+    use super::*;
+
+    fn session() -> ControlSession {
+        let rng = &mut rand::rngs::OsRng;
+        ControlSession::new(SessionConfig {
+            node_key: NodePrivateKey::generate(rng).public_key(),
+            disco_key: DiscoPrivateKey::generate(rng).public_key(),
+            hostname: "laptop".into(),
+            auth_key: None,
+            requested_tags: Vec::new(),
+            ephemeral: false,
+            endpoints: Vec::new(),
+            home_relay: None,
+        })
+    }
+
+    fn answer(response: RegisterResponse) -> ControlMessage {
+        ControlMessage::RegisterResponse(response)
+    }
+
+    #[test]
+    fn a_login_link_is_a_state_to_show_and_the_session_waits_for_the_answer() {
+        let mut session = session();
+        let sent = session.on_connected();
+        assert!(matches!(
+            &sent[..],
+            [ControlMessage::RegisterRequest(RegisterRequest {
+                auth: RegisterAuth::Interactive,
+                ..
+            })]
+        ));
+        let replies = session
+            .handle_message(answer(RegisterResponse::LoginRequired {
+                login_url: "https://coord/login/x".into(),
+            }))
+            .unwrap();
+        assert!(replies.is_empty());
+        assert_eq!(
+            session.registration(),
+            &RegistrationState::LoginRequired {
+                url: "https://coord/login/x".into()
+            }
+        );
+        let replies = session
+            .handle_message(answer(RegisterResponse::Authorized {
+                node_id: NodeId(3),
+                name: "laptop".into(),
+                addresses: NodeAddresses {
+                    ipv4: "100.64.0.3".parse().unwrap(),
+                    ipv6: "fd00::3".parse().unwrap(),
+                },
+                user: UserProfile {
+                    id: UserId(1),
+                    login: "alice@example.com".into(),
+                    display_name: String::new(),
+                    groups: Vec::new(),
+                },
+                key_expiry: None,
+            }))
+            .unwrap();
+        assert!(matches!(&replies[..], [ControlMessage::MapRequest(_)]));
+        assert_eq!(
+            session.registration(),
+            &RegistrationState::Authorized {
+                node_id: NodeId(3),
+                name: "laptop".into(),
+                user: "alice@example.com".into()
+            }
+        );
+    }
+
+    #[test]
+    fn device_login_asks_for_a_code_and_a_refusal_stops_with_its_reason() {
+        let mut session = session();
+        session.set_device_login(true);
+        assert!(matches!(
+            &session.on_connected()[..],
+            [ControlMessage::RegisterRequest(RegisterRequest {
+                auth: RegisterAuth::Device,
+                ..
+            })]
+        ));
+        session
+            .handle_message(answer(RegisterResponse::DeviceCode {
+                verification_uri: "https://idp/device".into(),
+                verification_uri_complete: None,
+                user_code: "AB-CD".into(),
+                expires_in_secs: 600,
+            }))
+            .unwrap();
+        assert!(matches!(
+            session.registration(),
+            RegistrationState::DeviceCode { user_code, .. } if user_code == "AB-CD"
+        ));
+        let err = session
+            .handle_message(answer(RegisterResponse::Rejected {
+                reason: "not in group eng".into(),
+            }))
+            .unwrap_err();
+        assert_eq!(err, SessionError::Rejected("not in group eng".into()));
+        assert!(!err.is_retryable());
+        assert_eq!(
+            session.registration(),
+            &RegistrationState::Rejected {
+                reason: "not in group eng".into()
+            }
+        );
+    }
+}

@@ -53,6 +53,10 @@ pub use routes::{CALLBACK_PATH, LOGIN_PATH_PREFIX, routes};
 /// Default life of a login link or device code at the coord: 10 minutes.
 pub const DEFAULT_LOGIN_TTL: Duration = Duration::from_secs(600);
 
+/// Most logins waiting at once; beyond it, new interactive registrations are refused
+/// (anyone can make machine keys, so the table must not grow without bound).
+pub const MAX_PENDING_LOGINS: usize = 10_000;
+
 /// How the coord runs logins.
 #[derive(Debug, Clone)]
 pub struct LoginConfig {
@@ -182,6 +186,13 @@ pub async fn wait_for_login<S: AsyncRead + AsyncWrite + Unpin>(
         let now = Instant::now();
         let mut table = login.table();
         table.sweep(now);
+        if table.len() >= MAX_PENDING_LOGINS {
+            tracing::warn!(pending = table.len(), "too many logins in progress");
+            return Ok(Some(RegisterResponse::Rejected {
+                reason: "too many logins are in progress at the coord; try again in a few minutes"
+                    .into(),
+            }));
+        }
         table.start(subject, kind, login.config.login_ttl, now)
     };
     if let Some(outcome) = waiting.outcome.borrow().clone() {

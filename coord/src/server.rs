@@ -59,6 +59,7 @@ pub fn serve(coord: Coord, listener: TcpListener) -> std::io::Result<ServerHandl
     let local_addr = listener.local_addr()?;
     let token = coord.shutdown_token();
     let app = router(coord.clone());
+    coord.spawn_background_tasks();
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(token.cancelled_owned())

@@ -11,6 +11,7 @@
 
 pub mod control;
 pub mod engine;
+pub mod inspect;
 pub mod udp;
 pub mod userspace;
 pub mod wg_config;

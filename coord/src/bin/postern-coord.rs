@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
+use postern_coord::admin::client::{AdminClient, format_audit, format_node, format_node_table};
 use postern_coord::control::{AuthKeyOptions, ControlConfig, Coord, create_auth_key};
+use postern_coord::policy::PolicySource;
 use postern_coord::policy_admin::{self, CommandOutput};
 use postern_proto::UnixTime;
 
@@ -39,11 +41,70 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8443", value_name = "ADDR:PORT")]
         listen: SocketAddr,
         #[command(flatten)]
+        policy: ServePolicyArgs,
+        #[command(flatten)]
         login: LoginArgs,
+        /// Address of the admin API (used by `postern-coord nodes` and `audit`); keep it on
+        /// loopback. Its bound address goes to STATE_DIR/admin.addr, its token is
+        /// STATE_DIR/admin.token (mode 0600).
+        #[arg(long, default_value = postern_coord::admin::DEFAULT_ADMIN_LISTEN, value_name = "ADDR:PORT")]
+        admin_listen: SocketAddr,
+    },
+    /// List and manage the tailnet's nodes through the running coord's admin API.
+    #[command(subcommand)]
+    Nodes(NodesCommand),
+    /// Show the coord's audit log: registrations, approvals, expiries, deletions, renames,
+    /// tag changes, auth keys made and policy reloads.
+    ///
+    /// Example: postern-coord audit --since 1h
+    Audit {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Only records from the last DURATION (e.g. 30m, 1h, 7d); default: all.
+        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+        since: Option<Duration>,
     },
     /// Manage auth keys, which let a node register without an interactive login.
     #[command(subcommand)]
     Keys(KeysCommand),
+}
+
+/// The policy and the node lifecycle of `serve`.
+#[derive(Debug, Args)]
+struct ServePolicyArgs {
+    /// The policy file (HuJSON; see docs/policy.md). Reloaded on SIGHUP and when its
+    /// contents change (checked every 2 s); an invalid new version is refused and the
+    /// previous policy stays in force. Default: the built-in policy, which lets each user's
+    /// own devices reach each other and nothing else.
+    #[arg(long, env = "POSTERN_COORD_POLICY", value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// How long an untagged node's key lasts from its registration (e.g. 90d, 12h); the
+    /// node must register again before then. Tagged nodes' keys never expire. `0s` turns
+    /// expiry off.
+    #[arg(long, default_value = "180d", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    key_expiry: Duration,
+    /// New nodes wait for an admin's `postern-coord nodes approve` before they join.
+    #[arg(long)]
+    require_approval: bool,
+    /// How long an ephemeral node may stay offline before it is removed.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    ephemeral_timeout: Duration,
+    /// How often the policy file is checked for changes.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration, value_name = "DURATION", hide = true)]
+    policy_poll_interval: Duration,
+}
+
+impl ServePolicyArgs {
+    fn apply(self, config: &mut ControlConfig) {
+        config.policy = match self.policy {
+            Some(path) => PolicySource::File(path),
+            None => PolicySource::BuiltIn,
+        };
+        config.key_expiry = (!self.key_expiry.is_zero()).then_some(self.key_expiry);
+        config.require_approval = self.require_approval;
+        config.ephemeral_timeout = self.ephemeral_timeout;
+        config.policy_poll_interval = self.policy_poll_interval;
+    }
 }
 
 /// Where the coord keeps its state.
@@ -99,6 +160,87 @@ struct LoginArgs {
     login_timeout: Duration,
 }
 
+/// How an admin command reaches the running coord.
+#[derive(Debug, Args)]
+struct AdminArgs {
+    /// The coord's state directory: its admin.addr and admin.token are read from here.
+    #[arg(
+        long,
+        env = "POSTERN_COORD_STATE_DIR",
+        default_value = "/var/lib/postern-coord"
+    )]
+    state_dir: PathBuf,
+    /// The admin API's URL (default: from STATE_DIR/admin.addr).
+    #[arg(long, env = "POSTERN_COORD_ADMIN_URL", value_name = "URL")]
+    admin_url: Option<String>,
+    /// The admin token's file (default: STATE_DIR/admin.token).
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum NodesCommand {
+    /// List every node: id, name, address, user, tags, status (online, offline, expired,
+    /// needs-approval) and when it was last seen.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show one node (by id or name).
+    Show {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The node's id or name.
+        node: String,
+    },
+    /// Rename a node; the new name must be a free DNS label.
+    Rename {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The node's id or name.
+        node: String,
+        /// The new name.
+        name: String,
+    },
+    /// Replace a node's tags (none given: remove them all). A tagged node is no longer its
+    /// user's, and its key does not expire.
+    ///
+    /// Example: postern-coord nodes tag build-7 tag:ci,tag:linux
+    Tag {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The node's id or name.
+        node: String,
+        /// The tags, comma-separated (tag:NAME).
+        #[arg(value_delimiter = ',', value_name = "TAGS")]
+        tags: Vec<String>,
+    },
+    /// Delete a node: it leaves every netmap at once, and its name and addresses are freed.
+    Delete {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The node's id or name.
+        node: String,
+    },
+    /// Expire a node's key now: it vanishes from its peers' netmaps until it registers again.
+    Expire {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The node's id or name.
+        node: String,
+    },
+    /// Approve a node waiting for approval (serve --require-approval).
+    Approve {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The node's id or name.
+        node: String,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 enum KeysCommand {
     /// Make an auth key and print it once. Only its hash is stored: keep the printed key
@@ -120,6 +262,10 @@ enum KeysCommand {
         /// How long the key stays valid (e.g. 1h, 7d); default: no expiry.
         #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
         expiry: Option<Duration>,
+        /// The user its nodes belong to (a login, e.g. alice@example.com); created if
+        /// unknown. Default: the built-in `tagged-devices` user.
+        #[arg(long, value_name = "LOGIN")]
+        user: Option<String>,
     },
 }
 
@@ -167,14 +313,19 @@ fn main() -> ExitCode {
         Command::Serve {
             state,
             listen,
+            policy,
             login,
-        } => return run_async(serve(state, listen, login)),
+            admin_listen,
+        } => return run_async(serve(state, listen, policy, login, admin_listen)),
+        Command::Nodes(command) => return run_admin(nodes_command(command)),
+        Command::Audit { admin, since } => return run_admin(audit_command(admin, since)),
         Command::Keys(KeysCommand::Create {
             state,
             reusable,
             ephemeral,
             tags,
             expiry,
+            user,
         }) => {
             let options = AuthKeyOptions {
                 reusable,
@@ -183,7 +334,7 @@ fn main() -> ExitCode {
                 expiry,
                 user: None,
             };
-            return run_async(keys_create(state, options));
+            return run_async(keys_create(state, options, user));
         }
         Command::Policy(PolicyCommand::Check { file, json }) => {
             with_file(&file, |name, text| policy_admin::check(name, text, json))
@@ -237,25 +388,52 @@ fn control_config(state: StateArgs) -> ControlConfig {
     config
 }
 
-async fn serve(state: StateArgs, listen: SocketAddr, login: LoginArgs) -> anyhow::Result<()> {
+async fn serve(
+    state: StateArgs,
+    listen: SocketAddr,
+    policy: ServePolicyArgs,
+    login: LoginArgs,
+    admin_listen: SocketAddr,
+) -> anyhow::Result<()> {
     use anyhow::Context as _;
+    use tokio::signal::unix::{SignalKind, signal};
+    // Installed first: a SIGHUP must never find the default action (terminate).
+    let hangups = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let mut config = control_config(state);
+    policy.apply(&mut config);
     let login = login_service(login, listen).await?;
-    let mut coord = Coord::open(control_config(state))
+    let mut coord = Coord::open(config)
         .await
-        .context("cannot open the coord's state")?;
+        .context("cannot start the coord")?;
     if let Some(login) = login {
         coord = coord.with_login(login);
     }
+    tracing::info!(policy = %coord.policy.source(), "policy in force: {}", coord.policy.summary());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let handle = postern_coord::server::serve(coord.clone(), listener)
         .with_context(|| format!("cannot serve on {listen}"))?;
+    let admin_listener = tokio::net::TcpListener::bind(admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {admin_listen} for the admin API"))?;
+    postern_coord::admin::serve_admin(coord.clone(), admin_listener)
+        .context("cannot start the admin API")?;
+    let reloader = tokio::spawn(reload_on_sighup(coord.clone(), hangups));
     wait_for_shutdown_signal().await?;
+    reloader.abort();
     tracing::info!("shutting down");
     handle.shutdown().await;
     coord.shutdown().await;
     Ok(())
+}
+
+/// Reloads the policy on every SIGHUP.
+async fn reload_on_sighup(coord: Coord, mut hangups: tokio::signal::unix::Signal) {
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the policy");
+        coord.reload_policy("signal:SIGHUP", true).await;
+    }
 }
 
 /// The login service, if --oidc-issuer is given: discovers the IdP now, so a wrong issuer
@@ -318,7 +496,11 @@ async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn keys_create(state: StateArgs, options: AuthKeyOptions) -> anyhow::Result<()> {
+async fn keys_create(
+    state: StateArgs,
+    mut options: AuthKeyOptions,
+    user: Option<String>,
+) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let coord = Coord::open(control_config(state))
         .await
@@ -327,13 +509,131 @@ async fn keys_create(state: StateArgs, options: AuthKeyOptions) -> anyhow::Resul
         .duration_since(UNIX_EPOCH)
         .map(|d| UnixTime(i64::try_from(d.as_secs()).unwrap_or(i64::MAX)))
         .context("the system clock is before 1970")?;
-    let created = create_auth_key(coord.registry.store(), &options, now)
+    let store = coord.registry.store();
+    if let Some(login) = &user {
+        let record = match store.user_by_login(login).await? {
+            Some(record) => record,
+            None => store.upsert_user(login, "", &[], now).await?,
+        };
+        options.user = Some(record.id);
+    }
+    let created = create_auth_key(store, &options, now)
         .await
         .context("cannot store the auth key")?;
+    coord
+        .audit(
+            postern_coord::audit::ACTOR_ADMIN,
+            postern_coord::audit::AUTH_KEY_CREATE,
+            &format!("authkey:{}", created.record.id),
+            serde_json::json!({
+                "user": user,
+                "reusable": options.reusable,
+                "ephemeral": options.ephemeral,
+                "tags": options.tags,
+                "expires_at": created.record.expires_at.map(|t| t.0),
+            }),
+        )
+        .await;
     coord.shutdown().await;
     // The key is printed once, on standard output only, so it can be captured by a script.
     println!("{}", created.secret.expose());
     Ok(())
+}
+
+/// Runs an admin command: prints its output, or `postern-coord: ERROR` and exits 1.
+fn run_admin(command: impl std::future::Future<Output = anyhow::Result<String>>) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("postern-coord: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("postern-coord: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn admin_client(admin: &AdminArgs) -> anyhow::Result<AdminClient> {
+    Ok(AdminClient::new(
+        &admin.state_dir,
+        admin.admin_url.as_deref(),
+        admin.admin_token_file.as_deref(),
+    )?)
+}
+
+async fn nodes_command(command: NodesCommand) -> anyhow::Result<String> {
+    let (admin, node, verb) = match command {
+        NodesCommand::List { admin } => {
+            let nodes = admin_client(&admin)?.nodes().await?;
+            return Ok(if admin.json {
+                serde_json::to_string_pretty(&nodes)? + "\n"
+            } else {
+                format_node_table(&nodes)
+            });
+        }
+        NodesCommand::Show { admin, node } => {
+            let info = admin_client(&admin)?.node(&node).await?;
+            return Ok(if admin.json {
+                serde_json::to_string_pretty(&info)? + "\n"
+            } else {
+                format_node(&info)
+            });
+        }
+        NodesCommand::Rename { admin, node, name } => {
+            let info = admin_client(&admin)?.rename(&node, &name).await?;
+            (admin, info, "renamed")
+        }
+        NodesCommand::Tag { admin, node, tags } => {
+            let info = admin_client(&admin)?.tag(&node, &tags).await?;
+            (admin, info, "tagged")
+        }
+        NodesCommand::Delete { admin, node } => {
+            let info = admin_client(&admin)?.delete(&node).await?;
+            (admin, info, "deleted")
+        }
+        NodesCommand::Expire { admin, node } => {
+            let info = admin_client(&admin)?.expire(&node).await?;
+            (admin, info, "expired")
+        }
+        NodesCommand::Approve { admin, node } => {
+            let info = admin_client(&admin)?.approve(&node).await?;
+            (admin, info, "approved")
+        }
+    };
+    Ok(if admin.json {
+        serde_json::to_string_pretty(&node)? + "\n"
+    } else {
+        let tags = if node.tags.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", node.tags.join(","))
+        };
+        format!("{verb} node {} ({}){tags}\n", node.id, node.name)
+    })
+}
+
+async fn audit_command(admin: AdminArgs, since: Option<Duration>) -> anyhow::Result<String> {
+    let since_ms = match since {
+        Some(window) => {
+            let now_ms = postern_coord::audit::now_ms();
+            now_ms.saturating_sub(i64::try_from(window.as_millis()).unwrap_or(i64::MAX))
+        }
+        None => 0,
+    };
+    let entries = admin_client(&admin)?.audit(since_ms).await?;
+    Ok(if admin.json {
+        serde_json::to_string_pretty(&entries)? + "\n"
+    } else {
+        format_audit(&entries)
+    })
 }
 
 fn with_file(path: &PathBuf, run: impl FnOnce(&str, &str) -> CommandOutput) -> CommandOutput {

@@ -314,6 +314,10 @@ async fn admit_and_register(
     store
         .record_user_login(user.id, &identity.issuer, &identity.subject, now)
         .await?;
+    // The same terms as an auth-key registration: approval (--require-approval) and key
+    // expiry; a re-login renews the key.
+    let existing = store.node_by_machine_key(&subject.machine_key).await?;
+    let terms = crate::lifecycle::registration_terms(&coord.config, existing.as_ref(), &[], now);
     let registration = Registration {
         machine_key: subject.machine_key,
         node_key: subject.request.node_key,
@@ -321,12 +325,15 @@ async fn admit_and_register(
         user_id: user.id,
         tags: Vec::new(),
         ephemeral: subject.request.ephemeral,
-        approved: true,
+        approved: terms.approved,
         is_ingress: false,
-        key_expiry: None,
+        key_expiry: terms.key_expiry,
     };
     let node = coord.registry.register(&registration, now).await?;
     coord.hub.notify();
+    if !node.approved {
+        return Ok(RegisterResponse::NeedsApproval { node_id: node.id });
+    }
     Ok(RegisterResponse::Authorized {
         node_id: node.id,
         name: node.name,

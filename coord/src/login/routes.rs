@@ -168,6 +168,13 @@ fn outcome_page(outcome: Result<RegisterResponse, super::CompleteError>) -> Resp
                 user.login
             ),
         ),
+        Ok(RegisterResponse::NeedsApproval { node_id }) => page(
+            StatusCode::OK,
+            "Logged in: waiting for approval",
+            &format!(
+                "You are logged in. An admin must approve the node ({node_id}) before it joins the tailnet."
+            ),
+        ),
         Ok(RegisterResponse::Rejected { reason }) => {
             page(StatusCode::FORBIDDEN, "Login refused", &reason)
         }

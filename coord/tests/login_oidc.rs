@@ -51,11 +51,21 @@ impl LoginLab {
         let dir = tempfile::tempdir().unwrap();
         let secret_file = dir.path().join("oidc-secret");
         std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+        // Everyone may reach everyone: these tests are about who logs in, not the policy.
+        let policy = dir.path().join("policy.hujson");
+        std::fs::write(
+            &policy,
+            r#"{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}"#,
+        )
+        .unwrap();
         let mut cmd = Command::new(BIN);
         cmd.arg("serve")
             .arg("--state-dir")
             .arg(dir.path().join("state"))
-            .args(["--listen", &addr, "--oidc-issuer", idp.issuer()])
+            .args(["--listen", &addr, "--admin-listen", "127.0.0.1:0"])
+            .arg("--policy")
+            .arg(&policy)
+            .args(["--oidc-issuer", idp.issuer()])
             .args(["--oidc-client-id", OidcProvider::WEB_CLIENT_ID])
             .arg("--oidc-client-secret-file")
             .arg(&secret_file)

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod audit;
 pub mod control;
 pub mod lifecycle;
+pub mod login;
 pub mod netmap;
 pub mod policy;
 pub mod policy_admin;

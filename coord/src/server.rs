@@ -24,6 +24,7 @@ pub fn router(coord: Coord) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route(CONTROL_PATH, post(control))
+        .merge(crate::login::routes())
         .with_state(coord)
 }
 

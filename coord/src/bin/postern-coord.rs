@@ -44,6 +44,8 @@ enum Command {
         policy: ServePolicyArgs,
         #[command(flatten)]
         relay: EmbeddedRelayArgs,
+        #[command(flatten)]
+        login: LoginArgs,
         /// Address of the admin API (used by `postern-coord nodes` and `audit`); keep it on
         /// loopback. Its bound address goes to STATE_DIR/admin.addr, its token is
         /// STATE_DIR/admin.token (mode 0600).
@@ -174,6 +176,41 @@ struct StateArgs {
     /// The tailnet's DNS domain; node names live under it.
     #[arg(long, default_value = "tailnet.internal", value_name = "DOMAIN")]
     tailnet_domain: String,
+}
+
+/// Interactive login through the organisation's OpenID Connect provider (docs/coord.md).
+#[derive(Debug, Args)]
+struct LoginArgs {
+    /// The IdP's issuer URL; enables interactive login (`postern login` without a key).
+    #[arg(long, env = "POSTERN_COORD_OIDC_ISSUER", value_name = "URL")]
+    oidc_issuer: Option<String>,
+    /// The coord's client id at the IdP.
+    #[arg(long, env = "POSTERN_COORD_OIDC_CLIENT_ID", value_name = "ID")]
+    oidc_client_id: Option<String>,
+    /// A file holding the client secret (one line); omit for a public client.
+    #[arg(
+        long,
+        env = "POSTERN_COORD_OIDC_CLIENT_SECRET_FILE",
+        value_name = "FILE"
+    )]
+    oidc_client_secret_file: Option<PathBuf>,
+    /// The client id to use for device login, if the IdP allows the device grant only for
+    /// another (public) client; default: --oidc-client-id.
+    #[arg(long, value_name = "ID")]
+    oidc_device_client_id: Option<String>,
+    /// The coord's URL as browsers reach it; register {URL}/oidc/callback at the IdP.
+    /// Default: http://<--listen>.
+    #[arg(long, env = "POSTERN_COORD_PUBLIC_URL", value_name = "URL")]
+    public_url: Option<String>,
+    /// Only these email domains may log in, comma-separated (default: any).
+    #[arg(long, value_delimiter = ',', value_name = "DOMAINS")]
+    allowed_domains: Vec<String>,
+    /// Only members of one of these IdP groups may log in, comma-separated (default: any).
+    #[arg(long, value_delimiter = ',', value_name = "GROUPS")]
+    allowed_groups: Vec<String>,
+    /// How long a login link or device code stays usable.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    login_timeout: Duration,
 }
 
 /// How an admin command reaches the running coord.
@@ -330,9 +367,10 @@ fn main() -> ExitCode {
             state,
             listen,
             policy,
+            login,
             admin_listen,
             relay,
-        } => return run_async(serve(state, listen, policy, admin_listen, relay)),
+        } => return run_async(serve(state, listen, policy, login, admin_listen, relay)),
         Command::Nodes(command) => return run_admin(nodes_command(command)),
         Command::Audit { admin, since } => return run_admin(audit_command(admin, since)),
         Command::Relay(args) => return run_async(relay_standalone(args)),
@@ -409,6 +447,7 @@ async fn serve(
     state: StateArgs,
     listen: SocketAddr,
     policy: ServePolicyArgs,
+    login: LoginArgs,
     admin_listen: SocketAddr,
     relay: EmbeddedRelayArgs,
 ) -> anyhow::Result<()> {
@@ -425,9 +464,13 @@ async fn serve(
         config.relay_map =
             postern_coord::relay::single_relay_map(url, relay.stun.map(|addr| addr.port()));
     }
-    let coord = Coord::open(config)
+    let login = login_service(login, listen).await?;
+    let mut coord = Coord::open(config)
         .await
         .context("cannot start the coord")?;
+    if let Some(login) = login {
+        coord = coord.with_login(login);
+    }
     tracing::info!(policy = %coord.policy.source(), "policy in force: {}", coord.policy.summary());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -517,6 +560,56 @@ async fn start_stun(addr: Option<SocketAddr>) -> anyhow::Result<Option<postern_r
         .await
         .with_context(|| format!("cannot listen for STUN on UDP {addr}"))?;
     Ok(Some(postern_relay::StunServer::spawn(socket)?))
+}
+
+/// The login service, if --oidc-issuer is given: discovers the IdP now, so a wrong issuer
+/// fails at start rather than at the first login.
+async fn login_service(
+    args: LoginArgs,
+    listen: SocketAddr,
+) -> anyhow::Result<Option<postern_coord::login::LoginService>> {
+    use anyhow::Context as _;
+    use postern_coord::login::{Admission, LoginConfig, LoginService};
+    let Some(issuer) = args.oidc_issuer else {
+        anyhow::ensure!(
+            args.oidc_client_id.is_none(),
+            "--oidc-client-id needs --oidc-issuer"
+        );
+        return Ok(None);
+    };
+    let client_id = args
+        .oidc_client_id
+        .context("--oidc-issuer needs --oidc-client-id (the coord's client at the IdP)")?;
+    let secret = match &args.oidc_client_secret_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the client secret file {}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let public_url = args
+        .public_url
+        .unwrap_or_else(|| format!("http://{listen}"));
+    let mut config = LoginConfig::new(issuer, client_id, secret, public_url);
+    config.oidc.device_client_id = args.oidc_device_client_id;
+    config.admission = Admission {
+        domains: args.allowed_domains,
+        groups: args.allowed_groups,
+    };
+    config.login_ttl = args.login_timeout;
+    tracing::info!(
+        issuer = %config.oidc.issuer,
+        redirect_url = %config.oidc.redirect_url,
+        allowed_domains = ?config.admission.domains,
+        allowed_groups = ?config.admission.groups,
+        "interactive login enabled"
+    );
+    let service = LoginService::discover(config)
+        .await
+        .context("cannot set up interactive login")?;
+    Ok(Some(service))
 }
 
 async fn wait_for_shutdown_signal() -> anyhow::Result<()> {

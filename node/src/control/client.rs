@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::connection::{ConnectionError, dial, fetch_coord_key};
-use super::session::{ControlSession, SessionConfig, SessionError};
+use super::session::{ControlSession, RegistrationState, SessionConfig, SessionError};
 
 /// Default silence after which the client redials: 120 s.
 pub const DEFAULT_SILENCE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -46,6 +46,8 @@ pub struct ClientConfig {
     /// The node's id if it registered before: the client then resumes with a map request
     /// instead of registering (see [`ControlSession::resume`]).
     pub node_id: Option<NodeId>,
+    /// Without an auth key: ask for a device-code login instead of a browser link.
+    pub device_login: bool,
 }
 
 impl ClientConfig {
@@ -64,6 +66,7 @@ impl ClientConfig {
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(30),
             node_id: None,
+            device_login: false,
         }
     }
 }
@@ -83,6 +86,7 @@ pub struct ControlClient {
     netmap: watch::Receiver<Option<Netmap>>,
     reported: watch::Sender<ReportedEndpoints>,
     connected: Arc<AtomicBool>,
+    registration: watch::Receiver<RegistrationState>,
     task: JoinHandle<Result<(), ClientError>>,
 }
 
@@ -95,11 +99,19 @@ impl ControlClient {
             home_relay: config.session.home_relay,
         });
         let connected = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(run(config, tx, reported_rx, Arc::clone(&connected)));
+        let (registration_tx, registration) = watch::channel(RegistrationState::default());
+        let task = tokio::spawn(run(
+            config,
+            tx,
+            reported_rx,
+            Arc::clone(&connected),
+            registration_tx,
+        ));
         Self {
             netmap: rx,
             reported,
             connected,
+            registration,
             task,
         }
     }
@@ -120,6 +132,12 @@ impl ControlClient {
                 true
             }
         });
+    }
+
+    /// A receiver of where the registration stands: show the login link or device code
+    /// while it is `LoginRequired`/`DeviceCode`, then the outcome.
+    pub fn registration(&self) -> watch::Receiver<RegistrationState> {
+        self.registration.clone()
     }
 
     /// A receiver of the latest netmap (`None` until the first one arrives).
@@ -170,11 +188,13 @@ async fn run(
     netmap: watch::Sender<Option<Netmap>>,
     mut reported: watch::Receiver<ReportedEndpoints>,
     live: Arc<AtomicBool>,
+    registration: watch::Sender<RegistrationState>,
 ) -> Result<(), ClientError> {
     let mut session = match config.node_id {
         Some(id) => ControlSession::resume(config.session.clone(), id),
         None => ControlSession::new(config.session.clone()),
     };
+    session.set_device_login(config.device_login);
     let mut backoff = config.min_backoff;
     loop {
         let mut got_netmap = false;
@@ -187,6 +207,7 @@ async fn run(
             &netmap,
             &mut reported,
             &live,
+            &registration,
             &mut got_netmap,
         );
         let ended = connected.await;
@@ -214,6 +235,7 @@ async fn connect_once(
     netmap: &watch::Sender<Option<Netmap>>,
     reported: &mut watch::Receiver<ReportedEndpoints>,
     live: &AtomicBool,
+    registration: &watch::Sender<RegistrationState>,
     got_netmap: &mut bool,
 ) -> Ended {
     let coord_key = match config.coord_key {
@@ -265,7 +287,9 @@ async fn connect_once(
             live.store(true, Ordering::Relaxed);
         }
         let before = session.netmap_version();
-        let replies = match session.handle_message(message) {
+        let handled = session.handle_message(message);
+        publish_registration(registration, session);
+        let replies = match handled {
             Ok(replies) => replies,
             Err(err) if err.is_retryable() => return Ended::Retry(err.to_string()),
             Err(err) => return Ended::Fatal(err),
@@ -280,6 +304,16 @@ async fn connect_once(
             }
         }
     }
+}
+
+fn publish_registration(registration: &watch::Sender<RegistrationState>, session: &ControlSession) {
+    registration.send_if_modified(|state| {
+        let changed = state != session.registration();
+        if changed {
+            *state = session.registration().clone();
+        }
+        changed
+    });
 }
 
 fn describe(err: &ConnectionError) -> String {

@@ -7,9 +7,15 @@
 //! It never sees traffic between nodes: it hands out keys, addresses and policy, and relays
 //! only packets that are already encrypted end to end. It must never log a secret.
 
+pub mod admin;
+pub mod audit;
 pub mod control;
+pub mod lifecycle;
+pub mod login;
 pub mod netmap;
+pub mod policy;
 pub mod policy_admin;
 pub mod registry;
+pub mod relay;
 pub mod server;
 pub mod store;

@@ -74,6 +74,7 @@ fn keys_create_prints_the_key_once_and_serve_answers_until_sigterm() {
         .arg(&state_dir)
         .arg("--listen")
         .arg(addr.to_string())
+        .args(["--admin-listen", "127.0.0.1:0"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

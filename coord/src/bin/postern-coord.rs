@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
+use postern_coord::admin::client::{AdminClient, format_audit, format_node, format_node_table};
 use postern_coord::control::{AuthKeyOptions, ControlConfig, Coord, create_auth_key};
+use postern_coord::policy::PolicySource;
 use postern_coord::policy_admin::{self, CommandOutput};
 use postern_proto::UnixTime;
 
@@ -38,10 +40,124 @@ enum Command {
         /// Address to listen on for HTTP (control upgrade, /key, /healthz, /metrics).
         #[arg(long, default_value = "127.0.0.1:8443", value_name = "ADDR:PORT")]
         listen: SocketAddr,
+        #[command(flatten)]
+        policy: ServePolicyArgs,
+        #[command(flatten)]
+        relay: EmbeddedRelayArgs,
+        #[command(flatten)]
+        login: LoginArgs,
+        /// Address of the admin API (used by `postern-coord nodes` and `audit`); keep it on
+        /// loopback. Its bound address goes to STATE_DIR/admin.addr, its token is
+        /// STATE_DIR/admin.token (mode 0600).
+        #[arg(long, default_value = postern_coord::admin::DEFAULT_ADMIN_LISTEN, value_name = "ADDR:PORT")]
+        admin_listen: SocketAddr,
     },
+    /// List and manage the tailnet's nodes through the running coord's admin API.
+    #[command(subcommand)]
+    Nodes(NodesCommand),
+    /// Show the coord's audit log: registrations, approvals, expiries, deletions, renames,
+    /// tag changes, auth keys made and policy reloads.
+    ///
+    /// Example: postern-coord audit --since 1h
+    Audit {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Only records from the last DURATION (e.g. 30m, 1h, 7d); default: all.
+        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+        since: Option<Duration>,
+    },
+    /// Run a standalone relay (for more regions): forwards encrypted WireGuard packets between
+    /// nodes that cannot reach each other directly, and answers STUN.
+    ///
+    /// Nodes attach over HTTPS (TLS on 443 with --tls-cert/--tls-key) and prove they hold a
+    /// node key listed in --allow-file. List the relay in the coord's --relay-map so nodes
+    /// learn of it. See docs/relay.md.
+    ///
+    /// Example: postern-coord relay --listen 0.0.0.0:443 --stun 0.0.0.0:3478 --tls-cert fullchain.pem --tls-key key.pem --allow-file nodes.txt
+    Relay(StandaloneRelayArgs),
     /// Manage auth keys, which let a node register without an interactive login.
     #[command(subcommand)]
     Keys(KeysCommand),
+}
+
+/// The policy and the node lifecycle of `serve`.
+#[derive(Debug, Args)]
+struct ServePolicyArgs {
+    /// The policy file (HuJSON; see docs/policy.md). Reloaded on SIGHUP and when its
+    /// contents change (checked every 2 s); an invalid new version is refused and the
+    /// previous policy stays in force. Default: the built-in policy, which lets each user's
+    /// own devices reach each other and nothing else.
+    #[arg(long, env = "POSTERN_COORD_POLICY", value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// How long an untagged node's key lasts from its registration (e.g. 90d, 12h); the
+    /// node must register again before then. Tagged nodes' keys never expire. `0s` turns
+    /// expiry off.
+    #[arg(long, default_value = "180d", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    key_expiry: Duration,
+    /// New nodes wait for an admin's `postern-coord nodes approve` before they join.
+    #[arg(long)]
+    require_approval: bool,
+    /// How long an ephemeral node may stay offline before it is removed.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    ephemeral_timeout: Duration,
+    /// How often the policy file is checked for changes.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration, value_name = "DURATION", hide = true)]
+    policy_poll_interval: Duration,
+}
+
+impl ServePolicyArgs {
+    fn apply(self, config: &mut ControlConfig) {
+        config.policy = match self.policy {
+            Some(path) => PolicySource::File(path),
+            None => PolicySource::BuiltIn,
+        };
+        config.key_expiry = (!self.key_expiry.is_zero()).then_some(self.key_expiry);
+        config.require_approval = self.require_approval;
+        config.ephemeral_timeout = self.ephemeral_timeout;
+        config.policy_poll_interval = self.policy_poll_interval;
+    }
+}
+
+/// The relay inside `serve`.
+#[derive(Debug, Args)]
+struct EmbeddedRelayArgs {
+    /// Run the relay inside the coord, at /relay on --listen; registered nodes may attach.
+    #[arg(long)]
+    relay: bool,
+    /// The URL nodes dial for the embedded relay (default: http://LISTEN/relay; use an
+    /// https:// URL when a TLS terminator fronts the coord).
+    #[arg(long, value_name = "URL", requires = "relay")]
+    relay_url: Option<String>,
+    /// Answer STUN binding requests on this UDP address (nodes learn their public endpoint).
+    #[arg(long, value_name = "ADDR:PORT")]
+    stun: Option<SocketAddr>,
+    /// A TOML relay map listing every region (see docs/relay.md); replaces the default
+    /// single region of the embedded relay.
+    #[arg(long, value_name = "FILE")]
+    relay_map: Option<PathBuf>,
+}
+
+/// `postern-coord relay`.
+#[derive(Debug, Args)]
+struct StandaloneRelayArgs {
+    /// Address to listen on for relay connections (HTTPS, or HTTP with --plain-http).
+    #[arg(long, default_value = "0.0.0.0:443", value_name = "ADDR:PORT")]
+    listen: SocketAddr,
+    /// Answer STUN binding requests on this UDP address (3478 is STUN's port).
+    #[arg(long, value_name = "ADDR:PORT")]
+    stun: Option<SocketAddr>,
+    /// PEM certificate chain for TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address (only behind a TLS terminator).
+    #[arg(long)]
+    plain_http: bool,
+    /// Node keys allowed to attach, one `nodekey:...` per line (# comments allowed).
+    #[arg(long, value_name = "FILE")]
+    allow_file: PathBuf,
 }
 
 /// Where the coord keeps its state.
@@ -60,6 +176,122 @@ struct StateArgs {
     /// The tailnet's DNS domain; node names live under it.
     #[arg(long, default_value = "tailnet.internal", value_name = "DOMAIN")]
     tailnet_domain: String,
+}
+
+/// Interactive login through the organisation's OpenID Connect provider (docs/coord.md).
+#[derive(Debug, Args)]
+struct LoginArgs {
+    /// The IdP's issuer URL; enables interactive login (`postern login` without a key).
+    #[arg(long, env = "POSTERN_COORD_OIDC_ISSUER", value_name = "URL")]
+    oidc_issuer: Option<String>,
+    /// The coord's client id at the IdP.
+    #[arg(long, env = "POSTERN_COORD_OIDC_CLIENT_ID", value_name = "ID")]
+    oidc_client_id: Option<String>,
+    /// A file holding the client secret (one line); omit for a public client.
+    #[arg(
+        long,
+        env = "POSTERN_COORD_OIDC_CLIENT_SECRET_FILE",
+        value_name = "FILE"
+    )]
+    oidc_client_secret_file: Option<PathBuf>,
+    /// The client id to use for device login, if the IdP allows the device grant only for
+    /// another (public) client; default: --oidc-client-id.
+    #[arg(long, value_name = "ID")]
+    oidc_device_client_id: Option<String>,
+    /// The coord's URL as browsers reach it; register {URL}/oidc/callback at the IdP.
+    /// Default: http://<--listen>.
+    #[arg(long, env = "POSTERN_COORD_PUBLIC_URL", value_name = "URL")]
+    public_url: Option<String>,
+    /// Only these email domains may log in, comma-separated (default: any).
+    #[arg(long, value_delimiter = ',', value_name = "DOMAINS")]
+    allowed_domains: Vec<String>,
+    /// Only members of one of these IdP groups may log in, comma-separated (default: any).
+    #[arg(long, value_delimiter = ',', value_name = "GROUPS")]
+    allowed_groups: Vec<String>,
+    /// How long a login link or device code stays usable.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    login_timeout: Duration,
+}
+
+/// How an admin command reaches the running coord.
+#[derive(Debug, Args)]
+struct AdminArgs {
+    /// The coord's state directory: its admin.addr and admin.token are read from here.
+    #[arg(
+        long,
+        env = "POSTERN_COORD_STATE_DIR",
+        default_value = "/var/lib/postern-coord"
+    )]
+    state_dir: PathBuf,
+    /// The admin API's URL (default: from STATE_DIR/admin.addr).
+    #[arg(long, env = "POSTERN_COORD_ADMIN_URL", value_name = "URL")]
+    admin_url: Option<String>,
+    /// The admin token's file (default: STATE_DIR/admin.token).
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum NodesCommand {
+    /// List every node: id, name, address, user, tags, status (online, offline, expired,
+    /// needs-approval) and when it was last seen.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show one node (by id or name).
+    Show {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The node's id or name.
+        node: String,
+    },
+    /// Rename a node; the new name must be a free DNS label.
+    Rename {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The node's id or name.
+        node: String,
+        /// The new name.
+        name: String,
+    },
+    /// Replace a node's tags (none given: remove them all). A tagged node is no longer its
+    /// user's, and its key does not expire.
+    ///
+    /// Example: postern-coord nodes tag build-7 tag:ci,tag:linux
+    Tag {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The node's id or name.
+        node: String,
+        /// The tags, comma-separated (tag:NAME).
+        #[arg(value_delimiter = ',', value_name = "TAGS")]
+        tags: Vec<String>,
+    },
+    /// Delete a node: it leaves every netmap at once, and its name and addresses are freed.
+    Delete {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The node's id or name.
+        node: String,
+    },
+    /// Expire a node's key now: it vanishes from its peers' netmaps until it registers again.
+    Expire {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The node's id or name.
+        node: String,
+    },
+    /// Approve a node waiting for approval (serve --require-approval).
+    Approve {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The node's id or name.
+        node: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,6 +315,10 @@ enum KeysCommand {
         /// How long the key stays valid (e.g. 1h, 7d); default: no expiry.
         #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
         expiry: Option<Duration>,
+        /// The user its nodes belong to (a login, e.g. alice@example.com); created if
+        /// unknown. Default: the built-in `tagged-devices` user.
+        #[arg(long, value_name = "LOGIN")]
+        user: Option<String>,
     },
 }
 
@@ -127,13 +363,24 @@ enum PolicyCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let output = match cli.command {
-        Command::Serve { state, listen } => return run_async(serve(state, listen)),
+        Command::Serve {
+            state,
+            listen,
+            policy,
+            login,
+            admin_listen,
+            relay,
+        } => return run_async(serve(state, listen, policy, login, admin_listen, relay)),
+        Command::Nodes(command) => return run_admin(nodes_command(command)),
+        Command::Audit { admin, since } => return run_admin(audit_command(admin, since)),
+        Command::Relay(args) => return run_async(relay_standalone(args)),
         Command::Keys(KeysCommand::Create {
             state,
             reusable,
             ephemeral,
             tags,
             expiry,
+            user,
         }) => {
             let options = AuthKeyOptions {
                 reusable,
@@ -142,7 +389,7 @@ fn main() -> ExitCode {
                 expiry,
                 user: None,
             };
-            return run_async(keys_create(state, options));
+            return run_async(keys_create(state, options, user));
         }
         Command::Policy(PolicyCommand::Check { file, json }) => {
             with_file(&file, |name, text| policy_admin::check(name, text, json))
@@ -196,21 +443,173 @@ fn control_config(state: StateArgs) -> ControlConfig {
     config
 }
 
-async fn serve(state: StateArgs, listen: SocketAddr) -> anyhow::Result<()> {
+async fn serve(
+    state: StateArgs,
+    listen: SocketAddr,
+    policy: ServePolicyArgs,
+    login: LoginArgs,
+    admin_listen: SocketAddr,
+    relay: EmbeddedRelayArgs,
+) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let coord = Coord::open(control_config(state))
+    use tokio::signal::unix::{SignalKind, signal};
+    // Installed first: a SIGHUP must never find the default action (terminate).
+    let hangups = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let mut config = control_config(state);
+    policy.apply(&mut config);
+    if let Some(path) = &relay.relay_map {
+        config.relay_map = postern_coord::relay::load_relay_map(path)?;
+    } else if relay.relay {
+        let url = (relay.relay_url.clone()).unwrap_or_else(|| format!("http://{listen}/relay"));
+        config.relay_map =
+            postern_coord::relay::single_relay_map(url, relay.stun.map(|addr| addr.port()));
+    }
+    let login = login_service(login, listen).await?;
+    let mut coord = Coord::open(config)
         .await
-        .context("cannot open the coord's state")?;
+        .context("cannot start the coord")?;
+    if let Some(login) = login {
+        coord = coord.with_login(login);
+    }
+    tracing::info!(policy = %coord.policy.source(), "policy in force: {}", coord.policy.summary());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    let handle = postern_coord::server::serve(coord.clone(), listener)
+    let mut extra = axum::Router::new();
+    let mut relay_server = None;
+    if relay.relay {
+        let authorizer =
+            postern_coord::relay::RegistryAuthorizer::new(coord.registry.store().clone());
+        let server =
+            postern_relay::RelayServer::new(Default::default(), std::sync::Arc::new(authorizer));
+        extra = server.router();
+        relay_server = Some(server);
+    }
+    let stun = start_stun(relay.stun).await?;
+    let handle = postern_coord::server::serve_with(coord.clone(), listener, extra)
         .with_context(|| format!("cannot serve on {listen}"))?;
+    let admin_listener = tokio::net::TcpListener::bind(admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {admin_listen} for the admin API"))?;
+    postern_coord::admin::serve_admin(coord.clone(), admin_listener)
+        .context("cannot start the admin API")?;
+    let reloader = tokio::spawn(reload_on_sighup(coord.clone(), hangups));
     wait_for_shutdown_signal().await?;
+    reloader.abort();
     tracing::info!("shutting down");
+    if let Some(server) = relay_server {
+        server.shutdown();
+    }
+    if let Some(stun) = stun {
+        stun.shutdown().await;
+    }
     handle.shutdown().await;
     coord.shutdown().await;
     Ok(())
+}
+
+/// Reloads the policy on every SIGHUP.
+async fn reload_on_sighup(coord: Coord, mut hangups: tokio::signal::unix::Signal) {
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the policy");
+        coord.reload_policy("signal:SIGHUP", true).await;
+    }
+}
+
+async fn relay_standalone(args: StandaloneRelayArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(postern_relay::tls::server_config_from_pem_files(cert, key)?)
+        }
+        _ => None,
+    };
+    if tls.is_none() && !args.listen.ip().is_loopback() && !args.plain_http {
+        anyhow::bail!(
+            "refusing to serve the relay without TLS on {}: pass --tls-cert and --tls-key, or --plain-http if a TLS terminator fronts it",
+            args.listen
+        );
+    }
+    let text = std::fs::read_to_string(&args.allow_file)
+        .with_context(|| format!("cannot read {}", args.allow_file.display()))?;
+    let allow = postern_relay::StaticAllowList::parse(&text)
+        .with_context(|| format!("in {}", args.allow_file.display()))?;
+    let server = postern_relay::RelayServer::new(Default::default(), std::sync::Arc::new(allow));
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let stun = start_stun(args.stun).await?;
+    let handle = server
+        .serve(listener, tls)
+        .with_context(|| format!("cannot serve on {}", args.listen))?;
+    wait_for_shutdown_signal().await?;
+    tracing::info!("shutting down");
+    if let Some(stun) = stun {
+        stun.shutdown().await;
+    }
+    handle.shutdown().await;
+    Ok(())
+}
+
+async fn start_stun(addr: Option<SocketAddr>) -> anyhow::Result<Option<postern_relay::StunServer>> {
+    use anyhow::Context as _;
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let socket = tokio::net::UdpSocket::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for STUN on UDP {addr}"))?;
+    Ok(Some(postern_relay::StunServer::spawn(socket)?))
+}
+
+/// The login service, if --oidc-issuer is given: discovers the IdP now, so a wrong issuer
+/// fails at start rather than at the first login.
+async fn login_service(
+    args: LoginArgs,
+    listen: SocketAddr,
+) -> anyhow::Result<Option<postern_coord::login::LoginService>> {
+    use anyhow::Context as _;
+    use postern_coord::login::{Admission, LoginConfig, LoginService};
+    let Some(issuer) = args.oidc_issuer else {
+        anyhow::ensure!(
+            args.oidc_client_id.is_none(),
+            "--oidc-client-id needs --oidc-issuer"
+        );
+        return Ok(None);
+    };
+    let client_id = args
+        .oidc_client_id
+        .context("--oidc-issuer needs --oidc-client-id (the coord's client at the IdP)")?;
+    let secret = match &args.oidc_client_secret_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the client secret file {}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let public_url = args
+        .public_url
+        .unwrap_or_else(|| format!("http://{listen}"));
+    let mut config = LoginConfig::new(issuer, client_id, secret, public_url);
+    config.oidc.device_client_id = args.oidc_device_client_id;
+    config.admission = Admission {
+        domains: args.allowed_domains,
+        groups: args.allowed_groups,
+    };
+    config.login_ttl = args.login_timeout;
+    tracing::info!(
+        issuer = %config.oidc.issuer,
+        redirect_url = %config.oidc.redirect_url,
+        allowed_domains = ?config.admission.domains,
+        allowed_groups = ?config.admission.groups,
+        "interactive login enabled"
+    );
+    let service = LoginService::discover(config)
+        .await
+        .context("cannot set up interactive login")?;
+    Ok(Some(service))
 }
 
 async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
@@ -223,7 +622,11 @@ async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn keys_create(state: StateArgs, options: AuthKeyOptions) -> anyhow::Result<()> {
+async fn keys_create(
+    state: StateArgs,
+    mut options: AuthKeyOptions,
+    user: Option<String>,
+) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let coord = Coord::open(control_config(state))
         .await
@@ -232,13 +635,131 @@ async fn keys_create(state: StateArgs, options: AuthKeyOptions) -> anyhow::Resul
         .duration_since(UNIX_EPOCH)
         .map(|d| UnixTime(i64::try_from(d.as_secs()).unwrap_or(i64::MAX)))
         .context("the system clock is before 1970")?;
-    let created = create_auth_key(coord.registry.store(), &options, now)
+    let store = coord.registry.store();
+    if let Some(login) = &user {
+        let record = match store.user_by_login(login).await? {
+            Some(record) => record,
+            None => store.upsert_user(login, "", &[], now).await?,
+        };
+        options.user = Some(record.id);
+    }
+    let created = create_auth_key(store, &options, now)
         .await
         .context("cannot store the auth key")?;
+    coord
+        .audit(
+            postern_coord::audit::ACTOR_ADMIN,
+            postern_coord::audit::AUTH_KEY_CREATE,
+            &format!("authkey:{}", created.record.id),
+            serde_json::json!({
+                "user": user,
+                "reusable": options.reusable,
+                "ephemeral": options.ephemeral,
+                "tags": options.tags,
+                "expires_at": created.record.expires_at.map(|t| t.0),
+            }),
+        )
+        .await;
     coord.shutdown().await;
     // The key is printed once, on standard output only, so it can be captured by a script.
     println!("{}", created.secret.expose());
     Ok(())
+}
+
+/// Runs an admin command: prints its output, or `postern-coord: ERROR` and exits 1.
+fn run_admin(command: impl std::future::Future<Output = anyhow::Result<String>>) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("postern-coord: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("postern-coord: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn admin_client(admin: &AdminArgs) -> anyhow::Result<AdminClient> {
+    Ok(AdminClient::new(
+        &admin.state_dir,
+        admin.admin_url.as_deref(),
+        admin.admin_token_file.as_deref(),
+    )?)
+}
+
+async fn nodes_command(command: NodesCommand) -> anyhow::Result<String> {
+    let (admin, node, verb) = match command {
+        NodesCommand::List { admin } => {
+            let nodes = admin_client(&admin)?.nodes().await?;
+            return Ok(if admin.json {
+                serde_json::to_string_pretty(&nodes)? + "\n"
+            } else {
+                format_node_table(&nodes)
+            });
+        }
+        NodesCommand::Show { admin, node } => {
+            let info = admin_client(&admin)?.node(&node).await?;
+            return Ok(if admin.json {
+                serde_json::to_string_pretty(&info)? + "\n"
+            } else {
+                format_node(&info)
+            });
+        }
+        NodesCommand::Rename { admin, node, name } => {
+            let info = admin_client(&admin)?.rename(&node, &name).await?;
+            (admin, info, "renamed")
+        }
+        NodesCommand::Tag { admin, node, tags } => {
+            let info = admin_client(&admin)?.tag(&node, &tags).await?;
+            (admin, info, "tagged")
+        }
+        NodesCommand::Delete { admin, node } => {
+            let info = admin_client(&admin)?.delete(&node).await?;
+            (admin, info, "deleted")
+        }
+        NodesCommand::Expire { admin, node } => {
+            let info = admin_client(&admin)?.expire(&node).await?;
+            (admin, info, "expired")
+        }
+        NodesCommand::Approve { admin, node } => {
+            let info = admin_client(&admin)?.approve(&node).await?;
+            (admin, info, "approved")
+        }
+    };
+    Ok(if admin.json {
+        serde_json::to_string_pretty(&node)? + "\n"
+    } else {
+        let tags = if node.tags.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", node.tags.join(","))
+        };
+        format!("{verb} node {} ({}){tags}\n", node.id, node.name)
+    })
+}
+
+async fn audit_command(admin: AdminArgs, since: Option<Duration>) -> anyhow::Result<String> {
+    let since_ms = match since {
+        Some(window) => {
+            let now_ms = postern_coord::audit::now_ms();
+            now_ms.saturating_sub(i64::try_from(window.as_millis()).unwrap_or(i64::MAX))
+        }
+        None => 0,
+    };
+    let entries = admin_client(&admin)?.audit(since_ms).await?;
+    Ok(if admin.json {
+        serde_json::to_string_pretty(&entries)? + "\n"
+    } else {
+        format_audit(&entries)
+    })
 }
 
 fn with_file(path: &PathBuf, run: impl FnOnce(&str, &str) -> CommandOutput) -> CommandOutput {

@@ -86,9 +86,12 @@ pub async fn create_auth_key(
 }
 
 /// Handles a registration from the machine `machine_key` (authenticated by the control
-/// channel). Returns the answer for the node: authorized, or rejected with a reason.
+/// channel). Returns the answer for the node: authorized, waiting for approval, or
+/// rejected with a reason. `config` decides key expiry and whether approval is needed
+/// ([`crate::lifecycle::registration_terms`]).
 pub async fn register(
     registry: &Registry,
+    config: &super::ControlConfig,
     machine_key: MachinePublicKey,
     request: &RegisterRequest,
     now: UnixTime,
@@ -122,6 +125,8 @@ pub async fn register(
                 .await?
         }
     };
+    let existing = store.node_by_machine_key(&machine_key).await?;
+    let terms = crate::lifecycle::registration_terms(config, existing.as_ref(), &record.tags, now);
     let registration = Registration {
         machine_key,
         node_key: request.node_key,
@@ -129,9 +134,9 @@ pub async fn register(
         user_id: user.id,
         tags: record.tags.clone(),
         ephemeral: record.ephemeral || request.ephemeral,
-        approved: true,
+        approved: terms.approved,
         is_ingress: false,
-        key_expiry: None,
+        key_expiry: terms.key_expiry,
     };
     let node = match registry.register(&registration, now).await {
         Ok(node) => node,
@@ -142,6 +147,9 @@ pub async fn register(
         }
         Err(err) => return Err(err.into()),
     };
+    if !node.approved {
+        return Ok(RegisterResponse::NeedsApproval { node_id: node.id });
+    }
     Ok(RegisterResponse::Authorized {
         node_id: node.id,
         name: node.name,

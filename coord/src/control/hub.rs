@@ -36,6 +36,11 @@ impl NetmapHub {
         self.changes.subscribe()
     }
 
+    /// The change counter now; a cached view read at this version is current until it moves.
+    pub fn version(&self) -> u64 {
+        *self.changes.borrow()
+    }
+
     /// Signals that the tailnet changed.
     pub fn notify(&self) {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));

@@ -12,6 +12,7 @@ pub mod hub;
 pub mod key;
 pub mod metrics;
 pub mod session;
+pub mod tailnet;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use std::time::Duration;
 use postern_proto::{MachinePrivateKey, MachinePublicKey};
 use tokio_util::sync::CancellationToken;
 
+use crate::policy::{PolicyEngine, PolicyLoadError, PolicySource};
 use crate::registry::{Registry, RegistryError};
 use crate::store::{Store, StoreError};
 
@@ -30,6 +32,15 @@ pub use metrics::ControlMetrics;
 
 /// Default interval between keepalives on an idle map stream: 50 s.
 pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(50);
+
+/// Default lifetime of a node key: 180 days. Tagged nodes' keys do not expire.
+pub const DEFAULT_KEY_EXPIRY: Duration = Duration::from_secs(180 * 24 * 60 * 60);
+
+/// Default time an ephemeral node may stay offline before it is removed: 5 minutes.
+pub const DEFAULT_EPHEMERAL_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+/// Default interval between checks of the policy file for changes: 2 s.
+pub const DEFAULT_POLICY_POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How the coord's control plane runs.
 #[derive(Debug, Clone)]
@@ -42,6 +53,21 @@ pub struct ControlConfig {
     pub tailnet_domain: String,
     /// Keepalive interval on idle map streams.
     pub keepalive_interval: Duration,
+    /// The policy: a file, or the built-in default (a user's own devices reach each other).
+    pub policy: PolicySource,
+    /// How often the policy file is checked for changes (SIGHUP reloads at once).
+    pub policy_poll_interval: Duration,
+    /// Lifetime of the node key of an untagged node from its registration; `None`: never
+    /// expires. Registering again renews it.
+    pub key_expiry: Option<Duration>,
+    /// New nodes wait for an admin's approval (`postern-coord nodes approve`).
+    pub require_approval: bool,
+    /// How long an ephemeral node may stay offline before it is removed.
+    pub ephemeral_timeout: Duration,
+    /// How often key expiry and offline ephemeral nodes are checked.
+    pub lifecycle_interval: Duration,
+    /// The relay map every netmap carries (empty: no relays).
+    pub relay_map: postern_proto::netmap::RelayMap,
 }
 
 impl ControlConfig {
@@ -52,6 +78,13 @@ impl ControlConfig {
             store: None,
             tailnet_domain: tailnet_domain.into(),
             keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
+            policy: PolicySource::BuiltIn,
+            policy_poll_interval: DEFAULT_POLICY_POLL_INTERVAL,
+            key_expiry: Some(DEFAULT_KEY_EXPIRY),
+            require_approval: false,
+            ephemeral_timeout: DEFAULT_EPHEMERAL_TIMEOUT,
+            lifecycle_interval: Duration::from_secs(1),
+            relay_map: postern_proto::netmap::RelayMap::default(),
         }
     }
 }
@@ -77,6 +110,9 @@ pub enum OpenError {
     /// The registry.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// The policy file is unreadable or invalid.
+    #[error("the policy is not usable:\n{0}")]
+    Policy(#[from] PolicyLoadError),
 }
 
 /// The running control plane: cheap to clone, shared by every session.
@@ -90,6 +126,11 @@ pub struct Coord {
     pub metrics: Arc<ControlMetrics>,
     /// Settings.
     pub config: Arc<ControlConfig>,
+    /// Interactive (OIDC) login; `None`: only auth keys (see [`Coord::with_login`]).
+    pub login: Option<Arc<crate::login::LoginService>>,
+    /// The policy in force and every node's compiled result.
+    pub policy: PolicyEngine,
+    view_cache: tailnet::ViewCache,
     key: Arc<MachinePrivateKey>,
     shutdown: CancellationToken,
 }
@@ -101,6 +142,7 @@ impl Coord {
             path: config.state_dir.clone(),
             source,
         })?;
+        let policy = PolicyEngine::load(config.policy.clone())?;
         let key = load_or_create_coord_key(&config.state_dir)?;
         let store = match &config.store {
             Some(location) => Store::open(location).await?,
@@ -112,9 +154,19 @@ impl Coord {
             hub: NetmapHub::new(),
             metrics: Arc::new(ControlMetrics::new()),
             config: Arc::new(config),
+            login: None,
+            policy,
+            view_cache: tailnet::ViewCache::default(),
             key: Arc::new(key),
             shutdown: CancellationToken::new(),
         })
+    }
+
+    /// Enables interactive login (OIDC) with `login`: interactive and device
+    /// registrations get a login link or device code instead of a refusal.
+    pub fn with_login(mut self, login: crate::login::LoginService) -> Self {
+        self.login = Some(Arc::new(login));
+        self
     }
 
     /// The coord's public key, which nodes pin.

@@ -1,6 +1,5 @@
 //! One node's control session on the coord: registration, then the netmap stream.
 
-use std::collections::HashMap;
 use std::time::SystemTime;
 
 use postern_node::control::ControlConnection;
@@ -11,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Coord;
 use super::auth::register;
-use crate::netmap::{TailnetView, build_netmap, diff};
+use crate::netmap::diff;
 
 /// Why a session ended abnormally (a clean close by the node is `Ok`).
 #[derive(Debug, thiserror::Error)]
@@ -46,8 +45,21 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
         };
         match message {
             ControlMessage::RegisterRequest(request) => {
-                let answer = register(&coord.registry, machine, &request, now()).await?;
+                let answer = match &coord.login {
+                    Some(login) if crate::login::wants_login(&request) => {
+                        let login = login.clone();
+                        let waited = crate::login::wait_for_login(
+                            &coord, &login, &mut conn, machine, &request,
+                        );
+                        match waited.await? {
+                            Some(answer) => answer,
+                            None => return Ok(()),
+                        }
+                    }
+                    _ => register(&coord.registry, &coord.config, machine, &request, now()).await?,
+                };
                 let authorized = matches!(answer, RegisterResponse::Authorized { .. });
+                audit_registration(&coord, &request.hostname, &answer).await;
                 if authorized {
                     coord.metrics.registrations.inc();
                     coord.hub.notify();
@@ -62,6 +74,22 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
             ControlMessage::MapRequest(request) => {
                 let node = coord.registry.store().node_by_machine_key(&machine).await?;
                 match node {
+                    Some(node) if node.node_key == request.node_key && !node.approved => {
+                        let answer = RegisterResponse::NeedsApproval { node_id: node.id };
+                        conn.send(&ControlMessage::RegisterResponse(answer)).await?;
+                        return Ok(());
+                    }
+                    Some(node)
+                        if node.node_key == request.node_key
+                            && crate::netmap::is_expired(&node, now()) =>
+                    {
+                        let reason = "this node's key has expired; register again (log in or use an auth key) to renew it";
+                        let answer = RegisterResponse::Rejected {
+                            reason: reason.into(),
+                        };
+                        conn.send(&ControlMessage::RegisterResponse(answer)).await?;
+                        return Ok(());
+                    }
                     Some(node) if node.node_key == request.node_key => break (node.id, request),
                     _ => {
                         let reason =
@@ -172,22 +200,38 @@ async fn record_endpoints(
 }
 
 async fn current_netmap(coord: &Coord, node_id: NodeId) -> Result<Option<Netmap>, SessionError> {
-    let store = coord.registry.store();
-    let nodes = store.list_nodes().await?;
-    let users: HashMap<_, _> = store
-        .list_users()
-        .await?
-        .into_iter()
-        .map(|user| (user.id, user))
-        .collect();
-    let view = TailnetView {
-        nodes,
-        users,
-        online: coord.hub.online(),
-        tailnet_domain: coord.registry.tailnet_domain().to_owned(),
-        ula: Some(coord.registry.ula_prefix()),
+    Ok(coord.netmap_for(node_id).await?)
+}
+
+/// Writes the audit record of a registration that was accepted (or waits for approval).
+async fn audit_registration(coord: &Coord, hostname: &str, answer: &RegisterResponse) {
+    let (node_id, details) = match answer {
+        RegisterResponse::Authorized {
+            node_id,
+            name,
+            user,
+            key_expiry,
+            ..
+        } => (
+            node_id,
+            serde_json::json!({
+                "name": name,
+                "hostname": hostname,
+                "user": user.login,
+                "approved": true,
+                "key_expiry": key_expiry.map(|t| t.0),
+            }),
+        ),
+        RegisterResponse::NeedsApproval { node_id } => (
+            node_id,
+            serde_json::json!({"hostname": hostname, "approved": false}),
+        ),
+        _ => return,
     };
-    Ok(build_netmap(&view, node_id))
+    let target = format!("node:{}", node_id.0);
+    coord
+        .audit(&target, crate::audit::NODE_REGISTER, &target, details)
+        .await;
 }
 
 fn now() -> UnixTime {

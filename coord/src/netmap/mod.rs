@@ -1,31 +1,35 @@
 //! Netmaps: computing each node's view of the tailnet and the deltas between two views.
 //!
-//! [`build_netmap`] is pure: it takes the registered nodes, their users and who is online,
-//! and returns one node's netmap. [`diff`] compares the last netmap sent to a node with a
-//! fresh one and returns the smallest [`NetmapDelta`] that turns one into the other, so a
-//! session can recompute on every change and send only what changed.
-//!
-//! TODO(acl): visibility and the packet filter are all-to-all until the `postern-acl`
-//! crate's `compile_for` is wired in: every node sees every other node, and accepts any
-//! packet from the tailnet's ranges.
+//! [`build_netmap`] is pure: it takes the registered nodes, their users, who is online and
+//! the node's compiled policy result ([`crate::policy`]), and returns one node's netmap:
+//! the peers the policy lets it see, its packet filter and its funnel grants. [`diff`]
+//! compares the last netmap sent to a node with a fresh one and returns the smallest
+//! [`NetmapDelta`] that turns one into the other, so a session can recompute on every change
+//! and send only what changed: a node whose compiled result and visible peers did not
+//! change gets no delta.
+
+pub mod filter;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use postern_acl::CompiledNode;
 use postern_proto::netmap::{
-    DnsConfig, DnsRecord, EndpointsChange, FilterDestination, FilterRule, Netmap, NetmapDelta,
-    OnlineChange, Peer, PortRange, RelayMap, SelfNode, UserProfile,
+    DnsConfig, DnsRecord, EndpointsChange, Netmap, NetmapDelta, OnlineChange, Peer, RelayMap,
+    SelfNode, UserProfile,
 };
-use postern_proto::{NodeId, UserId};
+use postern_proto::{NodeId, UnixTime, UserId};
 
-use crate::store::{NodeRecord, UserRecord};
+use crate::store::{FunnelRecord, NodeRecord, UserRecord};
+
+pub use filter::{wire_filter, wire_funnel_grants};
 
 /// The tailnet's IPv4 range (CGNAT space).
 pub const TAILNET_IPV4: Ipv4Net = Ipv4Net::new_assert(std::net::Ipv4Addr::new(100, 64, 0, 0), 10);
 
 /// Everything [`build_netmap`] needs about the tailnet, read once per change.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct TailnetView {
     /// Every registered node.
     pub nodes: Vec<NodeRecord>,
@@ -37,10 +41,59 @@ pub struct TailnetView {
     pub tailnet_domain: String,
     /// The tailnet's ULA /48.
     pub ula: Option<Ipv6Net>,
+    /// Funnels by node.
+    pub funnels: HashMap<NodeId, Vec<FunnelRecord>>,
+    /// When the view was read; keys that expired before it are expired.
+    pub now: UnixTime,
+    /// The relay map from the coord's configuration.
+    pub relay_map: RelayMap,
 }
 
-/// The netmap of node `id`, or `None` if it is not registered.
-pub fn build_netmap(view: &TailnetView, id: NodeId) -> Option<Netmap> {
+impl Default for TailnetView {
+    fn default() -> Self {
+        Self {
+            nodes: Vec::new(),
+            users: HashMap::new(),
+            online: HashSet::new(),
+            tailnet_domain: String::new(),
+            ula: None,
+            funnels: HashMap::new(),
+            now: UnixTime(0),
+            relay_map: RelayMap::default(),
+        }
+    }
+}
+
+impl TailnetView {
+    /// The policy's views of the eligible nodes (see [`Self::is_eligible`]).
+    pub fn policy_views(&self) -> Vec<postern_acl::NodeView> {
+        self.nodes
+            .iter()
+            .filter(|node| self.is_eligible(node))
+            .map(|node| crate::policy::node_view(node, self.users.get(&node.user_id)))
+            .collect()
+    }
+
+    /// Whether `node` takes part in the tailnet now: approved and its key not expired.
+    /// Only these are compiled by the policy and appear in other nodes' netmaps.
+    pub fn is_eligible(&self, node: &NodeRecord) -> bool {
+        node.approved && !is_expired(node, self.now)
+    }
+}
+
+/// Whether `node`'s key has expired at `now`.
+pub fn is_expired(node: &NodeRecord, now: UnixTime) -> bool {
+    node.key_expiry.is_some_and(|expiry| expiry <= now)
+}
+
+/// The netmap of node `id`, or `None` if it is not registered. `compiled` is the node's
+/// policy result; `None` (an expired or unapproved node) gives a netmap with no peers, a
+/// filter that denies everything and no funnel grants.
+pub fn build_netmap(
+    view: &TailnetView,
+    id: NodeId,
+    compiled: Option<&CompiledNode>,
+) -> Option<Netmap> {
     let me = view.nodes.iter().find(|node| node.id == id)?;
     let fqdn = |name: &str| format!("{name}.{}", view.tailnet_domain);
     let self_node = SelfNode {
@@ -55,10 +108,13 @@ pub fn build_netmap(view: &TailnetView, id: NodeId) -> Option<Netmap> {
         user: profile(view, me.user_id),
         tags: me.tags.clone(),
     };
+    let visible: HashSet<u64> = compiled
+        .map(|c| c.visible_peers.iter().map(|peer| peer.0).collect())
+        .unwrap_or_default();
     let mut peers: Vec<Peer> = view
         .nodes
         .iter()
-        .filter(|node| node.id != id && node.approved)
+        .filter(|node| node.id != id && visible.contains(&node.id.0) && view.is_eligible(node))
         .map(|node| Peer {
             id: node.id,
             name: fqdn(&node.name),
@@ -89,17 +145,26 @@ pub fn build_netmap(view: &TailnetView, id: NodeId) -> Option<Netmap> {
     }))
     .collect();
     names.sort_by(|a, b| a.name.cmp(&b.name));
-    let packet_filter = all_to_all_filter(view, &self_node);
+    let (packet_filter, funnel_grants) = match compiled {
+        Some(compiled) => (
+            wire_filter(&compiled.packet_filter, &self_node.addresses),
+            wire_funnel_grants(
+                compiled,
+                view.funnels.get(&id).map(Vec::as_slice).unwrap_or_default(),
+            ),
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
     let mut netmap = Netmap {
         self_node,
         peers,
         packet_filter,
-        relay_map: RelayMap::default(),
+        relay_map: view.relay_map.clone(),
         dns: DnsConfig {
             tailnet_domain: view.tailnet_domain.clone(),
             names,
         },
-        funnel_grants: Vec::new(),
+        funnel_grants,
     };
     netmap.normalize();
     Some(netmap)
@@ -179,33 +244,11 @@ fn profile(view: &TailnetView, user: UserId) -> UserProfile {
     }
 }
 
-/// TODO(acl): replace with the policy's compiled filter. Accepts anything from the
-/// tailnet's address ranges to this node's addresses.
-fn all_to_all_filter(view: &TailnetView, me: &SelfNode) -> Vec<FilterRule> {
-    let mut sources = vec![IpNet::V4(TAILNET_IPV4)];
-    if let Some(ula) = view.ula {
-        sources.push(IpNet::V6(ula));
-    }
-    let destinations = me
-        .addresses
-        .to_vec()
-        .into_iter()
-        .map(|addr| FilterDestination {
-            prefix: IpNet::from(addr),
-            ports: PortRange::ALL,
-        })
-        .collect();
-    vec![FilterRule {
-        sources,
-        destinations,
-        protocols: Vec::new(),
-    }]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use postern_proto::{MachinePrivateKey, NodePrivateKey, UnixTime};
+    use crate::policy::{PolicyEngine, PolicySource};
+    use postern_proto::{MachinePrivateKey, NodePrivateKey};
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn node(id: u64) -> NodeRecord {
@@ -229,37 +272,80 @@ mod tests {
         }
     }
 
+    fn user(id: u64, login: &str) -> UserRecord {
+        UserRecord {
+            id: UserId(id),
+            login: login.into(),
+            display_name: String::new(),
+            groups: Vec::new(),
+            created_at: UnixTime(0),
+        }
+    }
+
     fn view(nodes: Vec<NodeRecord>) -> TailnetView {
         TailnetView {
             nodes,
+            users: [(UserId(1), user(1, "alice@example.com"))].into(),
             tailnet_domain: "example.test".into(),
+            now: UnixTime(1000),
             ..TailnetView::default()
         }
     }
 
+    /// The netmap under the built-in policy.
+    fn netmap(view: &TailnetView, id: u64) -> Option<Netmap> {
+        let engine = PolicyEngine::load(PolicySource::BuiltIn).unwrap();
+        engine.sync(view.policy_views());
+        engine.with_compiled(postern_acl::NodeId(id), |c| {
+            build_netmap(view, NodeId(id), c)
+        })
+    }
+
     #[test]
-    fn a_node_sees_every_other_approved_node_and_their_names() {
+    fn a_node_sees_the_eligible_nodes_the_policy_shows_it_and_their_names() {
         let mut unapproved = node(4);
         unapproved.approved = false;
-        let v = view(vec![node(1), node(2), node(3), unapproved]);
-        let map = build_netmap(&v, NodeId(2)).unwrap();
+        let mut expired = node(5);
+        expired.key_expiry = Some(UnixTime(1000));
+        let mut other_user = node(6);
+        other_user.user_id = UserId(2);
+        let mut v = view(vec![
+            node(1),
+            node(2),
+            node(3),
+            unapproved,
+            expired,
+            other_user,
+        ]);
+        v.users.insert(UserId(2), user(2, "bob@example.com"));
+        let map = netmap(&v, 2).unwrap();
         let ids: Vec<_> = map.peers.iter().map(|p| p.id.0).collect();
         assert_eq!(ids, vec![1, 3]);
         assert_eq!(map.self_node.fqdn, "n2.example.test");
         assert!(map.dns.names.iter().any(|r| r.name == "n3.example.test"));
-        assert!(build_netmap(&v, NodeId(9)).is_none());
+        assert!(!map.packet_filter.is_empty());
+        assert!(netmap(&v, 9).is_none());
+        let lonely = netmap(&v, 6).unwrap();
+        assert!(lonely.peers.is_empty());
+        // Its filter admits only its own addresses (autogroup:self), none of alice's.
+        for rule in &lonely.packet_filter {
+            let alice = IpAddr::V4(v.nodes[0].ipv4);
+            assert!(rule.sources.iter().all(|s| !s.contains(&alice)));
+        }
+        let gone = netmap(&v, 5).unwrap();
+        assert!(gone.peers.is_empty() && gone.packet_filter.is_empty());
     }
 
     #[test]
     fn diff_applied_to_the_old_netmap_gives_the_new_one() {
         let mut v = view(vec![node(1), node(2), node(3)]);
-        let old = build_netmap(&v, NodeId(1)).unwrap();
+        let old = netmap(&v, 1).unwrap();
         assert!(diff(&old, &old).is_empty());
         v.nodes.retain(|n| n.id != NodeId(2));
         v.nodes.push(node(4));
         v.nodes[1].endpoints = vec!["192.0.2.1:41641".parse().unwrap()];
         v.online.insert(NodeId(4));
-        let new = build_netmap(&v, NodeId(1)).unwrap();
+        let new = netmap(&v, 1).unwrap();
         let delta = diff(&old, &new);
         assert_eq!(delta.peers_removed, vec![NodeId(2)]);
         assert_eq!(delta.peers_added.len(), 1);
@@ -272,9 +358,9 @@ mod tests {
     #[test]
     fn an_online_flip_is_a_small_delta() {
         let mut v = view(vec![node(1), node(2)]);
-        let old = build_netmap(&v, NodeId(1)).unwrap();
+        let old = netmap(&v, 1).unwrap();
         v.online.insert(NodeId(2));
-        let new = build_netmap(&v, NodeId(1)).unwrap();
+        let new = netmap(&v, 1).unwrap();
         let delta = diff(&old, &new);
         assert_eq!(
             delta.online_changed,
@@ -284,5 +370,6 @@ mod tests {
             }]
         );
         assert!(delta.peers_changed.is_empty());
+        assert!(delta.packet_filter.is_none());
     }
 }

@@ -45,6 +45,25 @@ impl Store {
             rows.iter().map(audit_from_row).collect()
         })
     }
+
+    /// Records made at or after `since_ms` (milliseconds since the Unix epoch), oldest
+    /// first, at most `limit`.
+    pub async fn audit_since(
+        &self,
+        since_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let sql =
+            format!("SELECT {COLUMNS} FROM audit_records WHERE at_ms >= $1 ORDER BY id LIMIT $2");
+        on_pool!(self, |pool| {
+            let rows = sqlx::query(&sql)
+                .bind(since_ms)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(audit_from_row).collect()
+        })
+    }
 }
 
 fn audit_from_row(row: &impl RowRead) -> Result<AuditRecord, StoreError> {

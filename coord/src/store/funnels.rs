@@ -55,6 +55,15 @@ impl Store {
         })
     }
 
+    /// Every funnel, by node and port.
+    pub async fn list_funnels(&self) -> Result<Vec<FunnelRecord>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM funnels ORDER BY node_id, port");
+        on_pool!(self, |pool| {
+            let rows = sqlx::query(&sql).fetch_all(pool).await?;
+            rows.iter().map(funnel_from_row).collect()
+        })
+    }
+
     /// The funnel serving `hostname`.
     pub async fn funnel_by_hostname(
         &self,

@@ -372,6 +372,16 @@ pub async fn audit_records_are_append_only(fresh: &Fresh) {
         assert!(err.to_string().contains("append-only"), "{sql}: {err}");
     }
     assert_eq!(store.audit_after(0, 100).await.unwrap().len(), 5);
+    // By time: records at or after a moment, oldest first, limited.
+    let since = store.audit_since(1_800_000_000_003, 100).await.unwrap();
+    assert_eq!(
+        since
+            .iter()
+            .map(|r| r.record.target.as_str())
+            .collect::<Vec<_>>(),
+        ["node:3", "node:4"]
+    );
+    assert_eq!(store.audit_since(0, 2).await.unwrap().len(), 2);
 }
 
 /// Runs SQL on the case's database through a separate connection, bypassing `Store`.
@@ -458,6 +468,14 @@ pub async fn funnels_are_keyed_by_node_and_port_and_go_with_their_node(fresh: &F
         .upsert_funnel(&funnel(a.id, 8080, "hook-a2.example.com"), NOW)
         .await
         .unwrap();
+    let all: Vec<(NodeId, u16)> = store
+        .list_funnels()
+        .await
+        .unwrap()
+        .iter()
+        .map(|f| (f.funnel.node_id, f.funnel.port))
+        .collect();
+    assert_eq!(all, [(a.id, 3000), (a.id, 8080)]);
     let ports: Vec<u16> = store
         .funnels_of_node(a.id)
         .await

@@ -1,0 +1,321 @@
+//! The admin API's client, used by `postern-coord nodes ...` and `postern-coord audit`, and
+//! the text those commands print.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use reqwest::{Method, StatusCode, Url};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use super::{ADMIN_ADDR_FILE, ADMIN_TOKEN_FILE, AdminToken, AuditEntry, NodeInfo};
+
+/// Why an admin command failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminClientError {
+    /// The admin address file is missing: the coord is not running with this state dir.
+    #[error(
+        "cannot read the admin API address from {path}: {source}; is `postern-coord serve` running with this --state-dir? (or give --admin-url)"
+    )]
+    NoAddress {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The admin token cannot be read.
+    #[error(
+        "cannot read the admin token from {path}: {source}; run as the user that runs the coord (or give --admin-token-file)"
+    )]
+    NoToken {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The URL is malformed.
+    #[error("invalid admin API URL {0:?}; give it as http://HOST:PORT")]
+    BadUrl(String),
+    /// The coord could not be reached.
+    #[error("cannot reach the coord's admin API at {url}: {source}; is the coord running?")]
+    Connect {
+        /// Where.
+        url: String,
+        /// Why.
+        source: reqwest::Error,
+    },
+    /// The coord refused or failed the request.
+    #[error("{message}")]
+    Api {
+        /// The HTTP status.
+        status: u16,
+        /// The coord's explanation.
+        message: String,
+    },
+}
+
+impl AdminClientError {
+    /// Whether the coord answered that the node (or thing) does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, AdminClientError::Api { status: 404, .. })
+    }
+}
+
+/// A client of one coord's admin API.
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    base: Url,
+    token: AdminToken,
+    http: reqwest::Client,
+}
+
+impl AdminClient {
+    /// A client for the coord whose state directory is `state_dir`: the address from
+    /// `admin.addr` unless `url` is given, the token from `admin.token` unless `token_file`.
+    pub fn new(
+        state_dir: &Path,
+        url: Option<&str>,
+        token_file: Option<&Path>,
+    ) -> Result<Self, AdminClientError> {
+        let base = match url {
+            Some(url) => url.to_owned(),
+            None => {
+                let path = state_dir.join(ADMIN_ADDR_FILE);
+                let addr = std::fs::read_to_string(&path)
+                    .map_err(|source| AdminClientError::NoAddress { path, source })?;
+                format!("http://{}/", addr.trim())
+            }
+        };
+        let base = Url::parse(&base).map_err(|_| AdminClientError::BadUrl(base.clone()))?;
+        let token_path = token_file
+            .map(Path::to_owned)
+            .unwrap_or_else(|| state_dir.join(ADMIN_TOKEN_FILE));
+        let token = AdminToken::read(&token_path).map_err(|source| AdminClientError::NoToken {
+            path: token_path,
+            source,
+        })?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|source| AdminClientError::Connect {
+                url: base.to_string(),
+                source,
+            })?;
+        Ok(Self { base, token, http })
+    }
+
+    /// Every node.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, AdminClientError> {
+        self.call(Method::GET, &["v1", "nodes"], None).await
+    }
+
+    /// One node, by id or name.
+    pub async fn node(&self, node: &str) -> Result<NodeInfo, AdminClientError> {
+        self.call(Method::GET, &["v1", "nodes", node], None).await
+    }
+
+    /// Renames a node.
+    pub async fn rename(&self, node: &str, name: &str) -> Result<NodeInfo, AdminClientError> {
+        let body = json!({ "name": name });
+        self.call(Method::POST, &["v1", "nodes", node, "rename"], Some(body))
+            .await
+    }
+
+    /// Replaces a node's tags.
+    pub async fn tag(&self, node: &str, tags: &[String]) -> Result<NodeInfo, AdminClientError> {
+        let body = json!({ "tags": tags });
+        self.call(Method::POST, &["v1", "nodes", node, "tags"], Some(body))
+            .await
+    }
+
+    /// Expires a node's key now.
+    pub async fn expire(&self, node: &str) -> Result<NodeInfo, AdminClientError> {
+        self.call(Method::POST, &["v1", "nodes", node, "expire"], None)
+            .await
+    }
+
+    /// Approves a node.
+    pub async fn approve(&self, node: &str) -> Result<NodeInfo, AdminClientError> {
+        self.call(Method::POST, &["v1", "nodes", node, "approve"], None)
+            .await
+    }
+
+    /// Deletes a node; returns what it was.
+    pub async fn delete(&self, node: &str) -> Result<NodeInfo, AdminClientError> {
+        self.call(Method::DELETE, &["v1", "nodes", node], None)
+            .await
+    }
+
+    /// Audit records at or after `since_ms`.
+    pub async fn audit(&self, since_ms: i64) -> Result<Vec<AuditEntry>, AdminClientError> {
+        let mut url = self.url(&["v1", "audit"]);
+        url.query_pairs_mut()
+            .append_pair("since_ms", &since_ms.to_string());
+        self.send(Method::GET, url, None).await
+    }
+
+    /// Re-reads the policy file now.
+    pub async fn reload_policy(&self) -> Result<Value, AdminClientError> {
+        self.call(Method::POST, &["v1", "policy", "reload"], None)
+            .await
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        segments: &[&str],
+        body: Option<Value>,
+    ) -> Result<T, AdminClientError> {
+        self.send(method, self.url(segments), body).await
+    }
+
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        url
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<Value>,
+    ) -> Result<T, AdminClientError> {
+        let connect_error = |source| AdminClientError::Connect {
+            url: self.base.to_string(),
+            source,
+        };
+        let mut request = self
+            .http
+            .request(method, url)
+            .bearer_auth(self.token.expose());
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.map_err(connect_error)?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(connect_error)?;
+        if status != StatusCode::OK {
+            let message = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or_else(|| format!("the coord answered {status}"));
+            return Err(AdminClientError::Api {
+                status: status.as_u16(),
+                message,
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|err| AdminClientError::Api {
+            status: status.as_u16(),
+            message: format!("unreadable answer from the coord: {err}"),
+        })
+    }
+}
+
+/// `nodes list` as a table: id, name, IPv4, user, tags, status, last seen.
+pub fn format_node_table(nodes: &[NodeInfo]) -> String {
+    let rows: Vec<[String; 7]> = nodes
+        .iter()
+        .map(|n| {
+            [
+                n.id.to_string(),
+                n.name.clone(),
+                n.ipv4.clone(),
+                n.user.clone(),
+                if n.tags.is_empty() {
+                    "-".to_owned()
+                } else {
+                    n.tags.join(",")
+                },
+                n.status().to_owned(),
+                n.last_seen.map_or_else(|| "-".to_owned(), format_secs),
+            ]
+        })
+        .collect();
+    let header = ["ID", "NAME", "IPV4", "USER", "TAGS", "STATUS", "LAST SEEN"];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut text = String::new();
+        for (cell, width) in cells.iter().zip(widths) {
+            let _ = write!(text, "{cell:<width$}  ");
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// `nodes show` as `key: value` lines.
+pub fn format_node(n: &NodeInfo) -> String {
+    let optional = |t: Option<i64>| t.map_or_else(|| "never".to_owned(), format_secs);
+    format!(
+        "id:          {}\nname:        {}\nfqdn:        {}\naddresses:   {} {}\nuser:        {}\ntags:        {}\nstatus:      {}\nkey expiry:  {}\nephemeral:   {}\ningress:     {}\ncreated:     {}\nlast seen:   {}\nnode key:    {}\nendpoints:   {}\n",
+        n.id,
+        n.name,
+        n.fqdn,
+        n.ipv4,
+        n.ipv6,
+        n.user,
+        if n.tags.is_empty() {
+            "-".to_owned()
+        } else {
+            n.tags.join(",")
+        },
+        n.status(),
+        optional(n.key_expiry),
+        n.ephemeral,
+        n.is_ingress,
+        format_secs(n.created_at),
+        n.last_seen.map_or_else(|| "-".to_owned(), format_secs),
+        n.node_key,
+        if n.endpoints.is_empty() {
+            "-".to_owned()
+        } else {
+            n.endpoints.join(" ")
+        },
+    )
+}
+
+/// `audit` as one line per record: time, actor, action, target, details.
+pub fn format_audit(entries: &[AuditEntry]) -> String {
+    let mut out = String::new();
+    for e in entries {
+        let at = u64::try_from(e.at_ms)
+            .ok()
+            .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+            .map_or_else(
+                || e.at_ms.to_string(),
+                |t| humantime::format_rfc3339_millis(t).to_string(),
+            );
+        let _ = writeln!(
+            out,
+            "{at}  {}  {}  {}  {}",
+            e.actor, e.action, e.target, e.details
+        );
+    }
+    out
+}
+
+fn format_secs(secs: i64) -> String {
+    u64::try_from(secs)
+        .ok()
+        .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
+        .map_or_else(
+            || secs.to_string(),
+            |t| humantime::format_rfc3339_seconds(t).to_string(),
+        )
+}

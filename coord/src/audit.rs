@@ -1,0 +1,67 @@
+//! The coord's audit log: who registered, approved, expired, deleted, renamed or tagged a
+//! node, who made an auth key, and every policy reload, with its outcome.
+//!
+//! Records go to the store's append-only `audit_records` table (see `docs/store.md`).
+//! Writing one never fails the action it records: a store error is logged instead, since
+//! the action has already happened. Details never hold secrets.
+
+use std::time::SystemTime;
+
+use serde_json::Value;
+
+use crate::control::Coord;
+use crate::store::{NewAuditRecord, Store};
+
+/// A node registered (or registered again, renewing its key).
+pub const NODE_REGISTER: &str = "node.register";
+/// A node was approved by an admin.
+pub const NODE_APPROVE: &str = "node.approve";
+/// A node's key expired, or an admin expired it.
+pub const NODE_EXPIRE: &str = "node.expire";
+/// A node was deleted (by an admin, or as an offline ephemeral node).
+pub const NODE_DELETE: &str = "node.delete";
+/// A node was renamed.
+pub const NODE_RENAME: &str = "node.rename";
+/// A node's tags were replaced.
+pub const NODE_TAG: &str = "node.tag";
+/// An auth key was made.
+pub const AUTH_KEY_CREATE: &str = "authkey.create";
+/// A new policy was put in force.
+pub const POLICY_RELOAD: &str = "policy.reload";
+/// A new policy was refused; the previous one stays in force.
+pub const POLICY_RELOAD_FAILED: &str = "policy.reload.failed";
+
+/// The actor of things the coord does by itself (expiry, ephemeral cleanup, file reloads).
+pub const ACTOR_COORD: &str = "coord";
+/// The actor of changes made through the admin API or the admin commands.
+pub const ACTOR_ADMIN: &str = "admin";
+
+/// Appends a record to `store`, logging (not returning) a failure.
+pub async fn record(store: &Store, actor: &str, action: &str, target: &str, details: Value) {
+    let record = NewAuditRecord {
+        at_ms: now_ms(),
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        target: target.to_owned(),
+        source_addr: None,
+        details,
+    };
+    if let Err(err) = store.append_audit(&record).await {
+        tracing::error!(%err, action, target, "cannot write the audit record");
+    }
+}
+
+impl Coord {
+    /// Appends an audit record (see [`record`]).
+    pub async fn audit(&self, actor: &str, action: &str, target: &str, details: Value) {
+        record(self.registry.store(), actor, action, target, details).await;
+    }
+}
+
+/// Milliseconds since the Unix epoch now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,214 @@
+//! Node lifecycle: key expiry, device approval and the removal of offline ephemeral nodes.
+//!
+//! - **Key expiry.** An untagged node's key expires [`ControlConfig::key_expiry`] after it
+//!   registers (180 days by default); tagged nodes' keys never expire. An expired node
+//!   vanishes from every peer's netmap and its own netmap is emptied; registering again
+//!   (with an auth key or a login) renews the key. An admin can expire a node at once.
+//! - **Approval.** With [`ControlConfig::require_approval`], a new node is stored
+//!   unapproved and answered `NeedsApproval` until an admin approves it; a machine that was
+//!   approved stays approved when it registers again.
+//! - **Ephemeral nodes** are deleted once they have been offline for
+//!   [`ControlConfig::ephemeral_timeout`].
+//!
+//! [`run`] is the background task that notices expiries (so netmaps change at the moment a
+//! key expires) and removes offline ephemeral nodes; [`registration_terms`] decides the
+//! expiry and approval of a registration.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use postern_proto::{NodeId, UnixTime};
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::audit;
+use crate::control::tailnet::now;
+use crate::control::{ControlConfig, Coord};
+use crate::netmap::is_expired;
+use crate::store::NodeRecord;
+
+/// What a registration gets: when its key expires and whether it is approved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegistrationTerms {
+    /// Key expiry; `None` for tagged nodes or when expiry is off.
+    pub key_expiry: Option<UnixTime>,
+    /// Approved now (approval not required, or the machine was approved before).
+    pub approved: bool,
+}
+
+/// The terms of a registration at `now` of a node with `tags`, `existing` being the
+/// machine's node if it registered before.
+pub fn registration_terms(
+    config: &ControlConfig,
+    existing: Option<&NodeRecord>,
+    tags: &[String],
+    now: UnixTime,
+) -> RegistrationTerms {
+    let tagged = !tags.is_empty() || existing.is_some_and(|node| !node.tags.is_empty());
+    let key_expiry = match config.key_expiry {
+        Some(lifetime) if !tagged => Some(now.saturating_add_secs(secs(lifetime))),
+        _ => None,
+    };
+    RegistrationTerms {
+        key_expiry,
+        approved: !config.require_approval || existing.is_some_and(|node| node.approved),
+    }
+}
+
+/// Runs until the coord shuts down: every [`ControlConfig::lifecycle_interval`], records
+/// keys that expired since the last look (an audit record, and a netmap change for their
+/// peers) and deletes ephemeral nodes offline for longer than the timeout.
+pub async fn run(coord: Coord) {
+    let token = coord.shutdown_token();
+    let mut state = LifecycleState::default();
+    let mut first = true;
+    let mut tick = tokio::time::interval(coord.config.lifecycle_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = token.cancelled() => return,
+        }
+        if let Err(err) = state.step(&coord, first).await {
+            tracing::warn!(%err, "node lifecycle check failed; trying again");
+        }
+        first = false;
+    }
+}
+
+#[derive(Debug, Default)]
+struct LifecycleState {
+    /// Nodes known expired (recorded once).
+    expired: HashSet<NodeId>,
+    /// Ephemeral nodes seen offline, since when.
+    offline_since: HashMap<NodeId, Instant>,
+}
+
+impl LifecycleState {
+    async fn step(&mut self, coord: &Coord, first: bool) -> Result<(), crate::store::StoreError> {
+        let store = coord.registry.store();
+        let nodes = store.list_nodes().await?;
+        let now = now();
+        let online = coord.hub.online();
+        let mut changed = false;
+        let expired_now: HashSet<NodeId> = nodes
+            .iter()
+            .filter(|node| is_expired(node, now))
+            .map(|node| node.id)
+            .collect();
+        for node in nodes.iter().filter(|n| expired_now.contains(&n.id)) {
+            if self.expired.contains(&node.id) {
+                continue;
+            }
+            changed = true;
+            // Expiries from before this coord started were recorded by an earlier run.
+            if !first {
+                tracing::info!(node = %node.id, name = %node.name, "node key expired");
+                coord
+                    .audit(
+                        audit::ACTOR_COORD,
+                        audit::NODE_EXPIRE,
+                        &node_target(node),
+                        json!({"name": node.name, "key_expiry": node.key_expiry.map(|t| t.0)}),
+                    )
+                    .await;
+            }
+        }
+        self.expired = expired_now;
+
+        let timeout = coord.config.ephemeral_timeout;
+        let ticked = Instant::now();
+        let ephemeral_offline: HashSet<NodeId> = nodes
+            .iter()
+            .filter(|node| node.ephemeral && !online.contains(&node.id))
+            .map(|node| node.id)
+            .collect();
+        self.offline_since
+            .retain(|id, _| ephemeral_offline.contains(id));
+        for node in nodes.iter().filter(|n| ephemeral_offline.contains(&n.id)) {
+            let since = *self.offline_since.entry(node.id).or_insert(ticked);
+            if ticked.duration_since(since) < timeout {
+                continue;
+            }
+            match store.delete_node(node.id).await {
+                Ok(()) => {
+                    tracing::info!(node = %node.id, name = %node.name, "ephemeral node offline too long: removed");
+                    coord
+                        .audit(
+                            audit::ACTOR_COORD,
+                            audit::NODE_DELETE,
+                            &node_target(node),
+                            json!({"name": node.name, "reason": "ephemeral node offline", "offline_secs": timeout.as_secs()}),
+                        )
+                        .await;
+                    self.offline_since.remove(&node.id);
+                    changed = true;
+                }
+                Err(crate::store::StoreError::NotFound { .. }) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        if changed {
+            coord.hub.notify();
+        }
+        Ok(())
+    }
+}
+
+/// The audit target naming a node: `node:ID`.
+pub fn node_target(node: &NodeRecord) -> String {
+    format!("node:{}", node.id.0)
+}
+
+fn secs(duration: Duration) -> i64 {
+    i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(tags: &[&str], approved: bool) -> NodeRecord {
+        let rng = &mut rand::rngs::OsRng;
+        NodeRecord {
+            id: NodeId(1),
+            machine_key: postern_proto::MachinePrivateKey::generate(rng).public_key(),
+            node_key: postern_proto::NodePrivateKey::generate(rng).public_key(),
+            name: "n".into(),
+            ipv4: "100.64.0.1".parse().unwrap(),
+            ipv6: "fd00::1".parse().unwrap(),
+            user_id: postern_proto::UserId(1),
+            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+            created_at: UnixTime(0),
+            last_seen: None,
+            key_expiry: None,
+            ephemeral: false,
+            approved,
+            is_ingress: false,
+            endpoints: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn untagged_keys_expire_tagged_ones_do_not() {
+        let config = ControlConfig::new("/tmp/x", "example.test");
+        let now = UnixTime(1_000);
+        let terms = registration_terms(&config, None, &[], now);
+        assert_eq!(terms.key_expiry, Some(UnixTime(1_000 + 180 * 24 * 60 * 60)));
+        assert!(terms.approved);
+        let tagged = registration_terms(&config, None, &["tag:ci".into()], now);
+        assert_eq!(tagged.key_expiry, None);
+        let was_tagged = registration_terms(&config, Some(&node(&["tag:ci"], true)), &[], now);
+        assert_eq!(was_tagged.key_expiry, None);
+    }
+
+    #[test]
+    fn approval_is_needed_once_per_machine() {
+        let mut config = ControlConfig::new("/tmp/x", "example.test");
+        config.require_approval = true;
+        let now = UnixTime(1_000);
+        assert!(!registration_terms(&config, None, &[], now).approved);
+        assert!(!registration_terms(&config, Some(&node(&[], false)), &[], now).approved);
+        assert!(registration_terms(&config, Some(&node(&[], true)), &[], now).approved);
+    }
+}

@@ -40,6 +40,12 @@ pub(crate) struct LoginArgs {
     #[arg(long, value_name = "NAME")]
     hostname: Option<String>,
 
+    /// Without an auth key: log in with a device code (open a URL on any device, phone
+    /// included, and enter the code shown) instead of a browser link. Needs an identity
+    /// provider that offers the device authorization grant.
+    #[arg(long, conflicts_with_all = ["auth_key", "auth_key_file"])]
+    device: bool,
+
     /// Print the result as JSON on standard output.
     #[arg(long)]
     json: bool,
@@ -102,11 +108,28 @@ pub(crate) fn run_login(args: LoginArgs) -> ExitCode {
         coord_url: coord,
         auth_key,
         hostname,
+        device: args.device,
     };
     let live = std::io::stderr().is_terminal();
     let result = runtime.block_on(login(&state, request, |progress| match progress {
         LoginProgress::LoginUrl(url) => {
             eprintln!("\nTo authorize this node, open:\n\n    {url}\n");
+        }
+        LoginProgress::DeviceCode {
+            uri,
+            complete_uri,
+            code,
+        } => {
+            eprintln!("\nTo authorize this node, open {uri} on any device and enter the code:\n\n    {code}\n");
+            if let Some(complete) = complete_uri {
+                eprintln!("(or open {complete}, which has the code filled in)\n");
+            }
+        }
+        LoginProgress::NeedsApproval => {
+            if live {
+                eprint!("\r\x1b[K");
+            }
+            eprintln!("logged in; an admin must approve this node (postern-coord nodes approve)");
         }
         LoginProgress::Waiting(waited) if live => {
             eprint!(

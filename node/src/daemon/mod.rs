@@ -57,7 +57,9 @@ use self::names::{PeerDirectory, PeerIdentity};
 use self::plan::{EngineChange, EngineTarget, plan};
 use self::state::{LoginState, NodeKeys, StateDir, StateError};
 use self::status::{Status, StatusContext};
-use crate::control::{ClientConfig, ClientError, ControlClient, SessionConfig, SessionError};
+use crate::control::{
+    ClientConfig, ClientError, ControlClient, RegistrationState, SessionConfig, SessionError,
+};
 use crate::engine::{EngineConfig, Event, PathId, PeerConfig, PeerEngine};
 use crate::udp::{EngineCommand, NewFilter, UdpEngine, UdpShellConfig};
 
@@ -155,6 +157,9 @@ pub struct LoginRequest {
     pub auth_key: Option<AuthKeySecret>,
     /// The hostname to register (the coord derives the node's name from it).
     pub hostname: String,
+    /// Without an auth key: ask for a device code (enter a code on any device) instead of
+    /// a browser link.
+    pub device: bool,
 }
 
 /// What a waiting login reports.
@@ -163,6 +168,17 @@ pub struct LoginRequest {
 pub enum LoginProgress {
     /// The coord wants a person to open this URL.
     LoginUrl(String),
+    /// The coord wants a person to open `uri` on any device and enter `code`.
+    DeviceCode {
+        /// Where to enter the code.
+        uri: String,
+        /// The page with the code filled in, if the identity provider offers one.
+        complete_uri: Option<String>,
+        /// The code to enter.
+        code: String,
+    },
+    /// An admin must approve the node (`postern-coord nodes approve`).
+    NeedsApproval,
     /// Still waiting for the coord's answer, for this long so far.
     Waiting(Duration),
 }
@@ -210,8 +226,10 @@ pub async fn login(
             ),
         );
         config.coord_key = Some(coord_key);
+        config.device_login = request.device;
         let client = ControlClient::spawn(config);
         let mut netmap = client.netmap();
+        let mut registration = client.registration();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let outcome = loop {
             tokio::select! {
@@ -222,6 +240,36 @@ pub async fn login(
                     let map = netmap.borrow_and_update().clone();
                     if let Some(map) = map {
                         break Some(map);
+                    }
+                }
+                changed = registration.changed() => {
+                    if changed.is_err() {
+                        continue;
+                    }
+                    let now = registration.borrow_and_update().clone();
+                    match now {
+                        RegistrationState::LoginRequired { url }
+                            if shown_url.as_deref() != Some(url.as_str()) =>
+                        {
+                            progress(LoginProgress::LoginUrl(url.clone()));
+                            shown_url = Some(url);
+                        }
+                        RegistrationState::DeviceCode {
+                            verification_uri,
+                            verification_uri_complete,
+                            user_code,
+                        } if shown_url.as_deref() != Some(user_code.as_str()) => {
+                            progress(LoginProgress::DeviceCode {
+                                uri: verification_uri,
+                                complete_uri: verification_uri_complete,
+                                code: user_code.clone(),
+                            });
+                            shown_url = Some(user_code);
+                        }
+                        RegistrationState::NeedsApproval { .. } => {
+                            progress(LoginProgress::NeedsApproval);
+                        }
+                        _ => {}
                     }
                 }
                 _ = tick.tick() => {

@@ -149,6 +149,7 @@ impl Status {
                     path: describe_path(stat.endpoint).into(),
                     endpoint: stat.endpoint.map(|path| match path {
                         PathId::Direct(addr) => addr.to_string(),
+                        PathId::Relay { region, .. } => format!("relay region {}", region.0),
                     }),
                     last_handshake: ago.map(|ago| unix_seconds(wall_now, ago)),
                     last_handshake_secs_ago: ago.map(|ago| ago.as_secs()),
@@ -181,6 +182,7 @@ impl Status {
 fn describe_path(path: Option<PathId>) -> &'static str {
     match path {
         Some(PathId::Direct(_)) => "direct",
+        Some(PathId::Relay { .. }) => "relayed",
         None => "none",
     }
 }

@@ -188,7 +188,9 @@ async fn main() -> Result<()> {
     let (nodes, joiner) = prepare(&args, &state_dir).await?;
     let members = nodes.iter().filter(|n| n.role == Role::Member).count();
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let addr = format!("127.0.0.1:{port}");
     let mut coord = CoordChild::start(&args.coord_bin, &state_dir, &policy_path, &addr)?;
     let coord_key = wait_for_coord(&addr).await?;
@@ -240,7 +242,13 @@ async fn main() -> Result<()> {
         "initial sync: every node has its full netmap after {:.2} s",
         report.initial_full_netmaps_secs
     );
-    wait_quiet(&progress, &clock, Duration::from_secs(3), args.phase_timeout).await?;
+    wait_quiet(
+        &progress,
+        &clock,
+        Duration::from_secs(3),
+        args.phase_timeout,
+    )
+    .await?;
     report.initial_quiet_secs = progress.last_frame_us.load(Ordering::Relaxed) as f64 / 1e6;
     report.initial_frames = progress.frames.load(Ordering::Relaxed);
     let cpu2 = proc_cpu_secs(pid)?;
@@ -271,7 +279,13 @@ async fn main() -> Result<()> {
     report.join_members = progress.members_with_joiner.load(Ordering::Relaxed);
     report.join_visible_to_all_members_secs =
         (progress.last_join_seen_us.load(Ordering::Relaxed) - join_start) as f64 / 1e6;
-    wait_quiet(&progress, &clock, Duration::from_secs(2), args.phase_timeout).await?;
+    wait_quiet(
+        &progress,
+        &clock,
+        Duration::from_secs(2),
+        args.phase_timeout,
+    )
+    .await?;
     let cpu3 = proc_cpu_secs(pid)?;
     report.coord_cpu_secs_join = cpu3 - cpu2;
     println!(
@@ -289,14 +303,22 @@ async fn main() -> Result<()> {
     if !status.success() {
         bail!("kill -HUP {pid} failed");
     }
-    wait_until(args.phase_timeout, "every member to see the monitors", || {
-        progress.members_with_monitors.load(Ordering::Relaxed) >= want
-    })
+    wait_until(
+        args.phase_timeout,
+        "every member to see the monitors",
+        || progress.members_with_monitors.load(Ordering::Relaxed) >= want,
+    )
     .await?;
     report.edit_members = progress.members_with_monitors.load(Ordering::Relaxed);
     report.policy_edit_reached_all_members_secs =
         (progress.last_edit_seen_us.load(Ordering::Relaxed) - edit_start) as f64 / 1e6;
-    wait_quiet(&progress, &clock, Duration::from_secs(2), args.phase_timeout).await?;
+    wait_quiet(
+        &progress,
+        &clock,
+        Duration::from_secs(2),
+        args.phase_timeout,
+    )
+    .await?;
     let cpu4 = proc_cpu_secs(pid)?;
     report.coord_cpu_secs_policy_edit = cpu4 - cpu3;
     println!(
@@ -340,7 +362,11 @@ async fn prepare(args: &Args, state_dir: &Path) -> Result<(Vec<SimNode>, SimNode
             if nodes.len() >= args.nodes {
                 break;
             }
-            nodes.push(sim_node(Role::Member, format!("m{u}-{d}"), Some(key.clone())));
+            nodes.push(sim_node(
+                Role::Member,
+                format!("m{u}-{d}"),
+                Some(key.clone()),
+            ));
         }
     }
     let shared_key = make_key(&store, None, &["tag:shared"], now).await?;
@@ -525,7 +551,9 @@ async fn follow<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
                 && added.iter().any(|p| p.name.starts_with(monitor_prefix))
             {
                 saw_monitors = true;
-                progress.members_with_monitors.fetch_add(1, Ordering::Relaxed);
+                progress
+                    .members_with_monitors
+                    .fetch_add(1, Ordering::Relaxed);
                 progress.last_edit_seen_us.fetch_max(now, Ordering::Relaxed);
             }
         }

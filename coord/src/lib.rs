@@ -15,5 +15,6 @@ pub mod netmap;
 pub mod policy;
 pub mod policy_admin;
 pub mod registry;
+pub mod replicas;
 pub mod server;
 pub mod store;

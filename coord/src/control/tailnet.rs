@@ -146,6 +146,7 @@ impl Coord {
         });
         let coord = self.clone();
         tokio::spawn(async move { crate::lifecycle::run(coord).await });
+        crate::replicas::spawn(self);
     }
 }
 

@@ -417,14 +417,19 @@ async fn preseed(state_dir: &Path, nodes: &[SimNode]) -> Result<()> {
         let n = u32::try_from(i)?;
         // 100.64.1.1 upwards, skipping .0 and .255.
         let host = 0x0100 + (n / 254) * 256 + (n % 254) + 1;
-        let ipv4 = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(100, 64, 0, 0)) + host);
+        let ipv4 =
+            std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(100, 64, 0, 0)) + host);
         let mut v6 = ula.network().octets();
         v6[12..].copy_from_slice(&ipv4.octets());
         let (user_id, tags, key_expiry) = match node.role {
             Role::Member => {
                 let login = format!(
                     "user{}@example.com",
-                    node.hostname.trim_start_matches('m').split('-').next().unwrap_or("0")
+                    node.hostname
+                        .trim_start_matches('m')
+                        .split('-')
+                        .next()
+                        .unwrap_or("0")
                 );
                 let id = match users.get(&login) {
                     Some(id) => *id,

@@ -3,7 +3,13 @@
 
 #![allow(clippy::print_stderr, clippy::print_stdout)] // a command-line program talks to its user
 
+mod config;
 mod dev;
+mod login;
+mod nc;
+mod ping;
+mod status;
+mod up;
 mod wg;
 
 use std::process::ExitCode;
@@ -14,15 +20,22 @@ use clap::{Parser, Subcommand};
 pub(crate) const EXIT_USAGE: u8 = 2;
 /// Exit code for failures at run time (a socket, the network).
 pub(crate) const EXIT_FAILURE: u8 = 1;
+/// Exit code when the node is not ready for the command: not logged in, or not running.
+pub(crate) const EXIT_NOT_READY: u8 = 3;
 
 /// Postern: a self-hosted, identity-gated WireGuard mesh with public ingress.
 ///
 /// Postern connects the machines of a tailnet with WireGuard, lets people in by their
 /// identity, and publishes chosen services to the internet through an ingress.
 ///
+/// A node starts with `postern login --coord URL --auth-key-file FILE` (once), then runs
+/// with `postern up`; `postern status`, `postern ping`, `postern nc` and `postern down`
+/// talk to the running node through its local API socket in the state directory.
+///
 /// Logs go to standard error; set RUST_LOG (e.g. RUST_LOG=debug or
 /// RUST_LOG=postern_node=trace) to see more. Exit status: 0 on success, 1 when something
-/// failed at run time, 2 for usage or configuration errors.
+/// failed at run time, 2 for usage or configuration errors, 3 when the node is not logged
+/// in or not running.
 #[derive(Debug, Parser)]
 #[command(name = "postern", version, propagate_version = true)]
 struct Cli {
@@ -32,6 +45,70 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Register this node with a coordination server.
+    ///
+    /// Makes the node's keys (machine, node and disco keys, mode 0600 in the state
+    /// directory), fetches and pins the coord's key, and registers: with an auth key the
+    /// node is in at once; without one, the coord answers with a login URL to open, and
+    /// login waits until a person has logged in there. The coord URL, its pinned key and
+    /// the node's id are saved in the state directory, so `postern up` needs no flags.
+    ///
+    /// Logging in again to the same coord does nothing; to join another coord, run
+    /// `postern logout` first.
+    ///
+    /// Examples:
+    ///   postern login --coord http://coord.example.com:8443 --auth-key-file /etc/postern/key
+    ///   POSTERN_AUTH_KEY=pstn-auth-... postern login --coord http://10.0.0.1:8443
+    #[command(verbatim_doc_comment)]
+    Login(login::LoginArgs),
+    /// Run the node in the foreground until Ctrl-C, SIGTERM or `postern down`.
+    ///
+    /// Brings the node up in userspace (no root, no TUN device): a WireGuard engine on a
+    /// UDP port and a userspace TCP/IP stack on the node's tailnet addresses. Follows the
+    /// coord's netmap (peers joining and leaving, endpoints, the packet filter) and keeps
+    /// the last netmap while the coord is unreachable, so tailnet connections survive a
+    /// coord restart. Host programs reach the tailnet through --socks5 / --http-proxy and
+    /// `postern nc`; `postern status` shows what the node sees.
+    ///
+    /// The local API listens on STATE_DIR/postern.sock (mode 0600).
+    ///
+    /// Config file keys (see --config): state_dir, coord, hostname, auth_key_file, port,
+    /// socks5, http_proxy; flags win over the file.
+    ///
+    /// Examples:
+    ///   postern up
+    ///   postern up --socks5 127.0.0.1:1080 && curl --socks5-hostname 127.0.0.1:1080 http://laptop:8000/
+    #[command(verbatim_doc_comment)]
+    Up(up::UpArgs),
+    /// Stop the node running on this state directory.
+    Down(up::DownArgs),
+    /// Forget this node's login and node key (stopping the node if it runs).
+    ///
+    /// The machine key stays; the next `postern login` registers a new node. The coord
+    /// keeps listing the old node until an admin removes it.
+    Logout(login::LogoutArgs),
+    /// Show this node, its peers and their connections.
+    ///
+    /// For each peer: name, addresses, online (as the coord sees it), the path (direct
+    /// and its endpoint), the last WireGuard handshake and bytes received and sent.
+    Status(status::StatusArgs),
+    /// Carry standard input and output over a TCP connection in the tailnet.
+    ///
+    /// `postern nc PEER PORT` connects to PORT on PEER; `postern nc -l PORT` listens on
+    /// this node's tailnet port PORT and serves the first connection. End of input
+    /// half-closes the connection; nc exits when the other side closes.
+    ///
+    /// Examples:
+    ///   postern nc -l 7000 > received.bin          (on node b)
+    ///   postern nc b 7000 < file.bin               (on node a)
+    #[command(verbatim_doc_comment)]
+    Nc(nc::NcArgs),
+    /// Send pings through the mesh to a peer and show the round-trip time and path.
+    ///
+    /// The ping is an ICMP echo inside the tunnel, so it shows that WireGuard and the
+    /// packet filter let traffic through. The path is `direct` (UDP straight to the peer);
+    /// relayed paths come with the relay.
+    Ping(ping::PingArgs),
     /// Plain WireGuard: bring up a wg-quick configuration without a coordination server.
     #[command(subcommand)]
     Wg(wg::WgCommand),
@@ -43,9 +120,35 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     match cli.command {
+        Command::Login(args) => login::run_login(args),
+        Command::Up(args) => up::run_up(args),
+        Command::Down(args) => up::run_down(&args),
+        Command::Logout(args) => login::run_logout(&args),
+        Command::Status(args) => status::run(&args),
+        Command::Nc(args) => nc::run(&args),
+        Command::Ping(args) => ping::run(&args),
         Command::Wg(command) => wg::run(command),
         Command::Dev(args) => dev::run(&args),
     }
+}
+
+/// Prints `postern: MESSAGE` to standard error and returns `code`.
+pub(crate) fn fail(message: &str, code: u8) -> ExitCode {
+    eprintln!("postern: {message}");
+    ExitCode::from(code)
+}
+
+/// A tokio runtime for a command, or the exit code after saying why there is none.
+pub(crate) fn tokio_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            fail(
+                &format!("cannot start the async runtime: {e}"),
+                EXIT_FAILURE,
+            )
+        })
 }
 
 fn init_logging() {
@@ -54,5 +157,6 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use std::str::FromStr;
 
 use clap::{Args, Subcommand};
+use postern_node::tun::routes::RouteError;
+use postern_node::tun::{self, KernelTunnel, TunError, TunOptions};
 use postern_node::userspace::UserspaceTunnel;
 use postern_node::wg_config::WgConfig;
 
@@ -21,12 +23,19 @@ pub(crate) enum WgCommand {
     /// the tunnel through --forward and --socks5. Runs until interrupted (Ctrl-C or
     /// SIGTERM).
     ///
+    /// With --tun (root only) it is a kernel interface instead, as wg-quick makes one: a
+    /// TUN device with the Address lines and the MTU, brought up, with a route through it
+    /// for every peer's AllowedIPs; every program on the host uses it directly. The device
+    /// and its routes disappear when postern exits. A default route (AllowedIPs 0.0.0.0/0
+    /// or ::/0) is refused in this mode for now.
+    ///
     /// The file is parsed as wg-quick does, except that PreUp/PostUp/PreDown/PostDown,
     /// Table, SaveConfig and FwMark are refused. Errors name FILE:LINE. Private keys are
     /// never printed.
     ///
-    /// Example:
+    /// Examples:
     ///   postern wg up wg0.conf --forward tcp:127.0.0.1:8080:10.0.0.1:80 --socks5 127.0.0.1:1080
+    ///   sudo postern wg up /etc/wireguard/wg0.conf --tun
     Up(UpArgs),
 }
 
@@ -39,13 +48,24 @@ pub(crate) struct UpArgs {
     /// Forward a host port into the tunnel:
     /// PROTO:LISTEN_ADDR:LISTEN_PORT:REMOTE_IP:REMOTE_PORT, PROTO being tcp or udp.
     /// IPv6 addresses go in brackets: tcp:[::1]:8080:[fd00::1]:80. Repeatable.
-    #[arg(long = "forward", value_name = "SPEC")]
+    #[arg(long = "forward", value_name = "SPEC", conflicts_with = "tun")]
     forwards: Vec<ForwardSpec>,
 
     /// Run a SOCKS5 proxy (no authentication, CONNECT to IP addresses) at ADDR, opening
     /// connections inside the tunnel. Bind it to loopback, e.g. 127.0.0.1:1080.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", conflicts_with = "tun")]
     socks5: Option<SocketAddr>,
+
+    /// Kernel mode (root only): create a TUN device called NAME (default: the config
+    /// file's name without .conf, as wg-quick does, e.g. wg0; else postern0), give it the
+    /// interface's addresses and MTU, and route the peers' AllowedIPs through it.
+    #[arg(long, value_name = "NAME", num_args = 0..=1, default_missing_value = "")]
+    tun: Option<String>,
+
+    /// With --tun: read and write the device packet by packet, without segmentation
+    /// offload (for comparing; offload is faster).
+    #[arg(long, requires = "tun")]
+    no_offload: bool,
 }
 
 /// Which transport a forward carries.
@@ -141,7 +161,47 @@ fn up(args: UpArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    runtime.block_on(up_userspace(config, args))
+    match args.tun.clone() {
+        Some(name) => runtime.block_on(up_kernel(config, args, name)),
+        None => runtime.block_on(up_userspace(config, args)),
+    }
+}
+
+async fn up_kernel(config: WgConfig, args: UpArgs, name: String) -> ExitCode {
+    let name = if name.is_empty() {
+        tun::name_for_config_file(&args.config)
+    } else {
+        name
+    };
+    let mut options = TunOptions::new(Some(name));
+    options.no_offload = args.no_offload;
+    let tunnel = match KernelTunnel::start(&config, &options).await {
+        Ok(tunnel) => tunnel,
+        Err(
+            e @ (TunError::InvalidName { .. } | TunError::Route(RouteError::DefaultRoute { .. })),
+        ) => {
+            eprintln!("{}: {e}", args.config.display());
+            return ExitCode::from(EXIT_USAGE);
+        }
+        Err(TunError::Tunnel(e)) => {
+            eprintln!("{}: {e}", args.config.display());
+            return ExitCode::from(EXIT_USAGE);
+        }
+        Err(e) => {
+            eprintln!("postern: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    tracing::info!(device = tunnel.name(), "ready");
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    match tunnel.shutdown().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("postern: the WireGuard socket failed: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
 }
 
 async fn up_userspace(config: WgConfig, args: UpArgs) -> ExitCode {

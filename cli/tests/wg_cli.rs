@@ -62,6 +62,41 @@ fn bad_forward_is_a_usage_error() {
 }
 
 #[test]
+fn tun_mode_refuses_a_default_route_and_a_bad_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wg0.conf");
+    std::fs::write(
+        &path,
+        format!(
+            "[Interface]\nPrivateKey = {KEY}\nAddress = 10.0.0.2/32\n\n[Peer]\nPublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\nAllowedIPs = 10.0.0.0/24, 0.0.0.0/0\n"
+        ),
+    )
+    .unwrap();
+    let (code, text) = postern(&["wg", "up", path.to_str().unwrap(), "--tun"]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("0.0.0.0/0"), "{text}");
+    assert!(text.contains("not supported in --tun mode yet"), "{text}");
+    let (code, text) = postern(&[
+        "wg",
+        "up",
+        path.to_str().unwrap(),
+        "--tun=this-name-is-far-too-long",
+    ]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("not a valid interface name"), "{text}");
+    let (code, text) = postern(&[
+        "wg",
+        "up",
+        path.to_str().unwrap(),
+        "--tun",
+        "--forward",
+        "tcp:127.0.0.1:1:10.0.0.1:2",
+    ]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("cannot be used with"), "{text}");
+}
+
+#[test]
 fn help_reads_like_a_man_page() {
     let (code, text) = postern(&["--help"]);
     assert_eq!(code, 0, "{text}");
@@ -71,4 +106,5 @@ fn help_reads_like_a_man_page() {
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("--forward"), "{text}");
     assert!(text.contains("--socks5"), "{text}");
+    assert!(text.contains("--tun"), "{text}");
 }

@@ -24,6 +24,7 @@ pub fn router(coord: Coord) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route(CONTROL_PATH, post(control))
+        .merge(crate::login::routes())
         .with_state(coord)
 }
 
@@ -55,9 +56,19 @@ impl ServerHandle {
 
 /// Serves the coord on `listener` until [`ServerHandle::shutdown`].
 pub fn serve(coord: Coord, listener: TcpListener) -> std::io::Result<ServerHandle> {
+    serve_with(coord, listener, Router::new())
+}
+
+/// Like [`serve`], with `extra` routes merged in (the embedded relay's `/relay`, from
+/// `postern_relay::RelayServer::router`).
+pub fn serve_with(
+    coord: Coord,
+    listener: TcpListener,
+    extra: Router,
+) -> std::io::Result<ServerHandle> {
     let local_addr = listener.local_addr()?;
     let token = coord.shutdown_token();
-    let app = router(coord.clone());
+    let app = router(coord.clone()).merge(extra);
     coord.spawn_background_tasks();
     let task = tokio::spawn(async move {
         axum::serve(listener, app)

@@ -9,7 +9,12 @@ use serde::Deserialize;
 
 use crate::certs::{AcmeConfig, ChallengeKind};
 use crate::edge::{Funnel, Limits, TcpUpstream};
-use crate::gate::{GateChain, PassThroughGate, Provider, Secret, WebhookGate, WebhookGateConfig};
+use crate::gate::oidc::load_or_create_session_key;
+use crate::gate::{
+    GateChain, IpAction, IpRule, IpRulesConfig, IpRulesGate, JwtConfig, JwtGate, MtlsConfig,
+    MtlsGate, OidcConfig, OidcGate, PassThroughGate, Provider, RateLimit, RateLimitConfig,
+    RateLimitKey, Secret, WebhookGate, WebhookGateConfig,
+};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -103,20 +108,61 @@ pub struct FunnelSection {
     pub hostname: String,
     /// The target, `host:port`, reached over plain TCP (HTTP/1.1).
     pub target: String,
-    /// How the gates combine: `any-of` (default) or `all-of`.
+    /// How the gates combine when `require` is absent: `any-of` (default) or `all-of`.
     #[serde(default = "default_gate_mode")]
     pub gate_mode: String,
+    /// How the gates combine, by name, nested: `"sso"`, `{ any = ["github", "sso"] }`,
+    /// `{ all = ["office", { any = ["jwt", "sso"] }] }`. Every gate must be used.
+    pub require: Option<toml::Value>,
+    /// Rate limits around the whole chain.
+    pub rate_limit: Option<RateLimitSection>,
     /// The gates; none means every request is forwarded (as `anonymous`).
     #[serde(default, rename = "gate")]
     pub gates: Vec<GateSection>,
 }
 
-/// One `[[funnel.gate]]`.
+/// `[funnel.rate_limit]`: token buckets, each optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSection {
+    /// Per client address (charged before any gate runs).
+    pub per_client_ip: Option<BucketSection>,
+    /// One bucket for the whole funnel (charged before any gate runs).
+    pub per_funnel: Option<BucketSection>,
+    /// Per admitted principal (charged after the chain admitted).
+    pub per_identity: Option<BucketSection>,
+}
+
+/// One token bucket: `requests` per `per_secs`, up to `burst` at once.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BucketSection {
+    /// Requests per period, on average.
+    pub requests: u32,
+    /// The period in seconds (default 1).
+    #[serde(default = "default_per_secs")]
+    pub per_secs: u64,
+    /// The bucket size (default: `requests`).
+    pub burst: Option<u32>,
+}
+
+/// One `[[funnel.gate]]`: exactly one of `verify_webhook`, `jwt`, `oidc`, `mtls`, `ip`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GateSection {
+    /// The name `require` refers to it by (default: the provider for webhooks, else
+    /// the kind: `jwt`, `oidc`, `mtls`, `ip`).
+    pub name: Option<String>,
     /// Verify webhook deliveries of this provider (`github`, `stripe`, ...).
-    pub verify_webhook: String,
+    pub verify_webhook: Option<String>,
+    /// A JWT bearer gate.
+    pub jwt: Option<JwtSection>,
+    /// An OIDC login gate.
+    pub oidc: Option<OidcSection>,
+    /// An mTLS gate.
+    pub mtls: Option<MtlsSection>,
+    /// An IP-rules gate.
+    pub ip: Option<IpSection>,
     /// Environment variables holding the secret(s), newest first: a single name or
     /// `secret_envs` for a rotation.
     pub secret_env: Option<String>,
@@ -127,6 +173,86 @@ pub struct GateSection {
     pub tolerance_secs: Option<u64>,
     /// The public URL given to the provider, when the edge sees another (Twilio, Square).
     pub public_url: Option<String>,
+}
+
+/// `[funnel.gate.jwt]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSection {
+    /// The issuer's JWKS URL.
+    pub jwks_url: String,
+    /// The exact `iss`.
+    pub issuer: String,
+    /// Accepted audiences.
+    pub audiences: Vec<String>,
+    /// Allowed algorithms (default `["RS256", "ES256"]`).
+    pub algorithms: Option<Vec<String>>,
+    /// Clock skew in seconds (default 60).
+    pub clock_skew_secs: Option<u64>,
+    /// Claims that must be present (`name` or `name=value`).
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    /// Claims passed to the origin as `Postern-Identity-<Claim>`.
+    #[serde(default)]
+    pub identity_claims: Vec<String>,
+}
+
+/// `[funnel.gate.oidc]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcSection {
+    /// The IdP's issuer URL.
+    pub issuer: String,
+    /// The client id registered at the IdP.
+    pub client_id: String,
+    /// The environment variable holding the client secret (confidential clients).
+    pub client_secret_env: Option<String>,
+    /// The callback URL registered at the IdP (default
+    /// `https://<hostname>/.postern/callback`).
+    pub redirect_url: Option<String>,
+    /// The sign-out path (default `/.postern/logout`).
+    pub logout_path: Option<String>,
+    /// Scopes besides `openid` (default `["email", "profile", "groups"]`).
+    pub scopes: Option<Vec<String>>,
+    /// Emails admitted.
+    #[serde(default)]
+    pub allowed_emails: Vec<String>,
+    /// Email domains admitted.
+    #[serde(default)]
+    pub allowed_domains: Vec<String>,
+    /// Groups admitted.
+    #[serde(default)]
+    pub allowed_groups: Vec<String>,
+    /// Session lifetime in seconds (default 43200, 12 hours).
+    pub session_ttl_secs: Option<u64>,
+    /// The session key file (default `<state_dir>/oidc/<hostname>.key`; made, 0600, if
+    /// missing).
+    pub session_key_file: Option<PathBuf>,
+}
+
+/// `[funnel.gate.mtls]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MtlsSection {
+    /// PEM file of the CA(s) that issue client certificates.
+    pub ca: PathBuf,
+    /// Whether a certificate is required (default true).
+    #[serde(default = "default_true")]
+    pub required: bool,
+}
+
+/// `[funnel.gate.ip]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpSection {
+    /// Rules, first match wins: `"allow 10.0.0.0/8"`, `"deny 203.0.113.7"`.
+    pub rules: Vec<String>,
+    /// `deny` (default) or `allow` for addresses no rule matches.
+    #[serde(default = "default_deny")]
+    pub default: String,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// Why the configuration cannot be used.
@@ -220,14 +346,15 @@ impl IngressConfig {
         Ok(())
     }
 
-    /// Builds the funnels, reading each gate's secret from the environment through `env`.
+    /// Builds the funnels, reading each gate's secret from the environment through `env`,
+    /// CA files, and OIDC session keys (made in the state directory when missing).
     pub fn funnels(
         &self,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Vec<Funnel>, ConfigError> {
         self.funnels
             .iter()
-            .map(|section| build_funnel(section, env))
+            .map(|section| build_funnel(section, env, &self.state_dir))
             .collect()
     }
 }
@@ -235,47 +362,301 @@ impl IngressConfig {
 fn build_funnel(
     section: &FunnelSection,
     env: &dyn Fn(&str) -> Option<String>,
+    state_dir: &Path,
 ) -> Result<Funnel, ConfigError> {
-    let host = &section.hostname;
-    let mut members = Vec::new();
-    for gate in &section.gates {
-        let provider: Provider = gate
-            .verify_webhook
-            .parse()
-            .map_err(|e| ConfigError::Invalid(format!("funnel {host}: {e}")))?;
+    let host = section.hostname.to_ascii_lowercase();
+    let invalid = |message: String| ConfigError::Invalid(format!("funnel {host}: {message}"));
+    let mut named: Vec<(String, GateChain)> = Vec::new();
+    for (index, gate) in section.gates.iter().enumerate() {
+        let (default_name, chain) =
+            build_gate(gate, index + 1, &host, env, state_dir).map_err(invalid)?;
+        let name = gate.name.clone().unwrap_or(default_name);
+        if named.iter().any(|(existing, _)| *existing == name) {
+            return Err(invalid(format!(
+                "two gates are named {name:?}; give each a distinct `name` so `require` can tell them apart"
+            )));
+        }
+        named.push((name, chain));
+    }
+    let chain = match (&section.require, named.len()) {
+        (Some(_), 0) => {
+            return Err(invalid(
+                "`require` is set but the funnel has no [[funnel.gate]]".into(),
+            ));
+        }
+        (None, 0) => GateChain::gate(PassThroughGate),
+        (Some(expression), _) => {
+            let mut used = vec![false; named.len()];
+            let chain = parse_require(expression, &named, &mut used)
+                .map_err(|e| invalid(format!("require: {e}")))?;
+            if let Some((name, _)) = named
+                .iter()
+                .zip(&used)
+                .find(|(_, used)| !**used)
+                .map(|(entry, _)| entry)
+            {
+                return Err(invalid(format!(
+                    "gate {name:?} is defined but `require` does not use it; add it to `require` or remove it"
+                )));
+            }
+            chain
+        }
+        (None, _) => {
+            let members = named.into_iter().map(|(_, chain)| chain).collect();
+            match section.gate_mode.as_str() {
+                "any-of" => GateChain::any_of(members),
+                "all-of" => GateChain::all_of(members),
+                other => {
+                    return Err(invalid(format!(
+                        "gate_mode {other:?} is not \"any-of\" or \"all-of\""
+                    )));
+                }
+            }
+            .map_err(|e| invalid(e.to_string()))?
+        }
+    };
+    let chain = wrap_rate_limits(chain, section.rate_limit.as_ref()).map_err(invalid)?;
+    Ok(Funnel {
+        hostname: host,
+        upstream: Arc::new(TcpUpstream::new(section.target.clone())),
+        chain,
+    })
+}
+
+/// Builds one gate; returns its default name and the gate.
+fn build_gate(
+    gate: &GateSection,
+    position: usize,
+    host: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    state_dir: &Path,
+) -> Result<(String, GateChain), String> {
+    let kinds: Vec<&str> = [
+        gate.verify_webhook.as_ref().map(|_| "verify_webhook"),
+        gate.jwt.as_ref().map(|_| "jwt"),
+        gate.oidc.as_ref().map(|_| "oidc"),
+        gate.mtls.as_ref().map(|_| "mtls"),
+        gate.ip.as_ref().map(|_| "ip"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let which = format!("gate #{position}");
+    if kinds.len() != 1 {
+        return Err(format!(
+            "{which} must have exactly one of verify_webhook, [jwt], [oidc], [mtls], [ip] (found {})",
+            if kinds.is_empty() {
+                "none".to_string()
+            } else {
+                kinds.join(", ")
+            }
+        ));
+    }
+    let webhook_fields = gate.secret_env.is_some()
+        || !gate.secret_envs.is_empty()
+        || gate.tolerance_secs.is_some()
+        || gate.public_url.is_some();
+    if gate.verify_webhook.is_none() && webhook_fields {
+        return Err(format!(
+            "{which}: secret_env, secret_envs, tolerance_secs and public_url belong to verify_webhook gates only"
+        ));
+    }
+    if let Some(provider) = &gate.verify_webhook {
+        let provider: Provider = provider.parse().map_err(|e| format!("{which}: {e}"))?;
         let names: Vec<&String> = gate.secret_env.iter().chain(&gate.secret_envs).collect();
         let mut secrets = Vec::new();
         for name in names {
             let value = env(name).ok_or_else(|| {
-                ConfigError::Invalid(format!(
-                    "funnel {host}: the environment variable {name} (secret of the {provider} gate) is not set"
-                ))
+                format!(
+                    "the environment variable {name} (secret of the {provider} gate) is not set"
+                )
             })?;
             secrets.push(Secret::new(value.into_bytes()));
         }
         let mut config = WebhookGateConfig::new(provider, secrets);
         config.tolerance_secs = gate.tolerance_secs;
         config.public_url = gate.public_url.clone();
-        let gate = WebhookGate::new(config)
-            .map_err(|e| ConfigError::Invalid(format!("funnel {host}: {e}")))?;
-        members.push(GateChain::gate(gate));
+        let built = WebhookGate::new(config).map_err(|e| e.to_string())?;
+        return Ok((provider.to_string(), GateChain::gate(built)));
     }
-    let chain = match (members.len(), section.gate_mode.as_str()) {
-        (0, _) => Ok(GateChain::gate(PassThroughGate)),
-        (_, "any-of") => GateChain::any_of(members),
-        (_, "all-of") => GateChain::all_of(members),
-        (_, other) => {
-            return Err(ConfigError::Invalid(format!(
-                "funnel {host}: gate_mode {other:?} is not \"any-of\" or \"all-of\""
-            )));
+    if let Some(jwt) = &gate.jwt {
+        let mut config = JwtConfig::new(&jwt.jwks_url, &jwt.issuer, jwt.audiences.clone());
+        if let Some(algorithms) = &jwt.algorithms {
+            config.algorithms = algorithms.clone();
         }
+        if let Some(skew) = jwt.clock_skew_secs {
+            config.clock_skew = Duration::from_secs(skew);
+        }
+        config.required_claims = jwt.required_claims.clone();
+        config.identity_claims = jwt.identity_claims.clone();
+        let built = JwtGate::new(config).map_err(|e| format!("{which} (jwt): {e}"))?;
+        return Ok(("jwt".into(), GateChain::gate(built)));
     }
-    .map_err(|e| ConfigError::Invalid(format!("funnel {host}: {e}")))?;
-    Ok(Funnel {
-        hostname: host.to_ascii_lowercase(),
-        upstream: Arc::new(TcpUpstream::new(section.target.clone())),
-        chain,
-    })
+    if let Some(oidc) = &gate.oidc {
+        let key_path = oidc
+            .session_key_file
+            .clone()
+            .unwrap_or_else(|| state_dir.join("oidc").join(format!("{host}.key")));
+        let key =
+            load_or_create_session_key(&key_path).map_err(|e| format!("{which} (oidc): {e}"))?;
+        let redirect = oidc
+            .redirect_url
+            .clone()
+            .unwrap_or_else(|| format!("https://{host}/.postern/callback"));
+        let mut config = OidcConfig::new(&oidc.issuer, &oidc.client_id, redirect, key);
+        if let Some(name) = &oidc.client_secret_env {
+            let value = env(name).ok_or_else(|| {
+                format!(
+                    "the environment variable {name} (client secret of the oidc gate) is not set"
+                )
+            })?;
+            config.client_secret = Some(Secret::from(value));
+        }
+        if let Some(path) = &oidc.logout_path {
+            config.logout_path = path.clone();
+        }
+        if let Some(scopes) = &oidc.scopes {
+            config.scopes = scopes.clone();
+        }
+        config.allowed_emails = oidc.allowed_emails.clone();
+        config.allowed_domains = oidc.allowed_domains.clone();
+        config.allowed_groups = oidc.allowed_groups.clone();
+        if let Some(ttl) = oidc.session_ttl_secs {
+            config.session_ttl = Duration::from_secs(ttl);
+        }
+        let built = OidcGate::new(config).map_err(|e| format!("{which} (oidc): {e}"))?;
+        return Ok(("oidc".into(), GateChain::gate(built)));
+    }
+    if let Some(mtls) = &gate.mtls {
+        let pem = std::fs::read_to_string(&mtls.ca).map_err(|e| {
+            format!(
+                "{which} (mtls): cannot read the CA file {}: {e}",
+                mtls.ca.display()
+            )
+        })?;
+        let built = MtlsGate::new(&MtlsConfig {
+            ca_pem: pem,
+            ca_source: mtls.ca.display().to_string(),
+            required: mtls.required,
+        })
+        .map_err(|e| format!("{which} (mtls): {e}"))?;
+        return Ok(("mtls".into(), GateChain::gate(built)));
+    }
+    if let Some(ip) = &gate.ip {
+        let rules = ip
+            .rules
+            .iter()
+            .map(|rule| rule.parse::<IpRule>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{which} (ip): {e}"))?;
+        let default = match ip.default.as_str() {
+            "deny" => IpAction::Deny,
+            "allow" => IpAction::Allow,
+            other => {
+                return Err(format!(
+                    "{which} (ip): default {other:?} is not \"allow\" or \"deny\""
+                ));
+            }
+        };
+        let trusted_proxies = ip
+            .trusted_proxies
+            .iter()
+            .map(|proxy| IpRulesGate::parse_proxy(proxy))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{which} (ip): {e}"))?;
+        let built = IpRulesGate::new(IpRulesConfig {
+            rules,
+            default,
+            trusted_proxies,
+        })
+        .map_err(|e| format!("{which} (ip): {e}"))?;
+        return Ok(("ip".into(), GateChain::gate(built)));
+    }
+    Err(format!("{which} has no kind"))
+}
+
+/// Parses a `require` expression: a gate name, `{ any = [...] }` or `{ all = [...] }`.
+pub fn parse_require(
+    expression: &toml::Value,
+    named: &[(String, GateChain)],
+    used: &mut [bool],
+) -> Result<GateChain, String> {
+    match expression {
+        toml::Value::String(name) => {
+            let position = named
+                .iter()
+                .position(|(existing, _)| existing == name)
+                .ok_or_else(|| {
+                    let known: Vec<&str> = named.iter().map(|(n, _)| n.as_str()).collect();
+                    format!(
+                        "unknown gate {name:?} (the gates of this funnel are: {})",
+                        known.join(", ")
+                    )
+                })?;
+            if let Some(flag) = used.get_mut(position) {
+                *flag = true;
+            }
+            named
+                .get(position)
+                .map(|(_, chain)| chain.clone())
+                .ok_or_else(|| format!("unknown gate {name:?}"))
+        }
+        toml::Value::Table(table) => {
+            let mut entries = table.iter();
+            let (Some((key, members)), None) = (entries.next(), entries.next()) else {
+                return Err(
+                    "a group must be a table with exactly one key, `any` or `all`, e.g. { any = [\"github\", \"sso\"] }".into(),
+                );
+            };
+            let toml::Value::Array(members) = members else {
+                return Err(format!("`{key}` must be a list of gate names or groups"));
+            };
+            let members = members
+                .iter()
+                .map(|member| parse_require(member, named, used))
+                .collect::<Result<Vec<_>, _>>()?;
+            match key.as_str() {
+                "any" => GateChain::any_of(members),
+                "all" => GateChain::all_of(members),
+                other => {
+                    return Err(format!(
+                        "unknown group {other:?}; use `any` (one member must admit) or `all` (every member must)"
+                    ));
+                }
+            }
+            .map_err(|e| e.to_string())
+        }
+        other => Err(format!(
+            "{other} is neither a gate name (a string) nor a group ({{ any = [...] }} or {{ all = [...] }})"
+        )),
+    }
+}
+
+fn wrap_rate_limits(
+    mut chain: GateChain,
+    section: Option<&RateLimitSection>,
+) -> Result<GateChain, String> {
+    let Some(section) = section else {
+        return Ok(chain);
+    };
+    // Innermost first: identity after the chain, then funnel, then client address
+    // outermost (checked first).
+    for (key, bucket) in [
+        (RateLimitKey::Identity, &section.per_identity),
+        (RateLimitKey::Funnel, &section.per_funnel),
+        (RateLimitKey::ClientIp, &section.per_client_ip),
+    ] {
+        let Some(bucket) = bucket else { continue };
+        let mut config =
+            RateLimitConfig::new(key, bucket.requests, Duration::from_secs(bucket.per_secs));
+        if let Some(burst) = bucket.burst {
+            config.burst = burst;
+        }
+        let limit = RateLimit::new(config)
+            .map_err(|e| format!("rate_limit.per_{}: {e}", key.as_str().replace('-', "_")))?;
+        chain = GateChain::rate_limited(chain, Arc::new(limit));
+    }
+    Ok(chain)
 }
 
 fn default_audit_log() -> String {
@@ -288,6 +669,18 @@ fn default_challenge() -> ChallengeKind {
 
 fn default_gate_mode() -> String {
     "any-of".into()
+}
+
+fn default_per_secs() -> u64 {
+    1
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_deny() -> String {
+    "deny".into()
 }
 
 #[cfg(test)]
@@ -340,5 +733,171 @@ secret_env = "GH_SECRET"
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown webhook provider"), "{err}");
+    }
+
+    fn composed(require: &str, gates: &str) -> Result<Vec<Funnel>, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            r#"
+state_dir = "{state}"
+[listen]
+https = "127.0.0.1:443"
+[static_cert]
+cert = "c.pem"
+key = "k.pem"
+[[funnel]]
+hostname = "App.Example.com"
+target = "127.0.0.1:3000"
+{require}
+{gates}
+"#,
+            state = dir.path().display()
+        );
+        let config = IngressConfig::parse(&text)?;
+        config.validate().map_err(|e| e.to_string())?;
+        config
+            .funnels(&|name| (name == "GH").then(|| "s3cret".to_string()))
+            .map_err(|e| e.to_string())
+    }
+
+    const GATES: &str = r#"
+[[funnel.gate]]
+name = "office"
+ip = { rules = ["allow 10.0.0.0/8"] }
+[[funnel.gate]]
+verify_webhook = "github"
+secret_env = "GH"
+[[funnel.gate]]
+name = "api"
+jwt = { jwks_url = "https://idp.example/jwks", issuer = "https://idp.example", audiences = ["app"] }
+[[funnel.gate]]
+name = "sso"
+[funnel.gate.oidc]
+issuer = "https://idp.example"
+client_id = "edge"
+allowed_domains = ["example.com"]
+"#;
+
+    #[test]
+    fn require_composes_named_gates_and_rate_limits_wrap_them() {
+        let funnels = composed(
+            r#"require = { all = ["office", { any = ["github", "api", "sso"] }] }
+[funnel.rate_limit]
+per_client_ip = { requests = 10, per_secs = 60 }
+per_identity = { requests = 100, per_secs = 3600, burst = 5 }"#,
+            GATES,
+        )
+        .unwrap();
+        let GateChain::RateLimited(inner, outer) = &funnels[0].chain else {
+            panic!("{:?}", funnels[0].chain);
+        };
+        assert_eq!(outer.name(), "rate-limit:client-ip");
+        let GateChain::RateLimited(inner, limit) = &**inner else {
+            panic!("{inner:?}");
+        };
+        assert_eq!(limit.name(), "rate-limit:identity");
+        let GateChain::AllOf(members) = &**inner else {
+            panic!("{inner:?}");
+        };
+        assert!(matches!(&members[1], GateChain::AnyOf(any) if any.len() == 3));
+        assert_eq!(funnels[0].hostname, "app.example.com");
+    }
+
+    #[test]
+    fn composition_errors_name_the_funnel_and_the_fix() {
+        let error = |require: &str, gates: &str| composed(require, gates).unwrap_err();
+        let unknown = error(r#"require = { any = ["github", "sso2"] }"#, GATES);
+        assert_eq!(
+            unknown,
+            "funnel app.example.com: require: unknown gate \"sso2\" (the gates of this funnel are: office, github, api, sso)"
+        );
+        let unused = error(r#"require = { any = ["github", "api", "sso"] }"#, GATES);
+        assert_eq!(
+            unused,
+            "funnel app.example.com: gate \"office\" is defined but `require` does not use it; add it to `require` or remove it"
+        );
+        let group = error(r#"require = { either = ["github"] }"#, GATES);
+        assert!(group.contains("unknown group \"either\""), "{group}");
+        let two_keys = error(r#"require = { any = ["a"], all = ["b"] }"#, GATES);
+        assert!(two_keys.contains("exactly one key"), "{two_keys}");
+        let empty = error(r#"require = { any = [] }"#, GATES);
+        assert!(empty.contains("any-of group of gates is empty"), "{empty}");
+        let number = error("require = 3", GATES);
+        assert!(number.contains("neither a gate name"), "{number}");
+        let two_kinds = error(
+            "",
+            r#"[[funnel.gate]]
+verify_webhook = "github"
+secret_env = "GH"
+ip = { rules = ["allow 10.0.0.0/8"] }"#,
+        );
+        assert_eq!(
+            two_kinds,
+            "funnel app.example.com: gate #1 must have exactly one of verify_webhook, [jwt], [oidc], [mtls], [ip] (found verify_webhook, ip)"
+        );
+        let stray = error(
+            "",
+            r#"[[funnel.gate]]
+secret_env = "GH"
+ip = { rules = ["allow 10.0.0.0/8"] }"#,
+        );
+        assert!(
+            stray.contains("belong to verify_webhook gates only"),
+            "{stray}"
+        );
+        let duplicate = error(
+            "",
+            r#"[[funnel.gate]]
+ip = { rules = ["allow 10.0.0.0/8"] }
+[[funnel.gate]]
+ip = { rules = ["allow 192.168.0.0/16"] }"#,
+        );
+        assert!(
+            duplicate.contains("two gates are named \"ip\""),
+            "{duplicate}"
+        );
+        let bad_rule = error(
+            "",
+            "[[funnel.gate]]\nip = { rules = [\"permit 10.0.0.0/8\"] }",
+        );
+        assert!(
+            bad_rule.contains("gate #1 (ip): IP rule \"permit 10.0.0.0/8\""),
+            "{bad_rule}"
+        );
+        let no_list = error(
+            "",
+            "[[funnel.gate]]\noidc = { issuer = \"https://idp.example\", client_id = \"edge\" }",
+        );
+        assert!(
+            no_list.contains("at least one of allowed_emails"),
+            "{no_list}"
+        );
+        let hs = error(
+            "",
+            "[[funnel.gate]]\njwt = { jwks_url = \"https://i/jwks\", issuer = \"https://i\", audiences = [\"a\"], algorithms = [\"HS256\"] }",
+        );
+        assert!(hs.contains("HMAC"), "{hs}");
+        let zero = error("[funnel.rate_limit]\nper_funnel = { requests = 0 }", "");
+        assert!(
+            zero.contains("rate_limit.per_funnel") && zero.contains("above zero"),
+            "{zero}"
+        );
+        let unknown_key = error("", "[[funnel.gate]]\njwt = { jwks = \"x\" }");
+        assert!(unknown_key.contains("unknown field"), "{unknown_key}");
+    }
+
+    #[test]
+    fn the_oidc_session_key_is_made_once_with_mode_0600() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("oidc").join("app.key");
+        let key = load_or_create_session_key(&path).unwrap();
+        assert_eq!(key.len(), 32);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(load_or_create_session_key(&path).unwrap(), key);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let error = load_or_create_session_key(&path).unwrap_err().to_string();
+        assert!(error.contains("chmod 600"), "{error}");
     }
 }

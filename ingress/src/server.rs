@@ -86,8 +86,13 @@ pub async fn run(
         tasks.spawn(Arc::clone(&edge).serve_http(http_listener));
     }
     tracing::info!(address = %tls_listener.local_addr().map_err(RunError::Listener)?, "TLS port listening");
-    tasks
-        .spawn(Arc::clone(&edge).serve_tls(tls_listener, Edge::tls_config(Arc::clone(&resolver))?));
+    let ca_hints = edge.client_ca_hints();
+    let tls = if ca_hints.is_empty() {
+        Edge::tls_config(Arc::clone(&resolver))?
+    } else {
+        Edge::tls_config_with_client_certs(Arc::clone(&resolver), ca_hints)?
+    };
+    tasks.spawn(Arc::clone(&edge).serve_tls(tls_listener, tls));
 
     if let Some(acme) = config.acme() {
         let issuer = open_issuer(&acme, config, &challenges, &resolver).await?;

@@ -32,6 +32,18 @@ fn reason_codes_are_stable_snake_case_with_statuses() {
             ("method_not_allowed", 403),
             ("no_gate_admitted", 401),
             ("rate_limited", 429),
+            ("token_missing", 401),
+            ("token_malformed", 403),
+            ("token_invalid", 403),
+            ("token_expired", 403),
+            ("token_claims_rejected", 403),
+            ("idp_unavailable", 503),
+            ("ip_denied", 403),
+            ("client_cert_missing", 401),
+            ("client_cert_rejected", 403),
+            ("login_required", 401),
+            ("login_not_allowed", 403),
+            ("login_failed", 403),
         ]
     );
     for reason in ReasonCode::ALL {
@@ -47,7 +59,8 @@ fn reason_codes_are_stable_snake_case_with_statuses() {
         Decision::deny(ReasonCode::TimestampStale),
         Decision::Deny {
             status: http::StatusCode::FORBIDDEN,
-            reason: ReasonCode::TimestampStale
+            reason: ReasonCode::TimestampStale,
+            headers: Vec::new(),
         }
     );
 }

@@ -10,8 +10,12 @@
 //! drive them. It must never depend on the coordination server or the ingress.
 
 pub mod control;
+pub mod daemon;
 pub mod engine;
 pub mod inspect;
+pub mod relay;
+pub mod serve;
+pub mod tun;
 pub mod udp;
 pub mod userspace;
 pub mod wg_config;

@@ -89,6 +89,10 @@ pub enum RegisterAuth {
     },
     /// A person logs in through the browser; the server answers with a login URL.
     Interactive,
+    /// A person logs in on another device with the IdP's device authorization grant
+    /// (RFC 8628); the server answers with a verification URI and a user code. For nodes
+    /// without a browser (servers, SSH sessions).
+    Device,
 }
 
 /// An auth key as sent by a node. Never printed: `Debug` shows `[redacted]`.
@@ -133,10 +137,25 @@ pub enum RegisterResponse {
         #[serde(default)]
         key_expiry: Option<UnixTime>,
     },
-    /// A person must open this URL and log in; the node waits and registers again.
+    /// A person must open this URL and log in. The node waits on the same connection: the
+    /// coord sends the final answer (`Authorized` or `Rejected`) when the login completes,
+    /// and keepalives (`MapResponse::KeepAlive`) meanwhile.
     LoginRequired {
         /// The URL to show to the person.
         login_url: String,
+    },
+    /// A person must open `verification_uri` on any device, enter `user_code` and log in;
+    /// the node waits on the same connection for the final answer.
+    DeviceCode {
+        /// Where to enter the code.
+        verification_uri: String,
+        /// The same page with the code filled in, when the IdP offers one.
+        #[serde(default)]
+        verification_uri_complete: Option<String>,
+        /// The code to enter (not a secret on its own: it works only with a login).
+        user_code: String,
+        /// How long the code stays valid, in seconds.
+        expires_in_secs: u64,
     },
     /// Login succeeded but an admin must approve the node first.
     NeedsApproval {
@@ -389,6 +408,19 @@ mod tests {
             ControlMessage::RegisterResponse(RegisterResponse::LoginRequired {
                 login_url: "https://coord.example.com/login/abc".into(),
             }),
+            ControlMessage::RegisterRequest(RegisterRequest {
+                node_key: NodePublicKey::from_bytes([2; 32]),
+                hostname: "server".into(),
+                auth: RegisterAuth::Device,
+                requested_tags: vec![],
+                ephemeral: false,
+            }),
+            ControlMessage::RegisterResponse(RegisterResponse::DeviceCode {
+                verification_uri: "https://idp.example.com/device".into(),
+                verification_uri_complete: None,
+                user_code: "WDJB-MJHT".into(),
+                expires_in_secs: 600,
+            }),
             ControlMessage::RegisterResponse(RegisterResponse::Authorized {
                 node_id: NodeId(4),
                 name: "laptop".into(),
@@ -617,5 +649,24 @@ mod tests {
             });
             prop_assert_eq!(round_trip(&message), message);
         }
+    }
+
+    #[test]
+    fn device_login_wire_format_is_stable() {
+        let auth: RegisterAuth = serde_json::from_str(r#"{"kind":"device"}"#).unwrap();
+        assert_eq!(auth, RegisterAuth::Device);
+        let response: RegisterResponse = serde_json::from_str(
+            r#"{"status":"device_code","verification_uri":"https://idp/device","user_code":"AB-CD","expires_in_secs":600}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            response,
+            RegisterResponse::DeviceCode {
+                verification_uri: "https://idp/device".into(),
+                verification_uri_complete: None,
+                user_code: "AB-CD".into(),
+                expires_in_secs: 600,
+            }
+        );
     }
 }

@@ -13,14 +13,19 @@
 //! - [`netmap`]: the netmap a node receives and deltas to it;
 //! - [`control`]: versioned control-channel messages and their encoding;
 //! - [`frame`]: the length-prefixed framing both protocols use, with an incremental decoder;
-//! - [`relay`]: binary relay frames.
+//! - [`relay`]: binary relay frames and the relay attach proof;
+//! - [`stun`]: STUN binding request and response (RFC 5389);
+//! - [`funnel_hop`]: the hello and reply the ingress and a node exchange before a funnelled
+//!   stream.
 
 pub mod control;
 pub mod frame;
+pub mod funnel_hop;
 pub mod ids;
 pub mod keys;
 pub mod netmap;
 pub mod relay;
+pub mod stun;
 
 pub use ids::{NodeId, UnixTime, UserId};
 pub use keys::{

@@ -42,6 +42,10 @@ enum Command {
         listen: SocketAddr,
         #[command(flatten)]
         policy: ServePolicyArgs,
+        #[command(flatten)]
+        relay: EmbeddedRelayArgs,
+        #[command(flatten)]
+        login: LoginArgs,
         /// Address of the admin API (used by `postern-coord nodes` and `audit`); keep it on
         /// loopback. Its bound address goes to STATE_DIR/admin.addr, its token is
         /// STATE_DIR/admin.token (mode 0600).
@@ -62,6 +66,15 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
         since: Option<Duration>,
     },
+    /// Run a standalone relay (for more regions): forwards encrypted WireGuard packets between
+    /// nodes that cannot reach each other directly, and answers STUN.
+    ///
+    /// Nodes attach over HTTPS (TLS on 443 with --tls-cert/--tls-key) and prove they hold a
+    /// node key listed in --allow-file. List the relay in the coord's --relay-map so nodes
+    /// learn of it. See docs/relay.md.
+    ///
+    /// Example: postern-coord relay --listen 0.0.0.0:443 --stun 0.0.0.0:3478 --tls-cert fullchain.pem --tls-key key.pem --allow-file nodes.txt
+    Relay(StandaloneRelayArgs),
     /// Manage auth keys, which let a node register without an interactive login.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -105,6 +118,48 @@ impl ServePolicyArgs {
     }
 }
 
+/// The relay inside `serve`.
+#[derive(Debug, Args)]
+struct EmbeddedRelayArgs {
+    /// Run the relay inside the coord, at /relay on --listen; registered nodes may attach.
+    #[arg(long)]
+    relay: bool,
+    /// The URL nodes dial for the embedded relay (default: http://LISTEN/relay; use an
+    /// https:// URL when a TLS terminator fronts the coord).
+    #[arg(long, value_name = "URL", requires = "relay")]
+    relay_url: Option<String>,
+    /// Answer STUN binding requests on this UDP address (nodes learn their public endpoint).
+    #[arg(long, value_name = "ADDR:PORT")]
+    stun: Option<SocketAddr>,
+    /// A TOML relay map listing every region (see docs/relay.md); replaces the default
+    /// single region of the embedded relay.
+    #[arg(long, value_name = "FILE")]
+    relay_map: Option<PathBuf>,
+}
+
+/// `postern-coord relay`.
+#[derive(Debug, Args)]
+struct StandaloneRelayArgs {
+    /// Address to listen on for relay connections (HTTPS, or HTTP with --plain-http).
+    #[arg(long, default_value = "0.0.0.0:443", value_name = "ADDR:PORT")]
+    listen: SocketAddr,
+    /// Answer STUN binding requests on this UDP address (3478 is STUN's port).
+    #[arg(long, value_name = "ADDR:PORT")]
+    stun: Option<SocketAddr>,
+    /// PEM certificate chain for TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address (only behind a TLS terminator).
+    #[arg(long)]
+    plain_http: bool,
+    /// Node keys allowed to attach, one `nodekey:...` per line (# comments allowed).
+    #[arg(long, value_name = "FILE")]
+    allow_file: PathBuf,
+}
+
 /// Where the coord keeps its state.
 #[derive(Debug, Args)]
 struct StateArgs {
@@ -121,6 +176,41 @@ struct StateArgs {
     /// The tailnet's DNS domain; node names live under it.
     #[arg(long, default_value = "tailnet.internal", value_name = "DOMAIN")]
     tailnet_domain: String,
+}
+
+/// Interactive login through the organisation's OpenID Connect provider (docs/coord.md).
+#[derive(Debug, Args)]
+struct LoginArgs {
+    /// The IdP's issuer URL; enables interactive login (`postern login` without a key).
+    #[arg(long, env = "POSTERN_COORD_OIDC_ISSUER", value_name = "URL")]
+    oidc_issuer: Option<String>,
+    /// The coord's client id at the IdP.
+    #[arg(long, env = "POSTERN_COORD_OIDC_CLIENT_ID", value_name = "ID")]
+    oidc_client_id: Option<String>,
+    /// A file holding the client secret (one line); omit for a public client.
+    #[arg(
+        long,
+        env = "POSTERN_COORD_OIDC_CLIENT_SECRET_FILE",
+        value_name = "FILE"
+    )]
+    oidc_client_secret_file: Option<PathBuf>,
+    /// The client id to use for device login, if the IdP allows the device grant only for
+    /// another (public) client; default: --oidc-client-id.
+    #[arg(long, value_name = "ID")]
+    oidc_device_client_id: Option<String>,
+    /// The coord's URL as browsers reach it; register {URL}/oidc/callback at the IdP.
+    /// Default: http://<--listen>.
+    #[arg(long, env = "POSTERN_COORD_PUBLIC_URL", value_name = "URL")]
+    public_url: Option<String>,
+    /// Only these email domains may log in, comma-separated (default: any).
+    #[arg(long, value_delimiter = ',', value_name = "DOMAINS")]
+    allowed_domains: Vec<String>,
+    /// Only members of one of these IdP groups may log in, comma-separated (default: any).
+    #[arg(long, value_delimiter = ',', value_name = "GROUPS")]
+    allowed_groups: Vec<String>,
+    /// How long a login link or device code stays usable.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    login_timeout: Duration,
 }
 
 /// How an admin command reaches the running coord.
@@ -277,10 +367,13 @@ fn main() -> ExitCode {
             state,
             listen,
             policy,
+            login,
             admin_listen,
-        } => return run_async(serve(state, listen, policy, admin_listen)),
+            relay,
+        } => return run_async(serve(state, listen, policy, login, admin_listen, relay)),
         Command::Nodes(command) => return run_admin(nodes_command(command)),
         Command::Audit { admin, since } => return run_admin(audit_command(admin, since)),
+        Command::Relay(args) => return run_async(relay_standalone(args)),
         Command::Keys(KeysCommand::Create {
             state,
             reusable,
@@ -354,7 +447,9 @@ async fn serve(
     state: StateArgs,
     listen: SocketAddr,
     policy: ServePolicyArgs,
+    login: LoginArgs,
     admin_listen: SocketAddr,
+    relay: EmbeddedRelayArgs,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     use tokio::signal::unix::{SignalKind, signal};
@@ -362,14 +457,36 @@ async fn serve(
     let hangups = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let mut config = control_config(state);
     policy.apply(&mut config);
-    let coord = Coord::open(config)
+    if let Some(path) = &relay.relay_map {
+        config.relay_map = postern_coord::relay::load_relay_map(path)?;
+    } else if relay.relay {
+        let url = (relay.relay_url.clone()).unwrap_or_else(|| format!("http://{listen}/relay"));
+        config.relay_map =
+            postern_coord::relay::single_relay_map(url, relay.stun.map(|addr| addr.port()));
+    }
+    let login = login_service(login, listen).await?;
+    let mut coord = Coord::open(config)
         .await
         .context("cannot start the coord")?;
+    if let Some(login) = login {
+        coord = coord.with_login(login);
+    }
     tracing::info!(policy = %coord.policy.source(), "policy in force: {}", coord.policy.summary());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    let handle = postern_coord::server::serve(coord.clone(), listener)
+    let mut extra = axum::Router::new();
+    let mut relay_server = None;
+    if relay.relay {
+        let authorizer =
+            postern_coord::relay::RegistryAuthorizer::new(coord.registry.store().clone());
+        let server =
+            postern_relay::RelayServer::new(Default::default(), std::sync::Arc::new(authorizer));
+        extra = server.router();
+        relay_server = Some(server);
+    }
+    let stun = start_stun(relay.stun).await?;
+    let handle = postern_coord::server::serve_with(coord.clone(), listener, extra)
         .with_context(|| format!("cannot serve on {listen}"))?;
     let admin_listener = tokio::net::TcpListener::bind(admin_listen)
         .await
@@ -380,6 +497,12 @@ async fn serve(
     wait_for_shutdown_signal().await?;
     reloader.abort();
     tracing::info!("shutting down");
+    if let Some(server) = relay_server {
+        server.shutdown();
+    }
+    if let Some(stun) = stun {
+        stun.shutdown().await;
+    }
     handle.shutdown().await;
     coord.shutdown().await;
     Ok(())
@@ -391,6 +514,102 @@ async fn reload_on_sighup(coord: Coord, mut hangups: tokio::signal::unix::Signal
         tracing::info!("SIGHUP: reloading the policy");
         coord.reload_policy("signal:SIGHUP", true).await;
     }
+}
+
+async fn relay_standalone(args: StandaloneRelayArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(postern_relay::tls::server_config_from_pem_files(cert, key)?)
+        }
+        _ => None,
+    };
+    if tls.is_none() && !args.listen.ip().is_loopback() && !args.plain_http {
+        anyhow::bail!(
+            "refusing to serve the relay without TLS on {}: pass --tls-cert and --tls-key, or --plain-http if a TLS terminator fronts it",
+            args.listen
+        );
+    }
+    let text = std::fs::read_to_string(&args.allow_file)
+        .with_context(|| format!("cannot read {}", args.allow_file.display()))?;
+    let allow = postern_relay::StaticAllowList::parse(&text)
+        .with_context(|| format!("in {}", args.allow_file.display()))?;
+    let server = postern_relay::RelayServer::new(Default::default(), std::sync::Arc::new(allow));
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let stun = start_stun(args.stun).await?;
+    let handle = server
+        .serve(listener, tls)
+        .with_context(|| format!("cannot serve on {}", args.listen))?;
+    wait_for_shutdown_signal().await?;
+    tracing::info!("shutting down");
+    if let Some(stun) = stun {
+        stun.shutdown().await;
+    }
+    handle.shutdown().await;
+    Ok(())
+}
+
+async fn start_stun(addr: Option<SocketAddr>) -> anyhow::Result<Option<postern_relay::StunServer>> {
+    use anyhow::Context as _;
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let socket = tokio::net::UdpSocket::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for STUN on UDP {addr}"))?;
+    Ok(Some(postern_relay::StunServer::spawn(socket)?))
+}
+
+/// The login service, if --oidc-issuer is given: discovers the IdP now, so a wrong issuer
+/// fails at start rather than at the first login.
+async fn login_service(
+    args: LoginArgs,
+    listen: SocketAddr,
+) -> anyhow::Result<Option<postern_coord::login::LoginService>> {
+    use anyhow::Context as _;
+    use postern_coord::login::{Admission, LoginConfig, LoginService};
+    let Some(issuer) = args.oidc_issuer else {
+        anyhow::ensure!(
+            args.oidc_client_id.is_none(),
+            "--oidc-client-id needs --oidc-issuer"
+        );
+        return Ok(None);
+    };
+    let client_id = args
+        .oidc_client_id
+        .context("--oidc-issuer needs --oidc-client-id (the coord's client at the IdP)")?;
+    let secret = match &args.oidc_client_secret_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the client secret file {}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let public_url = args
+        .public_url
+        .unwrap_or_else(|| format!("http://{listen}"));
+    let mut config = LoginConfig::new(issuer, client_id, secret, public_url);
+    config.oidc.device_client_id = args.oidc_device_client_id;
+    config.admission = Admission {
+        domains: args.allowed_domains,
+        groups: args.allowed_groups,
+    };
+    config.login_ttl = args.login_timeout;
+    tracing::info!(
+        issuer = %config.oidc.issuer,
+        redirect_url = %config.oidc.redirect_url,
+        allowed_domains = ?config.admission.domains,
+        allowed_groups = ?config.admission.groups,
+        "interactive login enabled"
+    );
+    let service = LoginService::discover(config)
+        .await
+        .context("cannot set up interactive login")?;
+    Ok(Some(service))
 }
 
 async fn wait_for_shutdown_signal() -> anyhow::Result<()> {

@@ -66,6 +66,8 @@ pub struct ControlConfig {
     pub ephemeral_timeout: Duration,
     /// How often key expiry and offline ephemeral nodes are checked.
     pub lifecycle_interval: Duration,
+    /// The relay map every netmap carries (empty: no relays).
+    pub relay_map: postern_proto::netmap::RelayMap,
 }
 
 impl ControlConfig {
@@ -82,6 +84,7 @@ impl ControlConfig {
             require_approval: false,
             ephemeral_timeout: DEFAULT_EPHEMERAL_TIMEOUT,
             lifecycle_interval: Duration::from_secs(1),
+            relay_map: postern_proto::netmap::RelayMap::default(),
         }
     }
 }
@@ -123,6 +126,8 @@ pub struct Coord {
     pub metrics: Arc<ControlMetrics>,
     /// Settings.
     pub config: Arc<ControlConfig>,
+    /// Interactive (OIDC) login; `None`: only auth keys (see [`Coord::with_login`]).
+    pub login: Option<Arc<crate::login::LoginService>>,
     /// The policy in force and every node's compiled result.
     pub policy: PolicyEngine,
     view_cache: tailnet::ViewCache,
@@ -149,11 +154,19 @@ impl Coord {
             hub: NetmapHub::new(),
             metrics: Arc::new(ControlMetrics::new()),
             config: Arc::new(config),
+            login: None,
             policy,
             view_cache: tailnet::ViewCache::default(),
             key: Arc::new(key),
             shutdown: CancellationToken::new(),
         })
+    }
+
+    /// Enables interactive login (OIDC) with `login`: interactive and device
+    /// registrations get a login link or device code instead of a refusal.
+    pub fn with_login(mut self, login: crate::login::LoginService) -> Self {
+        self.login = Some(Arc::new(login));
+        self
     }
 
     /// The coord's public key, which nodes pin.

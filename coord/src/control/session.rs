@@ -45,8 +45,19 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
         };
         match message {
             ControlMessage::RegisterRequest(request) => {
-                let answer =
-                    register(&coord.registry, &coord.config, machine, &request, now()).await?;
+                let answer = match &coord.login {
+                    Some(login) if crate::login::wants_login(&request) => {
+                        let login = login.clone();
+                        let waited = crate::login::wait_for_login(
+                            &coord, &login, &mut conn, machine, &request,
+                        );
+                        match waited.await? {
+                            Some(answer) => answer,
+                            None => return Ok(()),
+                        }
+                    }
+                    _ => register(&coord.registry, &coord.config, machine, &request, now()).await?,
+                };
                 let authorized = matches!(answer, RegisterResponse::Authorized { .. });
                 audit_registration(&coord, &request.hostname, &answer).await;
                 if authorized {

@@ -63,6 +63,7 @@ impl Coord {
             Some(self.registry.ula_prefix()),
             funnels,
             now(),
+            self.config.relay_map.clone(),
         );
         let changed = self.policy.sync(view.policy_views());
         if !changed.is_empty() {

@@ -46,6 +46,8 @@ pub struct TailnetView {
     pub funnels: HashMap<NodeId, Vec<FunnelRecord>>,
     /// When the view was read; keys that expired before it are expired.
     pub now: UnixTime,
+    /// The relay map from the coord's configuration.
+    pub relay_map: RelayMap,
     /// Positions in `nodes` by id, built on first use (see [`Self::node`]).
     index: OnceLock<HashMap<NodeId, usize>>,
 }
@@ -60,13 +62,15 @@ impl Default for TailnetView {
             ula: None,
             funnels: HashMap::new(),
             now: UnixTime(0),
+            relay_map: RelayMap::default(),
             index: OnceLock::new(),
         }
     }
 }
 
 impl TailnetView {
-    /// A view of these records, read at `now`.
+    /// A view of these records, read at `now`, with the coord's relay map.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         nodes: Vec<NodeRecord>,
         users: HashMap<UserId, UserRecord>,
@@ -75,6 +79,7 @@ impl TailnetView {
         ula: Option<Ipv6Net>,
         funnels: HashMap<NodeId, Vec<FunnelRecord>>,
         now: UnixTime,
+        relay_map: RelayMap,
     ) -> Self {
         Self {
             nodes,
@@ -84,6 +89,7 @@ impl TailnetView {
             ula,
             funnels,
             now,
+            relay_map,
             index: OnceLock::new(),
         }
     }
@@ -202,7 +208,7 @@ pub fn build_netmap(
         self_node,
         peers,
         packet_filter,
-        relay_map: RelayMap::default(),
+        relay_map: view.relay_map.clone(),
         dns: DnsConfig {
             tailnet_domain: view.tailnet_domain.clone(),
             names,

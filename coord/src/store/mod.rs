@@ -28,6 +28,7 @@ mod audit;
 mod auth_keys;
 mod certificates;
 mod funnels;
+mod logins;
 mod nodes;
 mod records;
 mod replicas;
@@ -45,6 +46,7 @@ use sqlx::sqlite::{
 };
 
 pub use auth_keys::{AuthKeyHash, AuthKeyRejection};
+pub use logins::UserLogin;
 pub use records::{
     AuditRecord, AuthKeyRecord, CertificateRecord, FunnelRecord, NewAuditRecord, NewAuthKey,
     NewFunnel, NewNode, NodeRecord, UserRecord,

@@ -10,7 +10,21 @@ use postern_ingress::config::IngressConfig;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
-    if let Ok(config) = IngressConfig::parse(&text) {
+    if let Ok(mut config) = IngressConfig::parse(&text) {
+        // OIDC gates make their session key in the state directory: keep it in a
+        // scratch directory, never where the fuzzed text points.
+        let scratch = std::env::temp_dir().join("postern-fuzz-ingress-config");
+        config.state_dir = scratch.clone();
+        for funnel in &mut config.funnels {
+            for gate in &mut funnel.gates {
+                if let Some(oidc) = &mut gate.oidc {
+                    oidc.session_key_file = Some(scratch.join("session.key"));
+                }
+                if let Some(mtls) = &mut gate.mtls {
+                    mtls.ca = scratch.join("no-such-ca.pem");
+                }
+            }
+        }
         let _ = config.validate();
         let _ = config.funnels(&|_| Some("secret".to_string()));
     }

@@ -15,7 +15,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use super::Upstream;
+use super::{Upstream, UpstreamContext};
 use crate::audit::{AuditRecord, AuditSink};
 
 /// The body type of every response the edge sends: the target's streamed body or a short
@@ -27,6 +27,8 @@ pub type EdgeBody = BoxBody<Bytes, hyper::Error>;
 pub(super) enum ForwardError {
     #[error("the target could not be reached: {0}")]
     Connect(std::io::Error),
+    #[error("{0}")]
+    Refused(postern_proto::funnel_hop::Refusal),
     #[error("the target's HTTP connection failed: {0}")]
     Http(hyper::Error),
     #[error("the target did not answer in time")]
@@ -46,6 +48,7 @@ impl ForwardError {
     pub(super) fn code(&self) -> &'static str {
         match self {
             ForwardError::Connect(_) => "upstream_unreachable",
+            ForwardError::Refused(refusal) => refusal.code.as_str(),
             ForwardError::Http(_) => "upstream_failed",
             ForwardError::Timeout => "upstream_timeout",
             ForwardError::Build(_) => "bad_request",
@@ -76,13 +79,14 @@ pub(super) fn wants_upgrade<B>(request: &Request<B>) -> bool {
 /// the response to send to the client.
 pub(super) async fn forward(
     upstream: &dyn Upstream,
+    context: &UpstreamContext,
     mut parts: request::Parts,
     body: Full<Bytes>,
-    host: &str,
-    client: SocketAddr,
     client_upgrade: Option<OnUpgrade>,
     timeout: Duration,
 ) -> Result<Response<EdgeBody>, ForwardError> {
+    let host = context.hostname.as_str();
+    let client = context.client;
     let upgrading = client_upgrade.is_some();
     let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
     strip_hop_by_hop(&mut parts.headers);
@@ -111,7 +115,7 @@ pub(super) async fn forward(
     let outgoing = builder.body(body).map_err(ForwardError::Build)?;
 
     let exchange = async {
-        let stream = upstream.connect().await.map_err(ForwardError::Connect)?;
+        let stream = upstream.connect_for(context).await.map_err(connect_error)?;
         let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -149,6 +153,17 @@ pub(super) async fn forward(
     strip_hop_by_hop(response.headers_mut());
     response.headers_mut().remove(header::UPGRADE);
     Ok(response.map(BodyExt::boxed))
+}
+
+/// A refusal by the target node keeps its code; anything else is "unreachable".
+fn connect_error(error: std::io::Error) -> ForwardError {
+    match error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<postern_proto::funnel_hop::Refusal>())
+    {
+        Some(refusal) => ForwardError::Refused(refusal.clone()),
+        None => ForwardError::Connect(error),
+    }
 }
 
 /// A short text response of the edge's own.

@@ -9,13 +9,16 @@
 //!    as the body and forwards nothing; `Respond` answers the provider's handshake;
 //! 4. on `Allow`, strips client-sent `Postern-*` headers and sets the edge's own, sets
 //!    `X-Forwarded-For/-Proto/-Host` and `Forwarded`, and sends the request to the target
-//!    over HTTP/1.1 through [`Upstream`]; the response body streams back unbuffered (SSE,
+//!    over HTTP/1.1 through [`Upstream`] (a [`TcpUpstream`], or a node of the mesh through
+//!    [`MeshUpstream`], which first performs the funnel hop handshake; a node's refusal
+//!    becomes `502` with the refusal code); the response body streams back unbuffered (SSE,
 //!    chunked), and `101 Switching Protocols` (WebSocket) becomes a byte pipe;
 //! 5. writes one [`AuditRecord`] when the response is over.
 //!
 //! The HTTP port answers ACME HTTP-01 challenges and redirects known hosts to HTTPS.
 
 mod forward;
+mod mesh_upstream;
 mod upstream;
 
 use std::collections::HashMap;
@@ -37,7 +40,8 @@ use crate::certs::{ACME_TLS_ALPN, CertResolver, HttpChallenges};
 use crate::gate::{Decision, GateChain, GateRequest, rewrite_identity_headers};
 
 pub use forward::EdgeBody;
-pub use upstream::{Connecting, TcpUpstream, Upstream, UpstreamIo};
+pub use mesh_upstream::MeshUpstream;
+pub use upstream::{Connecting, TcpUpstream, Upstream, UpstreamContext, UpstreamIo};
 
 /// A public hostname and where its requests go.
 #[derive(Debug, Clone)]
@@ -122,6 +126,37 @@ impl Edge {
         Ok(Arc::new(config))
     }
 
+    /// Like [`Edge::tls_config`], but asking clients for a certificate (optional at the
+    /// TLS level), naming `ca_hints` (the subjects of the funnels' mTLS CAs). The chain
+    /// is handed to the funnel's gates, whose mTLS gate verifies it against its own CA
+    /// (see `gate::DeferredClientCertVerifier`). Use it when any funnel has an mTLS gate
+    /// (`GateChain::client_ca_subjects` is not empty).
+    pub fn tls_config_with_client_certs(
+        resolver: Arc<CertResolver>,
+        ca_hints: Vec<rustls::DistinguishedName>,
+    ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = Arc::new(crate::gate::DeferredClientCertVerifier::new(
+            ca_hints,
+            Arc::clone(&provider),
+        ));
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(resolver);
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// The subjects of every funnel's mTLS CAs, for
+    /// [`Edge::tls_config_with_client_certs`]; empty when no funnel has an mTLS gate.
+    pub fn client_ca_hints(&self) -> Vec<rustls::DistinguishedName> {
+        self.funnels
+            .values()
+            .flat_map(|funnel| funnel.chain.client_ca_subjects())
+            .collect()
+    }
+
     /// Serves the TLS port until the listener fails. Each connection runs on its own task.
     pub async fn serve_tls(
         self: Arc<Self>,
@@ -154,9 +189,18 @@ impl Edge {
                     return;
                 }
                 let sni = connection.server_name().map(str::to_ascii_lowercase);
+                let client_certs: Arc<[rustls_pki_types::CertificateDer<'static>]> = connection
+                    .peer_certificates()
+                    .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect())
+                    .unwrap_or_default();
                 let service_edge = Arc::clone(&edge);
                 let service = service_fn(move |request| {
-                    Arc::clone(&service_edge).handle(request, client, sni.clone())
+                    Arc::clone(&service_edge).handle(
+                        request,
+                        client,
+                        sni.clone(),
+                        Arc::clone(&client_certs),
+                    )
                 });
                 if let Err(error) = edge
                     .connection_builder()
@@ -244,6 +288,7 @@ impl Edge {
         mut request: Request<Incoming>,
         client: SocketAddr,
         sni: Option<String>,
+        client_certs: Arc<[rustls_pki_types::CertificateDer<'static>]>,
     ) -> Result<Response<EdgeBody>, Infallible> {
         let mut audit = PendingAudit::new(&request, client, Arc::clone(&self.audit));
         let host = request_host(&request);
@@ -324,18 +369,25 @@ impl Edge {
             .map_or("/", http::uri::PathAndQuery::as_str)
             .to_string();
         let url = format!("https://{}{}", funnel.hostname, path_and_query);
-        let gate_request = GateRequest::new(&parts.method, &url, &parts.headers, &body, client);
-        let outcome = funnel.chain.evaluate(&gate_request, SystemTime::now());
-        audit.record.gate = outcome.trace.entries.last().map(|e| e.gate.clone());
+        let gate_request = GateRequest::new(&parts.method, &url, &parts.headers, &body, client)
+            .with_client_cert_chain(&client_certs);
+        let outcome = funnel
+            .chain
+            .evaluate_async(&gate_request, SystemTime::now())
+            .await;
+        audit.record.gate = outcome.decided_by.clone();
         match outcome.decision {
-            Decision::Deny { status, reason } => {
+            Decision::Deny {
+                status,
+                reason,
+                headers,
+            } => {
                 tracing::info!(funnel = %funnel.hostname, %client, trace = %outcome.trace.summary(), "request denied");
-                Ok(audit.finish_now(
-                    status,
-                    "deny",
-                    Some(reason.as_str()),
-                    &format!("{reason}\n"),
-                ))
+                let mut response = forward::text(status, format!("{reason}\n"));
+                for (name, value) in headers {
+                    response.headers_mut().append(name, value);
+                }
+                Ok(audit.finish(response, "deny", Some(reason.as_str())))
             }
             Decision::Respond {
                 status,
@@ -344,20 +396,23 @@ impl Edge {
             } => {
                 let mut response = forward::bytes(status, Bytes::from(body));
                 for (name, value) in headers {
-                    response.headers_mut().insert(name, value);
+                    response.headers_mut().append(name, value);
                 }
                 Ok(audit.finish(response, "respond", None))
             }
             Decision::Allow { gate, identity } => {
                 audit.record.gate = Some(gate.clone());
                 rewrite_identity_headers(&mut parts.headers, Some((&gate, &identity)));
-                let host = funnel.hostname.clone();
+                let context = UpstreamContext {
+                    client,
+                    hostname: funnel.hostname.clone(),
+                    admission: Some((gate, identity)),
+                };
                 let result = forward::forward(
                     &*funnel.upstream,
+                    &context,
                     parts,
                     Full::new(body),
-                    &host,
-                    client,
                     client_upgrade,
                     self.limits.request_timeout,
                 )

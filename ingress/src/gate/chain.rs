@@ -1,9 +1,11 @@
 //! The gate chain: gates composed with any-of / all-of, nested, evaluated in order.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::{Decision, Gate, GateRequest, Identity, ReasonCode};
+use super::{Decision, Gate, GateRequest, Identity, RateLimit, RateLimitKey, ReasonCode};
 
 /// A funnel's gates, composed.
 ///
@@ -25,6 +27,8 @@ pub enum GateChain {
     AnyOf(Vec<GateChain>),
     /// Admit when every member admits.
     AllOf(Vec<GateChain>),
+    /// A rate limit around a chain: see [`GateChain::rate_limited`].
+    RateLimited(Box<GateChain>, Arc<RateLimit>),
 }
 
 /// Why a chain could not be built.
@@ -46,6 +50,9 @@ pub struct ChainOutcome {
     pub decision: Decision,
     /// Which gates ran, in order, and what each decided: for the audit record.
     pub trace: ChainTrace,
+    /// The gate whose decision this is (joined names for an all-of admission); `None`
+    /// when no gate decided (`no_gate_admitted`).
+    pub decided_by: Option<String>,
 }
 
 /// The ordered record of gate evaluations in one chain run.
@@ -115,18 +122,62 @@ impl GateChain {
         Ok(GateChain::AllOf(members))
     }
 
-    /// Runs the chain on one request. Call once per request with the current wall-clock
-    /// time; act on `decision` and write `trace` to the audit log.
+    /// Wraps `inner` in a rate limit. A limit keyed by client address or by funnel is
+    /// charged *before* `inner` runs, so refused floods cost no signature check or IdP
+    /// round trip; a limit keyed by identity is charged after `inner` admitted, with the
+    /// admitted principal. Without a token the request is denied with `rate_limited`
+    /// (429 and `Retry-After`), and the trace names the limit (e.g.
+    /// `rate-limit:client-ip`).
+    pub fn rate_limited(inner: GateChain, limit: Arc<RateLimit>) -> Self {
+        GateChain::RateLimited(Box::new(inner), limit)
+    }
+
+    /// Runs the chain on one request with the gates' sync paths only (no I/O). Call once
+    /// per request with the current wall-clock time; act on `decision` and write `trace`
+    /// to the audit log. The edge uses [`GateChain::evaluate_async`], which lets the JWT
+    /// and OIDC gates fetch keys and redeem codes; this one is for tests, benchmarks and
+    /// chains of I/O-free gates.
     ///
     /// In an any-of group where every member denied, the reported denial is the first one
     /// whose reason is not "nothing was presented" (`signature_missing`,
-    /// `timestamp_missing`), else the first denial: a GitHub-signed request with a bad
-    /// signature reports `signature_mismatch` even when a Stripe gate later in the group
-    /// found no Stripe header.
+    /// `timestamp_missing`, `token_missing`, `client_cert_missing`, `login_required`),
+    /// else the first denial: a GitHub-signed request with a bad signature reports
+    /// `signature_mismatch` even when a Stripe gate later in the group found no Stripe
+    /// header. [`ChainOutcome::decided_by`] names the gate whose decision was reported.
     pub fn evaluate(&self, request: &GateRequest<'_>, now: SystemTime) -> ChainOutcome {
         let mut trace = ChainTrace::default();
-        let decision = self.run(request, now, 0, &mut trace);
-        ChainOutcome { decision, trace }
+        let (decision, decided_by) = self.run(request, now, 0, &mut trace);
+        ChainOutcome {
+            decision,
+            trace,
+            decided_by,
+        }
+    }
+
+    /// Runs the chain on one request, letting each gate do its I/O
+    /// ([`Gate::evaluate_async`]). Same rules and result as [`GateChain::evaluate`]; call
+    /// it from the edge once per request.
+    pub async fn evaluate_async(&self, request: &GateRequest<'_>, now: SystemTime) -> ChainOutcome {
+        let mut trace = ChainTrace::default();
+        let (decision, decided_by) = self.run_async(request, now, 0, &mut trace).await;
+        ChainOutcome {
+            decision,
+            trace,
+            decided_by,
+        }
+    }
+
+    /// The subjects of the CAs of every mTLS gate in the chain: the edge asks TLS clients
+    /// for a certificate when this is not empty.
+    pub fn client_ca_subjects(&self) -> Vec<rustls::DistinguishedName> {
+        match self {
+            GateChain::Gate(gate) => gate.client_ca_subjects(),
+            GateChain::AnyOf(members) | GateChain::AllOf(members) => members
+                .iter()
+                .flat_map(GateChain::client_ca_subjects)
+                .collect(),
+            GateChain::RateLimited(inner, _) => inner.client_ca_subjects(),
+        }
     }
 
     fn run(
@@ -135,78 +186,222 @@ impl GateChain {
         now: SystemTime,
         depth: usize,
         trace: &mut ChainTrace,
-    ) -> Decision {
+    ) -> Decided {
         match self {
             GateChain::Gate(gate) => {
                 let decision = gate.evaluate(request, now);
-                trace.entries.push(TraceEntry {
-                    gate: gate.name().to_string(),
-                    depth,
-                    outcome: match &decision {
-                        Decision::Allow { identity, .. } => {
-                            TraceOutcome::Allowed(identity.principal.clone())
-                        }
-                        Decision::Deny { reason, .. } => TraceOutcome::Denied(*reason),
-                        Decision::Respond { status, .. } => {
-                            TraceOutcome::Responded(status.as_u16())
-                        }
-                    },
-                });
-                decision
+                record(trace, gate.name(), depth, &decision);
+                (decision, Some(gate.name().to_string()))
             }
             GateChain::AnyOf(members) => {
-                let mut denials = Vec::new();
+                let mut fold = AnyOfFold::default();
                 for member in members {
-                    match member.run(request, now, depth + 1, trace) {
-                        Decision::Deny { status, reason } => denials.push((status, reason)),
-                        admitted_or_answered => return admitted_or_answered,
+                    if let Some(done) = fold.push(member.run(request, now, depth + 1, trace)) {
+                        return done;
                     }
                 }
-                let telling = denials
-                    .iter()
-                    .find(|(_, reason)| !is_absence(*reason))
-                    .or_else(|| denials.first());
-                match telling {
-                    Some((status, reason)) => Decision::Deny {
-                        status: *status,
-                        reason: *reason,
-                    },
-                    None => Decision::deny(ReasonCode::NoGateAdmitted),
-                }
+                fold.finish()
             }
             GateChain::AllOf(members) => {
-                let mut gates = Vec::new();
-                let mut principals = Vec::new();
-                let mut attributes = Vec::new();
+                let mut fold = AllOfFold::default();
                 for member in members {
-                    match member.run(request, now, depth + 1, trace) {
-                        Decision::Allow { gate, identity } => {
-                            gates.push(gate);
-                            principals.push(identity.principal);
-                            attributes.extend(identity.attributes);
-                        }
-                        refused_or_answered => return refused_or_answered,
+                    if let Some(done) = fold.push(member.run(request, now, depth + 1, trace)) {
+                        return done;
                     }
                 }
-                if gates.is_empty() {
-                    return Decision::deny(ReasonCode::NoGateAdmitted);
+                fold.finish()
+            }
+            GateChain::RateLimited(inner, limit) => {
+                if let Some(refused) = charge_before(request, limit, now, depth, trace) {
+                    return refused;
                 }
-                Decision::Allow {
-                    gate: gates.join("+"),
-                    identity: Identity {
-                        principal: principals.join("+"),
-                        attributes,
-                    },
-                }
+                let inner = inner.run(request, now, depth + 1, trace);
+                charge_identity(inner, limit, now, depth, trace)
             }
         }
+    }
+
+    fn run_async<'a>(
+        &'a self,
+        request: &'a GateRequest<'a>,
+        now: SystemTime,
+        depth: usize,
+        trace: &'a mut ChainTrace,
+    ) -> Pin<Box<dyn Future<Output = Decided> + Send + 'a>> {
+        Box::pin(async move {
+            match self {
+                GateChain::Gate(gate) => {
+                    let decision = gate.evaluate_async(request, now).await;
+                    record(trace, gate.name(), depth, &decision);
+                    (decision, Some(gate.name().to_string()))
+                }
+                GateChain::AnyOf(members) => {
+                    let mut fold = AnyOfFold::default();
+                    for member in members {
+                        let decided = member.run_async(request, now, depth + 1, trace).await;
+                        if let Some(done) = fold.push(decided) {
+                            return done;
+                        }
+                    }
+                    fold.finish()
+                }
+                GateChain::AllOf(members) => {
+                    let mut fold = AllOfFold::default();
+                    for member in members {
+                        let decided = member.run_async(request, now, depth + 1, trace).await;
+                        if let Some(done) = fold.push(decided) {
+                            return done;
+                        }
+                    }
+                    fold.finish()
+                }
+                GateChain::RateLimited(inner, limit) => {
+                    if let Some(refused) = charge_before(request, limit, now, depth, trace) {
+                        return refused;
+                    }
+                    let inner = inner.run_async(request, now, depth + 1, trace).await;
+                    charge_identity(inner, limit, now, depth, trace)
+                }
+            }
+        })
+    }
+}
+
+/// A decision and the name of the gate (or joined gates) that made it.
+type Decided = (Decision, Option<String>);
+
+fn record(trace: &mut ChainTrace, gate: &str, depth: usize, decision: &Decision) {
+    trace.entries.push(TraceEntry {
+        gate: gate.to_string(),
+        depth,
+        outcome: match decision {
+            Decision::Allow { identity, .. } => TraceOutcome::Allowed(identity.principal.clone()),
+            Decision::Deny { reason, .. } => TraceOutcome::Denied(*reason),
+            Decision::Respond { status, .. } => TraceOutcome::Responded(status.as_u16()),
+        },
+    });
+}
+
+/// Charges a client-address or funnel limit before the inner chain runs.
+fn charge_before(
+    request: &GateRequest<'_>,
+    limit: &RateLimit,
+    now: SystemTime,
+    depth: usize,
+    trace: &mut ChainTrace,
+) -> Option<Decided> {
+    let key = match limit.key() {
+        RateLimitKey::ClientIp => request.client().ip().to_string(),
+        RateLimitKey::Funnel => String::new(),
+        RateLimitKey::Identity => return None,
+    };
+    let denial = limit.charge(&key, now).err()?;
+    record(trace, limit.name(), depth, &denial);
+    Some((denial, Some(limit.name().to_string())))
+}
+
+/// Charges an identity limit after the inner chain admitted.
+fn charge_identity(
+    inner: Decided,
+    limit: &RateLimit,
+    now: SystemTime,
+    depth: usize,
+    trace: &mut ChainTrace,
+) -> Decided {
+    let (decision, decided_by) = inner;
+    let Decision::Allow { identity, .. } = &decision else {
+        return (decision, decided_by);
+    };
+    if limit.key() != RateLimitKey::Identity {
+        return (decision, decided_by);
+    }
+    match limit.charge(&identity.principal, now) {
+        Ok(()) => (decision, decided_by),
+        Err(denial) => {
+            record(trace, limit.name(), depth, &denial);
+            (denial, Some(limit.name().to_string()))
+        }
+    }
+}
+
+/// Any-of: the first allow or respond ends the group; otherwise the most telling denial.
+#[derive(Default)]
+struct AnyOfFold {
+    denials: Vec<Decided>,
+}
+
+impl AnyOfFold {
+    fn push(&mut self, decided: Decided) -> Option<Decided> {
+        if matches!(decided.0, Decision::Deny { .. }) {
+            self.denials.push(decided);
+            None
+        } else {
+            Some(decided)
+        }
+    }
+
+    fn finish(mut self) -> Decided {
+        let telling = self
+            .denials
+            .iter()
+            .position(|(decision, _)| !decision.deny_reason().is_some_and(is_absence))
+            .unwrap_or(0);
+        if telling < self.denials.len() {
+            self.denials.swap_remove(telling)
+        } else {
+            (Decision::deny(ReasonCode::NoGateAdmitted), None)
+        }
+    }
+}
+
+/// All-of: the first deny or respond ends the group; otherwise every admission joined.
+#[derive(Default)]
+struct AllOfFold {
+    gates: Vec<String>,
+    principals: Vec<String>,
+    attributes: Vec<(String, String)>,
+}
+
+impl AllOfFold {
+    fn push(&mut self, decided: Decided) -> Option<Decided> {
+        match decided.0 {
+            Decision::Allow { gate, identity } => {
+                self.gates.push(gate);
+                self.principals.push(identity.principal);
+                self.attributes.extend(identity.attributes);
+                None
+            }
+            refused_or_answered => Some((refused_or_answered, decided.1)),
+        }
+    }
+
+    fn finish(self) -> Decided {
+        if self.gates.is_empty() {
+            return (Decision::deny(ReasonCode::NoGateAdmitted), None);
+        }
+        let gate = self.gates.join("+");
+        (
+            Decision::Allow {
+                gate: gate.clone(),
+                identity: Identity {
+                    principal: self.principals.join("+"),
+                    attributes: self.attributes,
+                },
+            },
+            Some(gate),
+        )
     }
 }
 
 fn is_absence(reason: ReasonCode) -> bool {
     matches!(
         reason,
-        ReasonCode::SignatureMissing | ReasonCode::TimestampMissing | ReasonCode::NoGateAdmitted
+        ReasonCode::SignatureMissing
+            | ReasonCode::TimestampMissing
+            | ReasonCode::NoGateAdmitted
+            | ReasonCode::TokenMissing
+            | ReasonCode::ClientCertMissing
+            | ReasonCode::LoginRequired
     )
 }
 

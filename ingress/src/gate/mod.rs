@@ -16,12 +16,19 @@
 //! This module is sans-IO: it reads no clock and no socket. Time is the `now` parameter,
 //! which makes every decision reproducible in tests.
 //!
-//! Later gates (OIDC session cookies, JWT, mTLS subject, IP rules, rate limits) implement
-//! the same [`Gate`] trait; [`GateRequest`] already carries cookies, the client address and
-//! the client certificate subject for them.
+//! The gates: [`WebhookGate`] (22 providers), [`JwtGate`], [`OidcGate`] (login for
+//! people), [`MtlsGate`], [`IpRulesGate`], and [`RateLimit`] around a chain. Gates with
+//! I/O (JWKS fetches, OIDC discovery and code exchange) do it in
+//! [`Gate::evaluate_async`] and keep the decision itself in the pure [`Gate::evaluate`];
+//! the edge runs [`GateChain::evaluate_async`].
 
 mod chain;
 mod identity_headers;
+mod ip_rules;
+pub mod jwt;
+mod mtls;
+pub mod oidc;
+mod rate_limit;
 mod replay;
 mod secret;
 pub mod webhook;
@@ -31,12 +38,18 @@ use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use rustls_pki_types::CertificateDer;
 
 pub use chain::{ChainError, ChainOutcome, ChainTrace, GateChain, TraceEntry, TraceOutcome};
 pub use identity_headers::{
     GATE_HEADER, IDENTITY_ATTRIBUTE_PREFIX, IDENTITY_HEADER, IDENTITY_HEADER_PREFIX,
     rewrite_identity_headers,
 };
+pub use ip_rules::{IpAction, IpRule, IpRuleError, IpRulesConfig, IpRulesGate};
+pub use jwt::{JwtConfig, JwtConfigError, JwtGate};
+pub use mtls::{DeferredClientCertVerifier, MtlsConfig, MtlsConfigError, MtlsGate};
+pub use oidc::{OidcConfig, OidcConfigError, OidcGate};
+pub use rate_limit::{RateLimit, RateLimitConfig, RateLimitError, RateLimitKey};
 pub use replay::ReplayCache;
 pub use secret::Secret;
 pub use webhook::{Provider, WebhookConfigError, WebhookGate, WebhookGateConfig};
@@ -57,7 +70,35 @@ pub trait Gate: Send + Sync + fmt::Debug {
     ///
     /// Never panics on request input; anything malformed is a [`Decision::Deny`].
     fn evaluate(&self, request: &GateRequest<'_>, now: SystemTime) -> Decision;
+
+    /// Decides about one request, doing the gate's I/O first where it has any: the JWT
+    /// gate fetches its JWKS when a token names an unknown key, the OIDC gate redeems an
+    /// authorization code at the IdP on its callback path. The edge calls this one.
+    ///
+    /// The default runs [`Gate::evaluate`]: gates without I/O (webhooks, IP rules, rate
+    /// limits, mTLS) implement only that. A gate that overrides this keeps the decision
+    /// itself in `evaluate` (pure, testable with a fake clock) and does only the fetching
+    /// here.
+    fn evaluate_async<'a>(
+        &'a self,
+        request: &'a GateRequest<'a>,
+        now: SystemTime,
+    ) -> GateFuture<'a> {
+        let decision = self.evaluate(request, now);
+        Box::pin(std::future::ready(decision))
+    }
+
+    /// The subjects of the CAs whose client certificates this gate accepts (mTLS gates),
+    /// so the edge can ask clients for a certificate during the TLS handshake. Empty for
+    /// every other gate.
+    fn client_ca_subjects(&self) -> Vec<rustls::DistinguishedName> {
+        Vec::new()
+    }
 }
+
+/// The future returned by [`Gate::evaluate_async`] and [`GateChain::evaluate_async`].
+pub type GateFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Decision> + Send + 'a>>;
 
 /// A read-only view of one incoming request, as the edge received it.
 ///
@@ -72,6 +113,7 @@ pub struct GateRequest<'a> {
     body_truncated: bool,
     client: SocketAddr,
     client_cert_subject: Option<&'a str>,
+    client_cert_chain: &'a [CertificateDer<'static>],
 }
 
 impl<'a> GateRequest<'a> {
@@ -95,6 +137,7 @@ impl<'a> GateRequest<'a> {
             body_truncated: false,
             client,
             client_cert_subject: None,
+            client_cert_chain: &[],
         }
     }
 
@@ -115,13 +158,48 @@ impl<'a> GateRequest<'a> {
         self
     }
 
+    /// Sets the certificate chain the client presented in the TLS handshake, leaf first,
+    /// exactly as received. The edge's TLS layer checks only that the client holds the
+    /// leaf's private key; whether the chain is trusted is for the mTLS gate to decide
+    /// ([`MtlsGate`]), so nothing else may treat these certificates as verified.
+    #[must_use]
+    pub fn with_client_cert_chain(mut self, chain: &'a [CertificateDer<'static>]) -> Self {
+        self.client_cert_chain = chain;
+        self
+    }
+
+    /// The client's TLS certificate chain as presented (leaf first; empty when none was
+    /// presented). Unverified: see [`GateRequest::with_client_cert_chain`].
+    pub fn client_cert_chain(&self) -> &'a [CertificateDer<'static>] {
+        self.client_cert_chain
+    }
+
+    /// The request path, without the query string.
+    pub fn path(&self) -> &'a str {
+        let after_scheme = self
+            .url
+            .split_once("://")
+            .map_or(self.url, |(_, rest)| rest);
+        let path_and_query = after_scheme
+            .find('/')
+            .map_or("/", |at| after_scheme.get(at..).unwrap_or("/"));
+        path_and_query.split(['?', '#']).next().unwrap_or("/")
+    }
+
+    /// The query string (after `?`), if any.
+    pub fn query(&self) -> Option<&'a str> {
+        self.url
+            .split_once('?')
+            .map(|(_, query)| query.split('#').next().unwrap_or(""))
+    }
+
     /// The request method.
     pub fn method(&self) -> &Method {
         self.method
     }
 
     /// The URL as the sender saw it, scheme and host included.
-    pub fn url(&self) -> &str {
+    pub fn url(&self) -> &'a str {
         self.url
     }
 
@@ -209,6 +287,9 @@ pub enum Decision {
         status: StatusCode,
         /// The machine-readable reason, also the response body and the audit field.
         reason: ReasonCode,
+        /// Extra response headers, e.g. `Retry-After` on a rate limit or
+        /// `WWW-Authenticate` on a missing bearer token. Usually empty.
+        headers: Vec<(HeaderName, HeaderValue)>,
     },
     /// Answer the request at the edge (a provider's verification handshake); forward
     /// nothing.
@@ -228,6 +309,16 @@ impl Decision {
         Decision::Deny {
             status: reason.status(),
             reason,
+            headers: Vec::new(),
+        }
+    }
+
+    /// A denial with the reason's usual status and one extra response header.
+    pub fn deny_with_header(reason: ReasonCode, name: HeaderName, value: HeaderValue) -> Self {
+        Decision::Deny {
+            status: reason.status(),
+            reason,
+            headers: vec![(name, value)],
         }
     }
 
@@ -315,11 +406,40 @@ pub enum ReasonCode {
     NoGateAdmitted,
     /// Too many requests (rate-limit gates).
     RateLimited,
+    /// No `Authorization: Bearer` token (JWT gate).
+    TokenMissing,
+    /// The bearer token is not a well-formed JWT, or its header names no usable key.
+    TokenMalformed,
+    /// The token's signature does not verify with any key of the JWKS, or its algorithm is
+    /// not allowed.
+    TokenInvalid,
+    /// The token has expired or is not valid yet (`exp`, `nbf`, with the clock skew).
+    TokenExpired,
+    /// The token's issuer, audience or required claims are not the configured ones.
+    TokenClaimsRejected,
+    /// The identity provider (JWKS or OIDC discovery) could not be reached and nothing
+    /// usable is cached.
+    IdpUnavailable,
+    /// The client address is refused by the funnel's IP rules.
+    IpDenied,
+    /// No TLS client certificate was presented (mTLS gate).
+    ClientCertMissing,
+    /// The client certificate does not chain to the configured CA, has expired, or is not
+    /// for client authentication.
+    ClientCertRejected,
+    /// No valid login session (OIDC gate), and the request is not one a browser can be
+    /// redirected for.
+    LoginRequired,
+    /// The person logged in, but their email, domain or groups are not allowed here.
+    LoginNotAllowed,
+    /// The login callback failed: state mismatch, expired attempt, or the IdP refused the
+    /// code or sent an invalid id_token.
+    LoginFailed,
 }
 
 impl ReasonCode {
     /// Every reason code, for documentation and tests.
-    pub const ALL: [ReasonCode; 13] = [
+    pub const ALL: [ReasonCode; 25] = [
         ReasonCode::SignatureMissing,
         ReasonCode::SignatureMalformed,
         ReasonCode::SignatureMismatch,
@@ -333,6 +453,18 @@ impl ReasonCode {
         ReasonCode::MethodNotAllowed,
         ReasonCode::NoGateAdmitted,
         ReasonCode::RateLimited,
+        ReasonCode::TokenMissing,
+        ReasonCode::TokenMalformed,
+        ReasonCode::TokenInvalid,
+        ReasonCode::TokenExpired,
+        ReasonCode::TokenClaimsRejected,
+        ReasonCode::IdpUnavailable,
+        ReasonCode::IpDenied,
+        ReasonCode::ClientCertMissing,
+        ReasonCode::ClientCertRejected,
+        ReasonCode::LoginRequired,
+        ReasonCode::LoginNotAllowed,
+        ReasonCode::LoginFailed,
     ];
 
     /// The stable snake_case code, e.g. `signature_mismatch`.
@@ -351,6 +483,18 @@ impl ReasonCode {
             ReasonCode::MethodNotAllowed => "method_not_allowed",
             ReasonCode::NoGateAdmitted => "no_gate_admitted",
             ReasonCode::RateLimited => "rate_limited",
+            ReasonCode::TokenMissing => "token_missing",
+            ReasonCode::TokenMalformed => "token_malformed",
+            ReasonCode::TokenInvalid => "token_invalid",
+            ReasonCode::TokenExpired => "token_expired",
+            ReasonCode::TokenClaimsRejected => "token_claims_rejected",
+            ReasonCode::IdpUnavailable => "idp_unavailable",
+            ReasonCode::IpDenied => "ip_denied",
+            ReasonCode::ClientCertMissing => "client_cert_missing",
+            ReasonCode::ClientCertRejected => "client_cert_rejected",
+            ReasonCode::LoginRequired => "login_required",
+            ReasonCode::LoginNotAllowed => "login_not_allowed",
+            ReasonCode::LoginFailed => "login_failed",
         }
     }
 
@@ -359,7 +503,11 @@ impl ReasonCode {
         match self {
             ReasonCode::SignatureMissing
             | ReasonCode::TimestampMissing
-            | ReasonCode::NoGateAdmitted => StatusCode::UNAUTHORIZED,
+            | ReasonCode::NoGateAdmitted
+            | ReasonCode::TokenMissing
+            | ReasonCode::ClientCertMissing
+            | ReasonCode::LoginRequired => StatusCode::UNAUTHORIZED,
+            ReasonCode::IdpUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ReasonCode::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ReasonCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ReasonCode::SignatureMalformed
@@ -369,7 +517,15 @@ impl ReasonCode {
             | ReasonCode::ReplayedDelivery
             | ReasonCode::BodyMalformed
             | ReasonCode::BodyHashMismatch
-            | ReasonCode::MethodNotAllowed => StatusCode::FORBIDDEN,
+            | ReasonCode::MethodNotAllowed
+            | ReasonCode::TokenMalformed
+            | ReasonCode::TokenInvalid
+            | ReasonCode::TokenExpired
+            | ReasonCode::TokenClaimsRejected
+            | ReasonCode::IpDenied
+            | ReasonCode::ClientCertRejected
+            | ReasonCode::LoginNotAllowed
+            | ReasonCode::LoginFailed => StatusCode::FORBIDDEN,
         }
     }
 
@@ -408,6 +564,40 @@ impl ReasonCode {
             ReasonCode::MethodNotAllowed => "the provider never sends requests with this method",
             ReasonCode::NoGateAdmitted => "no gate of the funnel's chain admitted the request",
             ReasonCode::RateLimited => "too many requests from this client; retry later",
+            ReasonCode::TokenMissing => {
+                "the request carries no Authorization: Bearer token; send the JWT issued for this funnel's audience"
+            }
+            ReasonCode::TokenMalformed => {
+                "the bearer token is not a well-formed JWT (three base64url parts, a JSON header naming an allowed algorithm)"
+            }
+            ReasonCode::TokenInvalid => {
+                "the token's signature does not verify with the issuer's published keys, or its algorithm is not allowed; check the token's issuer"
+            }
+            ReasonCode::TokenExpired => {
+                "the token has expired or is not valid yet; get a fresh token, or check the clocks of the issuer and the edge"
+            }
+            ReasonCode::TokenClaimsRejected => {
+                "the token's issuer, audience or required claims are not the ones this funnel accepts"
+            }
+            ReasonCode::IdpUnavailable => {
+                "the identity provider's keys or discovery document could not be fetched; check that the IdP is reachable from the edge"
+            }
+            ReasonCode::IpDenied => "the client address is refused by the funnel's IP rules",
+            ReasonCode::ClientCertMissing => {
+                "no TLS client certificate was presented; this funnel needs one issued by its configured CA"
+            }
+            ReasonCode::ClientCertRejected => {
+                "the TLS client certificate does not chain to this funnel's CA, has expired, or is not for client authentication"
+            }
+            ReasonCode::LoginRequired => {
+                "no valid login session; open the funnel in a browser to sign in with the identity provider"
+            }
+            ReasonCode::LoginNotAllowed => {
+                "the signed-in person's email, domain or groups are not on this funnel's allow lists"
+            }
+            ReasonCode::LoginFailed => {
+                "the login could not be completed (stale or forged state, or the identity provider refused the code); start again from the funnel's URL"
+            }
         }
     }
 }

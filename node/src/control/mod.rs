@@ -17,4 +17,4 @@ pub mod session;
 pub use client::{ClientConfig, ClientError, ControlClient};
 pub use connection::{ConnectionError, ControlConnection, dial, fetch_coord_key};
 pub use noise::{ChannelError, NoiseChannel};
-pub use session::{ControlSession, SessionConfig, SessionError};
+pub use session::{ControlSession, RegistrationState, SessionConfig, SessionError};

@@ -36,6 +36,49 @@ pub struct SessionConfig {
     pub home_relay: Option<RegionId>,
 }
 
+/// Where the node's registration stands, for a CLI to show ("open this URL", "waiting for
+/// approval", "logged in as ...").
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RegistrationState {
+    /// Not registered yet, or the registration is in flight.
+    #[default]
+    Registering,
+    /// A person must open `url` and log in; the coord answers on the same connection.
+    LoginRequired {
+        /// The login link.
+        url: String,
+    },
+    /// A person must open `verification_uri` on any device and enter `user_code`.
+    DeviceCode {
+        /// Where to enter the code.
+        verification_uri: String,
+        /// The page with the code filled in, if the IdP offers one.
+        verification_uri_complete: Option<String>,
+        /// The code.
+        user_code: String,
+    },
+    /// An admin must approve the node.
+    NeedsApproval {
+        /// The node's id.
+        node_id: NodeId,
+    },
+    /// The node is registered.
+    Authorized {
+        /// Its id.
+        node_id: NodeId,
+        /// Its DNS-safe name.
+        name: String,
+        /// Its owner's login (email).
+        user: String,
+    },
+    /// The coord refused the node.
+    Rejected {
+        /// Why.
+        reason: String,
+    },
+}
+
 /// Why the session cannot go on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -43,7 +86,9 @@ pub enum SessionError {
     /// The coord refused the registration; retrying will not help until the cause is fixed.
     #[error("the coord refused to register this node: {0}")]
     Rejected(String),
-    /// The coord wants an interactive login at this URL.
+    /// The coord wants an interactive login at this URL. (Current coords keep the
+    /// connection open instead, see [`RegistrationState::LoginRequired`]; kept for callers
+    /// that match on it.)
     #[error("log in at {0} to register this node")]
     LoginRequired(String),
     /// An admin must approve the node.
@@ -74,6 +119,8 @@ pub struct ControlSession {
     node_id: Option<NodeId>,
     netmap: Option<Netmap>,
     netmap_version: u64,
+    registration: RegistrationState,
+    device_login: bool,
 }
 
 impl ControlSession {
@@ -84,7 +131,34 @@ impl ControlSession {
             node_id: None,
             netmap: None,
             netmap_version: 0,
+            registration: RegistrationState::Registering,
+            device_login: false,
         }
+    }
+
+    /// A session for a node that registered before (its machine and node keys are known to
+    /// the coord as node `node_id`): the first message on each connection is a map request,
+    /// so a restarted node keeps its name and addresses without an auth key.
+    pub fn resume(config: SessionConfig, node_id: NodeId) -> Self {
+        Self {
+            config,
+            node_id: Some(node_id),
+            netmap: None,
+            netmap_version: 0,
+            registration: RegistrationState::Registering,
+            device_login: false,
+        }
+    }
+
+    /// Asks for a device-code login instead of a browser link when registering without an
+    /// auth key (`postern login --device`).
+    pub fn set_device_login(&mut self, device: bool) {
+        self.device_login = device;
+    }
+
+    /// Where the registration stands.
+    pub fn registration(&self) -> &RegistrationState {
+        &self.registration
     }
 
     /// The messages to send on a fresh connection: a registration the first time, a map
@@ -95,6 +169,7 @@ impl ControlSession {
         } else {
             let auth = match &self.config.auth_key {
                 Some(key) => RegisterAuth::AuthKey { key: key.clone() },
+                None if self.device_login => RegisterAuth::Device,
                 None => RegisterAuth::Interactive,
             };
             vec![ControlMessage::RegisterRequest(RegisterRequest {
@@ -114,17 +189,49 @@ impl ControlSession {
     ) -> Result<Vec<ControlMessage>, SessionError> {
         match message {
             ControlMessage::RegisterResponse(response) => match response {
-                RegisterResponse::Authorized { node_id, .. } => {
+                RegisterResponse::Authorized {
+                    node_id,
+                    name,
+                    user,
+                    ..
+                } => {
                     self.node_id = Some(node_id);
+                    self.registration = RegistrationState::Authorized {
+                        node_id,
+                        name,
+                        user: user.login,
+                    };
                     Ok(vec![self.map_request()])
                 }
+                // The coord keeps the connection open and answers again once the person
+                // has logged in: wait.
                 RegisterResponse::LoginRequired { login_url } => {
-                    Err(SessionError::LoginRequired(login_url))
+                    self.registration = RegistrationState::LoginRequired { url: login_url };
+                    Ok(Vec::new())
+                }
+                RegisterResponse::DeviceCode {
+                    verification_uri,
+                    verification_uri_complete,
+                    user_code,
+                    ..
+                } => {
+                    self.registration = RegistrationState::DeviceCode {
+                        verification_uri,
+                        verification_uri_complete,
+                        user_code,
+                    };
+                    Ok(Vec::new())
                 }
                 RegisterResponse::NeedsApproval { node_id } => {
+                    self.registration = RegistrationState::NeedsApproval { node_id };
                     Err(SessionError::NeedsApproval(node_id))
                 }
-                RegisterResponse::Rejected { reason } => Err(SessionError::Rejected(reason)),
+                RegisterResponse::Rejected { reason } => {
+                    self.registration = RegistrationState::Rejected {
+                        reason: reason.clone(),
+                    };
+                    Err(SessionError::Rejected(reason))
+                }
                 _ => Err(SessionError::Unexpected("unknown register response")),
             },
             ControlMessage::MapResponse(response) => {
@@ -175,6 +282,19 @@ impl ControlSession {
         self.config.endpoints = endpoints;
     }
 
+    /// Updates the endpoints and home relay to report, and returns the map request that
+    /// tells the coord now (`None` before registration: the first map request carries them).
+    /// Send the result on the open connection, if any.
+    pub fn update_endpoints(
+        &mut self,
+        endpoints: Vec<SocketAddr>,
+        home_relay: Option<RegionId>,
+    ) -> Option<ControlMessage> {
+        self.config.endpoints = endpoints;
+        self.config.home_relay = home_relay;
+        self.node_id.map(|_| self.map_request())
+    }
+
     fn map_request(&self) -> ControlMessage {
         ControlMessage::MapRequest(MapRequest {
             node_key: self.config.node_key,
@@ -187,5 +307,120 @@ impl ControlSession {
             },
             stream: true,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use postern_proto::netmap::{NodeAddresses, UserProfile};
+    use postern_proto::{DiscoPrivateKey, NodePrivateKey, UserId};
+
+    use super::*;
+
+    fn session() -> ControlSession {
+        let rng = &mut rand::rngs::OsRng;
+        ControlSession::new(SessionConfig {
+            node_key: NodePrivateKey::generate(rng).public_key(),
+            disco_key: DiscoPrivateKey::generate(rng).public_key(),
+            hostname: "laptop".into(),
+            auth_key: None,
+            requested_tags: Vec::new(),
+            ephemeral: false,
+            endpoints: Vec::new(),
+            home_relay: None,
+        })
+    }
+
+    fn answer(response: RegisterResponse) -> ControlMessage {
+        ControlMessage::RegisterResponse(response)
+    }
+
+    #[test]
+    fn a_login_link_is_a_state_to_show_and_the_session_waits_for_the_answer() {
+        let mut session = session();
+        let sent = session.on_connected();
+        assert!(matches!(
+            &sent[..],
+            [ControlMessage::RegisterRequest(RegisterRequest {
+                auth: RegisterAuth::Interactive,
+                ..
+            })]
+        ));
+        let replies = session
+            .handle_message(answer(RegisterResponse::LoginRequired {
+                login_url: "https://coord/login/x".into(),
+            }))
+            .unwrap();
+        assert!(replies.is_empty());
+        assert_eq!(
+            session.registration(),
+            &RegistrationState::LoginRequired {
+                url: "https://coord/login/x".into()
+            }
+        );
+        let replies = session
+            .handle_message(answer(RegisterResponse::Authorized {
+                node_id: NodeId(3),
+                name: "laptop".into(),
+                addresses: NodeAddresses {
+                    ipv4: "100.64.0.3".parse().unwrap(),
+                    ipv6: "fd00::3".parse().unwrap(),
+                },
+                user: UserProfile {
+                    id: UserId(1),
+                    login: "alice@example.com".into(),
+                    display_name: String::new(),
+                    groups: Vec::new(),
+                },
+                key_expiry: None,
+            }))
+            .unwrap();
+        assert!(matches!(&replies[..], [ControlMessage::MapRequest(_)]));
+        assert_eq!(
+            session.registration(),
+            &RegistrationState::Authorized {
+                node_id: NodeId(3),
+                name: "laptop".into(),
+                user: "alice@example.com".into()
+            }
+        );
+    }
+
+    #[test]
+    fn device_login_asks_for_a_code_and_a_refusal_stops_with_its_reason() {
+        let mut session = session();
+        session.set_device_login(true);
+        assert!(matches!(
+            &session.on_connected()[..],
+            [ControlMessage::RegisterRequest(RegisterRequest {
+                auth: RegisterAuth::Device,
+                ..
+            })]
+        ));
+        session
+            .handle_message(answer(RegisterResponse::DeviceCode {
+                verification_uri: "https://idp/device".into(),
+                verification_uri_complete: None,
+                user_code: "AB-CD".into(),
+                expires_in_secs: 600,
+            }))
+            .unwrap();
+        assert!(matches!(
+            session.registration(),
+            RegistrationState::DeviceCode { user_code, .. } if user_code == "AB-CD"
+        ));
+        let err = session
+            .handle_message(answer(RegisterResponse::Rejected {
+                reason: "not in group eng".into(),
+            }))
+            .unwrap_err();
+        assert_eq!(err, SessionError::Rejected("not in group eng".into()));
+        assert!(!err.is_retryable());
+        assert_eq!(
+            session.registration(),
+            &RegistrationState::Rejected {
+                reason: "not in group eng".into()
+            }
+        );
     }
 }

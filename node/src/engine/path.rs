@@ -7,12 +7,24 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
+use postern_proto::NodePublicKey;
+use postern_proto::netmap::RegionId;
+
 /// One way to reach a peer, or the way a datagram arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum PathId {
     /// Plain UDP to or from this socket address.
     Direct(SocketAddr),
+    /// Through the relay of `region`, addressed to (or arriving from) the node `peer`. The
+    /// shell hands such transmits to its [`RelayClient`](crate::relay::RelayClient) for that
+    /// region, and feeds datagrams from it with the sender as `peer`.
+    Relay {
+        /// The relay region carrying the datagrams.
+        region: RegionId,
+        /// The peer at the other end of the relay.
+        peer: NodePublicKey,
+    },
 }
 
 impl PathId {
@@ -21,6 +33,9 @@ impl PathId {
     pub fn source_ip(&self) -> Option<IpAddr> {
         match self {
             PathId::Direct(addr) => Some(addr.ip()),
+            // The relay authenticated the sender's node key; there is no address to bind a
+            // cookie to.
+            PathId::Relay { .. } => None,
         }
     }
 }
@@ -35,6 +50,7 @@ impl fmt::Display for PathId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PathId::Direct(addr) => write!(f, "udp:{addr}"),
+            PathId::Relay { region, peer } => write!(f, "relay:{}/{}", region.0, peer.short()),
         }
     }
 }

@@ -29,9 +29,11 @@ use tokio::io::Interest;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::engine::filter::InboundFilter;
 use crate::engine::session::WireGuardResponder;
 use crate::engine::{EngineError, EngineStats, Event, PathId, PeerConfig, PeerEngine, PeerStats};
 use boringtun::x25519::PublicKey;
+use ipnet::IpNet;
 
 pub use self::batch::{GsoRun, gso_runs};
 
@@ -75,6 +77,23 @@ pub enum EngineCommand {
     PeerStats(PublicKey, oneshot::Sender<Option<PeerStats>>),
     /// Read the engine's drop counters.
     EngineStats(oneshot::Sender<EngineStats>),
+    /// Point a peer at a new path; whether the peer exists comes back.
+    SetEndpoint(PublicKey, PathId, oneshot::Sender<bool>),
+    /// Replace a peer's allowed IPs; whether the peer exists comes back.
+    SetAllowedIps(PublicKey, Vec<IpNet>, oneshot::Sender<bool>),
+    /// Replace the inbound packet filter.
+    SetFilter(NewFilter),
+    /// Read every peer's counters.
+    AllPeerStats(oneshot::Sender<Vec<(PublicKey, PeerStats)>>),
+}
+
+/// An inbound filter on its way to the engine (see [`EngineCommand::SetFilter`]).
+pub struct NewFilter(pub Box<dyn InboundFilter>);
+
+impl std::fmt::Debug for NewFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NewFilter(..)")
+    }
 }
 
 /// The handles of a running UDP engine task.
@@ -272,6 +291,21 @@ impl<R: WireGuardResponder> Shell<R> {
             EngineCommand::EngineStats(reply) => {
                 let _ = reply.send(self.engine.stats());
             }
+            EngineCommand::SetEndpoint(key, path, reply) => {
+                let _ = reply.send(self.engine.set_endpoint(&key, path));
+            }
+            EngineCommand::SetAllowedIps(key, allowed_ips, reply) => {
+                let _ = reply.send(self.engine.set_allowed_ips(&key, &allowed_ips));
+            }
+            EngineCommand::SetFilter(NewFilter(filter)) => self.engine.set_filter(filter),
+            EngineCommand::AllPeerStats(reply) => {
+                let keys: Vec<PublicKey> = self.engine.peers().collect();
+                let stats = keys
+                    .into_iter()
+                    .filter_map(|key| self.engine.peer_stats(&key).map(|s| (key, s)))
+                    .collect();
+                let _ = reply.send(stats);
+            }
         }
     }
 
@@ -320,7 +354,10 @@ async fn send_run(
     counters: &ShellCounters,
     run: &GsoRun,
 ) -> io::Result<()> {
-    let PathId::Direct(destination) = run.dst;
+    let PathId::Direct(destination) = run.dst else {
+        // Relay paths are carried by the relay client, not this socket.
+        return Ok(());
+    };
     let transmit = quinn_udp::Transmit {
         destination,
         ecn: None,

@@ -131,30 +131,7 @@ impl UserspaceTunnel {
     pub async fn start(config: &WgConfig) -> Result<Self, TunnelError> {
         let addresses = stack_addresses(config)?;
         let mtu = config.interface.mtu.unwrap_or(DEFAULT_MTU);
-
-        let now = Instant::now();
-        let mut engine = PeerEngine::new(config.engine_config(), now);
-        for peer in &config.peers {
-            let resolved = match &peer.endpoint {
-                Some(Endpoint::Host { host, port }) => Some(resolve(host, *port, peer).await?),
-                _ => None,
-            };
-            engine
-                .add_peer(peer.engine_peer(resolved), now)
-                .map_err(|source| TunnelError::Peer {
-                    peer: encode_key(peer.public_key.as_bytes()),
-                    source,
-                })?;
-        }
-
-        let bind = SocketAddr::new(
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            config.interface.listen_port.unwrap_or(0),
-        );
-        let socket = std::net::UdpSocket::bind(bind)
-            .map_err(|source| TunnelError::Bind { addr: bind, source })?;
-        let udp = UdpEngine::spawn(engine, socket, UdpShellConfig::default())
-            .map_err(|source| TunnelError::Bind { addr: bind, source })?;
+        let udp = spawn_udp_engine(config).await?;
 
         let mut stack_config = NetstackConfig::new(addresses);
         stack_config.mtu = usize::from(mtu);
@@ -324,6 +301,34 @@ impl Drop for UserspaceTunnel {
     }
 }
 
+/// Builds the engine for `config` (its key and peers, `Endpoint` host names resolved once)
+/// and starts the [UDP shell](crate::udp) on `ListenPort` (or any free port). Shared by the
+/// userspace and the [kernel](crate::tun) modes. Must be called inside a tokio runtime.
+pub(crate) async fn spawn_udp_engine(config: &WgConfig) -> Result<UdpEngine, TunnelError> {
+    let now = Instant::now();
+    let mut engine = PeerEngine::new(config.engine_config(), now);
+    for peer in &config.peers {
+        let resolved = match &peer.endpoint {
+            Some(Endpoint::Host { host, port }) => Some(resolve(host, *port, peer).await?),
+            _ => None,
+        };
+        engine
+            .add_peer(peer.engine_peer(resolved), now)
+            .map_err(|source| TunnelError::Peer {
+                peer: encode_key(peer.public_key.as_bytes()),
+                source,
+            })?;
+    }
+    let bind = SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        config.interface.listen_port.unwrap_or(0),
+    );
+    let socket = std::net::UdpSocket::bind(bind)
+        .map_err(|source| TunnelError::Bind { addr: bind, source })?;
+    UdpEngine::spawn(engine, socket, UdpShellConfig::default())
+        .map_err(|source| TunnelError::Bind { addr: bind, source })
+}
+
 /// The stack's addresses: the host part of each `Address`, at most one per family.
 fn stack_addresses(config: &WgConfig) -> Result<Vec<IpAddr>, TunnelError> {
     let mut v4: Option<Ipv4Addr> = None;
@@ -414,7 +419,7 @@ async fn pump(
     }
 }
 
-async fn log_events(mut events: mpsc::Receiver<Event>, cancel: CancellationToken) {
+pub(crate) async fn log_events(mut events: mpsc::Receiver<Event>, cancel: CancellationToken) {
     loop {
         let event = tokio::select! {
             () = cancel.cancelled() => return,

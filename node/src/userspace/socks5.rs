@@ -124,6 +124,28 @@ pub fn parse_greeting(buf: &[u8]) -> Result<Option<usize>, Socks5Error> {
 /// CONNECT to an IP address, or the error (whose [`Socks5Error::reply_code`] is the reply
 /// to send).
 pub fn parse_request(buf: &[u8]) -> Result<Option<(SocketAddr, usize)>, Socks5Error> {
+    match parse_request_target(buf)? {
+        None => Ok(None),
+        Some((Target::Addr(addr), consumed)) => Ok(Some((addr, consumed))),
+        Some((Target::Name(..), _)) => Err(Socks5Error::DomainName),
+    }
+}
+
+/// Where a CONNECT request goes: an address, or a name for the server to resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// An IP address (or a domain name that is an IP literal) and port.
+    Addr(SocketAddr),
+    /// A domain name (not an IP literal) and port.
+    Name(String, u16),
+}
+
+/// A name resolver for a SOCKS5 server: a name to a tunnel address, `None` if unknown.
+pub type Resolver = std::sync::Arc<dyn Fn(&str) -> Option<IpAddr> + Send + Sync>;
+
+/// Like [`parse_request`], but domain names that are not IP literals come back as
+/// [`Target::Name`] (valid UTF-8 required) instead of an error.
+pub fn parse_request_target(buf: &[u8]) -> Result<Option<(Target, usize)>, Socks5Error> {
     let Some(header) = buf.get(..4) else {
         return Ok(None);
     };
@@ -160,12 +182,25 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(SocketAddr, usize)>, Socks5Er
             let Some(name) = name.get(..usize::from(len)) else {
                 return Ok(None);
             };
-            let ip = std::str::from_utf8(name)
-                .ok()
-                .map(|n| n.trim_start_matches('[').trim_end_matches(']'))
-                .and_then(|n| n.parse::<IpAddr>().ok())
-                .ok_or(Socks5Error::DomainName)?;
-            (ip, 1 + usize::from(len))
+            let name = std::str::from_utf8(name).map_err(|_| Socks5Error::DomainName)?;
+            let literal = name
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>();
+            let consumed = 4 + 1 + usize::from(len) + 2;
+            match literal {
+                Ok(ip) => (ip, 1 + usize::from(len)),
+                Err(_) => {
+                    let Some(port) = rest
+                        .get(1 + usize::from(len)..1 + usize::from(len) + 2)
+                        .and_then(|b| <[u8; 2]>::try_from(b).ok())
+                    else {
+                        return Ok(None);
+                    };
+                    let target = Target::Name(name.to_owned(), u16::from_be_bytes(port));
+                    return Ok(Some((target, consumed)));
+                }
+            }
         }
         other => return Err(Socks5Error::AddressType(other)),
     };
@@ -176,7 +211,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(SocketAddr, usize)>, Socks5Er
         return Ok(None);
     };
     Ok(Some((
-        SocketAddr::new(ip, u16::from_be_bytes(port)),
+        Target::Addr(SocketAddr::new(ip, u16::from_be_bytes(port))),
         4 + addr_len + 2,
     )))
 }
@@ -200,6 +235,19 @@ pub fn encode_reply(code: ReplyCode, bound: SocketAddr) -> Vec<u8> {
 
 /// Accepts SOCKS5 clients on `listener` and serves each, until `cancel`.
 pub(super) async fn serve(listener: TcpListener, netstack: Netstack, cancel: CancellationToken) {
+    serve_with_resolver(listener, netstack, None, cancel).await;
+}
+
+/// Accepts SOCKS5 clients on `listener` and serves each, opening connections on `netstack`,
+/// until `cancel`. With a `resolver`, domain-name destinations are resolved by it (unknown
+/// names are answered "host unreachable"); without one they are refused ("address type not
+/// supported").
+pub async fn serve_with_resolver(
+    listener: TcpListener,
+    netstack: Netstack,
+    resolver: Option<Resolver>,
+    cancel: CancellationToken,
+) {
     loop {
         let accepted = tokio::select! {
             () = cancel.cancelled() => return,
@@ -216,8 +264,9 @@ pub(super) async fn serve(listener: TcpListener, netstack: Netstack, cancel: Can
         let _ = client.set_nodelay(true);
         let netstack = netstack.clone();
         let cancel = cancel.clone();
+        let resolver = resolver.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve_client(client, &netstack, &cancel).await {
+            if let Err(e) = serve_client(client, &netstack, resolver.as_ref(), &cancel).await {
                 tracing::debug!(%from, error = %e, "SOCKS5 client ended");
             }
         });
@@ -227,9 +276,11 @@ pub(super) async fn serve(listener: TcpListener, netstack: Netstack, cancel: Can
 async fn serve_client(
     mut client: TcpStream,
     netstack: &Netstack,
+    resolver: Option<&Resolver>,
     cancel: &CancellationToken,
 ) -> std::io::Result<()> {
-    let negotiated = tokio::time::timeout(NEGOTIATION_TIMEOUT, negotiate(&mut client)).await;
+    let negotiated =
+        tokio::time::timeout(NEGOTIATION_TIMEOUT, negotiate(&mut client, resolver)).await;
     let destination = match negotiated {
         Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
         Ok(Err(e)) => return Err(e),
@@ -265,7 +316,10 @@ async fn serve_client(
 
 /// Reads the greeting and request; answers errors itself. `Ok(None)` means the client was
 /// refused (and told so).
-async fn negotiate(client: &mut TcpStream) -> std::io::Result<Option<SocketAddr>> {
+async fn negotiate(
+    client: &mut TcpStream,
+    resolver: Option<&Resolver>,
+) -> std::io::Result<Option<SocketAddr>> {
     let unspecified = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0);
     let mut buf = Vec::with_capacity(MAX_MESSAGE);
     let consumed = loop {
@@ -282,8 +336,24 @@ async fn negotiate(client: &mut TcpStream) -> std::io::Result<Option<SocketAddr>
     buf.drain(..consumed);
     client.write_all(&[VERSION, METHOD_NONE]).await?;
     loop {
-        match parse_request(&buf) {
-            Ok(Some((destination, _))) => return Ok(Some(destination)),
+        match parse_request_target(&buf) {
+            Ok(Some((Target::Addr(destination), _))) => return Ok(Some(destination)),
+            Ok(Some((Target::Name(name, port), _))) => {
+                let Some(resolver) = resolver else {
+                    let code = ReplyCode::AddressTypeNotSupported;
+                    client.write_all(&encode_reply(code, unspecified)).await?;
+                    return Ok(None);
+                };
+                match resolver(&name) {
+                    Some(ip) => return Ok(Some(SocketAddr::new(ip, port))),
+                    None => {
+                        tracing::debug!(%name, "SOCKS5 name not in the tailnet");
+                        let code = ReplyCode::HostUnreachable;
+                        client.write_all(&encode_reply(code, unspecified)).await?;
+                        return Ok(None);
+                    }
+                }
+            }
             Ok(None) => read_more(client, &mut buf).await?,
             Err(e) => {
                 if let Some(code) = e.reply_code() {
@@ -377,6 +447,26 @@ mod tests {
         );
         assert_eq!(parse_request(&[5, 1, 1, 1]), Err(Socks5Error::Reserved(1)));
         assert_eq!(parse_request(&[6, 1, 0, 1]), Err(Socks5Error::Version(6)));
+    }
+
+    #[test]
+    fn names_come_back_as_targets_for_a_resolver() {
+        let mut name = vec![5, 1, 0, 3, 6];
+        name.extend_from_slice(b"laptop");
+        name.extend_from_slice(&[0x1f, 0x90]);
+        assert_eq!(
+            parse_request_target(&name),
+            Ok(Some((Target::Name("laptop".into(), 8080), 13)))
+        );
+        for cut in 0..name.len() {
+            assert_eq!(parse_request_target(&name[..cut]), Ok(None), "cut at {cut}");
+        }
+        assert_eq!(parse_request(&name), Err(Socks5Error::DomainName));
+        let bad_utf8 = [5, 1, 0, 3, 1, 0xff, 0, 80];
+        assert_eq!(
+            parse_request_target(&bad_utf8),
+            Err(Socks5Error::DomainName)
+        );
     }
 
     #[test]

@@ -1,0 +1,120 @@
+//! `postern status`: what the running node knows about itself and its peers.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use postern_node::daemon::api_client::ApiClientError;
+use postern_node::daemon::status::Status;
+
+use crate::config::Global;
+use crate::{EXIT_FAILURE, EXIT_NOT_READY, fail};
+
+/// Arguments of `postern status`.
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// Print the full status as JSON on standard output (fields: self, peers, coord_url,
+    /// coord_connected, listen_port, endpoints).
+    #[arg(long)]
+    json: bool,
+
+    #[command(flatten)]
+    global: Global,
+}
+
+/// Runs `postern status`.
+pub(crate) fn run(args: &StatusArgs) -> ExitCode {
+    let client = match args.global.api_client() {
+        Ok(client) => client,
+        Err((message, code)) => return fail(&message, code),
+    };
+    let runtime = match crate::tokio_runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    let status = match runtime.block_on(client.get::<Status>("/v0/status")) {
+        Ok(status) => status,
+        Err(e @ ApiClientError::NotRunning { .. }) => return fail(&e.to_string(), EXIT_NOT_READY),
+        Err(e) => return fail(&e.to_string(), EXIT_FAILURE),
+    };
+    if args.json {
+        match serde_json::to_string_pretty(&status) {
+            Ok(json) => println!("{json}"),
+            Err(e) => return fail(&e.to_string(), EXIT_FAILURE),
+        }
+    } else {
+        print!("{}", render(&status));
+    }
+    ExitCode::SUCCESS
+}
+
+/// The human-readable table.
+fn render(status: &Status) -> String {
+    let me = &status.self_node;
+    let mut out = String::new();
+    let addresses = |list: &[std::net::IpAddr]| {
+        list.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    out.push_str(&format!(
+        "{:<16} {:<40} {} (this node)\n",
+        me.name,
+        addresses(&me.addresses),
+        me.login
+    ));
+    for peer in &status.peers {
+        let handshake = match peer.last_handshake_secs_ago {
+            Some(ago) => format!("handshake {}s ago", ago),
+            None => "no handshake".to_owned(),
+        };
+        let path = match &peer.endpoint {
+            Some(endpoint) => format!("{} {endpoint}", peer.path),
+            None => "-".to_owned(),
+        };
+        out.push_str(&format!(
+            "{:<16} {:<40} {:<8} {:<28} {:<22} rx {} tx {}\n",
+            peer.name,
+            addresses(&peer.addresses),
+            if peer.online { "online" } else { "offline" },
+            path,
+            handshake,
+            bytes(peer.rx_bytes),
+            bytes(peer.tx_bytes),
+        ));
+    }
+    let coord = if status.coord_connected {
+        "connected"
+    } else {
+        "unreachable (running on the last netmap)"
+    };
+    out.push_str(&format!("\ncoord {}: {coord}\n", status.coord_url));
+    out
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match UNITS.get(unit) {
+        Some(&"B") | None => format!("{n} B"),
+        Some(name) => format!("{value:.1} {name}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts_read_well() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(5 << 20), "5.0 MiB");
+    }
+}

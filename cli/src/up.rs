@@ -1,0 +1,225 @@
+//! `postern up` (the node daemon, in the foreground) and `postern down`.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use postern_node::daemon::api_client::{ApiClientError, LocalApiClient};
+use postern_node::daemon::state::{API_SOCKET_FILE, StateDir};
+use postern_node::daemon::{NodeRuntime, RuntimeConfig, RuntimeError, api, http_proxy};
+use postern_node::userspace::socks5;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Global;
+use crate::{EXIT_FAILURE, EXIT_NOT_READY, EXIT_USAGE, fail};
+
+/// Arguments of `postern up`.
+#[derive(Debug, Args)]
+pub(crate) struct UpArgs {
+    /// The WireGuard UDP port; 0 picks a free port at each start (config: `port`).
+    #[arg(long, value_name = "PORT")]
+    port: Option<u16>,
+
+    /// Run a SOCKS5 proxy into the tailnet at ADDR (no authentication: bind it to
+    /// loopback, e.g. 127.0.0.1:1080). Peer names resolve through the netmap
+    /// (`laptop`, `laptop.TAILNET-DOMAIN`); use socks5h:// in curl (config: `socks5`).
+    #[arg(long, value_name = "ADDR")]
+    socks5: Option<SocketAddr>,
+
+    /// Run an HTTP proxy into the tailnet at ADDR (CONNECT and absolute-form requests; no
+    /// authentication: bind it to loopback) (config: `http_proxy`).
+    #[arg(long, value_name = "ADDR")]
+    http_proxy: Option<SocketAddr>,
+
+    #[command(flatten)]
+    global: Global,
+}
+
+/// Arguments of `postern down`.
+#[derive(Debug, Args)]
+pub(crate) struct DownArgs {
+    #[command(flatten)]
+    global: Global,
+}
+
+/// Runs `postern up`.
+pub(crate) fn run_up(args: UpArgs) -> ExitCode {
+    let (file, state_dir) = match args.global.resolve() {
+        Ok(resolved) => resolved,
+        Err((message, code)) => return fail(&message, code),
+    };
+    let runtime = match crate::tokio_runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    let config = RuntimeConfig {
+        state_dir: state_dir.clone(),
+        listen_port: args.port.or(file.port).unwrap_or(0),
+    };
+    let socks5_addr = args.socks5.or(file.socks5);
+    let http_proxy_addr = args.http_proxy.or(file.http_proxy);
+    runtime.block_on(async move {
+        if let Err(e) = StateDir::open(&state_dir) {
+            return fail(&e.to_string(), EXIT_USAGE);
+        }
+        let socket = state_dir.join(API_SOCKET_FILE);
+        let listener = match api::bind(&socket).await {
+            Ok(listener) => listener,
+            Err(e) => return fail(&e.to_string(), EXIT_FAILURE),
+        };
+        let started = tokio::select! {
+            started = NodeRuntime::start(config) => started,
+            () = wait_for_signal() => {
+                let _ = std::fs::remove_file(&socket);
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        };
+        let node = match started {
+            Ok(node) => node,
+            Err(e) => {
+                let _ = std::fs::remove_file(&socket);
+                let code = match e {
+                    RuntimeError::NotLoggedIn { .. } => EXIT_NOT_READY,
+                    RuntimeError::State(_) | RuntimeError::BadCoordUrl { .. } => EXIT_USAGE,
+                    _ => EXIT_FAILURE,
+                };
+                return fail(&e.to_string(), code);
+            }
+        };
+        let handle = node.handle();
+        let cancel = CancellationToken::new();
+        let resolver = {
+            let handle = handle.clone();
+            Arc::new(move |name: &str| handle.resolve(name))
+        };
+        if let Some(addr) = socks5_addr {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    let resolver: socks5::Resolver = resolver.clone();
+                    tokio::spawn(socks5::serve_with_resolver(
+                        listener,
+                        handle.netstack().clone(),
+                        Some(resolver),
+                        cancel.clone(),
+                    ));
+                    tracing::info!(%addr, "SOCKS5 proxy into the tailnet");
+                }
+                Err(e) => {
+                    node.shutdown().await;
+                    return fail(
+                        &format!("cannot listen on {addr} (socks5): {e}"),
+                        EXIT_FAILURE,
+                    );
+                }
+            }
+        }
+        if let Some(addr) = http_proxy_addr {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    let resolver: http_proxy::Resolver = resolver.clone();
+                    tokio::spawn(http_proxy::serve(
+                        listener,
+                        handle.netstack().clone(),
+                        resolver,
+                        cancel.clone(),
+                    ));
+                    tracing::info!(%addr, "HTTP proxy into the tailnet");
+                }
+                Err(e) => {
+                    node.shutdown().await;
+                    return fail(
+                        &format!("cannot listen on {addr} (http proxy): {e}"),
+                        EXIT_FAILURE,
+                    );
+                }
+            }
+        }
+        let api_task = tokio::spawn({
+            let handle = handle.clone();
+            let socket = socket.clone();
+            async move { api::serve(handle, listener, &socket).await }
+        });
+        if let Ok(status) = handle.status().await {
+            let addresses: Vec<String> = status
+                .self_node
+                .addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            eprintln!(
+                "postern: up as {} ({}); {} peer(s); local API at {}",
+                status.self_node.fqdn,
+                addresses.join(", "),
+                status.peers.len(),
+                socket.display()
+            );
+        }
+        tokio::select! {
+            () = wait_for_signal() => tracing::info!("signal received; stopping"),
+            () = handle.stopped() => {}
+        }
+        cancel.cancel();
+        node.shutdown().await;
+        let _ = api_task.await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Runs `postern down`.
+pub(crate) fn run_down(args: &DownArgs) -> ExitCode {
+    let client = match args.global.api_client() {
+        Ok(client) => client,
+        Err((message, code)) => return fail(&message, code),
+    };
+    let runtime = match crate::tokio_runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    match runtime.block_on(stop_daemon(&client, Duration::from_secs(10))) {
+        Ok(()) => {
+            eprintln!("postern: the node stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e @ ApiClientError::NotRunning { .. }) => fail(&e.to_string(), EXIT_NOT_READY),
+        Err(e) => fail(&e.to_string(), EXIT_FAILURE),
+    }
+}
+
+/// Asks the daemon behind `client` to stop and waits up to `wait` for its socket to go.
+pub(crate) async fn stop_daemon(
+    client: &LocalApiClient,
+    wait: Duration,
+) -> Result<(), ApiClientError> {
+    client.post::<serde_json::Value>("/v0/shutdown").await?;
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        if tokio::net::UnixStream::connect(client.socket())
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(ApiClientError::Http(format!(
+        "the node did not stop within {wait:?}"
+    )))
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub(crate) async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops postern");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

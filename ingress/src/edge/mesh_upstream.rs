@@ -1,0 +1,216 @@
+//! Reaching a funnel's target node over the mesh: the ingress's end of the funnel hop.
+//!
+//! For each admitted request the edge asks [`MeshUpstream::connect_for`] for a stream. It
+//! opens a TCP connection through the ingress's embedded node (its userspace netstack) to
+//! the target node's tailnet address on [`FUNNEL_HOP_PORT`], sends a [`FunnelHello`] (the
+//! client's address, the funnelled port, the hostname, the admitted gate and identity) and
+//! waits for the node's [`HopReply`]. On an accept the stream carries the request as
+//! usual. A refusal comes back as an `io::Error` whose inner error is the [`Refusal`], so
+//! the edge answers `502` and audits the refusal's code (`node_refused_port_not_funnelled`,
+//! ...).
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use postern_netstack::Netstack;
+use postern_proto::funnel_hop::{
+    Admission, AttributeName, FUNNEL_HOP_PORT, FunnelHello, FunnelHostname, HOP_PREFIX_LEN,
+    HopError, HopReply, IdentityText, MAX_ATTRIBUTES, Refusal, reply_frame_len,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::upstream::{Connecting, Upstream, UpstreamContext, UpstreamIo};
+
+/// How long opening the mesh stream plus the hop handshake may take by default.
+pub const DEFAULT_HOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A funnel target on a node of the mesh; see the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct MeshUpstream {
+    netstack: Netstack,
+    node: SocketAddr,
+    target_port: u16,
+    hostname: FunnelHostname,
+    timeout: Duration,
+}
+
+impl MeshUpstream {
+    /// A funnel of `hostname` to port `target_port` of the node at tailnet address `node`,
+    /// reached through `netstack` (the ingress's embedded node). Fails if `hostname` is not
+    /// a DNS name.
+    pub fn new(
+        netstack: Netstack,
+        node: IpAddr,
+        target_port: u16,
+        hostname: &str,
+    ) -> Result<Self, HopError> {
+        Ok(Self {
+            netstack,
+            node: SocketAddr::new(node, FUNNEL_HOP_PORT),
+            target_port,
+            hostname: FunnelHostname::parse(hostname)?,
+            timeout: DEFAULT_HOP_TIMEOUT,
+        })
+    }
+
+    /// Bounds opening the stream plus the handshake (default [`DEFAULT_HOP_TIMEOUT`]).
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The hello for one request. Identity text is made safe rather than refused (control
+    /// characters dropped, long text cut), attributes whose names are not header tokens are
+    /// dropped (as the edge's own header rewrite does), and attributes beyond the bounds
+    /// are left out: the gate and principal always travel.
+    fn hello(&self, context: Option<&UpstreamContext>) -> Result<Vec<u8>, HopError> {
+        let mut hello = FunnelHello {
+            client: context.map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.client),
+            target_port: self.target_port,
+            hostname: self.hostname.clone(),
+            admission: context
+                .and_then(|c| c.admission.as_ref())
+                .map(|(gate, identity)| Admission {
+                    gate: IdentityText::lossy(gate),
+                    principal: IdentityText::lossy(&identity.principal),
+                    attributes: Vec::new(),
+                }),
+        };
+        let attributes = context
+            .and_then(|c| c.admission.as_ref())
+            .map(|(_, identity)| identity.attributes.as_slice())
+            .unwrap_or_default();
+        for (name, value) in attributes {
+            let Ok(name) = AttributeName::parse(name) else {
+                continue;
+            };
+            let Some(admission) = hello.admission.as_mut() else {
+                break;
+            };
+            if admission.attributes.len() >= MAX_ATTRIBUTES {
+                break;
+            }
+            admission
+                .attributes
+                .push((name, IdentityText::lossy(value)));
+            if hello.encode().is_err() {
+                if let Some(admission) = hello.admission.as_mut() {
+                    admission.attributes.pop();
+                }
+                break;
+            }
+        }
+        hello.encode()
+    }
+
+    async fn open(&self, hello: Vec<u8>) -> io::Result<Box<dyn UpstreamIo>> {
+        let handshake = async {
+            let mut stream = self.netstack.connect_tcp(self.node).await?;
+            stream.set_nodelay(true);
+            stream.write_all(&hello).await?;
+            let mut frame = vec![0u8; HOP_PREFIX_LEN];
+            stream.read_exact(&mut frame).await?;
+            let total = reply_frame_len(&frame)
+                .map_err(invalid_reply)?
+                .unwrap_or(HOP_PREFIX_LEN);
+            frame.resize(total, 0);
+            if let Some(reason) = frame.get_mut(HOP_PREFIX_LEN..) {
+                stream.read_exact(reason).await?;
+            }
+            match HopReply::decode(&frame).map_err(invalid_reply)? {
+                HopReply::Accepted => Ok(Box::new(stream) as Box<dyn UpstreamIo>),
+                HopReply::Refused(refusal) => Err(refused(refusal)),
+            }
+        };
+        tokio::time::timeout(self.timeout, handshake)
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the funnel hop to {} did not complete within {:?}",
+                        self.node, self.timeout
+                    ),
+                )
+            })?
+    }
+}
+
+impl Upstream for MeshUpstream {
+    /// Opens a hop stream without a request context: the hello names no client (0.0.0.0)
+    /// and no admission. The edge always calls [`Upstream::connect_for`] instead.
+    fn connect(&self) -> Connecting<'_> {
+        let hello = self.hello(None);
+        Box::pin(async move { self.open(hello.map_err(invalid_hello)?).await })
+    }
+
+    fn connect_for(&self, context: &UpstreamContext) -> Connecting<'_> {
+        let hello = self.hello(Some(context));
+        Box::pin(async move { self.open(hello.map_err(invalid_hello)?).await })
+    }
+}
+
+fn refused(refusal: Refusal) -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionRefused, refusal)
+}
+
+fn invalid_reply(error: HopError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, error)
+}
+
+fn invalid_hello(error: HopError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gate::Identity;
+    use postern_netstack::NetstackConfig;
+
+    #[tokio::test]
+    async fn hellos_carry_the_admission_and_drop_what_cannot_travel() {
+        let (netstack, _seam) =
+            Netstack::new(NetstackConfig::new(vec!["100.64.0.9".parse().unwrap()])).unwrap();
+        let upstream =
+            MeshUpstream::new(netstack, "100.64.0.2".parse().unwrap(), 3000, "Hooks.Test").unwrap();
+        let mut identity = Identity::new("webhook:github\r\n").with_attribute("Delivery", "d1");
+        identity = identity.with_attribute("bad name", "x");
+        for i in 0..40 {
+            identity = identity.with_attribute(format!("A{i}"), "v".repeat(1000));
+        }
+        let context = UpstreamContext {
+            client: "203.0.113.1:999".parse().unwrap(),
+            hostname: "hooks.test".into(),
+            admission: Some(("webhook:github".into(), identity)),
+        };
+        let hello = FunnelHello::decode(&upstream.hello(Some(&context)).unwrap()).unwrap();
+        assert_eq!(hello.client, context.client);
+        assert_eq!(hello.target_port, 3000);
+        assert_eq!(hello.hostname.as_str(), "hooks.test");
+        let admission = hello.admission.unwrap();
+        assert_eq!(admission.principal.as_str(), "webhook:github");
+        assert_eq!(admission.attributes[0].0.as_str(), "Delivery");
+        assert!(
+            admission
+                .attributes
+                .iter()
+                .all(|(n, _)| n.as_str() != "bad name")
+        );
+        assert!(admission.attributes.len() > 5 && admission.attributes.len() < 20);
+
+        let bare = FunnelHello::decode(&upstream.hello(None).unwrap()).unwrap();
+        assert!(bare.admission.is_none());
+        assert!(
+            MeshUpstream::new(
+                upstream.netstack.clone(),
+                "100.64.0.2".parse().unwrap(),
+                1,
+                "bad host!"
+            )
+            .is_err()
+        );
+    }
+}

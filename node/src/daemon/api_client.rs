@@ -1,0 +1,161 @@
+//! A client of the local API (see [`super::api`]), for the CLI and tests.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use tokio::net::UnixStream;
+
+use super::api::STREAM_UPGRADE;
+
+/// A byte stream carried over the local API (a tailnet TCP connection).
+pub type ApiStream = TokioIo<hyper::upgrade::Upgraded>;
+
+/// Why a local API call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiClientError {
+    /// Nothing answers on the socket.
+    #[error(
+        "no postern daemon is running for this state directory (nothing answers on {socket}): start one with `postern up`"
+    )]
+    NotRunning {
+        /// The socket path.
+        socket: PathBuf,
+    },
+    /// The daemon answered with an error.
+    #[error("{message}")]
+    Api {
+        /// The HTTP status.
+        status: u16,
+        /// The daemon's error message.
+        message: String,
+    },
+    /// The exchange failed.
+    #[error("local API exchange failed: {0}")]
+    Http(String),
+}
+
+impl ApiClientError {
+    /// The HTTP status of an error answer, if the daemon answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A client of one daemon's local API socket.
+#[derive(Debug, Clone)]
+pub struct LocalApiClient {
+    socket: PathBuf,
+}
+
+impl LocalApiClient {
+    /// A client of the socket at `socket` (`STATE_DIR/postern.sock`).
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self {
+            socket: socket.into(),
+        }
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// `GET path`, parsing the JSON answer.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiClientError> {
+        let response = self.send(http::Method::GET, path, false).await?;
+        json(response).await
+    }
+
+    /// `POST path`, parsing the JSON answer.
+    pub async fn post<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiClientError> {
+        let response = self.send(http::Method::POST, path, false).await?;
+        json(response).await
+    }
+
+    /// `POST path` with `Upgrade: postern-stream`: the returned stream carries the bytes of
+    /// a tailnet TCP connection (see `/v0/dial` and `/v0/listen`).
+    pub async fn stream(&self, path: &str) -> Result<ApiStream, ApiClientError> {
+        let response = self.send(http::Method::POST, path, true).await?;
+        if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+            return Err(error_of(response).await);
+        }
+        let upgraded = hyper::upgrade::on(response)
+            .await
+            .map_err(|err| ApiClientError::Http(err.to_string()))?;
+        Ok(TokioIo::new(upgraded))
+    }
+
+    async fn send(
+        &self,
+        method: http::Method,
+        path: &str,
+        upgrade: bool,
+    ) -> Result<http::Response<Incoming>, ApiClientError> {
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|_| ApiClientError::NotRunning {
+                    socket: self.socket.clone(),
+                })?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|err| ApiClientError::Http(err.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.with_upgrades().await {
+                tracing::debug!(%err, "local API connection ended");
+            }
+        });
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, "postern.local");
+        if upgrade {
+            request = request
+                .header(http::header::CONNECTION, "upgrade")
+                .header(http::header::UPGRADE, STREAM_UPGRADE);
+        }
+        let request = request
+            .body(Empty::<Bytes>::new())
+            .map_err(|err| ApiClientError::Http(err.to_string()))?;
+        sender
+            .send_request(request)
+            .await
+            .map_err(|err| ApiClientError::Http(err.to_string()))
+    }
+}
+
+async fn json<T: DeserializeOwned>(
+    response: http::Response<Incoming>,
+) -> Result<T, ApiClientError> {
+    if !response.status().is_success() {
+        return Err(error_of(response).await);
+    }
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|err| ApiClientError::Http(err.to_string()))?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|err| ApiClientError::Http(err.to_string()))
+}
+
+async fn error_of(response: http::Response<Incoming>) -> ApiClientError {
+    let status = response.status().as_u16();
+    let body = match response.into_body().collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(err) => return ApiClientError::Http(err.to_string()),
+    };
+    let message = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| format!("the daemon answered HTTP {status}"));
+    ApiClientError::Api { status, message }
+}

@@ -1,0 +1,949 @@
+//! The node runtime: a logged-in node, up on the tailnet in userspace.
+//!
+//! [`NodeRuntime::start`] takes a state directory that `postern login` ([`login`]) filled,
+//! and:
+//!
+//! 1. loads the keys ([`state`]; key files must be `0600`);
+//! 2. binds the WireGuard UDP socket and starts the control client, which resumes the
+//!    node's registration with a map request and reports the socket's local endpoints
+//!    ([`endpoints`]);
+//! 3. waits for the first netmap (or starts at once from the cached one, so a node restarted
+//!    while the coord is down still works);
+//! 4. brings up the [`UdpEngine`] and a [`Netstack`] on the node's tailnet addresses and
+//!    joins them, answering pings at the seam ([`icmp`]);
+//! 5. applies every netmap change to the engine: [`plan`] (pure) diffs what the engine holds
+//!    against the new netmap into add/remove peer, allowed IPs, endpoint and filter
+//!    ([`filter`]) commands.
+//!
+//! When the coord goes away the control client redials in the background and the node keeps
+//! its last netmap: established tailnet connections carry on.
+//!
+//! Other parts of the node hook in through [`NodeHandle`] (cheap to clone): the
+//! [`Netstack`] to dial and listen on the tailnet, [`NodeHandle::peer_by_addr`] for the
+//! identity behind a source address (serve's identity headers, funnel's ingress check),
+//! [`NodeHandle::resolve`] for peer names, [`NodeHandle::netmap`] to follow netmap changes,
+//! and [`NodeHandle::status`]. The local API ([`api`]) serves the same to the CLI.
+
+pub mod api;
+pub mod api_client;
+pub mod endpoints;
+pub mod filter;
+pub mod http_proxy;
+pub mod icmp;
+pub mod names;
+pub mod plan;
+pub mod state;
+pub mod status;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use postern_netstack::{Netstack, NetstackConfig, NetstackError, TcpStream};
+use postern_proto::control::AuthKeySecret;
+use postern_proto::netmap::Netmap;
+use postern_proto::{NodePublicKey, x25519};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use self::filter::NetmapFilter;
+use self::names::{PeerDirectory, PeerIdentity};
+use self::plan::{EngineChange, EngineTarget, plan};
+use self::state::{LoginState, NodeKeys, StateDir, StateError};
+use self::status::{Status, StatusContext};
+use crate::control::{ClientConfig, ClientError, ControlClient, SessionConfig, SessionError};
+use crate::engine::{EngineConfig, Event, PathId, PeerConfig, PeerEngine};
+use crate::udp::{EngineCommand, NewFilter, UdpEngine, UdpShellConfig};
+
+/// The tunnel MTU of a node (WireGuard's usual figure).
+pub const NODE_MTU: u16 = 1420;
+/// How often the local endpoints are re-read and, if they changed, reported.
+pub const ENDPOINT_REFRESH: Duration = Duration::from_secs(30);
+/// How long a ping waits for its reply by default.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the runtime could not start or an operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// The state directory is unusable (permissions, corrupt files).
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The node never logged in.
+    #[error(
+        "this node is not logged in (no login in {state_dir}): run `postern login --coord URL --auth-key KEY` first"
+    )]
+    NotLoggedIn {
+        /// The state directory.
+        state_dir: PathBuf,
+    },
+    /// The coord URL is not usable.
+    #[error("bad coord URL {url:?}: {reason}")]
+    BadCoordUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The coord could not be reached to pin its key.
+    #[error(
+        "cannot reach the coord at {url}: {reason}; check the URL and that the coord is running"
+    )]
+    CoordUnreachable {
+        /// The coord URL.
+        url: String,
+        /// The error.
+        reason: String,
+    },
+    /// The node is already logged in to another coord.
+    #[error("already logged in to {current}; run `postern logout` first to join {requested}")]
+    LoggedInElsewhere {
+        /// The coord in the state.
+        current: String,
+        /// The coord asked for.
+        requested: String,
+    },
+    /// The coord refused the node.
+    #[error("the coord refused this node: {0}")]
+    Refused(String),
+    /// The WireGuard socket could not be bound.
+    #[error("cannot bind the WireGuard UDP socket on {addr}: {source}; pick another --port")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The socket error.
+        source: io::Error,
+    },
+    /// The userspace stack failed.
+    #[error("userspace network stack: {0}")]
+    Netstack(#[from] NetstackError),
+    /// A peer name is not in the netmap.
+    #[error("no peer called {0:?} in the netmap; `postern status` lists the peers")]
+    UnknownPeer(String),
+    /// Ping needs an IPv4 tailnet address.
+    #[error("cannot ping {0}: only IPv4 tailnet addresses answer pings")]
+    PingNotIpv4(IpAddr),
+    /// No echo reply came in time.
+    #[error("no reply from {0} within {1:?}")]
+    PingTimeout(IpAddr, Duration),
+    /// The node is stopping.
+    #[error("the node is shutting down")]
+    Stopping,
+}
+
+/// How to run a node.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// The state directory `postern login` wrote.
+    pub state_dir: PathBuf,
+    /// The WireGuard UDP port; 0 picks a free one.
+    pub listen_port: u16,
+}
+
+/// What to log in with.
+#[derive(Debug, Clone)]
+pub struct LoginRequest {
+    /// The coord URL (`http://host:port`).
+    pub coord_url: String,
+    /// The auth key; `None` asks for interactive login.
+    pub auth_key: Option<AuthKeySecret>,
+    /// The hostname to register (the coord derives the node's name from it).
+    pub hostname: String,
+}
+
+/// What a waiting login reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LoginProgress {
+    /// The coord wants a person to open this URL.
+    LoginUrl(String),
+    /// Still waiting for the coord's answer, for this long so far.
+    Waiting(Duration),
+}
+
+/// Registers this node with the coord: pins the coord's key, registers with the auth key
+/// (or waits for an interactive login, reporting the URL through `progress`), waits for
+/// the first netmap and saves the [`LoginState`] in `state`.
+///
+/// If the state already holds a login to the same coord, that login is returned as is.
+/// Fails if the coord cannot be reached, refuses the node, or the state belongs to another
+/// coord.
+pub async fn login(
+    state: &StateDir,
+    request: LoginRequest,
+    mut progress: impl FnMut(LoginProgress),
+) -> Result<LoginState, RuntimeError> {
+    let keys = state.load_or_create_keys()?;
+    let coord_addr = coord_addr(&request.coord_url)?;
+    if let Some(existing) = state.login()? {
+        if coord_addr_or_raw(&existing.coord_url) == coord_addr {
+            return Ok(existing);
+        }
+        return Err(RuntimeError::LoggedInElsewhere {
+            current: existing.coord_url,
+            requested: request.coord_url,
+        });
+    }
+    let coord_key = crate::control::fetch_coord_key(&coord_addr)
+        .await
+        .map_err(|err| RuntimeError::CoordUnreachable {
+            url: request.coord_url.clone(),
+            reason: err.to_string(),
+        })?;
+    let started = Instant::now();
+    let mut shown_url: Option<String> = None;
+    loop {
+        let mut config = ClientConfig::new(
+            coord_addr.clone(),
+            keys.machine.clone(),
+            session_config(
+                &keys,
+                &request.hostname,
+                request.auth_key.clone(),
+                Vec::new(),
+            ),
+        );
+        config.coord_key = Some(coord_key);
+        let client = ControlClient::spawn(config);
+        let mut netmap = client.netmap();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let outcome = loop {
+            tokio::select! {
+                changed = netmap.changed() => {
+                    if changed.is_err() {
+                        break None;
+                    }
+                    let map = netmap.borrow_and_update().clone();
+                    if let Some(map) = map {
+                        break Some(map);
+                    }
+                }
+                _ = tick.tick() => {
+                    if client.is_finished() {
+                        break None;
+                    }
+                    progress(LoginProgress::Waiting(started.elapsed()));
+                }
+            }
+        };
+        if let Some(map) = outcome {
+            client.shutdown();
+            let login = LoginState {
+                coord_url: request.coord_url.clone(),
+                coord_key,
+                node_id: map.self_node.id,
+                hostname: request.hostname.clone(),
+                name: map.self_node.name.clone(),
+            };
+            state.save_login(&login)?;
+            if let Err(err) = state.save_netmap(&map) {
+                tracing::warn!(%err, "cannot cache the netmap");
+            }
+            return Ok(login);
+        }
+        match client.join().await {
+            Err(ClientError::Session(SessionError::LoginRequired(url))) => {
+                if shown_url.as_deref() != Some(url.as_str()) {
+                    progress(LoginProgress::LoginUrl(url.clone()));
+                    shown_url = Some(url);
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(err) => return Err(RuntimeError::Refused(err.to_string())),
+            Ok(()) => return Err(RuntimeError::Refused("the control client stopped".into())),
+        }
+    }
+}
+
+/// The `host:port` to dial for a coord URL: `http://host:port`, `http://host` (port 80)
+/// or a bare `host:port`. `https` is refused until the control client speaks TLS (the
+/// control channel is Noise-encrypted either way).
+pub fn coord_addr(url: &str) -> Result<String, RuntimeError> {
+    let bad = |reason| RuntimeError::BadCoordUrl {
+        url: url.to_owned(),
+        reason,
+    };
+    let trimmed = url.trim();
+    if trimmed.starts_with("https://") {
+        return Err(bad(
+            "https is not supported yet: give the coord's plain http:// address (the control channel is encrypted with Noise)",
+        ));
+    }
+    let rest = trimmed.strip_prefix("http://").unwrap_or(trimmed);
+    if rest.contains("://") {
+        return Err(bad("only http:// URLs are supported"));
+    }
+    let authority = rest.split('/').next().unwrap_or_default();
+    let (host, port) = if let Some(inside) = authority.strip_prefix('[') {
+        let (host, after) = inside
+            .split_once(']')
+            .ok_or_else(|| bad("an IPv6 host is missing its closing `]`"))?;
+        match after {
+            "" => (format!("[{host}]"), None),
+            _ => match after.strip_prefix(':') {
+                Some(port) => (format!("[{host}]"), Some(port)),
+                None => return Err(bad("unexpected text after the IPv6 host")),
+            },
+        }
+    } else {
+        match authority.split_once(':') {
+            Some((host, port)) => (host.to_owned(), Some(port)),
+            None => (authority.to_owned(), None),
+        }
+    };
+    if host.is_empty() || host == "[]" {
+        return Err(bad("no host"));
+    }
+    let port = match port {
+        Some(port) => port
+            .parse::<u16>()
+            .map_err(|_| bad("the port is not a number from 0 to 65535"))?,
+        None => 80,
+    };
+    Ok(format!("{host}:{port}"))
+}
+
+fn coord_addr_or_raw(url: &str) -> String {
+    coord_addr(url).unwrap_or_else(|_| url.to_owned())
+}
+
+fn session_config(
+    keys: &NodeKeys,
+    hostname: &str,
+    auth_key: Option<AuthKeySecret>,
+    endpoints: Vec<SocketAddr>,
+) -> SessionConfig {
+    SessionConfig {
+        node_key: keys.node.public_key(),
+        disco_key: keys.disco.public_key(),
+        hostname: hostname.to_owned(),
+        auth_key,
+        requested_tags: Vec::new(),
+        ephemeral: false,
+        endpoints,
+        home_relay: None,
+    }
+}
+
+/// A running node; see the [module docs](self). Dropping it stops everything without
+/// waiting; [`NodeRuntime::shutdown`] waits.
+#[derive(Debug)]
+pub struct NodeRuntime {
+    handle: NodeHandle,
+    tasks: Vec<JoinHandle<()>>,
+    engine_task: Option<JoinHandle<io::Result<()>>>,
+}
+
+/// A cheap, cloneable handle on a running node, for the local API and for the parts of the
+/// node that hook in (serve, funnel, inspection).
+#[derive(Debug, Clone)]
+pub struct NodeHandle {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: StateDir,
+    login: LoginState,
+    node_key: NodePublicKey,
+    netstack: Netstack,
+    commands: mpsc::Sender<EngineCommand>,
+    to_engine: mpsc::Sender<Vec<Bytes>>,
+    listen_port: u16,
+    netmap: watch::Receiver<Option<Arc<Netmap>>>,
+    directory: RwLock<Arc<PeerDirectory>>,
+    endpoints: RwLock<Vec<SocketAddr>>,
+    coord_connected: std::sync::atomic::AtomicBool,
+    pings: Mutex<HashMap<(u16, u16), oneshot::Sender<Instant>>>,
+    ping_ident: u16,
+    ping_seq: AtomicU16,
+    stop: CancellationToken,
+}
+
+impl NodeRuntime {
+    /// Starts the node described by `config`; see the [module docs](self). Returns once the
+    /// node has a netmap and its stack is up. While the coord cannot be reached and no
+    /// netmap is cached, it waits (logging what it waits for); `stop` on the returned handle
+    /// or dropping the future ends the wait.
+    ///
+    /// Fails if the node is not logged in, a key file is not private, the coord refuses the
+    /// node, or the UDP socket cannot be bound.
+    pub async fn start(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let state = StateDir::open(&config.state_dir)?;
+        let keys = state.load_or_create_keys()?;
+        let login = state.login()?.ok_or_else(|| RuntimeError::NotLoggedIn {
+            state_dir: config.state_dir.clone(),
+        })?;
+        let coord_addr = coord_addr(&login.coord_url)?;
+
+        let bind = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), config.listen_port);
+        let socket = std::net::UdpSocket::bind(bind)
+            .map_err(|source| RuntimeError::Bind { addr: bind, source })?;
+        let listen_port = socket
+            .local_addr()
+            .map_err(|source| RuntimeError::Bind { addr: bind, source })?
+            .port();
+        let local = endpoints::local_endpoints(listen_port);
+
+        let mut client_config = ClientConfig::new(
+            coord_addr,
+            keys.machine.clone(),
+            session_config(&keys, &login.hostname, None, local.clone()),
+        );
+        client_config.coord_key = Some(login.coord_key);
+        client_config.node_id = Some(login.node_id);
+        let control = ControlClient::spawn(client_config);
+        let mut control_netmap = control.netmap();
+
+        let first = match state.cached_netmap() {
+            Some(cached) if cached.self_node.id == login.node_id => {
+                tracing::info!("starting from the cached netmap; the coord will refresh it");
+                cached
+            }
+            _ => wait_for_netmap(&control, &mut control_netmap, &login.coord_url).await?,
+        };
+
+        let addresses = first.self_node.addresses.to_vec();
+        let mut stack_config = NetstackConfig::new(addresses.clone());
+        stack_config.mtu = usize::from(NODE_MTU);
+        // The engine authenticated every packet and checked its source: checksums add nothing.
+        stack_config.verify_checksums = false;
+        let (netstack, seam) = Netstack::new(stack_config)?;
+
+        let engine = PeerEngine::new(EngineConfig::new(keys.node.to_x25519()), Instant::now());
+        let udp = UdpEngine::spawn(engine, socket, UdpShellConfig::default())
+            .map_err(|source| RuntimeError::Bind { addr: bind, source })?;
+        let UdpEngine {
+            outbound,
+            inbound,
+            events,
+            commands,
+            task: engine_task,
+            ..
+        } = udp;
+
+        let (netmap_tx, netmap_rx) = watch::channel(None);
+        let stop = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            state,
+            login: login.clone(),
+            node_key: keys.node.public_key(),
+            netstack: netstack.clone(),
+            commands: commands.clone(),
+            to_engine: outbound.clone(),
+            listen_port,
+            netmap: netmap_rx,
+            directory: RwLock::new(Arc::new(PeerDirectory::new(&first))),
+            endpoints: RwLock::new(local),
+            coord_connected: std::sync::atomic::AtomicBool::new(false),
+            pings: Mutex::new(HashMap::new()),
+            ping_ident: rand::random(),
+            ping_seq: AtomicU16::new(0),
+            stop: stop.clone(),
+        });
+        let handle = NodeHandle { shared };
+
+        let mut applier = Applier {
+            handle: handle.clone(),
+            target: EngineTarget::default(),
+            published: netmap_tx,
+        };
+        applier.apply(first).await;
+
+        let tasks = vec![
+            tokio::spawn(pump(seam.from_stack, outbound, stop.clone())),
+            tokio::spawn(inbound_pump(inbound, seam.to_stack, handle.clone())),
+            tokio::spawn(log_events(events, stop.clone())),
+            tokio::spawn(follow_netmaps(applier, control, control_netmap)),
+        ];
+        tracing::info!(
+            name = %login.name,
+            addresses = ?addresses,
+            listen_port,
+            "node is up"
+        );
+        Ok(Self {
+            handle,
+            tasks,
+            engine_task: Some(engine_task),
+        })
+    }
+
+    /// The handle other parts of the node use.
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// Stops the node and waits for its tasks to end.
+    pub async fn shutdown(mut self) {
+        self.handle.stop();
+        for task in std::mem::take(&mut self.tasks) {
+            let _ = task.await;
+        }
+        if let Some(task) = self.engine_task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+        tracing::info!("node stopped");
+    }
+}
+
+impl Drop for NodeRuntime {
+    fn drop(&mut self) {
+        self.handle.stop();
+        if let Some(task) = &self.engine_task {
+            task.abort();
+        }
+    }
+}
+
+impl NodeHandle {
+    /// The userspace stack on the node's tailnet addresses: dial peers and listen for them.
+    pub fn netstack(&self) -> &Netstack {
+        &self.shared.netstack
+    }
+
+    /// The latest netmap the node applied (follow it with `changed()`).
+    pub fn netmap(&self) -> watch::Receiver<Option<Arc<Netmap>>> {
+        self.shared.netmap.clone()
+    }
+
+    /// Who the peer with tailnet address `addr` is, per the current netmap.
+    pub fn peer_by_addr(&self, addr: IpAddr) -> Option<PeerIdentity> {
+        self.directory().peer_by_addr(addr).cloned()
+    }
+
+    /// The tailnet address of `name` (`peer`, `peer.TAILNET-DOMAIN` or an IP literal).
+    pub fn resolve(&self, name: &str) -> Option<IpAddr> {
+        self.directory().resolve(name)
+    }
+
+    /// Opens a TCP connection to `port` on the peer called `name`.
+    pub async fn dial(&self, name: &str, port: u16) -> Result<TcpStream, RuntimeError> {
+        let ip = self
+            .resolve(name)
+            .ok_or_else(|| RuntimeError::UnknownPeer(name.to_owned()))?;
+        Ok(self
+            .shared
+            .netstack
+            .connect_tcp(SocketAddr::new(ip, port))
+            .await?)
+    }
+
+    /// The status snapshot: this node, its peers and their counters.
+    pub async fn status(&self) -> Result<Status, RuntimeError> {
+        let netmap = self
+            .shared
+            .netmap
+            .borrow()
+            .clone()
+            .ok_or(RuntimeError::Stopping)?;
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .commands
+            .send(EngineCommand::AllPeerStats(tx))
+            .await
+            .map_err(|_| RuntimeError::Stopping)?;
+        let stats = rx.await.map_err(|_| RuntimeError::Stopping)?;
+        let stats = stats
+            .into_iter()
+            .map(|(key, stats)| (NodePublicKey::from(key), stats))
+            .collect();
+        let context = StatusContext {
+            coord_url: self.shared.login.coord_url.clone(),
+            coord_connected: self.shared.coord_connected.load(Ordering::Relaxed),
+            listen_port: self.shared.listen_port,
+            endpoints: self
+                .shared
+                .endpoints
+                .read()
+                .map(|e| e.clone())
+                .unwrap_or_default(),
+            node_key: self.shared.node_key,
+        };
+        Ok(Status::build(
+            &netmap,
+            &stats,
+            context,
+            Instant::now(),
+            SystemTime::now(),
+        ))
+    }
+
+    /// Sends one ICMP echo request through the mesh to the peer called `name` and waits up
+    /// to `timeout` for the reply. Returns the peer's address and the round-trip time.
+    pub async fn ping(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<(IpAddr, Duration), RuntimeError> {
+        let target = self
+            .resolve(name)
+            .ok_or_else(|| RuntimeError::UnknownPeer(name.to_owned()))?;
+        let IpAddr::V4(dst) = target else {
+            return Err(RuntimeError::PingNotIpv4(target));
+        };
+        let src = self
+            .shared
+            .netstack
+            .addresses()
+            .iter()
+            .find_map(|a| match a {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
+            .ok_or(RuntimeError::PingNotIpv4(target))?;
+        let seq = self.shared.ping_seq.fetch_add(1, Ordering::Relaxed);
+        let ident = self.shared.ping_ident;
+        let (tx, rx) = oneshot::channel();
+        self.pings().insert((ident, seq), tx);
+        let packet = icmp::echo_request(src, dst, ident, seq, b"postern ping");
+        let sent_at = Instant::now();
+        if self
+            .shared
+            .to_engine
+            .send(vec![Bytes::from(packet)])
+            .await
+            .is_err()
+        {
+            self.pings().remove(&(ident, seq));
+            return Err(RuntimeError::Stopping);
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(at)) => Ok((target, at.saturating_duration_since(sent_at))),
+            Ok(Err(_)) => Err(RuntimeError::Stopping),
+            Err(_) => {
+                self.pings().remove(&(ident, seq));
+                Err(RuntimeError::PingTimeout(target, timeout))
+            }
+        }
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &StateDir {
+        &self.shared.state
+    }
+
+    /// Asks the node to stop; [`Self::stopped`] completes once it was asked.
+    pub fn stop(&self) {
+        self.shared.stop.cancel();
+    }
+
+    /// Completes when the node was asked to stop (by [`Self::stop`] or the local API).
+    pub async fn stopped(&self) {
+        self.shared.stop.cancelled().await;
+    }
+
+    fn directory(&self) -> Arc<PeerDirectory> {
+        match self.shared.directory.read() {
+            Ok(dir) => Arc::clone(&dir),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    fn pings(&self) -> std::sync::MutexGuard<'_, HashMap<(u16, u16), oneshot::Sender<Instant>>> {
+        self.shared
+            .pings
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Waits for the control client's first netmap, saying what it waits for.
+async fn wait_for_netmap(
+    control: &ControlClient,
+    netmap: &mut watch::Receiver<Option<Netmap>>,
+    coord_url: &str,
+) -> Result<Netmap, RuntimeError> {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            changed = netmap.changed() => {
+                if changed.is_err() {
+                    return Err(RuntimeError::Refused("the control client stopped".into()));
+                }
+                if let Some(map) = netmap.borrow_and_update().clone() {
+                    return Ok(map);
+                }
+            }
+            _ = tick.tick() => {
+                if control.is_finished() {
+                    return Err(RuntimeError::Refused(
+                        "the coord ended the session; see the log above".into(),
+                    ));
+                }
+                tracing::info!(coord = %coord_url, "waiting for the first netmap from the coord");
+            }
+        }
+    }
+}
+
+/// Applies netmaps to the engine and publishes them.
+struct Applier {
+    handle: NodeHandle,
+    target: EngineTarget,
+    published: watch::Sender<Option<Arc<Netmap>>>,
+}
+
+impl Applier {
+    async fn apply(&mut self, netmap: Netmap) {
+        let shared = &self.handle.shared;
+        let new = EngineTarget::from_netmap(&netmap, &shared.node_key);
+        for change in plan(&self.target, &new) {
+            tracing::debug!(?change, "applying a netmap change to the engine");
+            if let Err(err) = self.execute(change).await {
+                tracing::warn!(%err, "engine did not take a netmap change");
+            }
+        }
+        self.target = new;
+        let own: Vec<IpAddr> = netmap.self_node.addresses.to_vec();
+        if !own.iter().all(|a| shared.netstack.addresses().contains(a)) {
+            tracing::warn!(
+                new = ?own,
+                "the coord changed this node's addresses; restart the node to use them"
+            );
+        }
+        let directory = Arc::new(PeerDirectory::new(&netmap));
+        match shared.directory.write() {
+            Ok(mut dir) => *dir = directory,
+            Err(poisoned) => *poisoned.into_inner() = directory,
+        }
+        if let Err(err) = shared.state.save_netmap(&netmap) {
+            tracing::warn!(%err, "cannot cache the netmap");
+        }
+        self.published.send_replace(Some(Arc::new(netmap)));
+    }
+
+    async fn execute(&self, change: EngineChange) -> Result<(), String> {
+        let commands = &self.handle.shared.commands;
+        let gone = |_| "engine stopped".to_owned();
+        match change {
+            EngineChange::RemovePeer(key) => {
+                let (tx, rx) = oneshot::channel();
+                commands
+                    .send(EngineCommand::RemovePeer(key.to_x25519(), tx))
+                    .await
+                    .map_err(|_| "engine stopped".to_owned())?;
+                rx.await.map_err(gone)?;
+            }
+            EngineChange::AddPeer(peer) => {
+                let config = PeerConfig {
+                    public_key: x25519::PublicKey::from(peer.key),
+                    preshared_key: None,
+                    allowed_ips: peer.allowed_ips,
+                    endpoint: peer.endpoint.map(PathId::Direct),
+                    persistent_keepalive: None,
+                };
+                let (tx, rx) = oneshot::channel();
+                commands
+                    .send(EngineCommand::AddPeer(config, tx))
+                    .await
+                    .map_err(|_| "engine stopped".to_owned())?;
+                rx.await.map_err(gone)?.map_err(|e| e.to_string())?;
+            }
+            EngineChange::SetAllowedIps(key, nets) => {
+                let (tx, rx) = oneshot::channel();
+                commands
+                    .send(EngineCommand::SetAllowedIps(key.to_x25519(), nets, tx))
+                    .await
+                    .map_err(|_| "engine stopped".to_owned())?;
+                rx.await.map_err(gone)?;
+            }
+            EngineChange::SetEndpoint(key, endpoint) => {
+                let (tx, rx) = oneshot::channel();
+                commands
+                    .send(EngineCommand::SetEndpoint(
+                        key.to_x25519(),
+                        PathId::Direct(endpoint),
+                        tx,
+                    ))
+                    .await
+                    .map_err(|_| "engine stopped".to_owned())?;
+                rx.await.map_err(gone)?;
+            }
+            EngineChange::SetFilter(rules) => {
+                commands
+                    .send(EngineCommand::SetFilter(NewFilter(Box::new(
+                        NetmapFilter::new(rules),
+                    ))))
+                    .await
+                    .map_err(|_| "engine stopped".to_owned())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Applies every netmap the control client publishes, reports endpoint changes, and
+/// tracks whether the coord is connected, until the node stops.
+async fn follow_netmaps(
+    mut applier: Applier,
+    control: ControlClient,
+    mut netmaps: watch::Receiver<Option<Netmap>>,
+) {
+    let stop = applier.handle.shared.stop.clone();
+    let mut refresh = tokio::time::interval(ENDPOINT_REFRESH);
+    let mut status = tokio::time::interval(Duration::from_secs(1));
+    let mut reported_refusal = false;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            changed = netmaps.changed() => {
+                if changed.is_err() {
+                    // The client stopped; keep serving on the last netmap.
+                    netmaps = watch::channel(None).1;
+                    continue;
+                }
+                let map = netmaps.borrow_and_update().clone();
+                if let Some(map) = map {
+                    applier.apply(map).await;
+                }
+            }
+            _ = refresh.tick() => {
+                let shared = &applier.handle.shared;
+                let local = endpoints::local_endpoints(shared.listen_port);
+                if let Ok(mut endpoints) = shared.endpoints.write() {
+                    endpoints.clone_from(&local);
+                }
+                control.update_endpoints(local, None);
+            }
+            _ = status.tick() => {
+                let connected = control.is_connected();
+                let shared = &applier.handle.shared;
+                let before = shared.coord_connected.swap(connected, Ordering::Relaxed);
+                if before != connected {
+                    if connected {
+                        tracing::info!("connected to the coord");
+                    } else {
+                        tracing::warn!("lost the coord; running on the last netmap while redialling");
+                    }
+                }
+                if control.is_finished() && !reported_refusal {
+                    reported_refusal = true;
+                    tracing::error!("the coord refused this node; it keeps running on its last netmap");
+                }
+            }
+        }
+    }
+    control.shutdown();
+}
+
+/// Moves packet batches from `from` to `to` until either side closes or `stop` fires.
+async fn pump(
+    mut from: mpsc::Receiver<Vec<Bytes>>,
+    to: mpsc::Sender<Vec<Bytes>>,
+    stop: CancellationToken,
+) {
+    loop {
+        let batch = tokio::select! {
+            () = stop.cancelled() => return,
+            batch = from.recv() => batch,
+        };
+        let Some(batch) = batch else { return };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            sent = to.send(batch) => if sent.is_err() { return },
+        }
+    }
+}
+
+/// Moves decrypted packets into the stack, answering pings to this node and handing echo
+/// replies to the pings waiting for them.
+async fn inbound_pump(
+    mut from: mpsc::Receiver<Vec<Bytes>>,
+    to: mpsc::Sender<Vec<Bytes>>,
+    handle: NodeHandle,
+) {
+    let stop = handle.shared.stop.clone();
+    loop {
+        let batch = tokio::select! {
+            () = stop.cancelled() => return,
+            batch = from.recv() => batch,
+        };
+        let Some(mut batch) = batch else { return };
+        batch.retain(|packet| !handle.take_icmp(packet));
+        if batch.is_empty() {
+            continue;
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            sent = to.send(batch) => if sent.is_err() { return },
+        }
+    }
+}
+
+impl NodeHandle {
+    /// Handles `packet` if it is an echo request for this node or a reply to one of its
+    /// pings; returns whether it did.
+    fn take_icmp(&self, packet: &[u8]) -> bool {
+        let Some(echo) = icmp::parse_echo(packet) else {
+            return false;
+        };
+        if !self.shared.netstack.addresses().contains(&echo.dst) {
+            return false;
+        }
+        if echo.is_request {
+            if let Some(reply) = icmp::echo_reply_for(packet) {
+                // Best effort, like any ICMP: a full queue drops the reply.
+                let _ = self.shared.to_engine.try_send(vec![Bytes::from(reply)]);
+            }
+            return true;
+        }
+        match self.pings().remove(&(echo.ident, echo.seq)) {
+            Some(waiter) => {
+                let _ = waiter.send(Instant::now());
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+async fn log_events(mut events: mpsc::Receiver<Event>, stop: CancellationToken) {
+    loop {
+        let event = tokio::select! {
+            () = stop.cancelled() => return,
+            event = events.recv() => event,
+        };
+        match event {
+            None => return,
+            Some(Event::HandshakeCompleted { peer }) => {
+                tracing::info!(peer = %NodePublicKey::from(peer).short(), "WireGuard handshake completed");
+            }
+            Some(other) => tracing::debug!(event = ?other, "WireGuard event"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coord_urls_become_dial_addresses() {
+        assert_eq!(
+            coord_addr("http://127.0.0.1:8443").unwrap(),
+            "127.0.0.1:8443"
+        );
+        assert_eq!(
+            coord_addr("http://coord.example.com/").unwrap(),
+            "coord.example.com:80"
+        );
+        assert_eq!(coord_addr("coord:9").unwrap(), "coord:9");
+        assert_eq!(coord_addr("http://[::1]:7").unwrap(), "[::1]:7");
+        assert_eq!(coord_addr("http://[::1]").unwrap(), "[::1]:80");
+        let err = coord_addr("https://coord").unwrap_err().to_string();
+        assert!(err.contains("http://"), "{err}");
+        assert!(coord_addr("http://").is_err());
+        assert!(coord_addr("ftp://x").is_err());
+        let err = coord_addr("http://c:99999").unwrap_err().to_string();
+        assert!(err.contains("port"), "{err}");
+    }
+}

@@ -1,0 +1,266 @@
+//! Serve and funnel, the node's side: sharing local ports with the tailnet and accepting
+//! the ingress's funnel streams.
+//!
+//! - [`ServeConfig`] says what is served: one [`Service`] per tailnet port, an HTTP reverse
+//!   proxy (path-prefix [`HttpRoute`]s to local origins) or a raw TCP pipe, optionally
+//!   funnelled. It is serde-serializable so the agent can persist `--bg` serves.
+//!   [`ServeTable`] is the live, shared copy listeners read.
+//! - [`ServeRuntime::start`] runs it all on a node's netstack: a listener per served port
+//!   for tailnet peers (flow 4 of the design), and the funnel acceptor on
+//!   [`FUNNEL_HOP_PORT`] for the ingress (flow 5). Listeners follow [`ServeTable::set`].
+//! - Identity comes from a [`PeerDirectory`] (the node runtime implements it from the
+//!   netmap) for tailnet peers, and from the ingress's [`FunnelHello`] for funnel streams
+//!   (believed only when the stream comes from a peer marked `is_ingress`). The proxy
+//!   strips every incoming `Postern-*` header and sets its own (see [`identity`] for the
+//!   names; docs/serve.md lists them).
+//! - [`ExchangeObserver`] is the request-capture hook: the HTTP proxy reports each exchange
+//!   to it; [`NoopObserver`] is the default (see [`observer`]), [`InspectObserver`] records
+//!   into request inspection's capture store.
+//!
+//! A tailnet connection from an address no peer owns is closed without an answer: WireGuard
+//! only delivers packets from known peers, so this means the netmap and the engine
+//! disagree for a moment.
+//!
+//! [`FunnelHello`]: postern_proto::funnel_hop::FunnelHello
+
+mod capture;
+mod config;
+mod funnel;
+pub mod identity;
+pub mod observer;
+mod proxy;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use postern_netstack::{Netstack, NetstackError, TcpListener};
+pub use postern_proto::funnel_hop::FUNNEL_HOP_PORT;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use capture::InspectObserver;
+pub use config::{
+    HttpRoute, OriginUrl, RoutePath, ServeConfig, ServeConfigError, ServeTable, ServeTarget,
+    Service,
+};
+pub use funnel::HELLO_TIMEOUT;
+pub use identity::{PeerDirectory, PeerIdentity, RequestOrigin, StaticPeerDirectory};
+pub use observer::{CapturedBody, Exchange, ExchangeObserver, NoopObserver};
+
+use funnel::FunnelAcceptor;
+use proxy::HttpProxy;
+
+/// Why serving could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The funnel hop port is taken on the netstack (another runtime already runs).
+    #[error(
+        "cannot listen on the funnel hop port {FUNNEL_HOP_PORT} of the node's netstack: {0}; is another serve runtime running on this node?"
+    )]
+    HopPort(NetstackError),
+}
+
+/// Serve and funnel running on one node's netstack; see the [module docs](self).
+///
+/// Dropping it stops every listener and connection without waiting;
+/// [`ServeRuntime::shutdown`] waits.
+#[derive(Debug)]
+pub struct ServeRuntime {
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ServeRuntime {
+    /// Starts the funnel acceptor and one tailnet listener per service of `table`, and
+    /// keeps the listeners in step with the table.
+    ///
+    /// Must be called inside a tokio runtime. Fails if the hop port is taken. A served
+    /// port that cannot be listened on (taken by something else on the netstack) is
+    /// logged and retried at the next table change; the rest keep serving.
+    pub fn start(
+        netstack: Netstack,
+        table: ServeTable,
+        directory: Arc<dyn PeerDirectory>,
+        observer: Arc<dyn ExchangeObserver>,
+    ) -> Result<Self, ServeError> {
+        let cancel = CancellationToken::new();
+        let hop = netstack
+            .listen_tcp(FUNNEL_HOP_PORT)
+            .map_err(ServeError::HopPort)?;
+        let acceptor = FunnelAcceptor {
+            table: table.clone(),
+            directory: Arc::clone(&directory),
+            observer: Arc::clone(&observer),
+        };
+        let tailnet = TailnetListeners {
+            netstack,
+            table,
+            directory,
+            observer,
+            listening: HashMap::new(),
+        };
+        let tasks = vec![
+            tokio::spawn(acceptor.run(hop, cancel.clone())),
+            tokio::spawn(tailnet.run(cancel.clone())),
+        ];
+        Ok(Self { cancel, tasks })
+    }
+
+    /// Stops every listener and connection and waits for the listener tasks to end.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        for task in std::mem::take(&mut self.tasks) {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for ServeRuntime {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// The tailnet side: one netstack listener per served port, reconciled on every change.
+struct TailnetListeners {
+    netstack: Netstack,
+    table: ServeTable,
+    directory: Arc<dyn PeerDirectory>,
+    observer: Arc<dyn ExchangeObserver>,
+    listening: HashMap<u16, CancellationToken>,
+}
+
+impl TailnetListeners {
+    async fn run(mut self, cancel: CancellationToken) {
+        let mut changes = self.table.subscribe();
+        loop {
+            self.reconcile(&cancel);
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                changed = changes.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+
+    fn reconcile(&mut self, cancel: &CancellationToken) {
+        let config = self.table.current();
+        self.listening.retain(|port, stop| {
+            let keep = config.service(*port).is_some();
+            if !keep {
+                tracing::info!(port, "no longer serving on the tailnet");
+                stop.cancel();
+            }
+            keep
+        });
+        for service in config.services() {
+            let port = service.port;
+            if self.listening.contains_key(&port) {
+                continue;
+            }
+            match self.netstack.listen_tcp(port) {
+                Ok(listener) => {
+                    tracing::info!(port, "serving on the tailnet");
+                    let stop = cancel.child_token();
+                    self.listening.insert(port, stop.clone());
+                    tokio::spawn(serve_port(
+                        listener,
+                        port,
+                        self.table.clone(),
+                        Arc::clone(&self.directory),
+                        Arc::clone(&self.observer),
+                        stop,
+                    ));
+                }
+                Err(error) => {
+                    tracing::warn!(port, %error, "cannot serve this port on the tailnet");
+                }
+            }
+        }
+    }
+}
+
+/// Accepts tailnet connections on one port until `stop`.
+async fn serve_port(
+    listener: TcpListener,
+    port: u16,
+    table: ServeTable,
+    directory: Arc<dyn PeerDirectory>,
+    observer: Arc<dyn ExchangeObserver>,
+    stop: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok(stream) = accepted else { return };
+        let addr = stream.peer_addr().ip();
+        let Some(peer) = directory.peer_by_addr(addr) else {
+            tracing::info!(%addr, port, "closing a tailnet connection from an address no peer owns");
+            continue;
+        };
+        let config = table.current();
+        let Some(service) = config.service(port) else {
+            continue;
+        };
+        let origin = RequestOrigin::Tailnet { addr, peer };
+        tracing::debug!(%origin, port, "tailnet serve connection");
+        let stop = stop.clone();
+        match &service.target {
+            ServeTarget::Tcp { target } => {
+                let target = *target;
+                tokio::spawn(async move {
+                    let local = tokio::time::timeout(
+                        proxy::ORIGIN_CONNECT_TIMEOUT,
+                        tokio::net::TcpStream::connect(target),
+                    )
+                    .await;
+                    match local {
+                        Ok(Ok(local)) => {
+                            let _ = local.set_nodelay(true);
+                            tokio::select! {
+                                () = stop.cancelled() => {}
+                                () = splice(stream, local) => {}
+                            }
+                        }
+                        Ok(Err(error)) => {
+                            tracing::warn!(%origin, %target, %error, "the serve target could not be reached");
+                        }
+                        Err(_) => {
+                            tracing::warn!(%origin, %target, "connecting to the serve target timed out");
+                        }
+                    }
+                });
+            }
+            ServeTarget::Http { .. } => {
+                let proxy = HttpProxy {
+                    table: table.clone(),
+                    port,
+                    origin,
+                    observer: Arc::clone(&observer),
+                };
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = stop.cancelled() => {}
+                        () = proxy.serve(stream) => {}
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Copies both ways between `a` and `b` (half-closes carried across) until both are done.
+async fn splice<A, B>(mut a: A, mut b: B)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    const BUFFER: usize = 256 << 10;
+    match tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, BUFFER, BUFFER).await {
+        Ok((up, down)) => tracing::debug!(up, down, "served TCP connection closed"),
+        Err(error) => tracing::debug!(%error, "served TCP connection ended with an error"),
+    }
+}

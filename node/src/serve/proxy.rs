@@ -1,0 +1,371 @@
+//! The HTTP reverse proxy of an HTTP service: one served connection (a tailnet peer's, or
+//! a funnel stream after the hop) in, one origin connection per request out.
+//!
+//! Per request it finds the route (longest mount point), strips hop-by-hop and every
+//! `Postern-*` header, sets the identity headers of the connection's [`RequestOrigin`],
+//! sends the request over HTTP/1.1 to the origin with the body streaming, and streams the
+//! response back. `101 Switching Protocols` (WebSocket) becomes a byte pipe. Incoming
+//! connections may be HTTP/1.1 or HTTP/2 (prior knowledge).
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::config::{HttpRoute, ServeTable, ServeTarget};
+use super::identity::{RequestOrigin, set_identity_headers};
+use super::observer::{Capture, Exchange, ExchangeObserver, OnEndBody, TeeBody};
+
+/// How long connecting to the origin may take.
+pub(super) const ORIGIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The body type of responses and forwarded requests.
+type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// Hop-by-hop headers (RFC 9110 7.6.1): never forwarded in either direction.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// Everything a served connection's requests need.
+pub(super) struct HttpProxy {
+    pub(super) table: ServeTable,
+    pub(super) port: u16,
+    pub(super) origin: RequestOrigin,
+    pub(super) observer: Arc<dyn ExchangeObserver>,
+}
+
+impl HttpProxy {
+    /// Serves HTTP on `stream` until the client closes it.
+    pub(super) async fn serve<S>(self, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let proxy = Arc::new(self);
+        let origin = proxy.origin.to_string();
+        let service = service_fn(move |request| {
+            let proxy = Arc::clone(&proxy);
+            async move { Ok::<_, Infallible>(proxy.handle(request).await) }
+        });
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        if let Err(error) = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .await
+        {
+            tracing::debug!(%origin, %error, "served HTTP connection ended with an error");
+        }
+    }
+
+    async fn handle(&self, mut request: Request<Incoming>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let mut exchange = self.observer.capture_limit().map(|limit| {
+            (
+                limit,
+                Exchange {
+                    started: SystemTime::now(),
+                    duration: Duration::ZERO,
+                    origin: self.origin.clone(),
+                    port: self.port,
+                    method: request.method().clone(),
+                    uri: request.uri().clone(),
+                    version: request.version(),
+                    upstream: String::new(),
+                    request_headers: HeaderMap::new(),
+                    request_body: Default::default(),
+                    status: StatusCode::OK,
+                    answered_by_origin: false,
+                    response_headers: HeaderMap::new(),
+                    response_body: Default::default(),
+                    error: None,
+                },
+            )
+        });
+
+        let Some(route) = self.route(request.uri().path()) else {
+            let response = text(StatusCode::NOT_FOUND, "no route for this path\n");
+            return self.finish_now(exchange, started, None, response, None);
+        };
+        let (route, rest) = route;
+        let client_upgrade = wants_upgrade(&request).then(|| hyper::upgrade::on(&mut request));
+        let (mut parts, body) = request.into_parts();
+
+        let path = join_path(route.origin.base_path(), &rest);
+        let path_and_query = match parts.uri.query() {
+            Some(query) => format!("{path}?{query}"),
+            None => path,
+        };
+        let upstream = format!("http://{}{}", route.origin.authority(), path_and_query);
+
+        let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
+        strip_hop_by_hop(&mut parts.headers);
+        if client_upgrade.is_some()
+            && let Some(value) = upgrade_value
+        {
+            parts.headers.insert(header::UPGRADE, value);
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        if !parts.headers.contains_key(header::HOST)
+            && let Some(authority) = parts.uri.authority()
+            && let Ok(value) = HeaderValue::from_str(authority.as_str())
+        {
+            parts.headers.insert(header::HOST, value);
+        }
+        set_identity_headers(&mut parts.headers, &self.origin);
+        if let RequestOrigin::Tailnet { addr, .. } = &self.origin
+            && let Ok(value) = HeaderValue::from_str(&addr.to_string())
+        {
+            parts
+                .headers
+                .insert(HeaderName::from_static("x-forwarded-for"), value);
+            parts.headers.insert(
+                HeaderName::from_static("x-forwarded-proto"),
+                HeaderValue::from_static("http"),
+            );
+        }
+
+        let mut request_capture = None;
+        let body: ProxyBody = match &exchange {
+            Some((limit, _)) => {
+                let (tee, capture) = TeeBody::new(body, *limit);
+                request_capture = Some(capture);
+                tee.boxed_unsync()
+            }
+            None => body.boxed_unsync(),
+        };
+        if let Some((_, record)) = exchange.as_mut() {
+            record.upstream = upstream.clone();
+            record.request_headers = parts.headers.clone();
+        }
+        let mut builder = Request::builder()
+            .method(parts.method)
+            .uri(path_and_query)
+            .version(Version::HTTP_11);
+        if let Some(headers) = builder.headers_mut() {
+            *headers = parts.headers;
+        }
+        let outgoing = match builder.body(body) {
+            Ok(outgoing) => outgoing,
+            Err(error) => {
+                let response = text(StatusCode::BAD_REQUEST, "bad_request\n");
+                let error = Some(format!("the request could not be rebuilt: {error}"));
+                return self.finish_now(exchange, started, request_capture, response, error);
+            }
+        };
+
+        let mut response = match send(route.origin.authority(), outgoing).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::warn!(origin = %self.origin, %upstream, %error, "the serve target could not be reached");
+                let response = text(StatusCode::BAD_GATEWAY, "upstream_unreachable\n");
+                return self.finish_now(exchange, started, request_capture, response, Some(error));
+            }
+        };
+
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_upgrade) = client_upgrade
+        {
+            let target_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                match tokio::try_join!(client_upgrade, target_upgrade) {
+                    Ok((client_io, target_io)) => {
+                        let mut client_io = TokioIo::new(client_io);
+                        let mut target_io = TokioIo::new(target_io);
+                        let _ = tokio::io::copy_bidirectional(&mut client_io, &mut target_io).await;
+                    }
+                    Err(error) => tracing::debug!(%error, "upgrade failed"),
+                }
+            });
+            let response = response.map(BodyExt::boxed_unsync);
+            if let Some((_, record)) = exchange.as_mut() {
+                record.answered_by_origin = true;
+            }
+            return self.finish_now(exchange, started, request_capture, response, None);
+        }
+        strip_hop_by_hop(response.headers_mut());
+
+        let Some((limit, mut record)) = exchange else {
+            return response.map(BodyExt::boxed_unsync);
+        };
+        record.status = response.status();
+        record.answered_by_origin = true;
+        record.response_headers = response.headers().clone();
+        let (parts, body) = response.into_parts();
+        let (tee, response_capture) = TeeBody::new(body, limit);
+        let observer = Arc::clone(&self.observer);
+        let finish = Box::new(move || {
+            record.duration = started.elapsed();
+            if let Some(capture) = request_capture {
+                let (body, error) = lock(&capture).snapshot();
+                record.request_body = body;
+                record.error = record.error.take().or(error);
+            }
+            let (body, error) = lock(&response_capture).snapshot();
+            record.response_body = body;
+            record.error = record.error.take().or(error);
+            observer.record(record);
+        });
+        Response::from_parts(parts, OnEndBody::new(tee, finish).boxed_unsync())
+    }
+
+    /// The route for `path` and what is left of the path below its mount point.
+    fn route(&self, path: &str) -> Option<(HttpRoute, String)> {
+        let config = self.table.current();
+        let service = match &self.origin {
+            RequestOrigin::Funnel { .. } => config.funnelled(self.port),
+            RequestOrigin::Tailnet { .. } => config.service(self.port),
+        }?;
+        let ServeTarget::Http { routes } = &service.target else {
+            return None;
+        };
+        routes
+            .iter()
+            .filter_map(|route| route.path.strip(path).map(|rest| (route, rest)))
+            .max_by_key(|(route, _)| route.path.as_str().len())
+            .map(|(route, rest)| (route.clone(), rest.to_string()))
+    }
+
+    /// Reports an exchange the node answered itself (or an upgrade) right away.
+    fn finish_now(
+        &self,
+        exchange: Option<(usize, Exchange)>,
+        started: Instant,
+        request_capture: Option<Arc<Mutex<Capture>>>,
+        response: Response<ProxyBody>,
+        error: Option<String>,
+    ) -> Response<ProxyBody> {
+        if let Some((_, mut record)) = exchange {
+            record.duration = started.elapsed();
+            record.status = response.status();
+            record.response_headers = response.headers().clone();
+            if let Some(capture) = request_capture {
+                record.request_body = lock(&capture).snapshot().0;
+            }
+            record.error = error;
+            self.observer.record(record);
+        }
+        response
+    }
+}
+
+/// Opens a connection to `authority` and sends `request` on it (upgrades allowed).
+async fn send(authority: &str, request: Request<ProxyBody>) -> Result<Response<Incoming>, String> {
+    let stream = tokio::time::timeout(
+        ORIGIN_CONNECT_TIMEOUT,
+        tokio::net::TcpStream::connect(authority),
+    )
+    .await
+    .map_err(|_| format!("connecting to {authority} timed out"))?
+    .map_err(|error| format!("cannot connect to {authority}: {error}"))?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|error| format!("HTTP handshake with {authority} failed: {error}"))?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.with_upgrades().await {
+            tracing::debug!(%error, "origin connection ended with an error");
+        }
+    });
+    sender
+        .send_request(request)
+        .await
+        .map_err(|error| format!("{authority} did not answer: {error}"))
+}
+
+/// `base` (no trailing `/`, maybe empty) joined with `rest` (starts with `/`).
+fn join_path(base: &str, rest: &str) -> String {
+    format!("{base}{rest}")
+}
+
+fn lock(capture: &Mutex<Capture>) -> std::sync::MutexGuard<'_, Capture> {
+    capture.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut response = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn wants_upgrade<B>(request: &Request<B>) -> bool {
+    request.headers().contains_key(header::UPGRADE)
+        && request.version() == Version::HTTP_11
+        && connection_tokens(request.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_join_below_the_base() {
+        assert_eq!(join_path("", "/users"), "/users");
+        assert_eq!(join_path("/app", "/users"), "/app/users");
+        assert_eq!(join_path("/app", "/"), "/app/");
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+    }
+}

@@ -17,5 +17,6 @@ pub mod policy;
 pub mod policy_admin;
 pub mod registry;
 pub mod relay;
+pub mod replicas;
 pub mod server;
 pub mod store;

@@ -64,10 +64,41 @@ pub async fn run(coord: Coord) {
     let mut first = true;
     let mut tick = tokio::time::interval(coord.config.lifecycle_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // With several replicas on one PostgreSQL, one of them (the holder of an advisory
+    // lock) runs the lifecycle, so expiries and deletions are recorded once. The others
+    // try to take over at every tick; on SQLite the lease is always granted.
+    let mut lease: Option<crate::store::Lease> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = token.cancelled() => return,
+        }
+        if let Some(held) = &mut lease
+            && !held.is_alive().await
+        {
+            tracing::warn!(
+                "lost the node lifecycle lease (database connection); trying to take it again"
+            );
+            lease = None;
+        }
+        if lease.is_none() {
+            match coord
+                .registry
+                .store()
+                .try_lease(crate::store::LIFECYCLE_LOCK_KEY)
+                .await
+            {
+                Ok(Some(taken)) => {
+                    lease = Some(taken);
+                    // What happened while another replica held it was recorded there.
+                    first = true;
+                }
+                Ok(None) => continue,
+                Err(err) => {
+                    tracing::warn!(%err, "cannot take the node lifecycle lease; trying again");
+                    continue;
+                }
+            }
         }
         if let Err(err) = state.step(&coord, first).await {
             tracing::warn!(%err, "node lifecycle check failed; trying again");
@@ -89,7 +120,17 @@ impl LifecycleState {
         let store = coord.registry.store();
         let nodes = store.list_nodes().await?;
         let now = now();
-        let online = coord.hub.online();
+        let mut online = coord.hub.online();
+        if store.backend_kind() == crate::store::BackendKind::Postgres {
+            // Nodes streaming from another replica: it stamps their last_seen.
+            let recent = now.0.saturating_sub(crate::replicas::PRESENCE_WINDOW_SECS);
+            online.extend(
+                nodes
+                    .iter()
+                    .filter(|node| node.last_seen.is_some_and(|seen| seen.0 >= recent))
+                    .map(|node| node.id),
+            );
+        }
         let mut changed = false;
         let expired_now: HashSet<NodeId> = nodes
             .iter()

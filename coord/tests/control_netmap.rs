@@ -244,10 +244,16 @@ async fn a_node_pinning_the_wrong_coord_key_cannot_connect() {
         .await
         .unwrap_err();
     assert!(!err.to_string().is_empty());
-    let metrics = http_get(&addr, "/metrics").await;
-    assert!(
-        metrics.contains("postern_coord_control_handshake_failures_total 1"),
-        "{metrics}"
-    );
+    // The coord counts the failure when its side of the handshake ends, which may be just
+    // after the node has given up: wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let metrics = http_get(&addr, "/metrics").await;
+        if metrics.contains("postern_coord_control_handshake_failures_total 1") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     server.shutdown().await;
 }

@@ -9,20 +9,16 @@ use serde::Deserialize;
 
 use crate::certs::{AcmeConfig, ChallengeKind};
 use crate::edge::{Funnel, Limits, TcpUpstream};
-<<<<<<< HEAD
-use crate::tcp_funnel::{ClientLimiter, PassthroughFunnel, TcpFunnel, TcpLimits};
-
-/// The default of `limits.max_connections_per_client`.
-pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 256;
-use crate::gate::{GateChain, PassThroughGate, Provider, Secret, WebhookGate, WebhookGateConfig};
-=======
 use crate::gate::oidc::load_or_create_session_key;
 use crate::gate::{
     GateChain, IpAction, IpRule, IpRulesConfig, IpRulesGate, JwtConfig, JwtGate, MtlsConfig,
     MtlsGate, OidcConfig, OidcGate, PassThroughGate, Provider, RateLimit, RateLimitConfig,
     RateLimitKey, Secret, WebhookGate, WebhookGateConfig,
 };
->>>>>>> main
+use crate::tcp_funnel::{ClientLimiter, PassthroughFunnel, TcpFunnel, TcpLimits};
+
+/// The default of `limits.max_connections_per_client`.
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 256;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]

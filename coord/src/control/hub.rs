@@ -13,6 +13,9 @@ use tokio::sync::watch;
 pub struct NetmapHub {
     online: Arc<Mutex<HashMap<NodeId, usize>>>,
     changes: Arc<watch::Sender<u64>>,
+    /// Woken on every local change, for announcing it to other replicas
+    /// ([`crate::replicas`]); holds one permit when nobody waits, so bursts coalesce.
+    announce: Arc<tokio::sync::Notify>,
 }
 
 impl Default for NetmapHub {
@@ -27,6 +30,7 @@ impl NetmapHub {
         Self {
             online: Arc::default(),
             changes: Arc::new(watch::channel(0).0),
+            announce: Arc::default(),
         }
     }
 
@@ -41,9 +45,22 @@ impl NetmapHub {
         *self.changes.borrow()
     }
 
-    /// Signals that the tailnet changed.
+    /// Signals that the tailnet changed (and, with replicas, announces it to the others).
     pub fn notify(&self) {
+        self.notify_local();
+        self.announce.notify_one();
+    }
+
+    /// Signals a change another replica announced: the sessions here recompute, and the
+    /// change is not announced again.
+    pub fn notify_local(&self) {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Resolves after the next local change (at once if one happened since the last call);
+    /// [`crate::replicas`] announces changes through it.
+    pub async fn local_change(&self) {
+        self.announce.notified().await;
     }
 
     /// Marks a node online (it may hold several streams) and signals the change.

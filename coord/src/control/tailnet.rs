@@ -28,10 +28,15 @@ impl Coord {
     /// The tailnet now: read from the store once per change (sessions woken by the same
     /// change share it), with the policy compiler synced to its eligible nodes.
     pub async fn tailnet_view(&self) -> Result<Arc<TailnetView>, StoreError> {
+        // The version the caller needs is the one before it queued for the cache: a view
+        // that another session read meanwhile, at that version or later, will do. (An exact
+        // match would make every session re-read the store while changes keep coming, as
+        // when thousands of nodes connect at once.)
+        let wanted = self.hub.version();
         let mut cache = self.view_cache.inner.lock().await;
         let version = self.hub.version();
         if let Some((at, view)) = cache.as_ref()
-            && *at == version
+            && *at >= wanted
         {
             return Ok(view.clone());
         }
@@ -50,16 +55,16 @@ impl Coord {
                 .or_default()
                 .push(funnel);
         }
-        let view = TailnetView {
+        let view = TailnetView::new(
             nodes,
             users,
-            online: self.hub.online(),
-            tailnet_domain: self.registry.tailnet_domain().to_owned(),
-            ula: Some(self.registry.ula_prefix()),
+            self.hub.online(),
+            self.registry.tailnet_domain().to_owned(),
+            Some(self.registry.ula_prefix()),
             funnels,
-            now: now(),
-            relay_map: self.config.relay_map.clone(),
-        };
+            now(),
+            self.config.relay_map.clone(),
+        );
         let changed = self.policy.sync(view.policy_views());
         if !changed.is_empty() {
             tracing::debug!(nodes = changed.len(), "policy results changed");
@@ -142,6 +147,7 @@ impl Coord {
         });
         let coord = self.clone();
         tokio::spawn(async move { crate::lifecycle::run(coord).await });
+        crate::replicas::spawn(self);
     }
 }
 

@@ -12,6 +12,7 @@ pub mod filter;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::OnceLock;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use postern_acl::CompiledNode;
@@ -47,6 +48,8 @@ pub struct TailnetView {
     pub now: UnixTime,
     /// The relay map from the coord's configuration.
     pub relay_map: RelayMap,
+    /// Positions in `nodes` by id, built on first use (see [`Self::node`]).
+    index: OnceLock<HashMap<NodeId, usize>>,
 }
 
 impl Default for TailnetView {
@@ -60,11 +63,56 @@ impl Default for TailnetView {
             funnels: HashMap::new(),
             now: UnixTime(0),
             relay_map: RelayMap::default(),
+            index: OnceLock::new(),
         }
     }
 }
 
 impl TailnetView {
+    /// A view of these records, read at `now`, with the coord's relay map.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        nodes: Vec<NodeRecord>,
+        users: HashMap<UserId, UserRecord>,
+        online: HashSet<NodeId>,
+        tailnet_domain: String,
+        ula: Option<Ipv6Net>,
+        funnels: HashMap<NodeId, Vec<FunnelRecord>>,
+        now: UnixTime,
+        relay_map: RelayMap,
+    ) -> Self {
+        Self {
+            nodes,
+            users,
+            online,
+            tailnet_domain,
+            ula,
+            funnels,
+            now,
+            relay_map,
+            index: OnceLock::new(),
+        }
+    }
+
+    /// The registered node `id`, found through an index built on the first call (a view
+    /// is read once and then shared, so building it once pays for every session). If
+    /// `nodes` was changed after the index was built, a stale entry is detected and the
+    /// node is searched for, so the answer is always right.
+    pub fn node(&self, id: NodeId) -> Option<&NodeRecord> {
+        let index = self.index.get_or_init(|| {
+            self.nodes
+                .iter()
+                .enumerate()
+                .map(|(position, node)| (node.id, position))
+                .collect()
+        });
+        index
+            .get(&id)
+            .and_then(|position| self.nodes.get(*position))
+            .filter(|node| node.id == id)
+            .or_else(|| self.nodes.iter().find(|node| node.id == id))
+    }
+
     /// The policy's views of the eligible nodes (see [`Self::is_eligible`]).
     pub fn policy_views(&self) -> Vec<postern_acl::NodeView> {
         self.nodes
@@ -94,7 +142,7 @@ pub fn build_netmap(
     id: NodeId,
     compiled: Option<&CompiledNode>,
 ) -> Option<Netmap> {
-    let me = view.nodes.iter().find(|node| node.id == id)?;
+    let me = view.node(id)?;
     let fqdn = |name: &str| format!("{name}.{}", view.tailnet_domain);
     let self_node = SelfNode {
         id: me.id,
@@ -108,13 +156,14 @@ pub fn build_netmap(
         user: profile(view, me.user_id),
         tags: me.tags.clone(),
     };
-    let visible: HashSet<u64> = compiled
-        .map(|c| c.visible_peers.iter().map(|peer| peer.0).collect())
-        .unwrap_or_default();
-    let mut peers: Vec<Peer> = view
-        .nodes
+    // Only the peers the policy shows this node are looked at: the cost is the node's own
+    // netmap, not the size of the tailnet.
+    let mut peers: Vec<Peer> = compiled
+        .map(|c| c.visible_peers.as_slice())
+        .unwrap_or_default()
         .iter()
-        .filter(|node| node.id != id && visible.contains(&node.id.0) && view.is_eligible(node))
+        .filter_map(|peer| view.node(NodeId(peer.0)))
+        .filter(|node| node.id != id && view.is_eligible(node))
         .map(|node| Peer {
             id: node.id,
             name: fqdn(&node.name),

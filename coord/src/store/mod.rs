@@ -31,6 +31,7 @@ mod funnels;
 mod logins;
 mod nodes;
 mod records;
+mod replicas;
 mod row;
 mod settings;
 mod users;
@@ -50,6 +51,7 @@ pub use records::{
     AuditRecord, AuthKeyRecord, CertificateRecord, FunnelRecord, NewAuditRecord, NewAuthKey,
     NewFunnel, NewNode, NodeRecord, UserRecord,
 };
+pub use replicas::{CHANGES_CHANNEL, ChangeListener, LIFECYCLE_LOCK_KEY, Lease};
 
 /// File name of the SQLite store inside the state directory.
 pub const SQLITE_FILE_NAME: &str = "coord.sqlite3";

@@ -113,6 +113,8 @@ impl Coord {
             .arg(&self.state)
             .arg("--listen")
             .arg(self.addr.to_string())
+            // Several coords run at once: never the default admin port.
+            .args(["--admin-listen", "127.0.0.1:0"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -12,6 +12,7 @@
 pub mod control;
 pub mod daemon;
 pub mod engine;
+pub mod hop_by_hop;
 pub mod inspect;
 pub mod relay;
 pub mod serve;

@@ -56,23 +56,12 @@ impl ForwardError {
     }
 }
 
-/// Hop-by-hop headers (RFC 9110 7.6.1): never forwarded in either direction.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-];
-
 /// Whether the request asks for a protocol upgrade (WebSocket over HTTP/1.1).
 pub(super) fn wants_upgrade<B>(request: &Request<B>) -> bool {
     request.headers().contains_key(header::UPGRADE)
         && request.version() == Version::HTTP_11
-        && connection_tokens(request.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
+        && postern_node::hop_by_hop::connection_tokens(request.headers())
+            .any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
 /// Forwards one admitted request (headers already rewritten by the gate step) and returns
@@ -89,7 +78,7 @@ pub(super) async fn forward(
     let client = context.client;
     let upgrading = client_upgrade.is_some();
     let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
-    strip_hop_by_hop(&mut parts.headers);
+    postern_node::hop_by_hop::strip(&mut parts.headers);
     if upgrading && let Some(value) = upgrade_value {
         parts.headers.insert(header::UPGRADE, value);
         parts
@@ -150,7 +139,7 @@ pub(super) async fn forward(
         });
         return Ok(response.map(BodyExt::boxed));
     }
-    strip_hop_by_hop(response.headers_mut());
+    postern_node::hop_by_hop::strip(response.headers_mut());
     response.headers_mut().remove(header::UPGRADE);
     Ok(response.map(BodyExt::boxed))
 }
@@ -252,28 +241,6 @@ impl Drop for AuditedBody {
     }
 }
 
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-}
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    headers.remove(header::UPGRADE);
-}
-
 fn set_forwarded(headers: &mut HeaderMap, host: &str, client: SocketAddr) {
     let ip = client.ip();
     let node = if ip.is_ipv6() {
@@ -334,7 +301,7 @@ mod tests {
             HeaderValue::from_static("chunked"),
         );
         headers.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut headers);
+        postern_node::hop_by_hop::strip(&mut headers);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key("x-kept"));
     }

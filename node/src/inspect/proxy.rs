@@ -264,7 +264,7 @@ impl CapturingProxy {
             headers: header_pairs(&parts.headers),
             body: CapturedBody::default(),
         });
-        strip_hop_by_hop(&mut parts.headers);
+        crate::hop_by_hop::strip(&mut parts.headers);
         let response_capture = Arc::new(Mutex::new(BodyCapture::new(cap)));
         pending.response_body = Some(response_capture.clone());
         let body = CaptureBody {
@@ -446,7 +446,7 @@ impl CapturingProxy {
             .build()
             .map_err(|e| format!("cannot build the target URL for {path:?}: {e}"))?;
         let mut headers = headers.clone();
-        strip_hop_by_hop(&mut headers);
+        crate::hop_by_hop::strip(&mut headers);
         if let Some(host) = headers.remove(HOST) {
             headers.insert(HeaderName::from_static("x-forwarded-host"), host);
         }
@@ -686,31 +686,6 @@ fn unmask(edited: &[(String, String)], original: &[(String, String)]) -> Vec<(St
             (name.clone(), restored.unwrap_or_else(|| value.clone()))
         })
         .collect()
-}
-
-fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
-    // Headers named by Connection are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ] {
-        headers.remove(name);
-    }
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

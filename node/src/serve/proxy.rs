@@ -31,18 +31,6 @@ pub(super) const ORIGIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The body type of responses and forwarded requests.
 type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
-/// Hop-by-hop headers (RFC 9110 7.6.1): never forwarded in either direction.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-];
-
 /// Everything a served connection's requests need.
 pub(super) struct HttpProxy {
     pub(super) table: ServeTable,
@@ -113,7 +101,7 @@ impl HttpProxy {
         let upstream = format!("http://{}{}", route.origin.authority(), path_and_query);
 
         let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
-        strip_hop_by_hop(&mut parts.headers);
+        crate::hop_by_hop::strip(&mut parts.headers);
         if client_upgrade.is_some()
             && let Some(value) = upgrade_value
         {
@@ -199,7 +187,7 @@ impl HttpProxy {
             }
             return self.finish_now(exchange, started, request_capture, response, None);
         }
-        strip_hop_by_hop(response.headers_mut());
+        crate::hop_by_hop::strip(response.headers_mut());
 
         let Some((limit, mut record)) = exchange else {
             return response.map(BodyExt::boxed_unsync);
@@ -316,29 +304,8 @@ fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
 fn wants_upgrade<B>(request: &Request<B>) -> bool {
     request.headers().contains_key(header::UPGRADE)
         && request.version() == Version::HTTP_11
-        && connection_tokens(request.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
-}
-
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-}
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    headers.remove(header::UPGRADE);
+        && crate::hop_by_hop::connection_tokens(request.headers())
+            .any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
 #[cfg(test)]
@@ -365,7 +332,7 @@ mod tests {
             HeaderValue::from_static("chunked"),
         );
         headers.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut headers);
+        crate::hop_by_hop::strip(&mut headers);
         assert_eq!(headers.len(), 1);
     }
 }

@@ -94,17 +94,20 @@ fn oidc_case() -> Case {
     );
     config.allowed_groups = vec!["eng".into()];
     let gate = OidcGate::new(config).unwrap();
-    let cookie = gate.codec().encode(
-        "session",
-        &Session {
-            host: "app.test".into(),
-            sub: "alice".into(),
-            email: "alice@example.com".into(),
-            name: Some("Alice Example".into()),
-            groups: vec!["eng".into(), "admins".into()],
-            exp: NOW + 3600,
-        },
-    );
+    let cookie = gate
+        .codec()
+        .encode(
+            "session",
+            &Session {
+                host: "app.test".into(),
+                sub: "alice".into(),
+                email: "alice@example.com".into(),
+                name: Some("Alice Example".into()),
+                groups: vec!["eng".into(), "admins".into()],
+                exp: NOW + 3600,
+            },
+        )
+        .unwrap();
     let mut headers = HeaderMap::new();
     headers.insert(
         "cookie",

@@ -247,6 +247,9 @@ pub enum CookieError {
     /// Past its expiry.
     #[error("the cookie has expired")]
     Expired,
+    /// The value would not fit in one cookie (browsers keep at most 4096 bytes).
+    #[error("the value is too large for a cookie ({0} bytes, at most 4096)")]
+    TooLarge(usize),
 }
 
 /// The longest cookie value accepted.
@@ -262,10 +265,17 @@ impl CookieCodec {
     }
 
     /// Signs a value for `purpose` (`session` or `login`).
-    pub fn encode<T: Serialize>(&self, purpose: &str, value: &T) -> String {
+    ///
+    /// Refuses a value whose cookie would be longer than [`decode`](Self::decode) accepts
+    /// (and than browsers keep), so whatever this returns decodes again.
+    pub fn encode<T: Serialize>(&self, purpose: &str, value: &T) -> Result<String, CookieError> {
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).unwrap_or_default());
         let mac = URL_SAFE_NO_PAD.encode(self.mac(purpose, &payload));
-        format!("{payload}.{mac}")
+        let cookie = format!("{payload}.{mac}");
+        if cookie.len() > MAX_COOKIE_BYTES {
+            return Err(CookieError::TooLarge(cookie.len()));
+        }
+        Ok(cookie)
     }
 
     /// Checks a signed value for `purpose` and decodes it. Never panics on any input.
@@ -530,11 +540,11 @@ impl OidcGate {
             return_to,
             exp: unix(now) + LOGIN_TIMEOUT.as_secs(),
         };
-        let cookie = set_cookie(
-            LOGIN_COOKIE,
-            &self.codec.encode("login", &pending),
-            LOGIN_TIMEOUT,
-        );
+        let Ok(login) = self.codec.encode("login", &pending) else {
+            // Cannot happen: every field is bounded (`safe_return_path` caps `return_to`).
+            return Decision::deny(ReasonCode::LoginFailed);
+        };
+        let cookie = set_cookie(LOGIN_COOKIE, &login, LOGIN_TIMEOUT);
         let Ok(location) = HeaderValue::from_str(url.as_str()) else {
             return Decision::deny(ReasonCode::IdpUnavailable);
         };
@@ -721,6 +731,17 @@ impl OidcGate {
             groups: groups.into_iter().take(64).collect(),
             exp: unix(now) + self.config.session_ttl.as_secs(),
         };
+        let encoded = match self.codec.encode("session", &session) {
+            Ok(encoded) => encoded,
+            Err(error) => {
+                tracing::info!(email = %session.email, %error, "session does not fit in a cookie");
+                return fail(
+                    ReasonCode::LoginFailed,
+                    "the session (email, name and groups) is too large for a cookie; \
+                     ask the IdP to send fewer groups",
+                );
+            }
+        };
         let location = HeaderValue::from_str(&pending.return_to)
             .unwrap_or_else(|_| HeaderValue::from_static("/"));
         Decision::Respond {
@@ -729,11 +750,7 @@ impl OidcGate {
                 (http::header::LOCATION, location),
                 (
                     http::header::SET_COOKIE,
-                    set_cookie(
-                        SESSION_COOKIE,
-                        &self.codec.encode("session", &session),
-                        self.config.session_ttl,
-                    ),
+                    set_cookie(SESSION_COOKIE, &encoded, self.config.session_ttl),
                 ),
                 clear_login,
                 (
@@ -819,7 +836,14 @@ fn safe_return_path(request: &GateRequest<'_>) -> String {
         Some(query) => format!("{path}?{query}"),
         None => path.to_string(),
     };
-    if !full.starts_with('/') || full.starts_with("//") || full.contains('\\') {
+    // A return path longer than this would not fit in the login cookie with the state,
+    // nonce and verifier; such a visitor lands on `/` after logging in.
+    const MAX_RETURN_PATH: usize = 2048;
+    if !full.starts_with('/')
+        || full.starts_with("//")
+        || full.contains('\\')
+        || full.len() > MAX_RETURN_PATH
+    {
         return "/".into();
     }
     full
@@ -924,7 +948,9 @@ mod tests {
     fn cookies_round_trip_and_refuse_tampering_purpose_host_and_expiry() {
         let gate = gate();
         let codec = gate.codec();
-        let value = codec.encode("session", &session("alice@example.org", &[], NOW + 60));
+        let value = codec
+            .encode("session", &session("alice@example.org", &[], NOW + 60))
+            .expect("fits");
         assert!(codec.session(&value, "app.test", at(NOW)).is_ok());
         assert_eq!(
             codec.session(&value, "other.test", at(NOW)),
@@ -969,10 +995,31 @@ mod tests {
     }
 
     #[test]
+    fn a_value_too_large_for_a_cookie_is_refused_when_encoding() {
+        let codec = CookieCodec::new(Secret::new(vec![7u8; 32])).unwrap();
+        let groups: Vec<&str> = std::iter::repeat_n("engineering-platform-team", 200).collect();
+        let big = session("alice@example.org", &groups, NOW + 60);
+        let error = codec.encode("session", &big).unwrap_err();
+        assert!(matches!(error, CookieError::TooLarge(n) if n > MAX_COOKIE_BYTES));
+        assert!(
+            error.to_string().contains("too large for a cookie"),
+            "{error}"
+        );
+        let small = session("alice@example.org", &groups[..3], NOW + 60);
+        let encoded = codec.encode("session", &small).unwrap();
+
+        assert_eq!(codec.session(&encoded, "app.test", at(NOW)), Ok(small));
+    }
+
+    #[test]
     fn sessions_admit_by_email_domain_or_group_and_lists_apply_again() {
         let gate = gate();
-        let cookie =
-            |s: &Session| format!("{SESSION_COOKIE}={}", gate.codec().encode("session", s));
+        let cookie = |s: &Session| {
+            format!(
+                "{SESSION_COOKIE}={}",
+                gate.codec().encode("session", s).unwrap()
+            )
+        };
         let allowed = [
             session("carol@example.com", &[], NOW + 60),
             session("dave@EXAMPLE.org", &[], NOW + 60),

@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::frame::{DEFAULT_MAX_FRAME_LEN, Frame, FrameError};
+use crate::funnel::{FunnelRequest, FunnelResponse};
 use crate::ids::{NodeId, UnixTime};
 use crate::keys::{DiscoPublicKey, NodePublicKey};
 use crate::netmap::{Netmap, NetmapDelta, NodeAddresses, RegionId, UserProfile};
@@ -58,6 +59,11 @@ pub enum ControlMessage {
     MapRequest(MapRequest),
     /// Server → node: netmap, delta or keepalive.
     MapResponse(MapResponse),
+    /// Node → server: open, close or list this node's funnels (on the map stream's
+    /// connection, after registration).
+    FunnelRequest(FunnelRequest),
+    /// Server → node: the outcome of a funnel request.
+    FunnelResponse(FunnelResponse),
 }
 
 /// A node asks to join the tailnet.

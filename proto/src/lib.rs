@@ -15,11 +15,13 @@
 //! - [`frame`]: the length-prefixed framing both protocols use, with an incremental decoder;
 //! - [`relay`]: binary relay frames and the relay attach proof;
 //! - [`stun`]: STUN binding request and response (RFC 5389);
+//! - [`funnel`]: funnel requests from nodes and the funnel routes ingress nodes receive;
 //! - [`funnel_hop`]: the hello and reply the ingress and a node exchange before a funnelled
 //!   stream.
 
 pub mod control;
 pub mod frame;
+pub mod funnel;
 pub mod funnel_hop;
 pub mod ids;
 pub mod keys;

@@ -19,6 +19,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::funnel::FunnelRoute;
 use crate::ids::{NodeId, UnixTime, UserId};
 use crate::keys::{DiscoPublicKey, NodePublicKey};
 
@@ -43,6 +44,9 @@ pub struct Netmap {
     /// Ports this node may expose publicly through the ingress, and how.
     #[serde(default)]
     pub funnel_grants: Vec<FunnelGrant>,
+    /// Every open funnel the ingress must serve; empty unless this node is an ingress.
+    #[serde(default)]
+    pub funnel_routes: Vec<FunnelRoute>,
 }
 
 /// The node's own identity and addresses.
@@ -370,6 +374,9 @@ pub struct NetmapDelta {
     /// New funnel grants, replacing the old ones.
     #[serde(default)]
     pub funnel_grants: Option<Vec<FunnelGrant>>,
+    /// New funnel routes (ingress nodes only), replacing the old ones.
+    #[serde(default)]
+    pub funnel_routes: Option<Vec<FunnelRoute>>,
 }
 
 /// New endpoints and home relay for one peer.
@@ -500,6 +507,9 @@ impl Netmap {
         if let Some(grants) = &delta.funnel_grants {
             self.funnel_grants.clone_from(grants);
         }
+        if let Some(routes) = &delta.funnel_routes {
+            self.funnel_routes.clone_from(routes);
+        }
         Ok(())
     }
 }
@@ -587,6 +597,7 @@ pub(crate) mod tests {
                 gates_required: vec!["github-webhook".into()],
                 max_ttl_secs: Some(3600),
             }],
+            funnel_routes: Vec::new(),
         }
     }
 

@@ -214,6 +214,7 @@ pub fn build_netmap(
             names,
         },
         funnel_grants,
+        funnel_routes: Vec::new(),
     };
     netmap.normalize();
     Some(netmap)

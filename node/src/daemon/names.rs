@@ -199,6 +199,7 @@ mod tests {
                 }],
             },
             funnel_grants: Vec::new(),
+            funnel_routes: Vec::new(),
         }
     }
 

@@ -177,6 +177,7 @@ mod tests {
             relay_map: RelayMap::default(),
             dns: DnsConfig::default(),
             funnel_grants: Vec::new(),
+            funnel_routes: Vec::new(),
         };
         (map, self_key)
     }

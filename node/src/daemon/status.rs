@@ -246,6 +246,7 @@ mod tests {
                 names: Vec::new(),
             },
             funnel_grants: Vec::new(),
+            funnel_routes: Vec::new(),
         };
         let now = Instant::now();
         let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);

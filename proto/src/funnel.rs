@@ -1,0 +1,337 @@
+//! Funnels on the wire: what a node asks the coordination server for, and what an ingress
+//! learns about every funnel it must serve.
+//!
+//! The flow, in three messages:
+//!
+//! 1. `postern funnel 3000 --verify-webhook github …` makes the node send a
+//!    [`FunnelRequest`] with a [`FunnelChange::Open`] carrying a [`FunnelSpec`] on its control
+//!    channel.
+//! 2. The coordination server checks the policy's funnel grant for the port (refusing with a
+//!    [`FunnelRefusal`] that names what is missing), assigns the stable public hostname,
+//!    stores the funnel and answers with a [`FunnelResponse`].
+//! 3. Every ingress node's netmap carries a [`FunnelRoute`] per open funnel: the hostname,
+//!    the target node and port, the gates to run and when the funnel expires. The ingress
+//!    builds its routing table and gate chains from these alone.
+//!
+//! Gate secrets (webhook secrets) travel inside the encrypted control channel to the
+//! coordination server and from there to ingress nodes only. [`GateSecret`] never prints
+//! its value.
+
+use std::fmt;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{NodeId, UnixTime};
+use crate::keys::NodePublicKey;
+
+/// How the ingress carries a funnel's public traffic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FunnelProtocol {
+    /// HTTPS at the edge (TLS terminated by the ingress), gates run per request.
+    #[default]
+    Http,
+    /// Raw TCP on a public port from the ingress's range; only connection-level gates (IP
+    /// rules) apply.
+    Tcp,
+    /// TLS passed through by SNI: the node terminates TLS, the edge sees only the name.
+    TlsPassthrough,
+}
+
+/// A secret a gate checks against (a webhook signing secret). `Debug` shows `[redacted]`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct GateSecret(String);
+
+impl GateSecret {
+    /// Wraps a secret read from a flag, a file or the environment.
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+
+    /// The secret itself, to build a verifier. Never log the result.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for GateSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("GateSecret([redacted])")
+    }
+}
+
+/// One gate of a funnel's chain, as set by `postern funnel` flags or required by policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum GateSpec {
+    /// A webhook signature check (`--verify-webhook github --secret-env GH_SECRET`).
+    Webhook {
+        /// Provider name as the ingress knows it (`github`, `stripe`, `slack`, …).
+        provider: String,
+        /// Accepted secrets (several during a rotation).
+        secrets: Vec<GateSecret>,
+        /// Largest accepted timestamp skew for providers that sign one, in seconds.
+        #[serde(default)]
+        tolerance_secs: Option<u64>,
+    },
+    /// A person logs in with the ingress's OIDC provider (`--login`); the lists admit.
+    Login {
+        /// Emails admitted (lowercase).
+        #[serde(default)]
+        allowed_emails: Vec<String>,
+        /// Email domains admitted.
+        #[serde(default)]
+        allowed_domains: Vec<String>,
+        /// IdP groups admitted.
+        #[serde(default)]
+        allowed_groups: Vec<String>,
+    },
+    /// A bearer JWT checked against an issuer's JWKS (`--jwt-issuer`, `--jwt-audience`).
+    Jwt {
+        /// Expected `iss`.
+        issuer: String,
+        /// Where the signing keys are; when absent, found by OIDC discovery on the issuer.
+        #[serde(default)]
+        jwks_url: Option<String>,
+        /// Accepted `aud` values (at least one must match).
+        #[serde(default)]
+        audiences: Vec<String>,
+    },
+    /// Client addresses (`--allow-ip`, `--deny-ip`): deny wins, then allow if any is set.
+    Ip {
+        /// Admitted prefixes; empty admits any address not denied.
+        #[serde(default)]
+        allow: Vec<IpNet>,
+        /// Refused prefixes.
+        #[serde(default)]
+        deny: Vec<IpNet>,
+    },
+    /// A client certificate signed by this CA (`--mtls-ca FILE`).
+    Mtls {
+        /// The CA certificates, PEM.
+        ca_pem: String,
+    },
+}
+
+impl GateSpec {
+    /// The gate's kind as a short name (`webhook`, `login`, `jwt`, `ip`, `mtls`), for
+    /// messages and audit records.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GateSpec::Webhook { .. } => "webhook",
+            GateSpec::Login { .. } => "login",
+            GateSpec::Jwt { .. } => "jwt",
+            GateSpec::Ip { .. } => "ip",
+            GateSpec::Mtls { .. } => "mtls",
+        }
+    }
+}
+
+/// How a chain's gates combine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GateMode {
+    /// Every gate must admit (the default).
+    #[default]
+    All,
+    /// One admitting gate is enough.
+    Any,
+}
+
+/// A per-client-address request budget: `requests` per `per_secs` seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimitSpec {
+    /// Requests allowed per window.
+    pub requests: u32,
+    /// The window, in seconds.
+    pub per_secs: u64,
+}
+
+/// What `postern funnel` asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunnelSpec {
+    /// The node's local port to expose (the service on `127.0.0.1:PORT`).
+    pub port: u16,
+    /// A label for the hostname (`--name`); the node's name when absent.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// HTTP, TCP or TLS passthrough.
+    #[serde(default)]
+    pub protocol: FunnelProtocol,
+    /// Close the funnel this long after it opens (capped by the policy's `maxTTL`).
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+    /// The gate chain, in order.
+    #[serde(default)]
+    pub gates: Vec<GateSpec>,
+    /// How the gates combine.
+    #[serde(default)]
+    pub gate_mode: GateMode,
+    /// Optional per-client rate limit.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitSpec>,
+}
+
+/// A change a node asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FunnelChange {
+    /// Open (or reopen with new settings) the funnel of `spec.port`.
+    Open(FunnelSpec),
+    /// Close the funnel of this local port.
+    Close {
+        /// The local port.
+        port: u16,
+    },
+    /// List this node's funnels.
+    List,
+}
+
+/// Node → server: change or list this node's funnels. Sent on the control channel of a
+/// registered node; answered by one [`FunnelResponse`] with the same `request_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunnelRequest {
+    /// Chosen by the node to match the response.
+    pub request_id: u64,
+    /// What to do.
+    pub change: FunnelChange,
+}
+
+/// One open funnel, as its owner sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunnelInfo {
+    /// The local port.
+    pub port: u16,
+    /// The label.
+    pub name: String,
+    /// The stable public hostname (same node, name and port → same hostname).
+    pub hostname: String,
+    /// The public URL (`https://HOST/` for HTTP, `tcp://HOST:PORT` for TCP).
+    pub url: String,
+    /// How it is carried.
+    pub protocol: FunnelProtocol,
+    /// The public port of a TCP funnel.
+    #[serde(default)]
+    pub public_port: Option<u16>,
+    /// When it closes by itself.
+    #[serde(default)]
+    pub expires_at: Option<UnixTime>,
+    /// The gate kinds in its chain (no secrets).
+    #[serde(default)]
+    pub gates: Vec<String>,
+}
+
+/// Why the server refused a funnel change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunnelRefusal {
+    /// A stable machine-readable code: `no_grant`, `gate_required`, `ttl_too_long`,
+    /// `name_taken`, `invalid`, `no_ingress`, `not_found`.
+    pub code: String,
+    /// What was wrong and what to do, for a person.
+    pub message: String,
+}
+
+/// Server → node: the outcome of a [`FunnelRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunnelResponse {
+    /// The request's id.
+    pub request_id: u64,
+    /// The funnels of the node after the change (the opened one for `Open`, none for
+    /// `Close`, all for `List`), or why not.
+    pub result: Result<Vec<FunnelInfo>, FunnelRefusal>,
+}
+
+/// What an ingress needs to serve one funnel. Ingress nodes receive these in their
+/// netmap's `funnel_routes`; other nodes receive none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunnelRoute {
+    /// The public hostname.
+    pub hostname: String,
+    /// The node that funnels.
+    pub node: NodeId,
+    /// Its WireGuard key (to find it among the ingress's peers).
+    pub node_key: NodePublicKey,
+    /// Its owner's login, for audit records.
+    pub owner: String,
+    /// The node's local port the stream is for.
+    pub port: u16,
+    /// How it is carried.
+    pub protocol: FunnelProtocol,
+    /// The public port of a TCP funnel.
+    #[serde(default)]
+    pub public_port: Option<u16>,
+    /// The gate chain, in order.
+    #[serde(default)]
+    pub gates: Vec<GateSpec>,
+    /// How the gates combine.
+    #[serde(default)]
+    pub gate_mode: GateMode,
+    /// Optional per-client rate limit.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitSpec>,
+    /// When the funnel closes; the ingress stops serving it then even without a new netmap.
+    #[serde(default)]
+    pub expires_at: Option<UnixTime>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gate_secrets_never_print() {
+        let gate = GateSpec::Webhook {
+            provider: "github".into(),
+            secrets: vec![GateSecret::new("hunter2")],
+            tolerance_secs: None,
+        };
+        let shown = format!("{gate:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("redacted"), "{shown}");
+    }
+
+    #[test]
+    fn specs_round_trip_and_default_their_optional_parts() {
+        let spec: FunnelSpec = serde_json::from_str(r#"{"port": 3000}"#).unwrap();
+        assert_eq!(spec.protocol, FunnelProtocol::Http);
+        assert_eq!(spec.gate_mode, GateMode::All);
+        assert!(spec.gates.is_empty());
+        let full = FunnelSpec {
+            port: 3000,
+            name: Some("hooks".into()),
+            protocol: FunnelProtocol::Http,
+            ttl_secs: Some(7200),
+            gates: vec![
+                GateSpec::Webhook {
+                    provider: "github".into(),
+                    secrets: vec![GateSecret::new("s")],
+                    tolerance_secs: None,
+                },
+                GateSpec::Ip {
+                    allow: vec!["192.0.2.0/24".parse().unwrap()],
+                    deny: vec![],
+                },
+            ],
+            gate_mode: GateMode::Any,
+            rate_limit: Some(RateLimitSpec {
+                requests: 10,
+                per_secs: 1,
+            }),
+        };
+        let json = serde_json::to_string(&full).unwrap();
+        assert!(json.contains(r#""kind":"webhook""#), "{json}");
+        let back: FunnelSpec = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, full);
+        assert_eq!(back.gates[1].kind(), "ip");
+    }
+
+    #[test]
+    fn an_unknown_gate_kind_is_a_clear_error() {
+        let error = serde_json::from_str::<GateSpec>(r#"{"kind": "telepathy"}"#).unwrap_err();
+        assert!(error.to_string().contains("telepathy"), "{error}");
+    }
+}

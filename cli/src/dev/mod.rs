@@ -3,6 +3,10 @@
 //! Not built yet. Until it is, the command says what it will do and which parts already
 //! exist, and exits with status 1 so no script mistakes it for a running tailnet.
 
+mod ca;
+mod origin;
+mod webhook_demo;
+
 use std::process::ExitCode;
 
 use clap::Args;

@@ -392,7 +392,7 @@ mod tests {
         assert_eq!(info.node, "laptop.tail.test");
         let mut changed = route("b.funnel.test");
         changed.port = 3001;
-        let second = builder.build(&netmap(vec![route("a.funnel.test"), changed], true), now);
+        let second = builder.build(&netmap(vec![route("A.funnel.test"), changed], true), now);
         assert!(Arc::ptr_eq(&a, &served(&second, "a.funnel.test")));
         assert!(!Arc::ptr_eq(
             &served(&first, "b.funnel.test"),

@@ -110,6 +110,7 @@ async fn start_edge() -> Fixture {
             hostname: "app.test".into(),
             upstream: Arc::new(TcpUpstream::new(origin)),
             chain: GateChain::gate(PassThroughGate),
+            route: None,
         }],
         limits,
         audit.clone(),

@@ -121,6 +121,7 @@ async fn start_edge() -> Fixture {
                 hostname: "Secure.Test".into(),
                 upstream: Arc::new(TcpUpstream::new(origin)),
                 proxy_protocol: false,
+                route: None,
             },
             PassthroughFunnel {
                 hostname: "proxied.test".into(),
@@ -128,6 +129,7 @@ async fn start_edge() -> Fixture {
                     proxied_target.local_addr().unwrap().to_string(),
                 )),
                 proxy_protocol: true,
+                route: None,
             },
         ],
         TcpLimits::default(),
@@ -140,6 +142,7 @@ async fn start_edge() -> Fixture {
                 hostname: "app.test".into(),
                 upstream: Arc::new(TcpUpstream::new("127.0.0.1:9")),
                 chain: GateChain::gate(PassThroughGate),
+                route: None,
             }],
             Limits::default(),
             audit.clone(),

@@ -30,8 +30,10 @@ pub mod endpoints;
 pub mod filter;
 pub mod http_proxy;
 pub mod icmp;
+pub mod inspection;
 pub mod names;
 pub mod plan;
+pub mod serves;
 pub mod state;
 pub mod status;
 

@@ -11,8 +11,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose,
 };
 
 /// The CA file names in the dev state directory.
@@ -39,8 +38,12 @@ pub(crate) fn load_or_create(dir: &Path, domain: &str) -> Result<DevCa, String> 
     let ca_key = dir.join(CA_KEY);
     let (ca_key_pair, ca_pem) = if ca_cert.exists() && ca_key.exists() {
         let key_pem = read(&ca_key)?;
-        let key = KeyPair::from_pem(&key_pem)
-            .map_err(|e| format!("{}: not a private key ({e}); delete it to start over", ca_key.display()))?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| {
+            format!(
+                "{}: not a private key ({e}); delete it to start over",
+                ca_key.display()
+            )
+        })?;
         (key, read(&ca_cert)?)
     } else {
         let key = KeyPair::generate().map_err(|e| format!("generating the dev CA key: {e}"))?;
@@ -124,10 +127,17 @@ mod tests {
         let first = load_or_create(dir.path(), "funnel.localhost").unwrap();
         let ca_pem = fs::read_to_string(&first.ca_cert).unwrap();
         let again = load_or_create(dir.path(), "funnel.localhost").unwrap();
-        assert_eq!(fs::read_to_string(&again.ca_cert).unwrap(), ca_pem, "the CA is kept");
+        assert_eq!(
+            fs::read_to_string(&again.ca_cert).unwrap(),
+            ca_pem,
+            "the CA is kept"
+        );
         let chain = fs::read_to_string(&again.edge_cert).unwrap();
         assert!(chain.ends_with(&ca_pem), "the chain ends with the CA");
-        let mode = fs::metadata(dir.path().join(CA_KEY)).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.path().join(CA_KEY))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let mode = fs::metadata(&again.edge_key).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);

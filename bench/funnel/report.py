@@ -1,0 +1,145 @@
+"""Turns the raw results of bench/funnel/run.sh into the markdown tables of docs/benchmarks.md.
+
+Usage (run.sh calls it): report.py RESULTS LOADS STARTED COMMIT T ROUNDS CONNS THREADS
+
+RESULTS has one line per measurement:
+  http KEY ROUND RESULT requests=.. seconds=.. rps=.. p50_us=.. p99_us=.. non2xx=.. errors=..
+       cpu_ticks=.. wall=.. hz=.. ncpu=..
+  tcp KEY ROUND bps=.. seconds=.. cpu_ticks=.. wall=.. hz=.. ncpu=..
+LOADS has the 1-minute load average sampled before and after every measurement.
+"""
+
+import statistics
+import sys
+
+HTTP_NAMES = {
+    "direct_http": "direct to the origin, HTTP",
+    "direct_https": "direct, HTTPS via a socat TLS relay",
+    "funnel_open": "**funnel, no gate** (ingress: TLS + HTTP + audit)",
+    "funnel_gated": "**funnel, GitHub webhook gate**",
+}
+TCP_NAMES = {
+    "direct": "direct to iperf3",
+    "socat": "socat TCP relay (plain, one hop)",
+    "tcp_funnel": "**ingress `[[tcp_funnel]]`** (plain, one hop, edge only)",
+    "rathole": "**rathole 0.5.0, Noise** (encrypted, two hops)",
+    "bore": "bore 0.6 (plain, two hops)",
+}
+
+
+def parse(path):
+    rows = []
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) < 3:
+                continue
+            kind, key, rnd = parts[0], parts[1], int(parts[2])
+            fields = {}
+            for part in parts[3:]:
+                if "=" in part:
+                    name, value = part.split("=", 1)
+                    fields[name] = float(value)
+            rows.append((kind, key, rnd, fields))
+    return rows
+
+
+def mean(values):
+    return statistics.fmean(values) if values else float("nan")
+
+
+def fmt_rounds(values, digits):
+    return " / ".join(f"{v:,.{digits}f}" for v in values)
+
+
+def main():
+    results, loads_path, started, commit, t, rounds, conns, threads = sys.argv[1:9]
+    rows = parse(results)
+    with open(loads_path) as f:
+        loads = [float(x) for x in f.read().split()]
+    out = []
+    out.append(
+        f"Run of {started}, commit {commit}, T={t} s per measurement, {rounds} rounds "
+        f"(ABBA order), wrk -t{threads} -c{conns}. 1-minute load average during the "
+        f"measurements: {min(loads):.1f} to {max(loads):.1f} "
+        f"(median {statistics.median(loads):.1f}) on 2 cores."
+    )
+    out.append("")
+
+    http = {}
+    for kind, key, rnd, fields in rows:
+        if kind == "http":
+            http.setdefault(key, []).append(fields)
+    base = mean([r["rps"] for r in http.get("direct_http", [])])
+    out.append(
+        "| HTTPS variant (webhook POST, 1 KiB body) | req/s (mean) | per round | × direct HTTP "
+        "| p50 ms | p99 ms | ingress CPU µs/request | non-2xx, errors |"
+    )
+    out.append("|---|---|---|---|---|---|---|---|")
+    for key, name in HTTP_NAMES.items():
+        runs = http.get(key, [])
+        if not runs:
+            continue
+        rps = [r["rps"] for r in runs]
+        cpu = "-"
+        if runs[0].get("ncpu", 0) > 0:
+            per = [r["cpu_ticks"] / r["hz"] * 1e6 / max(r["requests"], 1) for r in runs]
+            cpu = f"{mean(per):.0f}"
+        bad = int(sum(r["non2xx"] for r in runs)), int(sum(r["errors"] for r in runs))
+        out.append(
+            f"| {name} | {mean(rps):,.0f} | {fmt_rounds(rps, 0)} | {mean(rps) / base:.2f} "
+            f"| {mean([r['p50_us'] for r in runs]) / 1000:.2f} "
+            f"| {mean([r['p99_us'] for r in runs]) / 1000:.2f} | {cpu} | {bad[0]}, {bad[1]} |"
+        )
+    out.append("")
+    if "funnel_open" in http and "funnel_gated" in http:
+        opened = http["funnel_open"]
+        gated = http["funnel_gated"]
+        by_round = [g["rps"] / o["rps"] for o, g in zip(opened, gated)]
+        ratio = mean([r["rps"] for r in gated]) / mean([r["rps"] for r in opened])
+        cpu_o = mean([r["cpu_ticks"] / r["hz"] * 1e6 / r["requests"] for r in opened])
+        cpu_g = mean([r["cpu_ticks"] / r["hz"] * 1e6 / r["requests"] for r in gated])
+        verdict = "met" if ratio >= 0.95 else "NOT met"
+        out.append(
+            f"Gate cost: gated / ungated requests/s = **{ratio:.3f}** "
+            f"({(1 - ratio) * 100:+.1f} % fewer; per round {fmt_rounds(by_round, 3)}); "
+            f"target < 5 %: {verdict}. Ingress CPU per request {cpu_g:.0f} µs gated versus "
+            f"{cpu_o:.0f} µs ungated ({(cpu_g / cpu_o - 1) * 100:+.1f} %)."
+        )
+        out.append("")
+
+    tcp = {}
+    for kind, key, rnd, fields in rows:
+        if kind == "tcp":
+            tcp.setdefault(key, []).append(fields)
+    peer = mean([r["bps"] for r in tcp.get("rathole", [])])
+    out.append(
+        "| TCP variant (iperf3, 1 stream) | Gbit/s (mean) | per round | × rathole "
+        "| relay CPU, % of one core |"
+    )
+    out.append("|---|---|---|---|---|")
+    for key, name in TCP_NAMES.items():
+        runs = tcp.get(key, [])
+        if not runs:
+            continue
+        gbps = [r["bps"] / 1e9 for r in runs]
+        cpu = "-"
+        if runs[0].get("ncpu", 0) > 0:
+            cpu = f"{mean([r['cpu_ticks'] / r['hz'] / r['wall'] * 100 for r in runs]):.0f}"
+        out.append(
+            f"| {name} | {mean(gbps):.2f} | {fmt_rounds(gbps, 2)} "
+            f"| {mean(gbps) * 1e9 / peer:.2f} | {cpu} |"
+        )
+    out.append("")
+    if "tcp_funnel" in tcp and "rathole" in tcp:
+        ratio = mean([r["bps"] for r in tcp["tcp_funnel"]]) / peer
+        verdict = "met" if ratio >= 1.0 else "NOT met"
+        out.append(
+            f"TCP funnel / encrypted rathole = **{ratio:.2f}**; target ≥ 1: {verdict} "
+            f"(edge only: the funnel's figure has no encryption and no mesh hop yet)."
+        )
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

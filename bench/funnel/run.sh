@@ -2,7 +2,7 @@
 # Ingress benchmark: funnels versus direct, rathole and bore (issue 8, docs/benchmarks.md,
 # section "Ingress: funnels versus direct, rathole and bore").
 #
-# HOW TO RUN (as root: wrk runs in a private mount namespace that maps the funnel
+# About 4.5 minutes with the defaults. HOW TO RUN (as root: wrk runs in a private mount namespace that maps the funnel
 # hostnames to 127.0.0.1 in its own /etc/hosts; nothing on the machine is changed):
 #
 #     sudo bench/funnel/run.sh                  # builds the release ingress, then measures
@@ -15,6 +15,9 @@
 #   T=10           seconds per measurement (wrk and iperf3)
 #   ROUNDS=2       rounds; round 2 runs the variants in reverse order (ABBA) so that a
 #                  drift in the machine's load does not favour one variant
+#   GATE_PAIRS=5 GATE_T=5   after the rounds, this many back-to-back pairs of GATE_T-second
+#                  runs, funnel without and with the gate (alternating which goes first):
+#                  the gate's cost is read from the ratio within each pair
 #   CONNS=32 THREADS=2   wrk connections and threads
 #   SKIP_BUILD=1   do not run `cargo build --release -p postern-ingress`
 #   INGRESS_BIN    the postern-ingress binary (default: $CARGO_TARGET_DIR or target/, release)
@@ -48,6 +51,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 T="${T:-10}"
 ROUNDS="${ROUNDS:-2}"
+GATE_PAIRS="${GATE_PAIRS:-5}"
+GATE_T="${GATE_T:-5}"
 CONNS="${CONNS:-32}"
 THREADS="${THREADS:-2}"
 TOOLS_DIR="${TOOLS_DIR:-$repo/target/bench-tools}"
@@ -60,7 +65,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
     --out) out_file="$2"; shift 2 ;;
     --mesh) mesh=1; shift ;;
-    -h | --help) sed -n '2,45p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,48p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -317,8 +322,8 @@ cpu_ticks() { # user+system clock ticks of the given pids
 }
 hz="$(getconf CLK_TCK)"
 
-http_variant() { # http_variant KEY ROUND: one wrk measurement
-    local key="$1" round="$2" url cpu_pids=() before after line tag t0 t1
+http_variant() { # http_variant KEY ROUND [KIND SECONDS]: one wrk measurement
+    local key="$1" round="$2" kind="${3:-http}" seconds="${4:-$T}" url cpu_pids=() before after line tag t0 t1
     case "$key" in
     direct_http) url="http://direct.bench.test:$P_ORIGIN/hook" ;;
     direct_https) url="https://direct.bench.test:$P_SOCAT_TLS/hook" ;;
@@ -331,12 +336,12 @@ http_variant() { # http_variant KEY ROUND: one wrk measurement
     load_now
     before="$(cpu_ticks "${cpu_pids[@]}")"
     t0="$(date +%s.%N)"
-    line="$(in_ns wrk -t"$THREADS" -c"$CONNS" -d"${T}s" -s "$here/webhook.lua" "$url" -- "$work/body.json" "$signature" "$tag" | grep '^RESULT')"
+    line="$(in_ns wrk -t"$THREADS" -c"$CONNS" -d"${seconds}s" -s "$here/webhook.lua" "$url" -- "$work/body.json" "$signature" "$tag" | grep '^RESULT')"
     t1="$(date +%s.%N)"
     after="$(cpu_ticks "${cpu_pids[@]}")"
     load_now
-    say "http $key round $round: $line cpu_ticks=$((after - before))"
-    echo "http $key $round $line cpu_ticks=$((after - before)) wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b - a}') hz=$hz ncpu=${#cpu_pids[@]}" >>"$results"
+    say "$kind $key round $round: $line cpu_ticks=$((after - before))"
+    echo "$kind $key $round $line cpu_ticks=$((after - before)) wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b - a}') hz=$hz ncpu=${#cpu_pids[@]}" >>"$results"
 }
 
 tcp_variant() { # tcp_variant KEY ROUND: one iperf3 measurement
@@ -377,11 +382,15 @@ for round in $(seq 1 "$ROUNDS"); do
     if [ $((round % 2)) = 1 ]; then order=("${tcp_keys[@]}"); else order=(); for ((i = ${#tcp_keys[@]} - 1; i >= 0; i--)); do order+=("${tcp_keys[$i]}"); done; fi
     for key in "${order[@]}"; do tcp_variant "$key" "$round"; done
 done
+for pair in $(seq 1 "$GATE_PAIRS"); do
+    if [ $((pair % 2)) = 1 ]; then order=(funnel_open funnel_gated); else order=(funnel_gated funnel_open); fi
+    for key in "${order[@]}"; do http_variant "$key" "$pair" gatepair "$GATE_T"; done
+done
 
 # ---------------------------------------------------------------- the tables
 commit="$(cd "$repo" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 dirty="$(cd "$repo" && git status --porcelain -- ingress 2>/dev/null | head -1)"
 [ -n "$dirty" ] && commit="$commit (ingress/ modified)"
-table="$(python3 "$here/report.py" "$results" "$loads" "$started" "$commit" "$T" "$ROUNDS" "$CONNS" "$THREADS")"
+table="$(python3 "$here/report.py" "$results" "$loads" "$started" "$commit" "$T" "$ROUNDS" "$CONNS" "$THREADS" "$GATE_T")"
 echo "$table"
 if [ -n "$out_file" ]; then echo "$table" >"$out_file"; say "tables written to $out_file"; fi

@@ -2,8 +2,9 @@
 # Ingress benchmark: funnels versus direct, rathole and bore (issue 8, docs/benchmarks.md,
 # section "Ingress: funnels versus direct, rathole and bore").
 #
-# About 4.5 minutes with the defaults. HOW TO RUN (as root: wrk runs in a private mount namespace that maps the funnel
-# hostnames to 127.0.0.1 in its own /etc/hosts; nothing on the machine is changed):
+# HOW TO RUN (as root: wrk runs in a private mount namespace that maps the funnel hostnames
+# to 127.0.0.1 in its own /etc/hosts; nothing on the machine is changed). About 4.5 minutes
+# with the defaults; the machine should be as quiet as possible.
 #
 #     sudo bench/funnel/run.sh                  # builds the release ingress, then measures
 #     SKIP_BUILD=1 T=10 ROUNDS=2 sudo -E bench/funnel/run.sh --out /tmp/funnel.md

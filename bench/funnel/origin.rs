@@ -30,12 +30,10 @@ fn main() {
     };
     for _ in 0..threads {
         let listener = Arc::clone(&listener);
-        std::thread::spawn(move || {
-            loop {
-                if let Ok((stream, _)) = listener.accept() {
-                    let _ = stream.set_nodelay(true);
-                    let _ = serve(stream);
-                }
+        std::thread::spawn(move || loop {
+            if let Ok((stream, _)) = listener.accept() {
+                let _ = stream.set_nodelay(true);
+                let _ = serve(stream);
             }
         });
     }
@@ -86,7 +84,10 @@ fn serve(stream: TcpStream) -> std::io::Result<()> {
         if chunked {
             discard_chunked(&mut reader, &mut line)?;
         } else {
-            std::io::copy(&mut reader.by_ref().take(content_length), &mut std::io::sink())?;
+            std::io::copy(
+                &mut reader.by_ref().take(content_length),
+                &mut std::io::sink(),
+            )?;
         }
         writer.write_all(RESPONSE)?;
         if close {

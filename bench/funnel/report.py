@@ -17,6 +17,7 @@ HTTP_NAMES = {
     "direct_https": "direct, HTTPS via a socat TLS relay",
     "funnel_open": "**funnel, no gate** (ingress: TLS + HTTP + audit)",
     "funnel_gated": "**funnel, GitHub webhook gate**",
+    "funnel_wg": "funnel, no gate, via the WireGuard stand-in (CPU: ingress + both postern)",
 }
 TCP_NAMES = {
     "direct": "direct to iperf3",
@@ -24,6 +25,7 @@ TCP_NAMES = {
     "tcp_funnel": "**ingress `[[tcp_funnel]]`** (plain, one hop, edge only)",
     "rathole": "**rathole 0.5.0, Noise** (encrypted, two hops)",
     "bore": "bore 0.6 (plain, two hops)",
+    "tcp_funnel_wg": "**`[[tcp_funnel]]` via the WireGuard stand-in** (encrypted, three processes)",
 }
 
 
@@ -158,6 +160,12 @@ def main():
         out.append(
             f"TCP funnel / encrypted rathole = **{ratio:.2f}**; target ≥ 1: {verdict} "
             f"(edge only: the funnel's figure has no encryption and no mesh hop yet)."
+        )
+    if "tcp_funnel_wg" in tcp and "rathole" in tcp:
+        ratio = mean([r["bps"] for r in tcp["tcp_funnel_wg"]]) / peer
+        out.append(
+            f"TCP funnel through the WireGuard stand-in / encrypted rathole = **{ratio:.2f}** "
+            f"(encrypted like rathole; not yet the real mesh path)."
         )
     print("\n".join(out))
 

@@ -3,8 +3,9 @@
 # section "Ingress: funnels versus direct, rathole and bore").
 #
 # HOW TO RUN (as root: wrk runs in a private mount namespace that maps the funnel hostnames
-# to 127.0.0.1 in its own /etc/hosts; nothing on the machine is changed). About 4.5 minutes
-# with the defaults; the machine should be as quiet as possible.
+# to 127.0.0.1 in its own /etc/hosts; nothing on the machine is changed but a TUN device
+# that lives as long as the run). About 5.5 minutes with the defaults (4.5 with
+# WG_STANDIN=0); the machine should be as quiet as possible.
 #
 #     sudo bench/funnel/run.sh                  # builds the release ingress, then measures
 #     SKIP_BUILD=1 T=10 ROUNDS=2 sudo -E bench/funnel/run.sh --out /tmp/funnel.md
@@ -16,12 +17,14 @@
 #   T=10           seconds per measurement (wrk and iperf3)
 #   ROUNDS=2       rounds; round 2 runs the variants in reverse order (ABBA) so that a
 #                  drift in the machine's load does not favour one variant
-#   GATE_PAIRS=5 GATE_T=5   after the rounds, this many back-to-back pairs of GATE_T-second
+#   GATE_PAIRS=4 GATE_T=5   after the rounds, this many back-to-back pairs of GATE_T-second
 #                  runs, funnel without and with the gate (alternating which goes first):
 #                  the gate's cost is read from the ratio within each pair
 #   CONNS=32 THREADS=2   wrk connections and threads
-#   SKIP_BUILD=1   do not run `cargo build --release -p postern-ingress`
+#   WG_STANDIN=1   also measure the stand-in for the mesh hop (below); 0 to skip it
+#   SKIP_BUILD=1   do not run `cargo build --release -p postern-ingress -p postern`
 #   INGRESS_BIN    the postern-ingress binary (default: $CARGO_TARGET_DIR or target/, release)
+#   POSTERN_BIN    the postern binary, for the stand-in (same default place)
 #   TOOLS_DIR      where rathole and bore are installed if missing (default target/bench-tools)
 #
 # What it measures, all in one run (every figure is compared within the run):
@@ -41,10 +44,17 @@
 #       (unencrypted).
 #   The edge only: the ingress forwards to the origin over plain TCP on loopback; the hop
 #   over the mesh (embedded node -> WireGuard -> node) is NOT in these figures.
+#   Stand-in for the mesh hop (WG_STANDIN=1, the default): the same funnels, but their
+#   target is `postern wg up --forward` (userspace WireGuard and netstack, as the ingress's
+#   embedded node will be), whose tunnel reaches `postern wg up --tun` (a TUN device
+#   pfbench0, 10.77.0.2), behind which a second origin and iperf3 server listen. It has the
+#   mesh's encryption and netstack but an extra loopback hop (ingress -> forward process)
+#   and not the funnel hop's handshake; it is not the real path.
 #
 # Needs: wrk, iperf3, socat, openssl, jq, python3, rustc, cargo (apt-get installs the Debian
 # ones if missing, saying so; `cargo install` installs rathole and bore into TOOLS_DIR).
-# Ports used on 127.0.0.1: 18080 18201 18333 18443 18444 18500-18504, and bore's 7835.
+# Ports used on 127.0.0.1: 18080 18201 18333 18443 18444 18500-18507, bore's 7835, UDP
+# 51871-51872 (WireGuard of the stand-in); on 10.77.0.2 (pfbench0): 18080 18202.
 # Everything started is killed by pid on exit and the work directory is removed.
 set -euo pipefail
 
@@ -52,13 +62,15 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 T="${T:-10}"
 ROUNDS="${ROUNDS:-2}"
-GATE_PAIRS="${GATE_PAIRS:-5}"
+GATE_PAIRS="${GATE_PAIRS:-4}"
 GATE_T="${GATE_T:-5}"
 CONNS="${CONNS:-32}"
 THREADS="${THREADS:-2}"
 TOOLS_DIR="${TOOLS_DIR:-$repo/target/bench-tools}"
 target_dir="${CARGO_TARGET_DIR:-$repo/target}"
 INGRESS_BIN="${INGRESS_BIN:-$target_dir/release/postern-ingress}"
+POSTERN_BIN="${POSTERN_BIN:-$target_dir/release/postern}"
+WG_STANDIN="${WG_STANDIN:-1}"
 out_file=""
 mesh=0
 
@@ -82,6 +94,15 @@ P_SOCAT_TCP=18502
 P_RATHOLE=18503
 P_BORE=18504
 P_BORE_CTL=7835 # fixed in bore
+P_WG_FWD_TCP=18505    # postern wg (userspace) --forward -> 10.77.0.2:P_WG_IPERF
+P_TCP_FUNNEL_WG=18506 # ingress [[tcp_funnel]] -> P_WG_FWD_TCP
+P_WG_FWD_HTTP=18507   # postern wg (userspace) --forward -> 10.77.0.2:P_ORIGIN
+P_WG_IPERF=18202
+WG_A_UDP=51871
+WG_B_UDP=51872
+WG_A_IP=10.77.0.1
+WG_B_IP=10.77.0.2
+WG_DEV=pfbench0
 
 say() { echo "[funnel-bench $(date -u +%H:%M:%S)] $*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
@@ -155,13 +176,22 @@ if ! command -v bore >/dev/null; then
 fi
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-    say "building the release ingress (cargo build --release -p postern-ingress)"
-    (cd "$repo" && cargo build --release -p postern-ingress >&2)
+    packages=(-p postern-ingress)
+    [ "$WG_STANDIN" = 1 ] && packages+=(-p postern)
+    say "building the release binaries (cargo build --release ${packages[*]})"
+    (cd "$repo" && cargo build --release "${packages[@]}" >&2)
 fi
 [ -x "$INGRESS_BIN" ] || die "no ingress binary at $INGRESS_BIN (build it, or set INGRESS_BIN)"
+if [ "$WG_STANDIN" = 1 ]; then
+    [ -x "$POSTERN_BIN" ] || die "no postern binary at $POSTERN_BIN (build it, set POSTERN_BIN, or WG_STANDIN=0)"
+    command -v wg >/dev/null || die "the stand-in needs wg (wireguard-tools) for its keys, or WG_STANDIN=0"
+    if ip link show "$WG_DEV" >/dev/null 2>&1; then
+        die "a device $WG_DEV exists already (left by an earlier run?): ip link del $WG_DEV"
+    fi
+fi
 
 for port in $P_ORIGIN $P_IPERF $P_RATHOLE_CTL $P_SOCAT_TLS $P_INGRESS $P_TCP_FUNNEL \
-    $P_SOCAT_TCP $P_RATHOLE $P_BORE $P_BORE_CTL; do
+    $P_SOCAT_TCP $P_RATHOLE $P_BORE $P_BORE_CTL $P_WG_FWD_TCP $P_TCP_FUNNEL_WG $P_WG_FWD_HTTP; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         die "port $port on 127.0.0.1 is in use; stop what listens there (ss -ltnp 'sport = :$port')"
     fi
@@ -178,13 +208,13 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
     -subj "/CN=postern bench CA" -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null
 openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
     -subj "/CN=open.bench.test" -keyout "$work/leaf.key" -out "$work/leaf.csr" 2>/dev/null
-printf 'subjectAltName=DNS:open.bench.test,DNS:gated.bench.test,DNS:direct.bench.test\n' >"$work/san.ext"
+printf 'subjectAltName=DNS:open.bench.test,DNS:gated.bench.test,DNS:direct.bench.test,DNS:wg.bench.test\n' >"$work/san.ext"
 openssl x509 -req -in "$work/leaf.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" \
     -CAcreateserial -days 2 -extfile "$work/san.ext" -out "$work/leaf.pem" 2>/dev/null
 cat "$work/leaf.pem" "$work/ca.pem" >"$work/chain.pem"
 
 # The names wrk connects to, in the /etc/hosts of its private mount namespace.
-printf '127.0.0.1 localhost open.bench.test gated.bench.test direct.bench.test\n' >"$work/hosts"
+printf '127.0.0.1 localhost open.bench.test gated.bench.test direct.bench.test wg.bench.test\n' >"$work/hosts"
 
 # A GitHub-push-shaped 1 KiB body and its signature, computed once.
 secret="bench-$(openssl rand -hex 16)"
@@ -240,6 +270,18 @@ secret_env = "BENCH_GH_SECRET"
 port = $P_TCP_FUNNEL
 target = "127.0.0.1:$P_IPERF"
 EOF
+if [ "$WG_STANDIN" = 1 ]; then
+    cat >>"$work/ingress.toml" <<EOF
+
+[[funnel]]
+hostname = "wg.bench.test"
+target = "127.0.0.1:$P_WG_FWD_HTTP"
+
+[[tcp_funnel]]
+port = $P_TCP_FUNNEL_WG
+target = "127.0.0.1:$P_WG_FWD_TCP"
+EOF
+fi
 mkdir -p "$work/ingress-state"
 export BENCH_GH_SECRET="$secret" # the gate's secret_env; not on any command line
 start ingress env RUST_LOG=warn "$INGRESS_BIN" serve --config "$work/ingress.toml"
@@ -284,6 +326,44 @@ wait_port "$P_BORE_CTL" bore_server
 start bore_client bore local "$P_IPERF" --local-host 127.0.0.1 --to 127.0.0.1 --port "$P_BORE"
 wait_port "$P_BORE" bore_server
 
+# The stand-in for the mesh hop: B (kernel TUN, the "node") first, its origin and iperf3
+# server on B's tunnel address, then A (userspace, the "ingress's node") forwarding into
+# the tunnel.
+wait_ready() { # wait_ready NAME: until postern logs " ready" (10 s)
+    local i
+    for i in $(seq 1 100); do
+        grep -q " ready" "$work/$1.log" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    say "$1 did not get ready within 10 s; its log:"
+    tail -n 20 "$work/$1.log" >&2 || true
+    exit 1
+}
+wg_conf() { # wg_conf FILE KEY ADDRESS LISTEN_PORT PEER_PUB PEER_ALLOWED PEER_ENDPOINT
+    (
+        umask 077
+        printf '[Interface]\nPrivateKey = %s\nAddress = %s/32\nListenPort = %s\nMTU = 1420\n\n' "$(cat "$2")" "$3" "$4"
+        printf '[Peer]\nPublicKey = %s\nAllowedIPs = %s/32\nEndpoint = %s\n' "$5" "$6" "$7"
+    ) >"$1"
+}
+if [ "$WG_STANDIN" = 1 ]; then
+    (umask 077 && wg genkey >"$work/wg-a.key" && wg genkey >"$work/wg-b.key")
+    wg_conf "$work/$WG_DEV.conf" "$work/wg-b.key" "$WG_B_IP" "$WG_B_UDP" \
+        "$(wg pubkey <"$work/wg-a.key")" "$WG_A_IP" "127.0.0.1:$WG_A_UDP"
+    wg_conf "$work/wg-a.conf" "$work/wg-a.key" "$WG_A_IP" "$WG_A_UDP" \
+        "$(wg pubkey <"$work/wg-b.key")" "$WG_B_IP" "127.0.0.1:$WG_B_UDP"
+    start wg_b "$POSTERN_BIN" wg up "$work/$WG_DEV.conf" --tun "$WG_DEV"
+    wait_ready wg_b
+    start origin_wg "$work/origin" "$WG_B_IP:$P_ORIGIN" 256
+    start iperf3_wg iperf3 --server --bind "$WG_B_IP" --port "$P_WG_IPERF"
+    sleep 0.5
+    start wg_a "$POSTERN_BIN" wg up "$work/wg-a.conf" \
+        --forward "tcp:127.0.0.1:$P_WG_FWD_TCP:$WG_B_IP:$P_WG_IPERF" \
+        --forward "tcp:127.0.0.1:$P_WG_FWD_HTTP:$WG_B_IP:$P_ORIGIN"
+    wait_ready wg_a
+    wait_port "$P_WG_FWD_HTTP" wg_a
+fi
+
 # ---------------------------------------------------------------- checks before measuring
 in_ns() { # runs a command with the bench /etc/hosts
     unshare --mount --propagation private -- sh -c 'mount --bind "$0" /etc/hosts && exec "$@"' "$work/hosts" "$@"
@@ -304,6 +384,9 @@ check "funnel, gate, signed" 200 "$(status_of "https://gated.bench.test:$P_INGRE
     -H "X-Hub-Signature-256: $signature" -H "X-GitHub-Delivery: check-1")"
 check "funnel, gate, same delivery again (replay)" 403 "$(status_of "https://gated.bench.test:$P_INGRESS/hook" \
     -H "X-Hub-Signature-256: $signature" -H "X-GitHub-Delivery: check-1")"
+if [ "$WG_STANDIN" = 1 ]; then
+    check "funnel, no gate, via the WireGuard stand-in" 200 "$(status_of "https://wg.bench.test:$P_INGRESS/hook")"
+fi
 check "funnel, gate, unsigned" 401 "$(status_of "https://gated.bench.test:$P_INGRESS/hook" \
     -H "X-GitHub-Delivery: check-2")"
 
@@ -330,6 +413,7 @@ http_variant() { # http_variant KEY ROUND [KIND SECONDS]: one wrk measurement
     direct_https) url="https://direct.bench.test:$P_SOCAT_TLS/hook" ;;
     funnel_open) url="https://open.bench.test:$P_INGRESS/hook"; cpu_pids=("$pid_ingress") ;;
     funnel_gated) url="https://gated.bench.test:$P_INGRESS/hook"; cpu_pids=("$pid_ingress") ;;
+    funnel_wg) url="https://wg.bench.test:$P_INGRESS/hook"; cpu_pids=("$pid_ingress" "$pid_wg_a" "$pid_wg_b") ;;
     esac
     tag="$key-$round-$RANDOM"
     # 1 s warm-up (connections, caches), not counted.
@@ -353,6 +437,7 @@ tcp_variant() { # tcp_variant KEY ROUND: one iperf3 measurement
     tcp_funnel) port=$P_TCP_FUNNEL; cpu_pids=("$pid_ingress") ;;
     rathole) port=$P_RATHOLE; cpu_pids=("$pid_rathole_server" "$pid_rathole_client") ;;
     bore) port=$P_BORE; cpu_pids=("$pid_bore_server" "$pid_bore_client") ;;
+    tcp_funnel_wg) port=$P_TCP_FUNNEL_WG; cpu_pids=("$pid_ingress" "$pid_wg_a" "$pid_wg_b") ;;
     esac
     load_now
     before="$(cpu_ticks "${cpu_pids[@]}")"
@@ -375,6 +460,10 @@ mesh_variant() {
 
 http_keys=(direct_http direct_https funnel_open funnel_gated)
 tcp_keys=(direct socat tcp_funnel rathole bore)
+if [ "$WG_STANDIN" = 1 ]; then
+    http_keys+=(funnel_wg)
+    tcp_keys+=(tcp_funnel_wg)
+fi
 uptime_start="$(cat /proc/loadavg)"
 started="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 for round in $(seq 1 "$ROUNDS"); do

@@ -78,7 +78,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
     --out) out_file="$2"; shift 2 ;;
     --mesh) mesh=1; shift ;;
-    -h | --help) sed -n '2,48p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,58p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done

@@ -481,6 +481,6 @@ done
 commit="$(cd "$repo" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 dirty="$(cd "$repo" && git status --porcelain -- ingress 2>/dev/null | head -1)"
 [ -n "$dirty" ] && commit="$commit (ingress/ modified)"
-table="$(python3 "$here/report.py" "$results" "$loads" "$started" "$commit" "$T" "$ROUNDS" "$CONNS" "$THREADS" "$GATE_T")"
+table="$(python3 -B "$here/report.py" "$results" "$loads" "$started" "$commit" "$T" "$ROUNDS" "$CONNS" "$THREADS" "$GATE_T")"
 echo "$table"
 if [ -n "$out_file" ]; then echo "$table" >"$out_file"; say "tables written to $out_file"; fi

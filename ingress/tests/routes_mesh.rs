@@ -479,7 +479,9 @@ async fn a_github_route_from_the_netmap_admits_signed_deliveries_only() {
     // The route goes: the hostname is unknown again: 404 on the open connection, closed
     // at the TLS port on a new one.
     fixture.publish(Vec::new(), 0).await;
-    fixture.assert_gone("https://hooks.funnel.test/hook", &client).await;
+    fixture
+        .assert_gone("https://hooks.funnel.test/hook", &client)
+        .await;
     assert_eq!(fixture.hits(), 1);
 }
 
@@ -519,7 +521,9 @@ async fn a_route_stops_at_its_expiry_without_a_new_netmap() {
     assert_eq!(expired.node.as_deref(), Some(NODE_NAME));
     assert_eq!(expired.reason.as_deref(), Some("expired"));
     assert!(fixture.table.snapshot().http.is_empty());
-    fixture.assert_gone("https://brief.funnel.test/", &client).await;
+    fixture
+        .assert_gone("https://brief.funnel.test/", &client)
+        .await;
     assert_eq!(fixture.hits(), 1, "an expired funnel reached the origin");
 }
 

@@ -140,13 +140,14 @@ impl RouteBuilder {
                 Built::Passthrough(funnel) => {
                     set.passthrough.insert(host.clone(), Arc::clone(funnel));
                 }
-                Built::Tcp(funnel) => {
-                    if set.tcp.contains_key(&funnel.port) {
+                Built::Tcp(funnel) => match set.tcp.entry(funnel.port) {
+                    std::collections::hash_map::Entry::Occupied(_) => {
                         tracing::warn!(%host, port = funnel.port, "two funnel routes share a public port; serving the first");
-                    } else {
-                        set.tcp.insert(funnel.port, Arc::clone(funnel));
                     }
-                }
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(Arc::clone(funnel));
+                    }
+                },
                 Built::Skipped => {}
             }
             cache.insert(

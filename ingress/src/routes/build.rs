@@ -15,7 +15,7 @@ use super::{HttpRoute, RouteInfo, RouteSet};
 use crate::certs::CertResolver;
 use crate::config::TcpPortRange;
 use crate::edge::{Edge, Funnel, MeshUpstream};
-use crate::gate::Secret;
+use crate::gate::{GateChain, Secret};
 use crate::tcp_funnel::{PassthroughFunnel, TcpFunnel};
 
 /// The ingress's own OIDC client (the `[oidc]` section), used by every route with a login
@@ -163,6 +163,31 @@ impl RouteBuilder {
         set
     }
 
+    /// The connection-level chain of a TCP or passthrough route: IP gates and the rate
+    /// limit only (the edge sees no requests); `None` when it has neither.
+    fn connection_gates(&self, route: &FunnelRoute) -> Result<Option<GateChain>, String> {
+        if let Some(gate) = route
+            .gates
+            .iter()
+            .find(|gate| !matches!(gate, GateSpec::Ip { .. }))
+        {
+            return Err(format!(
+                "a TCP or TLS passthrough funnel can only run ip gates (the edge sees no requests), not {}",
+                gate.kind()
+            ));
+        }
+        if route.gates.is_empty() && route.rate_limit.is_none() {
+            return Ok(None);
+        }
+        chain_from_route(
+            route,
+            None,
+            &self.config.state_dir,
+            self.config.max_body_bytes,
+        )
+        .map(Some)
+    }
+
     fn build_route(
         &self,
         route: &FunnelRoute,
@@ -244,16 +269,20 @@ impl RouteBuilder {
                 })
             }
             FunnelProtocol::TlsPassthrough => {
-                if !route.gates.is_empty() {
-                    refuse("a TLS passthrough funnel cannot run gates (the edge does not see its requests); remove them".into());
-                    return Built::Skipped;
-                }
+                let gates = match self.connection_gates(route) {
+                    Ok(gates) => gates,
+                    Err(error) => {
+                        refuse(error);
+                        return Built::Skipped;
+                    }
+                };
                 tracing::info!(%host, owner = %info.owner, node = %info.node, "serving a TLS passthrough route");
                 Built::Passthrough(Arc::new(PassthroughFunnel {
                     hostname: host.to_string(),
                     upstream,
                     proxy_protocol: false,
                     route: Some(info),
+                    gates,
                 }))
             }
             FunnelProtocol::Tcp => {
@@ -274,31 +303,11 @@ impl RouteBuilder {
                     ));
                     return Built::Skipped;
                 }
-                if let Some(gate) = route
-                    .gates
-                    .iter()
-                    .find(|gate| !matches!(gate, GateSpec::Ip { .. }))
-                {
-                    refuse(format!(
-                        "a TCP funnel can only run ip gates (the edge sees no requests), not {}",
-                        gate.kind()
-                    ));
-                    return Built::Skipped;
-                }
-                let gates = if route.gates.is_empty() && route.rate_limit.is_none() {
-                    None
-                } else {
-                    match chain_from_route(
-                        route,
-                        None,
-                        &self.config.state_dir,
-                        self.config.max_body_bytes,
-                    ) {
-                        Ok(chain) => Some(chain),
-                        Err(error) => {
-                            refuse(error);
-                            return Built::Skipped;
-                        }
+                let gates = match self.connection_gates(route) {
+                    Ok(gates) => gates,
+                    Err(error) => {
+                        refuse(error);
+                        return Built::Skipped;
                     }
                 };
                 tracing::info!(%host, port, owner = %info.owner, node = %info.node, "serving a TCP funnel route");

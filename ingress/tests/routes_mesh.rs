@@ -792,3 +792,82 @@ async fn a_passthrough_route_pipes_tls_to_the_node_and_runs_its_ip_gate() {
         "{connections:?}"
     );
 }
+
+struct Ca {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+fn ca(name: &str) -> Ca {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec![]).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    Ca {
+        cert: params.self_signed(&key).unwrap(),
+        key,
+    }
+}
+
+fn client_identity(ca: &Ca) -> reqwest::Identity {
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec![]).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "alice-laptop");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
+    let pem = format!("{}{}", cert.pem(), key.serialize_pem());
+    reqwest::Identity::from_pem(pem.as_bytes()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mtls_route_asks_its_clients_for_a_certificate_of_its_ca() {
+    let fixture = start(53).await;
+    let good = ca("Route CA");
+    let other = ca("Other CA");
+    let mtls = GateSpec::Mtls {
+        ca_pem: good.cert.pem(),
+    };
+    fixture
+        .publish(vec![fixture.route("app.funnel.test", vec![mtls])], 1)
+        .await;
+    let client = |identity: Option<reqwest::Identity>| {
+        let mut builder = reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(fixture.cert_pem.as_bytes()).unwrap(),
+            )
+            .resolve("app.funnel.test", fixture.edge_addr)
+            .timeout(Duration::from_secs(20));
+        if let Some(identity) = identity {
+            builder = builder.identity(identity);
+        }
+        builder.build().unwrap()
+    };
+    let admitted = client(Some(client_identity(&good)))
+        .post("https://app.funnel.test/")
+        .body("with a certificate")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admitted.status(), 200);
+    assert_eq!(admitted.text().await.unwrap(), "with a certificate");
+    let wrong_ca = client(Some(client_identity(&other)))
+        .post("https://app.funnel.test/")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_ca.status(), 403);
+    let none = client(None)
+        .post("https://app.funnel.test/")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(none.status(), 401);
+    assert_eq!(fixture.hits(), 1, "a refused client reached the origin");
+}

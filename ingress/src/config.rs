@@ -482,6 +482,7 @@ impl IngressConfig {
                 upstream: Arc::new(TcpUpstream::new(section.target.clone())),
                 proxy_protocol: section.proxy_protocol,
                 route: None,
+                gates: None,
             })
             .collect()
     }

@@ -9,7 +9,8 @@
 //! audited `expire`; a login gate on an ingress without `[oidc]` serves 503; a TCP route
 //! opens its public port, refuses by its IP gate, and closes it when the route goes; SSE,
 //! WebSocket and a streamed
-//! (unbuffered) request body pass through ungated routes.
+//! (unbuffered) request body pass through ungated routes; a TLS passthrough route pipes
+//! the client's TLS to the node's own server and runs its IP gate.
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -173,7 +174,49 @@ async fn start_echo() -> SocketAddr {
     address
 }
 
+/// A TLS origin on the node's host with its own certificate for `secure.funnel.test`:
+/// answers `origin-tls` to anything. Returns its address and certificate.
+async fn start_tls_origin() -> (SocketAddr, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["secure.funnel.test".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buffer = [0u8; 64];
+                if tls.read(&mut buffer).await.unwrap_or(0) > 0 {
+                    let _ = tls.write_all(b"origin-tls").await;
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    });
+    (address, cert.pem())
+}
+
 struct Fixture {
+    origin_tls_cert: String,
     edge_addr: SocketAddr,
     cert_pem: String,
     audit: Arc<MemorySink>,
@@ -193,6 +236,7 @@ async fn start(seed: u8) -> Fixture {
     let origin = Arc::new(OriginLog::default());
     let origin_addr = start_origin(Arc::clone(&origin)).await;
     let echo = start_echo().await;
+    let (tls_origin, origin_tls_cert) = start_tls_origin().await;
     let mut config = ServeConfig::new();
     config
         .insert(
@@ -205,6 +249,9 @@ async fn start(seed: u8) -> Fixture {
         .unwrap();
     config
         .insert(Service::tcp(5000, echo).funnelled(true))
+        .unwrap();
+    config
+        .insert(Service::tcp(6000, tls_origin).funnelled(true))
         .unwrap();
     let directory = move |addr: IpAddr| {
         (addr == INGRESS_ADDR.parse::<IpAddr>().unwrap()).then(|| PeerIdentity {
@@ -279,6 +326,7 @@ async fn start(seed: u8) -> Fixture {
     let edge_addr = listener.local_addr().unwrap();
     tokio::spawn(edge.serve_tls(listener, Edge::tls_config(resolver).unwrap()));
     Fixture {
+        origin_tls_cert,
         edge_addr,
         cert_pem: cert.pem(),
         audit,
@@ -479,7 +527,9 @@ async fn a_github_route_from_the_netmap_admits_signed_deliveries_only() {
     // The route goes: the hostname is unknown again: 404 on the open connection, closed
     // at the TLS port on a new one.
     fixture.publish(Vec::new(), 0).await;
-    fixture.assert_gone("https://hooks.funnel.test/hook", &client).await;
+    fixture
+        .assert_gone("https://hooks.funnel.test/hook", &client)
+        .await;
     assert_eq!(fixture.hits(), 1);
 }
 
@@ -519,7 +569,9 @@ async fn a_route_stops_at_its_expiry_without_a_new_netmap() {
     assert_eq!(expired.node.as_deref(), Some(NODE_NAME));
     assert_eq!(expired.reason.as_deref(), Some("expired"));
     assert!(fixture.table.snapshot().http.is_empty());
-    fixture.assert_gone("https://brief.funnel.test/", &client).await;
+    fixture
+        .assert_gone("https://brief.funnel.test/", &client)
+        .await;
     assert_eq!(fixture.hits(), 1, "an expired funnel reached the origin");
 }
 
@@ -671,4 +723,151 @@ async fn sse_websocket_and_streamed_bodies_pass_an_ungated_route() {
     let mut body = [0u8; 10];
     tls.read_exact(&mut body).await.unwrap();
     assert_eq!(&body, b"both parts");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passthrough_route_pipes_tls_to_the_node_and_runs_its_ip_gate() {
+    let fixture = start(51).await;
+    let mut route = fixture.route("secure.funnel.test", Vec::new());
+    route.protocol = FunnelProtocol::TlsPassthrough;
+    route.port = 6000;
+    fixture.publish(vec![route.clone()], 1).await;
+
+    // The client trusts only the origin's own certificate: the edge cannot terminate.
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut fixture.origin_tls_cert.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls_pki_types::ServerName::try_from("secure.funnel.test").unwrap();
+    let tcp = TcpStream::connect(fixture.edge_addr).await.unwrap();
+    let mut tls = connector.connect(name.clone(), tcp).await.unwrap();
+    tls.write_all(b"hello").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    assert_eq!(answer, b"origin-tls");
+    drop(tls);
+
+    // An IP gate refusing loopback: closed before a byte reaches the node, audited.
+    route.gates = vec![GateSpec::Ip {
+        allow: Vec::new(),
+        deny: vec!["127.0.0.0/8".parse().unwrap()],
+    }];
+    fixture.publish(vec![route], 1).await;
+    let mut refused = false;
+    for _ in 0..100 {
+        let tcp = TcpStream::connect(fixture.edge_addr).await.unwrap();
+        if connector.connect(name.clone(), tcp).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        refused,
+        "the passthrough route's IP gate did not refuse loopback"
+    );
+    let mut connections = Vec::new();
+    for _ in 0..200 {
+        connections = fixture.audit.connections.lock().unwrap().clone();
+        if connections.iter().any(|c| c.result == "allow") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let piped = connections.iter().find(|c| c.result == "allow").unwrap();
+    assert_eq!(piped.kind, "tls-passthrough");
+    assert_eq!(piped.owner.as_deref(), Some(OWNER));
+    assert!(
+        connections
+            .iter()
+            .any(|c| c.result == "deny" && c.reason == "ip_denied"),
+        "{connections:?}"
+    );
+}
+
+struct Ca {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+fn ca(name: &str) -> Ca {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec![]).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    Ca {
+        cert: params.self_signed(&key).unwrap(),
+        key,
+    }
+}
+
+fn client_identity(ca: &Ca) -> reqwest::Identity {
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec![]).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "alice-laptop");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
+    let pem = format!("{}{}", cert.pem(), key.serialize_pem());
+    reqwest::Identity::from_pem(pem.as_bytes()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mtls_route_asks_its_clients_for_a_certificate_of_its_ca() {
+    let fixture = start(53).await;
+    let good = ca("Route CA");
+    let other = ca("Other CA");
+    let mtls = GateSpec::Mtls {
+        ca_pem: good.cert.pem(),
+    };
+    fixture
+        .publish(vec![fixture.route("app.funnel.test", vec![mtls])], 1)
+        .await;
+    let client = |identity: Option<reqwest::Identity>| {
+        let mut builder = reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(fixture.cert_pem.as_bytes()).unwrap(),
+            )
+            .resolve("app.funnel.test", fixture.edge_addr)
+            .timeout(Duration::from_secs(20));
+        if let Some(identity) = identity {
+            builder = builder.identity(identity);
+        }
+        builder.build().unwrap()
+    };
+    let admitted = client(Some(client_identity(&good)))
+        .post("https://app.funnel.test/")
+        .body("with a certificate")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admitted.status(), 200);
+    assert_eq!(admitted.text().await.unwrap(), "with a certificate");
+    let wrong_ca = client(Some(client_identity(&other)))
+        .post("https://app.funnel.test/")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_ca.status(), 403);
+    let none = client(None)
+        .post("https://app.funnel.test/")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(none.status(), 401);
+    assert_eq!(fixture.hits(), 1, "a refused client reached the origin");
 }

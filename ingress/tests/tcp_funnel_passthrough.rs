@@ -122,6 +122,7 @@ async fn start_edge() -> Fixture {
                 upstream: Arc::new(TcpUpstream::new(origin)),
                 proxy_protocol: false,
                 route: None,
+                gates: None,
             },
             PassthroughFunnel {
                 hostname: "proxied.test".into(),
@@ -130,6 +131,7 @@ async fn start_edge() -> Fixture {
                 )),
                 proxy_protocol: true,
                 route: None,
+                gates: None,
             },
         ],
         TcpLimits::default(),

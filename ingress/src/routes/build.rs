@@ -15,7 +15,7 @@ use super::{HttpRoute, RouteInfo, RouteSet};
 use crate::certs::CertResolver;
 use crate::config::TcpPortRange;
 use crate::edge::{Edge, Funnel, MeshUpstream};
-use crate::gate::Secret;
+use crate::gate::{GateChain, Secret};
 use crate::tcp_funnel::{PassthroughFunnel, TcpFunnel};
 
 /// The ingress's own OIDC client (the `[oidc]` section), used by every route with a login
@@ -140,13 +140,14 @@ impl RouteBuilder {
                 Built::Passthrough(funnel) => {
                     set.passthrough.insert(host.clone(), Arc::clone(funnel));
                 }
-                Built::Tcp(funnel) => {
-                    if set.tcp.contains_key(&funnel.port) {
+                Built::Tcp(funnel) => match set.tcp.entry(funnel.port) {
+                    std::collections::hash_map::Entry::Occupied(_) => {
                         tracing::warn!(%host, port = funnel.port, "two funnel routes share a public port; serving the first");
-                    } else {
-                        set.tcp.insert(funnel.port, Arc::clone(funnel));
                     }
-                }
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(Arc::clone(funnel));
+                    }
+                },
                 Built::Skipped => {}
             }
             cache.insert(
@@ -160,6 +161,31 @@ impl RouteBuilder {
         }
         self.cache = cache;
         set
+    }
+
+    /// The connection-level chain of a TCP or passthrough route: IP gates and the rate
+    /// limit only (the edge sees no requests); `None` when it has neither.
+    fn connection_gates(&self, route: &FunnelRoute) -> Result<Option<GateChain>, String> {
+        if let Some(gate) = route
+            .gates
+            .iter()
+            .find(|gate| !matches!(gate, GateSpec::Ip { .. }))
+        {
+            return Err(format!(
+                "a TCP or TLS passthrough funnel can only run ip gates (the edge sees no requests), not {}",
+                gate.kind()
+            ));
+        }
+        if route.gates.is_empty() && route.rate_limit.is_none() {
+            return Ok(None);
+        }
+        chain_from_route(
+            route,
+            None,
+            &self.config.state_dir,
+            self.config.max_body_bytes,
+        )
+        .map(Some)
     }
 
     fn build_route(
@@ -243,16 +269,20 @@ impl RouteBuilder {
                 })
             }
             FunnelProtocol::TlsPassthrough => {
-                if !route.gates.is_empty() {
-                    refuse("a TLS passthrough funnel cannot run gates (the edge does not see its requests); remove them".into());
-                    return Built::Skipped;
-                }
+                let gates = match self.connection_gates(route) {
+                    Ok(gates) => gates,
+                    Err(error) => {
+                        refuse(error);
+                        return Built::Skipped;
+                    }
+                };
                 tracing::info!(%host, owner = %info.owner, node = %info.node, "serving a TLS passthrough route");
                 Built::Passthrough(Arc::new(PassthroughFunnel {
                     hostname: host.to_string(),
                     upstream,
                     proxy_protocol: false,
                     route: Some(info),
+                    gates,
                 }))
             }
             FunnelProtocol::Tcp => {
@@ -273,31 +303,11 @@ impl RouteBuilder {
                     ));
                     return Built::Skipped;
                 }
-                if let Some(gate) = route
-                    .gates
-                    .iter()
-                    .find(|gate| !matches!(gate, GateSpec::Ip { .. }))
-                {
-                    refuse(format!(
-                        "a TCP funnel can only run ip gates (the edge sees no requests), not {}",
-                        gate.kind()
-                    ));
-                    return Built::Skipped;
-                }
-                let gates = if route.gates.is_empty() && route.rate_limit.is_none() {
-                    None
-                } else {
-                    match chain_from_route(
-                        route,
-                        None,
-                        &self.config.state_dir,
-                        self.config.max_body_bytes,
-                    ) {
-                        Ok(chain) => Some(chain),
-                        Err(error) => {
-                            refuse(error);
-                            return Built::Skipped;
-                        }
+                let gates = match self.connection_gates(route) {
+                    Ok(gates) => gates,
+                    Err(error) => {
+                        refuse(error);
+                        return Built::Skipped;
                     }
                 };
                 tracing::info!(%host, port, owner = %info.owner, node = %info.node, "serving a TCP funnel route");

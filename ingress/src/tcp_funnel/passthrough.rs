@@ -12,8 +12,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::StartHandshake;
 
 use super::{
-    ClientLimiter, ClientSlot, ConnectionAudit, TcpLimits, connect_target, pipe, proxy_v2_header,
-    refuse,
+    ClientLimiter, ClientSlot, ConnectionAudit, TcpLimits, connect_target, connection_refusal,
+    pipe, proxy_v2_header, refuse,
 };
 use crate::audit::AuditSink;
 use crate::edge::Upstream;
@@ -36,6 +36,9 @@ pub struct PassthroughFunnel {
     /// Owner, node and expiry of a funnel from the coordination server (for audit
     /// records); `None` for the configuration file's funnels.
     pub route: Option<Arc<crate::routes::RouteInfo>>,
+    /// Connection-level gates (IP rules, a per-client rate limit), run with the client's
+    /// address before anything is piped; `None` admits every connection.
+    pub gates: Option<crate::gate::GateChain>,
 }
 
 /// What the TLS port does with a connection after [`TlsPortRouter::route`].
@@ -160,6 +163,16 @@ impl TlsPortRouter {
             let mut audit = ConnectionAudit::new("tls-passthrough", Some(sni), client)
                 .with_route(funnel.route.as_deref());
             audit.started = started;
+            if let Some(refusal) = funnel
+                .gates
+                .as_ref()
+                .and_then(|gates| connection_refusal(gates, client))
+            {
+                tracing::info!(%client, reason = refusal, "passthrough connection refused by its gates");
+                drop(slot);
+                self.audit.record_connection(&audit.denied(refusal));
+                return TlsRoute::Done;
+            }
             let record = self.pass_through(tcp, client, &funnel, &hello, audit).await;
             drop(slot);
             self.audit.record_connection(&record);

@@ -245,11 +245,15 @@ pub(crate) fn api_fail(error: &ApiClientError) -> ExitCode {
     fail(&error.to_string(), code)
 }
 
-/// Prints `value` as pretty JSON.
+/// Prints `value` as pretty JSON in one write. A closed standard output (`| head -1`) is
+/// not an error: a foreground serve keeps running.
 pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> ExitCode {
+    use std::io::Write as _;
     match serde_json::to_string_pretty(value) {
         Ok(json) => {
-            println!("{json}");
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(format!("{json}\n").as_bytes());
+            let _ = out.flush();
             ExitCode::SUCCESS
         }
         Err(e) => fail(&e.to_string(), EXIT_FAILURE),
@@ -260,7 +264,8 @@ fn report(status: &ServeStatus, json: bool) {
     if json {
         let _ = print_json(status);
     } else {
-        print!("{}", render(status));
+        use std::io::Write as _;
+        let _ = std::io::stdout().lock().write_all(render(status).as_bytes());
     }
 }
 

@@ -143,7 +143,7 @@ fn a_background_serve_shows_the_callers_identity_and_survives_kill_9() {
     let socks5_arg = socks5.to_string();
     let inspect_arg = format!("127.0.0.1:{}", free_port());
     let alpha_args = ["--inspect", &inspect_arg, "--inspect-serves"];
-    let (_coord, mut alpha, beta) = mesh_custom(
+    let (_coord, mut alpha, _beta) = mesh_custom(
         dir.path(),
         &MeshOptions {
             alpha_args: &alpha_args,

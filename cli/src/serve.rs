@@ -265,7 +265,9 @@ fn report(status: &ServeStatus, json: bool) {
         let _ = print_json(status);
     } else {
         use std::io::Write as _;
-        let _ = std::io::stdout().lock().write_all(render(status).as_bytes());
+        let _ = std::io::stdout()
+            .lock()
+            .write_all(render(status).as_bytes());
     }
 }
 

@@ -156,7 +156,7 @@ pub fn judge(
     let grant_end = grant
         .max_ttl
         .zip(funnel.opened_at)
-        .map(|(ttl, opened)| opened.saturating_add_secs(ttl.as_secs()));
+        .map(|(ttl, opened)| opened.saturating_add_secs(secs_i64(ttl.as_secs())));
     let expires_at = match (funnel.expires_at, grant_end) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -379,7 +379,7 @@ impl Coord {
             rate_limit: spec.rate_limit,
             is_open: true,
             opened_at: Some(at),
-            expires_at: ttl.map(|secs| at.saturating_add_secs(secs)),
+            expires_at: ttl.map(|secs| at.saturating_add_secs(secs_i64(secs))),
         };
         let record = match store.upsert_funnel(&funnel, at).await {
             Ok(record) => record,
@@ -602,6 +602,12 @@ fn internal(err: StoreError) -> FunnelRefusal {
         INTERNAL,
         "the coordination server could not store the change; try again",
     )
+}
+
+
+/// Seconds as the signed count [`UnixTime`] adds, saturating.
+fn secs_i64(secs: u64) -> i64 {
+    i64::try_from(secs).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

@@ -13,7 +13,8 @@ use postern_proto::funnel::{
 
 use crate::config::Global;
 use crate::serve::{
-    ResetArgs, StatusArgs, api_fail, hold, open_session, print_json, run_reset, run_status_of,
+    ResetArgs, Signals, StatusArgs, api_fail, hold, open_session, print_json, run_reset,
+    run_status_of,
 };
 use crate::{EXIT_USAGE, fail};
 
@@ -197,6 +198,7 @@ pub(crate) fn run(args: FunnelArgs) -> ExitCode {
                 Err(e) => api_fail(&e),
             };
         }
+        let signals = Signals::install();
         let (stream, status) =
             match open_session::<_, FunnelStatus>(&client, "/v0/funnel", &body).await {
                 Ok(opened) => opened,
@@ -204,7 +206,7 @@ pub(crate) fn run(args: FunnelArgs) -> ExitCode {
             };
         report(&status, args.json);
         eprintln!("postern: funnel open until Ctrl-C (use --bg to keep it)");
-        hold(stream, "funnel").await
+        hold(stream, signals, "funnel").await
     })
 }
 

@@ -172,7 +172,7 @@ enum Command {
     /// Exit status: 0 on success, 1 when the coord refused or could not be asked, 2 for
     /// bad flags, 3 when no daemon runs.
     #[command(verbatim_doc_comment)]
-    Funnel(funnel::FunnelArgs),
+    Funnel(Box<funnel::FunnelArgs>),
     /// List, show and replay the requests the node captured (request inspection).
     ///
     /// The daemon captures every funnelled request (and, with `postern up
@@ -208,7 +208,7 @@ fn main() -> ExitCode {
         Command::Nc(args) => nc::run(&args),
         Command::Ping(args) => ping::run(&args),
         Command::Serve(args) => serve::run(args),
-        Command::Funnel(args) => funnel::run(args),
+        Command::Funnel(args) => funnel::run(*args),
         Command::Inspect(args) => inspect::run(args),
         Command::Wg(command) => wg::run(command),
         Command::Dev(args) => dev::run(&args),

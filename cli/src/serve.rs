@@ -124,6 +124,7 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
                 Err(e) => api_fail(&e),
             };
         }
+        let signals = Signals::install();
         let (stream, status) =
             match open_session::<_, ServeStatus>(&client, "/v0/serve", &request).await {
                 Ok(opened) => opened,
@@ -134,7 +135,7 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
             "postern: serving tailnet port {} until Ctrl-C (use --bg to keep it)",
             request.entry.port
         );
-        hold(stream, "serve").await
+        hold(stream, signals, "serve").await
     })
 }
 
@@ -210,7 +211,11 @@ pub(crate) async fn open_session<B: serde::Serialize, T: DeserializeOwned>(
 
 /// Keeps a foreground session until Ctrl-C/SIGTERM (exit 0) or until the daemon ends it
 /// (exit 1: a reset, a replacing serve, or the daemon stopped).
-pub(crate) async fn hold(mut stream: BufReader<ApiStream>, what: &str) -> ExitCode {
+pub(crate) async fn hold(
+    mut stream: BufReader<ApiStream>,
+    mut signals: Signals,
+    what: &str,
+) -> ExitCode {
     let mut sink = [0u8; 256];
     let ended = async {
         loop {
@@ -221,7 +226,7 @@ pub(crate) async fn hold(mut stream: BufReader<ApiStream>, what: &str) -> ExitCo
         }
     };
     tokio::select! {
-        () = crate::up::wait_for_signal() => {
+        () = signals.recv() => {
             eprintln!("postern: stopping the {what}");
             ExitCode::SUCCESS
         }
@@ -229,6 +234,40 @@ pub(crate) async fn hold(mut stream: BufReader<ApiStream>, what: &str) -> ExitCo
             &format!("the daemon ended this {what} (it was reset or replaced, or the node stopped)"),
             EXIT_FAILURE,
         ),
+    }
+}
+
+/// SIGINT and SIGTERM, watched from before a foreground session opens (so a signal right
+/// after the daemon took the serve still ends it cleanly).
+pub(crate) struct Signals {
+    interrupt: Option<tokio::signal::unix::Signal>,
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Starts watching; call inside the tokio runtime.
+    pub(crate) fn install() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        Self {
+            interrupt: signal(SignalKind::interrupt()).ok(),
+            terminate: signal(SignalKind::terminate()).ok(),
+        }
+    }
+
+    /// Completes on the first SIGINT or SIGTERM.
+    pub(crate) async fn recv(&mut self) {
+        async fn one(signal: Option<&mut tokio::signal::unix::Signal>) {
+            match signal {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+        tokio::select! {
+            () = one(self.interrupt.as_mut()) => {}
+            () = one(self.terminate.as_mut()) => {}
+        }
     }
 }
 
@@ -245,11 +284,15 @@ pub(crate) fn api_fail(error: &ApiClientError) -> ExitCode {
     fail(&error.to_string(), code)
 }
 
-/// Prints `value` as pretty JSON.
+/// Prints `value` as pretty JSON in one write. A closed standard output (`| head -1`) is
+/// not an error: a foreground serve keeps running.
 pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> ExitCode {
+    use std::io::Write as _;
     match serde_json::to_string_pretty(value) {
         Ok(json) => {
-            println!("{json}");
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(format!("{json}\n").as_bytes());
+            let _ = out.flush();
             ExitCode::SUCCESS
         }
         Err(e) => fail(&e.to_string(), EXIT_FAILURE),
@@ -260,7 +303,10 @@ fn report(status: &ServeStatus, json: bool) {
     if json {
         let _ = print_json(status);
     } else {
-        print!("{}", render(status));
+        use std::io::Write as _;
+        let _ = std::io::stdout()
+            .lock()
+            .write_all(render(status).as_bytes());
     }
 }
 

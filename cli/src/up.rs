@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use postern_node::daemon::api_client::{ApiClientError, LocalApiClient};
 use postern_node::daemon::inspection::Inspection;
-use postern_node::daemon::serves::{ServeManager, UnsupportedFunnels};
+use postern_node::daemon::serves::{ControlFunnels, ServeManager};
 use postern_node::daemon::state::{API_SOCKET_FILE, StateDir};
 use postern_node::daemon::{NodeRuntime, RuntimeConfig, RuntimeError, api, http_proxy};
 use postern_node::inspect::CaptureConfig;
@@ -183,13 +183,14 @@ pub(crate) fn run_up(args: UpArgs) -> ExitCode {
             Some(inspection) => inspection.observer(),
             None => Arc::new(NoopObserver),
         };
-        let serves = match ServeManager::start(&handle, Arc::new(UnsupportedFunnels), observer) {
-            Ok(serves) => serves,
-            Err(e) => {
-                node.shutdown().await;
-                return fail(&e.to_string(), EXIT_FAILURE);
-            }
-        };
+        let serves =
+            match ServeManager::start(&handle, Arc::new(ControlFunnels::new(&handle)), observer) {
+                Ok(serves) => serves,
+                Err(e) => {
+                    node.shutdown().await;
+                    return fail(&e.to_string(), EXIT_FAILURE);
+                }
+            };
         if let Some(inspection) = &inspection {
             inspection.attach(&serves);
         }

@@ -20,7 +20,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Duration;
 
-use agent::{Nc, Node, POSTERN, free_port, mesh, mesh_with, wait_for};
+use agent::{Coord, Nc, Node, POSTERN, free_port, mesh, mesh_with, wait_for};
 use serde_json::Value;
 
 #[test]

@@ -23,13 +23,16 @@ use std::time::Duration;
 use agent::{MeshOptions, Node, POSTERN, free_port, mesh_custom, wait_for};
 use serde_json::{Value, json};
 
-/// Alice's and bob's nodes reach each other on every port.
+/// Alice's and bob's nodes reach each other on every port; alice may funnel any port
+/// behind a gate.
 const ALLOW_BOTH: &str = r#"{
   // alice serves, bob calls, and back
   "acls": [
     {"action": "accept", "src": ["bob@example.com"], "dst": ["alice@example.com:*"]},
     {"action": "accept", "src": ["alice@example.com"], "dst": ["bob@example.com:*"]},
   ],
+  "nodeAttrs": [{"target": ["alice@example.com"], "attr": ["funnel"]}],
+  "funnels": [{"src": ["alice@example.com"], "ports": ["*"], "maxTTL": "1d"}],
 }"#;
 
 /// Bob may reach alice's nodes on port 22 only.
@@ -143,7 +146,7 @@ fn a_background_serve_shows_the_callers_identity_and_survives_kill_9() {
     let socks5_arg = socks5.to_string();
     let inspect_arg = format!("127.0.0.1:{}", free_port());
     let alpha_args = ["--inspect", &inspect_arg, "--inspect-serves"];
-    let (_coord, mut alpha, beta) = mesh_custom(
+    let (_coord, mut alpha, _beta) = mesh_custom(
         dir.path(),
         &MeshOptions {
             alpha_args: &alpha_args,
@@ -151,6 +154,7 @@ fn a_background_serve_shows_the_callers_identity_and_survives_kill_9() {
             alpha_user: Some("alice@example.com"),
             beta_user: Some("bob@example.com"),
             policy: Some(ALLOW_BOTH),
+            coord_args: &["--funnel-domain", "funnel.test"],
         },
     );
     let origin = Origin::start();
@@ -212,6 +216,43 @@ fn a_background_serve_shows_the_callers_identity_and_survives_kill_9() {
     let out = alpha.postern(&["inspect", "show", "99999"]);
     assert_eq!(out.status.code(), Some(1));
 
+    // A funnel of another local port: the coord grants it and names its URL; without a
+    // gate the policy refuses, and the coord's message says what to add.
+    let funnel_origin = Origin::start();
+    let fport = funnel_origin.port.to_string();
+    let out = alpha.postern(&["funnel", &fport, "--bg"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("refused") && stderr.contains("gate"),
+        "{stderr}"
+    );
+    let funnel = json_of(&alpha.postern(&[
+        "funnel",
+        &fport,
+        "--allow-ip",
+        "0.0.0.0/0",
+        "--name",
+        "hooks",
+        "--bg",
+        "--json",
+    ]));
+    assert_eq!(funnel["url"], "https://hooks.funnel.test/", "{funnel}");
+    assert_eq!(funnel["gates"], json!(["ip"]), "{funnel}");
+    assert_eq!(funnel["background"], true, "{funnel}");
+    let funnels = json_of(&alpha.postern(&["funnel", "status", "--json"]));
+    assert_eq!(funnels["funnels"][0]["url"], "https://hooks.funnel.test/");
+    let served = funnels["serves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["port"] == funnel_origin.port)
+        .unwrap()
+        .clone();
+    assert_eq!(served["funnel"], true, "{served}");
+    let out = alpha.postern(&["funnel", "status"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("https://hooks.funnel.test/"));
+
     // kill -9 of alpha's daemon, and a restart: the serve, name and addresses come back.
     let before = alpha.status()["self"].clone();
     let mut child = alpha.child.take().unwrap();
@@ -222,7 +263,12 @@ fn a_background_serve_shows_the_callers_identity_and_survives_kill_9() {
     assert_eq!(before["name"], after["name"]);
     assert_eq!(before["addresses"], after["addresses"]);
     assert_eq!(before["node_id"], after["node_id"]);
-    assert_eq!(serve_status(&alpha), expected);
+    let restored = serve_status(&alpha);
+    assert_eq!(restored["serves"][0], expected["serves"][0], "{restored}");
+    assert_eq!(
+        restored["funnels"][0]["url"], "https://hooks.funnel.test/",
+        "{restored}"
+    );
     let body = wait_for(
         "beta to reach the restored serve",
         Duration::from_secs(60),
@@ -235,7 +281,14 @@ fn a_background_serve_shows_the_callers_identity_and_survives_kill_9() {
         origin.heads()
     );
 
-    // reset removes it, also from the saved file.
+    // reset removes them, also from the saved file.
+    let out = alpha.postern(&["funnel", "reset"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(serve_status(&alpha), expected);
     let out = alpha.postern(&["serve", "reset"]);
     assert!(
         out.status.success(),
@@ -339,11 +392,11 @@ fn a_foreground_serve_lasts_while_its_command_runs() {
         || (serve_status(&alpha)["serves"] == json!([])).then_some(()),
     );
 
-    // Until the coord speaks funnels, `postern funnel` says so and fails.
-    let out = alpha.postern(&["funnel", "7303", "--bg"]);
+    // A coord without a funnel domain refuses funnels; the command says so and fails.
+    let out = alpha.postern(&["funnel", "7303", "--allow-ip", "10.0.0.0/8"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("does not support funnels yet"), "{stderr}");
+    assert!(stderr.contains("refused"), "{stderr}");
     assert_eq!(serve_status(&alpha), json!({"serves": [], "funnels": []}));
     let out = alpha.postern(&["inspect", "list"]);
     assert_eq!(out.status.code(), Some(3));
@@ -367,6 +420,7 @@ fn a_policy_that_denies_bob_keeps_him_from_the_origin() {
             alpha_user: Some("alice@example.com"),
             beta_user: Some("bob@example.com"),
             policy: Some(BOB_ONLY_SSH),
+            ..MeshOptions::default()
         },
     );
     let origin = Origin::start();

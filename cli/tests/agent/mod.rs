@@ -73,6 +73,8 @@ pub struct Coord {
     pub addr: SocketAddr,
     pub child: Option<Child>,
     pub policy: Option<PathBuf>,
+    /// Extra `postern-coord serve` arguments.
+    pub extra_args: Vec<String>,
 }
 
 impl Coord {
@@ -82,11 +84,17 @@ impl Coord {
 
     /// A coord enforcing the policy file `policy` (HuJSON; the built-in policy if `None`).
     pub fn with_policy(dir: &Path, policy: Option<PathBuf>) -> Self {
+        Self::with_args(dir, policy, &[])
+    }
+
+    /// A coord with `policy` and extra `serve` arguments (`--funnel-domain D`).
+    pub fn with_args(dir: &Path, policy: Option<PathBuf>, extra_args: &[&str]) -> Self {
         let mut coord = Self {
             state: dir.join("coord"),
             addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
             child: None,
             policy,
+            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
         };
         // Create the key first: the store exists before `serve` starts.
         coord.auth_key();
@@ -135,6 +143,7 @@ impl Coord {
                     .iter()
                     .flat_map(|p| [std::ffi::OsStr::new("--policy"), p.as_os_str()]),
             )
+            .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -439,6 +448,8 @@ pub struct MeshOptions<'a> {
     pub beta_user: Option<&'a str>,
     /// The coord's policy file text (HuJSON).
     pub policy: Option<&'a str>,
+    /// Extra `postern-coord serve` arguments.
+    pub coord_args: &'a [&'a str],
 }
 
 /// A coord and two logged-in nodes as `options` says, up and seeing each other online.
@@ -448,7 +459,7 @@ pub fn mesh_custom(dir: &Path, options: &MeshOptions<'_>) -> (Coord, Node, Node)
         std::fs::write(&path, text).unwrap();
         path
     });
-    let coord = Coord::with_policy(dir, policy);
+    let coord = Coord::with_args(dir, policy, options.coord_args);
     let mut alpha = Node::new(dir, "alpha");
     let mut beta = Node::new(dir, "beta");
     alpha.login(&coord, &coord.auth_key_for(options.alpha_user));

@@ -313,19 +313,17 @@ async fn shutdown(State(node): State<NodeHandle>) -> Response {
     Json(serde_json::json!({ "stopping": true })).into_response()
 }
 
-fn manager(context: &ApiContext) -> Result<Arc<ServeManager>, Response> {
-    context.extras.serves.clone().ok_or_else(|| {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this daemon does not serve (it was started without the serve runtime)",
-        )
-    })
+fn no_serves() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "this daemon does not serve (it was started without the serve runtime)",
+    )
 }
 
 async fn serve_status(State(context): State<ApiContext>) -> Response {
-    match manager(&context) {
-        Ok(serves) => Json(serves.status()).into_response(),
-        Err(response) => response,
+    match &context.extras.serves {
+        Some(serves) => Json(serves.status()).into_response(),
+        None => no_serves(),
     }
 }
 
@@ -337,9 +335,8 @@ async fn inspect_addr(State(context): State<ApiContext>) -> Response {
 }
 
 async fn serve_reset(State(context): State<ApiContext>) -> Response {
-    let serves = match manager(&context) {
-        Ok(serves) => serves,
-        Err(response) => return response,
+    let Some(serves) = context.extras.serves.clone() else {
+        return no_serves();
     };
     match serves.reset(false).await {
         Ok(status) => Json(status).into_response(),
@@ -348,9 +345,8 @@ async fn serve_reset(State(context): State<ApiContext>) -> Response {
 }
 
 async fn funnel_reset(State(context): State<ApiContext>) -> Response {
-    let serves = match manager(&context) {
-        Ok(serves) => serves,
-        Err(response) => return response,
+    let Some(serves) = context.extras.serves.clone() else {
+        return no_serves();
     };
     match serves.reset(true).await {
         Ok(status) => Json(status).into_response(),
@@ -359,13 +355,12 @@ async fn funnel_reset(State(context): State<ApiContext>) -> Response {
 }
 
 async fn serve_add(State(context): State<ApiContext>, mut request: Request) -> Response {
-    let serves = match manager(&context) {
-        Ok(serves) => serves,
-        Err(response) => return response,
+    let Some(serves) = context.extras.serves.clone() else {
+        return no_serves();
     };
     let asked: ServeRequest = match json_body(&mut request).await {
         Ok(asked) => asked,
-        Err(response) => return response,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
     if asked.entry.background {
         return match serves.add_serve(asked.entry, None) {
@@ -391,13 +386,12 @@ async fn serve_add(State(context): State<ApiContext>, mut request: Request) -> R
 }
 
 async fn funnel_open(State(context): State<ApiContext>, mut request: Request) -> Response {
-    let serves = match manager(&context) {
-        Ok(serves) => serves,
-        Err(response) => return response,
+    let Some(serves) = context.extras.serves.clone() else {
+        return no_serves();
     };
     let asked: FunnelRequestBody = match json_body(&mut request).await {
         Ok(asked) => asked,
-        Err(response) => return response,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
     if asked.background {
         return match serves.open_funnel(asked, None).await {
@@ -461,16 +455,12 @@ fn hold_session<T: Serialize>(
     switching_protocols()
 }
 
-async fn json_body<T: serde::de::DeserializeOwned>(request: &mut Request) -> Result<T, Response> {
+async fn json_body<T: serde::de::DeserializeOwned>(request: &mut Request) -> Result<T, String> {
     let body = std::mem::take(request.body_mut());
-    let bytes = axum::body::to_bytes(body, 1 << 20).await.map_err(|err| {
-        error(
-            StatusCode::BAD_REQUEST,
-            &format!("cannot read the request: {err}"),
-        )
-    })?;
-    serde_json::from_slice(&bytes)
-        .map_err(|err| error(StatusCode::BAD_REQUEST, &format!("bad request body: {err}")))
+    let bytes = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .map_err(|err| format!("cannot read the request: {err}"))?;
+    serde_json::from_slice(&bytes).map_err(|err| format!("bad request body: {err}"))
 }
 
 fn change_error(err: &ServeChangeError) -> Response {

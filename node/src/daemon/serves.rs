@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::NodeHandle;
+use crate::control::{ClientError, ControlClient};
 use crate::serve::{
     self, ExchangeObserver, OriginUrl, RoutePath, ServeConfig, ServeConfigError, ServeError,
     ServeRuntime, ServeTable, Service,
@@ -88,6 +89,13 @@ pub struct FunnelEntry {
     /// Whether it is kept across restarts (`--bg`).
     #[serde(default)]
     pub background: bool,
+}
+
+impl FunnelEntry {
+    /// When the coord said the funnel closes by itself (Unix seconds).
+    pub fn expires_at(&self) -> Option<i64> {
+        self.info.as_ref()?.expires_at.map(|t| t.as_secs())
+    }
 }
 
 impl fmt::Debug for FunnelEntry {
@@ -167,7 +175,7 @@ pub enum FunnelCallError {
     )]
     Unsupported,
     /// The coord refused; its message names what is missing (a grant, a gate).
-    #[error("the coord refused the funnel ({}): {}", .0.code, .0.message)]
+    #[error("the coordination server refused the funnel: {} ({})", .0.message, .0.code)]
     Refused(FunnelRefusal),
     /// The coord could not be asked now (not connected, no answer in time).
     #[error(
@@ -177,15 +185,48 @@ pub enum FunnelCallError {
 }
 
 /// The coord's side of funnels, as the daemon uses it: one call per [`FunnelChange`],
-/// answered with the node's funnels after the change. The control client implements it;
-/// tests use a fake. [`UnsupportedFunnels`] answers every call with
-/// [`FunnelCallError::Unsupported`].
+/// answered with the node's funnels after the change. [`ControlFunnels`] is the running
+/// node's; [`UnsupportedFunnels`] answers every call with [`FunnelCallError::Unsupported`].
 pub trait FunnelControl: Send + Sync + fmt::Debug {
     /// Sends `change` to the coord and waits for its answer.
     fn change(
         &self,
         change: FunnelChange,
     ) -> BoxFuture<'_, Result<Vec<FunnelInfo>, FunnelCallError>>;
+}
+
+/// The [`FunnelControl`] of a running node: funnel requests on its control client's
+/// netmap stream ([`ControlClient::funnel`](crate::control::ControlClient::funnel)).
+#[derive(Debug, Clone)]
+pub struct ControlFunnels {
+    control: Weak<ControlClient>,
+}
+
+impl ControlFunnels {
+    /// The funnel control of `node`.
+    pub fn new(node: &NodeHandle) -> Self {
+        Self {
+            control: node.shared.control.clone(),
+        }
+    }
+}
+
+impl FunnelControl for ControlFunnels {
+    fn change(
+        &self,
+        change: FunnelChange,
+    ) -> BoxFuture<'_, Result<Vec<FunnelInfo>, FunnelCallError>> {
+        Box::pin(async move {
+            let control = self
+                .control
+                .upgrade()
+                .ok_or_else(|| FunnelCallError::Unavailable("the node is stopping".into()))?;
+            control.funnel(change).await.map_err(|err| match err {
+                ClientError::FunnelRefused(refusal) => FunnelCallError::Refused(refusal),
+                other => FunnelCallError::Unavailable(other.to_string()),
+            })
+        })
+    }
 }
 
 /// A [`FunnelControl`] for a coord without funnel support.
@@ -320,7 +361,21 @@ impl ServeManager {
         let runtime =
             ServeRuntime::start(node.netstack().clone(), table.clone(), directory, observer)?;
         let mut inner = Inner::default();
+        let now = unix_now();
+        let (live, expired): (Vec<FunnelEntry>, Vec<FunnelEntry>) = saved
+            .funnels
+            .into_iter()
+            .partition(|f| f.expires_at().is_none_or(|at| at > now));
+        for funnel in &expired {
+            tracing::info!(
+                port = funnel.spec.port,
+                "a saved funnel expired while the node was down; not restoring it"
+            );
+        }
         for entry in saved.serves {
+            if entry.funnel && expired.iter().any(|f| f.spec.port == entry.port) {
+                continue;
+            }
             inner.serves.push(Owned {
                 item: ServeEntry {
                     background: true,
@@ -329,7 +384,11 @@ impl ServeManager {
                 session: None,
             });
         }
-        for entry in saved.funnels {
+        for mut entry in live {
+            // Reopening restarts the coord's TTL: ask for what is left of it.
+            if let Some(at) = entry.expires_at() {
+                entry.spec.ttl_secs = Some(u64::try_from(at - now).unwrap_or(1).max(1));
+            }
             inner.funnels.push(Owned {
                 item: FunnelEntry {
                     background: true,
@@ -787,6 +846,12 @@ async fn reopen_funnels(manager: std::sync::Weak<ServeManager>, specs: Vec<Funne
     }
 }
 
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 fn load(path: &Path) -> Result<SavedServes, ServeStartError> {
     let text = match std::fs::read(path) {
         Ok(text) => text,
@@ -825,4 +890,130 @@ fn save(path: &Path, saved: &SavedServes) -> Result<(), ServeChangeError> {
     file.sync_all().map_err(fail)?;
     std::fs::rename(&tmp, path).map_err(fail)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http(port: u16, path: &str, origin: &str) -> ServeEntry {
+        ServeEntry {
+            port,
+            target: EntryTarget::Http {
+                path: RoutePath::parse(path).unwrap(),
+                origin: OriginUrl::parse(origin).unwrap(),
+            },
+            funnel: false,
+            background: true,
+        }
+    }
+
+    fn tcp(port: u16, target: &str) -> ServeEntry {
+        ServeEntry {
+            port,
+            target: EntryTarget::Tcp {
+                target: target.parse().unwrap(),
+            },
+            funnel: false,
+            background: true,
+        }
+    }
+
+    #[test]
+    fn paths_of_one_port_merge_and_a_funnel_marks_the_port() {
+        let mut serves = Vec::new();
+        place(&mut serves, http(80, "/", "3000"), None).unwrap();
+        place(&mut serves, http(80, "/api", "8080"), Some(1)).unwrap();
+        let mut funnelled = http(80, "/hooks", "9000");
+        funnelled.funnel = true;
+        place(&mut serves, funnelled, None).unwrap();
+        let config = build_config(&serves).unwrap();
+        let service = config.service(80).unwrap();
+        assert!(service.funnel);
+        match &service.target {
+            serve::ServeTarget::Http { routes } => assert_eq!(routes.len(), 3),
+            other => panic!("{other:?}"),
+        }
+        // The same port and path again replaces the entry (and its owner).
+        place(&mut serves, http(80, "/api", "8081"), None).unwrap();
+        assert_eq!(serves.len(), 3);
+        assert!(serves.iter().all(|s| s.session.is_none()));
+    }
+
+    #[test]
+    fn http_and_tcp_on_one_port_conflict() {
+        let mut serves = Vec::new();
+        place(&mut serves, http(5432, "/", "3000"), None).unwrap();
+        let err = place(&mut serves, tcp(5432, "127.0.0.1:5432"), None).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("already serves http://127.0.0.1:3000"),
+            "{err}"
+        );
+        place(&mut serves, tcp(22, "127.0.0.1:22"), None).unwrap();
+        place(&mut serves, tcp(22, "127.0.0.1:2222"), None).unwrap();
+        assert_eq!(serves.len(), 2);
+    }
+
+    #[test]
+    fn a_reserved_port_is_refused_with_the_reason() {
+        let serves = vec![Owned {
+            item: http(FUNNEL_HOP, "/", "3000"),
+            session: None,
+        }];
+        let err = build_config(&serves).unwrap_err();
+        assert!(err.to_string().contains("cannot be served"), "{err}");
+    }
+
+    const FUNNEL_HOP: u16 = crate::serve::FUNNEL_HOP_PORT;
+
+    #[test]
+    fn the_saved_file_round_trips_and_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SERVES_FILE);
+        let saved = SavedServes {
+            serves: vec![http(3000, "/", "3000"), tcp(22, "127.0.0.1:22")],
+            funnels: vec![FunnelEntry {
+                spec: FunnelSpec {
+                    port: 3000,
+                    name: None,
+                    protocol: FunnelProtocol::Http,
+                    ttl_secs: None,
+                    gates: vec![postern_proto::funnel::GateSpec::Webhook {
+                        provider: "github".into(),
+                        secrets: vec![postern_proto::funnel::GateSecret::new("s3cret")],
+                        tolerance_secs: None,
+                    }],
+                    gate_mode: postern_proto::funnel::GateMode::All,
+                    rate_limit: None,
+                },
+                info: None,
+                background: true,
+            }],
+        };
+        save(&path, &saved).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let loaded = load(&path).unwrap();
+        assert_eq!(loaded.serves, saved.serves);
+        assert_eq!(loaded.funnels, saved.funnels);
+        assert!(!format!("{:?}", loaded.funnels).contains("s3cret"));
+        let status = funnel_status(&loaded.funnels[0]);
+        assert_eq!(status.gates, ["webhook"]);
+        assert!(!serde_json::to_string(&status).unwrap().contains("s3cret"));
+
+        std::fs::write(&path, "{not json").unwrap();
+        let err = load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains(SERVES_FILE) && err.contains("fix or delete"),
+            "{err}"
+        );
+        assert!(
+            load(&dir.path().join("absent.json"))
+                .unwrap()
+                .serves
+                .is_empty()
+        );
+    }
 }

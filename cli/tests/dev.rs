@@ -19,7 +19,10 @@ struct Started {
 
 impl Started {
     fn curls(&self) -> Vec<&String> {
-        self.lines.iter().filter(|l| l.starts_with("curl ")).collect()
+        self.lines
+            .iter()
+            .filter(|l| l.starts_with("curl "))
+            .collect()
     }
 
     fn public_url(&self) -> String {
@@ -85,13 +88,20 @@ fn start(state: &Path, https_port: u16) -> Started {
     });
     let mut lines = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(180);
-    while lines.iter().filter(|l: &&String| l.starts_with("curl ")).count() < 2 {
+    while lines
+        .iter()
+        .filter(|l: &&String| l.starts_with("curl "))
+        .count()
+        < 2
+    {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match rx.recv_timeout(left) {
             Ok(line) => lines.push(line),
             Err(_) => {
                 let _ = child.kill();
-                panic!("postern dev printed no two curl lines within 180 s; it printed: {lines:#?}");
+                panic!(
+                    "postern dev printed no two curl lines within 180 s; it printed: {lines:#?}"
+                );
             }
         }
     }
@@ -128,7 +138,10 @@ fn postern_dev_admits_the_signed_delivery_and_refuses_the_forged_one() {
     let (status, body) = run_curl(curls[0]);
     assert!((200..300).contains(&status), "signed: {status} {body}");
     assert!(body.contains("from the demo origin"), "{body}");
-    assert!(body.contains(r#""request":1"#), "the first request to reach the origin: {body}");
+    assert!(
+        body.contains(r#""request":1"#),
+        "the first request to reach the origin: {body}"
+    );
     assert!(body.contains(r#""method":"POST""#), "{body}");
 
     let (status, body) = run_curl(curls[1]);
@@ -140,7 +153,10 @@ fn postern_dev_admits_the_signed_delivery_and_refuses_the_forged_one() {
 
     // The forged delivery never reached the origin: the next signed one is its second.
     let (status, body) = run_curl(curls[0]);
-    assert!((200..300).contains(&status), "signed again: {status} {body}");
+    assert!(
+        (200..300).contains(&status),
+        "signed again: {status} {body}"
+    );
     assert!(body.contains(r#""request":2"#), "{body}");
 
     let url = dev.public_url();

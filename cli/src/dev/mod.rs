@@ -36,7 +36,7 @@ use postern_ingress::config::IngressConfig;
 use postern_ingress::server::{Mesh, run_with_mesh};
 use postern_node::daemon::inspection::Inspection;
 use postern_node::daemon::serves::{
-    FunnelCallError, FunnelRequestBody, ServeChangeError, ServeManager,
+    ControlFunnels, FunnelCallError, FunnelRequestBody, ServeChangeError, ServeManager,
 };
 use postern_node::daemon::state::StateDir;
 use postern_node::daemon::{LoginRequest, NodeRuntime, RuntimeConfig, login};

@@ -36,7 +36,7 @@ const POLICY: &str = r#"{
   "groups": {"group:eng": [], "group:contractors": []},
   "tagOwners": {"tag:db": []},
   "acls": [
-    {"action": "accept", "src": ["group:eng"], "dst": ["tag:db:5432"]},
+    {"action": "accept", "src": ["group:eng"], "proto": "tcp", "dst": ["tag:db:5432"]},
   ],
 }
 "#;
@@ -47,8 +47,8 @@ const EDITED: &str = r#"{
   "groups": {"group:eng": [], "group:contractors": []},
   "tagOwners": {"tag:db": []},
   "acls": [
-    {"action": "accept", "src": ["group:eng", "group:contractors"], "dst": ["tag:db:5432"]},
-    {"action": "accept", "src": ["tag:db"], "dst": ["group:eng:9100"]},
+    {"action": "accept", "src": ["group:eng", "group:contractors"], "proto": "tcp", "dst": ["tag:db:5432"]},
+    {"action": "accept", "src": ["tag:db"], "proto": "tcp", "dst": ["group:eng:9100"]},
   ],
 }
 "#;
@@ -173,8 +173,8 @@ impl Nodes {
             .converge(
                 lab,
                 what,
-                |m| peers(m) == db_peer,
-                |m| m.peers.is_empty(),
+                |m| peers(m) == db_peer && m.packet_filter.is_empty(),
+                |m| m.peers.is_empty() && m.packet_filter.is_empty(),
                 |m| peers(m) == alice_peer && admitted(m) == alice_admitted,
                 since,
             )

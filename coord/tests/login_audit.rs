@@ -93,7 +93,7 @@ async fn logins_refused_by_the_allowed_groups_or_domains_are_audited_with_who_wh
     assert_eq!(record["actor"], "carol@example.com");
     assert_eq!(
         record["details"]["reason"],
-        "carol@example.com may not log in: only accounts of corp.example are allowed"
+        "carol@example.com may not log in: only accounts of corp.example are allowed on this tailnet"
     );
 }
 

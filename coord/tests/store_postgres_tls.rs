@@ -64,7 +64,11 @@ async fn the_store_connects_with_verify_full_and_refuses_a_wrong_ca_clearly() {
     assert!(matches!(err, StoreError::PostgresTls { .. }), "{err:?}");
     let message = err.to_string();
     assert!(message.contains("TLS to PostgreSQL at"), "{message}");
-    assert!(message.contains("UnknownIssuer"), "{message}");
+    // Both lab CAs have the same name: rustls finds "the" issuer and the signature fails.
+    assert!(
+        message.contains("UnknownIssuer") || message.contains("BadSignature"),
+        "{message}"
+    );
     assert!(
         message.contains("not signed by a CA the coord trusts"),
         "{message}"

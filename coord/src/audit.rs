@@ -1,5 +1,6 @@
 //! The coord's audit log: who registered, approved, expired, deleted, renamed or tagged a
-//! node, who made an auth key, and every policy reload, with its outcome.
+//! node, who made an auth key, every policy reload with its outcome, and every funnel
+//! opened, closed, expired or revoked.
 //!
 //! Records go to the store's append-only `audit_records` table (see `docs/store.md`).
 //! Writing one never fails the action it records: a store error is logged instead, since
@@ -26,6 +27,18 @@ pub const NODE_RENAME: &str = "node.rename";
 pub const NODE_TAG: &str = "node.tag";
 /// An auth key was made.
 pub const AUTH_KEY_CREATE: &str = "authkey.create";
+/// A node was marked, or unmarked, as an ingress.
+pub const NODE_INGRESS: &str = "node.ingress";
+/// A funnel was opened (or reopened with new settings); details name the gate kinds.
+pub const FUNNEL_OPEN: &str = "funnel.open";
+/// A funnel was closed by its node or an admin.
+pub const FUNNEL_CLOSE: &str = "funnel.close";
+/// A funnel reached its expiry and was closed.
+pub const FUNNEL_EXPIRE: &str = "funnel.expire";
+/// A funnel was closed because the policy no longer allows it.
+pub const FUNNEL_REVOKE: &str = "funnel.revoke";
+/// An admin released a funnel's hostname (and public port).
+pub const FUNNEL_RELEASE: &str = "funnel.release";
 /// A new policy was put in force.
 pub const POLICY_RELOAD: &str = "policy.reload";
 /// A new policy was refused; the previous one stays in force.

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod audit;
 pub mod control;
+pub mod funnel;
 pub mod lifecycle;
 pub mod login;
 pub mod netmap;

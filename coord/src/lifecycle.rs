@@ -10,8 +10,11 @@
 //! - **Ephemeral nodes** are deleted once they have been offline for
 //!   [`ControlConfig::ephemeral_timeout`].
 //!
+//! - **Funnels** close when they expire or the policy stops allowing them
+//!   ([`Coord::close_ended_funnels`], `funnel.expire` / `funnel.revoke`).
+//!
 //! [`run`] is the background task that notices expiries (so netmaps change at the moment a
-//! key expires) and removes offline ephemeral nodes; [`registration_terms`] decides the
+//! key expires), removes offline ephemeral nodes and closes ended funnels; [`registration_terms`] decides the
 //! expiry and approval of a registration.
 
 use std::collections::{HashMap, HashSet};
@@ -192,6 +195,8 @@ impl LifecycleState {
         if changed {
             coord.hub.notify();
         }
+        // Funnels that expired or lost their grant (each close notifies the netmaps).
+        coord.close_ended_funnels(now).await?;
         Ok(())
     }
 }

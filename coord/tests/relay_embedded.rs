@@ -70,6 +70,7 @@ async fn registered_nodes_use_the_embedded_relay_from_their_netmap() {
         tags: vec!["tag:test".into()],
         expiry: None,
         user: None,
+        ingress: false,
     };
     let auth = create_auth_key(coord.registry.store(), &options, now)
         .await

@@ -229,7 +229,8 @@ pub struct FunnelInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FunnelRefusal {
     /// A stable machine-readable code: `no_grant`, `gate_required`, `ttl_too_long`,
-    /// `name_taken`, `invalid`, `no_ingress`, `not_found`.
+    /// `name_taken`, `invalid`, `no_ingress`, `not_found`, `internal` (the server failed;
+    /// try again).
     pub code: String,
     /// What was wrong and what to do, for a person.
     pub message: String,

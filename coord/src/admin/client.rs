@@ -9,7 +9,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::{ADMIN_ADDR_FILE, ADMIN_TOKEN_FILE, AdminToken, AuditEntry, NodeInfo};
+use super::{ADMIN_ADDR_FILE, ADMIN_TOKEN_FILE, AdminToken, AuditEntry, FunnelAdminInfo, NodeInfo};
 
 /// Why an admin command failed.
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +148,37 @@ impl AdminClient {
             .await
     }
 
+    /// Marks a node as an ingress (`true`) or a plain node.
+    pub async fn set_ingress(
+        &self,
+        node: &str,
+        ingress: bool,
+    ) -> Result<NodeInfo, AdminClientError> {
+        let body = json!({ "ingress": ingress });
+        self.call(Method::POST, &["v1", "nodes", node, "ingress"], Some(body))
+            .await
+    }
+
+    /// Every funnel, open and closed (no secrets).
+    pub async fn funnels(&self) -> Result<Vec<FunnelAdminInfo>, AdminClientError> {
+        self.call(Method::GET, &["v1", "funnels"], None).await
+    }
+
+    /// Closes the funnel of `hostname`; `release` also frees its hostname.
+    pub async fn close_funnel(
+        &self,
+        hostname: &str,
+        release: bool,
+    ) -> Result<FunnelAdminInfo, AdminClientError> {
+        let body = json!({ "release": release });
+        self.call(
+            Method::POST,
+            &["v1", "funnels", hostname, "close"],
+            Some(body),
+        )
+        .await
+    }
+
     /// Audit records at or after `since_ms`.
     pub async fn audit(&self, since_ms: i64) -> Result<Vec<AuditEntry>, AdminClientError> {
         let mut url = self.url(&["v1", "audit"]);
@@ -216,9 +247,10 @@ impl AdminClient {
     }
 }
 
-/// `nodes list` as a table: id, name, IPv4, user, tags, status, last seen.
+/// `nodes list` as a table: id, name, IPv4, user, tags, status, last seen, role
+/// (`ingress` or `-`).
 pub fn format_node_table(nodes: &[NodeInfo]) -> String {
-    let rows: Vec<[String; 7]> = nodes
+    let rows: Vec<[String; 8]> = nodes
         .iter()
         .map(|n| {
             [
@@ -233,12 +265,56 @@ pub fn format_node_table(nodes: &[NodeInfo]) -> String {
                 },
                 n.status().to_owned(),
                 n.last_seen.map_or_else(|| "-".to_owned(), format_secs),
+                if n.is_ingress { "ingress" } else { "-" }.to_owned(),
             ]
         })
         .collect();
-    let header = ["ID", "NAME", "IPV4", "USER", "TAGS", "STATUS", "LAST SEEN"];
+    let header = [
+        "ID",
+        "NAME",
+        "IPV4",
+        "USER",
+        "TAGS",
+        "STATUS",
+        "LAST SEEN",
+        "ROLE",
+    ];
+    format_table(&header, &rows)
+}
+
+/// `funnels list` as a table: hostname, state, node, port, protocol, gates, expiry, URL.
+pub fn format_funnel_table(funnels: &[FunnelAdminInfo]) -> String {
+    let rows: Vec<[String; 8]> = funnels
+        .iter()
+        .map(|f| {
+            [
+                f.hostname.clone(),
+                if f.open { "open" } else { "closed" }.to_owned(),
+                format!("{} ({})", f.node, f.owner),
+                f.port.to_string(),
+                serde_json::to_value(f.protocol)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                if f.gates.is_empty() {
+                    "-".to_owned()
+                } else {
+                    f.gates.join(",")
+                },
+                f.expires_at.map_or_else(|| "-".to_owned(), format_secs),
+                f.url.clone(),
+            ]
+        })
+        .collect();
+    let header = [
+        "HOSTNAME", "STATE", "NODE", "PORT", "PROTOCOL", "GATES", "EXPIRES", "URL",
+    ];
+    format_table(&header, &rows)
+}
+
+fn format_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
     let mut widths = header.map(str::len);
-    for row in &rows {
+    for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
@@ -253,7 +329,7 @@ pub fn format_node_table(nodes: &[NodeInfo]) -> String {
         out.push('\n');
     };
     line(header.to_vec());
-    for row in &rows {
+    for row in rows {
         line(row.iter().map(String::as_str).collect());
     }
     out

@@ -16,6 +16,9 @@
 //! | `POST /v1/nodes/{node}/expire` | expire its key now |
 //! | `POST /v1/nodes/{node}/approve` | approve it |
 //! | `DELETE /v1/nodes/{node}` | delete it |
+//! | `POST /v1/nodes/{node}/ingress` `{"ingress": B}` | mark (or unmark) it as an ingress |
+//! | `GET /v1/funnels` | every funnel, open and closed ([`FunnelAdminInfo`], no secrets) |
+//! | `POST /v1/funnels/{hostname}/close` `{"release": B}` | close it; `release` also frees its hostname |
 //! | `GET /v1/audit?since_ms=T&limit=N` | audit records at or after T ([`AuditEntry`]) |
 //! | `POST /v1/policy/reload` | re-read the policy file now |
 
@@ -111,6 +114,39 @@ impl NodeInfo {
             "offline"
         }
     }
+}
+
+/// A funnel as the admin API shows it: gate kinds, never their secrets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunnelAdminInfo {
+    /// The public hostname.
+    pub hostname: String,
+    /// The public URL.
+    pub url: String,
+    /// Open (served) or closed (hostname kept in reserve).
+    pub open: bool,
+    /// The funnelling node's id.
+    pub node_id: u64,
+    /// Its name.
+    pub node: String,
+    /// Its owner's login.
+    pub owner: String,
+    /// The node's local port.
+    pub port: u16,
+    /// The funnel's label.
+    pub name: String,
+    /// `http`, `tcp` or `tls_passthrough`.
+    pub protocol: postern_proto::funnel::FunnelProtocol,
+    /// The public port of a TCP funnel.
+    pub public_port: Option<u16>,
+    /// The gate kinds, in order.
+    pub gates: Vec<String>,
+    /// How the gates combine.
+    pub gate_mode: postern_proto::funnel::GateMode,
+    /// When it was last opened (Unix seconds).
+    pub opened_at: Option<i64>,
+    /// When it closes by itself (Unix seconds).
+    pub expires_at: Option<i64>,
 }
 
 /// An audit record as the admin API shows it.
@@ -232,6 +268,9 @@ pub fn router(coord: Coord, token: AdminToken) -> Router {
         .route("/v1/nodes/{node}/tags", post(tag_node))
         .route("/v1/nodes/{node}/expire", post(expire_node))
         .route("/v1/nodes/{node}/approve", post(approve_node))
+        .route("/v1/nodes/{node}/ingress", post(set_ingress))
+        .route("/v1/funnels", get(list_funnels))
+        .route("/v1/funnels/{hostname}/close", post(close_funnel))
         .route("/v1/audit", get(audit_log))
         .route("/v1/policy/reload", post(reload_policy))
         .layer(axum::middleware::from_fn_with_state(token, check_token))
@@ -418,6 +457,140 @@ async fn delete_node(
         .await;
     coord.hub.notify();
     Ok(Json(info))
+}
+
+#[derive(Debug, Deserialize)]
+struct IngressBody {
+    ingress: bool,
+}
+
+async fn set_ingress(
+    State(coord): State<Coord>,
+    UrlPath(node): UrlPath<String>,
+    Json(body): Json<IngressBody>,
+) -> Result<Json<NodeInfo>, ApiError> {
+    let node = find_node(&coord, &node).await?;
+    let after = coord
+        .registry
+        .store()
+        .set_node_flags(node.id, node.approved, body.ingress)
+        .await?;
+    if node.is_ingress != body.ingress {
+        coord
+            .audit(
+                ACTOR_ADMIN,
+                audit::NODE_INGRESS,
+                &node_target(&after),
+                json!({"name": after.name, "ingress": body.ingress}),
+            )
+            .await;
+        coord.hub.notify();
+    }
+    Ok(Json(node_info(&coord, &after).await?))
+}
+
+async fn list_funnels(State(coord): State<Coord>) -> Result<Json<Vec<FunnelAdminInfo>>, ApiError> {
+    let store = coord.registry.store();
+    let funnels = store.list_funnels().await?;
+    let nodes = store.list_nodes().await?;
+    let mut out = Vec::with_capacity(funnels.len());
+    for record in &funnels {
+        let node = nodes.iter().find(|n| n.id == record.funnel.node_id);
+        let owner = match node {
+            Some(node) => store.user(node.user_id).await?.map(|u| u.login),
+            None => None,
+        };
+        out.push(funnel_admin_info(record, node, owner.unwrap_or_default()));
+    }
+    out.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+    Ok(Json(out))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct CloseFunnelBody {
+    #[serde(default)]
+    release: bool,
+}
+
+async fn close_funnel(
+    State(coord): State<Coord>,
+    UrlPath(hostname): UrlPath<String>,
+    Json(body): Json<CloseFunnelBody>,
+) -> Result<Json<FunnelAdminInfo>, ApiError> {
+    let release = body.release;
+    let store = coord.registry.store();
+    let hostname = hostname.trim_end_matches('.').to_ascii_lowercase();
+    let record = store.funnel_by_hostname(&hostname).await?.ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no funnel {hostname:?}; `postern-coord funnels list` shows them"),
+        )
+    })?;
+    let funnel = &record.funnel;
+    let mut after = record.clone();
+    if funnel.is_open {
+        match store.close_funnel(funnel.node_id, funnel.port).await {
+            Ok(closed) => {
+                coord
+                    .record_close(
+                        &closed,
+                        ACTOR_ADMIN,
+                        audit::FUNNEL_CLOSE,
+                        json!({"by": "admin"}),
+                    )
+                    .await;
+                after = closed;
+            }
+            Err(StoreError::NotFound { .. }) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    if release {
+        store.delete_funnel(funnel.node_id, funnel.port).await?;
+        coord
+            .audit(
+                ACTOR_ADMIN,
+                audit::FUNNEL_RELEASE,
+                &funnel.hostname,
+                json!({"node_id": funnel.node_id.0, "port": funnel.port}),
+            )
+            .await;
+        after.funnel.is_open = false;
+    }
+    let node = store.node(funnel.node_id).await?;
+    let owner = match &node {
+        Some(node) => store.user(node.user_id).await?.map(|u| u.login),
+        None => None,
+    };
+    Ok(Json(funnel_admin_info(
+        &after,
+        node.as_ref(),
+        owner.unwrap_or_default(),
+    )))
+}
+
+fn funnel_admin_info(
+    record: &crate::store::FunnelRecord,
+    node: Option<&NodeRecord>,
+    owner: String,
+) -> FunnelAdminInfo {
+    let funnel = &record.funnel;
+    FunnelAdminInfo {
+        hostname: funnel.hostname.clone(),
+        url: crate::funnel::funnel_url(funnel),
+        open: funnel.is_open && funnel.expires_at.is_none_or(|at| at > now()),
+        node_id: funnel.node_id.0,
+        node: node.map(|n| n.name.clone()).unwrap_or_default(),
+        owner,
+        port: funnel.port,
+        name: funnel.name.clone(),
+        protocol: funnel.protocol,
+        public_port: funnel.public_port,
+        gates: crate::funnel::gate_kinds(funnel),
+        gate_mode: funnel.gate_mode,
+        opened_at: funnel.opened_at.map(|t| t.0),
+        expires_at: funnel.expires_at.map(|t| t.0),
+    }
 }
 
 #[derive(Debug, Deserialize)]

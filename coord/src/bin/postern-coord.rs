@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
-use postern_coord::admin::client::{AdminClient, format_audit, format_node, format_node_table};
+use postern_coord::admin::client::{
+    AdminClient, format_audit, format_funnel_table, format_node, format_node_table,
+};
 use postern_coord::control::{AuthKeyOptions, ControlConfig, Coord, create_auth_key};
 use postern_coord::policy::PolicySource;
 use postern_coord::policy_admin::{self, CommandOutput};
@@ -48,6 +50,8 @@ enum Command {
         relay: EmbeddedRelayArgs,
         #[command(flatten)]
         login: LoginArgs,
+        #[command(flatten)]
+        funnels: FunnelArgs,
         /// Address of the admin API (used by `postern-coord nodes` and `audit`); keep it on
         /// loopback. Its bound address goes to STATE_DIR/admin.addr, its token is
         /// STATE_DIR/admin.token (mode 0600).
@@ -80,6 +84,33 @@ enum Command {
     /// Manage auth keys, which let a node register without an interactive login.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// List and close the tailnet's funnels through the running coord's admin API.
+    #[command(subcommand)]
+    Funnels(FunnelsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum FunnelsCommand {
+    /// List every funnel: hostname, open or closed (a closed funnel keeps its hostname for
+    /// its node and port), node and owner, port, protocol, gate kinds, expiry and URL.
+    /// Gate secrets are never shown.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Close a funnel by its hostname: ingress nodes stop serving it at once. The node may
+    /// open it again (if the policy allows); --release also frees the hostname.
+    ///
+    /// Example: postern-coord funnels close laptop.funnel.example.com
+    Close {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The funnel's hostname.
+        hostname: String,
+        /// Also forget the funnel, freeing its hostname and public port for others.
+        #[arg(long)]
+        release: bool,
+    },
 }
 
 /// The policy and the node lifecycle of `serve`.
@@ -117,6 +148,31 @@ impl ServePolicyArgs {
         config.require_approval = self.require_approval;
         config.ephemeral_timeout = self.ephemeral_timeout;
         config.policy_poll_interval = self.policy_poll_interval;
+    }
+}
+
+/// Funnels (`postern funnel`) served through this coord's ingress nodes (docs/coord.md).
+#[derive(Debug, Args)]
+struct FunnelArgs {
+    /// The DNS domain funnel hostnames live under: a funnel gets NAME.DOMAIN (point a
+    /// wildcard DNS record for it at the ingress nodes). Without it, funnels are refused.
+    #[arg(long, env = "POSTERN_COORD_FUNNEL_DOMAIN", value_name = "DOMAIN")]
+    funnel_domain: Option<String>,
+    /// The public ports TCP funnels are given, FIRST-LAST (e.g. 20000-20999); each
+    /// node and port keeps its public port. Without it, TCP funnels are refused.
+    #[arg(long, value_parser = postern_coord::funnel::parse_port_range, value_name = "FIRST-LAST")]
+    funnel_tcp_ports: Option<std::ops::RangeInclusive<u16>>,
+}
+
+impl FunnelArgs {
+    fn apply(self, config: &mut ControlConfig) -> anyhow::Result<()> {
+        if let Some(domain) = &self.funnel_domain {
+            config.funnel_domain = Some(postern_coord::funnel::hostname::parse_funnel_domain(
+                domain,
+            )?);
+        }
+        config.funnel_tcp_ports = self.funnel_tcp_ports;
+        Ok(())
     }
 }
 
@@ -294,6 +350,19 @@ enum NodesCommand {
         /// The node's id or name.
         node: String,
     },
+    /// Mark a node as an ingress (a public edge, `postern-ingress`): it receives every open
+    /// funnel's route and may open streams to funnelling nodes. --off unmarks it.
+    ///
+    /// Example: postern-coord nodes ingress edge-1
+    Ingress {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The node's id or name.
+        node: String,
+        /// Unmark it: a plain node again.
+        #[arg(long)]
+        off: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -321,6 +390,10 @@ enum KeysCommand {
         /// unknown. Default: the built-in `tagged-devices` user.
         #[arg(long, value_name = "LOGIN")]
         user: Option<String>,
+        /// Nodes registered with it are ingress nodes (`postern-ingress` edges): they
+        /// receive every open funnel's route, gate secrets included. Keep such keys safe.
+        #[arg(long)]
+        ingress: bool,
     },
 }
 
@@ -370,10 +443,22 @@ fn main() -> ExitCode {
             listen,
             policy,
             login,
+            funnels,
             admin_listen,
             relay,
-        } => return run_async(serve(state, listen, policy, login, admin_listen, relay)),
+        } => {
+            return run_async(serve(
+                state,
+                listen,
+                policy,
+                login,
+                funnels,
+                admin_listen,
+                relay,
+            ));
+        }
         Command::Nodes(command) => return run_admin(nodes_command(command)),
+        Command::Funnels(command) => return run_admin(funnels_command(command)),
         Command::Audit { admin, since } => return run_admin(audit_command(admin, since)),
         Command::Relay(args) => return run_async(relay_standalone(args)),
         Command::Keys(KeysCommand::Create {
@@ -383,6 +468,7 @@ fn main() -> ExitCode {
             tags,
             expiry,
             user,
+            ingress,
         }) => {
             let options = AuthKeyOptions {
                 reusable,
@@ -390,6 +476,7 @@ fn main() -> ExitCode {
                 tags,
                 expiry,
                 user: None,
+                ingress,
             };
             return run_async(keys_create(state, options, user));
         }
@@ -450,6 +537,7 @@ async fn serve(
     listen: SocketAddr,
     policy: ServePolicyArgs,
     login: LoginArgs,
+    funnels: FunnelArgs,
     admin_listen: SocketAddr,
     relay: EmbeddedRelayArgs,
 ) -> anyhow::Result<()> {
@@ -459,6 +547,7 @@ async fn serve(
     let hangups = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let mut config = control_config(state);
     policy.apply(&mut config);
+    funnels.apply(&mut config)?;
     if let Some(path) = &relay.relay_map {
         config.relay_map = postern_coord::relay::load_relay_map(path)?;
     } else if relay.relay {
@@ -658,6 +747,7 @@ async fn keys_create(
                 "reusable": options.reusable,
                 "ephemeral": options.ephemeral,
                 "tags": options.tags,
+                "ingress": options.ingress,
                 "expires_at": created.record.expires_at.map(|t| t.0),
             }),
         )
@@ -735,6 +825,15 @@ async fn nodes_command(command: NodesCommand) -> anyhow::Result<String> {
             let info = admin_client(&admin)?.approve(&node).await?;
             (admin, info, "approved")
         }
+        NodesCommand::Ingress { admin, node, off } => {
+            let info = admin_client(&admin)?.set_ingress(&node, !off).await?;
+            let verb = if off {
+                "unmarked as ingress"
+            } else {
+                "marked as ingress"
+            };
+            (admin, info, verb)
+        }
     };
     Ok(if admin.json {
         serde_json::to_string_pretty(&node)? + "\n"
@@ -746,6 +845,35 @@ async fn nodes_command(command: NodesCommand) -> anyhow::Result<String> {
         };
         format!("{verb} node {} ({}){tags}\n", node.id, node.name)
     })
+}
+
+async fn funnels_command(command: FunnelsCommand) -> anyhow::Result<String> {
+    match command {
+        FunnelsCommand::List { admin } => {
+            let funnels = admin_client(&admin)?.funnels().await?;
+            Ok(if admin.json {
+                serde_json::to_string_pretty(&funnels)? + "\n"
+            } else {
+                format_funnel_table(&funnels)
+            })
+        }
+        FunnelsCommand::Close {
+            admin,
+            hostname,
+            release,
+        } => {
+            let info = admin_client(&admin)?
+                .close_funnel(&hostname, release)
+                .await?;
+            Ok(if admin.json {
+                serde_json::to_string_pretty(&info)? + "\n"
+            } else if release {
+                format!("closed and released funnel {}\n", info.hostname)
+            } else {
+                format!("closed funnel {}\n", info.hostname)
+            })
+        }
+    }
 }
 
 async fn audit_command(admin: AdminArgs, since: Option<Duration>) -> anyhow::Result<String> {

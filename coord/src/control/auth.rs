@@ -33,6 +33,9 @@ pub struct AuthKeyOptions {
     pub expiry: Option<Duration>,
     /// The user its nodes belong to; `None` for tagged devices.
     pub user: Option<UserId>,
+    /// Its nodes are ingress nodes: they receive every open funnel's route and may open
+    /// funnel streams to funnelling nodes.
+    pub ingress: bool,
 }
 
 /// A freshly made auth key: the secret (show it once, never store it) and its record.
@@ -80,6 +83,7 @@ pub async fn create_auth_key(
             tags: options.tags.clone(),
             created_at: now,
             expires_at,
+            ingress: options.ingress,
         })
         .await?;
     Ok(CreatedAuthKey { secret, record })
@@ -135,10 +139,14 @@ pub async fn register(
         tags: record.tags.clone(),
         ephemeral: record.ephemeral || request.ephemeral,
         approved: terms.approved,
-        is_ingress: false,
+        is_ingress: record.ingress,
         key_expiry: terms.key_expiry,
     };
     let node = match registry.register(&registration, now).await {
+        // A known machine registering again with an ingress key becomes an ingress.
+        Ok(node) if record.ingress && !node.is_ingress => {
+            store.set_node_flags(node.id, node.approved, true).await?
+        }
         Ok(node) => node,
         Err(RegistryError::InvalidTag { tag }) => {
             return Ok(rejected(&format!(

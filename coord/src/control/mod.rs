@@ -68,6 +68,11 @@ pub struct ControlConfig {
     pub lifecycle_interval: Duration,
     /// The relay map every netmap carries (empty: no relays).
     pub relay_map: postern_proto::netmap::RelayMap,
+    /// The DNS domain funnel hostnames live under (`funnel.example.com`, normalised with
+    /// [`crate::funnel::hostname::parse_funnel_domain`]); `None`: funnels are refused.
+    pub funnel_domain: Option<String>,
+    /// The public ports TCP funnels are given; `None`: TCP funnels are refused.
+    pub funnel_tcp_ports: Option<std::ops::RangeInclusive<u16>>,
 }
 
 impl ControlConfig {
@@ -85,6 +90,8 @@ impl ControlConfig {
             ephemeral_timeout: DEFAULT_EPHEMERAL_TIMEOUT,
             lifecycle_interval: Duration::from_secs(1),
             relay_map: postern_proto::netmap::RelayMap::default(),
+            funnel_domain: None,
+            funnel_tcp_ports: None,
         }
     }
 }

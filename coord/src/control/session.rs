@@ -4,6 +4,7 @@ use std::time::SystemTime;
 
 use postern_node::control::ControlConnection;
 use postern_proto::control::{ControlMessage, MapRequest, MapResponse, RegisterResponse};
+use postern_proto::funnel::FunnelResponse;
 use postern_proto::netmap::Netmap;
 use postern_proto::{NodeId, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -102,6 +103,17 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                 }
             }
+            ControlMessage::FunnelRequest(request) => {
+                // Funnels are changed on the map stream, once the node is known.
+                let answer = FunnelResponse {
+                    request_id: request.request_id,
+                    result: Err(crate::funnel::check::refusal(
+                        crate::funnel::check::INVALID,
+                        "send a map request first: funnels are changed on the netmap stream of a registered node",
+                    )),
+                };
+                conn.send(&ControlMessage::FunnelResponse(answer)).await?;
+            }
             _ => return Err(SessionError::Protocol("the node sent a server message")),
         }
     };
@@ -160,6 +172,10 @@ async fn stream<S: AsyncRead + AsyncWrite + Unpin>(
                 None => return Ok(()),
                 Some(ControlMessage::MapRequest(update)) => {
                     record_endpoints(coord, node_id, &update).await?;
+                }
+                Some(ControlMessage::FunnelRequest(request)) => {
+                    let answer = coord.handle_funnel_request(node_id, request).await;
+                    conn.send(&ControlMessage::FunnelResponse(answer)).await?;
                 }
                 Some(_) => return Err(SessionError::Protocol("unexpected message on a map stream")),
             },

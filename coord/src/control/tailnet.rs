@@ -49,7 +49,13 @@ impl Coord {
             .map(|user| (user.id, user))
             .collect();
         let mut funnels: HashMap<NodeId, Vec<FunnelRecord>> = HashMap::new();
-        for funnel in store.list_funnels().await? {
+        // Closed funnels only reserve their hostnames: netmaps never see them.
+        for funnel in store
+            .list_funnels()
+            .await?
+            .into_iter()
+            .filter(|f| f.funnel.is_open)
+        {
             funnels
                 .entry(funnel.funnel.node_id)
                 .or_default()
@@ -77,10 +83,20 @@ impl Coord {
     /// Node `id`'s netmap now, or `None` if it is not registered.
     pub async fn netmap_for(&self, id: NodeId) -> Result<Option<Netmap>, StoreError> {
         let view = self.tailnet_view().await?;
+        // Ingress nodes get every served funnel's route (computed first: it reads other
+        // nodes' compiled results).
+        let routes = match view.node(id) {
+            Some(node) if node.is_ingress => self.funnel_routes(&view),
+            _ => Vec::new(),
+        };
         Ok(self
             .policy
             .with_compiled(postern_acl::NodeId(id.0), |compiled| {
-                build_netmap(&view, id, compiled)
+                let mut netmap = build_netmap(&view, id, compiled)?;
+                if compiled.is_some() {
+                    netmap.funnel_routes = routes;
+                }
+                Some(netmap)
             }))
     }
 

@@ -16,9 +16,10 @@ use std::sync::OnceLock;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use postern_acl::CompiledNode;
+use postern_proto::funnel_hop::FUNNEL_HOP_PORT;
 use postern_proto::netmap::{
-    DnsConfig, DnsRecord, EndpointsChange, Netmap, NetmapDelta, OnlineChange, Peer, RelayMap,
-    SelfNode, UserProfile,
+    DnsConfig, DnsRecord, EndpointsChange, FilterDestination, FilterRule, IpProtocol, Netmap,
+    NetmapDelta, NodeAddresses, OnlineChange, Peer, PortRange, RelayMap, SelfNode, UserProfile,
 };
 use postern_proto::{NodeId, UnixTime, UserId};
 
@@ -195,13 +196,19 @@ pub fn build_netmap(
     .collect();
     names.sort_by(|a, b| a.name.cmp(&b.name));
     let (packet_filter, funnel_grants) = match compiled {
-        Some(compiled) => (
-            wire_filter(&compiled.packet_filter, &self_node.addresses),
-            wire_funnel_grants(
-                compiled,
-                view.funnels.get(&id).map(Vec::as_slice).unwrap_or_default(),
-            ),
-        ),
+        Some(compiled) => {
+            let mut filter = wire_filter(&compiled.packet_filter, &self_node.addresses);
+            if !compiled.funnel_grants.is_empty() {
+                filter.extend(funnel_hop_rule(view, me, &self_node.addresses));
+            }
+            (
+                filter,
+                wire_funnel_grants(
+                    compiled,
+                    view.funnels.get(&id).map(Vec::as_slice).unwrap_or_default(),
+                ),
+            )
+        }
         None => (Vec::new(), Vec::new()),
     };
     let mut netmap = Netmap {
@@ -274,7 +281,47 @@ pub fn diff(old: &Netmap, new: &Netmap) -> NetmapDelta {
     if old.funnel_grants != new.funnel_grants {
         delta.funnel_grants = Some(new.funnel_grants.clone());
     }
+    if old.funnel_routes != new.funnel_routes {
+        delta.funnel_routes = Some(new.funnel_routes.clone());
+    }
     delta
+}
+
+/// The rule that lets every eligible ingress node reach `me`'s funnel acceptor (TCP
+/// [`FUNNEL_HOP_PORT`]), for a node that holds funnel grants; `None` without ingress nodes.
+/// (The policy's compiled filter already admits ingress nodes to the granted ports; the
+/// hop port is Postern's own, so the coord adds it here.)
+fn funnel_hop_rule(
+    view: &TailnetView,
+    me: &NodeRecord,
+    addresses: &NodeAddresses,
+) -> Option<FilterRule> {
+    let sources: Vec<IpNet> = view
+        .nodes
+        .iter()
+        .filter(|node| node.is_ingress && node.id != me.id && view.is_eligible(node))
+        .flat_map(|node| {
+            [
+                IpNet::from(IpAddr::V4(node.ipv4)),
+                IpNet::from(IpAddr::V6(node.ipv6)),
+            ]
+        })
+        .collect();
+    if sources.is_empty() {
+        return None;
+    }
+    Some(FilterRule {
+        sources,
+        destinations: addresses
+            .to_vec()
+            .into_iter()
+            .map(|addr| FilterDestination {
+                prefix: IpNet::from(addr),
+                ports: PortRange::single(FUNNEL_HOP_PORT),
+            })
+            .collect(),
+        protocols: vec![IpProtocol::TCP],
+    })
 }
 
 fn profile(view: &TailnetView, user: UserId) -> UserProfile {

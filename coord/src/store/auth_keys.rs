@@ -11,7 +11,8 @@ use sha2::{Digest, Sha256};
 use super::row::{RowRead, to_json};
 use super::{AuthKeyRecord, NewAuthKey, Store, StoreError, db_id, on_pool};
 
-const COLUMNS: &str = "id, user_id, reusable, ephemeral, tags, created_at, expires_at, used_count";
+const COLUMNS: &str =
+    "id, user_id, reusable, ephemeral, tags, created_at, expires_at, used_count, ingress";
 
 /// The SHA-256 hash of an auth key, as lowercase hex. Safe to log and store.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -48,8 +49,8 @@ impl Store {
     /// Stores a new auth key and returns its record.
     pub async fn insert_auth_key(&self, key: &NewAuthKey) -> Result<AuthKeyRecord, StoreError> {
         let sql = format!(
-            "INSERT INTO auth_keys (key_hash, user_id, reusable, ephemeral, tags, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
+            "INSERT INTO auth_keys (key_hash, user_id, reusable, ephemeral, tags, created_at, expires_at, ingress) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {COLUMNS}"
         );
         on_pool!(self, |pool| {
             let row = sqlx::query(&sql)
@@ -60,6 +61,7 @@ impl Store {
                 .bind(to_json(&key.tags))
                 .bind(key.created_at.as_secs())
                 .bind(key.expires_at.map(UnixTime::as_secs))
+                .bind(key.ingress)
                 .fetch_one(pool)
                 .await?;
             auth_key_from_row(&row)
@@ -155,5 +157,6 @@ fn auth_key_from_row(row: &impl RowRead) -> Result<AuthKeyRecord, StoreError> {
         created_at: row.time(T, "created_at")?,
         expires_at: row.opt_time(T, "expires_at")?,
         used_count: row.unsigned(T, "used_count")?,
+        ingress: row.flag(T, "ingress")?,
     })
 }

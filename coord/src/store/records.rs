@@ -2,6 +2,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use postern_proto::funnel::{FunnelProtocol, GateMode, GateSpec, RateLimitSpec};
 use postern_proto::{MachinePublicKey, NodeId, NodePublicKey, UnixTime, UserId};
 
 /// A user, created on first login from the IdP's claims.
@@ -102,6 +103,8 @@ pub struct AuthKeyRecord {
     pub expires_at: Option<UnixTime>,
     /// How many registrations used it.
     pub used_count: u64,
+    /// Nodes registered with it are ingress nodes.
+    pub ingress: bool,
 }
 
 /// An auth key to store.
@@ -121,6 +124,8 @@ pub struct NewAuthKey {
     pub created_at: UnixTime,
     /// Expiry.
     pub expires_at: Option<UnixTime>,
+    /// Its nodes are ingress nodes (`keys create --ingress`).
+    pub ingress: bool,
 }
 
 /// An audit record as read back.
@@ -176,30 +181,46 @@ impl std::fmt::Debug for CertificateRecord {
     }
 }
 
-/// A funnel as stored: a node's port exposed publicly under a stable hostname.
+/// A funnel as stored: a node's port exposed publicly under a stable hostname. A closed
+/// funnel keeps its row, so its hostname and public port stay reserved for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FunnelRecord {
     /// Row id.
     pub id: u64,
     /// The funnel's content.
     pub funnel: NewFunnel,
-    /// When it was created.
+    /// When it was first created (the hostname's reservation).
     pub created_at: UnixTime,
 }
 
-/// A funnel to create or replace (keyed by node and port).
+/// A funnel to create or replace (keyed by node and port). `Debug` shows the gates' kinds
+/// only: their secrets never print (see [`postern_proto::funnel::GateSecret`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewFunnel {
     /// The node exposing the port.
     pub node_id: NodeId,
-    /// A name for the funnel (shown in status).
+    /// The funnel's label (`--name`, or the node's name), from which the hostname comes.
     pub name: String,
     /// The node's local port.
     pub port: u16,
     /// The public hostname, unique.
     pub hostname: String,
-    /// Maximum lifetime in seconds, if limited.
+    /// How the ingress carries it.
+    pub protocol: FunnelProtocol,
+    /// The public port of a TCP funnel, unique.
+    pub public_port: Option<u16>,
+    /// The lifetime asked for (after the policy's cap), in seconds.
     pub ttl_secs: Option<u64>,
-    /// The gate chain's configuration as JSON.
-    pub gates: serde_json::Value,
+    /// The gate chain, secrets included.
+    pub gates: Vec<GateSpec>,
+    /// How the gates combine.
+    pub gate_mode: GateMode,
+    /// Per-client rate limit.
+    pub rate_limit: Option<RateLimitSpec>,
+    /// Open (served) or closed (hostname kept in reserve).
+    pub is_open: bool,
+    /// When it was last opened.
+    pub opened_at: Option<UnixTime>,
+    /// When it closes by itself.
+    pub expires_at: Option<UnixTime>,
 }

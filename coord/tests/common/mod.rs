@@ -33,6 +33,7 @@ pub struct CoordProcess {
     pub policy_path: PathBuf,
     pub log_path: PathBuf,
     pub addr: String,
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -50,28 +51,52 @@ impl CoordProcess {
             .unwrap()
             .port();
         let addr = format!("127.0.0.1:{port}");
-        let child = Command::new(BIN)
-            .arg("serve")
-            .arg("--state-dir")
-            .arg(&state_dir)
-            .args(["--listen", &addr, "--tailnet-domain", "example.test"])
-            .args(["--admin-listen", "127.0.0.1:0"])
-            .arg("--policy")
-            .arg(&policy_path)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log_path).unwrap())
-            .spawn()
-            .unwrap();
         let mut coord = Self {
             dir,
             state_dir,
             policy_path,
             log_path,
             addr,
-            child: Some(child),
+            extra: extra.iter().map(|a| (*a).to_owned()).collect(),
+            child: None,
         };
+        coord.spawn().await;
+        coord
+    }
+
+    /// Stops the coord (SIGTERM) and starts it again on the same address and state.
+    pub async fn restart(mut self) -> Self {
+        self.signal("-TERM");
+        let mut child = self.child.take().unwrap();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "exit {status}: {}", self.log());
+        self.spawn().await;
+        self
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new(BIN)
+            .arg("serve")
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args(["--listen", &self.addr, "--tailnet-domain", "example.test"])
+            .args(["--admin-listen", "127.0.0.1:0"])
+            .arg("--policy")
+            .arg(&self.policy_path)
+            .args(&self.extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.log_path)
+                    .unwrap(),
+            )
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let coord = self;
         let deadline = Instant::now() + WAIT;
         loop {
             if let Ok(answer) = http_get(&coord.addr, "/healthz").await
@@ -89,7 +114,6 @@ impl CoordProcess {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        coord
     }
 
     /// Runs `postern-coord ARGS --state-dir STATE`.

@@ -9,6 +9,7 @@ use postern_coord::store::{
     AuthKeyHash, AuthKeyRejection, CertificateRecord, NewAuditRecord, NewAuthKey, NewFunnel,
     NewNode, Store, StoreError,
 };
+use postern_proto::funnel::{FunnelProtocol, GateMode, GateSecret, GateSpec, RateLimitSpec};
 use postern_proto::{MachinePublicKey, NodeId, NodePublicKey, UnixTime, UserId};
 
 /// A fresh database for one case: where it is, so a case can reopen it or reach it with
@@ -263,6 +264,7 @@ pub async fn auth_keys_are_single_use_unless_reusable_and_expire(fresh: &Fresh) 
         tags: vec!["tag:ci".into()],
         created_at: NOW,
         expires_at,
+        ingress: false,
     };
     let later = NOW.saturating_add_secs(100);
     store
@@ -442,8 +444,22 @@ pub async fn funnels_are_keyed_by_node_and_port_and_go_with_their_node(fresh: &F
         name: format!("port-{port}"),
         port,
         hostname: hostname.into(),
+        protocol: FunnelProtocol::Http,
+        public_port: None,
         ttl_secs: Some(3600),
-        gates: serde_json::json!([{ "kind": "github-webhook", "secret_ref": "gh" }]),
+        gates: vec![GateSpec::Webhook {
+            provider: "github".into(),
+            secrets: vec![GateSecret::new("hunter2")],
+            tolerance_secs: Some(300),
+        }],
+        gate_mode: GateMode::Any,
+        rate_limit: Some(RateLimitSpec {
+            requests: 5,
+            per_secs: 60,
+        }),
+        is_open: true,
+        opened_at: Some(NOW),
+        expires_at: Some(NOW.saturating_add_secs(3600)),
     };
     let first = store
         .upsert_funnel(&funnel(a.id, 3000, "hook-a.example.com"), NOW)
@@ -494,6 +510,44 @@ pub async fn funnels_are_keyed_by_node_and_port_and_go_with_their_node(fresh: &F
             .port,
         8080
     );
+    // TCP funnels hold a unique public port.
+    let mut tcp = funnel(a.id, 22, "ssh-a.example.com");
+    tcp.protocol = FunnelProtocol::Tcp;
+    tcp.public_port = Some(20_001);
+    tcp.gates = Vec::new();
+    tcp.rate_limit = None;
+    tcp.expires_at = None;
+    tcp.ttl_secs = None;
+    let stored = store.upsert_funnel(&tcp, NOW).await.unwrap();
+    assert_eq!(stored.funnel, tcp);
+    let mut clash = funnel(b.id, 23, "ssh-b.example.com");
+    clash.public_port = Some(20_001);
+    let err = store.upsert_funnel(&clash, NOW).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict { what } if what.contains("public_port")),
+        "{err}"
+    );
+    // Closing keeps the row (the hostname stays reserved) and only works once, and only
+    // for the opening it names.
+    assert!(
+        store
+            .close_funnel_opened_at(a.id, 22, NOW.saturating_add_secs(1))
+            .await
+            .is_err()
+    );
+    let closed = store.close_funnel_opened_at(a.id, 22, NOW).await.unwrap();
+    assert!(!closed.funnel.is_open);
+    assert!(store.close_funnel(a.id, 22).await.is_err());
+    assert!(
+        !store
+            .funnel_by_hostname("ssh-a.example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .funnel
+            .is_open
+    );
+    assert!(store.close_funnel(a.id, 8080).await.unwrap().funnel.port == 8080);
     store.delete_funnel(a.id, 8080).await.unwrap();
     assert!(store.delete_funnel(a.id, 8080).await.is_err());
     store.delete_node(a.id).await.unwrap();

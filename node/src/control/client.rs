@@ -5,7 +5,11 @@
 //! exponential backoff when the connection drops, and treats a stream that stays silent
 //! longer than [`ClientConfig::silence_timeout`] as dead (the coord sends keepalives well
 //! within it).
+//!
+//! [`ControlClient::funnel`] asks the coord to open, close or list this node's funnels on
+//! the open connection and waits for the answer.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use std::net::SocketAddr;
@@ -14,9 +18,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use postern_proto::control::ControlMessage;
 
+use postern_proto::funnel::{FunnelChange, FunnelInfo, FunnelRefusal, FunnelRequest};
 use postern_proto::netmap::{Netmap, RegionId};
 use postern_proto::{MachinePrivateKey, MachinePublicKey, NodeId};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::connection::{ConnectionError, dial, fetch_coord_key};
@@ -24,6 +29,12 @@ use super::session::{ControlSession, RegistrationState, SessionConfig, SessionEr
 
 /// Default silence after which the client redials: 120 s.
 pub const DEFAULT_SILENCE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long [`ControlClient::funnel`] waits for the coord's answer: 30 s.
+pub const FUNNEL_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many funnel requests may wait to be sent at once.
+const FUNNEL_QUEUE: usize = 16;
 
 /// How a [`ControlClient`] connects.
 #[derive(Debug, Clone)]
@@ -71,13 +82,37 @@ impl ClientConfig {
     }
 }
 
-/// Why the control client stopped.
+/// Why the control client stopped, or why a [`ControlClient::funnel`] call failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
     /// The coord refused the node; fix the cause (a new auth key, a login) and restart.
     #[error(transparent)]
     Session(SessionError),
+    /// The node has not registered (or not finished registering) with the coord.
+    #[error("this node is not registered with the coordination server yet; log in first")]
+    NotRegistered,
+    /// No netmap stream is open now (the client redials by itself).
+    #[error(
+        "not connected to the coordination server right now; it is redialling, try again shortly"
+    )]
+    NotConnected,
+    /// The connection dropped before the coord answered. The change may or may not have
+    /// been applied: list the funnels to see.
+    #[error(
+        "the connection to the coordination server dropped before it answered; try again (list the funnels to see whether the change was applied)"
+    )]
+    ConnectionLost,
+    /// The coord did not answer in time.
+    #[error("the coordination server did not answer within {0:?}; try again")]
+    Timeout(Duration),
+    /// The client has stopped (the coord refused the node, or it was shut down).
+    #[error("the control client has stopped; restart the node")]
+    Stopped,
+    /// The coord refused the funnel change; `code` is one of the codes listed on
+    /// [`FunnelRefusal`], `message` says what is missing and what to do.
+    #[error("the coordination server refused: {} ({})", .0.message, .0.code)]
+    FunnelRefused(FunnelRefusal),
 }
 
 /// A running control client.
@@ -87,7 +122,15 @@ pub struct ControlClient {
     reported: watch::Sender<ReportedEndpoints>,
     connected: Arc<AtomicBool>,
     registration: watch::Receiver<RegistrationState>,
+    funnel_requests: mpsc::Sender<PendingFunnel>,
     task: JoinHandle<Result<(), ClientError>>,
+}
+
+/// A funnel change waiting to be sent, and where its answer goes.
+#[derive(Debug)]
+struct PendingFunnel {
+    change: FunnelChange,
+    answer: oneshot::Sender<Result<Vec<FunnelInfo>, ClientError>>,
 }
 
 impl ControlClient {
@@ -100,20 +143,66 @@ impl ControlClient {
         });
         let connected = Arc::new(AtomicBool::new(false));
         let (registration_tx, registration) = watch::channel(RegistrationState::default());
+        let (funnel_requests, funnel_rx) = mpsc::channel(FUNNEL_QUEUE);
         let task = tokio::spawn(run(
             config,
             tx,
             reported_rx,
             Arc::clone(&connected),
             registration_tx,
+            funnel_rx,
         ));
         Self {
             netmap: rx,
             reported,
             connected,
             registration,
+            funnel_requests,
             task,
         }
+    }
+
+    /// Asks the coord to open, close or list this node's funnels, and waits (at most
+    /// [`FUNNEL_ANSWER_TIMEOUT`]) for its answer:
+    ///
+    /// - `FunnelChange::Open(spec)`: the opened funnel (one [`FunnelInfo`] with its stable
+    ///   hostname and URL). Opening a port that is open already replaces its settings.
+    /// - `FunnelChange::Close { port }`: an empty list.
+    /// - `FunnelChange::List`: the node's open funnels, by port.
+    ///
+    /// Call it while the node is registered and connected (any time after the first
+    /// netmap; the request rides on the netmap stream). Errors:
+    /// [`ClientError::FunnelRefused`] with the coord's code and message (no grant, a gate
+    /// the policy requires, a TTL over the policy's maxTTL, a name taken, no such funnel…);
+    /// [`ClientError::NotRegistered`] before registration; [`ClientError::NotConnected`]
+    /// while redialling; [`ClientError::ConnectionLost`] if the connection drops before the
+    /// answer; [`ClientError::Timeout`]; [`ClientError::Stopped`] once the client stopped.
+    /// Cancel-safe: dropping the future abandons the answer (the change may still apply).
+    pub async fn funnel(&self, change: FunnelChange) -> Result<Vec<FunnelInfo>, ClientError> {
+        if self.task.is_finished() {
+            return Err(ClientError::Stopped);
+        }
+        if !matches!(
+            *self.registration.borrow(),
+            RegistrationState::Authorized { .. }
+        ) && self.netmap.borrow().is_none()
+        {
+            return Err(ClientError::NotRegistered);
+        }
+        if !self.is_connected() {
+            return Err(ClientError::NotConnected);
+        }
+        let (answer, answered) = oneshot::channel();
+        let asked = async {
+            self.funnel_requests
+                .send(PendingFunnel { change, answer })
+                .await
+                .map_err(|_| ClientError::Stopped)?;
+            answered.await.map_err(|_| ClientError::ConnectionLost)?
+        };
+        tokio::time::timeout(FUNNEL_ANSWER_TIMEOUT, asked)
+            .await
+            .map_err(|_| ClientError::Timeout(FUNNEL_ANSWER_TIMEOUT))?
     }
 
     /// Reports new candidate UDP endpoints and home relay to the coord: at once on the open
@@ -178,6 +267,17 @@ struct ReportedEndpoints {
     home_relay: Option<RegionId>,
 }
 
+/// Request ids for funnel requests, unique for the life of the client.
+#[derive(Debug, Default)]
+struct FunnelIds(u64);
+
+impl FunnelIds {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(1);
+        self.0
+    }
+}
+
 enum Ended {
     Retry(String),
     Fatal(SessionError),
@@ -189,6 +289,7 @@ async fn run(
     mut reported: watch::Receiver<ReportedEndpoints>,
     live: Arc<AtomicBool>,
     registration: watch::Sender<RegistrationState>,
+    mut funnels: mpsc::Receiver<PendingFunnel>,
 ) -> Result<(), ClientError> {
     let mut session = match config.node_id {
         Some(id) => ControlSession::resume(config.session.clone(), id),
@@ -196,6 +297,7 @@ async fn run(
     };
     session.set_device_login(config.device_login);
     let mut backoff = config.min_backoff;
+    let mut funnel_ids = FunnelIds::default();
     loop {
         let mut got_netmap = false;
         let latest = reported.borrow_and_update().clone();
@@ -209,6 +311,8 @@ async fn run(
             &live,
             &registration,
             &mut got_netmap,
+            &mut funnels,
+            &mut funnel_ids,
         );
         let ended = connected.await;
         live.store(false, Ordering::Relaxed);
@@ -237,6 +341,8 @@ async fn connect_once(
     live: &AtomicBool,
     registration: &watch::Sender<RegistrationState>,
     got_netmap: &mut bool,
+    funnels: &mut mpsc::Receiver<PendingFunnel>,
+    funnel_ids: &mut FunnelIds,
 ) -> Ended {
     let coord_key = match config.coord_key {
         Some(key) => key,
@@ -259,6 +365,11 @@ async fn connect_once(
         }
     }
     let mut reported_open = true;
+    let mut funnels_open = true;
+    // Funnel requests sent on this connection, waiting for their answers; dropped (so the
+    // callers learn the connection was lost) when this connection ends.
+    let mut waiting: HashMap<u64, oneshot::Sender<Result<Vec<FunnelInfo>, ClientError>>> =
+        HashMap::new();
     loop {
         // `recv` is cancel-safe, so an endpoint update may interrupt it.
         let received = tokio::select! {
@@ -276,6 +387,27 @@ async fn connect_once(
                 }
                 continue;
             }
+            pending = funnels.recv(), if funnels_open => {
+                let Some(pending) = pending else {
+                    funnels_open = false;
+                    continue;
+                };
+                if !live.load(Ordering::Relaxed) {
+                    let _ = pending.answer.send(Err(ClientError::NotConnected));
+                    continue;
+                }
+                let request_id = funnel_ids.next();
+                let request = ControlMessage::FunnelRequest(FunnelRequest {
+                    request_id,
+                    change: pending.change,
+                });
+                if let Err(err) = conn.send(&request).await {
+                    let _ = pending.answer.send(Err(ClientError::ConnectionLost));
+                    return Ended::Retry(err.to_string());
+                }
+                waiting.insert(request_id, pending.answer);
+                continue;
+            }
         };
         let message = match received {
             Err(_) => return Ended::Retry(format!("silent for {:?}", config.silence_timeout)),
@@ -285,6 +417,18 @@ async fn connect_once(
         };
         if matches!(message, ControlMessage::MapResponse(_)) {
             live.store(true, Ordering::Relaxed);
+        }
+        if let ControlMessage::FunnelResponse(response) = message {
+            match waiting.remove(&response.request_id) {
+                Some(answer) => {
+                    let _ = answer.send(response.result.map_err(ClientError::FunnelRefused));
+                }
+                None => tracing::debug!(
+                    request_id = response.request_id,
+                    "a funnel answer nobody waits for"
+                ),
+            }
+            continue;
         }
         let before = session.netmap_version();
         let handled = session.handle_message(message);

@@ -258,6 +258,10 @@ impl ControlSession {
             }
             ControlMessage::RegisterRequest(_) => Err(SessionError::Unexpected("register request")),
             ControlMessage::MapRequest(_) => Err(SessionError::Unexpected("map request")),
+            ControlMessage::FunnelRequest(_) => Err(SessionError::Unexpected("funnel request")),
+            // Answers are matched to their requests by the shell ([`super::client`]); a late
+            // one changes nothing here.
+            ControlMessage::FunnelResponse(_) => Ok(Vec::new()),
             _ => Err(SessionError::Unexpected("unknown")),
         }
     }

@@ -334,24 +334,22 @@ impl LabNode {
             .env("RUST_LOG", "info,postern_node::disco=debug");
         let log = dir.join(format!("{}.log", self.name));
         self.process = Some(LabProcess::spawn(self.name, command, &log).unwrap());
+        let state = self.state.clone();
+        let process = &mut self.process;
         wait_for(
             &format!("{} to answer status", self.name),
             Duration::from_secs(30),
             || {
-                if let Some(p) = self.process.as_mut() {
+                if let Some(p) = process.as_mut() {
                     p.check_running().unwrap();
                 }
-                self.try_status()
+                status_of(&state)
             },
         );
     }
 
     fn try_status(&self) -> Option<Value> {
-        let out = self.postern(&["status", "--json"]);
-        if !out.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&out.stdout).ok()
+        status_of(&self.state)
     }
 
     fn peer(&self, name: &str) -> Option<Value> {
@@ -362,6 +360,21 @@ impl LabNode {
             .find(|p| p["name"] == name)
             .cloned()
     }
+}
+
+/// `postern status --json` of the node with state directory `state`.
+fn status_of(state: &Path) -> Option<Value> {
+    let out = Command::new(POSTERN)
+        .args(["status", "--json", "--state-dir"])
+        .arg(state)
+        .env_remove("POSTERN_CONFIG")
+        .env("XDG_CONFIG_HOME", state.with_extension("config"))
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
 }
 
 /// A `postern nc` process with its stdout read by a thread.

@@ -16,6 +16,11 @@ pub struct AuditRecord {
     pub time: String,
     /// The funnel's hostname, or `null` for an unknown host.
     pub funnel: Option<String>,
+    /// The funnel owner's login (funnels from the coordination server; `null` for
+    /// funnels of the configuration file and unknown hosts).
+    pub owner: Option<String>,
+    /// The node the funnel leads to (its name in the netmap), as `owner`.
+    pub node: Option<String>,
     /// The client's address (`ip:port`).
     pub client: String,
     /// The request method.
@@ -24,7 +29,9 @@ pub struct AuditRecord {
     pub path: String,
     /// The gate that decided (`webhook:github`, `edge` for limits, `null` when none ran).
     pub gate: Option<String>,
-    /// `allow`, `deny`, `respond` or `error` (the target could not be reached).
+    /// `allow`, `deny`, `respond`, `error` (the target could not be reached), or
+    /// `expire` (a funnel from the coordination server reached its expiry and stopped;
+    /// method `-`, status 0).
     pub result: &'static str,
     /// The reason code of a denial or error, e.g. `signature_mismatch`.
     pub reason: Option<String>,
@@ -48,6 +55,10 @@ pub struct ConnectionRecord {
     /// The funnel: `tcp:PORT` for a TCP funnel, the hostname for passthrough, `null` when
     /// none was chosen.
     pub funnel: Option<String>,
+    /// The funnel owner's login (funnels from the coordination server), else `null`.
+    pub owner: Option<String>,
+    /// The node the funnel leads to (its name in the netmap), else `null`.
+    pub node: Option<String>,
     /// The client's address (`ip:port`).
     pub client: String,
     /// `allow` (bytes were piped), `deny` (refused by a limit or an unknown name) or
@@ -78,6 +89,8 @@ pub trait AuditSink: Send + Sync + std::fmt::Debug {
         self.record(&AuditRecord {
             time: record.time.clone(),
             funnel: record.funnel.clone(),
+            owner: record.owner.clone(),
+            node: record.node.clone(),
             client: record.client.clone(),
             method: record.kind.to_ascii_uppercase(),
             path: String::new(),
@@ -172,6 +185,8 @@ mod tests {
         let record = AuditRecord {
             time: "2026-11-29T08:00:00Z".into(),
             funnel: Some("hooks.example".into()),
+            owner: Some("alice@example.com".into()),
+            node: Some("laptop".into()),
             client: "203.0.113.7:5000".into(),
             method: "POST".into(),
             path: "/hook".into(),
@@ -191,5 +206,7 @@ mod tests {
         assert_eq!(value["reason"], "signature_mismatch");
         assert_eq!(value["status"], 403);
         assert_eq!(value["funnel"], "hooks.example");
+        assert_eq!(value["owner"], "alice@example.com");
+        assert_eq!(value["node"], "laptop");
     }
 }

@@ -15,6 +15,7 @@ use crate::gate::{
     MtlsGate, OidcConfig, OidcGate, PassThroughGate, Provider, RateLimit, RateLimitConfig,
     RateLimitKey, Secret, WebhookGate, WebhookGateConfig,
 };
+use crate::routes::OidcDefaults;
 use crate::tcp_funnel::{ClientLimiter, PassthroughFunnel, TcpFunnel, TcpLimits};
 
 /// The default of `limits.max_connections_per_client`.
@@ -47,6 +48,54 @@ pub struct IngressConfig {
     /// TLS passthrough funnels: hostnames on the TLS port whose TLS the target terminates.
     #[serde(default, rename = "passthrough_funnel")]
     pub passthrough_funnels: Vec<PassthroughFunnelSection>,
+    /// The embedded node: with it, the ingress joins the tailnet and serves the funnels
+    /// the coordination server lists in its netmap, besides the file's.
+    pub node: Option<NodeSection>,
+    /// The ingress's OIDC client, used by every funnel route with a login gate.
+    pub oidc: Option<OidcDefaultsSection>,
+}
+
+/// The default `node.auth_key_env`.
+pub const DEFAULT_AUTH_KEY_ENV: &str = "POSTERN_AUTH_KEY";
+
+/// `[node]`: the node the ingress embeds to reach funnel targets over the mesh.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// The coordination server, `http://host:port`.
+    pub coord_url: String,
+    /// The coordination server's key (`mkey:…`, from `postern-coord key`): checked at the
+    /// first login instead of trusting the first key seen.
+    pub coord_key: Option<String>,
+    /// The environment variable holding the ingress auth key (`postern-coord keys create
+    /// --ingress`), needed for the first login only. Default `POSTERN_AUTH_KEY`.
+    pub auth_key_env: Option<String>,
+    /// A file holding the auth key instead (mode 0600 advised); wins over the variable.
+    pub auth_key_file: Option<PathBuf>,
+    /// Where the node keeps its keys and login (default `<state_dir>/node`).
+    pub state_dir: Option<PathBuf>,
+    /// The hostname to register (default `ingress`).
+    pub hostname: Option<String>,
+    /// The WireGuard UDP port (default 0: any free port).
+    #[serde(default)]
+    pub listen_port: u16,
+}
+
+/// `[oidc]`: the ingress's own OIDC client for login gates of funnel routes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcDefaultsSection {
+    /// The IdP's issuer URL.
+    pub issuer: String,
+    /// The client id registered at the IdP; its redirect URIs must include
+    /// `https://<funnel hostname>/.postern/callback`.
+    pub client_id: String,
+    /// The environment variable holding the client secret (confidential clients).
+    pub client_secret_env: Option<String>,
+    /// Scopes besides `openid` (default `["email", "profile", "groups"]`).
+    pub scopes: Option<Vec<String>>,
+    /// Session lifetime in seconds (default 43200).
+    pub session_ttl_secs: Option<u64>,
 }
 
 /// One `[[tcp_funnel]]`: a public port piped to a target.
@@ -418,6 +467,8 @@ impl IngressConfig {
                 port: section.port,
                 upstream: Arc::new(TcpUpstream::new(section.target.clone())),
                 proxy_protocol: section.proxy_protocol,
+                route: None,
+                gates: None,
             })
             .collect()
     }
@@ -430,8 +481,36 @@ impl IngressConfig {
                 hostname: section.hostname.to_ascii_lowercase(),
                 upstream: Arc::new(TcpUpstream::new(section.target.clone())),
                 proxy_protocol: section.proxy_protocol,
+                route: None,
+                gates: None,
             })
             .collect()
+    }
+
+    /// The `[oidc]` section as the route builder uses it, reading the client secret
+    /// through `env`. Fails if the secret's variable is not set.
+    pub fn oidc_defaults(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<OidcDefaults>, ConfigError> {
+        let Some(oidc) = &self.oidc else {
+            return Ok(None);
+        };
+        let client_secret = match &oidc.client_secret_env {
+            Some(name) => Some(Secret::from(env(name).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "[oidc]: the environment variable {name} (the client secret) is not set"
+                ))
+            })?)),
+            None => None,
+        };
+        Ok(Some(OidcDefaults {
+            issuer: oidc.issuer.clone(),
+            client_id: oidc.client_id.clone(),
+            client_secret,
+            scopes: oidc.scopes.clone(),
+            session_ttl: oidc.session_ttl_secs.map(Duration::from_secs),
+        }))
     }
 
     /// The ACME settings, if certificates come from a CA.
@@ -459,6 +538,17 @@ impl IngressConfig {
             return Err(ConfigError::Invalid(
                 "the http-01 challenge needs the HTTP port: set listen.http (e.g. \"0.0.0.0:80\") or use challenge = \"tls-alpn-01\"".into(),
             ));
+        }
+        if let Some(node) = &self.node {
+            postern_node::daemon::coord_addr(&node.coord_url)
+                .map_err(|e| ConfigError::Invalid(format!("[node] coord_url: {e}")))?;
+            if let Some(key) = &node.coord_key {
+                key.parse::<postern_proto::MachinePublicKey>().map_err(|e| {
+                    ConfigError::Invalid(format!(
+                        "[node] coord_key {key:?} is not a coordination server key (mkey:…): {e}"
+                    ))
+                })?;
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for funnel in &self.funnels {
@@ -583,6 +673,7 @@ fn build_funnel(
         hostname: host,
         upstream: Arc::new(TcpUpstream::new(section.target.clone())),
         chain,
+        route: None,
     })
 }
 

@@ -3,7 +3,8 @@
 //! This crate owns the only public-facing piece of Postern: ACME certificates, TLS
 //! termination, HTTP/1.1, HTTP/2, WebSocket, SSE and TCP funnels, the identity gate chain
 //! (webhook signatures, OIDC login, JWT, mTLS, IP rules), and the audit of every decision.
-//! It reaches funnel targets through an embedded node.
+//! It reaches funnel targets through an embedded node ([`embedded`]), whose netmap also
+//! lists the funnels the coordination server opened ([`routes`]).
 //!
 //! It must never forward a request that failed its gate, never pass through identity
 //! headers that came in from the client, and never log a secret.
@@ -12,6 +13,8 @@ pub mod audit;
 pub mod certs;
 pub mod config;
 pub mod edge;
+pub mod embedded;
 pub mod gate;
+pub mod routes;
 pub mod server;
 pub mod tcp_funnel;

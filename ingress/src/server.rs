@@ -13,7 +13,9 @@ use crate::certs::{
 };
 use crate::config::IngressConfig;
 use crate::edge::{Edge, Funnel};
+use crate::routes::{FunnelTable, OidcDefaults, RouteBuilder, RouteBuilderConfig, RouteFollower};
 use crate::tcp_funnel::{TlsPortRouter, serve_tcp_funnel};
+use postern_node::daemon::NodeHandle;
 
 /// Why the ingress stopped or could not start.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,16 @@ pub enum RunError {
     Listener(std::io::Error),
 }
 
+/// The mesh side of a running ingress: its embedded node and what funnel routes need.
+#[derive(Debug, Clone)]
+pub struct Mesh {
+    /// The embedded node (see [`crate::embedded::start_node`]): funnel targets are
+    /// reached through its netstack and funnel routes come from its netmap.
+    pub node: NodeHandle,
+    /// The `[oidc]` client for routes with a login gate.
+    pub oidc: Option<OidcDefaults>,
+}
+
 /// Runs the ingress until SIGINT/SIGTERM: binds the ports, loads the static certificate,
 /// opens the ACME account and keeps a certificate for each funnel hostname (stored ones are
 /// reused; new ones ordered; renewal two thirds into the lifetime), and serves requests.
@@ -50,6 +62,19 @@ pub async fn run(
     config: &IngressConfig,
     funnels: Vec<Funnel>,
     audit: Arc<dyn AuditSink>,
+) -> Result<(), RunError> {
+    run_with_mesh(config, funnels, audit, None).await
+}
+
+/// Like [`run`], and with `mesh` also serves the funnels of the embedded node's netmap
+/// (see [`crate::routes`]): HTTP and passthrough hostnames on the TLS port, TCP funnels
+/// on their public ports (opened and closed as routes come and go), certificates for new
+/// hostnames, expiry on time.
+pub async fn run_with_mesh(
+    config: &IngressConfig,
+    funnels: Vec<Funnel>,
+    audit: Arc<dyn AuditSink>,
+    mesh: Option<Mesh>,
 ) -> Result<(), RunError> {
     let resolver = Arc::new(CertResolver::new());
     if let Some(static_cert) = &config.static_cert {
@@ -68,16 +93,54 @@ pub async fn run(
     let challenges = Arc::new(HttpChallenges::default());
     let hostnames: Vec<String> = funnels.iter().map(|f| f.hostname.clone()).collect();
     let limiter = config.client_limiter();
-    let tls_router = Arc::new(TlsPortRouter::new(
-        config.passthrough_funnels(),
-        config.tcp_limits(),
-        Arc::clone(&limiter),
-        Arc::clone(&audit),
-    ));
+    let routes = Arc::new(FunnelTable::new());
+    let tls_router = Arc::new(
+        TlsPortRouter::new(
+            config.passthrough_funnels(),
+            config.tcp_limits(),
+            Arc::clone(&limiter),
+            Arc::clone(&audit),
+        )
+        .with_routes(Arc::clone(&routes)),
+    );
     let tcp_audit = Arc::clone(&audit);
+    let (route_hosts_tx, route_hosts) = tokio::sync::mpsc::unbounded_channel();
+    if let Some(mesh) = mesh {
+        let builder = RouteBuilder::new(
+            mesh.node.netstack().clone(),
+            RouteBuilderConfig {
+                oidc: mesh.oidc,
+                state_dir: config.state_dir.clone(),
+                max_body_bytes: config.limits.max_body_bytes,
+                tcp_port_range: config.listen.tcp_port_range,
+                reserved_ports: config
+                    .tcp_funnels
+                    .iter()
+                    .map(|f| f.port)
+                    .chain([config.listen.https.port()])
+                    .chain(config.listen.http.map(|a| a.port()))
+                    .collect(),
+                static_hostnames: hostnames
+                    .iter()
+                    .cloned()
+                    .chain(config.passthrough_funnels().into_iter().map(|f| f.hostname))
+                    .collect(),
+                resolver: Some(Arc::clone(&resolver)),
+            },
+        );
+        let follower = RouteFollower::new(builder, Arc::clone(&routes), Arc::clone(&audit))
+            .with_tcp_listeners(
+                config.listen.https.ip(),
+                config.tcp_limits(),
+                Arc::clone(&limiter),
+            )
+            .with_certificates(route_hosts_tx);
+        tokio::spawn(follower.run(mesh.node.netmap()));
+    }
     let edge = Arc::new(
         Edge::new(funnels, config.limits(), audit, Arc::clone(&challenges))
-            .with_tls_router(tls_router),
+            .with_tls_router(tls_router)
+            .with_routes(routes),
     );
 
     let bind = |address| async move {
@@ -116,10 +179,17 @@ pub async fn run(
     if let Some(acme) = config.acme() {
         let issuer = open_issuer(&acme, config, &challenges, &resolver).await?;
         let store = CertStore::new(&config.state_dir);
-        for host in hostnames {
+        for host in &hostnames {
             let (issuer, store, resolver) = (issuer.clone(), store.clone(), Arc::clone(&resolver));
-            tokio::spawn(keep_certificate(issuer, store, resolver, host));
+            tokio::spawn(keep_certificate(issuer, store, resolver, host.clone()));
         }
+        tokio::spawn(keep_route_certificates(
+            issuer,
+            store,
+            Arc::clone(&resolver),
+            hostnames.into_iter().collect(),
+            route_hosts,
+        ));
     }
 
     tokio::select! {
@@ -159,6 +229,23 @@ async fn open_issuer(
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(300));
             }
+        }
+    }
+}
+
+/// Keeps a certificate for every hostname of a funnel route, from the first time the
+/// route appears (hostnames the configuration file already has are skipped).
+async fn keep_route_certificates(
+    issuer: AcmeIssuer,
+    store: CertStore,
+    resolver: Arc<CertResolver>,
+    mut kept: std::collections::HashSet<String>,
+    mut hostnames: tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    while let Some(host) = hostnames.recv().await {
+        if kept.insert(host.clone()) {
+            let (issuer, store, resolver) = (issuer.clone(), store.clone(), Arc::clone(&resolver));
+            tokio::spawn(keep_certificate(issuer, store, resolver, host));
         }
     }
 }

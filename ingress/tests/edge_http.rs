@@ -12,7 +12,7 @@ use std::time::Duration;
 use postern_ingress::audit::{AuditRecord, AuditSink};
 use postern_ingress::certs::{CertResolver, HttpChallenges, certified_key_from_pem};
 use postern_ingress::edge::{Edge, Funnel, Limits, TcpUpstream};
-use postern_ingress::gate::{GateChain, PassThroughGate};
+use postern_ingress::gate::{GateChain, IpAction, IpRulesConfig, IpRulesGate, PassThroughGate};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -94,10 +94,11 @@ async fn start_edge() -> Fixture {
     let hits = Arc::new(AtomicUsize::new(0));
     let origin = start_origin(Arc::clone(&release), Arc::clone(&hits)).await;
     let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["app.test".to_string()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
+    let cert =
+        rcgen::CertificateParams::new(vec!["app.test".to_string(), "gated.test".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
     let resolver = Arc::new(CertResolver::new());
     resolver.set_static(certified_key_from_pem(&cert.pem(), &key.serialize_pem(), "test").unwrap());
     let audit = Arc::new(MemorySink::default());
@@ -106,11 +107,27 @@ async fn start_edge() -> Fixture {
         ..Limits::default()
     };
     let edge = Arc::new(Edge::new(
-        vec![Funnel {
-            hostname: "app.test".into(),
-            upstream: Arc::new(TcpUpstream::new(origin)),
-            chain: GateChain::gate(PassThroughGate),
-        }],
+        vec![
+            Funnel {
+                hostname: "app.test".into(),
+                upstream: Arc::new(TcpUpstream::new(origin.clone())),
+                chain: GateChain::gate(PassThroughGate),
+                route: None,
+            },
+            Funnel {
+                hostname: "gated.test".into(),
+                upstream: Arc::new(TcpUpstream::new(origin)),
+                chain: GateChain::gate(
+                    IpRulesGate::new(IpRulesConfig {
+                        rules: vec!["allow 127.0.0.0/8".parse().unwrap()],
+                        default: IpAction::Deny,
+                        trusted_proxies: Vec::new(),
+                    })
+                    .unwrap(),
+                ),
+                route: None,
+            },
+        ],
         limits,
         audit.clone(),
         Arc::new(HttpChallenges::default()),
@@ -131,6 +148,7 @@ fn client(fixture: &Fixture) -> reqwest::Client {
     reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(fixture.cert_pem.as_bytes()).unwrap())
         .resolve("app.test", fixture.address)
+        .resolve("gated.test", fixture.address)
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap()
@@ -167,25 +185,35 @@ async fn http2_response_streams_before_the_origin_finishes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_body_is_refused_and_never_forwarded() {
+async fn gated_oversized_bodies_are_refused_and_ungated_ones_stream() {
     let fixture = start_edge().await;
     let client = client(&fixture);
-    let small = client
+    // Without gates the body streams to the target, unbounded.
+    let ungated = client
         .post("https://app.test/x")
+        .body(vec![b'a'; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ungated.status(), 200);
+    assert_eq!(fixture.hits.load(Ordering::SeqCst), 1);
+    // With gates it is buffered for them, up to max_body_bytes.
+    let small = client
+        .post("https://gated.test/x")
         .body(vec![b'a'; 1024])
         .send()
         .await
         .unwrap();
     assert_eq!(small.status(), 200);
     let large = client
-        .post("https://app.test/x")
+        .post("https://gated.test/x")
         .body(vec![b'a'; 1025])
         .send()
         .await
         .unwrap();
     assert_eq!(large.status(), 413);
     assert_eq!(large.text().await.unwrap(), "body_too_large\n");
-    assert_eq!(fixture.hits.load(Ordering::SeqCst), 1);
+    assert_eq!(fixture.hits.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use base64::Engine as _;
 use postern_ingress::audit::{AuditRecord, AuditSink};
 use postern_ingress::certs::{CertResolver, HttpChallenges, certified_key_from_pem};
 use postern_ingress::edge::{Edge, Funnel, Limits, MeshUpstream};
@@ -23,15 +22,12 @@ use postern_ingress::gate::{Decision, Gate, GateChain, GateRequest, Identity};
 use postern_node::serve::{
     NoopObserver, OriginUrl, PeerIdentity, ServeConfig, ServeRuntime, ServeTable, Service,
 };
-use postern_node::userspace::UserspaceTunnel;
-use postern_node::wg_config::WgConfig;
-use postern_proto::x25519::{PublicKey, StaticSecret};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
-const INGRESS_ADDR: &str = "100.64.0.1";
-const NODE_ADDR: &str = "100.64.0.2";
+mod common;
+use common::{INGRESS_ADDR, NODE_ADDR, TunnelPair, tunnel_pair};
 
 #[derive(Debug, Default)]
 struct MemorySink(Mutex<Vec<AuditRecord>>);
@@ -109,39 +105,20 @@ async fn read_head<S: tokio::io::AsyncRead + Unpin>(tcp: &mut S) -> String {
     String::from_utf8(head).unwrap()
 }
 
-fn key_text(secret: &StaticSecret) -> String {
-    base64::engine::general_purpose::STANDARD.encode(secret.to_bytes())
-}
-
-fn public_text(secret: &StaticSecret) -> String {
-    base64::engine::general_purpose::STANDARD.encode(PublicKey::from(secret).as_bytes())
-}
-
 struct Fixture {
     edge_addr: SocketAddr,
     cert_pem: String,
     audit: Arc<MemorySink>,
     release: Arc<Notify>,
     ingress_is_ingress: Arc<AtomicBool>,
-    _ingress: UserspaceTunnel,
-    _node: UserspaceTunnel,
+    _tunnels: TunnelPair,
     _runtime: ServeRuntime,
 }
 
 async fn start() -> Fixture {
     // The developer's node: funnels port 3000, serves 4000 on the tailnet only.
-    let ingress_key = StaticSecret::from([31; 32]);
-    let node_key = StaticSecret::from([32; 32]);
-    let node_config = WgConfig::parse(
-        "node.conf",
-        &format!(
-            "[Interface]\nPrivateKey = {}\nAddress = {NODE_ADDR}/32\n\n[Peer]\nPublicKey = {}\nAllowedIPs = {INGRESS_ADDR}/32\n",
-            key_text(&node_key),
-            public_text(&ingress_key)
-        ),
-    )
-    .unwrap();
-    let node = UserspaceTunnel::start(&node_config).await.unwrap();
+    let tunnels = tunnel_pair(31).await;
+    let node = &tunnels.node;
     let release = Arc::new(Notify::new());
     let origin = start_origin(Arc::clone(&release)).await;
     let origin = OriginUrl::parse(&format!("http://{origin}")).unwrap();
@@ -168,17 +145,7 @@ async fn start() -> Fixture {
     .unwrap();
 
     // The ingress's embedded node.
-    let ingress_config = WgConfig::parse(
-        "ingress.conf",
-        &format!(
-            "[Interface]\nPrivateKey = {}\nAddress = {INGRESS_ADDR}/32\n\n[Peer]\nPublicKey = {}\nAllowedIPs = {NODE_ADDR}/32\nEndpoint = 127.0.0.1:{}\n",
-            key_text(&ingress_key),
-            public_text(&node_key),
-            node.local_addr().port()
-        ),
-    )
-    .unwrap();
-    let ingress = UserspaceTunnel::start(&ingress_config).await.unwrap();
+    let ingress = &tunnels.ingress;
     let node_ip: IpAddr = NODE_ADDR.parse().unwrap();
     let funnel = |hostname: &str, port: u16| Funnel {
         hostname: hostname.into(),
@@ -186,6 +153,7 @@ async fn start() -> Fixture {
             MeshUpstream::new(ingress.netstack().clone(), node_ip, port, hostname).unwrap(),
         ),
         chain: GateChain::gate(TestGate),
+        route: None,
     };
 
     let key = rcgen::KeyPair::generate().unwrap();
@@ -211,8 +179,7 @@ async fn start() -> Fixture {
         audit,
         release,
         ingress_is_ingress,
-        _ingress: ingress,
-        _node: node,
+        _tunnels: tunnels,
         _runtime: runtime,
     }
 }

@@ -55,6 +55,8 @@ async fn start_funnel(
         port: address.port(),
         upstream: Arc::new(TcpUpstream::new(target)),
         proxy_protocol,
+        route: None,
+        gates: None,
     });
     tokio::spawn(serve_tcp_funnel(
         listener,

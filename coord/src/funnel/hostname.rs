@@ -173,6 +173,6 @@ mod tests {
         let full: HashSet<u16> = (20000..=20002).collect();
         assert_eq!(pick_public_port(20000..=20002, 1, 1, &full), None);
         assert_eq!(pick_public_port(5..=5, 1, 1, &none), Some(5));
-        assert_eq!(pick_public_port(0..=65535, 9, 9, &none).is_some(), true);
+        assert!(pick_public_port(0..=65535, 9, 9, &none).is_some());
     }
 }

@@ -156,7 +156,7 @@ pub fn judge(
     let grant_end = grant
         .max_ttl
         .zip(funnel.opened_at)
-        .map(|(ttl, opened)| opened.saturating_add_secs(secs_i64(ttl.as_secs())));
+        .map(|(ttl, opened)| later(opened, ttl.as_secs()));
     let expires_at = match (funnel.expires_at, grant_end) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -379,7 +379,7 @@ impl Coord {
             rate_limit: spec.rate_limit,
             is_open: true,
             opened_at: Some(at),
-            expires_at: ttl.map(|secs| at.saturating_add_secs(secs_i64(secs))),
+            expires_at: ttl.map(|secs| later(at, secs)),
         };
         let record = match store.upsert_funnel(&funnel, at).await {
             Ok(record) => record,
@@ -596,18 +596,17 @@ fn name_taken(candidates: &[String], explicit: bool) -> FunnelRefusal {
     )
 }
 
+/// `secs` seconds after `at`, saturating.
+fn later(at: UnixTime, secs: u64) -> UnixTime {
+    at.saturating_add_secs(i64::try_from(secs).unwrap_or(i64::MAX))
+}
+
 fn internal(err: StoreError) -> FunnelRefusal {
     tracing::error!(%err, "funnel request failed in the store");
     refusal(
         INTERNAL,
         "the coordination server could not store the change; try again",
     )
-}
-
-
-/// Seconds as the signed count [`UnixTime`] adds, saturating.
-fn secs_i64(secs: u64) -> i64 {
-    i64::try_from(secs).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -686,11 +685,16 @@ mod judge_tests {
             groups: Vec::new(),
             created_at: UnixTime(0),
         };
-        TailnetView {
-            nodes: vec![node()],
-            users: [(UserId(1), alice)].into(),
-            ..TailnetView::default()
-        }
+        TailnetView::new(
+            vec![node()],
+            [(UserId(1), alice)].into(),
+            Default::default(),
+            "example.test".into(),
+            None,
+            Default::default(),
+            UnixTime(0),
+            Default::default(),
+        )
     }
 
     fn record(port: u16, gates: Vec<GateSpec>) -> FunnelRecord {

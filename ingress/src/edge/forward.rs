@@ -70,7 +70,7 @@ pub(super) async fn forward(
     upstream: &dyn Upstream,
     context: &UpstreamContext,
     mut parts: request::Parts,
-    body: Full<Bytes>,
+    body: BoxBody<Bytes, hyper::Error>,
     client_upgrade: Option<OnUpgrade>,
     timeout: Duration,
 ) -> Result<Response<EdgeBody>, ForwardError> {

@@ -4,7 +4,11 @@
 //! For each request on the TLS port the edge:
 //! 1. finds the funnel by host (unknown hosts get a bare `404`, a host that differs from
 //!    the TLS SNI gets `421`);
-//! 2. buffers the body up to [`Limits::max_body_bytes`] (`413 body_too_large` beyond);
+//!    funnels come from the configuration file first, then from the coordination server's
+//!    [`FunnelTable`] (an expired one is unknown; one whose gates could not be built gets
+//!    `503 funnel_unavailable`);
+//! 2. buffers the body up to [`Limits::max_body_bytes`] (`413 body_too_large` beyond) when
+//!    the funnel has gates; an ungated funnel's body streams to the target unbuffered;
 //! 3. runs the funnel's [`GateChain`]: `Deny` answers with the status and the reason code
 //!    as the body and forwards nothing; `Respond` answers the provider's handshake;
 //! 4. on `Allow`, strips client-sent `Postern-*` headers and sets the edge's own, sets
@@ -38,6 +42,7 @@ use tokio::net::TcpListener;
 use crate::audit::{AuditRecord, AuditSink};
 use crate::certs::{ACME_TLS_ALPN, CertResolver, HttpChallenges};
 use crate::gate::{Decision, GateChain, GateRequest, rewrite_identity_headers};
+use crate::routes::{FunnelTable, HttpLookup, RouteInfo};
 use crate::tcp_funnel::{ClientLimiter, TcpLimits, TlsPortRouter, TlsRoute};
 
 pub use forward::EdgeBody;
@@ -53,6 +58,9 @@ pub struct Funnel {
     pub upstream: Arc<dyn Upstream>,
     /// The gates every request must pass.
     pub chain: GateChain,
+    /// Owner, node and expiry of a funnel from the coordination server (for audit records
+    /// and expiry); `None` for the configuration file's funnels.
+    pub route: Option<Arc<RouteInfo>>,
 }
 
 /// The edge's bounds on what a client may send and how long it may take.
@@ -91,6 +99,14 @@ pub struct Edge {
     audit: Arc<dyn AuditSink>,
     http_challenges: Arc<HttpChallenges>,
     tls_router: Arc<TlsPortRouter>,
+    routes: Option<Arc<FunnelTable>>,
+}
+
+/// What a hostname leads to.
+enum Found {
+    Serve(Arc<Funnel>, Option<Arc<rustls::ServerConfig>>),
+    Refused(Arc<RouteInfo>),
+    Unknown,
 }
 
 impl Edge {
@@ -117,7 +133,35 @@ impl Edge {
             audit,
             http_challenges,
             tls_router,
+            routes: None,
         }
+    }
+
+    /// Also serves the HTTP funnels of `routes` (funnels from the coordination server,
+    /// kept current by a [`RouteFollower`](crate::routes::RouteFollower)); the
+    /// configuration file's funnels win over a route of the same hostname.
+    #[must_use]
+    pub fn with_routes(mut self, routes: Arc<FunnelTable>) -> Self {
+        self.routes = Some(routes);
+        self
+    }
+
+    fn find(&self, host: &str) -> Found {
+        if let Some(funnel) = self.funnels.get(host) {
+            return Found::Serve(Arc::clone(funnel), None);
+        }
+        let Some(routes) = &self.routes else {
+            return Found::Unknown;
+        };
+        match routes.http(host, SystemTime::now()) {
+            HttpLookup::Serve(funnel, tls) => Found::Serve(funnel, tls),
+            HttpLookup::Refused(info) => Found::Refused(info),
+            HttpLookup::Unknown => Found::Unknown,
+        }
+    }
+
+    fn knows(&self, host: &str) -> bool {
+        !matches!(self.find(host), Found::Unknown)
     }
 
     /// Replaces the TLS port's first step: passthrough hostnames and the per-client
@@ -193,13 +237,21 @@ impl Edge {
             let edge = Arc::clone(&self);
             let tls = Arc::clone(&tls);
             tokio::spawn(async move {
-                let is_funnel = |host: &str| edge.funnels.contains_key(host);
+                let is_funnel = |host: &str| edge.knows(host);
                 let route = edge
                     .tls_router
                     .route(tcp, client, edge.limits.idle_timeout, &is_funnel)
                     .await;
                 let TlsRoute::Terminate { start, slot: _slot } = route else {
                     return;
+                };
+                let tls = match start
+                    .client_hello()
+                    .server_name()
+                    .map(|name| edge.find(&name.to_ascii_lowercase()))
+                {
+                    Some(Found::Serve(_, Some(own))) => own,
+                    _ => tls,
                 };
                 let handshake =
                     tokio::time::timeout(edge.limits.idle_timeout, (*start).into_stream(tls)).await;
@@ -288,7 +340,7 @@ impl Edge {
             return forward::text(StatusCode::OK, answer);
         }
         match request_host(request) {
-            Some(host) if self.funnels.contains_key(&host) => {
+            Some(host) if self.knows(&host) => {
                 let target = format!(
                     "https://{host}{}",
                     request
@@ -317,15 +369,31 @@ impl Edge {
     ) -> Result<Response<EdgeBody>, Infallible> {
         let mut audit = PendingAudit::new(&request, client, Arc::clone(&self.audit));
         let host = request_host(&request);
-        let Some(funnel) = host.as_ref().and_then(|h| self.funnels.get(h)).cloned() else {
-            return Ok(audit.finish_now(
-                StatusCode::NOT_FOUND,
-                "deny",
-                Some("unknown_host"),
-                "not found\n",
-            ));
+        let found = host.as_deref().map_or(Found::Unknown, |h| self.find(h));
+        let funnel = match found {
+            Found::Serve(funnel, _) => funnel,
+            Found::Refused(info) => {
+                audit.label(&info);
+                return Ok(audit.finish_now(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "error",
+                    Some("funnel_unavailable"),
+                    "funnel_unavailable\n",
+                ));
+            }
+            Found::Unknown => {
+                return Ok(audit.finish_now(
+                    StatusCode::NOT_FOUND,
+                    "deny",
+                    Some("unknown_host"),
+                    "not found\n",
+                ));
+            }
         };
         audit.record.funnel = Some(funnel.hostname.clone());
+        if let Some(info) = &funnel.route {
+            audit.label(info);
+        }
         if sni.as_ref().is_some_and(|sni| Some(sni) != host.as_ref()) {
             return Ok(audit.finish_now(
                 StatusCode::MISDIRECTED_REQUEST,
@@ -337,6 +405,11 @@ impl Edge {
         let client_upgrade =
             forward::wants_upgrade(&request).then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
+        if funnel.chain.is_pass_through() {
+            return Ok(self
+                .forward_ungated(&funnel, parts, body, client, client_upgrade, audit)
+                .await);
+        }
 
         let limit = self.limits.max_body_bytes;
         let declared_too_large = parts
@@ -437,7 +510,7 @@ impl Edge {
                     &*funnel.upstream,
                     &context,
                     parts,
-                    Full::new(body),
+                    Full::new(body).map_err(|never| match never {}).boxed(),
                     client_upgrade,
                     self.limits.request_timeout,
                 )
@@ -455,6 +528,55 @@ impl Edge {
                         )
                     }
                 })
+            }
+        }
+    }
+}
+
+impl Edge {
+    /// Forwards a request of a funnel without gates: its body streams to the target as it
+    /// arrives, unbuffered and unbounded by [`Limits::max_body_bytes`].
+    async fn forward_ungated(
+        &self,
+        funnel: &Funnel,
+        mut parts: http::request::Parts,
+        body: Incoming,
+        client: SocketAddr,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        mut audit: PendingAudit,
+    ) -> Response<EdgeBody> {
+        let empty = GateRequest::new(&parts.method, "", &parts.headers, &[], client);
+        let outcome = funnel.chain.evaluate_async(&empty, SystemTime::now()).await;
+        let Decision::Allow { gate, identity } = outcome.decision else {
+            return audit.finish_now(
+                StatusCode::FORBIDDEN,
+                "deny",
+                Some("no_gate_admitted"),
+                "no_gate_admitted\n",
+            );
+        };
+        audit.record.gate = Some(gate.clone());
+        rewrite_identity_headers(&mut parts.headers, Some((&gate, &identity)));
+        let context = UpstreamContext {
+            client,
+            hostname: funnel.hostname.clone(),
+            admission: Some((gate, identity)),
+        };
+        let result = forward::forward(
+            &*funnel.upstream,
+            &context,
+            parts,
+            body.boxed(),
+            client_upgrade,
+            self.limits.request_timeout,
+        )
+        .await;
+        match result {
+            Ok(response) => audit.finish(response, "allow", None),
+            Err(failure) => {
+                tracing::warn!(funnel = %funnel.hostname, error = %failure, "forwarding failed");
+                let code = failure.code();
+                audit.finish_now(failure.status(), "error", Some(code), &format!("{code}\n"))
             }
         }
     }
@@ -492,6 +614,8 @@ impl PendingAudit {
             record: AuditRecord {
                 time,
                 funnel: None,
+                owner: None,
+                node: None,
                 client: client.to_string(),
                 method: request.method().to_string(),
                 path: request.uri().path().to_string(),
@@ -505,6 +629,12 @@ impl PendingAudit {
             started: Instant::now(),
             sink,
         }
+    }
+
+    fn label(&mut self, info: &RouteInfo) {
+        self.record.funnel = Some(info.hostname.clone());
+        self.record.owner = Some(info.owner.clone());
+        self.record.node = Some(info.node.clone());
     }
 
     fn finish_now(

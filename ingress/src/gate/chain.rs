@@ -167,6 +167,13 @@ impl GateChain {
         }
     }
 
+    /// Whether the chain is the lone [`PassThroughGate`](super::PassThroughGate) of a
+    /// funnel without gates: the edge then streams request bodies instead of buffering
+    /// them for the gates.
+    pub fn is_pass_through(&self) -> bool {
+        matches!(self, GateChain::Gate(gate) if gate.name() == "pass-through")
+    }
+
     /// The subjects of the CAs of every mTLS gate in the chain: the edge asks TLS clients
     /// for a certificate when this is not empty.
     pub fn client_ca_subjects(&self) -> Vec<rustls::DistinguishedName> {

@@ -45,6 +45,12 @@ pub struct TcpFunnel {
     /// Whether each connection to the target starts with a PROXY protocol v2 header naming
     /// the public client and the edge's public address.
     pub proxy_protocol: bool,
+    /// Owner, node and expiry of a funnel from the coordination server (for audit records
+    /// and expiry); `None` for the configuration file's funnels.
+    pub route: Option<Arc<crate::routes::RouteInfo>>,
+    /// Connection-level gates (IP rules, a per-client rate limit), run on each accepted
+    /// connection with the client's address only; `None` admits every connection.
+    pub gates: Option<crate::gate::GateChain>,
 }
 
 impl TcpFunnel {
@@ -107,7 +113,25 @@ pub async fn serve_tcp_funnel(
         tokio::spawn(async move {
             let _slot = slot;
             let local = tcp.local_addr().unwrap_or(client);
-            let audit_record = ConnectionAudit::new("tcp", Some(funnel.name()), client);
+            let audit_record = ConnectionAudit::new("tcp", Some(funnel.name()), client)
+                .with_route(funnel.route.as_deref());
+            if funnel
+                .route
+                .as_ref()
+                .is_some_and(|route| route.expired(std::time::SystemTime::now()))
+            {
+                audit.record_connection(&audit_record.denied("funnel_expired"));
+                return;
+            }
+            if let Some(refusal) = funnel
+                .gates
+                .as_ref()
+                .and_then(|g| connection_refusal(g, client))
+            {
+                tracing::info!(%client, port = funnel.port, reason = refusal, "TCP funnel connection refused by its gates");
+                audit.record_connection(&audit_record.denied(refusal));
+                return;
+            }
             let _ = tcp.set_nodelay(true);
             let header = funnel
                 .proxy_protocol
@@ -121,6 +145,21 @@ pub async fn serve_tcp_funnel(
             };
             audit.record_connection(&record);
         });
+    }
+}
+
+/// Runs a TCP funnel's connection-level gates for `client`; the denial's reason code, or
+/// `None` when admitted.
+fn connection_refusal(gates: &crate::gate::GateChain, client: SocketAddr) -> Option<&'static str> {
+    let (method, headers) = (http::Method::CONNECT, http::HeaderMap::new());
+    let request = crate::gate::GateRequest::new(&method, "", &headers, &[], client);
+    match gates
+        .evaluate(&request, std::time::SystemTime::now())
+        .decision
+    {
+        crate::gate::Decision::Allow { .. } => None,
+        crate::gate::Decision::Deny { reason, .. } => Some(reason.as_str()),
+        _ => Some("no_gate_admitted"),
     }
 }
 
@@ -184,6 +223,8 @@ impl ConnectionAudit {
                 time,
                 kind,
                 funnel,
+                owner: None,
+                node: None,
                 client: client.to_string(),
                 result: "deny",
                 reason: String::new(),
@@ -193,6 +234,14 @@ impl ConnectionAudit {
             },
             started: Instant::now(),
         }
+    }
+
+    fn with_route(mut self, route: Option<&crate::routes::RouteInfo>) -> Self {
+        if let Some(route) = route {
+            self.record.owner = Some(route.owner.clone());
+            self.record.node = Some(route.node.clone());
+        }
+        self
     }
 
     fn finish(mut self, result: &'static str, reason: &str) -> ConnectionRecord {

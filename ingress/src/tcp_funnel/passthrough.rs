@@ -12,11 +12,12 @@ use tokio::net::TcpStream;
 use tokio_rustls::StartHandshake;
 
 use super::{
-    ClientLimiter, ClientSlot, ConnectionAudit, TcpLimits, connect_target, pipe, proxy_v2_header,
-    refuse,
+    ClientLimiter, ClientSlot, ConnectionAudit, TcpLimits, connect_target, connection_refusal,
+    pipe, proxy_v2_header, refuse,
 };
 use crate::audit::AuditSink;
 use crate::edge::Upstream;
+use crate::routes::FunnelTable;
 
 /// The most ClientHello bytes the edge reads before giving up on a connection. Real
 /// ClientHellos (post-quantum key shares included) are far smaller.
@@ -32,6 +33,12 @@ pub struct PassthroughFunnel {
     pub upstream: Arc<dyn Upstream>,
     /// Whether the target first gets a PROXY protocol v2 header naming the client.
     pub proxy_protocol: bool,
+    /// Owner, node and expiry of a funnel from the coordination server (for audit
+    /// records); `None` for the configuration file's funnels.
+    pub route: Option<Arc<crate::routes::RouteInfo>>,
+    /// Connection-level gates (IP rules, a per-client rate limit), run with the client's
+    /// address before anything is piped; `None` admits every connection.
+    pub gates: Option<crate::gate::GateChain>,
 }
 
 /// What the TLS port does with a connection after [`TlsPortRouter::route`].
@@ -58,6 +65,7 @@ pub struct TlsPortRouter {
     limits: TcpLimits,
     limiter: Arc<ClientLimiter>,
     audit: Arc<dyn AuditSink>,
+    routes: Option<Arc<FunnelTable>>,
 }
 
 impl TlsPortRouter {
@@ -78,13 +86,31 @@ impl TlsPortRouter {
             limits,
             limiter,
             audit,
+            routes: None,
         }
+    }
+
+    /// Also passes through the passthrough funnels of `routes` (funnels from the
+    /// coordination server), after the configuration file's.
+    #[must_use]
+    pub fn with_routes(mut self, routes: Arc<FunnelTable>) -> Self {
+        self.routes = Some(routes);
+        self
+    }
+
+    fn find_passthrough(&self, host: &str) -> Option<Arc<PassthroughFunnel>> {
+        if let Some(funnel) = self.passthrough.get(host) {
+            return Some(Arc::clone(funnel));
+        }
+        self.routes
+            .as_ref()?
+            .passthrough(host, std::time::SystemTime::now())
     }
 
     /// Whether `hostname` is a passthrough funnel.
     pub fn is_passthrough(&self, hostname: &str) -> bool {
-        self.passthrough
-            .contains_key(&hostname.to_ascii_lowercase())
+        self.find_passthrough(&hostname.to_ascii_lowercase())
+            .is_some()
     }
 
     /// Handles a fresh TLS-port connection up to the point where the edge's own TLS takes
@@ -132,11 +158,22 @@ impl TlsPortRouter {
                 slot,
             };
         };
-        if let Some(funnel) = self.passthrough.get(&sni) {
+        if let Some(funnel) = self.find_passthrough(&sni) {
             drop(accepted);
-            let mut audit = ConnectionAudit::new("tls-passthrough", Some(sni), client);
+            let mut audit = ConnectionAudit::new("tls-passthrough", Some(sni), client)
+                .with_route(funnel.route.as_deref());
             audit.started = started;
-            let record = self.pass_through(tcp, client, funnel, &hello, audit).await;
+            if let Some(refusal) = funnel
+                .gates
+                .as_ref()
+                .and_then(|gates| connection_refusal(gates, client))
+            {
+                tracing::info!(%client, reason = refusal, "passthrough connection refused by its gates");
+                drop(slot);
+                self.audit.record_connection(&audit.denied(refusal));
+                return TlsRoute::Done;
+            }
+            let record = self.pass_through(tcp, client, &funnel, &hello, audit).await;
             drop(slot);
             self.audit.record_connection(&record);
             return TlsRoute::Done;

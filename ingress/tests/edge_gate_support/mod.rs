@@ -71,6 +71,7 @@ pub async fn start_gated_edge(origin: SocketAddr, chain: GateChain) -> GatedEdge
             hostname: "app.test".into(),
             upstream: Arc::new(TcpUpstream::new(origin.to_string())),
             chain,
+            route: None,
         }],
         Limits::default(),
         audit.clone(),

@@ -267,14 +267,18 @@ struct ReportedEndpoints {
     home_relay: Option<RegionId>,
 }
 
-/// Request ids for funnel requests, unique for the life of the client.
-#[derive(Debug, Default)]
-struct FunnelIds(u64);
+/// Funnel requests waiting to be sent, and the last request id used (ids are unique for
+/// the life of the client).
+#[derive(Debug)]
+struct FunnelQueue {
+    requests: mpsc::Receiver<PendingFunnel>,
+    last_id: u64,
+}
 
-impl FunnelIds {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(1);
-        self.0
+impl FunnelQueue {
+    fn next_id(&mut self) -> u64 {
+        self.last_id = self.last_id.wrapping_add(1);
+        self.last_id
     }
 }
 
@@ -289,7 +293,7 @@ async fn run(
     mut reported: watch::Receiver<ReportedEndpoints>,
     live: Arc<AtomicBool>,
     registration: watch::Sender<RegistrationState>,
-    mut funnels: mpsc::Receiver<PendingFunnel>,
+    funnel_requests: mpsc::Receiver<PendingFunnel>,
 ) -> Result<(), ClientError> {
     let mut session = match config.node_id {
         Some(id) => ControlSession::resume(config.session.clone(), id),
@@ -297,7 +301,10 @@ async fn run(
     };
     session.set_device_login(config.device_login);
     let mut backoff = config.min_backoff;
-    let mut funnel_ids = FunnelIds::default();
+    let mut funnels = FunnelQueue {
+        requests: funnel_requests,
+        last_id: 0,
+    };
     loop {
         let mut got_netmap = false;
         let latest = reported.borrow_and_update().clone();
@@ -312,7 +319,6 @@ async fn run(
             &registration,
             &mut got_netmap,
             &mut funnels,
-            &mut funnel_ids,
         );
         let ended = connected.await;
         live.store(false, Ordering::Relaxed);
@@ -333,6 +339,8 @@ async fn run(
     }
 }
 
+// The shell's state, lent by parts so each borrow stays narrow.
+#[allow(clippy::too_many_arguments)]
 async fn connect_once(
     config: &mut ClientConfig,
     session: &mut ControlSession,
@@ -341,8 +349,7 @@ async fn connect_once(
     live: &AtomicBool,
     registration: &watch::Sender<RegistrationState>,
     got_netmap: &mut bool,
-    funnels: &mut mpsc::Receiver<PendingFunnel>,
-    funnel_ids: &mut FunnelIds,
+    funnels: &mut FunnelQueue,
 ) -> Ended {
     let coord_key = match config.coord_key {
         Some(key) => key,
@@ -387,7 +394,7 @@ async fn connect_once(
                 }
                 continue;
             }
-            pending = funnels.recv(), if funnels_open => {
+            pending = funnels.requests.recv(), if funnels_open => {
                 let Some(pending) = pending else {
                     funnels_open = false;
                     continue;
@@ -396,7 +403,7 @@ async fn connect_once(
                     let _ = pending.answer.send(Err(ClientError::NotConnected));
                     continue;
                 }
-                let request_id = funnel_ids.next();
+                let request_id = funnels.next_id();
                 let request = ControlMessage::FunnelRequest(FunnelRequest {
                     request_id,
                     change: pending.change,

@@ -1,0 +1,486 @@
+#!/usr/bin/env bash
+# Ingress benchmark: funnels versus direct, rathole and bore (issue 8, docs/benchmarks.md,
+# section "Ingress: funnels versus direct, rathole and bore").
+#
+# HOW TO RUN (as root: wrk runs in a private mount namespace that maps the funnel hostnames
+# to 127.0.0.1 in its own /etc/hosts; nothing on the machine is changed but a TUN device
+# that lives as long as the run). About 5.5 minutes with the defaults (4.5 with
+# WG_STANDIN=0); the machine should be as quiet as possible.
+#
+#     sudo bench/funnel/run.sh                  # builds the release ingress, then measures
+#     SKIP_BUILD=1 T=10 ROUNDS=2 sudo -E bench/funnel/run.sh --out /tmp/funnel.md
+#
+# Options and environment:
+#   --out FILE     also write the result tables (markdown) to FILE
+#   --mesh         add the funnel over the mesh (ingress -> embedded node -> WireGuard ->
+#                  node -> origin); NOT AVAILABLE YET, see mesh_variant below
+#   T=10           seconds per measurement (wrk and iperf3)
+#   ROUNDS=2       rounds; round 2 runs the variants in reverse order (ABBA) so that a
+#                  drift in the machine's load does not favour one variant
+#   GATE_PAIRS=4 GATE_T=5   after the rounds, this many back-to-back pairs of GATE_T-second
+#                  runs, funnel without and with the gate (alternating which goes first):
+#                  the gate's cost is read from the ratio within each pair
+#   CONNS=32 THREADS=2   wrk connections and threads
+#   WG_STANDIN=1   also measure the stand-in for the mesh hop (below); 0 to skip it
+#   SKIP_BUILD=1   do not run `cargo build --release -p postern-ingress -p postern`
+#   INGRESS_BIN    the postern-ingress binary (default: $CARGO_TARGET_DIR or target/, release)
+#   POSTERN_BIN    the postern binary, for the stand-in (same default place)
+#   TOOLS_DIR      where rathole and bore are installed if missing (default target/bench-tools)
+#
+# What it measures, all in one run (every figure is compared within the run):
+#   HTTP: requests/s and p50/p99 latency of GitHub-webhook-shaped POSTs (1 KiB body, a valid
+#     X-Hub-Signature-256 computed once, a fresh X-GitHub-Delivery per request; wrk with
+#     webhook.lua) against a tiny HTTP/1.1 origin (origin.rs, std only, built with rustc -O):
+#       direct HTTP           wrk -> origin
+#       direct HTTPS (socat)  wrk -> socat OPENSSL-LISTEN (TLS termination, one process per
+#                             connection) -> origin: the cost of TLS alone, no HTTP parsing
+#       funnel, no gate       wrk -> postern-ingress (TLS, HTTP, audit) -> origin
+#       funnel, GitHub gate   the same plus the webhook gate (HMAC + replay cache)
+#     plus the ingress's CPU time per request (from /proc), which the machine's load
+#     disturbs much less than requests/s.
+#   TCP: iperf3 throughput (1 stream, client -> server) to an iperf3 server:
+#       direct, socat TCP relay (plain, one hop), the ingress's [[tcp_funnel]], rathole 0.5
+#       with its Noise transport (encrypted between its server and client), bore
+#       (unencrypted).
+#   The edge only: the ingress forwards to the origin over plain TCP on loopback; the hop
+#   over the mesh (embedded node -> WireGuard -> node) is NOT in these figures.
+#   Stand-in for the mesh hop (WG_STANDIN=1, the default): the same funnels, but their
+#   target is `postern wg up --forward` (userspace WireGuard and netstack, as the ingress's
+#   embedded node will be), whose tunnel reaches `postern wg up --tun` (a TUN device
+#   pfbench0, 10.77.0.2), behind which a second origin and iperf3 server listen. It has the
+#   mesh's encryption and netstack but an extra loopback hop (ingress -> forward process)
+#   and not the funnel hop's handshake; it is not the real path.
+#
+# Needs: wrk, iperf3, socat, openssl, jq, python3, rustc, cargo (apt-get installs the Debian
+# ones if missing, saying so; `cargo install` installs rathole and bore into TOOLS_DIR).
+# Ports used on 127.0.0.1: 18080 18201 18333 18443 18444 18500-18507, bore's 7835, UDP
+# 51871-51872 (WireGuard of the stand-in); on 10.77.0.2 (pfbench0): 18080 18202.
+# Everything started is killed by pid on exit and the work directory is removed.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+T="${T:-10}"
+ROUNDS="${ROUNDS:-2}"
+GATE_PAIRS="${GATE_PAIRS:-4}"
+GATE_T="${GATE_T:-5}"
+CONNS="${CONNS:-32}"
+THREADS="${THREADS:-2}"
+TOOLS_DIR="${TOOLS_DIR:-$repo/target/bench-tools}"
+target_dir="${CARGO_TARGET_DIR:-$repo/target}"
+INGRESS_BIN="${INGRESS_BIN:-$target_dir/release/postern-ingress}"
+POSTERN_BIN="${POSTERN_BIN:-$target_dir/release/postern}"
+WG_STANDIN="${WG_STANDIN:-1}"
+out_file=""
+mesh=0
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --out) out_file="$2"; shift 2 ;;
+    --mesh) mesh=1; shift ;;
+    -h | --help) sed -n '2,58p' "$0"; exit 0 ;;
+    *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+# Ports.
+P_ORIGIN=18080
+P_IPERF=18201
+P_RATHOLE_CTL=18333
+P_SOCAT_TLS=18443
+P_INGRESS=18444
+P_TCP_FUNNEL=18501
+P_SOCAT_TCP=18502
+P_RATHOLE=18503
+P_BORE=18504
+P_BORE_CTL=7835 # fixed in bore
+P_WG_FWD_TCP=18505    # postern wg (userspace) --forward -> 10.77.0.2:P_WG_IPERF
+P_TCP_FUNNEL_WG=18506 # ingress [[tcp_funnel]] -> P_WG_FWD_TCP
+P_WG_FWD_HTTP=18507   # postern wg (userspace) --forward -> 10.77.0.2:P_ORIGIN
+P_WG_IPERF=18202
+WG_A_UDP=51871
+WG_B_UDP=51872
+WG_A_IP=10.77.0.1
+WG_B_IP=10.77.0.2
+WG_DEV=pfbench0
+
+say() { echo "[funnel-bench $(date -u +%H:%M:%S)] $*" >&2; }
+die() { say "ERROR: $*"; exit 1; }
+
+# ---------------------------------------------------------------- cleanup (by pid)
+work=""
+pids=()
+cleanup() {
+    local pid
+    for pid in "${pids[@]}"; do
+        # socat forks a child per connection: end those children first, by parent pid.
+        pkill -TERM -P "$pid" 2>/dev/null || true
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${pids[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    if [ -n "$work" ] && [ -d "$work" ]; then rm -rf "$work"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+start() { # start NAME CMD...: runs CMD in the background, logs in $work/NAME.log
+    local name="$1"; shift
+    "$@" >"$work/$name.log" 2>&1 &
+    pids+=("$!")
+    eval "pid_$name=$!"
+}
+
+wait_port() { # wait_port PORT NAME: until 127.0.0.1:PORT accepts a connection (10 s)
+    local i
+    for i in $(seq 1 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    say "$2 did not listen on port $1 within 10 s; its log:"
+    tail -n 20 "$work/$2.log" >&2 || true
+    exit 1
+}
+
+# ---------------------------------------------------------------- prerequisites
+[ "$(id -u)" = 0 ] || die "run as root (wrk runs in a private mount namespace with its own /etc/hosts)"
+if [ "$mesh" = 1 ]; then
+    die "--mesh is not available yet: the ingress does not yet serve funnels from its TOML
+  configuration over its embedded node. When it does, fill in mesh_variant() in this script."
+fi
+
+need_apt=()
+for tool in wrk iperf3 socat openssl jq python3 unshare curl; do
+    command -v "$tool" >/dev/null || need_apt+=("$tool")
+done
+if [ "${#need_apt[@]}" -gt 0 ]; then
+    pkgs=()
+    for tool in "${need_apt[@]}"; do
+        case "$tool" in unshare) pkgs+=(util-linux) ;; python3) pkgs+=(python3) ;; *) pkgs+=("$tool") ;; esac
+    done
+    say "missing ${need_apt[*]}: installing Debian packages ${pkgs[*]} with apt-get"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >&2
+fi
+command -v rustc >/dev/null || die "rustc is needed to build the origin (bench/funnel/origin.rs)"
+
+export PATH="$TOOLS_DIR/bin:$PATH"
+if ! command -v rathole >/dev/null; then
+    # 0.5.0 does not build with --locked on current toolchains; only the features used here.
+    say "rathole missing: cargo install rathole@0.5.0 (server, client, noise) into $TOOLS_DIR (a few minutes)"
+    cargo install --root "$TOOLS_DIR" rathole@0.5.0 --no-default-features --features server,client,noise >&2
+fi
+if ! command -v bore >/dev/null; then
+    say "bore missing: cargo install bore-cli into $TOOLS_DIR (a few minutes)"
+    cargo install --root "$TOOLS_DIR" bore-cli >&2
+fi
+
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+    packages=(-p postern-ingress)
+    [ "$WG_STANDIN" = 1 ] && packages+=(-p postern)
+    say "building the release binaries (cargo build --release ${packages[*]})"
+    (cd "$repo" && cargo build --release "${packages[@]}" >&2)
+fi
+[ -x "$INGRESS_BIN" ] || die "no ingress binary at $INGRESS_BIN (build it, or set INGRESS_BIN)"
+if [ "$WG_STANDIN" = 1 ]; then
+    [ -x "$POSTERN_BIN" ] || die "no postern binary at $POSTERN_BIN (build it, set POSTERN_BIN, or WG_STANDIN=0)"
+    command -v wg >/dev/null || die "the stand-in needs wg (wireguard-tools) for its keys, or WG_STANDIN=0"
+    if ip link show "$WG_DEV" >/dev/null 2>&1; then
+        die "a device $WG_DEV exists already (left by an earlier run?): ip link del $WG_DEV"
+    fi
+fi
+
+for port in $P_ORIGIN $P_IPERF $P_RATHOLE_CTL $P_SOCAT_TLS $P_INGRESS $P_TCP_FUNNEL \
+    $P_SOCAT_TCP $P_RATHOLE $P_BORE $P_BORE_CTL $P_WG_FWD_TCP $P_TCP_FUNNEL_WG $P_WG_FWD_HTTP; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        die "port $port on 127.0.0.1 is in use; stop what listens there (ss -ltnp 'sport = :$port')"
+    fi
+done
+
+work="$(mktemp -d /tmp/funnel-bench.XXXXXX)"
+say "work directory $work"
+
+# ---------------------------------------------------------------- material
+rustc --edition 2021 -O "$here/origin.rs" -o "$work/origin"
+
+# A CA and a leaf certificate for the funnel hostnames (the ingress and socat serve it).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=postern bench CA" -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -subj "/CN=open.bench.test" -keyout "$work/leaf.key" -out "$work/leaf.csr" 2>/dev/null
+printf 'subjectAltName=DNS:open.bench.test,DNS:gated.bench.test,DNS:direct.bench.test,DNS:wg.bench.test\n' >"$work/san.ext"
+openssl x509 -req -in "$work/leaf.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" \
+    -CAcreateserial -days 2 -extfile "$work/san.ext" -out "$work/leaf.pem" 2>/dev/null
+cat "$work/leaf.pem" "$work/ca.pem" >"$work/chain.pem"
+
+# The names wrk connects to, in the /etc/hosts of its private mount namespace.
+printf '127.0.0.1 localhost open.bench.test gated.bench.test direct.bench.test wg.bench.test\n' >"$work/hosts"
+
+# A GitHub-push-shaped 1 KiB body and its signature, computed once.
+secret="bench-$(openssl rand -hex 16)"
+python3 - "$work/body.json" <<'EOF'
+import json, sys
+body = {"ref": "refs/heads/main", "before": "0" * 40, "after": "1" * 40,
+        "repository": {"id": 1, "full_name": "example/postern-bench", "private": False},
+        "pusher": {"name": "bench", "email": "bench@example.com"},
+        "commits": [{"id": "1" * 40, "message": "bench " + "x" * 500,
+                     "author": {"name": "bench", "email": "bench@example.com"}}]}
+text = json.dumps(body)
+text += " " * (1024 - len(text)) if len(text) < 1024 else ""
+open(sys.argv[1], "w").write(text)
+EOF
+signature="sha256=$(openssl dgst -sha256 -hmac "$secret" -r <"$work/body.json" | cut -d' ' -f1)"
+
+# ---------------------------------------------------------------- servers
+start origin "$work/origin" "127.0.0.1:$P_ORIGIN" 256
+wait_port "$P_ORIGIN" origin
+start iperf3 iperf3 --server --bind 127.0.0.1 --port "$P_IPERF"
+wait_port "$P_IPERF" iperf3
+
+start socat_tls socat "OPENSSL-LISTEN:$P_SOCAT_TLS,bind=127.0.0.1,reuseaddr,fork,cert=$work/leaf.pem,key=$work/leaf.key,cafile=$work/ca.pem,verify=0" \
+    "TCP:127.0.0.1:$P_ORIGIN,nodelay"
+wait_port "$P_SOCAT_TLS" socat_tls
+start socat_tcp socat "TCP-LISTEN:$P_SOCAT_TCP,bind=127.0.0.1,reuseaddr,fork,nodelay" "TCP:127.0.0.1:$P_IPERF,nodelay"
+wait_port "$P_SOCAT_TCP" socat_tcp
+
+cat >"$work/ingress.toml" <<EOF
+state_dir = "$work/ingress-state"
+audit_log = "$work/audit.jsonl"
+
+[listen]
+https = "127.0.0.1:$P_INGRESS"
+tcp_port_range = "18500-18509"
+
+[static_cert]
+cert = "$work/chain.pem"
+key = "$work/leaf.key"
+
+[[funnel]]
+hostname = "open.bench.test"
+target = "127.0.0.1:$P_ORIGIN"
+
+[[funnel]]
+hostname = "gated.bench.test"
+target = "127.0.0.1:$P_ORIGIN"
+[[funnel.gate]]
+verify_webhook = "github"
+secret_env = "BENCH_GH_SECRET"
+
+[[tcp_funnel]]
+port = $P_TCP_FUNNEL
+target = "127.0.0.1:$P_IPERF"
+EOF
+if [ "$WG_STANDIN" = 1 ]; then
+    cat >>"$work/ingress.toml" <<EOF
+
+[[funnel]]
+hostname = "wg.bench.test"
+target = "127.0.0.1:$P_WG_FWD_HTTP"
+
+[[tcp_funnel]]
+port = $P_TCP_FUNNEL_WG
+target = "127.0.0.1:$P_WG_FWD_TCP"
+EOF
+fi
+mkdir -p "$work/ingress-state"
+export BENCH_GH_SECRET="$secret" # the gate's secret_env; not on any command line
+start ingress env RUST_LOG=warn "$INGRESS_BIN" serve --config "$work/ingress.toml"
+wait_port "$P_INGRESS" ingress
+wait_port "$P_TCP_FUNNEL" ingress
+
+# rathole: server (the public side) and client (beside the origin), Noise NK transport.
+keys="$(rathole --genkey)"
+rathole_private="$(echo "$keys" | sed -n '/Private Key/{n;p}')"
+rathole_public="$(echo "$keys" | sed -n '/Public Key/{n;p}')"
+token="$(openssl rand -hex 16)"
+cat >"$work/rathole-server.toml" <<EOF
+[server]
+bind_addr = "127.0.0.1:$P_RATHOLE_CTL"
+default_token = "$token"
+[server.transport]
+type = "noise"
+[server.transport.noise]
+local_private_key = "$rathole_private"
+[server.services.iperf]
+bind_addr = "127.0.0.1:$P_RATHOLE"
+EOF
+cat >"$work/rathole-client.toml" <<EOF
+[client]
+remote_addr = "127.0.0.1:$P_RATHOLE_CTL"
+default_token = "$token"
+[client.transport]
+type = "noise"
+[client.transport.noise]
+remote_public_key = "$rathole_public"
+[client.services.iperf]
+local_addr = "127.0.0.1:$P_IPERF"
+EOF
+start rathole_server env RUST_LOG=warn rathole --server "$work/rathole-server.toml"
+wait_port "$P_RATHOLE_CTL" rathole_server
+start rathole_client env RUST_LOG=warn rathole --client "$work/rathole-client.toml"
+wait_port "$P_RATHOLE" rathole_server
+
+# bore: server (public side) and local client; plain TCP.
+start bore_server bore server --min-port "$P_BORE" --max-port "$P_BORE" --bind-addr 127.0.0.1
+wait_port "$P_BORE_CTL" bore_server
+start bore_client bore local "$P_IPERF" --local-host 127.0.0.1 --to 127.0.0.1 --port "$P_BORE"
+wait_port "$P_BORE" bore_server
+
+# The stand-in for the mesh hop: B (kernel TUN, the "node") first, its origin and iperf3
+# server on B's tunnel address, then A (userspace, the "ingress's node") forwarding into
+# the tunnel.
+wait_ready() { # wait_ready NAME: until postern logs " ready" (10 s)
+    local i
+    for i in $(seq 1 100); do
+        grep -q " ready" "$work/$1.log" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    say "$1 did not get ready within 10 s; its log:"
+    tail -n 20 "$work/$1.log" >&2 || true
+    exit 1
+}
+wg_conf() { # wg_conf FILE KEY ADDRESS LISTEN_PORT PEER_PUB PEER_ALLOWED PEER_ENDPOINT
+    (
+        umask 077
+        printf '[Interface]\nPrivateKey = %s\nAddress = %s/32\nListenPort = %s\nMTU = 1420\n\n' "$(cat "$2")" "$3" "$4"
+        printf '[Peer]\nPublicKey = %s\nAllowedIPs = %s/32\nEndpoint = %s\n' "$5" "$6" "$7"
+    ) >"$1"
+}
+if [ "$WG_STANDIN" = 1 ]; then
+    (umask 077 && wg genkey >"$work/wg-a.key" && wg genkey >"$work/wg-b.key")
+    wg_conf "$work/$WG_DEV.conf" "$work/wg-b.key" "$WG_B_IP" "$WG_B_UDP" \
+        "$(wg pubkey <"$work/wg-a.key")" "$WG_A_IP" "127.0.0.1:$WG_A_UDP"
+    wg_conf "$work/wg-a.conf" "$work/wg-a.key" "$WG_A_IP" "$WG_A_UDP" \
+        "$(wg pubkey <"$work/wg-b.key")" "$WG_B_IP" "127.0.0.1:$WG_B_UDP"
+    start wg_b "$POSTERN_BIN" wg up "$work/$WG_DEV.conf" --tun "$WG_DEV"
+    wait_ready wg_b
+    start origin_wg "$work/origin" "$WG_B_IP:$P_ORIGIN" 256
+    start iperf3_wg iperf3 --server --bind "$WG_B_IP" --port "$P_WG_IPERF"
+    sleep 0.5
+    start wg_a "$POSTERN_BIN" wg up "$work/wg-a.conf" \
+        --forward "tcp:127.0.0.1:$P_WG_FWD_TCP:$WG_B_IP:$P_WG_IPERF" \
+        --forward "tcp:127.0.0.1:$P_WG_FWD_HTTP:$WG_B_IP:$P_ORIGIN"
+    wait_ready wg_a
+    wait_port "$P_WG_FWD_HTTP" wg_a
+fi
+
+# ---------------------------------------------------------------- checks before measuring
+in_ns() { # runs a command with the bench /etc/hosts
+    unshare --mount --propagation private -- sh -c 'mount --bind "$0" /etc/hosts && exec "$@"' "$work/hosts" "$@"
+}
+status_of() { # status_of URL [curl args...]
+    local url="$1"; shift
+    in_ns curl -sk -o /dev/null -w '%{http_code}' -X POST --data-binary "@$work/body.json" \
+        -H 'Content-Type: application/json' -H 'X-GitHub-Event: push' "$@" "$url"
+}
+check() { # check WHAT EXPECTED GOT
+    [ "$2" = "$3" ] || die "check failed: $1 gave $3, expected $2"
+    say "check: $1 -> $3"
+}
+check "direct HTTP" 200 "$(status_of "http://direct.bench.test:$P_ORIGIN/hook")"
+check "direct HTTPS (socat)" 200 "$(status_of "https://direct.bench.test:$P_SOCAT_TLS/hook")"
+check "funnel, no gate" 200 "$(status_of "https://open.bench.test:$P_INGRESS/hook")"
+check "funnel, gate, signed" 200 "$(status_of "https://gated.bench.test:$P_INGRESS/hook" \
+    -H "X-Hub-Signature-256: $signature" -H "X-GitHub-Delivery: check-1")"
+check "funnel, gate, same delivery again (replay)" 403 "$(status_of "https://gated.bench.test:$P_INGRESS/hook" \
+    -H "X-Hub-Signature-256: $signature" -H "X-GitHub-Delivery: check-1")"
+if [ "$WG_STANDIN" = 1 ]; then
+    check "funnel, no gate, via the WireGuard stand-in" 200 "$(status_of "https://wg.bench.test:$P_INGRESS/hook")"
+fi
+check "funnel, gate, unsigned" 401 "$(status_of "https://gated.bench.test:$P_INGRESS/hook" \
+    -H "X-GitHub-Delivery: check-2")"
+
+# ---------------------------------------------------------------- measuring
+results="$work/results.tsv" # kind variant round value...
+loads="$work/loads.txt"
+: >"$results"
+: >"$loads"
+load_now() { cut -d' ' -f1 /proc/loadavg >>"$loads"; }
+cpu_ticks() { # user+system clock ticks of the given pids
+    local total=0 pid
+    for pid in "$@"; do
+        # fields after the ")" of the command name: utime is the 12th, stime the 13th
+        total=$((total + $(sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')))
+    done
+    echo "$total"
+}
+hz="$(getconf CLK_TCK)"
+
+http_variant() { # http_variant KEY ROUND [KIND SECONDS]: one wrk measurement
+    local key="$1" round="$2" kind="${3:-http}" seconds="${4:-$T}" url cpu_pids=() before after line tag t0 t1
+    case "$key" in
+    direct_http) url="http://direct.bench.test:$P_ORIGIN/hook" ;;
+    direct_https) url="https://direct.bench.test:$P_SOCAT_TLS/hook" ;;
+    funnel_open) url="https://open.bench.test:$P_INGRESS/hook"; cpu_pids=("$pid_ingress") ;;
+    funnel_gated) url="https://gated.bench.test:$P_INGRESS/hook"; cpu_pids=("$pid_ingress") ;;
+    funnel_wg) url="https://wg.bench.test:$P_INGRESS/hook"; cpu_pids=("$pid_ingress" "$pid_wg_a" "$pid_wg_b") ;;
+    esac
+    tag="$key-$round-$RANDOM"
+    # 1 s warm-up (connections, caches), not counted.
+    in_ns wrk -t"$THREADS" -c"$CONNS" -d1s -s "$here/webhook.lua" "$url" -- "$work/body.json" "$signature" "$tag-warm" >/dev/null
+    load_now
+    before="$(cpu_ticks "${cpu_pids[@]}")"
+    t0="$(date +%s.%N)"
+    line="$(in_ns wrk -t"$THREADS" -c"$CONNS" -d"${seconds}s" -s "$here/webhook.lua" "$url" -- "$work/body.json" "$signature" "$tag" | grep '^RESULT')"
+    t1="$(date +%s.%N)"
+    after="$(cpu_ticks "${cpu_pids[@]}")"
+    load_now
+    say "$kind $key round $round: $line cpu_ticks=$((after - before))"
+    echo "$kind $key $round $line cpu_ticks=$((after - before)) wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b - a}') hz=$hz ncpu=${#cpu_pids[@]}" >>"$results"
+}
+
+tcp_variant() { # tcp_variant KEY ROUND: one iperf3 measurement
+    local key="$1" round="$2" port cpu_pids=() before after bps t0 t1
+    case "$key" in
+    direct) port=$P_IPERF ;;
+    socat) port=$P_SOCAT_TCP ;;
+    tcp_funnel) port=$P_TCP_FUNNEL; cpu_pids=("$pid_ingress") ;;
+    rathole) port=$P_RATHOLE; cpu_pids=("$pid_rathole_server" "$pid_rathole_client") ;;
+    bore) port=$P_BORE; cpu_pids=("$pid_bore_server" "$pid_bore_client") ;;
+    tcp_funnel_wg) port=$P_TCP_FUNNEL_WG; cpu_pids=("$pid_ingress" "$pid_wg_a" "$pid_wg_b") ;;
+    esac
+    load_now
+    before="$(cpu_ticks "${cpu_pids[@]}")"
+    t0="$(date +%s.%N)"
+    bps="$(iperf3 --client 127.0.0.1 --port "$port" --time "$T" --omit 1 --json |
+        jq -r '.end.sum_received.bits_per_second')"
+    t1="$(date +%s.%N)"
+    after="$(cpu_ticks "${cpu_pids[@]}")"
+    load_now
+    say "tcp $key round $round: $(awk -v b="$bps" 'BEGIN{printf "%.3f", b/1e9}') Gbit/s cpu_ticks=$((after - before))"
+    echo "tcp $key $round bps=$bps seconds=$T cpu_ticks=$((after - before)) wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b - a}') hz=$hz ncpu=${#cpu_pids[@]}" >>"$results"
+}
+
+mesh_variant() {
+    # When the ingress serves funnels over its embedded node: start a coord and a node that
+    # serves the origin, point a third [[funnel]] (and a [[tcp_funnel]]) at it, and add
+    # "funnel_mesh"/"tcp_funnel_mesh" keys to http_variant/tcp_variant. Not yet possible.
+    :
+}
+
+http_keys=(direct_http direct_https funnel_open funnel_gated)
+tcp_keys=(direct socat tcp_funnel rathole bore)
+if [ "$WG_STANDIN" = 1 ]; then
+    http_keys+=(funnel_wg)
+    tcp_keys+=(tcp_funnel_wg)
+fi
+uptime_start="$(cat /proc/loadavg)"
+started="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+for round in $(seq 1 "$ROUNDS"); do
+    if [ $((round % 2)) = 1 ]; then order=("${http_keys[@]}"); else order=(); for ((i = ${#http_keys[@]} - 1; i >= 0; i--)); do order+=("${http_keys[$i]}"); done; fi
+    for key in "${order[@]}"; do http_variant "$key" "$round"; done
+    if [ $((round % 2)) = 1 ]; then order=("${tcp_keys[@]}"); else order=(); for ((i = ${#tcp_keys[@]} - 1; i >= 0; i--)); do order+=("${tcp_keys[$i]}"); done; fi
+    for key in "${order[@]}"; do tcp_variant "$key" "$round"; done
+done
+for pair in $(seq 1 "$GATE_PAIRS"); do
+    if [ $((pair % 2)) = 1 ]; then order=(funnel_open funnel_gated); else order=(funnel_gated funnel_open); fi
+    for key in "${order[@]}"; do http_variant "$key" "$pair" gatepair "$GATE_T"; done
+done
+
+# ---------------------------------------------------------------- the tables
+commit="$(cd "$repo" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+dirty="$(cd "$repo" && git status --porcelain -- ingress 2>/dev/null | head -1)"
+[ -n "$dirty" ] && commit="$commit (ingress/ modified)"
+table="$(python3 -B "$here/report.py" "$results" "$loads" "$started" "$commit" "$T" "$ROUNDS" "$CONNS" "$THREADS" "$GATE_T")"
+echo "$table"
+if [ -n "$out_file" ]; then echo "$table" >"$out_file"; say "tables written to $out_file"; fi

@@ -1,0 +1,51 @@
+-- wrk script of bench/funnel/run.sh: a GitHub webhook delivery per request.
+--
+-- Every request is the same POST (fixed body, with the X-Hub-Signature-256 the script
+-- computed once over it) except X-GitHub-Delivery, which is fresh per request so that the
+-- gate's replay cache admits every one. The same script drives every HTTP variant (direct,
+-- funnel without gate, funnel with the gate), so the client does the same work in each.
+--
+-- Arguments (after `--`): BODY_FILE SIGNATURE RUN_TAG
+-- done() prints one line for run.sh to parse:
+--   RESULT requests=N seconds=S rps=R p50_us=A p99_us=B non2xx=C errors=E
+
+local body, signature, tag
+local counter = 0
+local thread_id = 0
+local next_id = 0
+
+function setup(thread)
+  next_id = next_id + 1
+  thread:set("tid", next_id)
+end
+
+function init(args)
+  local f = assert(io.open(args[1], "rb"))
+  body = f:read("*a")
+  f:close()
+  signature = args[2]
+  tag = args[3] or "run"
+  thread_id = tid or 0
+end
+
+function request()
+  counter = counter + 1
+  local headers = {
+    ["Content-Type"] = "application/json",
+    ["User-Agent"] = "GitHub-Hookshot/bench",
+    ["X-GitHub-Event"] = "push",
+    ["X-GitHub-Delivery"] = string.format("%s-%d-%d", tag, thread_id, counter),
+    ["X-Hub-Signature-256"] = signature,
+  }
+  return wrk.format("POST", "/hook", headers, body)
+end
+
+function done(summary, latency, requests)
+  local seconds = summary.duration / 1e6
+  local e = summary.errors
+  io.write(string.format(
+    "RESULT requests=%d seconds=%.3f rps=%.1f p50_us=%d p99_us=%d non2xx=%d errors=%d\n",
+    summary.requests, seconds, summary.requests / seconds,
+    latency:percentile(50), latency:percentile(99), e.status,
+    e.connect + e.read + e.write + e.timeout))
+end

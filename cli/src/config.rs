@@ -14,6 +14,8 @@
 //! port = 41641
 //! socks5 = "127.0.0.1:1080"
 //! http_proxy = "127.0.0.1:8080"
+//! inspect = "127.0.0.1:4040"      # or "off"
+//! inspect_serves = false
 //! ```
 
 use std::net::SocketAddr;
@@ -48,6 +50,8 @@ pub(crate) struct ConfigFile {
     pub(crate) port: Option<u16>,
     pub(crate) socks5: Option<SocketAddr>,
     pub(crate) http_proxy: Option<SocketAddr>,
+    pub(crate) inspect: Option<String>,
+    pub(crate) inspect_serves: Option<bool>,
 }
 
 impl Global {
@@ -152,13 +156,15 @@ mod tests {
     #[test]
     fn every_key_parses_and_unknown_keys_are_refused() {
         let file = parse_config(
-            "state_dir = \"/s\"\ncoord = \"http://c:1\"\nhostname = \"h\"\nauth_key_file = \"/k\"\nport = 7\nsocks5 = \"127.0.0.1:1080\"\nhttp_proxy = \"127.0.0.1:8080\"\n",
+            "state_dir = \"/s\"\ncoord = \"http://c:1\"\nhostname = \"h\"\nauth_key_file = \"/k\"\nport = 7\nsocks5 = \"127.0.0.1:1080\"\nhttp_proxy = \"127.0.0.1:8080\"\ninspect = \"off\"\ninspect_serves = true\n",
         )
         .unwrap();
         assert_eq!(file.state_dir, Some(PathBuf::from("/s")));
         assert_eq!(file.coord.as_deref(), Some("http://c:1"));
         assert_eq!(file.port, Some(7));
         assert_eq!(file.socks5, Some("127.0.0.1:1080".parse().unwrap()));
+        assert_eq!(file.inspect.as_deref(), Some("off"));
+        assert_eq!(file.inspect_serves, Some(true));
         let err = parse_config("cord = \"x\"").unwrap_err();
         assert!(err.contains("cord"), "{err}");
         let err = parse_config("port = \"many\"").unwrap_err();

@@ -5,9 +5,12 @@
 
 mod config;
 mod dev;
+mod funnel;
+mod inspect;
 mod login;
 mod nc;
 mod ping;
+mod serve;
 mod status;
 mod up;
 mod wg;
@@ -29,8 +32,9 @@ pub(crate) const EXIT_NOT_READY: u8 = 3;
 /// identity, and publishes chosen services to the internet through an ingress.
 ///
 /// A node starts with `postern login --coord URL --auth-key-file FILE` (once), then runs
-/// with `postern up`; `postern status`, `postern ping`, `postern nc` and `postern down`
-/// talk to the running node through its local API socket in the state directory.
+/// with `postern up`; `postern status`, `postern ping`, `postern nc`, `postern serve`,
+/// `postern funnel`, `postern inspect` and `postern down` talk to the running node
+/// through its local API socket in the state directory.
 ///
 /// Logs go to standard error; set RUST_LOG (e.g. RUST_LOG=debug or
 /// RUST_LOG=postern_node=trace) to see more. Exit status: 0 on success, 1 when something
@@ -72,8 +76,12 @@ enum Command {
     ///
     /// The local API listens on STATE_DIR/postern.sock (mode 0600).
     ///
+    /// Request inspection (a web UI and JSON API of captured funnel requests, see
+    /// `postern inspect`) runs on --inspect, 127.0.0.1:4040 by default. Serves and funnels
+    /// kept with --bg come back at each start.
+    ///
     /// Config file keys (see --config): state_dir, coord, hostname, auth_key_file, port,
-    /// socks5, http_proxy; flags win over the file.
+    /// socks5, http_proxy, inspect, inspect_serves; flags win over the file.
     ///
     /// Examples:
     ///   postern up
@@ -109,6 +117,78 @@ enum Command {
     /// packet filter let traffic through. The path is `direct` (UDP straight to the peer);
     /// relayed paths come with the relay.
     Ping(ping::PingArgs),
+    /// Share a local service with the tailnet (not the internet; see `postern funnel`).
+    ///
+    /// The running daemon (`postern up`) listens on a tailnet port of this node and
+    /// proxies connections to a local service. HTTP serves (the default) add the caller's
+    /// identity as request headers after removing any such headers that came in:
+    /// Postern-User-Login, Postern-User-Name, Postern-User-Groups, Postern-Node-Name and
+    /// Postern-Node-Tags (see docs/serve.md). --tcp serves pipe raw bytes. The policy
+    /// decides which peers may connect; others never reach the service.
+    ///
+    /// By default the serve lasts while this command runs (Ctrl-C removes it, as does
+    /// killing it); with --bg it is saved in the state directory and comes back when the
+    /// daemon restarts, until `postern serve reset`.
+    ///
+    /// Forms:
+    ///   postern serve 3000                                (tailnet :3000 -> http://127.0.0.1:3000)
+    ///   postern serve 80 http://127.0.0.1:3000/app        (tailnet :80 -> that origin)
+    ///   postern serve --set-path /api 80 8080             (tailnet :80/api/* -> 127.0.0.1:8080/*)
+    ///   postern serve --tcp 5432 5432                     (tailnet :5432 -> tcp 127.0.0.1:5432)
+    ///   postern serve 3000 --bg                           (kept across restarts)
+    ///   postern serve status [--json]
+    ///   postern serve reset
+    ///
+    /// Exit status: 0 when served (foreground: when stopped with Ctrl-C), 1 when the
+    /// daemon removed a foreground serve or something failed, 2 for a bad target or a
+    /// port conflict, 3 when no daemon runs (start one with `postern up`).
+    #[command(verbatim_doc_comment)]
+    Serve(serve::ServeArgs),
+    /// Publish a local service to the internet through the ingress, behind gates.
+    ///
+    /// The daemon asks the coordination server for a funnel of PORT; the policy must
+    /// grant it (a refusal prints the coord's message, naming the missing grant, and
+    /// exits 1). On success it prints the public URL, which stays the same for the same
+    /// node, name and port. Public requests pass the gates at the ingress and reach
+    /// 127.0.0.1:PORT with the admitted identity as Postern-Gate / Postern-Identity
+    /// headers. Funnelled requests are captured by request inspection
+    /// (`postern inspect list`).
+    ///
+    /// Gates (combined: every gate must admit, or any one with --any):
+    ///   --verify-webhook PROVIDER --secret-env VAR | --secret-file FILE
+    ///   --login [--allow-email E] [--allow-domain D] [--allow-group G]
+    ///   --jwt-issuer URL [--jwt-audience A] [--jwks-url U]
+    ///   --allow-ip CIDR, --deny-ip CIDR, --mtls-ca FILE, --rate-limit 10/s
+    /// Secrets are never taken on the command line.
+    ///
+    /// Like serve, a funnel lasts while this command runs unless --bg.
+    ///
+    /// Examples:
+    ///   GH_SECRET=... postern funnel 3000 --verify-webhook github --secret-env GH_SECRET
+    ///   postern funnel 8080 --name docs --login --allow-domain example.com --ttl 2h --bg
+    ///   postern funnel status --json
+    ///   postern funnel reset
+    ///
+    /// Exit status: 0 on success, 1 when the coord refused or could not be asked, 2 for
+    /// bad flags, 3 when no daemon runs.
+    #[command(verbatim_doc_comment)]
+    Funnel(Box<funnel::FunnelArgs>),
+    /// List, show and replay the requests the node captured (request inspection).
+    ///
+    /// The daemon captures every funnelled request (and, with `postern up
+    /// --inspect-serves`, every request to a serve) and serves a web UI and JSON API on
+    /// `--inspect` (default http://127.0.0.1:4040). These commands use that API; they ask
+    /// the daemon where it listens unless --inspect-url is given.
+    ///
+    /// Examples:
+    ///   postern inspect list --json
+    ///   postern inspect show 4 --reveal
+    ///   postern inspect replay 4
+    ///
+    /// Exit status: 0 on success, 1 for an unknown id or a failed replay, 3 when no daemon
+    /// runs or inspection is off.
+    #[command(verbatim_doc_comment)]
+    Inspect(inspect::InspectArgs),
     /// Plain WireGuard: bring up a wg-quick configuration without a coordination server.
     #[command(subcommand)]
     Wg(wg::WgCommand),
@@ -127,6 +207,9 @@ fn main() -> ExitCode {
         Command::Status(args) => status::run(&args),
         Command::Nc(args) => nc::run(&args),
         Command::Ping(args) => ping::run(&args),
+        Command::Serve(args) => serve::run(args),
+        Command::Funnel(args) => funnel::run(*args),
+        Command::Inspect(args) => inspect::run(args),
         Command::Wg(command) => wg::run(command),
         Command::Dev(args) => dev::run(&args),
     }

@@ -7,8 +7,12 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use postern_node::daemon::api_client::{ApiClientError, LocalApiClient};
+use postern_node::daemon::inspection::Inspection;
+use postern_node::daemon::serves::{ControlFunnels, ServeManager};
 use postern_node::daemon::state::{API_SOCKET_FILE, StateDir};
 use postern_node::daemon::{NodeRuntime, RuntimeConfig, RuntimeError, api, http_proxy};
+use postern_node::inspect::CaptureConfig;
+use postern_node::serve::{ExchangeObserver, NoopObserver};
 use postern_node::userspace::socks5;
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +36,17 @@ pub(crate) struct UpArgs {
     /// authentication: bind it to loopback) (config: `http_proxy`).
     #[arg(long, value_name = "ADDR")]
     http_proxy: Option<SocketAddr>,
+
+    /// Run request inspection's web UI and JSON API at ADDR, or `off`. Default
+    /// 127.0.0.1:4040; if that default is taken (another node on this machine), the node
+    /// runs without it and says so. Funnelled requests are captured (config: `inspect`).
+    #[arg(long, value_name = "ADDR|off")]
+    inspect: Option<String>,
+
+    /// Capture requests from tailnet peers to `postern serve` ports too (config:
+    /// `inspect_serves`).
+    #[arg(long)]
+    inspect_serves: bool,
 
     #[command(flatten)]
     global: Global,
@@ -60,6 +75,11 @@ pub(crate) fn run_up(args: UpArgs) -> ExitCode {
     };
     let socks5_addr = args.socks5.or(file.socks5);
     let http_proxy_addr = args.http_proxy.or(file.http_proxy);
+    let inspect = match inspect_setting(args.inspect.as_deref().or(file.inspect.as_deref())) {
+        Ok(inspect) => inspect,
+        Err(message) => return fail(&message, EXIT_USAGE),
+    };
+    let inspect_serves = args.inspect_serves || file.inspect_serves.unwrap_or(false);
     runtime.block_on(async move {
         if let Err(e) = StateDir::open(&state_dir) {
             return fail(&e.to_string(), EXIT_USAGE);
@@ -136,10 +156,52 @@ pub(crate) fn run_up(args: UpArgs) -> ExitCode {
                 }
             }
         }
+        let inspection = match inspect {
+            InspectSetting::Off => None,
+            InspectSetting::At { addr, explicit } => {
+                match Inspection::start(
+                    addr,
+                    inspect_serves,
+                    CaptureConfig::default(),
+                    cancel.clone(),
+                )
+                .await
+                {
+                    Ok(inspection) => Some(inspection),
+                    Err(e) if !explicit => {
+                        tracing::warn!(%e, "running without request inspection");
+                        None
+                    }
+                    Err(e) => {
+                        node.shutdown().await;
+                        return fail(&e.to_string(), EXIT_FAILURE);
+                    }
+                }
+            }
+        };
+        let observer: Arc<dyn ExchangeObserver> = match &inspection {
+            Some(inspection) => inspection.observer(),
+            None => Arc::new(NoopObserver),
+        };
+        let serves =
+            match ServeManager::start(&handle, Arc::new(ControlFunnels::new(&handle)), observer) {
+                Ok(serves) => serves,
+                Err(e) => {
+                    node.shutdown().await;
+                    return fail(&e.to_string(), EXIT_FAILURE);
+                }
+            };
+        if let Some(inspection) = &inspection {
+            inspection.attach(&serves);
+        }
+        let extras = api::ApiExtras {
+            serves: Some(Arc::clone(&serves)),
+            inspect_addr: inspection.as_ref().map(Inspection::addr),
+        };
         let api_task = tokio::spawn({
             let handle = handle.clone();
             let socket = socket.clone();
-            async move { api::serve(handle, listener, &socket).await }
+            async move { api::serve_with(handle, extras, listener, &socket).await }
         });
         if let Ok(status) = handle.status().await {
             let addresses: Vec<String> = status
@@ -165,6 +227,29 @@ pub(crate) fn run_up(args: UpArgs) -> ExitCode {
         let _ = api_task.await;
         ExitCode::SUCCESS
     })
+}
+
+/// Where request inspection runs.
+enum InspectSetting {
+    Off,
+    At { addr: SocketAddr, explicit: bool },
+}
+
+fn inspect_setting(value: Option<&str>) -> Result<InspectSetting, String> {
+    match value {
+        None => Ok(InspectSetting::At {
+            addr: postern_node::inspect::api::DEFAULT_ADDR,
+            explicit: false,
+        }),
+        Some("off") => Ok(InspectSetting::Off),
+        Some(text) => text
+            .parse()
+            .map(|addr| InspectSetting::At {
+                addr,
+                explicit: true,
+            })
+            .map_err(|_| format!("--inspect {text:?}: give an address (127.0.0.1:4040) or `off`")),
+    }
 }
 
 /// Runs `postern down`.

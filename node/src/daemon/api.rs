@@ -9,26 +9,42 @@
 //! | `POST /v0/dial?peer=N&port=P` with `Upgrade: postern-stream` | 101, then the connection carries a TCP stream to `N:P` in the tailnet |
 //! | `POST /v0/listen?port=P` with `Upgrade: postern-stream` | listens on tailnet port `P`; 101 once listening, then the connection carries the first TCP stream accepted |
 //! | `POST /v0/shutdown` | asks the node to stop |
+//! | `GET /v0/serve` | the serves and funnels: [`ServeStatus`](super::serves::ServeStatus) |
+//! | `POST /v0/serve` with a JSON [`ServeRequest`](super::serves::ServeRequest) | adds a serve; `--bg` (`background: true`) answers [`ServeStatus`](super::serves::ServeStatus); a foreground serve needs `Upgrade: postern-stream`: 101, one JSON [`ServeStatus`](super::serves::ServeStatus) line, and the serve lasts until either side closes the stream |
+//! | `POST /v0/serve/reset` | removes every serve (not funnels) |
+//! | `GET /v0/funnel` | the same [`ServeStatus`](super::serves::ServeStatus) |
+//! | `POST /v0/funnel` with a JSON [`FunnelRequestBody`](super::serves::FunnelRequestBody) | asks the coord for a funnel; answers [`FunnelStatus`](super::serves::FunnelStatus) (`--bg`) or, in the foreground, 101 and one JSON [`FunnelStatus`](super::serves::FunnelStatus) line, like `/v0/serve` |
+//! | `POST /v0/funnel/reset` | closes every funnel |
+//! | `GET /v0/inspect` | `{"addr": "127.0.0.1:4040"}`: where request inspection listens (`addr` null when off) |
 //!
 //! Errors are JSON `{"error": "..."}` with a status that says whose fault it was (400 bad
-//! request, 404 unknown peer, 502 the peer refused, 504 no answer in time).
+//! request, 403 the coord refused a funnel, 404 unknown peer, 409 a port conflict, 501 no
+//! funnel support, 502 the peer refused, 503 the coord cannot be asked, 504 no answer in
+//! time).
 
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
 use axum::Json;
 use axum::Router;
-use axum::extract::{Query, Request, State};
+use axum::extract::{FromRef, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hyper_util::rt::TokioIo;
 use postern_netstack::NetstackError;
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::UnixListener;
 
+use super::serves::{
+    FunnelCallError, FunnelRequestBody, FunnelStatus, ServeChangeError, ServeManager, ServeRequest,
+};
 use super::{NodeHandle, PING_TIMEOUT, RuntimeError};
 
 /// The `Upgrade` token of a byte stream carried over the local API.
@@ -77,10 +93,45 @@ pub struct ResolveAnswer {
     pub address: IpAddr,
 }
 
+/// What the local API offers besides the node itself: the serve manager (without it the
+/// serve and funnel routes answer 503) and where request inspection listens.
+#[derive(Debug, Clone, Default)]
+pub struct ApiExtras {
+    /// The daemon's serves and funnels.
+    pub serves: Option<Arc<ServeManager>>,
+    /// The inspection UI's address, if it runs.
+    pub inspect_addr: Option<SocketAddr>,
+}
+
+/// The answer of `GET /v0/inspect`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InspectAnswer {
+    /// Where the inspection UI and API listen; `None` when the node runs `--inspect off`.
+    pub addr: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+struct ApiContext {
+    node: NodeHandle,
+    extras: ApiExtras,
+}
+
+impl FromRef<ApiContext> for NodeHandle {
+    fn from_ref(context: &ApiContext) -> Self {
+        context.node.clone()
+    }
+}
+
 /// Serves `node` on `listener` (from [`bind`] at `path`) until the node stops, then
-/// removes the socket file.
+/// removes the socket file. Without serve routes; see [`serve_with`].
 pub async fn serve(node: NodeHandle, listener: UnixListener, path: &Path) {
+    serve_with(node, ApiExtras::default(), listener, path).await;
+}
+
+/// Like [`serve`], with the serve and funnel routes of `extras`.
+pub async fn serve_with(node: NodeHandle, extras: ApiExtras, listener: UnixListener, path: &Path) {
     let stop = node.clone();
+    let context = ApiContext { node, extras };
     let router = Router::new()
         .route("/v0/status", get(status))
         .route("/v0/resolve", get(resolve))
@@ -88,7 +139,12 @@ pub async fn serve(node: NodeHandle, listener: UnixListener, path: &Path) {
         .route("/v0/dial", post(dial))
         .route("/v0/listen", post(listen))
         .route("/v0/shutdown", post(shutdown))
-        .with_state(node);
+        .route("/v0/serve", get(serve_status).post(serve_add))
+        .route("/v0/serve/reset", post(serve_reset))
+        .route("/v0/funnel", get(serve_status).post(funnel_open))
+        .route("/v0/funnel/reset", post(funnel_reset))
+        .route("/v0/inspect", get(inspect_addr))
+        .with_state(context);
     let served = axum::serve(listener, router)
         .with_graceful_shutdown(async move { stop.stopped().await })
         .await;
@@ -255,6 +311,168 @@ async fn shutdown(State(node): State<NodeHandle>) -> Response {
         stopper.stop();
     });
     Json(serde_json::json!({ "stopping": true })).into_response()
+}
+
+fn no_serves() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "this daemon does not serve (it was started without the serve runtime)",
+    )
+}
+
+async fn serve_status(State(context): State<ApiContext>) -> Response {
+    match &context.extras.serves {
+        Some(serves) => Json(serves.status()).into_response(),
+        None => no_serves(),
+    }
+}
+
+async fn inspect_addr(State(context): State<ApiContext>) -> Response {
+    Json(InspectAnswer {
+        addr: context.extras.inspect_addr,
+    })
+    .into_response()
+}
+
+async fn serve_reset(State(context): State<ApiContext>) -> Response {
+    let Some(serves) = context.extras.serves.clone() else {
+        return no_serves();
+    };
+    match serves.reset(false).await {
+        Ok(status) => Json(status).into_response(),
+        Err(err) => change_error(&err),
+    }
+}
+
+async fn funnel_reset(State(context): State<ApiContext>) -> Response {
+    let Some(serves) = context.extras.serves.clone() else {
+        return no_serves();
+    };
+    match serves.reset(true).await {
+        Ok(status) => Json(status).into_response(),
+        Err(err) => change_error(&err),
+    }
+}
+
+async fn serve_add(State(context): State<ApiContext>, mut request: Request) -> Response {
+    let Some(serves) = context.extras.serves.clone() else {
+        return no_serves();
+    };
+    let asked: ServeRequest = match json_body(&mut request).await {
+        Ok(asked) => asked,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+    };
+    if asked.entry.background {
+        return match serves.add_serve(asked.entry, None) {
+            Ok(status) => Json(status).into_response(),
+            Err(err) => change_error(&err),
+        };
+    }
+    if !wants_stream(&request) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "a foreground serve needs `Upgrade: postern-stream` (or set background)",
+        );
+    }
+    let session = serves.new_session();
+    let status = match serves.add_serve(asked.entry, Some(&session)) {
+        Ok(status) => status,
+        Err(err) => {
+            serves.end_session(session).await;
+            return change_error(&err);
+        }
+    };
+    hold_session(context.node, serves, session, &status, &mut request)
+}
+
+async fn funnel_open(State(context): State<ApiContext>, mut request: Request) -> Response {
+    let Some(serves) = context.extras.serves.clone() else {
+        return no_serves();
+    };
+    let asked: FunnelRequestBody = match json_body(&mut request).await {
+        Ok(asked) => asked,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+    };
+    if asked.background {
+        return match serves.open_funnel(asked, None).await {
+            Ok(status) => Json(status).into_response(),
+            Err(err) => change_error(&err),
+        };
+    }
+    if !wants_stream(&request) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "a foreground funnel needs `Upgrade: postern-stream` (or set background)",
+        );
+    }
+    let session = serves.new_session();
+    let status: FunnelStatus = match serves.open_funnel(asked, Some(&session)).await {
+        Ok(status) => status,
+        Err(err) => {
+            serves.end_session(session).await;
+            return change_error(&err);
+        }
+    };
+    hold_session(context.node, serves, session, &status, &mut request)
+}
+
+/// Answers 101 and keeps `session` until the CLI closes the stream, the session's entries
+/// are removed by someone else, or the node stops; then ends it. The first line on the
+/// stream is `answer` as JSON.
+fn hold_session<T: Serialize>(
+    node: NodeHandle,
+    serves: Arc<ServeManager>,
+    session: super::serves::Session,
+    answer: &T,
+    request: &mut Request,
+) -> Response {
+    let mut line = serde_json::to_vec(answer).unwrap_or_default();
+    line.push(b'\n');
+    let upgrade = hyper::upgrade::on(request);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let mut stream = TokioIo::new(upgraded);
+                if stream.write_all(&line).await.is_ok() {
+                    let mut sink = [0u8; 256];
+                    tokio::select! {
+                        () = node.stopped() => {}
+                        () = session.ended() => {}
+                        () = async {
+                            // Anything the CLI sends is ignored; EOF or an error ends it.
+                            while let Ok(n) = stream.read(&mut sink).await {
+                                if n == 0 { break; }
+                            }
+                        } => {}
+                    }
+                }
+                let _ = stream.shutdown().await;
+            }
+            Err(err) => tracing::debug!(%err, "local API upgrade failed"),
+        }
+        serves.end_session(session).await;
+    });
+    switching_protocols()
+}
+
+async fn json_body<T: serde::de::DeserializeOwned>(request: &mut Request) -> Result<T, String> {
+    let body = std::mem::take(request.body_mut());
+    let bytes = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .map_err(|err| format!("cannot read the request: {err}"))?;
+    serde_json::from_slice(&bytes).map_err(|err| format!("bad request body: {err}"))
+}
+
+fn change_error(err: &ServeChangeError) -> Response {
+    let status = match err {
+        ServeChangeError::Config(_) | ServeChangeError::BadFunnel(_) => StatusCode::BAD_REQUEST,
+        ServeChangeError::Conflict { .. } => StatusCode::CONFLICT,
+        ServeChangeError::Funnel(FunnelCallError::Refused(_)) => StatusCode::FORBIDDEN,
+        ServeChangeError::Funnel(FunnelCallError::Unsupported) => StatusCode::NOT_IMPLEMENTED,
+        ServeChangeError::Funnel(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, &err.to_string())
 }
 
 async fn splice<A, B>(mut a: A, mut b: B, node: &NodeHandle)

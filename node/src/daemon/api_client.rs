@@ -3,9 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
@@ -70,27 +71,49 @@ impl LocalApiClient {
 
     /// `GET path`, parsing the JSON answer.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiClientError> {
-        let response = self.send(http::Method::GET, path, false).await?;
+        let response = self.send(http::Method::GET, path, false, None).await?;
         json(response).await
     }
 
     /// `POST path`, parsing the JSON answer.
     pub async fn post<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiClientError> {
-        let response = self.send(http::Method::POST, path, false).await?;
+        let response = self.send(http::Method::POST, path, false, None).await?;
         json(response).await
+    }
+
+    /// `POST path` with `body` as JSON, parsing the JSON answer.
+    pub async fn post_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ApiClientError> {
+        let body = serde_json::to_vec(body).map_err(|err| ApiClientError::Http(err.to_string()))?;
+        let response = self
+            .send(http::Method::POST, path, false, Some(Bytes::from(body)))
+            .await?;
+        json(response).await
+    }
+
+    /// `POST path` with `body` as JSON and `Upgrade: postern-stream`: the daemon keeps the
+    /// returned stream open for as long as what was asked for lasts (a foreground serve),
+    /// and the caller keeps it open for as long as it wants it.
+    pub async fn stream_json<B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<ApiStream, ApiClientError> {
+        let body = serde_json::to_vec(body).map_err(|err| ApiClientError::Http(err.to_string()))?;
+        let response = self
+            .send(http::Method::POST, path, true, Some(Bytes::from(body)))
+            .await?;
+        upgraded(response).await
     }
 
     /// `POST path` with `Upgrade: postern-stream`: the returned stream carries the bytes of
     /// a tailnet TCP connection (see `/v0/dial` and `/v0/listen`).
     pub async fn stream(&self, path: &str) -> Result<ApiStream, ApiClientError> {
-        let response = self.send(http::Method::POST, path, true).await?;
-        if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-            return Err(error_of(response).await);
-        }
-        let upgraded = hyper::upgrade::on(response)
-            .await
-            .map_err(|err| ApiClientError::Http(err.to_string()))?;
-        Ok(TokioIo::new(upgraded))
+        let response = self.send(http::Method::POST, path, true, None).await?;
+        upgraded(response).await
     }
 
     async fn send(
@@ -98,6 +121,7 @@ impl LocalApiClient {
         method: http::Method,
         path: &str,
         upgrade: bool,
+        body: Option<Bytes>,
     ) -> Result<http::Response<Incoming>, ApiClientError> {
         let stream =
             UnixStream::connect(&self.socket)
@@ -122,14 +146,27 @@ impl LocalApiClient {
                 .header(http::header::CONNECTION, "upgrade")
                 .header(http::header::UPGRADE, STREAM_UPGRADE);
         }
+        if body.is_some() {
+            request = request.header(http::header::CONTENT_TYPE, "application/json");
+        }
         let request = request
-            .body(Empty::<Bytes>::new())
+            .body(Full::new(body.unwrap_or_default()))
             .map_err(|err| ApiClientError::Http(err.to_string()))?;
         sender
             .send_request(request)
             .await
             .map_err(|err| ApiClientError::Http(err.to_string()))
     }
+}
+
+async fn upgraded(response: http::Response<Incoming>) -> Result<ApiStream, ApiClientError> {
+    if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        return Err(error_of(response).await);
+    }
+    let upgraded = hyper::upgrade::on(response)
+        .await
+        .map_err(|err| ApiClientError::Http(err.to_string()))?;
+    Ok(TokioIo::new(upgraded))
 }
 
 async fn json<T: DeserializeOwned>(

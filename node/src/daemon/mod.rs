@@ -33,9 +33,11 @@ pub mod endpoints;
 pub mod filter;
 pub mod http_proxy;
 pub mod icmp;
+pub mod inspection;
 pub mod names;
 pub mod paths;
 pub mod plan;
+pub mod serves;
 pub mod state;
 pub mod status;
 
@@ -44,7 +46,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -417,6 +419,8 @@ struct Shared {
     ping_ident: u16,
     ping_seq: AtomicU16,
     stop: CancellationToken,
+    /// For funnel requests ([`serves::ControlFunnels`]); the netmap task owns the client.
+    control: Weak<ControlClient>,
 }
 
 impl NodeRuntime {
@@ -451,7 +455,7 @@ impl NodeRuntime {
         );
         client_config.coord_key = Some(login.coord_key);
         client_config.node_id = Some(login.node_id);
-        let control = ControlClient::spawn(client_config);
+        let control = Arc::new(ControlClient::spawn(client_config));
         let mut control_netmap = control.netmap();
 
         let first = match state.cached_netmap() {
@@ -510,6 +514,7 @@ impl NodeRuntime {
             ping_ident: rand::random(),
             ping_seq: AtomicU16::new(0),
             stop: stop.clone(),
+            control: Arc::downgrade(&control),
         });
         let handle = NodeHandle { shared };
 
@@ -858,7 +863,7 @@ impl Applier {
 /// tracks whether the coord is connected, until the node stops.
 async fn follow_netmaps(
     mut applier: Applier,
-    control: ControlClient,
+    control: Arc<ControlClient>,
     mut netmaps: watch::Receiver<Option<Netmap>>,
     mut reports: watch::Receiver<paths::EndpointReport>,
 ) {
@@ -910,7 +915,10 @@ async fn follow_netmaps(
             }
         }
     }
-    control.shutdown();
+    // A funnel call in flight may hold the client a moment longer; it stops with the node.
+    if let Ok(control) = Arc::try_unwrap(control) {
+        control.shutdown();
+    }
 }
 
 /// Moves packet batches from `from` to `to` until either side closes or `stop` fires.

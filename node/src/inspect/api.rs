@@ -87,6 +87,19 @@ pub fn router(
     replayer: Option<CapturingProxy>,
     shutdown: CancellationToken,
 ) -> Router {
+    router_with_replayer(store, Arc::new(move || replayer.clone()), shutdown)
+}
+
+/// Picks the local service replays go to, at the time of each replay: for a node whose
+/// served ports change while it runs. `None` makes the replay route answer 503.
+pub type ReplayerSource = Arc<dyn Fn() -> Option<CapturingProxy> + Send + Sync>;
+
+/// Like [`router`], with the replay target chosen by `replayer` at each request.
+pub fn router_with_replayer(
+    store: Arc<CaptureStore>,
+    replayer: ReplayerSource,
+    shutdown: CancellationToken,
+) -> Router {
     let state = ApiState {
         store,
         replayer,
@@ -165,7 +178,7 @@ pub fn curl_command(exchange: &Exchange, target: Option<&str>) -> String {
 #[derive(Clone)]
 struct ApiState {
     store: Arc<CaptureStore>,
-    replayer: Option<CapturingProxy>,
+    replayer: ReplayerSource,
     shutdown: CancellationToken,
 }
 
@@ -199,7 +212,7 @@ async fn ui() -> Response {
 async fn status(State(state): State<ApiState>) -> Response {
     let config = state.store.config();
     axum::Json(InspectStatus {
-        target: state.replayer.as_ref().map(|r| r.target().to_string()),
+        target: (state.replayer)().map(|r| r.target().to_string()),
         entries: state.store.len(),
         total_bytes: state.store.total_bytes(),
         max_total_bytes: config.max_total_bytes,
@@ -262,7 +275,7 @@ async fn curl(
             ),
         );
     };
-    let target = state.replayer.as_ref().map(|r| r.target().to_string());
+    let target = (state.replayer)().map(|r| r.target().to_string());
     (
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         curl_command(&exchange, target.as_deref()),
@@ -271,7 +284,7 @@ async fn curl(
 }
 
 async fn replay(State(state): State<ApiState>, Path(id): Path<u64>, body: Bytes) -> Response {
-    let Some(replayer) = state.replayer.as_ref() else {
+    let Some(replayer) = (state.replayer)() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "replay is not available: this inspector has no local service to send to".to_owned(),

@@ -111,6 +111,7 @@ pub(crate) fn run_login(args: LoginArgs) -> ExitCode {
         device: args.device,
     };
     let live = std::io::stderr().is_terminal();
+    let mut awaiting_approval = false;
     let result = runtime.block_on(login(&state, request, |progress| match progress {
         LoginProgress::LoginUrl(url) => {
             eprintln!("\nTo authorize this node, open:\n\n    {url}\n");
@@ -125,17 +126,23 @@ pub(crate) fn run_login(args: LoginArgs) -> ExitCode {
                 eprintln!("(or open {complete}, which has the code filled in)\n");
             }
         }
-        LoginProgress::NeedsApproval => {
+        LoginProgress::NeedsApproval { name } => {
             if live {
                 eprint!("\r\x1b[K");
             }
-            eprintln!("logged in; an admin must approve this node (postern-coord nodes approve)");
+            let name = if name.is_empty() { "NODE".to_owned() } else { name };
+            eprintln!(
+                "waiting for an admin to approve this device (postern-coord nodes approve {name})"
+            );
+            awaiting_approval = true;
         }
         LoginProgress::Waiting(waited) if live => {
-            eprint!(
-                "\rwaiting for the coord to authorize this node ({}s)",
-                waited.as_secs()
-            );
+            let what = if awaiting_approval {
+                "waiting for an admin's approval"
+            } else {
+                "waiting for the coord to authorize this node"
+            };
+            eprint!("\r{what} ({}s)", waited.as_secs());
             let _ = std::io::stderr().flush();
         }
         _ => {}

@@ -6,6 +6,7 @@
 //! Writing one never fails the action it records: a store error is logged instead, since
 //! the action has already happened. Details never hold secrets.
 
+use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use serde_json::Value;
@@ -44,19 +45,48 @@ pub const POLICY_RELOAD: &str = "policy.reload";
 /// A new policy was refused; the previous one stays in force.
 pub const POLICY_RELOAD_FAILED: &str = "policy.reload.failed";
 
+/// A login was refused: by the allowed domains or groups, by the identity provider, because
+/// the sign-in could not be verified, or because it was not completed in time.
+pub const LOGIN_REFUSED: &str = "login.refused";
+
+/// The actor of a refused login whose person is unknown (the IdP refused, or nobody
+/// signed in before the login expired).
+pub const ACTOR_ANONYMOUS: &str = "anonymous";
+
+tokio::task_local! {
+    /// The network address of the client the current task serves (a node's control
+    /// connection). [`record`] writes it as the record's source address; set it with
+    /// `CLIENT_ADDR.scope(addr, future)` around the work done for that client.
+    pub static CLIENT_ADDR: SocketAddr;
+}
+
 /// The actor of things the coord does by itself (expiry, ephemeral cleanup, file reloads).
 pub const ACTOR_COORD: &str = "coord";
 /// The actor of changes made through the admin API or the admin commands.
 pub const ACTOR_ADMIN: &str = "admin";
 
-/// Appends a record to `store`, logging (not returning) a failure.
+/// Appends a record to `store`, logging (not returning) a failure. Its source address is
+/// [`CLIENT_ADDR`] if the task has one.
 pub async fn record(store: &Store, actor: &str, action: &str, target: &str, details: Value) {
+    let source = CLIENT_ADDR.try_with(|addr| *addr).ok();
+    record_from(store, actor, action, target, source, details).await;
+}
+
+/// Like [`record`], with the source address given (a browser's, for a login callback).
+pub async fn record_from(
+    store: &Store,
+    actor: &str,
+    action: &str,
+    target: &str,
+    source: Option<SocketAddr>,
+    details: Value,
+) {
     let record = NewAuditRecord {
         at_ms: now_ms(),
         actor: actor.to_owned(),
         action: action.to_owned(),
         target: target.to_owned(),
-        source_addr: None,
+        source_addr: source.map(|addr| addr.to_string()),
         details,
     };
     if let Err(err) = store.append_audit(&record).await {

@@ -20,11 +20,15 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use postern_node::control::ControlConnection;
+use postern_proto::control::{ControlMessage, MapRequest, MapResponse};
 use postern_proto::{NodeId, UnixTime};
 use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use crate::audit;
+use crate::control::session::SessionError;
 use crate::control::tailnet::now;
 use crate::control::{ControlConfig, Coord};
 use crate::netmap::is_expired;
@@ -198,6 +202,51 @@ impl LifecycleState {
         // Funnels that expired or lost their grant (each close notifies the netmaps).
         coord.close_ended_funnels(now).await?;
         Ok(())
+    }
+}
+
+/// Keeps the connection of unapproved node `node_id` open until an admin approves it:
+/// a keepalive every keepalive interval, and a look at the node on every tailnet change
+/// (and at every keepalive, in case a change was missed). Map requests the node sends
+/// meanwhile replace `request`. Returns `true` once the node is approved, `false` if it
+/// hung up or was deleted, or the coord is shutting down.
+///
+/// This is what makes a waiting node quiet: it does not redial in a loop, and it gets its
+/// netmap the moment it is approved.
+pub async fn wait_for_approval<S: AsyncRead + AsyncWrite + Unpin>(
+    coord: &Coord,
+    conn: &mut ControlConnection<S>,
+    node_id: NodeId,
+    request: &mut MapRequest,
+) -> Result<bool, SessionError> {
+    let mut changes = coord.hub.subscribe();
+    let keepalive = coord.config.keepalive_interval;
+    let shutdown = coord.shutdown_token();
+    tracing::info!(node = node_id.0, "node waits for approval");
+    loop {
+        match coord.registry.store().node(node_id).await? {
+            None => return Ok(false),
+            Some(node) if node.approved => return Ok(true),
+            Some(_) => {}
+        }
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return Ok(false);
+                }
+            }
+            message = conn.recv() => match message? {
+                None => return Ok(false),
+                Some(ControlMessage::MapRequest(update)) => *request = update,
+                Some(_) => {
+                    return Err(SessionError::Protocol("unexpected message while waiting for approval"));
+                }
+            },
+            () = tokio::time::sleep(keepalive) => {
+                conn.send(&ControlMessage::MapResponse(MapResponse::KeepAlive)).await?;
+            }
+            () = shutdown.cancelled() => return Ok(false),
+        }
     }
 }
 

@@ -71,6 +71,8 @@ pub fn serve_with(
     let app = router(coord.clone()).merge(extra);
     coord.spawn_background_tasks();
     let task = tokio::spawn(async move {
+        // Peer addresses reach handlers (login callbacks) and audit records.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(listener, app)
             .with_graceful_shutdown(token.cancelled_owned())
             .await
@@ -123,8 +125,12 @@ async fn control(State(coord): State<Coord>, mut request: Request<Body>) -> Resp
         )
             .into_response();
     }
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|info| info.0);
     let on_upgrade = hyper::upgrade::on(&mut request);
-    tokio::spawn(async move {
+    let session = async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(err) => {
@@ -150,7 +156,16 @@ async fn control(State(coord): State<Coord>, mut request: Request<Body>) -> Resp
         if let Err(err) = run_session(coord, conn).await {
             tracing::info!(?machine, %err, "control session ended with an error");
         }
-    });
+    };
+    // Audit records written for this node (registrations, refused logins) name its address.
+    match peer {
+        Some(peer) => {
+            tokio::spawn(crate::audit::CLIENT_ADDR.scope(peer, session));
+        }
+        None => {
+            tokio::spawn(session);
+        }
+    }
     (
         StatusCode::SWITCHING_PROTOCOLS,
         [

@@ -11,8 +11,8 @@
 
 mod common;
 
-use common::{CoordProcess, client, client_with, peer_names, wait_for};
-use postern_node::control::{ClientError, SessionError};
+use common::{CoordProcess, WAIT, client, client_with, peer_names, wait_for};
+use postern_node::control::RegistrationState;
 use postern_proto::MachinePrivateKey;
 
 const SELF_ONLY: &str = r#"{
@@ -177,28 +177,39 @@ async fn new_nodes_wait_for_approval_when_required() {
         machine.clone(),
         false,
     );
-    let id = match waiting.join().await {
-        Err(ClientError::Session(SessionError::NeedsApproval(id))) => id,
-        other => panic!("expected NeedsApproval, got {other:?}"),
+    let needs_approval =
+        |s: &RegistrationState| matches!(s, RegistrationState::NeedsApproval { .. });
+    let state = tokio::time::timeout(WAIT, waiting.registration().wait_for(needs_approval))
+        .await
+        .unwrap()
+        .unwrap()
+        .clone();
+    let RegistrationState::NeedsApproval { node_id: id, name } = state else {
+        unreachable!()
     };
+    assert_eq!(name, "desk");
     let listed = coord.admin(&["nodes", "list"]);
     assert!(listed.contains("needs-approval"), "{listed}");
-    // Coming back before approval changes nothing.
-    let again = client_with(
-        &coord.addr,
-        Some(key.clone()),
-        "desk",
-        machine.clone(),
-        false,
+    assert!(
+        !waiting.is_finished(),
+        "a waiting node waits, it does not stop"
     );
-    assert!(matches!(
-        again.join().await,
-        Err(ClientError::Session(SessionError::NeedsApproval(_)))
-    ));
+    // Coming back before approval changes nothing: the same node, still waiting.
+    waiting.shutdown();
+    let desk = client_with(&coord.addr, Some(key.clone()), "desk", machine, false);
+    let state = tokio::time::timeout(WAIT, desk.registration().wait_for(needs_approval))
+        .await
+        .unwrap()
+        .unwrap()
+        .clone();
+    assert!(
+        matches!(state, RegistrationState::NeedsApproval { node_id, .. } if node_id == id),
+        "{state:?}"
+    );
 
+    // Approved: the waiting node gets its netmap on the connection it holds.
     let out = coord.admin(&["nodes", "approve", &id.0.to_string()]);
     assert!(out.starts_with("approved node"), "{out}");
-    let desk = client_with(&coord.addr, Some(key.clone()), "desk", machine, false);
     let mut d = desk.netmap();
     wait_for(&mut d, "the approved node's netmap", |m| {
         m.self_node.name == "desk"

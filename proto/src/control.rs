@@ -163,10 +163,16 @@ pub enum RegisterResponse {
         /// How long the code stays valid, in seconds.
         expires_in_secs: u64,
     },
-    /// Login succeeded but an admin must approve the node first.
+    /// Login succeeded but an admin must approve the node first. Current coords keep the
+    /// connection open: the node sends its map request and waits on the same connection
+    /// (keepalives meanwhile) for the netmap, which comes once an admin approves it.
     NeedsApproval {
         /// The node's id, for the admin.
         node_id: NodeId,
+        /// The node's name, for the admin's `postern-coord nodes approve NAME` (empty from
+        /// coords that did not send it).
+        #[serde(default)]
+        name: String,
     },
     /// The node may not join.
     Rejected {

@@ -366,7 +366,8 @@ pub fn format_node(n: &NodeInfo) -> String {
     )
 }
 
-/// `audit` as one line per record: time, actor, action, target, details.
+/// `audit` as one line per record: time, actor, action, target, details, and `from ADDR`
+/// when the record has a source address.
 pub fn format_audit(entries: &[AuditEntry]) -> String {
     let mut out = String::new();
     for e in entries {
@@ -377,11 +378,17 @@ pub fn format_audit(entries: &[AuditEntry]) -> String {
                 || e.at_ms.to_string(),
                 |t| humantime::format_rfc3339_millis(t).to_string(),
             );
-        let _ = writeln!(
+        let _ = write!(
             out,
             "{at}  {}  {}  {}  {}",
             e.actor, e.action, e.target, e.details
         );
+        match &e.source_addr {
+            Some(addr) => {
+                let _ = writeln!(out, "  from {addr}");
+            }
+            None => out.push('\n'),
+        }
     }
     out
 }

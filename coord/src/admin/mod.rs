@@ -162,6 +162,9 @@ pub struct AuditEntry {
     pub action: String,
     /// To what.
     pub target: String,
+    /// From which network address (a node's control connection, a browser), if known.
+    #[serde(default)]
+    pub source_addr: Option<String>,
     /// More, as JSON.
     pub details: serde_json::Value,
 }
@@ -174,6 +177,7 @@ impl From<AuditRecord> for AuditEntry {
             actor: record.record.actor,
             action: record.record.action,
             target: record.record.target,
+            source_addr: record.record.source_addr,
             details: record.record.details,
         }
     }

@@ -156,7 +156,10 @@ pub async fn register(
         Err(err) => return Err(err.into()),
     };
     if !node.approved {
-        return Ok(RegisterResponse::NeedsApproval { node_id: node.id });
+        return Ok(RegisterResponse::NeedsApproval {
+            node_id: node.id,
+            name: node.name,
+        });
     }
     Ok(RegisterResponse::Authorized {
         node_id: node.id,

@@ -61,6 +61,7 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                     _ => register(&coord.registry, &coord.config, machine, &request, now()).await?,
                 };
                 let authorized = matches!(answer, RegisterResponse::Authorized { .. });
+                let awaits_approval = matches!(answer, RegisterResponse::NeedsApproval { .. });
                 audit_registration(&coord, &request.hostname, &answer).await;
                 if authorized {
                     coord.metrics.registrations.inc();
@@ -69,17 +70,32 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                     coord.metrics.registrations_rejected.inc();
                 }
                 conn.send(&ControlMessage::RegisterResponse(answer)).await?;
-                if !authorized {
+                // A node told to wait for approval sends its map request next and waits
+                // on this connection (below).
+                if !authorized && !awaits_approval {
                     return Ok(());
                 }
             }
-            ControlMessage::MapRequest(request) => {
+            ControlMessage::MapRequest(mut request) => {
                 let node = coord.registry.store().node_by_machine_key(&machine).await?;
                 match node {
                     Some(node) if node.node_key == request.node_key && !node.approved => {
-                        let answer = RegisterResponse::NeedsApproval { node_id: node.id };
+                        let answer = RegisterResponse::NeedsApproval {
+                            node_id: node.id,
+                            name: node.name.clone(),
+                        };
                         conn.send(&ControlMessage::RegisterResponse(answer)).await?;
-                        return Ok(());
+                        // The node waits on this connection until an admin approves it.
+                        let approval = crate::lifecycle::wait_for_approval(
+                            &coord,
+                            &mut conn,
+                            node.id,
+                            &mut request,
+                        );
+                        if !approval.await? {
+                            return Ok(());
+                        }
+                        break (node.id, request);
                     }
                     Some(node)
                         if node.node_key == request.node_key
@@ -242,7 +258,7 @@ async fn audit_registration(coord: &Coord, hostname: &str, answer: &RegisterResp
                 "key_expiry": key_expiry.map(|t| t.0),
             }),
         ),
-        RegisterResponse::NeedsApproval { node_id } => (
+        RegisterResponse::NeedsApproval { node_id, .. } => (
             node_id,
             serde_json::json!({"hostname": hostname, "approved": false}),
         ),

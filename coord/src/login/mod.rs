@@ -29,6 +29,7 @@ pub mod oidc;
 pub mod pending;
 pub mod routes;
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -181,6 +182,7 @@ pub async fn wait_for_login<S: AsyncRead + AsyncWrite + Unpin>(
     let subject = LoginSubject {
         machine_key: machine,
         request: request.clone(),
+        node_addr: crate::audit::CLIENT_ADDR.try_with(|addr| *addr).ok(),
     };
     let mut waiting = {
         let now = Instant::now();
@@ -193,7 +195,7 @@ pub async fn wait_for_login<S: AsyncRead + AsyncWrite + Unpin>(
                     .into(),
             }));
         }
-        table.start(subject, kind, login.config.login_ttl, now)
+        table.start(subject.clone(), kind, login.config.login_ttl, now)
     };
     if let Some(outcome) = waiting.outcome.borrow().clone() {
         return Ok(Some(outcome));
@@ -208,9 +210,10 @@ pub async fn wait_for_login<S: AsyncRead + AsyncWrite + Unpin>(
                 LoginKind::Device => match start_device(coord, login, &waiting.id).await {
                     Ok(prompt) => prompt,
                     Err(err) => {
-                        let answer = RegisterResponse::Rejected {
-                            reason: err.to_string(),
-                        };
+                        let reason = err.to_string();
+                        let refused = Refused::by_idp(reason.clone());
+                        audit_refusal(coord, &subject, refused, subject.node_addr).await;
+                        let answer = RegisterResponse::Rejected { reason };
                         login.table().finish(&waiting.id, answer.clone());
                         return Ok(Some(answer));
                     }
@@ -243,20 +246,100 @@ pub async fn wait_for_login<S: AsyncRead + AsyncWrite + Unpin>(
             () = tokio::time::sleep(keepalive) => {
                 conn.send(&ControlMessage::MapResponse(MapResponse::KeepAlive)).await?;
             }
-            () = tokio::time::sleep_until(expires) => return Ok(Some(expired())),
+            () = tokio::time::sleep_until(expires) => {
+                let answer = expired();
+                if let RegisterResponse::Rejected { reason } = &answer {
+                    let refused = Refused::expired(reason.clone());
+                    audit_refusal(coord, &subject, refused, subject.node_addr).await;
+                }
+                return Ok(Some(answer));
+            }
             () = shutdown.cancelled() => return Ok(None),
         }
     }
 }
 
+/// A refused login, for the audit log ([`audit_refusal`]).
+#[derive(Debug, Clone)]
+pub struct Refused {
+    /// Who: the person's email if the IdP told us, else [`crate::audit::ACTOR_ANONYMOUS`].
+    pub actor: String,
+    /// Which check refused: `admission` (allowed domains or groups), `idp` (the identity
+    /// provider said no), `verification` (the sign-in response did not verify) or
+    /// `expired` (not completed in time).
+    pub cause: &'static str,
+    /// The reason the node and the person were given.
+    pub reason: String,
+    /// The person's groups, if known.
+    pub groups: Vec<String>,
+}
+
+impl Refused {
+    /// Refused by the identity provider (an `error` at the callback, a failed device grant).
+    pub fn by_idp(reason: String) -> Self {
+        Self::anonymous("idp", reason)
+    }
+
+    /// The sign-in response could not be verified (token exchange, signature, nonce).
+    pub fn unverified(reason: String) -> Self {
+        Self::anonymous("verification", reason)
+    }
+
+    /// The login was not completed before it expired.
+    pub fn expired(reason: String) -> Self {
+        Self::anonymous("expired", reason)
+    }
+
+    fn anonymous(cause: &'static str, reason: String) -> Self {
+        Self {
+            actor: crate::audit::ACTOR_ANONYMOUS.to_owned(),
+            cause,
+            reason,
+            groups: Vec::new(),
+        }
+    }
+}
+
+/// Writes the `login.refused` audit record of a login for `subject`: the actor, the cause
+/// and reason, the node's hostname, machine key and address, and `source` (the browser's
+/// address, or the node's) as the record's source address. Only logins that really
+/// started are recorded (a forged callback is not), so strangers cannot fill the log.
+pub async fn audit_refusal(
+    coord: &Coord,
+    subject: &LoginSubject,
+    refused: Refused,
+    source: Option<SocketAddr>,
+) {
+    tracing::info!(actor = %refused.actor, cause = refused.cause, reason = %refused.reason, ?source, "login refused");
+    let target = format!("machine:{}", subject.machine_key);
+    let details = serde_json::json!({
+        "cause": refused.cause,
+        "reason": refused.reason,
+        "groups": refused.groups,
+        "hostname": subject.request.hostname,
+        "node_addr": subject.node_addr.map(|addr| addr.to_string()),
+    });
+    crate::audit::record_from(
+        coord.registry.store(),
+        &refused.actor,
+        crate::audit::LOGIN_REFUSED,
+        &target,
+        source,
+        details,
+    )
+    .await;
+}
+
 /// Completes login `id` for `identity`: admission, user, node, and the answer every
-/// waiting session receives. Returns that answer (for the browser page).
+/// waiting session receives. Returns that answer (for the browser page). A refusal is
+/// audited with `source` (the browser's address) as its source address.
 pub async fn complete_login(
     coord: &Coord,
     login: &LoginService,
     id: &LoginId,
     subject: &LoginSubject,
     identity: &Identity,
+    source: Option<SocketAddr>,
 ) -> Result<RegisterResponse, CompleteError> {
     let answer = match admit_and_register(coord, login, subject, identity).await {
         Ok(answer) => answer,
@@ -276,7 +359,16 @@ pub async fn complete_login(
             tracing::info!(login = %user.login, node = %name, groups = ?user.groups, "login completed");
         }
         RegisterResponse::Rejected { reason } => {
-            tracing::info!(email = ?identity.email, %reason, "login refused");
+            let refused = Refused {
+                actor: identity
+                    .email
+                    .clone()
+                    .unwrap_or_else(|| crate::audit::ACTOR_ANONYMOUS.to_owned()),
+                cause: "admission",
+                reason: reason.clone(),
+                groups: identity.groups.clone(),
+            };
+            audit_refusal(coord, subject, refused, source).await;
         }
         _ => {}
     }
@@ -332,7 +424,10 @@ async fn admit_and_register(
     let node = coord.registry.register(&registration, now).await?;
     coord.hub.notify();
     if !node.approved {
-        return Ok(RegisterResponse::NeedsApproval { node_id: node.id });
+        return Ok(RegisterResponse::NeedsApproval {
+            node_id: node.id,
+            name: node.name,
+        });
     }
     Ok(RegisterResponse::Authorized {
         node_id: node.id,
@@ -365,6 +460,8 @@ async fn start_device(
     };
     let (coord, login, id) = (coord.clone(), Arc::clone(login), id.clone());
     let limit = login.config.login_ttl.min(start.expires_in);
+    // The node waits on its control connection; its address is the login's source.
+    let node_addr = crate::audit::CLIENT_ADDR.try_with(|addr| *addr).ok();
     tokio::spawn(async move {
         let shutdown = coord.shutdown_token();
         let polled = tokio::select! {
@@ -378,18 +475,18 @@ async fn start_device(
         };
         match polled {
             Ok(identity) => {
-                if let Err(err) = complete_login(&coord, &login, &id, &subject, &identity).await {
+                let completed =
+                    complete_login(&coord, &login, &id, &subject, &identity, node_addr).await;
+                if let Err(err) = completed {
                     tracing::warn!(%err, "completing a device login failed");
                 }
             }
             Err(err) => {
-                tracing::info!(%err, "device login failed");
-                login.table().finish(
-                    &id,
-                    RegisterResponse::Rejected {
-                        reason: format!("device login failed: {err}"),
-                    },
-                );
+                let reason = format!("device login failed: {err}");
+                audit_refusal(&coord, &subject, Refused::by_idp(reason.clone()), node_addr).await;
+                login
+                    .table()
+                    .finish(&id, RegisterResponse::Rejected { reason });
             }
         }
     });

@@ -76,6 +76,8 @@ pub struct LoginSubject {
     pub machine_key: MachinePublicKey,
     /// What it asked for.
     pub request: RegisterRequest,
+    /// The address its control connection came from, if known (for the audit log).
+    pub node_addr: Option<std::net::SocketAddr>,
 }
 
 /// Why a login step could not find its login.
@@ -225,6 +227,20 @@ impl PendingLogins {
         Ok((id, login.subject.clone(), attempt))
     }
 
+    /// If `state` belongs to a browser attempt whose login has expired, forgets the attempt
+    /// and returns the login's subject, for the audit log (each attempt once). Call it
+    /// before [`Self::take_attempt`], which cannot tell an expired login from a forged state.
+    pub fn take_expired_attempt(&mut self, state: &str, now: Instant) -> Option<LoginSubject> {
+        let id = self.by_state.get(state)?.clone();
+        let login = self.logins.get_mut(&id)?;
+        if login.expires_at > now {
+            return None;
+        }
+        login.attempt = None;
+        self.by_state.remove(state);
+        Some(login.subject.clone())
+    }
+
     /// The subject of a live, unfinished login.
     pub fn subject(&mut self, id: &LoginId, now: Instant) -> Result<LoginSubject, LookupError> {
         Ok(self.live(id, now)?.subject.clone())
@@ -304,6 +320,7 @@ mod tests {
                 requested_tags: Vec::new(),
                 ephemeral: false,
             },
+            node_addr: None,
         }
     }
 
@@ -382,6 +399,27 @@ mod tests {
         assert_eq!(
             table.subject(&login.id, now).unwrap_err(),
             LookupError::Unknown
+        );
+    }
+
+    #[test]
+    fn an_expired_attempt_is_reported_once_with_its_subject_and_a_live_one_not_at_all() {
+        let mut rng = rand::thread_rng();
+        let machine = MachinePrivateKey::generate(&mut rng);
+        let node = NodePrivateKey::generate(&mut rng);
+        let mut table = PendingLogins::new();
+        let now = Instant::now();
+        let login = table.start(subject(&machine, &node), LoginKind::Browser, TTL, now);
+        table.begin_attempt(&login.id, attempt("s"), now).unwrap();
+        assert!(table.take_expired_attempt("s", now).is_none(), "still live");
+        assert!(table.take_expired_attempt("forged", now).is_none());
+        let later = now + TTL;
+        let expired = table.take_expired_attempt("s", later).unwrap();
+        assert_eq!(expired.machine_key, machine.public_key());
+        assert!(table.take_expired_attempt("s", later).is_none(), "once");
+        assert_eq!(
+            table.take_attempt("s", later).unwrap_err(),
+            LookupError::UnknownState
         );
     }
 }

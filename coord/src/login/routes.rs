@@ -2,20 +2,21 @@
 //! completes it. Pages are minimal HTML that say what happened and what to do.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::Instant;
 
-use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Router};
 use postern_proto::control::RegisterResponse;
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
-use super::complete_login;
 use super::pending::{BrowserAttempt, LoginId, LookupError};
+use super::{Refused, audit_refusal, complete_login};
 use crate::control::Coord;
 
 /// Path of the IdP's redirect back to the coord; register `{public URL}/oidc/callback`.
@@ -92,11 +93,14 @@ async fn start(State(coord): State<Coord>, Path(id): Path<String>) -> Response {
 async fn callback(
     State(coord): State<Coord>,
     Query(params): Query<HashMap<String, String>>,
+    connect_info: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
 ) -> Response {
     let Some(login) = coord.login.clone() else {
         return not_configured();
     };
+    // The browser's address, for the audit records of refusals.
+    let browser = connect_info.map(|Extension(ConnectInfo(addr))| addr);
     let Some(state) = params.get("state") else {
         return page(
             StatusCode::BAD_REQUEST,
@@ -104,7 +108,19 @@ async fn callback(
             "the sign-in response has no state; start again from the login link",
         );
     };
-    let taken = login.table().take_attempt(state, Instant::now());
+    let (expired, taken) = {
+        let mut table = login.table();
+        let now = Instant::now();
+        (
+            table.take_expired_attempt(state, now),
+            table.take_attempt(state, now),
+        )
+    };
+    if let Some(subject) = expired {
+        let reason = LookupError::Unknown.to_string();
+        audit_refusal(&coord, &subject, Refused::expired(reason.clone()), browser).await;
+        return page(StatusCode::BAD_REQUEST, "Login failed", &reason);
+    }
     let (id, subject, attempt) = match taken {
         Ok(taken) => taken,
         Err(err) => return page(StatusCode::BAD_REQUEST, "Login failed", &err.to_string()),
@@ -122,6 +138,7 @@ async fn callback(
             .map(|d| format!(": {d}"))
             .unwrap_or_default();
         let reason = format!("the identity provider refused the login ({error}{description})");
+        audit_refusal(&coord, &subject, Refused::by_idp(reason.clone()), browser).await;
         login.table().finish(
             &id,
             RegisterResponse::Rejected {
@@ -146,6 +163,13 @@ async fn callback(
         Err(err) => {
             tracing::warn!(%err, "login callback refused");
             let reason = format!("the sign-in could not be verified: {err}");
+            audit_refusal(
+                &coord,
+                &subject,
+                Refused::unverified(reason.clone()),
+                browser,
+            )
+            .await;
             login.table().finish(
                 &id,
                 RegisterResponse::Rejected {
@@ -155,7 +179,7 @@ async fn callback(
             return page(StatusCode::FORBIDDEN, "Login refused", &reason);
         }
     };
-    outcome_page(complete_login(&coord, &login, &id, &subject, &identity).await)
+    outcome_page(complete_login(&coord, &login, &id, &subject, &identity, browser).await)
 }
 
 fn outcome_page(outcome: Result<RegisterResponse, super::CompleteError>) -> Response {
@@ -168,11 +192,11 @@ fn outcome_page(outcome: Result<RegisterResponse, super::CompleteError>) -> Resp
                 user.login
             ),
         ),
-        Ok(RegisterResponse::NeedsApproval { node_id }) => page(
+        Ok(RegisterResponse::NeedsApproval { name, .. }) => page(
             StatusCode::OK,
             "Logged in: waiting for approval",
             &format!(
-                "You are logged in. An admin must approve the node ({node_id}) before it joins the tailnet."
+                "You are logged in. An admin must approve the node {name} (postern-coord nodes approve {name}) before it joins the tailnet."
             ),
         ),
         Ok(RegisterResponse::Rejected { reason }) => {

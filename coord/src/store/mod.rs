@@ -104,6 +104,18 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    /// The TLS connection to PostgreSQL failed (`sslmode=require`, `verify-ca` or
+    /// `verify-full`): the server has no TLS, its certificate is not signed by a trusted
+    /// CA, or it does not name the host, or `sslrootcert` cannot be read.
+    #[error("TLS to PostgreSQL at {url} failed: {reason}; {hint}")]
+    PostgresTls {
+        /// The URL with any password removed.
+        url: String,
+        /// What the TLS layer said.
+        reason: String,
+        /// What to do about it.
+        hint: &'static str,
+    },
     /// The store location is neither a path, a `sqlite:` URL nor a `postgres://` URL.
     #[error(
         "unsupported store location {0:?}: give a directory path, sqlite://FILE or postgres://USER@HOST/DB"
@@ -201,18 +213,32 @@ impl Store {
     }
 
     /// Connects to PostgreSQL at `url` and migrates the database.
+    ///
+    /// TLS follows the URL like libpq: `sslmode=disable`, `prefer` (the default: TLS if
+    /// the server offers it, certificate not checked), `require` (TLS, certificate not
+    /// checked), `verify-ca` (signed by a trusted CA) or `verify-full` (and naming the
+    /// URL's host); `sslrootcert=FILE` adds the PEM CA(s) to trust to the public roots.
+    /// A TLS failure is [`StoreError::PostgresTls`], saying what to fix.
     pub async fn connect_postgres(url: &str) -> Result<Self, StoreError> {
         let connect_error = |source: sqlx::Error| StoreError::ConnectPostgres {
             url: redact_url(url),
             source,
         };
         let options = PgConnectOptions::from_str(url).map_err(connect_error)?;
+        check_root_cert(url)?;
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await
-            .map_err(connect_error)?;
+            .map_err(|source| match tls_failure(&source) {
+                Some((reason, hint)) => StoreError::PostgresTls {
+                    url: redact_url(url),
+                    reason,
+                    hint,
+                },
+                None => connect_error(source),
+            })?;
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
         Ok(Self {
             backend: Backend::Postgres(pool),
@@ -293,6 +319,90 @@ fn conflict_subject(db: &dyn sqlx::error::DatabaseError) -> String {
         .unwrap_or_else(|| message.to_owned())
 }
 
+/// Checks that the `sslrootcert` file of a PostgreSQL URL, if any, can be read and holds a
+/// PEM certificate (sqlx would report a missing file without its name).
+fn check_root_cert(url: &str) -> Result<(), StoreError> {
+    let Some(path) = url_parameter(url, "sslrootcert") else {
+        return Ok(());
+    };
+    let failed = |reason: String| StoreError::PostgresTls {
+        url: redact_url(url),
+        reason,
+        hint: "sslrootcert= must name a readable PEM file with the CA certificate(s) that signed the server's certificate",
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|err| failed(format!("cannot read sslrootcert {path}: {err}")))?;
+    if !text.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(failed(format!(
+            "sslrootcert {path} holds no PEM certificate"
+        )));
+    }
+    Ok(())
+}
+
+/// The value of query parameter `name` in `url`, percent-decoded.
+fn url_parameter(url: &str, name: &str) -> Option<String> {
+    let (_, query) = url.split_once('?')?;
+    let query = query.split('#').next().unwrap_or_default();
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name).then(|| percent_decode(value))
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b, hex) {
+            (b'%', Some(decoded)) => {
+                out.push(decoded);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// If `err` is a TLS failure, what happened and what to do.
+fn tls_failure(err: &sqlx::Error) -> Option<(String, &'static str)> {
+    let reason = match err {
+        sqlx::Error::Tls(source) => source.to_string(),
+        // The handshake's certificate checks surface as I/O errors carrying rustls's error.
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+            let inner = io.get_ref()?;
+            inner.downcast_ref::<rustls::Error>()?;
+            inner.to_string()
+        }
+        _ => return None,
+    };
+    let hint = if reason.contains("UnknownIssuer") || reason.contains("BadSignature") {
+        "the server's certificate is not signed by a CA the coord trusts: add sslrootcert=/path/ca.pem with the CA that signed it"
+    } else if reason.contains("NotValidForName") {
+        "the server's certificate does not name the host in the URL: connect by a name the certificate holds, or use sslmode=verify-ca"
+    } else if reason.contains("does not support TLS") {
+        "the server has TLS off: turn on ssl in postgresql.conf, or use sslmode=disable on a trusted network"
+    } else if reason.contains("Expired") || reason.contains("NotValidYet") {
+        "the server's certificate is outside its validity period: renew it (and check the clocks)"
+    } else {
+        "check sslmode, sslrootcert and the server's certificate"
+    };
+    Some((reason, hint))
+}
+
 /// The URL with any password replaced by `***`, for error messages and logs.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -326,5 +436,43 @@ mod tests {
             "postgres://coord@db/postern"
         );
         assert_eq!(redact_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn url_parameters_are_found_and_decoded() {
+        let url = "postgres://u@h/db?sslmode=verify-full&sslrootcert=%2Fetc%2Fca%20x.pem#frag";
+        assert_eq!(
+            url_parameter(url, "sslmode").as_deref(),
+            Some("verify-full")
+        );
+        assert_eq!(
+            url_parameter(url, "sslrootcert").as_deref(),
+            Some("/etc/ca x.pem")
+        );
+        assert_eq!(url_parameter(url, "sslcert"), None);
+        assert_eq!(url_parameter("postgres://u@h/db", "sslmode"), None);
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_or_empty_root_certificate_is_named_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let url = format!(
+            "postgres://coord:s3cretpass@127.0.0.1:1/db?sslmode=verify-full&sslrootcert={}",
+            missing.display()
+        );
+        let err = Store::connect_postgres(&url).await.unwrap_err().to_string();
+        assert!(err.contains("cannot read sslrootcert"), "{err}");
+        assert!(err.contains(&missing.display().to_string()), "{err}");
+        assert!(!err.contains("s3cretpass"), "no password in errors: {err}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let url = format!(
+            "postgres://coord@127.0.0.1:1/db?sslmode=verify-full&sslrootcert={}",
+            empty.display()
+        );
+        let err = Store::connect_postgres(&url).await.unwrap_err().to_string();
+        assert!(err.contains("holds no PEM certificate"), "{err}");
     }
 }

@@ -58,10 +58,13 @@ pub enum RegistrationState {
         /// The code.
         user_code: String,
     },
-    /// An admin must approve the node.
+    /// An admin must approve the node (`postern-coord nodes approve NAME`). The session
+    /// waits on the connection; the netmap arrives once the node is approved.
     NeedsApproval {
         /// The node's id.
         node_id: NodeId,
+        /// The node's name (empty if the coord did not send it).
+        name: String,
     },
     /// The node is registered.
     Authorized {
@@ -91,7 +94,8 @@ pub enum SessionError {
     /// that match on it.)
     #[error("log in at {0} to register this node")]
     LoginRequired(String),
-    /// An admin must approve the node.
+    /// An admin must approve the node. (Current sessions wait for the approval instead,
+    /// see [`RegistrationState::NeedsApproval`]; kept for callers that match on it.)
     #[error("node {0} waits for an admin's approval")]
     NeedsApproval(NodeId),
     /// A delta did not fit the netmap; reconnect to get a full netmap.
@@ -222,9 +226,16 @@ impl ControlSession {
                     };
                     Ok(Vec::new())
                 }
-                RegisterResponse::NeedsApproval { node_id } => {
-                    self.registration = RegistrationState::NeedsApproval { node_id };
-                    Err(SessionError::NeedsApproval(node_id))
+                // The node is registered but waits for an admin: ask for the netmap (the
+                // coord keeps the connection open and answers once the node is approved).
+                // On a redial the map request went out already: just wait.
+                RegisterResponse::NeedsApproval { node_id, name } => {
+                    self.registration = RegistrationState::NeedsApproval { node_id, name };
+                    if self.node_id.replace(node_id).is_none() {
+                        Ok(vec![self.map_request()])
+                    } else {
+                        Ok(Vec::new())
+                    }
                 }
                 RegisterResponse::Rejected { reason } => {
                     self.registration = RegistrationState::Rejected {
@@ -240,6 +251,14 @@ impl ControlSession {
                         let mut netmap = *netmap;
                         netmap.normalize();
                         self.node_id = Some(netmap.self_node.id);
+                        if matches!(self.registration, RegistrationState::NeedsApproval { .. }) {
+                            // Approved: the netmap is the answer.
+                            self.registration = RegistrationState::Authorized {
+                                node_id: netmap.self_node.id,
+                                name: netmap.self_node.name.clone(),
+                                user: netmap.self_node.user.login.clone(),
+                            };
+                        }
                         self.netmap = Some(netmap);
                         self.netmap_version += 1;
                     }
@@ -426,5 +445,37 @@ mod tests {
                 reason: "not in group eng".into()
             }
         );
+    }
+
+    #[test]
+    fn a_node_waiting_for_approval_asks_for_its_netmap_once_and_is_authorized_by_it() {
+        let mut session = session();
+        session.on_connected();
+        let replies = session
+            .handle_message(answer(RegisterResponse::NeedsApproval {
+                node_id: NodeId(4),
+                name: "laptop".into(),
+            }))
+            .unwrap();
+        assert!(matches!(&replies[..], [ControlMessage::MapRequest(_)]));
+        assert_eq!(
+            session.registration(),
+            &RegistrationState::NeedsApproval {
+                node_id: NodeId(4),
+                name: "laptop".into()
+            }
+        );
+        // A redial sends a map request first; the coord says "still waiting": no reply.
+        assert!(matches!(
+            &session.on_connected()[..],
+            [ControlMessage::MapRequest(_)]
+        ));
+        let replies = session
+            .handle_message(answer(RegisterResponse::NeedsApproval {
+                node_id: NodeId(4),
+                name: "laptop".into(),
+            }))
+            .unwrap();
+        assert!(replies.is_empty());
     }
 }

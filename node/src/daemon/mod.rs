@@ -184,8 +184,12 @@ pub enum LoginProgress {
         /// The code to enter.
         code: String,
     },
-    /// An admin must approve the node (`postern-coord nodes approve`).
-    NeedsApproval,
+    /// An admin must approve the node (`postern-coord nodes approve NAME`); the login
+    /// goes on waiting and completes once approved.
+    NeedsApproval {
+        /// The node's name at the coord (empty if the coord did not say).
+        name: String,
+    },
     /// Still waiting for the coord's answer, for this long so far.
     Waiting(Duration),
 }
@@ -273,8 +277,8 @@ pub async fn login(
                             });
                             shown_url = Some(user_code);
                         }
-                        RegistrationState::NeedsApproval { .. } => {
-                            progress(LoginProgress::NeedsApproval);
+                        RegistrationState::NeedsApproval { name, .. } => {
+                            progress(LoginProgress::NeedsApproval { name });
                         }
                         _ => {}
                     }

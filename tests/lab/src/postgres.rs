@@ -13,6 +13,20 @@
 //! free loopback port with `trust` authentication, and is stopped (`pg_ctl -m immediate
 //! stop`) and deleted when the handle is dropped. `initdb` refuses to run as root, so when
 //! the tests run as root the server runs as the `postgres` user, which owns the directory.
+//!
+//! [`PostgresCluster::start_tls`] starts one that speaks TLS only on TCP (`ssl=on`, and
+//! `pg_hba.conf` rejects TCP connections without TLS), with a server certificate for
+//! `localhost` and `127.0.0.1` from a throwaway CA made for it:
+//!
+//! ```no_run
+//! # fn main() -> Result<(), postern_lab::LabError> {
+//! let pg = postern_lab::postgres::PostgresCluster::start_tls()?;
+//! if let Some(ca) = pg.tls_ca_path() {
+//!     let url = format!("{}?sslmode=verify-full&sslrootcert={}", pg.url(), ca.display());
+//! #   let _ = url;
+//! }
+//! # Ok(()) }
+//! ```
 
 use std::fs;
 use std::os::unix::process::CommandExt;
@@ -32,6 +46,7 @@ pub struct PostgresCluster {
     bin: PathBuf,
     port: u16,
     run_as: Option<(Uid, Gid)>,
+    tls: bool,
     stopped: bool,
 }
 
@@ -43,6 +58,21 @@ impl PostgresCluster {
     /// there is no `postgres` user, or if the server does not start (the error carries the
     /// end of the server log).
     pub fn start() -> Result<Self, LabError> {
+        Self::start_with_tls(false)
+    }
+
+    /// Like [`PostgresCluster::start`], but TCP connections must use TLS: the server has
+    /// `ssl=on` with a certificate for `localhost` and `127.0.0.1` signed by a CA made for
+    /// this cluster ([`PostgresCluster::tls_ca_path`]), and `pg_hba.conf` rejects TCP
+    /// connections without TLS (`hostnossl ... reject`). The unix socket stays plain.
+    /// `psql` (libpq's default `sslmode=prefer`) keeps working.
+    ///
+    /// Fails like [`PostgresCluster::start`], or if the certificates cannot be made.
+    pub fn start_tls() -> Result<Self, LabError> {
+        Self::start_with_tls(true)
+    }
+
+    fn start_with_tls(tls: bool) -> Result<Self, LabError> {
         let bin = server_bin_dir()?;
         let run_as = if nix::unistd::geteuid().is_root() {
             let user = User::from_name("postgres")
@@ -68,9 +98,13 @@ impl PostgresCluster {
             bin,
             port: 0,
             run_as,
+            tls,
             stopped: true,
         };
         cluster.init()?;
+        if tls {
+            cluster.set_up_tls()?;
+        }
         // The port was free a moment ago; another test may take it first: try a few.
         let mut last_error = None;
         for _ in 0..4 {
@@ -96,6 +130,12 @@ impl PostgresCluster {
     /// [`PostgresCluster::create_database`]).
     pub fn database_url(&self, name: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// The PEM file of the CA that signed the server's certificate, for clients' trust
+    /// (`sslrootcert=`); `None` unless started with [`PostgresCluster::start_tls`].
+    pub fn tls_ca_path(&self) -> Option<PathBuf> {
+        self.tls.then(|| self.dir.path().join(TLS_CA_FILE))
     }
 
     /// The TCP port the server listens on (on 127.0.0.1).
@@ -173,15 +213,59 @@ impl PostgresCluster {
         .map(drop)
     }
 
+    /// Writes the CA, the server's certificate and key (owned by the server user, 0600)
+    /// and a `pg_hba.conf` that rejects TCP without TLS.
+    fn set_up_tls(&self) -> Result<(), LabError> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let certs = TlsFiles::generate()?;
+        let write = |name: &str, text: &str, mode: u32| -> Result<(), LabError> {
+            let path = self.dir.path().join(name);
+            let what = format!("writing {}", path.display());
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(mode)
+                .open(&path)
+                .map_err(|e| LabError::io(what.clone(), e))?;
+            std::io::Write::write_all(&mut file, text.as_bytes())
+                .map_err(|e| LabError::io(what.clone(), e))?;
+            if let Some((uid, gid)) = self.run_as {
+                chown(&path, Some(uid), Some(gid))
+                    .map_err(|e| LabError::io(what.clone(), e.into()))?;
+            }
+            Ok(())
+        };
+        write(TLS_CA_FILE, &certs.ca_pem, 0o644)?;
+        write("server.crt", &certs.cert_pem, 0o644)?;
+        write("server.key", &certs.key_pem, 0o600)?;
+        write(
+            "data/pg_hba.conf",
+            "# postern-lab: TCP only with TLS\n\
+             local all all trust\n\
+             hostssl all all 127.0.0.1/32 trust\n\
+             hostssl all all ::1/128 trust\n\
+             hostnossl all all 0.0.0.0/0 reject\n\
+             hostnossl all all ::/0 reject\n",
+            0o600,
+        )
+    }
+
     fn pg_ctl_start(&self) -> Result<(), LabError> {
         let log = self.log_path();
         // A fresh log per attempt, so the error shows this attempt's reason.
         let _ = fs::remove_file(&log);
-        let options = format!(
+        let mut options = format!(
             "-k {} -c listen_addresses=127.0.0.1 -p {} -c fsync=off -c full_page_writes=off",
             self.dir.path().display(),
             self.port
         );
+        if self.tls {
+            let dir = self.dir.path().display();
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key"
+            ));
+        }
         let result = run(
             "pg_ctl start",
             self.as_server_user(self.bin.join("pg_ctl"))
@@ -237,6 +321,49 @@ impl Drop for PostgresCluster {
         }
         self.stopped = true;
         // The TempDir field removes the directory after this.
+    }
+}
+
+/// File name of the CA certificate of a TLS cluster, in its temp dir.
+const TLS_CA_FILE: &str = "ca.pem";
+
+/// A throwaway CA and the server certificate a TLS cluster serves.
+struct TlsFiles {
+    ca_pem: String,
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl TlsFiles {
+    fn generate() -> Result<Self, LabError> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+            KeyUsagePurpose,
+        };
+        let fail = |e: rcgen::Error| {
+            LabError::Invalid(format!("generating the PostgreSQL TLS certificates: {e}"))
+        };
+        let ca_key = KeyPair::generate().map_err(fail)?;
+        let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "postern-lab PostgreSQL CA (test only)");
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca.self_signed(&ca_key).map_err(fail)?;
+        let key = KeyPair::generate().map_err(fail)?;
+        let mut server =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .map_err(fail)?;
+        server
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = server.signed_by(&key, &ca_cert, &ca_key).map_err(fail)?;
+        Ok(Self {
+            ca_pem: ca_cert.pem(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 }
 

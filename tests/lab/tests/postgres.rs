@@ -71,3 +71,50 @@ fn a_panicking_test_stops_the_cluster() {
     assert!(!dir.exists(), "{} survived the panic", dir.display());
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
 }
+
+/// `psql -d URL -c SQL`, its output or its error.
+fn psql_url(url: &str, sql: &str) -> Result<String, String> {
+    let out = std::process::Command::new("psql")
+        .args(["-X", "-At", "-d", url, "-c", sql])
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn a_tls_cluster_speaks_tls_only_with_a_certificate_from_its_own_ca() {
+    let pg = PostgresCluster::start_tls().unwrap();
+    let ca = pg.tls_ca_path().unwrap();
+    assert!(
+        std::fs::read_to_string(&ca)
+            .unwrap()
+            .starts_with("-----BEGIN CERTIFICATE-----")
+    );
+    // Verified against the CA, by host name and by address.
+    for host in ["localhost", "127.0.0.1"] {
+        let url = format!(
+            "postgres://postgres@{host}:{}/postgres?sslmode=verify-full&sslrootcert={}",
+            pg.port(),
+            ca.display()
+        );
+        let ssl = psql_url(
+            &url,
+            "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
+        )
+        .unwrap();
+        assert_eq!(ssl, "t", "{host}");
+    }
+    // Without TLS the server refuses.
+    let plain = format!("{}?sslmode=disable", pg.url());
+    let refused = psql_url(&plain, "select 1").unwrap_err();
+    assert!(refused.contains("pg_hba.conf"), "{refused}");
+    // The lab's own psql helper still works (libpq prefers TLS).
+    assert_eq!(pg.psql("select 1").unwrap().trim(), "1");
+    // A plain cluster has no CA.
+    assert!(PostgresCluster::start().unwrap().tls_ca_path().is_none());
+}

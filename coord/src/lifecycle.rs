@@ -281,6 +281,8 @@ mod tests {
             approved,
             is_ingress: false,
             endpoints: Vec::new(),
+            disco_key: None,
+            home_relay: None,
         }
     }
 

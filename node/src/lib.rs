@@ -11,6 +11,7 @@
 
 pub mod control;
 pub mod daemon;
+pub mod disco;
 pub mod engine;
 pub mod hop_by_hop;
 pub mod inspect;

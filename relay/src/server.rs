@@ -94,6 +94,9 @@ impl std::fmt::Debug for RelayServer {
     }
 }
 
+/// Where [`RelayServer::router`] serves the relay's counters (Prometheus text).
+pub const RELAY_METRICS_PATH: &str = "/relay/metrics";
+
 impl RelayServer {
     /// A relay that admits the node keys `authorizer` allows. Starts its timer task, so call
     /// it inside a tokio runtime; the task ends with [`Self::shutdown`].
@@ -111,34 +114,37 @@ impl RelayServer {
         server
     }
 
-    /// The `GET /relay` upgrade route, to merge into another router (the coord's).
+    /// The `GET /relay` upgrade route and the relay's counters at `GET /relay/metrics`, to
+    /// merge into another router (the coord's, whose own `/metrics` is the coord's).
     pub fn router(&self) -> Router {
         Router::new()
             .route(RELAY_PATH, get(upgrade))
+            .route(RELAY_METRICS_PATH, self.metrics_route())
             .with_state(self.clone())
     }
 
     /// [`Self::router`] plus `/healthz` and `/metrics`: what a standalone relay serves.
     pub fn standalone_router(&self) -> Router {
-        let metrics_server = self.clone();
         self.router()
             .route("/healthz", get(|| async { "ok\n" }))
-            .route(
-                "/metrics",
-                get(move || {
-                    let text = metrics_server.encode_metrics();
-                    std::future::ready(
-                        (
-                            [(
-                                header::CONTENT_TYPE,
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            )],
-                            text,
-                        )
-                            .into_response(),
-                    )
-                }),
+            .route("/metrics", self.metrics_route())
+    }
+
+    fn metrics_route<S: Clone + Send + Sync + 'static>(&self) -> axum::routing::MethodRouter<S> {
+        let metrics_server = self.clone();
+        get(move || {
+            let text = metrics_server.encode_metrics();
+            std::future::ready(
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    text,
+                )
+                    .into_response(),
             )
+        })
     }
 
     /// Serves [`Self::standalone_router`] on `listener`, over TLS when `tls` is given (as in

@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::Coord;
 use super::auth::register;
 use crate::netmap::diff;
+use crate::store::NodePaths;
 
 /// Why a session ended abnormally (a clean close by the node is `Ok`).
 #[derive(Debug, thiserror::Error)]
@@ -222,10 +223,13 @@ async fn record_endpoints(
 ) -> Result<(), SessionError> {
     let store = coord.registry.store();
     let before = store.node(node_id).await?;
-    store
-        .set_node_endpoints(node_id, &request.endpoints, now())
-        .await?;
-    if before.is_some_and(|node| node.endpoints != request.endpoints) {
+    let paths = NodePaths {
+        endpoints: request.endpoints.clone(),
+        disco_key: Some(request.disco_key),
+        home_relay: request.home_relay,
+    };
+    store.set_node_paths(node_id, &paths, now()).await?;
+    if before.is_some_and(|node| node.paths() != paths) {
         coord.hub.notify();
     }
     Ok(())

@@ -674,6 +674,8 @@ mod judge_tests {
             approved: true,
             is_ingress: false,
             endpoints: Vec::new(),
+            disco_key: None,
+            home_relay: None,
         }
     }
 

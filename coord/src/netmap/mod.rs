@@ -169,14 +169,14 @@ pub fn build_netmap(
             id: node.id,
             name: fqdn(&node.name),
             node_key: node.node_key,
-            disco_key: None,
+            disco_key: node.disco_key,
             addresses: vec![IpAddr::V4(node.ipv4), IpAddr::V6(node.ipv6)],
             allowed_ips: vec![
                 IpNet::from(IpAddr::V4(node.ipv4)),
                 IpNet::from(IpAddr::V6(node.ipv6)),
             ],
             endpoints: node.endpoints.clone(),
-            home_relay: None,
+            home_relay: node.home_relay,
             online: view.online.contains(&node.id),
             key_expiry: node.key_expiry,
             user: profile(view, node.user_id),
@@ -366,6 +366,8 @@ mod tests {
             approved: true,
             is_ingress: false,
             endpoints: Vec::new(),
+            disco_key: None,
+            home_relay: None,
         }
     }
 

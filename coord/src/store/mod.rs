@@ -49,7 +49,7 @@ pub use auth_keys::{AuthKeyHash, AuthKeyRejection};
 pub use logins::UserLogin;
 pub use records::{
     AuditRecord, AuthKeyRecord, CertificateRecord, FunnelRecord, NewAuditRecord, NewAuthKey,
-    NewFunnel, NewNode, NodeRecord, UserRecord,
+    NewFunnel, NewNode, NodePaths, NodeRecord, UserRecord,
 };
 pub use replicas::{CHANGES_CHANNEL, ChangeListener, LIFECYCLE_LOCK_KEY, Lease};
 

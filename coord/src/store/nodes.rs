@@ -1,15 +1,17 @@
 //! Nodes: the registry's rows. Allocation of names and addresses lives in
 //! [`crate::registry`]; this is storage only.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use postern_proto::{MachinePublicKey, NodeId, NodePublicKey, UnixTime, UserId};
 
 use super::row::{RowRead, to_json};
-use super::{NewNode, NodeRecord, Store, StoreError, db_id, on_pool};
+use postern_proto::netmap::RegionId;
+
+use super::{NewNode, NodePaths, NodeRecord, Store, StoreError, db_id, on_pool};
 
 const COLUMNS: &str = "id, machine_key, node_key, name, ipv4, ipv6, user_id, tags, created_at, \
-                       last_seen, key_expiry, ephemeral, approved, is_ingress, endpoints";
+                       last_seen, key_expiry, ephemeral, approved, is_ingress, endpoints, disco_key, home_relay";
 
 impl Store {
     /// Inserts a node. Fails with [`StoreError::Conflict`] if its machine key, node key,
@@ -204,20 +206,26 @@ impl Store {
         })
     }
 
-    /// Records a node's reported endpoints and when it was last seen.
-    pub async fn set_node_endpoints(
+    /// Records what a node reported in its map request (endpoints, disco key, home relay)
+    /// and when it was last seen.
+    pub async fn set_node_paths(
         &self,
         id: NodeId,
-        endpoints: &[SocketAddr],
+        paths: &NodePaths,
         last_seen: UnixTime,
     ) -> Result<(), StoreError> {
         on_pool!(self, |pool| {
-            let done = sqlx::query("UPDATE nodes SET endpoints = $2, last_seen = $3 WHERE id = $1")
-                .bind(db_id(id.0))
-                .bind(to_json(endpoints))
-                .bind(last_seen.as_secs())
-                .execute(pool)
-                .await?;
+            let done = sqlx::query(
+                "UPDATE nodes SET endpoints = $2, last_seen = $3, disco_key = $4, home_relay = $5 \
+                 WHERE id = $1",
+            )
+            .bind(db_id(id.0))
+            .bind(to_json(&paths.endpoints))
+            .bind(last_seen.as_secs())
+            .bind(paths.disco_key.map(|key| key.to_string()))
+            .bind(paths.home_relay.map(|region| i64::from(region.0)))
+            .execute(pool)
+            .await?;
             if done.rows_affected() == 0 {
                 Err(not_found(id))
             } else {
@@ -291,5 +299,27 @@ fn node_from_row(row: &impl RowRead) -> Result<NodeRecord, StoreError> {
         approved: row.flag(T, "approved")?,
         is_ingress: row.flag(T, "is_ingress")?,
         endpoints: row.json(T, "endpoints")?,
+        disco_key: row
+            .opt_text(T, "disco_key")?
+            .map(|text| {
+                text.parse().map_err(|e| StoreError::Corrupt {
+                    table: T,
+                    column: "disco_key",
+                    detail: format!("{e}"),
+                })
+            })
+            .transpose()?,
+        home_relay: row
+            .opt_int(T, "home_relay")?
+            .map(|region| {
+                u16::try_from(region)
+                    .map(RegionId)
+                    .map_err(|_| StoreError::Corrupt {
+                        table: T,
+                        column: "home_relay",
+                        detail: format!("{region} is not a region id"),
+                    })
+            })
+            .transpose()?,
     })
 }

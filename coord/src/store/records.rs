@@ -3,7 +3,8 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use postern_proto::funnel::{FunnelProtocol, GateMode, GateSpec, RateLimitSpec};
-use postern_proto::{MachinePublicKey, NodeId, NodePublicKey, UnixTime, UserId};
+use postern_proto::netmap::RegionId;
+use postern_proto::{DiscoPublicKey, MachinePublicKey, NodeId, NodePublicKey, UnixTime, UserId};
 
 /// A user, created on first login from the IdP's claims.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +54,32 @@ pub struct NodeRecord {
     pub is_ingress: bool,
     /// Last reported direct endpoints.
     pub endpoints: Vec<SocketAddr>,
+    /// Last reported disco key (path discovery); `None` until the node reports one.
+    pub disco_key: Option<DiscoPublicKey>,
+    /// Last reported home relay region.
+    pub home_relay: Option<RegionId>,
+}
+
+/// How a node can be reached, as it reports it in its map requests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodePaths {
+    /// Its candidate direct UDP endpoints, best first.
+    pub endpoints: Vec<SocketAddr>,
+    /// Its disco key.
+    pub disco_key: Option<DiscoPublicKey>,
+    /// The relay region it is attached to.
+    pub home_relay: Option<RegionId>,
+}
+
+impl NodeRecord {
+    /// What the node last reported about how to reach it.
+    pub fn paths(&self) -> NodePaths {
+        NodePaths {
+            endpoints: self.endpoints.clone(),
+            disco_key: self.disco_key,
+            home_relay: self.home_relay,
+        }
+    }
 }
 
 /// A node to insert; the store assigns the id.

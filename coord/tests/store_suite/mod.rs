@@ -185,16 +185,20 @@ pub async fn nodes_round_trip_and_unique_columns_conflict(fresh: &Fresh) {
         "[2001:db8::7]:41641".parse().unwrap(),
     ];
     let seen = NOW.saturating_add_secs(5);
-    store
-        .set_node_endpoints(node.id, &endpoints, seen)
-        .await
-        .unwrap();
+    let disco = postern_proto::DiscoPublicKey::from_bytes([7; 32]);
+    let paths = postern_coord::store::NodePaths {
+        endpoints: endpoints.clone(),
+        disco_key: Some(disco),
+        home_relay: Some(postern_proto::netmap::RegionId(3)),
+    };
+    store.set_node_paths(node.id, &paths, seen).await.unwrap();
     let rekeyed = store
         .rekey_node(node.id, &node_key(9), None, false)
         .await
         .unwrap();
     assert_eq!(rekeyed.node_key, node_key(9));
     assert_eq!(rekeyed.endpoints, endpoints);
+    assert_eq!(rekeyed.paths(), paths, "disco key and home relay are stored");
     assert_eq!(rekeyed.last_seen, Some(seen));
     assert_eq!(rekeyed.key_expiry, None);
     assert!(!rekeyed.approved);

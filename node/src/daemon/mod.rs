@@ -13,7 +13,10 @@
 //!    joins them, answering pings at the seam ([`icmp`]);
 //! 5. applies every netmap change to the engine: [`plan`] (pure) diffs what the engine holds
 //!    against the new netmap into add/remove peer, allowed IPs, endpoint and filter
-//!    ([`filter`]) commands.
+//!    ([`filter`]) commands;
+//! 6. attaches to the home relay, learns its public endpoints with STUN, runs path
+//!    discovery with its peers and reports endpoints and home relay to the coord
+//!    ([`paths`]).
 //!
 //! When the coord goes away the control client redials in the background and the node keeps
 //! its last netmap: established tailnet connections carry on.
@@ -32,6 +35,7 @@ pub mod http_proxy;
 pub mod icmp;
 pub mod inspection;
 pub mod names;
+pub mod paths;
 pub mod plan;
 pub mod serves;
 pub mod state;
@@ -62,6 +66,7 @@ use self::status::{Status, StatusContext};
 use crate::control::{
     ClientConfig, ClientError, ControlClient, RegistrationState, SessionConfig, SessionError,
 };
+use crate::disco::PathSelector;
 use crate::engine::{EngineConfig, Event, PathId, PeerConfig, PeerEngine};
 use crate::udp::{EngineCommand, NewFilter, UdpEngine, UdpShellConfig};
 
@@ -473,16 +478,27 @@ impl NodeRuntime {
         let (netstack, seam) = Netstack::new(stack_config)?;
 
         let engine = PeerEngine::new(EngineConfig::new(keys.node.to_x25519()), Instant::now());
-        let udp = UdpEngine::spawn(engine, socket, UdpShellConfig::default())
-            .map_err(|source| RuntimeError::Bind { addr: bind, source })?;
+        let selector = PathSelector::new(
+            keys.node.public_key(),
+            keys.disco.to_x25519(),
+            rand::random(),
+        );
+        let udp =
+            UdpEngine::spawn_with_paths(engine, socket, UdpShellConfig::default(), Some(selector))
+                .map_err(|source| RuntimeError::Bind { addr: bind, source })?;
         let UdpEngine {
             outbound,
             inbound,
             events,
             commands,
+            public_endpoints,
             task: engine_task,
             ..
         } = udp;
+        let (report_tx, reports) = watch::channel(paths::EndpointReport {
+            endpoints: local.clone(),
+            home_relay: None,
+        });
 
         let (netmap_tx, netmap_rx) = watch::channel(None);
         let stop = CancellationToken::new();
@@ -517,7 +533,16 @@ impl NodeRuntime {
             tokio::spawn(pump(seam.from_stack, outbound, stop.clone())),
             tokio::spawn(inbound_pump(inbound, seam.to_stack, handle.clone())),
             tokio::spawn(log_events(events, stop.clone())),
-            tokio::spawn(follow_netmaps(applier, control, control_netmap)),
+            tokio::spawn(paths::run(paths::PathsWiring {
+                commands: commands.clone(),
+                node_key: keys.node.clone(),
+                listen_port,
+                netmap: handle.netmap(),
+                public: public_endpoints,
+                report: report_tx,
+                stop: stop.clone(),
+            })),
+            tokio::spawn(follow_netmaps(applier, control, control_netmap, reports)),
         ];
         tracing::info!(
             name = %login.name,
@@ -844,9 +869,10 @@ async fn follow_netmaps(
     mut applier: Applier,
     control: Arc<ControlClient>,
     mut netmaps: watch::Receiver<Option<Netmap>>,
+    mut reports: watch::Receiver<paths::EndpointReport>,
 ) {
     let stop = applier.handle.shared.stop.clone();
-    let mut refresh = tokio::time::interval(ENDPOINT_REFRESH);
+    let mut reports_open = true;
     let mut status = tokio::time::interval(Duration::from_secs(1));
     let mut reported_refusal = false;
     loop {
@@ -863,13 +889,17 @@ async fn follow_netmaps(
                     applier.apply(map).await;
                 }
             }
-            _ = refresh.tick() => {
-                let shared = &applier.handle.shared;
-                let local = endpoints::local_endpoints(shared.listen_port);
-                if let Ok(mut endpoints) = shared.endpoints.write() {
-                    endpoints.clone_from(&local);
+            changed = reports.changed(), if reports_open => {
+                if changed.is_err() {
+                    reports_open = false;
+                    continue;
                 }
-                control.update_endpoints(local, None);
+                let report = reports.borrow_and_update().clone();
+                let shared = &applier.handle.shared;
+                if let Ok(mut endpoints) = shared.endpoints.write() {
+                    endpoints.clone_from(&report.endpoints);
+                }
+                control.update_endpoints(report.endpoints, report.home_relay);
             }
             _ = status.tick() => {
                 let connected = control.is_connected();

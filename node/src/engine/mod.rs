@@ -264,6 +264,8 @@ struct Peer<S> {
     awaiting_confirmation: bool,
     /// `SessionExpired` was reported and no handshake completed since.
     expired: bool,
+    /// Whether an authenticated datagram from a new path moves the endpoint there.
+    roaming: bool,
 }
 
 impl PeerEngine<Boringtun> {
@@ -342,6 +344,7 @@ impl<R: WireGuardResponder> PeerEngine<R> {
                 },
                 awaiting_confirmation: false,
                 expired: false,
+                roaming: true,
             },
         );
         Ok(())
@@ -362,6 +365,21 @@ impl<R: WireGuardResponder> PeerEngine<R> {
         match self.peer_mut(peer) {
             Some(p) => {
                 p.stats.endpoint = Some(path);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Turns roaming for `peer` on (the default) or off. With roaming off, the endpoint
+    /// changes only through [`Self::set_endpoint`]: call this when path discovery
+    /// ([`crate::disco::PathSelector`]) picks the peer's path, so that a datagram that came
+    /// the other way (through the relay while direct is chosen, or back) does not move it.
+    /// Returns whether the peer exists.
+    pub fn set_roaming(&mut self, peer: &PublicKey, roaming: bool) -> bool {
+        match self.peer_mut(peer) {
+            Some(p) => {
+                p.roaming = roaming;
                 true
             }
             None => false,
@@ -686,7 +704,7 @@ pub fn encode_key(key: &PublicKey) -> String {
 }
 
 fn roam<S>(peer: &mut Peer<S>, from: PathId, events: &mut VecDeque<Event>) {
-    if peer.stats.endpoint != Some(from) {
+    if peer.stats.endpoint != Some(from) && (peer.roaming || peer.stats.endpoint.is_none()) {
         peer.stats.endpoint = Some(from);
         events.push_back(Event::EndpointChanged {
             peer: peer.public_key,

@@ -212,6 +212,11 @@ impl RelayClient {
         self.inbound.recv().await
     }
 
+    /// The next datagram a peer sent through the relay, if one is waiting now.
+    pub fn try_recv(&mut self) -> Option<RelayDatagram> {
+        self.inbound.try_recv().ok()
+    }
+
     /// Where the connection stands now.
     pub fn state(&self) -> RelayState {
         self.state.borrow().clone()

@@ -13,7 +13,16 @@
 //! the backpressure a slow socket should exert.
 //!
 //! Time: the task passes `Instant::now()` as `now` on every wake-up and arms a tokio timer at
-//! the engine's `poll_timeout`.
+//! the earliest `poll_timeout` of the machines it owns.
+//!
+//! With [`UdpEngine::spawn_with_paths`] the task also owns path discovery
+//! ([`PathSelector`]), the STUN refresh ([`PublicEndpoints`]) and the relay client
+//! ([`RelayClient`], set with [`EngineCommand::SetRelay`]). Datagrams are told apart on
+//! arrival: STUN ([`postern_proto::stun::is_stun`]) goes to the refresh, disco
+//! ([`crate::disco::message::is_disco`]) to the selector, the rest to the engine; the same
+//! for datagrams from the relay. Transmits on [`PathId::Relay`] go to the relay client, the
+//! rest to the socket. Each path the selector picks is set on the engine, with roaming off
+//! for that peer.
 
 mod batch;
 
@@ -26,8 +35,13 @@ use std::time::Instant;
 use bytes::Bytes;
 use quinn_udp::{RecvMeta, UdpSocketState};
 use tokio::io::Interest;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+
+use crate::disco::{DiscoPeer, DiscoStats, PathEvent, PathSelector, PublicEndpoints};
+use crate::relay::{RelayClient, RelayDatagram, RelaySender};
+use postern_proto::NodePublicKey;
+use postern_proto::netmap::RegionId;
 
 use crate::engine::filter::InboundFilter;
 use crate::engine::session::WireGuardResponder;
@@ -45,6 +59,8 @@ const SOCKET_BUFFER: usize = 4 << 20;
 const OUTBOUND_BATCHES_PER_WAKE: usize = 16;
 /// Most receive calls per wake-up before timers and outbound traffic get a turn.
 const RECV_CALLS_PER_WAKE: usize = 8;
+/// Most relay datagrams taken per wake-up.
+const RELAY_DATAGRAMS_PER_WAKE: usize = 64;
 
 /// How the shell is sized.
 #[derive(Debug, Clone, Copy)]
@@ -85,6 +101,17 @@ pub enum EngineCommand {
     SetFilter(NewFilter),
     /// Read every peer's counters.
     AllPeerStats(oneshot::Sender<Vec<(PublicKey, PeerStats)>>),
+    /// Use this relay client (attached to this node's home relay) for relayed paths, or
+    /// none; the previous client is shut down.
+    SetRelay(Option<RelayClient>),
+    /// Replace the peers path discovery probes (from the netmap). Ignored without paths.
+    SetDiscoPeers(Vec<DiscoPeer>),
+    /// Replace the STUN servers the public endpoints are learned from.
+    SetStunServers(Vec<SocketAddr>),
+    /// This node's local endpoints (what call-me-maybes carry besides the public ones).
+    SetLocalEndpoints(Vec<SocketAddr>),
+    /// Read path discovery's counters (`None` without paths).
+    DiscoStats(oneshot::Sender<Option<DiscoStats>>),
 }
 
 /// An inbound filter on its way to the engine (see [`EngineCommand::SetFilter`]).
@@ -112,6 +139,8 @@ pub struct UdpEngine {
     pub counters: Arc<ShellCounters>,
     /// The socket's local address.
     pub local_addr: SocketAddr,
+    /// The public endpoints STUN learned (empty until it learned some, or with UDP blocked).
+    pub public_endpoints: watch::Receiver<Vec<SocketAddr>>,
     /// The task; it ends with `Ok` when `outbound` is closed, or with the socket's error.
     pub task: JoinHandle<io::Result<()>>,
 }
@@ -129,6 +158,12 @@ pub struct ShellCounters {
     pub datagrams_in: AtomicU64,
     /// Datagrams sent.
     pub datagrams_out: AtomicU64,
+    /// Datagrams handed to the relay client.
+    pub relay_out: AtomicU64,
+    /// Datagrams received from the relay.
+    pub relay_in: AtomicU64,
+    /// Relayed datagrams dropped (no relay client, or its queue was full).
+    pub relay_dropped: AtomicU64,
 }
 
 impl UdpEngine {
@@ -140,6 +175,22 @@ impl UdpEngine {
         engine: PeerEngine<R>,
         socket: std::net::UdpSocket,
         config: UdpShellConfig,
+    ) -> io::Result<Self>
+    where
+        R: WireGuardResponder + 'static,
+        R::Session: 'static,
+    {
+        Self::spawn_with_paths(engine, socket, config, None)
+    }
+
+    /// Like [`Self::spawn`], with path discovery: `paths` picks each managed peer's path
+    /// (see the [module docs](self)); the relay client and STUN servers come later as
+    /// commands.
+    pub fn spawn_with_paths<R>(
+        engine: PeerEngine<R>,
+        socket: std::net::UdpSocket,
+        config: UdpShellConfig,
+        paths: Option<PathSelector>,
     ) -> io::Result<Self>
     where
         R: WireGuardResponder + 'static,
@@ -159,6 +210,7 @@ impl UdpEngine {
         let (events_tx, events_rx) = mpsc::channel(config.event_capacity.max(1));
         let (commands_tx, commands_rx) = mpsc::channel(16);
         let counters = Arc::new(ShellCounters::default());
+        let (public_tx, public_endpoints) = watch::channel(Vec::new());
         let task = Shell {
             engine,
             socket,
@@ -169,6 +221,12 @@ impl UdpEngine {
             commands: commands_rx,
             counters: Arc::clone(&counters),
             pending_inbound: Vec::new(),
+            paths,
+            public: PublicEndpoints::new(rand::random(), Instant::now()),
+            public_tx,
+            local_endpoints: Vec::new(),
+            relay: None,
+            relay_sender: None,
         };
         let task = tokio::spawn(task.run());
         Ok(Self {
@@ -178,6 +236,7 @@ impl UdpEngine {
             commands: commands_tx,
             counters,
             local_addr,
+            public_endpoints,
             task,
         })
     }
@@ -193,6 +252,12 @@ struct Shell<R: WireGuardResponder> {
     commands: mpsc::Receiver<EngineCommand>,
     counters: Arc<ShellCounters>,
     pending_inbound: Vec<Bytes>,
+    paths: Option<PathSelector>,
+    public: PublicEndpoints,
+    public_tx: watch::Sender<Vec<SocketAddr>>,
+    local_endpoints: Vec<SocketAddr>,
+    relay: Option<RelayClient>,
+    relay_sender: Option<(RegionId, RelaySender)>,
 }
 
 impl<R: WireGuardResponder> Shell<R> {
@@ -204,10 +269,7 @@ impl<R: WireGuardResponder> Shell<R> {
         let mut commands_open = true;
         loop {
             self.drain_engine().await?;
-            let deadline = self
-                .engine
-                .poll_timeout()
-                .unwrap_or_else(|| Instant::now() + crate::engine::TIMER_TICK);
+            let deadline = self.next_deadline();
             tokio::select! {
                 readable = self.socket.readable() => {
                     readable?;
@@ -228,6 +290,18 @@ impl<R: WireGuardResponder> Shell<R> {
                         }
                     }
                 }
+                datagram = recv_relay(&mut self.relay) => {
+                    match datagram {
+                        Some(datagram) => self.relayed(datagram),
+                        None => self.relay = None,
+                    }
+                    for _ in 1..RELAY_DATAGRAMS_PER_WAKE {
+                        let Some(datagram) = self.relay.as_mut().and_then(RelayClient::try_recv) else {
+                            break;
+                        };
+                        self.relayed(datagram);
+                    }
+                }
                 command = self.commands.recv(), if commands_open => {
                     match command {
                         Some(command) => self.command(command),
@@ -240,7 +314,114 @@ impl<R: WireGuardResponder> Shell<R> {
             if self.engine.poll_timeout().is_some_and(|t| t <= now) {
                 self.engine.handle_timeout(now);
             }
+            if let Some(paths) = &mut self.paths
+                && paths.poll_timeout().is_some_and(|t| t <= now)
+            {
+                paths.handle_timeout(now);
+            }
+            if self.public.poll_timeout().is_some_and(|t| t <= now) {
+                self.public.handle_timeout(now);
+            }
         }
+    }
+
+    /// The earliest instant one of the machines wants to be woken at.
+    fn next_deadline(&self) -> Instant {
+        let engine = self
+            .engine
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + crate::engine::TIMER_TICK);
+        let paths = self.paths.as_ref().and_then(PathSelector::poll_timeout);
+        let stun = self.public.poll_timeout();
+        [Some(engine), paths, stun]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(engine)
+    }
+
+    /// A datagram from the relay: disco to the selector, the rest to the engine.
+    fn relayed(&mut self, datagram: RelayDatagram) {
+        self.counters.relay_in.fetch_add(1, Ordering::Relaxed);
+        let Some((region, _)) = self.relay_sender else {
+            return;
+        };
+        let from = PathId::Relay {
+            region,
+            peer: datagram.src,
+        };
+        let now = Instant::now();
+        if crate::disco::message::is_disco(&datagram.packet) {
+            if let Some(paths) = &mut self.paths {
+                paths.handle_input(from, &datagram.packet, now);
+            }
+        } else {
+            self.engine.handle_input(from, &datagram.packet, now);
+        }
+    }
+
+    /// Hands a datagram for a relayed path to the relay client.
+    fn send_relayed(&self, peer: NodePublicKey, payload: Bytes) {
+        let sent = self
+            .relay_sender
+            .as_ref()
+            .is_some_and(|(_, sender)| sender.try_send(peer, payload).is_ok());
+        let counter = if sent {
+            &self.counters.relay_out
+        } else {
+            &self.counters.relay_dropped
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sends one small datagram (disco, STUN) without waiting: dropped if the socket is
+    /// busy, as the lossy protocols they are expect.
+    fn send_direct(&self, dst: SocketAddr, payload: &[u8]) {
+        match self.socket.try_send_to(payload, dst) {
+            Ok(_) => self.counters.datagrams_out.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.counters.send_errors.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    /// Applies the selector's path changes to the engine.
+    fn apply_paths(&mut self) {
+        let Some(paths) = &mut self.paths else {
+            return;
+        };
+        while let Some(event) = paths.poll_event() {
+            match event {
+                PathEvent::PathChanged { peer, path } => {
+                    tracing::info!(peer = %peer.short(), %path, "path to peer changed");
+                    let key = peer.to_x25519();
+                    self.engine.set_endpoint(&key, path);
+                    self.engine.set_roaming(&key, false);
+                }
+            }
+        }
+    }
+
+    /// After the engine's endpoint for `key` was set from outside (netmap), puts back the
+    /// path the selector chose, if it manages the peer.
+    fn reassert_path(&mut self, key: &PublicKey) {
+        let Some(paths) = &self.paths else {
+            return;
+        };
+        let node = NodePublicKey::from(*key);
+        if let Some(path) = paths.current_path(&node) {
+            self.engine.set_endpoint(key, path);
+            self.engine.set_roaming(key, false);
+        }
+    }
+
+    /// The endpoints call-me-maybes carry: local, then public.
+    fn own_endpoints(&self) -> Vec<SocketAddr> {
+        let mut all = self.local_endpoints.clone();
+        for addr in self.public.endpoints() {
+            if !all.contains(addr) {
+                all.push(*addr);
+            }
+        }
+        all
     }
 
     fn receive(&mut self, bufs: &mut [Vec<u8>], metas: &mut [RecvMeta]) -> io::Result<()> {
@@ -267,8 +448,19 @@ impl<R: WireGuardResponder> Shell<R> {
                 };
                 for datagram in data.chunks(stride.max(1)) {
                     self.counters.datagrams_in.fetch_add(1, Ordering::Relaxed);
-                    self.engine
-                        .handle_input(PathId::Direct(meta.addr), datagram, now);
+                    let from = PathId::Direct(meta.addr);
+                    if matches!(datagram, [1..=4, 0, 0, 0, ..]) {
+                        // The common case first: a WireGuard message.
+                        self.engine.handle_input(from, datagram, now);
+                    } else if postern_proto::stun::is_stun(datagram) {
+                        self.public.handle_input(meta.addr, datagram);
+                    } else if crate::disco::message::is_disco(datagram) {
+                        if let Some(paths) = &mut self.paths {
+                            paths.handle_input(from, datagram, now);
+                        }
+                    } else {
+                        self.engine.handle_input(from, datagram, now);
+                    }
                 }
             }
         }
@@ -280,7 +472,9 @@ impl<R: WireGuardResponder> Shell<R> {
         // A requester that went away does not care about the answer.
         match command {
             EngineCommand::AddPeer(peer, reply) => {
+                let key = peer.public_key;
                 let _ = reply.send(self.engine.add_peer(peer, now));
+                self.reassert_path(&key);
             }
             EngineCommand::RemovePeer(key, reply) => {
                 let _ = reply.send(self.engine.remove_peer(&key));
@@ -293,6 +487,7 @@ impl<R: WireGuardResponder> Shell<R> {
             }
             EngineCommand::SetEndpoint(key, path, reply) => {
                 let _ = reply.send(self.engine.set_endpoint(&key, path));
+                self.reassert_path(&key);
             }
             EngineCommand::SetAllowedIps(key, allowed_ips, reply) => {
                 let _ = reply.send(self.engine.set_allowed_ips(&key, &allowed_ips));
@@ -306,11 +501,40 @@ impl<R: WireGuardResponder> Shell<R> {
                     .collect();
                 let _ = reply.send(stats);
             }
+            EngineCommand::SetRelay(client) => {
+                if let Some(old) = self.relay.take() {
+                    tokio::spawn(old.shutdown());
+                }
+                self.relay_sender = client.as_ref().map(|c| (c.region(), c.sender()));
+                let region = client.as_ref().map(RelayClient::region);
+                self.relay = client;
+                if let Some(paths) = &mut self.paths {
+                    paths.set_home_relay(region, now);
+                }
+            }
+            EngineCommand::SetDiscoPeers(peers) => {
+                if let Some(paths) = &mut self.paths {
+                    paths.set_peers(peers, now);
+                }
+            }
+            EngineCommand::SetStunServers(servers) => self.public.set_servers(servers, now),
+            EngineCommand::SetLocalEndpoints(endpoints) => {
+                self.local_endpoints = endpoints;
+                let own = self.own_endpoints();
+                if let Some(paths) = &mut self.paths {
+                    paths.set_own_endpoints(own);
+                }
+            }
+            EngineCommand::DiscoStats(reply) => {
+                let _ = reply.send(self.paths.as_ref().map(PathSelector::stats));
+            }
         }
     }
 
     /// Sends what the engine wants to send and hands events and packets on.
     async fn drain_engine(&mut self) -> io::Result<()> {
+        self.apply_paths();
+        self.drain_side_channels();
         while let Some(event) = self.engine.poll_event() {
             match event {
                 Event::InboundPacket { packet, .. } => self.pending_inbound.push(packet),
@@ -333,7 +557,10 @@ impl<R: WireGuardResponder> Shell<R> {
         }
         let mut transmits = Vec::new();
         while let Some(t) = self.engine.poll_transmit() {
-            transmits.push(t);
+            match t.dst {
+                PathId::Relay { peer, .. } => self.send_relayed(peer, t.payload),
+                _ => transmits.push(t),
+            }
         }
         if transmits.is_empty() {
             return Ok(());
@@ -343,6 +570,46 @@ impl<R: WireGuardResponder> Shell<R> {
             send_run(&self.socket, &self.state, &self.counters, &run).await?;
         }
         Ok(())
+    }
+}
+
+impl<R: WireGuardResponder> Shell<R> {
+    /// Sends what path discovery and the STUN refresh queued, and publishes new public
+    /// endpoints.
+    fn drain_side_channels(&mut self) {
+        let now = Instant::now();
+        let mut disco = Vec::new();
+        if let Some(paths) = &mut self.paths {
+            while let Some(t) = paths.poll_transmit() {
+                disco.push(t);
+            }
+        }
+        for t in disco {
+            match t.dst {
+                PathId::Direct(addr) => self.send_direct(addr, &t.payload),
+                PathId::Relay { peer, .. } => self.send_relayed(peer, t.payload),
+            }
+        }
+        while let Some((server, request)) = self.public.poll_transmit(now) {
+            self.send_direct(server, &request);
+        }
+        if self.public.take_changed() {
+            let public = self.public.endpoints().to_vec();
+            tracing::info!(?public, "public endpoints (STUN)");
+            self.public_tx.send_replace(public);
+            let own = self.own_endpoints();
+            if let Some(paths) = &mut self.paths {
+                paths.set_own_endpoints(own);
+            }
+        }
+    }
+}
+
+/// The next datagram from the relay client, or never without one.
+async fn recv_relay(relay: &mut Option<RelayClient>) -> Option<RelayDatagram> {
+    match relay {
+        Some(client) => client.recv().await,
+        None => std::future::pending().await,
     }
 }
 

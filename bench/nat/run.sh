@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# bench/nat/run.sh — throughput and round trip, direct versus relayed, in the NAT lab.
+#
+#   sudo bench/nat/run.sh                 (release build; NAT_BENCH_MB=64 per transfer)
+#   PROFILE=dev NAT_BENCH_MB=16 bench/nat/run.sh
+#
+# Runs the `nat_benchmark` test of cli/tests/nat_paths.rs (ignored in normal test runs):
+# the lab's namespaces (docs/lab.md), `postern-coord serve --relay --stun` on the coord host,
+# two `postern up` nodes in home A and home B. First both homes behind easy (cone) NATs,
+# where the path is direct; then both behind hard (symmetric) NATs, where it goes through
+# the relay in the coord. For each: the median of 20 `postern ping` round trips, and the time
+# of one `postern nc` transfer of NAT_BENCH_MB MiB (tailnet TCP through the userspace stack).
+# Prints a markdown table (to stderr, with the test's output).
+#
+# Needs root (namespaces, nftables), curl, conntrack, and cargo.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+PROFILE="${PROFILE:-release}"
+
+[ "$(id -u)" = 0 ] || { echo "run.sh: needs root (network namespaces, nftables): sudo $0" >&2; exit 1; }
+
+cd "$ROOT"
+profile_flag=()
+[ "$PROFILE" = release ] && profile_flag=(--release)
+# postern-coord must sit next to the postern test binary's postern.
+cargo build "${profile_flag[@]}" -p postern-coord --bins >&2
+NAT_BENCH_MB="${NAT_BENCH_MB:-64}" cargo test "${profile_flag[@]}" -p postern --test nat_paths \
+  -- --ignored --exact nat_benchmark --nocapture --test-threads 1

@@ -155,7 +155,7 @@ fn read_auth_key(
 
 fn report_progress(progress: LoginProgress) {
     match progress {
-        LoginProgress::NeedsApproval => {
+        LoginProgress::NeedsApproval { .. } => {
             tracing::info!("waiting for an admin to approve the ingress node");
         }
         LoginProgress::Waiting(waited) if waited.as_secs() % 10 == 0 && waited > Duration::ZERO => {

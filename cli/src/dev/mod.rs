@@ -227,12 +227,8 @@ async fn run_dev(args: &DevArgs, state: &Path, inspect: Option<SocketAddr>) -> R
         Some(inspection) => inspection.observer(),
         None => Arc::new(postern_node::serve::NoopObserver),
     };
-    let serves = ServeManager::start(
-        &handle,
-        Arc::new(postern_node::daemon::serves::UnsupportedFunnels),
-        observer,
-    )
-    .map_err(|e| format!("the dev node's serve manager: {e}"))?;
+    let serves = ServeManager::start(&handle, Arc::new(ControlFunnels::new(&handle)), observer)
+        .map_err(|e| format!("the dev node's serve manager: {e}"))?;
     if let Some(inspection) = &inspection {
         inspection.attach(&serves);
     }

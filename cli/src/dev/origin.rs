@@ -18,14 +18,6 @@ use tokio_util::sync::CancellationToken;
 pub(crate) struct DemoOrigin {
     /// Where it listens (127.0.0.1, a free port).
     pub(crate) addr: SocketAddr,
-    received: Arc<AtomicU64>,
-}
-
-impl DemoOrigin {
-    /// How many requests reached it.
-    pub(crate) fn received(&self) -> u64 {
-        self.received.load(Ordering::Relaxed)
-    }
 }
 
 /// Starts the origin on a free loopback port; it stops when `stop` is cancelled.
@@ -37,10 +29,7 @@ pub(crate) async fn start(stop: CancellationToken) -> Result<DemoOrigin, String>
         .local_addr()
         .map_err(|e| format!("demo origin: {e}"))?;
     let received = Arc::new(AtomicU64::new(0));
-    let origin = DemoOrigin {
-        addr,
-        received: Arc::clone(&received),
-    };
+    let origin = DemoOrigin { addr };
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {

@@ -147,9 +147,7 @@ async fn run_dev(args: &DevArgs, state: &Path, inspect: Option<SocketAddr>) -> R
     let policy_path = state.join("policy.hujson");
     std::fs::write(&policy_path, dev_policy())
         .map_err(|e| format!("{}: {e}", policy_path.display()))?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| format!("cannot listen on loopback for the coord: {e}"))?;
+    let listener = bind_saved(state, "coord-port", "the coord").await?;
     let coord_addr = listener
         .local_addr()
         .map_err(|e| format!("coord listener: {e}"))?;
@@ -237,7 +235,8 @@ async fn run_dev(args: &DevArgs, state: &Path, inspect: Option<SocketAddr>) -> R
     let (origin_port, demo) = match args.port {
         Some(port) => (port, None),
         None => {
-            let demo = origin::start(stop.clone()).await?;
+            let listener = bind_saved(state, "origin-port", "the demo origin").await?;
+            let demo = origin::start(listener, stop.clone())?;
             (demo.addr.port(), Some(demo))
         }
     };
@@ -467,6 +466,38 @@ async fn wait_for_route(
             "the ingress did not learn the route for {hostname} within 30 s"
         )),
     }
+}
+
+/// A loopback listener on the port of the first run, kept in the state directory in
+/// `file`: the nodes' stored logins name the coord's port, and the funnel's hostname
+/// belongs to the origin's port.
+async fn bind_saved(
+    state: &Path,
+    file: &str,
+    what: &str,
+) -> Result<tokio::net::TcpListener, String> {
+    let saved = state.join(file);
+    let port: u16 = std::fs::read_to_string(&saved)
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot listen on 127.0.0.1:{port} for {what}: {e} (is another `postern dev` \
+                 running with this state directory?)"
+            )
+        })?;
+    if port == 0 {
+        let chosen = listener
+            .local_addr()
+            .map_err(|e| format!("coord listener: {e}"))?
+            .port();
+        std::fs::write(&saved, format!("{chosen}\n"))
+            .map_err(|e| format!("{}: {e}", saved.display()))?;
+    }
+    Ok(listener)
 }
 
 fn default_state_dir() -> Option<PathBuf> {

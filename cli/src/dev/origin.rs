@@ -20,11 +20,8 @@ pub(crate) struct DemoOrigin {
     pub(crate) addr: SocketAddr,
 }
 
-/// Starts the origin on a free loopback port; it stops when `stop` is cancelled.
-pub(crate) async fn start(stop: CancellationToken) -> Result<DemoOrigin, String> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| format!("demo origin: cannot listen on loopback: {e}"))?;
+/// Starts the origin on `listener`; it stops when `stop` is cancelled.
+pub(crate) fn start(listener: TcpListener, stop: CancellationToken) -> Result<DemoOrigin, String> {
     let addr = listener
         .local_addr()
         .map_err(|e| format!("demo origin: {e}"))?;

@@ -3,7 +3,12 @@
 //! forged one is refused at the edge. Then Ctrl-C, and a second start with the same state
 //! directory prints the same public URL.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // test code
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)] // test code
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

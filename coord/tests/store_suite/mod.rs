@@ -198,7 +198,11 @@ pub async fn nodes_round_trip_and_unique_columns_conflict(fresh: &Fresh) {
         .unwrap();
     assert_eq!(rekeyed.node_key, node_key(9));
     assert_eq!(rekeyed.endpoints, endpoints);
-    assert_eq!(rekeyed.paths(), paths, "disco key and home relay are stored");
+    assert_eq!(
+        rekeyed.paths(),
+        paths,
+        "disco key and home relay are stored"
+    );
     assert_eq!(rekeyed.last_seen, Some(seen));
     assert_eq!(rekeyed.key_expiry, None);
     assert!(!rekeyed.approved);

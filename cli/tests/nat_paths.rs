@@ -593,17 +593,17 @@ fn a_nat_that_forgets_its_mappings_recovers_within_ten_seconds() {
     mesh.transfer(MIB);
 }
 
-/// The benchmark behind `bench/nat/run.sh` (not a test: it asserts nothing about speed and
-/// takes a minute): round trips (`postern ping`) and one-connection throughput
-/// (`postern nc`) between home A and home B, direct (easy ↔ easy) and relayed
-/// (hard ↔ hard), in the same run. Prints a markdown table.
+/// Direct (easy ↔ easy) and relayed (hard ↔ hard) paths each keep their path through pings
+/// and a transfer; the round trips (`postern ping`) and one-connection throughput
+/// (`postern nc`) are printed as a markdown table. Nothing is asserted about speed: in CI
+/// this is a test of path stability with an 8 MiB transfer; `bench/nat/run.sh` runs it with
+/// `NAT_BENCH_MB=64` for the figures in docs/benchmarks.md.
 #[test]
-#[ignore = "benchmark: run bench/nat/run.sh"]
 fn nat_benchmark() {
     let mb: usize = std::env::var("NAT_BENCH_MB")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(64);
+        .unwrap_or(8);
     let pings: usize = 20;
     let mut rows = Vec::new();
     for (label, kind, path) in [

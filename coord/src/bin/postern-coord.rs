@@ -162,6 +162,13 @@ struct FunnelArgs {
     /// node and port keeps its public port. Without it, TCP funnels are refused.
     #[arg(long, value_parser = postern_coord::funnel::parse_port_range, value_name = "FIRST-LAST")]
     funnel_tcp_ports: Option<std::ops::RangeInclusive<u16>>,
+    /// How many edge decisions (what ingress nodes report for `postern funnel log`) to
+    /// keep per funnel; older ones are dropped.
+    #[arg(long, default_value_t = postern_coord::control::DEFAULT_EDGE_LOG_PER_FUNNEL, value_name = "N")]
+    edge_log_keep: u32,
+    /// How long to keep edge decisions after they arrive (e.g. 7d, 12h).
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    edge_log_max_age: Duration,
 }
 
 impl FunnelArgs {
@@ -172,6 +179,11 @@ impl FunnelArgs {
             )?);
         }
         config.funnel_tcp_ports = self.funnel_tcp_ports;
+        if self.edge_log_keep == 0 {
+            anyhow::bail!("--edge-log-keep must be at least 1");
+        }
+        config.edge_log_per_funnel = self.edge_log_keep;
+        config.edge_log_max_age = self.edge_log_max_age;
         Ok(())
     }
 }

@@ -180,6 +180,27 @@ async fn only_ingress_nodes_report_and_owners_read_only_their_own_funnels() {
     );
     assert_eq!(log(&bobs, FunnelLogQuery::default()).await.len(), 1);
 
+    // The admin sees any funnel's log by hostname.
+    let table = coord.admin(&["funnels", "log", &hooks]);
+    assert!(table.starts_with("TIME "), "{table}");
+    assert!(table.contains("deny: signature_mismatch"), "{table}");
+    assert_eq!(
+        table.lines().count(),
+        5,
+        "header and four decisions: {table}"
+    );
+    let json = coord.admin_json(&["funnels", "log", &docs, "--denied", "--limit", "1"]);
+    let listed = json.as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{json}");
+    assert_eq!(listed[0]["funnel"], docs.as_str());
+    let out = coord.run(&["funnels", "log", "nobody.funnel.example.test"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no funnel"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // A closed funnel's decisions are dropped from then on; its log stays readable.
     laptop
         .funnel(FunnelChange::Close { port: 3000 })

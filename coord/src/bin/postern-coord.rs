@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
 use postern_coord::admin::client::{
-    AdminClient, format_audit, format_funnel_table, format_node, format_node_table,
+    AdminClient, format_audit, format_edge_log, format_funnel_table, format_node, format_node_table,
 };
 use postern_coord::control::{AuthKeyOptions, ControlConfig, Coord, create_auth_key};
 use postern_coord::policy::PolicySource;
@@ -110,6 +110,22 @@ enum FunnelsCommand {
         /// Also forget the funnel, freeing its hostname and public port for others.
         #[arg(long)]
         release: bool,
+    },
+    /// Show the edge's recent decisions for a funnel (what ingress nodes reported): time,
+    /// client, request, gate, result and reason, status, milliseconds; oldest first.
+    ///
+    /// Example: postern-coord funnels log laptop.funnel.example.com --denied
+    Log {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The funnel's hostname.
+        hostname: String,
+        /// Show at most this many, the newest.
+        #[arg(long, default_value_t = 50, value_name = "N")]
+        limit: u32,
+        /// Show only the requests the edge refused.
+        #[arg(long)]
+        denied: bool,
     },
 }
 
@@ -867,6 +883,21 @@ async fn funnels_command(command: FunnelsCommand) -> anyhow::Result<String> {
                 serde_json::to_string_pretty(&funnels)? + "\n"
             } else {
                 format_funnel_table(&funnels)
+            })
+        }
+        FunnelsCommand::Log {
+            admin,
+            hostname,
+            limit,
+            denied,
+        } => {
+            let decisions = admin_client(&admin)?
+                .funnel_log(&hostname, limit, denied)
+                .await?;
+            Ok(if admin.json {
+                serde_json::to_string_pretty(&decisions)? + "\n"
+            } else {
+                format_edge_log(&decisions)
             })
         }
         FunnelsCommand::Close {

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use postern_node::daemon::api_client::ApiClientError;
+use postern_node::daemon::serves::ServeStatus;
 use postern_node::daemon::status::Status;
 
 use crate::config::Global;
@@ -13,7 +14,7 @@ use crate::{EXIT_FAILURE, EXIT_NOT_READY, fail};
 #[derive(Debug, Args)]
 pub(crate) struct StatusArgs {
     /// Print the full status as JSON on standard output (fields: self, peers, coord_url,
-    /// coord_connected, listen_port, endpoints).
+    /// coord_connected, listen_port, endpoints, version, serves, funnels).
     #[arg(long)]
     json: bool,
 
@@ -82,6 +83,16 @@ fn render(status: &Status) -> String {
             bytes(peer.rx_bytes),
             bytes(peer.tx_bytes),
         ));
+    }
+    if !status.serves.is_empty() || !status.funnels.is_empty() {
+        let serving = ServeStatus {
+            serves: status.serves.clone(),
+            funnels: status.funnels.clone(),
+        };
+        out.push_str("\nserves:\n");
+        out.push_str(&crate::serve::render(&serving));
+        out.push_str("\nfunnels:\n");
+        out.push_str(&crate::serve::render_funnels(&serving));
     }
     let coord = if status.coord_connected {
         "connected"

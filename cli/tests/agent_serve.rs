@@ -253,6 +253,19 @@ fn a_background_serve_shows_the_callers_identity_and_survives_kill_9() {
     let out = alpha.postern(&["funnel", "status"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("https://hooks.funnel.test/"));
 
+    // `postern status` shows the serves and funnels next to the peers, in both forms.
+    let status = alpha.status();
+    assert_eq!(status["funnels"], funnels["funnels"], "{status}");
+    assert_eq!(status["serves"], funnels["serves"], "{status}");
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"), "{status}");
+    let out = alpha.postern(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("funnels:") && text.contains("https://hooks.funnel.test/"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("tailnet :{port}")), "{text}");
+
     // kill -9 of alpha's daemon, and a restart: the serve, name and addresses come back.
     let before = alpha.status()["self"].clone();
     let mut child = alpha.child.take().unwrap();

@@ -82,7 +82,7 @@ pub struct PingAnswer {
     pub address: IpAddr,
     /// The round-trip time in milliseconds.
     pub rtt_ms: f64,
-    /// The path the packets took: `direct` (relayed paths come with the relay client).
+    /// The path the packets took: `direct` or `relayed` (as in [`PeerStatus::path`](super::status::PeerStatus::path)).
     pub path: String,
     /// The peer's endpoint on that path.
     pub endpoint: Option<String>,

@@ -84,8 +84,8 @@ pub struct PeerStatus {
     pub login: String,
     /// Whether the peer is an ingress.
     pub is_ingress: bool,
-    /// The path packets to the peer take: `direct` or `none` yet (relayed paths come with
-    /// the relay client).
+    /// The path packets to the peer take: `direct`, `relayed`, or `none` before the first
+    /// handshake.
     pub path: String,
     /// The peer's current endpoint, if known.
     pub endpoint: Option<String>,

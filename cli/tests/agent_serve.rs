@@ -165,7 +165,12 @@ fn a_background_serve_shows_the_callers_identity_and_survives_kill_9() {
     let socks5: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let socks5_arg = socks5.to_string();
     let inspect_arg = format!("127.0.0.1:{}", free_port());
-    let alpha_args = ["--inspect", &inspect_arg, "--inspect-serves"];
+    let alpha_args = [
+        "--inspect",
+        &inspect_arg,
+        "--inspect-serves",
+        "--inspect-persist",
+    ];
     let (_coord, mut alpha, _beta) = mesh_custom(
         dir.path(),
         &MeshOptions {
@@ -293,6 +298,20 @@ fn a_background_serve_shows_the_callers_identity_and_survives_kill_9() {
     child.wait().unwrap();
     alpha.up_with(&alpha_args);
     let after = alpha.status()["self"].clone();
+    // --inspect-persist: the captured exchange survived the kill -9, in a private file.
+    let list = json_of(&alpha.postern(&["inspect", "list", "--json"]));
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["path"] == "/hello" && e["identity"] == "bob@example.com"),
+        "captures were lost in the restart: {list}"
+    );
+    let mode = std::fs::metadata(alpha.state.join("inspect.jsonl"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "inspect.jsonl is {mode:o}");
     assert_eq!(before["name"], after["name"]);
     assert_eq!(before["addresses"], after["addresses"]);
     assert_eq!(before["node_id"], after["node_id"]);

@@ -244,7 +244,7 @@ mod tests {
     use axum::routing::{get, post};
 
     /// A stand-in daemon answering `{}` with `version` in the version header (or none).
-    async fn daemon_of_version(version: Option<&'static str>) -> (tempfile::TempDir, PathBuf) {
+    fn daemon_of_version(version: Option<&'static str>) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("postern.sock");
         let listener = tokio::net::UnixListener::bind(&socket).unwrap();
@@ -268,7 +268,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_daemon_of_the_same_version_is_answered() {
-        let (_dir, socket) = daemon_of_version(Some(DAEMON_VERSION)).await;
+        let (_dir, socket) = daemon_of_version(Some(DAEMON_VERSION));
         let client = LocalApiClient::new(socket);
         let answer: serde_json::Value = client.get("/v0/status").await.unwrap();
         assert_eq!(answer, serde_json::json!({}));
@@ -276,7 +276,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_daemon_of_another_version_is_named_and_the_fix_given() {
-        let (_dir, socket) = daemon_of_version(Some("0.0.0-other")).await;
+        let (_dir, socket) = daemon_of_version(Some("0.0.0-other"));
         let client = LocalApiClient::new(socket);
         let err = client
             .get::<serde_json::Value>("/v0/status")
@@ -295,7 +295,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_daemon_that_does_not_state_its_version_is_refused() {
-        let (_dir, socket) = daemon_of_version(None).await;
+        let (_dir, socket) = daemon_of_version(None);
         let client = LocalApiClient::new(socket);
         let err = client
             .get::<serde_json::Value>("/v0/status")

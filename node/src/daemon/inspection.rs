@@ -31,6 +31,9 @@ pub enum InspectionError {
         /// The error.
         source: std::io::Error,
     },
+    /// The persisted captures could not be read or written.
+    #[error("{0}; remove the file or start without --inspect-persist")]
+    Persist(#[from] crate::inspect::CaptureError),
 }
 
 /// A running inspector: the store and the UI's listener.
@@ -44,10 +47,12 @@ pub struct Inspection {
 
 impl Inspection {
     /// Binds `addr` and serves the UI and API there until `stop`; captures serve exchanges
-    /// from tailnet peers too when `capture_serves`. Call [`Self::attach`] once the serve
+    /// from tailnet peers too when `capture_serves`; reloads and appends to
+    /// `config.persist_path` when it is set. Call [`Self::attach`] once the serve
     /// manager runs, so replays find the local service.
     ///
-    /// Fails if `addr` cannot be bound.
+    /// Fails if `addr` cannot be bound, or the persisted captures cannot be read or
+    /// appended to.
     pub async fn start(
         addr: SocketAddr,
         capture_serves: bool,
@@ -60,7 +65,11 @@ impl Inspection {
         let bound = listener
             .local_addr()
             .map_err(|source| InspectionError::Bind { addr, source })?;
-        let store = CaptureStore::in_memory(config);
+        let store = if config.persist_path.is_some() {
+            CaptureStore::open(config)?
+        } else {
+            CaptureStore::in_memory(config)
+        };
         let recorder: Arc<dyn ExchangeRecorder> = store.clone();
         let observer = Arc::new(FilteringObserver {
             inner: InspectObserver::new(Arc::clone(&recorder)),

@@ -48,6 +48,15 @@ async fn ask<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
     stream.shutdown().await.unwrap();
 }
 
+/// The benchmark group every variant runs in: one connection per element.
+fn group(c: &mut Criterion) -> criterion::BenchmarkGroup<'_, criterion::measurement::WallTime> {
+    let mut group = c.benchmark_group("short_connections");
+    group.throughput(Throughput::Elements(1));
+    group.sample_size(20);
+    group.measurement_time(Duration::from_secs(10));
+    group
+}
+
 fn bench_netstack(c: &mut Criterion, name: &str, spare_sockets: usize) {
     let rt = runtime();
     let config = |ip: &str| {
@@ -55,10 +64,7 @@ fn bench_netstack(c: &mut Criterion, name: &str, spare_sockets: usize) {
         config.tcp_spare_sockets = spare_sockets;
         config
     };
-    let mut group = c.benchmark_group("short_connections");
-    group.throughput(Throughput::Elements(1));
-    group.sample_size(20);
-    group.measurement_time(Duration::from_secs(10));
+    let mut group = group(c);
     group.bench_function(name, |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
@@ -87,10 +93,7 @@ fn bench_netstack(c: &mut Criterion, name: &str, spare_sockets: usize) {
 
 fn bench_kernel(c: &mut Criterion, name: &str) {
     let rt = runtime();
-    let mut group = c.benchmark_group("short_connections");
-    group.throughput(Throughput::Elements(1));
-    group.sample_size(20);
-    group.measurement_time(Duration::from_secs(10));
+    let mut group = group(c);
     group.bench_function(name, |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {

@@ -211,10 +211,10 @@ impl Node {
             .unwrap()
     }
 
-    pub fn login(&self, coord: &Coord, key: &str) {
-        let key_file = self.state.with_extension("authkey");
-        std::fs::write(&key_file, key).unwrap();
-        let out = Command::new(POSTERN)
+    /// `postern login --json --coord URL --hostname NAME --state-dir STATE`.
+    fn login_command(&self, coord: &Coord) -> Command {
+        let mut command = Command::new(POSTERN);
+        command
             .args([
                 "login",
                 "--json",
@@ -223,10 +223,18 @@ impl Node {
                 "--hostname",
                 self.name,
             ])
+            .arg("--state-dir")
+            .arg(&self.state);
+        command
+    }
+
+    pub fn login(&self, coord: &Coord, key: &str) {
+        let key_file = self.state.with_extension("authkey");
+        std::fs::write(&key_file, key).unwrap();
+        let out = self
+            .login_command(coord)
             .arg("--auth-key-file")
             .arg(&key_file)
-            .arg("--state-dir")
-            .arg(&self.state)
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -241,17 +249,8 @@ impl Node {
     /// as `user` (password `NAME-pw`) and follows the IdP's redirect back to the coord; the
     /// command then completes.
     pub fn login_oidc(&self, coord: &Coord, idp_issuer: &str, user: &str) {
-        let mut child = Command::new(POSTERN)
-            .args([
-                "login",
-                "--json",
-                "--coord",
-                &coord.url(),
-                "--hostname",
-                self.name,
-            ])
-            .arg("--state-dir")
-            .arg(&self.state)
+        let mut child = self
+            .login_command(coord)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

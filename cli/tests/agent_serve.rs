@@ -291,6 +291,22 @@ fn a_background_serve_shows_the_callers_identity_and_survives_kill_9() {
     );
     assert!(text.contains(&format!("tailnet :{port}")), "{text}");
 
+    // A replay goes back to the service that answered the original (port `port`), not to
+    // the funnelled one that now exists too.
+    let (served_before, funnelled_before) = (origin.heads().len(), funnel_origin.heads().len());
+    let replayed = json_of(&alpha.postern(&["inspect", "replay", &id, "--json"]));
+    assert_eq!(replayed["status"], 200, "{replayed}");
+    assert_eq!(
+        origin.heads().len(),
+        served_before + 1,
+        "the replay missed its origin"
+    );
+    assert_eq!(
+        funnel_origin.heads().len(),
+        funnelled_before,
+        "the replay went to the funnel"
+    );
+
     // kill -9 of alpha's daemon, and a restart: the serve, name and addresses come back.
     let before = alpha.status()["self"].clone();
     let mut child = alpha.child.take().unwrap();

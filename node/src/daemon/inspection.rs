@@ -3,8 +3,9 @@
 //! (loopback by default; see [`crate::inspect`]).
 //!
 //! Funnelled requests are always captured; requests from tailnet peers to `postern serve`
-//! ports only with `--inspect-serves`. Replays go to the local origin of the first funnelled
-//! HTTP port, else of the first served HTTP port (at the time of the replay).
+//! ports only with `--inspect-serves`. A replay goes to the local origin that serves the
+//! original's port and path now; without one (an old capture, a port no longer served),
+//! to the origin of the first funnelled HTTP port, else of the first served HTTP port.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock, Weak};
@@ -79,9 +80,9 @@ impl Inspection {
         let source: ReplayerSource = {
             let serves = Arc::clone(&serves);
             let recorder = Arc::clone(&recorder);
-            Arc::new(move || {
+            Arc::new(move |original| {
                 let manager = serves.get()?.upgrade()?;
-                let origin = replay_origin(&manager)?;
+                let origin = replay_origin(&manager, original)?;
                 CapturingProxy::new(&origin, Arc::clone(&recorder)).ok()
             })
         };
@@ -144,10 +145,36 @@ impl ExchangeObserver for FilteringObserver {
     }
 }
 
-/// The origin replays go to: the first funnelled HTTP entry's, else the first HTTP
-/// entry's.
-fn replay_origin(manager: &ServeManager) -> Option<String> {
+/// The origin a replay of `original` goes to: the HTTP entry serving the original's port
+/// whose mount path is the longest prefix of its path; else (and for `None`) the first
+/// funnelled HTTP entry's, else the first HTTP entry's.
+fn replay_origin(
+    manager: &ServeManager,
+    original: Option<&crate::inspect::Exchange>,
+) -> Option<String> {
     let status = manager.status();
+    let same_service = original.and_then(|exchange| {
+        let port = exchange.port?;
+        let path = exchange.request.path.as_str();
+        status
+            .serves
+            .iter()
+            .filter(|entry| entry.port == port)
+            .filter_map(|entry| match &entry.target {
+                EntryTarget::Http {
+                    path: mount,
+                    origin,
+                } if mount.strip(path).is_some() => {
+                    Some((mount.as_str().len(), origin.to_string()))
+                }
+                _ => None,
+            })
+            .max_by_key(|(mount_len, _)| *mount_len)
+            .map(|(_, origin)| origin)
+    });
+    if same_service.is_some() {
+        return same_service;
+    }
     let http = |funnel_only: bool| {
         status.serves.iter().find_map(|entry| match &entry.target {
             EntryTarget::Http { origin, .. } if entry.funnel || !funnel_only => {

@@ -63,12 +63,15 @@ impl Started {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Two distinct free loopback ports (both listeners are held while the second is picked,
+/// so the kernel cannot hand out the same port twice).
+fn free_ports() -> (u16, u16) {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
 }
 
 /// Starts `postern dev` and reads its standard output until the second curl line.
@@ -175,8 +178,8 @@ fn wait_for_json(
 #[test]
 fn postern_dev_admits_the_signed_delivery_and_refuses_the_forged_one() {
     let state = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let inspect = format!("127.0.0.1:{}", free_port());
+    let (port, inspect_port) = free_ports();
+    let inspect = format!("127.0.0.1:{inspect_port}");
     let dev = start(state.path(), port, &inspect);
     let curls = dev.curls();
     assert_eq!(curls.len(), 2, "{:#?}", dev.lines);
@@ -236,6 +239,24 @@ fn postern_dev_admits_the_signed_delivery_and_refuses_the_forged_one() {
     );
     // Newest first: the last signed delivery came after the forged one.
     assert_eq!(decisions[0]["result"], "allow", "{log:#}");
+    // The funnel's local port names it too (the daemon turns it into the hostname).
+    let origin = dev
+        .lines
+        .iter()
+        .find(|l| l.starts_with("Origin:"))
+        .and_then(|l| l.rsplit(':').next())
+        .unwrap()
+        .trim()
+        .to_owned();
+    let by_port = postern_json(&node_dir, &["funnel", "log", &origin, "--json"]);
+    assert_eq!(by_port["decisions"], log["decisions"], "{by_port:#}");
+    assert!(
+        dev.lines
+            .iter()
+            .any(|l| l.starts_with("Edge decisions: postern funnel log demo --state-dir")),
+        "{:#?}",
+        dev.lines
+    );
     // --denied keeps only the denial; the table names the reason.
     let denied = postern_json(&node_dir, &["funnel", "log", "demo", "--denied", "--json"]);
     let only: Vec<_> = denied["decisions"].as_array().unwrap().iter().collect();

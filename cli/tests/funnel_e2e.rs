@@ -162,7 +162,7 @@ impl EdgeLab {
             dir,
         };
         let alice_key = edge.create_key(&["--reusable", "--user", "alice@example.com"]);
-        let ingress_key = edge.create_key(&["--ingress"]);
+        let ingress_key = edge.create_key(&["--reusable", "--ingress"]);
         std::fs::write(edge.dir.path().join("ingress.authkey"), ingress_key).unwrap();
         edge.start_coord();
         edge.start_ingress();
@@ -230,6 +230,14 @@ impl EdgeLab {
     /// and waits until its TLS port accepts connections.
     fn start_ingress(&mut self) {
         self.ingress_runs += 1;
+        let log = self.ingress_log_path(self.ingress_runs);
+        self.ingress = Some(self.spawn_ingress(Host::Ingress, "edge", &log));
+    }
+
+    /// Starts an ingress named `name` (its node's hostname; state in `DIR/NAME`, audit log
+    /// `DIR/NAME-audit.jsonl`) on `host`, listening on its :443 and :80, and waits until
+    /// its TLS port accepts connections.
+    fn spawn_ingress(&self, host: Host, name: &str, log: &Path) -> LabProcess {
         let config = format!(
             r#"
 state_dir = "{state}"
@@ -245,43 +253,43 @@ challenge = "http-01"
 [node]
 coord_url = "{coord}"
 auth_key_file = "{key}"
-hostname = "edge"
+hostname = "{name}"
 "#,
-            state = self.path("ingress").display(),
-            audit = self.audit_path().display(),
+            state = self.path(name).display(),
+            audit = self.path(&format!("{name}-audit.jsonl")).display(),
             directory = self.pebble.directory_url(),
             ca = self.pebble.api_ca_path().display(),
             coord = coord_url(),
             key = self.path("ingress.authkey").display(),
         );
-        let config_path = self.path("ingress.toml");
+        let config_path = self.path(&format!("{name}.toml"));
         std::fs::write(&config_path, config).unwrap();
-        let mut command = self.lab.command(
-            Host::Ingress,
-            sibling_bin("postern-ingress").to_str().unwrap(),
-        );
+        let mut command = self
+            .lab
+            .command(host, sibling_bin("postern-ingress").to_str().unwrap());
         command
             .args(["serve", "--config"])
             .arg(&config_path)
             .env("RUST_LOG", "info");
-        let log = self.ingress_log_path(self.ingress_runs);
-        self.ingress = Some(LabProcess::spawn("postern-ingress", command, &log).unwrap());
+        let mut process = LabProcess::spawn("postern-ingress", command, log).unwrap();
+        let address = SocketAddr::from((host.addr(), 443));
         wait_for(
             "the ingress's TLS port to accept connections",
             Duration::from_secs(30),
             || {
-                if let Err(error) = self.ingress.as_mut().unwrap().check_running() {
+                if let Err(error) = process.check_running() {
                     panic!("{error}");
                 }
                 self.lab
-                    .run_in(Host::HomeA, || {
-                        TcpStream::connect_timeout(&ingress_addr(), Duration::from_millis(300))
+                    .run_in(Host::HomeA, move || {
+                        TcpStream::connect_timeout(&address, Duration::from_millis(300))
                     })
                     .unwrap()
                     .ok()
                     .map(drop)
             },
         );
+        process
     }
 
     fn stop_ingress(&mut self) {
@@ -299,7 +307,7 @@ hostname = "edge"
     }
 
     fn audit_path(&self) -> PathBuf {
-        self.path("audit.jsonl")
+        self.path("edge-audit.jsonl")
     }
 
     /// Every record of the ingress's audit log so far.
@@ -418,6 +426,17 @@ hostname = "edge"
     /// Polls `GET https://HOST/probe` from home A until it answers `expect` over a
     /// certificate chaining to pebble's root; returns the served leaf (DER).
     fn wait_until_served(&mut self, host: &str, expect: StatusCode) -> Vec<u8> {
+        let client = self.client.clone();
+        self.wait_until_served_by(&client, host, expect)
+    }
+
+    /// [`EdgeLab::wait_until_served`] with `client` (which decides the ingress).
+    fn wait_until_served_by(
+        &mut self,
+        client: &reqwest::Client,
+        host: &str,
+        expect: StatusCode,
+    ) -> Vec<u8> {
         let deadline = Instant::now() + SERVE_WAIT;
         loop {
             if let Some(ingress) = self.ingress.as_mut()
@@ -425,7 +444,7 @@ hostname = "edge"
             {
                 panic!("{error}");
             }
-            let client = self.client.clone();
+            let client = client.clone();
             let url = format!("https://{host}/probe");
             let answer = self.on_client(async move {
                 let response = client
@@ -503,6 +522,11 @@ fn runtime_in(lab: &NatLab, host: Host) -> tokio::runtime::Runtime {
 /// hostname of these tests to the ingress. No idle connections are kept, so each request
 /// sees the ingress as it is now (e.g. after a restart).
 fn https_client(root_pem: &str) -> reqwest::Client {
+    https_client_to(root_pem, ingress_addr())
+}
+
+/// [`https_client`] sending every funnel hostname to `ingress`.
+fn https_client_to(root_pem: &str, ingress: SocketAddr) -> reqwest::Client {
     let mut builder = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(root_pem.as_bytes()).unwrap())
         .tls_built_in_root_certs(false)
@@ -510,7 +534,7 @@ fn https_client(root_pem: &str) -> reqwest::Client {
         .connect_timeout(Duration::from_secs(10))
         .pool_max_idle_per_host(0);
     for name in ["hooks", "streams", "brief"] {
-        builder = builder.resolve(&hostname(name), ingress_addr());
+        builder = builder.resolve(&hostname(name), ingress);
     }
     builder.build().unwrap()
 }
@@ -711,7 +735,18 @@ fn post_hook(
     delivery: &str,
     signature: Option<String>,
 ) -> (u16, String) {
-    let client = edge.client.clone();
+    post_hook_via(edge, &edge.client, body, delivery, signature)
+}
+
+/// [`post_hook`] with `client` (which decides the ingress).
+fn post_hook_via(
+    edge: &EdgeLab,
+    client: &reqwest::Client,
+    body: &[u8],
+    delivery: &str,
+    signature: Option<String>,
+) -> (u16, String) {
+    let client = client.clone();
     let body = body.to_vec();
     let delivery = delivery.to_owned();
     edge.on_client(async move {
@@ -1194,4 +1229,83 @@ fn a_funnel_stops_at_its_expiry() {
             && r["reason"] == "expired"),
         "no expiry record for {host}: {audit:#?}"
     );
+}
+
+/// Issue #8 item 7: two ingresses serve the same funnels with one certificate. The first
+/// orders it from pebble and stores it at the coord; the second (on another public host)
+/// finds it there and orders nothing; both then carry signed deliveries to the laptop.
+#[test]
+fn two_ingresses_share_one_certificate_through_the_coord() {
+    let mut edge = EdgeLab::start();
+    let origin = Origin::new();
+    let port = edge.start_origin(&origin).to_string();
+    edge.funnel(
+        &[
+            &port,
+            "--name",
+            "hooks",
+            "--verify-webhook",
+            "github",
+            "--secret-env",
+            "GH_SECRET",
+        ],
+        &[("GH_SECRET", GH_SECRET)],
+    );
+    let host = hostname("hooks");
+    let leaf = edge.wait_until_served(&host, StatusCode::FORBIDDEN);
+    assert_eq!(edge.pebble.issued_certificates(), 1);
+    wait_for(
+        "the first ingress to share its certificate",
+        Duration::from_secs(30),
+        || {
+            edge.ingress_log(1)
+                .contains("certificate shared with the other ingresses")
+                .then_some(())
+        },
+    );
+
+    // The second ingress runs on the lab's relay host (198.18.0.20; pebble's mock DNS still
+    // sends validations to the first, so an order by the second could not even succeed).
+    let second_log = edge.path("edge2-1.log");
+    let mut second = edge.spawn_ingress(Host::Relay, "edge2", &second_log);
+    let second_client =
+        https_client_to(&edge.root_pem, SocketAddr::from((Host::Relay.addr(), 443)));
+    let leaf2 = edge.wait_until_served_by(&second_client, &host, StatusCode::FORBIDDEN);
+    let log = std::fs::read_to_string(&second_log).unwrap();
+    assert!(
+        leaf2 == leaf,
+        "the second ingress serves another certificate:\n{log}"
+    );
+    assert!(
+        log.contains("using the certificate another ingress shared"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("ordering a certificate"),
+        "the second ingress ordered:\n{log}"
+    );
+    assert_eq!(edge.pebble.issued_certificates(), 1, "{log}");
+
+    let body = delivery_body();
+    for (client, delivery) in [(&second_client, "via-second"), (&edge.client, "via-first")] {
+        let signature = github_signature(GH_SECRET, &body);
+        let (status, answer) = post_hook_via(&edge, client, &body, delivery, Some(signature));
+        assert_eq!((status, answer.as_str()), (200, "origin ok"), "{delivery}");
+        let forged = github_signature("forged", &body);
+        let (status, _) = post_hook_via(&edge, client, &body, delivery, Some(forged));
+        assert_eq!(status, 403, "{delivery}");
+    }
+    let seen = origin.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen.iter().all(|s| s.body == body));
+
+    // The second keeps the shared certificate in its own store: a restart asks nobody.
+    second.stop();
+    let restarted_log = edge.path("edge2-2.log");
+    let _second = edge.spawn_ingress(Host::Relay, "edge2", &restarted_log);
+    let leaf3 = edge.wait_until_served_by(&second_client, &host, StatusCode::FORBIDDEN);
+    assert!(leaf3 == leaf);
+    let log = std::fs::read_to_string(&restarted_log).unwrap();
+    assert!(log.contains("using the stored certificate"), "{log}");
+    assert_eq!(edge.pebble.issued_certificates(), 1);
 }

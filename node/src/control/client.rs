@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use postern_proto::control::ControlMessage;
 
-use postern_proto::funnel::{FunnelChange, FunnelInfo, FunnelRefusal, FunnelRequest};
+use postern_proto::funnel::{
+    FunnelChange, FunnelInfo, FunnelRefusal, FunnelRequest, HostCertificate,
+};
 use postern_proto::netmap::{Netmap, RegionId};
 use postern_proto::{MachinePrivateKey, MachinePublicKey, NodeId};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -130,7 +132,15 @@ pub struct ControlClient {
 #[derive(Debug)]
 struct PendingFunnel {
     change: FunnelChange,
-    answer: oneshot::Sender<Result<Vec<FunnelInfo>, ClientError>>,
+    answer: oneshot::Sender<Result<FunnelAnswer, ClientError>>,
+}
+
+/// The coord's answer to a funnel change: the funnels, and a certificate for
+/// `GetCertificate`.
+#[derive(Debug)]
+struct FunnelAnswer {
+    funnels: Vec<FunnelInfo>,
+    certificate: Option<HostCertificate>,
 }
 
 impl ControlClient {
@@ -179,6 +189,22 @@ impl ControlClient {
     /// answer; [`ClientError::Timeout`]; [`ClientError::Stopped`] once the client stopped.
     /// Cancel-safe: dropping the future abandons the answer (the change may still apply).
     pub async fn funnel(&self, change: FunnelChange) -> Result<Vec<FunnelInfo>, ClientError> {
+        self.ask(change).await.map(|answer| answer.funnels)
+    }
+
+    /// Ingress nodes: shares funnel certificates through the coord, so ingress replicas
+    /// serve one certificate per hostname. `FunnelChange::GetCertificate` answers the
+    /// stored certificate (`None` when the coord has none); `FunnelChange::PutCertificate`
+    /// stores one and answers `None`. Errors as for [`ControlClient::funnel`]; a node that
+    /// is not an ingress is refused with code `not_ingress`.
+    pub async fn certificate(
+        &self,
+        change: FunnelChange,
+    ) -> Result<Option<HostCertificate>, ClientError> {
+        self.ask(change).await.map(|answer| answer.certificate)
+    }
+
+    async fn ask(&self, change: FunnelChange) -> Result<FunnelAnswer, ClientError> {
         if self.task.is_finished() {
             return Err(ClientError::Stopped);
         }
@@ -375,7 +401,7 @@ async fn connect_once(
     let mut funnels_open = true;
     // Funnel requests sent on this connection, waiting for their answers; dropped (so the
     // callers learn the connection was lost) when this connection ends.
-    let mut waiting: HashMap<u64, oneshot::Sender<Result<Vec<FunnelInfo>, ClientError>>> =
+    let mut waiting: HashMap<u64, oneshot::Sender<Result<FunnelAnswer, ClientError>>> =
         HashMap::new();
     loop {
         // `recv` is cancel-safe, so an endpoint update may interrupt it.
@@ -428,7 +454,16 @@ async fn connect_once(
         if let ControlMessage::FunnelResponse(response) = message {
             match waiting.remove(&response.request_id) {
                 Some(answer) => {
-                    let _ = answer.send(response.result.map_err(ClientError::FunnelRefused));
+                    let certificate = response.certificate;
+                    let _ = answer.send(
+                        response
+                            .result
+                            .map(|funnels| FunnelAnswer {
+                                funnels,
+                                certificate,
+                            })
+                            .map_err(ClientError::FunnelRefused),
+                    );
                 }
                 None => tracing::debug!(
                     request_id = response.request_id,

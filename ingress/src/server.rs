@@ -8,8 +8,8 @@ use tokio::net::TcpListener;
 
 use crate::audit::AuditSink;
 use crate::certs::{
-    AcmeConfig, AcmeIssuer, CertResolver, CertStore, HttpChallenges, certified_key_from_pem,
-    renewal_at, renewal_due,
+    AcmeConfig, AcmeIssuer, CertResolver, CertStore, CoordCertificates, HttpChallenges,
+    certified_key_from_pem, renewal_at, renewal_due,
 };
 use crate::config::IngressConfig;
 use crate::edge::{Edge, Funnel};
@@ -111,6 +111,11 @@ pub async fn run_with_mesh(
     );
     let tcp_audit = Arc::clone(&audit);
     let (route_hosts_tx, route_hosts) = tokio::sync::mpsc::unbounded_channel();
+    let shared_certs = mesh.as_ref().map(|mesh| {
+        CoordCertificates::new(postern_node::daemon::serves::ControlFunnels::new(
+            &mesh.node,
+        ))
+    });
     if let Some(mesh) = mesh {
         let builder = RouteBuilder::new(
             mesh.node.netstack().clone(),
@@ -187,7 +192,13 @@ pub async fn run_with_mesh(
         let store = CertStore::new(&config.state_dir);
         for host in &hostnames {
             let (issuer, store, resolver) = (issuer.clone(), store.clone(), Arc::clone(&resolver));
-            tokio::spawn(keep_certificate(issuer, store, resolver, host.clone()));
+            tokio::spawn(keep_certificate(
+                issuer,
+                store,
+                resolver,
+                host.clone(),
+                None,
+            ));
         }
         tokio::spawn(keep_route_certificates(
             issuer,
@@ -195,6 +206,7 @@ pub async fn run_with_mesh(
             Arc::clone(&resolver),
             hostnames.into_iter().collect(),
             route_hosts,
+            shared_certs,
         ));
     }
 
@@ -240,29 +252,39 @@ async fn open_issuer(
 }
 
 /// Keeps a certificate for every hostname of a funnel route, from the first time the
-/// route appears (hostnames the configuration file already has are skipped).
+/// route appears (hostnames the configuration file already has are skipped), sharing them
+/// with other ingresses through the coord (`shared`).
 async fn keep_route_certificates(
     issuer: AcmeIssuer,
     store: CertStore,
     resolver: Arc<CertResolver>,
     mut kept: std::collections::HashSet<String>,
     mut hostnames: tokio::sync::mpsc::UnboundedReceiver<String>,
+    shared: Option<CoordCertificates>,
 ) {
     while let Some(host) = hostnames.recv().await {
         if kept.insert(host.clone()) {
             let (issuer, store, resolver) = (issuer.clone(), store.clone(), Arc::clone(&resolver));
-            tokio::spawn(keep_certificate(issuer, store, resolver, host));
+            tokio::spawn(keep_certificate(
+                issuer,
+                store,
+                resolver,
+                host,
+                shared.clone(),
+            ));
         }
     }
 }
 
-/// Keeps one hostname's certificate: installs the stored one, orders one when none is
-/// stored or the stored one is due, then sleeps until the renewal time.
+/// Keeps one hostname's certificate: installs the stored one; when none is stored or the
+/// stored one is due, takes the one another ingress shared through the coord (`shared`) if
+/// it is not due, else orders one (and shares it); then sleeps until the renewal time.
 async fn keep_certificate(
     issuer: AcmeIssuer,
     store: CertStore,
     resolver: Arc<CertResolver>,
     host: String,
+    shared: Option<CoordCertificates>,
 ) {
     let mut current = match store.load(&host) {
         Ok(found) => found,
@@ -298,8 +320,26 @@ async fn keep_certificate(
             tokio::time::sleep(wait.min(Duration::from_secs(86_400))).await;
             continue;
         }
+        if let Some(cert) = match &shared {
+            Some(shared) => shared.fetch(&host, now).await,
+            None => None,
+        } {
+            match install_shared(&store, &resolver, &host, &cert) {
+                Ok(()) => {
+                    tracing::info!(%host, not_after = ?cert.not_after, "using the certificate another ingress shared through the coordination server");
+                    current = Some(cert);
+                    continue;
+                }
+                Err(error) => {
+                    tracing::warn!(%host, %error, "the shared certificate is unusable; ordering one");
+                }
+            }
+        }
         match issuer.issue(&host).await {
             Ok(cert) => {
+                if let Some(shared) = &shared {
+                    shared.publish(&host, &cert).await;
+                }
                 current = Some(cert);
                 retry = Duration::from_secs(5);
             }
@@ -310,6 +350,20 @@ async fn keep_certificate(
             }
         }
     }
+}
+
+/// Saves a certificate shared through the coord in the local store (so a restart uses it
+/// without asking) and serves it.
+fn install_shared(
+    store: &CertStore,
+    resolver: &CertResolver,
+    host: &str,
+    cert: &crate::certs::StoredCert,
+) -> Result<(), crate::certs::CertError> {
+    let key = cert.certified_key(host)?;
+    store.save(host, cert)?;
+    resolver.set_host(host, key);
+    Ok(())
 }
 
 async fn shutdown_signal() {

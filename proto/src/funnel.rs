@@ -189,6 +189,47 @@ pub enum FunnelChange {
     },
     /// List this node's funnels.
     List,
+    /// Ingress nodes only: the certificate the coord stores for a funnel hostname, so
+    /// ingress replicas share one certificate instead of each ordering its own. Answered
+    /// with [`FunnelResponse::certificate`] set, or unset when none is stored; refused
+    /// (`not_ingress`) for other nodes.
+    GetCertificate {
+        /// The funnel hostname.
+        hostname: String,
+    },
+    /// Ingress nodes only: store this certificate for its hostname (replacing an older
+    /// one) for the other ingress nodes. Answered with an empty list.
+    PutCertificate(HostCertificate),
+}
+
+/// A TLS certificate chain and its private key for one funnel hostname, as ingress
+/// replicas share it through the coord ([`FunnelChange::PutCertificate`],
+/// [`FunnelChange::GetCertificate`]). It travels only inside the encrypted control channel
+/// between the coord and ingress nodes. `Debug` never shows the key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostCertificate {
+    /// The hostname the certificate is for.
+    pub hostname: String,
+    /// The chain, leaf first (PEM).
+    pub chain_pem: String,
+    /// The leaf's private key (PEM). Never log it.
+    pub key_pem: String,
+    /// When the leaf expires.
+    pub not_after: UnixTime,
+}
+
+impl fmt::Debug for HostCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HostCertificate")
+            .field("hostname", &self.hostname)
+            .field(
+                "chain_pem",
+                &format_args!("[{} bytes]", self.chain_pem.len()),
+            )
+            .field("key_pem", &format_args!("[redacted]"))
+            .field("not_after", &self.not_after)
+            .finish()
+    }
 }
 
 /// Node → server: change or list this node's funnels. Sent on the control channel of a
@@ -244,6 +285,9 @@ pub struct FunnelResponse {
     /// The funnels of the node after the change (the opened one for `Open`, none for
     /// `Close`, all for `List`), or why not.
     pub result: Result<Vec<FunnelInfo>, FunnelRefusal>,
+    /// The stored certificate, in the answer to [`FunnelChange::GetCertificate`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<HostCertificate>,
 }
 
 /// What an ingress needs to serve one funnel. Ingress nodes receive these in their
@@ -401,6 +445,34 @@ pub struct FunnelLogResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificate_keys_never_print_and_answers_without_one_stay_compatible() {
+        let cert = HostCertificate {
+            hostname: "hooks.example.com".into(),
+            chain_pem: "-----BEGIN CERTIFICATE-----".into(),
+            key_pem: "-----BEGIN PRIVATE KEY----- hunter2".into(),
+            not_after: UnixTime::from_secs(2_000_000_000),
+        };
+        let shown = format!("{cert:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        let change = FunnelChange::PutCertificate(cert.clone());
+        let json = serde_json::to_string(&change).unwrap();
+        assert_eq!(serde_json::from_str::<FunnelChange>(&json).unwrap(), change);
+        let old: FunnelResponse =
+            serde_json::from_str(r#"{"request_id": 7, "result": {"Ok": []}}"#).unwrap();
+        assert_eq!(old.certificate, None);
+        let answer = FunnelResponse {
+            request_id: 8,
+            result: Ok(Vec::new()),
+            certificate: Some(cert),
+        };
+        let json = serde_json::to_string(&answer).unwrap();
+        assert_eq!(
+            serde_json::from_str::<FunnelResponse>(&json).unwrap(),
+            answer
+        );
+    }
 
     #[test]
     fn gate_secrets_never_print() {

@@ -128,6 +128,7 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                         crate::funnel::check::INVALID,
                         "send a map request first: funnels are changed on the netmap stream of a registered node",
                     )),
+                    certificate: None,
                 };
                 conn.send(&ControlMessage::FunnelResponse(answer)).await?;
             }

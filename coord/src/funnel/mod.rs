@@ -19,6 +19,7 @@
 //! nodes only, inside their encrypted control channel; audit records and admin listings
 //! carry gate kinds, never secrets.
 
+pub mod certificates;
 pub mod check;
 pub mod edge_log;
 pub mod hostname;
@@ -273,6 +274,24 @@ impl Coord {
                 .await
                 .map(|_| Vec::new()),
             FunnelChange::List => self.node_funnels(node_id).await,
+            FunnelChange::GetCertificate { hostname } => {
+                return match self.funnel_certificate(node_id, &hostname).await {
+                    Ok(certificate) => FunnelResponse {
+                        request_id: request.request_id,
+                        result: Ok(Vec::new()),
+                        certificate,
+                    },
+                    Err(refused) => FunnelResponse {
+                        request_id: request.request_id,
+                        result: Err(refused),
+                        certificate: None,
+                    },
+                };
+            }
+            FunnelChange::PutCertificate(cert) => self
+                .store_funnel_certificate(node_id, cert)
+                .await
+                .map(|()| Vec::new()),
             _ => Err(refusal(
                 INVALID,
                 "this coord does not know that funnel change; upgrade the coord",
@@ -281,6 +300,7 @@ impl Coord {
         FunnelResponse {
             request_id: request.request_id,
             result,
+            certificate: None,
         }
     }
 

@@ -7,17 +7,21 @@
 //! - [`CertStore`] keeps issued certificates on disk (`<state>/certs/<host>/`), so a restart
 //!   issues nothing again.
 //! - [`AcmeIssuer`] obtains certificates with `instant-acme` (HTTP-01 or TLS-ALPN-01).
+//! - [`CoordCertificates`] shares funnel hostnames' certificates with other ingress
+//!   replicas through the coordination server, so they order one per hostname.
 //! - [`renewal_at`] says when a certificate is due for renewal: two thirds into its
 //!   lifetime. It is a pure function, so the schedule is tested without a clock.
 
 mod acme;
 mod resolver;
+mod shared;
 mod store;
 
 use std::time::{Duration, SystemTime};
 
 pub use acme::{AcmeConfig, AcmeError, AcmeIssuer, ChallengeKind, HttpChallenges};
 pub use resolver::CertResolver;
+pub use shared::CoordCertificates;
 pub use store::{CertError, CertStore, StoredCert, certified_key_from_pem};
 
 /// The ALPN protocol id of TLS-ALPN-01 validation (RFC 8737).

@@ -22,7 +22,7 @@ use postern_proto::control::ControlMessage;
 
 use postern_proto::funnel::{
     EdgeDecision, EdgeDecisionAck, EdgeDecisionBatch, FunnelChange, FunnelInfo, FunnelLogQuery,
-    FunnelLogRequest, FunnelRefusal, FunnelRequest,
+    FunnelLogRequest, FunnelRefusal, FunnelRequest, HostCertificate,
 };
 use postern_proto::netmap::{Netmap, RegionId};
 use postern_proto::{MachinePrivateKey, MachinePublicKey, NodeId};
@@ -138,7 +138,7 @@ enum PendingRequest {
     /// A funnel change.
     Funnel {
         change: FunnelChange,
-        answer: oneshot::Sender<Result<Vec<FunnelInfo>, ClientError>>,
+        answer: oneshot::Sender<Result<FunnelAnswer, ClientError>>,
     },
     /// A read of the edge log.
     Log {
@@ -155,7 +155,7 @@ enum PendingRequest {
 /// Where the answer to a request sent on the current connection goes.
 #[derive(Debug)]
 enum Waiting {
-    Funnel(oneshot::Sender<Result<Vec<FunnelInfo>, ClientError>>),
+    Funnel(oneshot::Sender<Result<FunnelAnswer, ClientError>>),
     Log(oneshot::Sender<Result<Vec<EdgeDecision>, ClientError>>),
     Edge(oneshot::Sender<Result<EdgeDecisionAck, ClientError>>),
 }
@@ -204,6 +204,14 @@ impl PendingRequest {
     }
 }
 
+/// The coord's answer to a funnel change: the funnels, and a certificate for
+/// `GetCertificate`.
+#[derive(Debug)]
+struct FunnelAnswer {
+    funnels: Vec<FunnelInfo>,
+    certificate: Option<HostCertificate>,
+}
+
 impl ControlClient {
     /// Starts the client on the current tokio runtime.
     pub fn spawn(config: ClientConfig) -> Self {
@@ -250,6 +258,24 @@ impl ControlClient {
     /// answer; [`ClientError::Timeout`]; [`ClientError::Stopped`] once the client stopped.
     /// Cancel-safe: dropping the future abandons the answer (the change may still apply).
     pub async fn funnel(&self, change: FunnelChange) -> Result<Vec<FunnelInfo>, ClientError> {
+        self.ask_funnel(change).await.map(|answer| answer.funnels)
+    }
+
+    /// Ingress nodes: shares funnel certificates through the coord, so ingress replicas
+    /// serve one certificate per hostname. `FunnelChange::GetCertificate` answers the
+    /// stored certificate (`None` when the coord has none); `FunnelChange::PutCertificate`
+    /// stores one and answers `None`. Errors as for [`ControlClient::funnel`]; a node that
+    /// is not an ingress is refused with code `not_ingress`.
+    pub async fn certificate(
+        &self,
+        change: FunnelChange,
+    ) -> Result<Option<HostCertificate>, ClientError> {
+        self.ask_funnel(change)
+            .await
+            .map(|answer| answer.certificate)
+    }
+
+    async fn ask_funnel(&self, change: FunnelChange) -> Result<FunnelAnswer, ClientError> {
         let (answer, answered) = oneshot::channel();
         self.ask(PendingRequest::Funnel { change, answer }, answered)
             .await
@@ -534,7 +560,16 @@ async fn connect_once(
             ControlMessage::FunnelResponse(response) => {
                 match waiting.remove(&response.request_id) {
                     Some(Waiting::Funnel(answer)) => {
-                        let _ = answer.send(response.result.map_err(ClientError::FunnelRefused));
+                        let certificate = response.certificate;
+                        let _ = answer.send(
+                            response
+                                .result
+                                .map(|funnels| FunnelAnswer {
+                                    funnels,
+                                    certificate,
+                                })
+                                .map_err(ClientError::FunnelRefused),
+                        );
                     }
                     _ => tracing::debug!(
                         request_id = response.request_id,

@@ -26,7 +26,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use postern_proto::funnel::{
     EdgeDecision, FunnelChange, FunnelInfo, FunnelLogQuery, FunnelProtocol, FunnelRefusal,
-    FunnelSpec,
+    FunnelSpec, HostCertificate,
 };
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -221,6 +221,23 @@ impl ControlFunnels {
         Self {
             control: node.shared.control.clone(),
         }
+    }
+
+    /// Ingress nodes: gets (`GetCertificate`) or stores (`PutCertificate`) a funnel
+    /// hostname's certificate at the coord; see
+    /// [`ControlClient::certificate`](crate::control::ControlClient::certificate).
+    pub async fn certificate(
+        &self,
+        change: FunnelChange,
+    ) -> Result<Option<HostCertificate>, FunnelCallError> {
+        let control = self
+            .control
+            .upgrade()
+            .ok_or_else(|| FunnelCallError::Unavailable("the node is stopping".into()))?;
+        control.certificate(change).await.map_err(|err| match err {
+            ClientError::FunnelRefused(refusal) => FunnelCallError::Refused(refusal),
+            other => FunnelCallError::Unavailable(other.to_string()),
+        })
     }
 }
 

@@ -197,6 +197,22 @@ impl Pebble {
         self.pebble.log_tail()
     }
 
+    /// The path of pebble's log file.
+    pub fn log_path(&self) -> &Path {
+        self.pebble.log_path()
+    }
+
+    /// How many certificates pebble has issued since it started (its log has one
+    /// `Issued certificate serial ... for order ...` line per certificate): count before
+    /// and after a step to prove it ordered nothing. An unreadable log counts as none.
+    pub fn issued_certificates(&self) -> usize {
+        std::fs::read_to_string(self.pebble.log_path())
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.contains("Issued certificate serial"))
+            .count()
+    }
+
     fn launch(
         netns: Option<&Netns>,
         addr: Ipv4Addr,

@@ -16,6 +16,7 @@
 //! http_proxy = "127.0.0.1:8080"
 //! inspect = "127.0.0.1:4040"      # or "off"
 //! inspect_serves = false
+//! relay_ca = "/etc/postern/relay-ca.pem"   # trust a private CA for https:// relays
 //! ```
 
 use std::net::SocketAddr;
@@ -52,6 +53,7 @@ pub(crate) struct ConfigFile {
     pub(crate) http_proxy: Option<SocketAddr>,
     pub(crate) inspect: Option<String>,
     pub(crate) inspect_serves: Option<bool>,
+    pub(crate) relay_ca: Option<PathBuf>,
 }
 
 impl Global {
@@ -156,7 +158,7 @@ mod tests {
     #[test]
     fn every_key_parses_and_unknown_keys_are_refused() {
         let file = parse_config(
-            "state_dir = \"/s\"\ncoord = \"http://c:1\"\nhostname = \"h\"\nauth_key_file = \"/k\"\nport = 7\nsocks5 = \"127.0.0.1:1080\"\nhttp_proxy = \"127.0.0.1:8080\"\ninspect = \"off\"\ninspect_serves = true\n",
+            "state_dir = \"/s\"\ncoord = \"http://c:1\"\nhostname = \"h\"\nauth_key_file = \"/k\"\nport = 7\nsocks5 = \"127.0.0.1:1080\"\nhttp_proxy = \"127.0.0.1:8080\"\ninspect = \"off\"\ninspect_serves = true\nrelay_ca = \"/ca.pem\"\n",
         )
         .unwrap();
         assert_eq!(file.state_dir, Some(PathBuf::from("/s")));
@@ -165,6 +167,7 @@ mod tests {
         assert_eq!(file.socks5, Some("127.0.0.1:1080".parse().unwrap()));
         assert_eq!(file.inspect.as_deref(), Some("off"));
         assert_eq!(file.inspect_serves, Some(true));
+        assert_eq!(file.relay_ca, Some(PathBuf::from("/ca.pem")));
         let err = parse_config("cord = \"x\"").unwrap_err();
         assert!(err.contains("cord"), "{err}");
         let err = parse_config("port = \"many\"").unwrap_err();

@@ -175,6 +175,11 @@ impl NatMesh {
 
     /// The relay's `forwarded_bytes` counter.
     fn relay_forwarded_bytes(&self) -> u64 {
+        self.relay_counter("forwarded_bytes")
+    }
+
+    /// The embedded relay's counter `postern_relay_NAME_total`.
+    fn relay_counter(&self, name: &str) -> u64 {
         let url = format!("{}/relay/metrics", self.coord_url());
         let text = self
             .lab
@@ -182,10 +187,10 @@ impl NatMesh {
             .unwrap();
         text.lines()
             .find_map(|line| {
-                line.strip_prefix("postern_relay_forwarded_bytes_total ")
+                line.strip_prefix(&format!("postern_relay_{name}_total "))
                     .and_then(|v| v.trim().parse().ok())
             })
-            .unwrap_or_else(|| panic!("no forwarded_bytes counter in:\n{text}"))
+            .unwrap_or_else(|| panic!("no {name} counter in:\n{text}"))
     }
 
     fn logs(&self) -> String {
@@ -877,9 +882,16 @@ fn nat_benchmark() {
         }
         rtts.sort_by(f64::total_cmp);
         let median = rtts.get(rtts.len() / 2).copied().unwrap_or(f64::NAN);
+        let dropped_before = mesh.relay_counter("dropped_packets");
+        let forwarded_before = mesh.relay_counter("forwarded_packets");
         let started = Instant::now();
         mesh.transfer(mb * MIB);
         let secs = started.elapsed().as_secs_f64();
+        eprintln!(
+            "{label}: the relay forwarded {} packets and dropped {} during the transfer",
+            mesh.relay_counter("forwarded_packets") - forwarded_before,
+            mesh.relay_counter("dropped_packets") - dropped_before
+        );
         let mbit = (mb * MIB * 8) as f64 / secs / 1e6;
         rows.push(format!(
             "| {label} | {median:.2} ms | {mbit:.0} Mbit/s | {mb} MiB in {secs:.1} s |"

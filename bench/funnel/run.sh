@@ -12,8 +12,10 @@
 #
 # Options and environment:
 #   --out FILE     also write the result tables (markdown) to FILE
-#   --mesh         add the funnel over the mesh (ingress -> embedded node -> WireGuard ->
-#                  node -> origin); NOT AVAILABLE YET, see mesh_variant below
+#   --mesh         add the funnels over the mesh (ingress -> its embedded node ->
+#                  WireGuard -> a `postern up` node -> origin), the product's real path:
+#                  a postern-coord, an ingress with a [node] section, a node that opens
+#                  an HTTP and a TCP funnel with `postern funnel` (see MESH below)
 #   T=10           seconds per measurement (wrk and iperf3)
 #   ROUNDS=2       rounds; round 2 runs the variants in reverse order (ABBA) so that a
 #                  drift in the machine's load does not favour one variant
@@ -36,6 +38,13 @@
 #                             connection) -> origin: the cost of TLS alone, no HTTP parsing
 #       funnel, no gate       wrk -> postern-ingress (TLS, HTTP, audit) -> origin
 #       funnel, GitHub gate   the same plus the webhook gate (HMAC + replay cache)
+#       funnel, IP gate       an `ip` gate allowing 127.0.0.0/8
+#       funnel, JWT gate      a `jwt` gate (ES256; the JWKS served on loopback by python's
+#                             http.server, the token made once by the script with openssl)
+#       funnel, rate limits   no gate, a per-client-address and a per-funnel token bucket
+#                             too large to refuse anything (the buckets' own cost)
+#     (OIDC login and mTLS gates are not measured: wrk presents no client certificate, and
+#     an OIDC session cookie is minted by the edge's own login flow.)
 #     plus the ingress's CPU time per request (from /proc), which the machine's load
 #     disturbs much less than requests/s.
 #   TCP: iperf3 throughput (1 stream, client -> server) to an iperf3 server:
@@ -43,7 +52,15 @@
 #       with its Noise transport (encrypted between its server and client), bore
 #       (unencrypted).
 #   The edge only: the ingress forwards to the origin over plain TCP on loopback; the hop
-#   over the mesh (embedded node -> WireGuard -> node) is NOT in these figures.
+#   over the mesh (embedded node -> WireGuard -> node) is only in the --mesh variants.
+#   MESH (--mesh): postern-coord on 127.0.0.1:18510 (funnel domain bench.test, TCP funnel
+#   ports 18508-18509, a policy that lets the bench user funnel any port ungated), the
+#   same ingress process with a [node] section (ingress auth key), and `postern up` for a
+#   node "bench-node" that runs `postern funnel 18080 --name mesh --bg` and `postern funnel
+#   --tcp 18201 --bg`: requests to https://mesh.bench.test go ingress -> embedded node
+#   (userspace WireGuard + netstack, a funnel-hop stream per request) -> loopback UDP ->
+#   the node's engine and netstack -> its funnel acceptor -> the origin; iperf3 to the TCP
+#   funnel's public port the same way. CPU is the ingress's plus the node's.
 #   Stand-in for the mesh hop (WG_STANDIN=1, the default): the same funnels, but their
 #   target is `postern wg up --forward` (userspace WireGuard and netstack, as the ingress's
 #   embedded node will be), whose tunnel reaches `postern wg up --tun` (a TUN device
@@ -103,6 +120,10 @@ WG_B_UDP=51872
 WG_A_IP=10.77.0.1
 WG_B_IP=10.77.0.2
 WG_DEV=pfbench0
+P_COORD=18510
+P_JWKS=18511
+MESH_TCP_PORTS=18508-18509
+COORD_BIN="${COORD_BIN:-$target_dir/release/postern-coord}"
 
 say() { echo "[funnel-bench $(date -u +%H:%M:%S)] $*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
@@ -145,10 +166,6 @@ wait_port() { # wait_port PORT NAME: until 127.0.0.1:PORT accepts a connection (
 
 # ---------------------------------------------------------------- prerequisites
 [ "$(id -u)" = 0 ] || die "run as root (wrk runs in a private mount namespace with its own /etc/hosts)"
-if [ "$mesh" = 1 ]; then
-    die "--mesh is not available yet: the ingress does not yet serve funnels from its TOML
-  configuration over its embedded node. When it does, fill in mesh_variant() in this script."
-fi
 
 need_apt=()
 for tool in wrk iperf3 socat openssl jq python3 unshare curl; do
@@ -177,11 +194,16 @@ fi
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
     packages=(-p postern-ingress)
-    [ "$WG_STANDIN" = 1 ] && packages+=(-p postern)
+    if [ "$WG_STANDIN" = 1 ] || [ "$mesh" = 1 ]; then packages+=(-p postern); fi
+    if [ "$mesh" = 1 ]; then packages+=(-p postern-coord); fi
     say "building the release binaries (cargo build --release ${packages[*]})"
     (cd "$repo" && cargo build --release "${packages[@]}" >&2)
 fi
 [ -x "$INGRESS_BIN" ] || die "no ingress binary at $INGRESS_BIN (build it, or set INGRESS_BIN)"
+if [ "$mesh" = 1 ]; then
+    [ -x "$POSTERN_BIN" ] || die "no postern binary at $POSTERN_BIN (build it, or set POSTERN_BIN)"
+    [ -x "$COORD_BIN" ] || die "no postern-coord binary at $COORD_BIN (build it, or set COORD_BIN)"
+fi
 if [ "$WG_STANDIN" = 1 ]; then
     [ -x "$POSTERN_BIN" ] || die "no postern binary at $POSTERN_BIN (build it, set POSTERN_BIN, or WG_STANDIN=0)"
     command -v wg >/dev/null || die "the stand-in needs wg (wireguard-tools) for its keys, or WG_STANDIN=0"
@@ -191,7 +213,8 @@ if [ "$WG_STANDIN" = 1 ]; then
 fi
 
 for port in $P_ORIGIN $P_IPERF $P_RATHOLE_CTL $P_SOCAT_TLS $P_INGRESS $P_TCP_FUNNEL \
-    $P_SOCAT_TCP $P_RATHOLE $P_BORE $P_BORE_CTL $P_WG_FWD_TCP $P_TCP_FUNNEL_WG $P_WG_FWD_HTTP; do
+    $P_SOCAT_TCP $P_RATHOLE $P_BORE $P_BORE_CTL $P_WG_FWD_TCP $P_TCP_FUNNEL_WG $P_WG_FWD_HTTP \
+    $P_COORD 18508 18509 $P_JWKS; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         die "port $port on 127.0.0.1 is in use; stop what listens there (ss -ltnp 'sport = :$port')"
     fi
@@ -208,13 +231,13 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
     -subj "/CN=postern bench CA" -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null
 openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
     -subj "/CN=open.bench.test" -keyout "$work/leaf.key" -out "$work/leaf.csr" 2>/dev/null
-printf 'subjectAltName=DNS:open.bench.test,DNS:gated.bench.test,DNS:direct.bench.test,DNS:wg.bench.test\n' >"$work/san.ext"
+printf 'subjectAltName=DNS:open.bench.test,DNS:gated.bench.test,DNS:direct.bench.test,DNS:wg.bench.test,DNS:mesh.bench.test,DNS:ip.bench.test,DNS:jwt.bench.test,DNS:rate.bench.test\n' >"$work/san.ext"
 openssl x509 -req -in "$work/leaf.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" \
     -CAcreateserial -days 2 -extfile "$work/san.ext" -out "$work/leaf.pem" 2>/dev/null
 cat "$work/leaf.pem" "$work/ca.pem" >"$work/chain.pem"
 
 # The names wrk connects to, in the /etc/hosts of its private mount namespace.
-printf '127.0.0.1 localhost open.bench.test gated.bench.test direct.bench.test wg.bench.test\n' >"$work/hosts"
+printf '127.0.0.1 localhost open.bench.test gated.bench.test direct.bench.test wg.bench.test mesh.bench.test ip.bench.test jwt.bench.test rate.bench.test\n' >"$work/hosts"
 
 # A GitHub-push-shaped 1 KiB body and its signature, computed once.
 secret="bench-$(openssl rand -hex 16)"
@@ -231,9 +254,46 @@ open(sys.argv[1], "w").write(text)
 EOF
 signature="sha256=$(openssl dgst -sha256 -hmac "$secret" -r <"$work/body.json" | cut -d' ' -f1)"
 
+# An ES256 key, its JWKS (served on loopback) and one token for the JWT gate, made with
+# openssl and python's standard library.
+openssl ecparam -name prime256v1 -genkey -noout -out "$work/jwt.key" 2>/dev/null
+openssl ec -in "$work/jwt.key" -pubout -outform DER -out "$work/jwt.pub.der" 2>/dev/null
+mkdir -p "$work/jwks"
+python3 - "$work" "$P_JWKS" <<'JWT'
+import base64, json, subprocess, sys, time
+work, port = sys.argv[1], sys.argv[2]
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+point = open(f"{work}/jwt.pub.der", "rb").read()[-65:]  # 04 || x || y
+jwk = {"kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": "bench",
+       "x": b64(point[1:33]), "y": b64(point[33:])}
+open(f"{work}/jwks/jwks.json", "w").write(json.dumps({"keys": [jwk]}))
+header = b64(json.dumps({"alg": "ES256", "typ": "JWT", "kid": "bench"}).encode())
+now = int(time.time())
+claims = {"iss": "https://idp.bench.test", "aud": "bench-api", "sub": "bench-client",
+          "iat": now, "exp": now + 3600, "scope": "hooks"}
+payload = b64(json.dumps(claims).encode())
+signing_input = f"{header}.{payload}".encode()
+der = subprocess.run(["openssl", "dgst", "-sha256", "-sign", f"{work}/jwt.key"],
+                     input=signing_input, capture_output=True, check=True).stdout
+# DER ECDSA-Sig-Value (SEQUENCE of two INTEGERs) to JWS's raw r || s, 32 bytes each.
+def integers(d):
+    i, out = 2 if d[1] < 0x80 else 2 + (d[1] & 0x7f), []
+    while i < len(d):
+        n = d[i + 1]
+        out.append(int.from_bytes(d[i + 2:i + 2 + n], "big"))
+        i += 2 + n
+    return out
+r, s = integers(der)
+token = f"{header}.{payload}.{b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+open(f"{work}/jwt.token", "w").write(token)
+JWT
+jwt_token="$(cat "$work/jwt.token")"
+
 # ---------------------------------------------------------------- servers
 start origin "$work/origin" "127.0.0.1:$P_ORIGIN" 256
 wait_port "$P_ORIGIN" origin
+start jwks python3 -m http.server "$P_JWKS" --bind 127.0.0.1 --directory "$work/jwks"
+wait_port "$P_JWKS" jwks
 start iperf3 iperf3 --server --bind 127.0.0.1 --port "$P_IPERF"
 wait_port "$P_IPERF" iperf3
 
@@ -266,6 +326,29 @@ target = "127.0.0.1:$P_ORIGIN"
 verify_webhook = "github"
 secret_env = "BENCH_GH_SECRET"
 
+[[funnel]]
+hostname = "ip.bench.test"
+target = "127.0.0.1:$P_ORIGIN"
+[[funnel.gate]]
+[funnel.gate.ip]
+rules = ["allow 127.0.0.0/8"]
+
+[[funnel]]
+hostname = "jwt.bench.test"
+target = "127.0.0.1:$P_ORIGIN"
+[[funnel.gate]]
+[funnel.gate.jwt]
+jwks_url = "http://127.0.0.1:$P_JWKS/jwks.json"
+issuer = "https://idp.bench.test"
+audiences = ["bench-api"]
+
+[[funnel]]
+hostname = "rate.bench.test"
+target = "127.0.0.1:$P_ORIGIN"
+[funnel.rate_limit]
+per_client_ip = { requests = 10000000, per_secs = 1 }
+per_funnel = { requests = 10000000, per_secs = 1 }
+
 [[tcp_funnel]]
 port = $P_TCP_FUNNEL
 target = "127.0.0.1:$P_IPERF"
@@ -284,7 +367,33 @@ EOF
 fi
 mkdir -p "$work/ingress-state"
 export BENCH_GH_SECRET="$secret" # the gate's secret_env; not on any command line
-start ingress env RUST_LOG=warn "$INGRESS_BIN" serve --config "$work/ingress.toml"
+ingress_key=""
+if [ "$mesh" = 1 ]; then
+    # The coordination server, its keys and policy, before the ingress that logs in to it.
+    coord_state="$work/coord"
+    cat >"$work/policy.hujson" <<'POLICY'
+{
+  "acls": [{"action": "accept", "src": ["bench@example.com"], "dst": ["bench@example.com:*"]}],
+  "nodeAttrs": [{"target": ["bench@example.com"], "attr": ["funnel"]}],
+  "funnels": [{"src": ["bench@example.com"], "ports": ["*"], "allowUngated": true}],
+}
+POLICY
+    ingress_key="$("$COORD_BIN" keys create --ingress --state-dir "$coord_state")"
+    (umask 077 && "$COORD_BIN" keys create --user bench@example.com --state-dir "$coord_state" >"$work/node.authkey")
+    start coord env RUST_LOG=warn "$COORD_BIN" serve --state-dir "$coord_state" \
+        --listen "127.0.0.1:$P_COORD" --admin-listen 127.0.0.1:0 --policy "$work/policy.hujson" \
+        --funnel-domain bench.test --funnel-tcp-ports "$MESH_TCP_PORTS"
+    wait_port "$P_COORD" coord
+    cat >>"$work/ingress.toml" <<NODE
+
+[node]
+coord_url = "http://127.0.0.1:$P_COORD"
+auth_key_env = "BENCH_INGRESS_KEY"
+state_dir = "$work/ingress-node"
+hostname = "bench-ingress"
+NODE
+fi
+start ingress env RUST_LOG=warn BENCH_INGRESS_KEY="$ingress_key" "$INGRESS_BIN" serve --config "$work/ingress.toml"
 wait_port "$P_INGRESS" ingress
 wait_port "$P_TCP_FUNNEL" ingress
 
@@ -364,6 +473,31 @@ if [ "$WG_STANDIN" = 1 ]; then
     wait_port "$P_WG_FWD_HTTP" wg_a
 fi
 
+# The node behind the mesh: logs in, comes up, and funnels the origin and iperf3.
+if [ "$mesh" = 1 ]; then
+    node_state="$work/node"
+    pn() { "$POSTERN_BIN" "$@" --state-dir "$node_state"; }
+    pn login --coord "http://127.0.0.1:$P_COORD" --auth-key-file "$work/node.authkey" \
+        --hostname bench-node >/dev/null 2>"$work/node-login.log" ||
+        { cat "$work/node-login.log" >&2; die "postern login failed"; }
+    start node env RUST_LOG=warn "$POSTERN_BIN" up --state-dir "$node_state" --inspect off
+    for i in $(seq 1 100); do
+        pn status --json 2>/dev/null | jq -e '.peers[] | select(.is_ingress and .online)' >/dev/null && break
+        [ "$i" = 100 ] && { tail -n 20 "$work/node.log" >&2; die "the node never saw the ingress online"; }
+        sleep 0.1
+    done
+    mesh_url="$(pn funnel "$P_ORIGIN" --name mesh --bg --json | jq -r .url)"
+    [ "$mesh_url" = "https://mesh.bench.test/" ] || die "unexpected funnel URL $mesh_url"
+    mesh_tcp_url="$(pn funnel --tcp "$P_IPERF" --bg --json | jq -r .url)"
+    P_MESH_TCP="${mesh_tcp_url##*:}"
+    say "mesh funnels: $mesh_url and $mesh_tcp_url"
+    for i in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$P_MESH_TCP") 2>/dev/null && break
+        [ "$i" = 100 ] && { tail -n 20 "$work/ingress.log" >&2; die "the ingress never opened the TCP funnel's port $P_MESH_TCP"; }
+        sleep 0.1
+    done
+fi
+
 # ---------------------------------------------------------------- checks before measuring
 in_ns() { # runs a command with the bench /etc/hosts
     unshare --mount --propagation private -- sh -c 'mount --bind "$0" /etc/hosts && exec "$@"' "$work/hosts" "$@"
@@ -387,6 +521,17 @@ check "funnel, gate, same delivery again (replay)" 403 "$(status_of "https://gat
 if [ "$WG_STANDIN" = 1 ]; then
     check "funnel, no gate, via the WireGuard stand-in" 200 "$(status_of "https://wg.bench.test:$P_INGRESS/hook")"
 fi
+if [ "$mesh" = 1 ]; then
+    for i in $(seq 1 100); do
+        [ "$(status_of "https://mesh.bench.test:$P_INGRESS/hook")" = 200 ] && break
+        sleep 0.1
+    done
+    check "funnel over the mesh, no gate" 200 "$(status_of "https://mesh.bench.test:$P_INGRESS/hook")"
+fi
+check "funnel, IP gate" 200 "$(status_of "https://ip.bench.test:$P_INGRESS/hook")"
+check "funnel, JWT gate, token" 200 "$(status_of "https://jwt.bench.test:$P_INGRESS/hook" -H "Authorization: Bearer $jwt_token")"
+check "funnel, JWT gate, no token" 401 "$(status_of "https://jwt.bench.test:$P_INGRESS/hook")"
+check "funnel, rate limits" 200 "$(status_of "https://rate.bench.test:$P_INGRESS/hook")"
 check "funnel, gate, unsigned" 401 "$(status_of "https://gated.bench.test:$P_INGRESS/hook" \
     -H "X-GitHub-Delivery: check-2")"
 
@@ -414,14 +559,18 @@ http_variant() { # http_variant KEY ROUND [KIND SECONDS]: one wrk measurement
     funnel_open) url="https://open.bench.test:$P_INGRESS/hook"; cpu_pids=("$pid_ingress") ;;
     funnel_gated) url="https://gated.bench.test:$P_INGRESS/hook"; cpu_pids=("$pid_ingress") ;;
     funnel_wg) url="https://wg.bench.test:$P_INGRESS/hook"; cpu_pids=("$pid_ingress" "$pid_wg_a" "$pid_wg_b") ;;
+    funnel_mesh) url="https://mesh.bench.test:$P_INGRESS/hook"; cpu_pids=("$pid_ingress" "$pid_node") ;;
+    funnel_ip) url="https://ip.bench.test:$P_INGRESS/hook"; cpu_pids=("$pid_ingress") ;;
+    funnel_jwt) url="https://jwt.bench.test:$P_INGRESS/hook"; cpu_pids=("$pid_ingress") ;;
+    funnel_rate) url="https://rate.bench.test:$P_INGRESS/hook"; cpu_pids=("$pid_ingress") ;;
     esac
     tag="$key-$round-$RANDOM"
     # 1 s warm-up (connections, caches), not counted.
-    in_ns wrk -t"$THREADS" -c"$CONNS" -d1s -s "$here/webhook.lua" "$url" -- "$work/body.json" "$signature" "$tag-warm" >/dev/null
+    in_ns wrk -t"$THREADS" -c"$CONNS" -d1s -s "$here/webhook.lua" "$url" -- "$work/body.json" "$signature" "$tag-warm" "$jwt_token" >/dev/null
     load_now
     before="$(cpu_ticks "${cpu_pids[@]}")"
     t0="$(date +%s.%N)"
-    line="$(in_ns wrk -t"$THREADS" -c"$CONNS" -d"${seconds}s" -s "$here/webhook.lua" "$url" -- "$work/body.json" "$signature" "$tag" | grep '^RESULT')"
+    line="$(in_ns wrk -t"$THREADS" -c"$CONNS" -d"${seconds}s" -s "$here/webhook.lua" "$url" -- "$work/body.json" "$signature" "$tag" "$jwt_token" | grep '^RESULT')"
     t1="$(date +%s.%N)"
     after="$(cpu_ticks "${cpu_pids[@]}")"
     load_now
@@ -438,6 +587,7 @@ tcp_variant() { # tcp_variant KEY ROUND: one iperf3 measurement
     rathole) port=$P_RATHOLE; cpu_pids=("$pid_rathole_server" "$pid_rathole_client") ;;
     bore) port=$P_BORE; cpu_pids=("$pid_bore_server" "$pid_bore_client") ;;
     tcp_funnel_wg) port=$P_TCP_FUNNEL_WG; cpu_pids=("$pid_ingress" "$pid_wg_a" "$pid_wg_b") ;;
+    tcp_funnel_mesh) port=$P_MESH_TCP; cpu_pids=("$pid_ingress" "$pid_node") ;;
     esac
     load_now
     before="$(cpu_ticks "${cpu_pids[@]}")"
@@ -451,18 +601,15 @@ tcp_variant() { # tcp_variant KEY ROUND: one iperf3 measurement
     echo "tcp $key $round bps=$bps seconds=$T cpu_ticks=$((after - before)) wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b - a}') hz=$hz ncpu=${#cpu_pids[@]}" >>"$results"
 }
 
-mesh_variant() {
-    # When the ingress serves funnels over its embedded node: start a coord and a node that
-    # serves the origin, point a third [[funnel]] (and a [[tcp_funnel]]) at it, and add
-    # "funnel_mesh"/"tcp_funnel_mesh" keys to http_variant/tcp_variant. Not yet possible.
-    :
-}
-
-http_keys=(direct_http direct_https funnel_open funnel_gated)
+http_keys=(direct_http direct_https funnel_open funnel_gated funnel_ip funnel_jwt funnel_rate)
 tcp_keys=(direct socat tcp_funnel rathole bore)
 if [ "$WG_STANDIN" = 1 ]; then
     http_keys+=(funnel_wg)
     tcp_keys+=(tcp_funnel_wg)
+fi
+if [ "$mesh" = 1 ]; then
+    http_keys+=(funnel_mesh)
+    tcp_keys+=(tcp_funnel_mesh)
 fi
 uptime_start="$(cat /proc/loadavg)"
 started="$(date -u +%Y-%m-%dT%H:%M:%SZ)"

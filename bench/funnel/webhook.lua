@@ -5,11 +5,13 @@
 -- gate's replay cache admits every one. The same script drives every HTTP variant (direct,
 -- funnel without gate, funnel with the gate), so the client does the same work in each.
 --
--- Arguments (after `--`): BODY_FILE SIGNATURE RUN_TAG
+-- Arguments (after `--`): BODY_FILE SIGNATURE RUN_TAG [BEARER_TOKEN]
+-- With BEARER_TOKEN every request also carries `Authorization: Bearer TOKEN` (for the JWT
+-- gate's variant; the other variants ignore the header, so all send it).
 -- done() prints one line for run.sh to parse:
 --   RESULT requests=N seconds=S rps=R p50_us=A p99_us=B non2xx=C errors=E
 
-local body, signature, tag
+local body, signature, tag, bearer
 local counter = 0
 local thread_id = 0
 local next_id = 0
@@ -25,6 +27,7 @@ function init(args)
   f:close()
   signature = args[2]
   tag = args[3] or "run"
+  if args[4] and args[4] ~= "" then bearer = "Bearer " .. args[4] end
   thread_id = tid or 0
 end
 
@@ -37,6 +40,7 @@ function request()
     ["X-GitHub-Delivery"] = string.format("%s-%d-%d", tag, thread_id, counter),
     ["X-Hub-Signature-256"] = signature,
   }
+  if bearer then headers["Authorization"] = bearer end
   return wrk.format("POST", "/hook", headers, body)
 end
 

@@ -16,6 +16,9 @@
 //! http_proxy = "127.0.0.1:8080"
 //! inspect = "127.0.0.1:4040"      # or "off"
 //! inspect_serves = false
+//! inspect_persist = false         # keep captures in STATE_DIR/inspect.jsonl
+//! inspect_max_mb = 100
+//! inspect_max_body_kb = 1024
 //! relay_ca = "/etc/postern/relay-ca.pem"   # trust a private CA for https:// relays
 //! ```
 
@@ -53,6 +56,9 @@ pub(crate) struct ConfigFile {
     pub(crate) http_proxy: Option<SocketAddr>,
     pub(crate) inspect: Option<String>,
     pub(crate) inspect_serves: Option<bool>,
+    pub(crate) inspect_persist: Option<bool>,
+    pub(crate) inspect_max_mb: Option<u64>,
+    pub(crate) inspect_max_body_kb: Option<u64>,
     pub(crate) relay_ca: Option<PathBuf>,
 }
 
@@ -158,7 +164,7 @@ mod tests {
     #[test]
     fn every_key_parses_and_unknown_keys_are_refused() {
         let file = parse_config(
-            "state_dir = \"/s\"\ncoord = \"http://c:1\"\nhostname = \"h\"\nauth_key_file = \"/k\"\nport = 7\nsocks5 = \"127.0.0.1:1080\"\nhttp_proxy = \"127.0.0.1:8080\"\ninspect = \"off\"\ninspect_serves = true\nrelay_ca = \"/ca.pem\"\n",
+            "state_dir = \"/s\"\ncoord = \"http://c:1\"\nhostname = \"h\"\nauth_key_file = \"/k\"\nport = 7\nsocks5 = \"127.0.0.1:1080\"\nhttp_proxy = \"127.0.0.1:8080\"\ninspect = \"off\"\ninspect_serves = true\ninspect_persist = true\ninspect_max_mb = 5\ninspect_max_body_kb = 64\nrelay_ca = \"/ca.pem\"\n",
         )
         .unwrap();
         assert_eq!(file.state_dir, Some(PathBuf::from("/s")));
@@ -167,6 +173,9 @@ mod tests {
         assert_eq!(file.socks5, Some("127.0.0.1:1080".parse().unwrap()));
         assert_eq!(file.inspect.as_deref(), Some("off"));
         assert_eq!(file.inspect_serves, Some(true));
+        assert_eq!(file.inspect_persist, Some(true));
+        assert_eq!(file.inspect_max_mb, Some(5));
+        assert_eq!(file.inspect_max_body_kb, Some(64));
         assert_eq!(file.relay_ca, Some(PathBuf::from("/ca.pem")));
         let err = parse_config("cord = \"x\"").unwrap_err();
         assert!(err.contains("cord"), "{err}");

@@ -371,7 +371,8 @@ fn tcp_target(text: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{text:?} is not a TCP target: give a port (5432) or HOST:PORT"))
 }
 
-fn render(status: &ServeStatus) -> String {
+/// The serve lines of a status.
+pub(crate) fn render(status: &ServeStatus) -> String {
     if status.serves.is_empty() {
         return "nothing served; `postern serve 3000` shares local port 3000 with the tailnet\n"
             .into();

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use postern_node::daemon::api_client::ApiClientError;
+use postern_node::daemon::serves::ServeStatus;
 use postern_node::daemon::status::Status;
 
 use crate::config::Global;
@@ -13,7 +14,7 @@ use crate::{EXIT_FAILURE, EXIT_NOT_READY, fail};
 #[derive(Debug, Args)]
 pub(crate) struct StatusArgs {
     /// Print the full status as JSON on standard output (fields: self, peers, coord_url,
-    /// coord_connected, listen_port, endpoints).
+    /// coord_connected, listen_port, endpoints, version, serves, funnels).
     #[arg(long)]
     json: bool,
 
@@ -57,11 +58,15 @@ fn render(status: &Status) -> String {
             .collect::<Vec<_>>()
             .join(" ")
     };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
     out.push_str(&format!(
-        "{:<16} {:<40} {} (this node)\n",
+        "{:<16} {:<40} {} (this node; {})\n",
         me.name,
         addresses(&me.addresses),
-        me.login
+        me.login,
+        key_expiry(me.key_expiry, now),
     ));
     for peer in &status.peers {
         let handshake = match peer.last_handshake_secs_ago {
@@ -83,6 +88,16 @@ fn render(status: &Status) -> String {
             bytes(peer.tx_bytes),
         ));
     }
+    if !status.serves.is_empty() || !status.funnels.is_empty() {
+        let serving = ServeStatus {
+            serves: status.serves.clone(),
+            funnels: status.funnels.clone(),
+        };
+        out.push_str("\nserves:\n");
+        out.push_str(&crate::serve::render(&serving));
+        out.push_str("\nfunnels:\n");
+        out.push_str(&crate::serve::render_funnels(&serving));
+    }
     let coord = if status.coord_connected {
         "connected"
     } else {
@@ -90,6 +105,19 @@ fn render(status: &Status) -> String {
     };
     out.push_str(&format!("\ncoord {}: {coord}\n", status.coord_url));
     out
+}
+
+/// When the node key expires, relative to `now` (Unix seconds).
+fn key_expiry(expiry: Option<i64>, now: i64) -> String {
+    let Some(at) = expiry else {
+        return "key never expires".to_owned();
+    };
+    let left = at.saturating_sub(now);
+    match left {
+        ..=0 => "key EXPIRED: run `postern login` again".to_owned(),
+        1..86_400 => format!("key expires in {}h", (left + 3599) / 3600),
+        _ => format!("key expires in {} days", left / 86_400),
+    }
 }
 
 fn bytes(n: u64) -> String {
@@ -109,6 +137,20 @@ fn bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_expiry_reads_well() {
+        assert_eq!(key_expiry(None, 1000), "key never expires");
+        assert_eq!(
+            key_expiry(Some(900), 1000),
+            "key EXPIRED: run `postern login` again"
+        );
+        assert_eq!(key_expiry(Some(1000 + 90 * 60), 1000), "key expires in 2h");
+        assert_eq!(
+            key_expiry(Some(1000 + 180 * 86_400), 1000),
+            "key expires in 180 days"
+        );
+    }
 
     #[test]
     fn byte_counts_read_well() {

@@ -49,6 +49,21 @@ pub(crate) struct UpArgs {
     #[arg(long)]
     inspect_serves: bool,
 
+    /// Keep captured requests across restarts, in STATE_DIR/inspect.jsonl (mode 0600; it
+    /// holds request bodies and headers, secrets included) (config: `inspect_persist`).
+    #[arg(long)]
+    inspect_persist: bool,
+
+    /// Megabytes of captured requests to keep, oldest evicted first; default 100
+    /// (config: `inspect_max_mb`).
+    #[arg(long, value_name = "MB")]
+    inspect_max_mb: Option<u64>,
+
+    /// Kilobytes of each request or response body to capture (the rest passes through
+    /// uncaptured); default 1024 (config: `inspect_max_body_kb`).
+    #[arg(long, value_name = "KB")]
+    inspect_max_body_kb: Option<u64>,
+
     /// Trust the CA certificates in FILE (PEM) for https:// relays, on top of the system's
     /// trust roots: for relays whose certificate comes from a private CA. A relay whose
     /// certificate chains to neither is refused, and the log says so (config: `relay_ca`).
@@ -88,6 +103,15 @@ pub(crate) fn run_up(args: UpArgs) -> ExitCode {
         Err(message) => return fail(&message, EXIT_USAGE),
     };
     let inspect_serves = args.inspect_serves || file.inspect_serves.unwrap_or(false);
+    let capture = match capture_config(
+        &state_dir,
+        args.inspect_persist || file.inspect_persist.unwrap_or(false),
+        args.inspect_max_mb.or(file.inspect_max_mb),
+        args.inspect_max_body_kb.or(file.inspect_max_body_kb),
+    ) {
+        Ok(capture) => capture,
+        Err(message) => return fail(&message, EXIT_USAGE),
+    };
     runtime.block_on(async move {
         if let Err(e) = StateDir::open(&state_dir) {
             return fail(&e.to_string(), EXIT_USAGE);
@@ -169,14 +193,7 @@ pub(crate) fn run_up(args: UpArgs) -> ExitCode {
         let inspection = match inspect {
             InspectSetting::Off => None,
             InspectSetting::At { addr, explicit } => {
-                match Inspection::start(
-                    addr,
-                    inspect_serves,
-                    CaptureConfig::default(),
-                    cancel.clone(),
-                )
-                .await
-                {
+                match Inspection::start(addr, inspect_serves, capture, cancel.clone()).await {
                     Ok(inspection) => Some(inspection),
                     Err(e) if !explicit => {
                         tracing::warn!(%e, "running without request inspection");
@@ -238,6 +255,39 @@ pub(crate) fn run_up(args: UpArgs) -> ExitCode {
         ExitCode::SUCCESS
     })
 }
+
+/// The capture store's bounds and file, from the flags and the config file.
+fn capture_config(
+    state_dir: &std::path::Path,
+    persist: bool,
+    max_mb: Option<u64>,
+    max_body_kb: Option<u64>,
+) -> Result<CaptureConfig, String> {
+    let mut config = CaptureConfig::default();
+    if let Some(mb) = max_mb {
+        if mb == 0 || mb > 64 * 1024 {
+            return Err(format!(
+                "--inspect-max-mb {mb}: give 1 to 65536 megabytes (the default is 100)"
+            ));
+        }
+        config.max_total_bytes = usize::try_from(mb << 20).unwrap_or(usize::MAX);
+    }
+    if let Some(kb) = max_body_kb {
+        if kb == 0 || (kb << 10) > config.max_total_bytes as u64 {
+            return Err(format!(
+                "--inspect-max-body-kb {kb}: give at least 1, and no more than the whole capture budget"
+            ));
+        }
+        config.max_body_bytes = usize::try_from(kb << 10).unwrap_or(usize::MAX);
+    }
+    if persist {
+        config.persist_path = Some(state_dir.join(INSPECT_FILE));
+    }
+    Ok(config)
+}
+
+/// The file persisted captures go to, in the state directory.
+const INSPECT_FILE: &str = "inspect.jsonl";
 
 /// Where request inspection runs.
 enum InspectSetting {

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use std::str::FromStr;
 
 use clap::{Args, Subcommand};
-use postern_node::tun::routes::RouteError;
 use postern_node::tun::{self, KernelTunnel, TunError, TunOptions};
 use postern_node::userspace::UserspaceTunnel;
 use postern_node::wg_config::WgConfig;
@@ -27,7 +26,10 @@ pub(crate) enum WgCommand {
     /// TUN device with the Address lines and the MTU, brought up, with a route through it
     /// for every peer's AllowedIPs; every program on the host uses it directly. The device
     /// and its routes disappear when postern exits. A default route (AllowedIPs 0.0.0.0/0
-    /// or ::/0) is refused in this mode for now.
+    /// or ::/0) makes a full tunnel as wg-quick makes one: the default route goes in
+    /// routing table 51820, a rule sends everything not marked 51820 there, and
+    /// WireGuard's own datagrams carry that mark so they still leave by the normal routes;
+    /// the rules are removed when postern exits.
     ///
     /// The file is parsed as wg-quick does, except that PreUp/PostUp/PreDown/PostDown,
     /// Table, SaveConfig and FwMark are refused. Errors name FILE:LINE. Private keys are
@@ -177,9 +179,7 @@ async fn up_kernel(config: WgConfig, args: UpArgs, name: String) -> ExitCode {
     options.no_offload = args.no_offload;
     let tunnel = match KernelTunnel::start(&config, &options).await {
         Ok(tunnel) => tunnel,
-        Err(
-            e @ (TunError::InvalidName { .. } | TunError::Route(RouteError::DefaultRoute { .. })),
-        ) => {
+        Err(e @ TunError::InvalidName { .. }) => {
             eprintln!("{}: {e}", args.config.display());
             return ExitCode::from(EXIT_USAGE);
         }

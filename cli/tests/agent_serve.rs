@@ -20,7 +20,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent::{MeshOptions, Node, POSTERN, free_port, mesh_custom, wait_for};
+use agent::{Coord, MeshOptions, Node, POSTERN, free_port, mesh_custom, wait_for};
+use postern_lab::idp::{IdpConfig, OidcProvider};
 use serde_json::{Value, json};
 
 /// Alice's and bob's nodes reach each other on every port; alice may funnel any port
@@ -40,6 +41,25 @@ const BOB_ONLY_SSH: &str = r#"{
   "acls": [
     {"action": "accept", "src": ["bob@example.com"], "dst": ["alice@example.com:22"]},
     {"action": "accept", "src": ["alice@example.com"], "dst": ["bob@example.com:*"]},
+  ],
+}"#;
+
+/// Bob's IdP group may reach alice's nodes on every port (the group is filled from the IdP's
+/// `groups` claim at login).
+const CONTRACTORS_IN: &str = r#"{
+  "groups": {"group:contractors": []},
+  "acls": [
+    {"action": "accept", "src": ["group:contractors"], "dst": ["alice@example.com:*"]},
+    {"action": "accept", "src": ["alice@example.com"], "dst": ["group:contractors:*"]},
+  ],
+}"#;
+
+/// The same, with bob's group cut down to port 22.
+const CONTRACTORS_SSH_ONLY: &str = r#"{
+  "groups": {"group:contractors": []},
+  "acls": [
+    {"action": "accept", "src": ["group:contractors"], "dst": ["alice@example.com:22"]},
+    {"action": "accept", "src": ["alice@example.com"], "dst": ["group:contractors:*"]},
   ],
 }"#;
 
@@ -145,7 +165,12 @@ fn a_background_serve_shows_the_callers_identity_and_survives_kill_9() {
     let socks5: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let socks5_arg = socks5.to_string();
     let inspect_arg = format!("127.0.0.1:{}", free_port());
-    let alpha_args = ["--inspect", &inspect_arg, "--inspect-serves"];
+    let alpha_args = [
+        "--inspect",
+        &inspect_arg,
+        "--inspect-serves",
+        "--inspect-persist",
+    ];
     let (_coord, mut alpha, _beta) = mesh_custom(
         dir.path(),
         &MeshOptions {
@@ -253,6 +278,35 @@ fn a_background_serve_shows_the_callers_identity_and_survives_kill_9() {
     let out = alpha.postern(&["funnel", "status"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("https://hooks.funnel.test/"));
 
+    // `postern status` shows the serves and funnels next to the peers, in both forms.
+    let status = alpha.status();
+    assert_eq!(status["funnels"], funnels["funnels"], "{status}");
+    assert_eq!(status["serves"], funnels["serves"], "{status}");
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"), "{status}");
+    let out = alpha.postern(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("funnels:") && text.contains("https://hooks.funnel.test/"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("tailnet :{port}")), "{text}");
+
+    // A replay goes back to the service that answered the original (port `port`), not to
+    // the funnelled one that now exists too.
+    let (served_before, funnelled_before) = (origin.heads().len(), funnel_origin.heads().len());
+    let replayed = json_of(&alpha.postern(&["inspect", "replay", &id, "--json"]));
+    assert_eq!(replayed["status"], 200, "{replayed}");
+    assert_eq!(
+        origin.heads().len(),
+        served_before + 1,
+        "the replay missed its origin"
+    );
+    assert_eq!(
+        funnel_origin.heads().len(),
+        funnelled_before,
+        "the replay went to the funnel"
+    );
+
     // kill -9 of alpha's daemon, and a restart: the serve, name and addresses come back.
     let before = alpha.status()["self"].clone();
     let mut child = alpha.child.take().unwrap();
@@ -260,6 +314,20 @@ fn a_background_serve_shows_the_callers_identity_and_survives_kill_9() {
     child.wait().unwrap();
     alpha.up_with(&alpha_args);
     let after = alpha.status()["self"].clone();
+    // --inspect-persist: the captured exchange survived the kill -9, in a private file.
+    let list = json_of(&alpha.postern(&["inspect", "list", "--json"]));
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["path"] == "/hello" && e["identity"] == "bob@example.com"),
+        "captures were lost in the restart: {list}"
+    );
+    let mode = std::fs::metadata(alpha.state.join("inspect.jsonl"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "inspect.jsonl is {mode:o}");
     assert_eq!(before["name"], after["name"]);
     assert_eq!(before["addresses"], after["addresses"]);
     assert_eq!(before["node_id"], after["node_id"]);
@@ -449,4 +517,98 @@ fn a_policy_that_denies_bob_keeps_him_from_the_origin() {
         "the origin saw bob's attempt: {:?}",
         origin.heads()
     );
+}
+
+/// Issue #7's end-to-end test as a person does it: alice and bob log their nodes in with
+/// `postern login` through the lab's real OIDC provider (a headless browser signs in at the
+/// printed URL); alice serves an origin; bob reaches it through his SOCKS5 proxy and the
+/// origin sees who he is (login, name, IdP groups, node), not the header he forged; then an
+/// edit of the policy file cuts bob's group down to port 22, and from then on the origin
+/// sees none of his attempts.
+#[test]
+fn people_log_in_at_the_idp_and_the_origin_sees_who_calls_until_the_policy_says_no() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let idp = OidcProvider::start(IdpConfig {
+        web_redirect_uris: vec![format!("http://{coord_addr}/oidc/callback")],
+        web_client_secret: "agent-test-secret".into(),
+    })
+    .unwrap();
+    let secret_file = dir.path().join("oidc-secret");
+    std::fs::write(&secret_file, "agent-test-secret\n").unwrap();
+    let policy = dir.path().join("policy.hujson");
+    std::fs::write(&policy, CONTRACTORS_IN).unwrap();
+    let coord = Coord::with_args_at(
+        dir.path(),
+        coord_addr,
+        Some(policy.clone()),
+        &[
+            "--oidc-issuer",
+            idp.issuer(),
+            "--oidc-client-id",
+            OidcProvider::WEB_CLIENT_ID,
+            "--oidc-client-secret-file",
+            secret_file.to_str().unwrap(),
+        ],
+    );
+
+    let mut alpha = Node::new(dir.path(), "alpha");
+    let mut beta = Node::new(dir.path(), "beta");
+    alpha.login_oidc(&coord, idp.issuer(), "alice@example.com");
+    beta.login_oidc(&coord, idp.issuer(), "bob@example.com");
+    let socks5: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    alpha.up_with(&["--inspect", "off"]);
+    beta.up_with(&["--socks5", &socks5.to_string(), "--inspect", "off"]);
+    assert_eq!(alpha.status()["self"]["login"], "alice@example.com");
+    assert_eq!(beta.status()["self"]["login"], "bob@example.com");
+    wait_for("beta to see alpha online", Duration::from_secs(30), || {
+        beta.peer("alpha").filter(|p| p["online"] == true)
+    });
+
+    let origin = Origin::start();
+    let port = origin.port;
+    json_of(&alpha.postern(&["serve", &port.to_string(), "--bg", "--json"]));
+    let body = wait_for(
+        "bob to reach alice's serve",
+        Duration::from_secs(60),
+        || get_via_socks(socks5, "alpha", port, "/hello").ok(),
+    );
+    assert_eq!(body, "origin");
+    let heads = origin.heads();
+    let head = heads
+        .iter()
+        .find(|h| h.starts_with("get /hello "))
+        .unwrap_or_else(|| panic!("{heads:?}"));
+    for expected in [
+        "postern-user-login: bob@example.com\r\n",
+        "postern-user-name: bob example\r\n",
+        "postern-user-groups: contractors\r\n",
+        "postern-node-name: beta\r\n",
+    ] {
+        assert!(head.contains(expected), "{expected:?} missing from {head}");
+    }
+    assert!(!head.contains("forged@evil.example"), "{head}");
+
+    // The admins cut bob's group down to port 22: the coord reloads the file and the next
+    // attempt dies in alice's packet filter, before her origin.
+    std::fs::write(&policy, CONTRACTORS_SSH_ONLY).unwrap();
+    wait_for(
+        "the edit to reach alice's node",
+        Duration::from_secs(30),
+        || {
+            get_via_socks(socks5, "alpha", port, "/probe")
+                .is_err()
+                .then_some(())
+        },
+    );
+    let seen = origin.heads().len();
+    let attempt = get_via_socks(socks5, "alpha", port, "/after-the-edit");
+    assert!(attempt.is_err(), "bob got through: {attempt:?}");
+    assert_eq!(
+        origin.heads().len(),
+        seen,
+        "the origin saw bob's attempt: {:?}",
+        origin.heads()
+    );
+    drop(coord);
 }

@@ -99,6 +99,69 @@ fn tun_mode_pings_both_ways_and_carries_tcp_to_wireguard_go() {
     assert!(!routes.contains("198.19.200.0/24"), "{routes}");
 }
 
+/// A full tunnel (`AllowedIPs = 0.0.0.0/0`) as wg-quick makes one: a host beyond the peer
+/// (203.0.113.7, only on wireguard-go's side) is reached through the tunnel by the default
+/// route, while WireGuard's own datagrams to the endpoint still leave by the veth (were
+/// they routed into the tunnel too, no handshake could complete); the policy-routing rules
+/// are there while postern runs and gone after.
+#[test]
+fn a_default_route_makes_a_full_tunnel_that_spares_wireguards_own_datagrams() {
+    let lab = WgLab::start(false);
+    lab.srv
+        .ip(&["addr", "add", "203.0.113.7/32", "dev", "lo"])
+        .unwrap();
+    let config = lab.write_config(&format!("{CLI_V4}/32"), "0.0.0.0/0", "");
+    let (mut postern, log) = lab.spawn_postern(&config, &["--tun"]);
+    lab.wait_ready(&mut postern, &log);
+
+    let rules = lab.cli.output(&["ip", "-4", "rule", "show"]).unwrap();
+    assert!(
+        rules.contains("not from all fwmark 0xca6c lookup 51820"),
+        "{rules}"
+    );
+    assert!(
+        rules.contains("lookup main suppress_prefixlength 0"),
+        "{rules}"
+    );
+    let table = lab
+        .cli
+        .output(&["ip", "-4", "route", "show", "table", "51820"])
+        .unwrap();
+    assert!(table.contains("default dev wg0"), "{table}");
+    // The kernel picks the tunnel for the far host and the veth for the endpoint.
+    let far = lab
+        .cli
+        .output(&["ip", "-4", "route", "get", "203.0.113.7"])
+        .unwrap();
+    assert!(far.contains("dev wg0"), "{far}");
+
+    for target in ["203.0.113.7", SRV_V4] {
+        let out = lab
+            .cli
+            .try_output(&["ping", "-c", "3", "-i", "0.2", "-w", "10", target])
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ping {target} through the full tunnel failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            lab.logs(&postern)
+        );
+    }
+    let server: SocketAddr = "203.0.113.7:7001".parse().unwrap();
+    spawn_tcp_echo(&lab.srv, server);
+    let outcome = lab
+        .cli
+        .run_in(move || echo_transfer(server, 10 * 1000 * 1000))
+        .unwrap()
+        .unwrap_or_else(|e| panic!("transfer failed: {e}\n{}", lab.logs(&postern)));
+    outcome.assert_complete(10 * 1000 * 1000, || lab.logs(&postern));
+
+    stop(&mut postern, &log, "kernel-mode WireGuard tunnel stopped");
+    let rules = lab.cli.output(&["ip", "-4", "rule", "show"]).unwrap();
+    assert!(!rules.contains("51820"), "rules outlived postern: {rules}");
+    assert!(!rules.contains("suppress_prefixlength"), "{rules}");
+}
+
 /// The same as a user without CAP_NET_ADMIN: exit 1 and a message that says what to do,
 /// and no device left behind.
 #[test]

@@ -314,8 +314,9 @@ pub struct GateSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtSection {
-    /// The issuer's JWKS URL.
-    pub jwks_url: String,
+    /// The issuer's JWKS URL; without it, found through the issuer's OpenID Connect
+    /// discovery document.
+    pub jwks_url: Option<String>,
     /// The exact `iss`.
     pub issuer: String,
     /// Accepted audiences.
@@ -734,7 +735,10 @@ fn build_gate(
         return Ok((provider.to_string(), GateChain::gate(built)));
     }
     if let Some(jwt) = &gate.jwt {
-        let mut config = JwtConfig::new(&jwt.jwks_url, &jwt.issuer, jwt.audiences.clone());
+        let mut config = match &jwt.jwks_url {
+            Some(url) => JwtConfig::new(url, &jwt.issuer, jwt.audiences.clone()),
+            None => JwtConfig::discovered(&jwt.issuer, jwt.audiences.clone()),
+        };
         if let Some(algorithms) = &jwt.algorithms {
             config.algorithms = algorithms.clone();
         }

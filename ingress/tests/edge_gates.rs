@@ -173,11 +173,8 @@ async fn a_jwt_from_the_real_idp_is_accepted_and_one_signed_by_another_key_refus
             .await
             .unwrap();
     let jwks_url = discovery["jwks_uri"].as_str().unwrap();
-    let mut config = JwtConfig::new(
-        jwks_url,
-        idp.issuer(),
-        vec![OidcProvider::CLI_CLIENT_ID.into()],
-    );
+    // No JWKS URL: the gate finds it in the IdP's discovery document, as the test did.
+    let mut config = JwtConfig::discovered(idp.issuer(), vec![OidcProvider::CLI_CLIENT_ID.into()]);
     config.identity_claims = vec!["groups".into()];
     let origin = Origin::default();
     let edge = start_gated_edge(

@@ -282,7 +282,7 @@ fn configuration_errors_say_what_to_fix() {
         JwtConfigError::UnknownAlgorithm(_)
     ));
     assert_eq!(
-        error(&|c| c.jwks_url = "http://idp.example/jwks".into()).to_string(),
+        error(&|c| c.jwks_url = Some("http://idp.example/jwks".into())).to_string(),
         "jwks_url \"http://idp.example/jwks\" must be an absolute https:// URL (http:// only for 127.0.0.1, ::1 or localhost)"
     );
     assert_eq!(error(&|c| c.audiences.clear()), JwtConfigError::NoAudience);
@@ -292,7 +292,7 @@ fn configuration_errors_say_what_to_fix() {
         JwtConfigError::ClaimName(_)
     ));
     let mut local = config();
-    local.jwks_url = "http://127.0.0.1:9/jwks".into();
+    local.jwks_url = Some("http://127.0.0.1:9/jwks".into());
     JwtGate::new(local).unwrap();
 }
 
@@ -300,6 +300,8 @@ fn configuration_errors_say_what_to_fix() {
 #[derive(Clone, Default)]
 struct JwksServer {
     document: Arc<Mutex<Vec<u8>>>,
+    /// Served at `/.well-known/openid-configuration` when set (the JWKS everywhere else).
+    discovery: Arc<Mutex<Option<String>>>,
     fetches: Arc<AtomicUsize>,
 }
 
@@ -313,11 +315,20 @@ impl JwksServer {
                 let (tcp, _) = listener.accept().await.unwrap();
                 let server = server.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |_request| {
+                    let service = service_fn(move |request: http::Request<_>| {
                         let server = server.clone();
                         async move {
                             server.fetches.fetch_add(1, Ordering::SeqCst);
-                            let body = server.document.lock().unwrap().clone();
+                            let discovery = server.discovery.lock().unwrap().clone();
+                            let body = match discovery {
+                                Some(document)
+                                    if request.uri().path()
+                                        == "/.well-known/openid-configuration" =>
+                                {
+                                    document.into_bytes()
+                                }
+                                _ => server.document.lock().unwrap().clone(),
+                            };
                             Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
                                 Bytes::from(body),
                             )))
@@ -358,7 +369,7 @@ async fn jwks_is_fetched_cached_and_refreshed_on_an_unknown_kid_at_a_bounded_rat
     let new = ec_key("new");
     *server.document.lock().unwrap() = jwks(&[&old]);
     let mut config = config();
-    config.jwks_url = format!("http://{address}/jwks");
+    config.jwks_url = Some(format!("http://{address}/jwks"));
     let gate = JwtGate::new(config).unwrap();
 
     // First use fetches; later ones use the cache.
@@ -401,4 +412,56 @@ async fn jwks_is_fetched_cached_and_refreshed_on_an_unknown_kid_at_a_bounded_rat
     let _ = decide_async(&gate, &unknown, at(NOW + 100)).await;
     assert_eq!(server.fetches.load(Ordering::SeqCst), 3);
     assert!(decide_async(&gate, &fresh, at(NOW + 101)).await.is_allow());
+}
+
+#[tokio::test]
+async fn without_a_jwks_url_the_keys_are_found_through_the_issuers_discovery_document() {
+    let server = JwksServer::default();
+    let address = server.start().await;
+    let issuer = format!("http://{address}");
+    let key = ec_key("k1");
+    *server.document.lock().unwrap() = jwks(&[&key]);
+    *server.discovery.lock().unwrap() =
+        Some(json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks")}).to_string());
+    let mut config = config();
+    config.jwks_url = None;
+    config.issuer = issuer.clone();
+    let gate = JwtGate::new(config).unwrap();
+    let mut claims = claims();
+    claims["iss"] = issuer.clone().into();
+    assert!(
+        decide_async(&gate, &token(&key, Some("k1"), &claims), at(NOW))
+            .await
+            .is_allow()
+    );
+    assert_eq!(
+        server.fetches.load(Ordering::SeqCst),
+        2,
+        "discovery, then JWKS"
+    );
+
+    // A discovery document that names another issuer is not believed.
+    let other = JwksServer::default();
+    let other_address = other.start().await;
+    let other_issuer = format!("http://{other_address}");
+    *other.document.lock().unwrap() = jwks(&[&key]);
+    *other.discovery.lock().unwrap() = Some(
+        json!({"issuer": "https://evil.example", "jwks_uri": format!("{other_issuer}/jwks")})
+            .to_string(),
+    );
+    let gate = JwtGate::new(JwtConfig::discovered(&other_issuer, vec![AUDIENCE.into()])).unwrap();
+    let error = gate.refresh(at(NOW)).await.unwrap_err().to_string();
+    assert_eq!(
+        error,
+        format!(
+            "discovering the JWKS of {other_issuer} failed: the discovery document names issuer Some(\"https://evil.example\"), not this issuer"
+        )
+    );
+
+    // An issuer that is not a URL cannot be discovered: the configuration says so.
+    let error = JwtGate::new(JwtConfig::discovered("idp", vec![AUDIENCE.into()])).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "issuer \"idp\" is not an https:// URL (http:// only on loopback), so its keys cannot be discovered; give jwks_url"
+    );
 }

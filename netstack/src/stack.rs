@@ -70,6 +70,8 @@ pub struct NetstackStats {
     pub tcp_sockets: usize,
     /// UDP sockets the stack holds now.
     pub udp_sockets: usize,
+    /// TCP connections that reused a spare socket instead of allocating new buffers.
+    pub tcp_sockets_reused: u64,
 }
 
 impl std::fmt::Debug for Netstack {
@@ -138,6 +140,7 @@ impl Netstack {
             udp_orphans: Vec::new(),
             tcp_connect_ports: HashSet::new(),
             udp_ports: HashSet::new(),
+            spare_tcp: Vec::new(),
             port_cursor: (seed % u64::from(EPHEMERAL_COUNT)) as u16,
             stats: NetstackStats::default(),
             config: config.clone(),
@@ -427,6 +430,9 @@ pub(crate) struct StackState {
     udp_orphans: Vec<SocketHandle>,
     tcp_connect_ports: HashSet<u16>,
     udp_ports: HashSet<u16>,
+    /// Closed TCP sockets kept for reuse, so a new connection does not allocate and zero
+    /// its buffers again (see [`NetstackConfig::tcp_spare_sockets`]).
+    spare_tcp: Vec<tcp::Socket<'static>>,
     port_cursor: u16,
     pub(crate) stats: NetstackStats,
     config: NetstackConfig,
@@ -459,11 +465,26 @@ impl StackState {
         }
     }
 
-    /// A new TCP socket with the configured buffers and the stack's TCP settings.
-    fn new_tcp_socket(&self) -> tcp::Socket<'static> {
-        let rx = tcp::SocketBuffer::new(vec![0u8; self.config.tcp_rx_buffer]);
-        let tx = tcp::SocketBuffer::new(vec![0u8; self.config.tcp_tx_buffer]);
-        let mut socket = tcp::Socket::new(rx, tx);
+    /// A closed TCP socket with the configured buffers and the stack's TCP settings: a
+    /// spare one if the stack kept one, else a new one.
+    fn new_tcp_socket(&mut self) -> tcp::Socket<'static> {
+        let mut socket = match self.spare_tcp.pop() {
+            Some(socket) => {
+                self.stats.tcp_sockets_reused += 1;
+                socket
+            }
+            None => {
+                let rx = tcp::SocketBuffer::new(vec![0u8; self.config.tcp_rx_buffer]);
+                let tx = tcp::SocketBuffer::new(vec![0u8; self.config.tcp_tx_buffer]);
+                tcp::Socket::new(rx, tx)
+            }
+        };
+        // Everything a previous connection may have changed goes back to the stack's
+        // settings (`connect` and `listen` reset the connection state and the buffers'
+        // positions; the old bytes are never read again).
+        socket.set_timeout(None);
+        socket.set_keep_alive(None);
+        socket.set_hop_limit(None);
         // Acknowledge every segment at once: delayed ACKs halve the ACK clock that drives
         // the sender's congestion window, and latency here is cheap.
         socket.set_ack_delay(None);
@@ -590,7 +611,14 @@ impl StackState {
         let Some(entry) = self.tcp.remove(&handle) else {
             return;
         };
-        self.sockets.remove(handle);
+        if let smoltcp::socket::Socket::Tcp(mut socket) = self.sockets.remove(handle)
+            && self.spare_tcp.len() < self.config.tcp_spare_sockets
+        {
+            // Removed from the set, an aborted socket sends nothing: it only goes back to
+            // `Closed`, the state `connect` and `listen` start from.
+            socket.abort();
+            self.spare_tcp.push(socket);
+        }
         if let Some(port) = entry.connect_port {
             self.tcp_connect_ports.remove(&port);
         }
@@ -769,7 +797,17 @@ impl StackState {
         let mut index = 0;
         while let Some(&handle) = self.orphans.get(index) {
             let socket = self.sockets.get::<tcp::Socket<'static>>(handle);
-            if socket.state() == tcp::State::Closed && socket.remote_endpoint().is_none() {
+            // An orphan in TIME-WAIT goes at once too: both sides have closed and every
+            // byte was acknowledged. Holding its buffers (4 MiB at the defaults) for
+            // smoltcp's 10 s of TIME-WAIT would make every short connection cost that
+            // much memory for 10 s; the price is that a FIN retransmitted because our last
+            // ACK was lost is answered with RST, which ends an already closed connection.
+            let done = match socket.state() {
+                tcp::State::Closed => socket.remote_endpoint().is_none(),
+                tcp::State::TimeWait => true,
+                _ => false,
+            };
+            if done {
                 self.orphans.swap_remove(index);
                 self.remove_tcp(handle);
             } else {

@@ -671,3 +671,66 @@ async fn dropping_a_listener_frees_its_port_and_refuses_newcomers() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_connections_reuse_closed_sockets_with_fresh_settings() {
+    let p = pair();
+    let listener = p.b.listen_tcp(80).unwrap();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok(mut stream) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 1024];
+                stream.read_exact(&mut request).await.unwrap();
+                stream.write_all(&request).await.unwrap();
+                stream.shutdown().await.unwrap();
+                let mut rest = Vec::new();
+                stream.read_to_end(&mut rest).await.unwrap();
+            });
+        }
+    });
+    for round in 0..40u8 {
+        let mut client = within(10, p.a.connect_tcp(addr(B_V4, 80))).await.unwrap();
+        // A previous connection turned Nagle off; a reused socket must not inherit that.
+        assert!(!client.nodelay(), "round {round}");
+        client.set_nodelay(true);
+        let request = pattern(1024, round);
+        client.write_all(&request).await.unwrap();
+        let mut answer = Vec::new();
+        within(10, client.read_to_end(&mut answer)).await.unwrap();
+        assert_eq!(answer, request, "round {round}");
+        client.shutdown().await.unwrap();
+        drop(client);
+    }
+    // Both sides made 40 sockets; with sockets reused most of them need no new buffers.
+    // (A socket is reused once its close has finished, so not every one is.)
+    let reused_a = p.a.stats().tcp_sockets_reused;
+    let reused_b = p.b.stats().tcp_sockets_reused;
+    assert!(reused_a >= 20, "client side reused {reused_a} of 40");
+    assert!(reused_b >= 20, "server side reused {reused_b} of 40");
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_spare_sockets_nothing_is_reused() {
+    let mut a_config = config(A_V4, A_V6);
+    a_config.tcp_spare_sockets = 0;
+    let (a, seam_a) = Netstack::new(a_config).unwrap();
+    let (b, seam_b) = Netstack::new(config(B_V4, B_V6)).unwrap();
+    let _wire = MemoryWire::connect(seam_a, seam_b, Impairment::none());
+    let listener = b.listen_tcp(80).unwrap();
+    let server = tokio::spawn(async move {
+        while let Ok(stream) = listener.accept().await {
+            drop(stream);
+        }
+    });
+    for _ in 0..10 {
+        let mut client = within(10, a.connect_tcp(addr(B_V4, 80))).await.unwrap();
+        let mut rest = Vec::new();
+        let _ = within(10, client.read_to_end(&mut rest)).await;
+    }
+    assert_eq!(a.stats().tcp_sockets_reused, 0);
+    server.abort();
+}

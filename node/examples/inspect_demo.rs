@@ -64,6 +64,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
             identity: Some("github".into()),
         }),
         replay_of: None,
+        port: None,
     };
     let proxy_listener = TcpListener::bind(proxy).await?;
     tokio::spawn(Arc::new(capturing.clone()).serve(proxy_listener, meta, shutdown.clone()));

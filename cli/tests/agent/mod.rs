@@ -89,9 +89,21 @@ impl Coord {
 
     /// A coord with `policy` and extra `serve` arguments (`--funnel-domain D`).
     pub fn with_args(dir: &Path, policy: Option<PathBuf>, extra_args: &[&str]) -> Self {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        Self::with_args_at(dir, addr, policy, extra_args)
+    }
+
+    /// Like [`Coord::with_args`], listening on `addr` (known before the coord starts, e.g.
+    /// for the IdP's registered callback URL).
+    pub fn with_args_at(
+        dir: &Path,
+        addr: SocketAddr,
+        policy: Option<PathBuf>,
+        extra_args: &[&str],
+    ) -> Self {
         let mut coord = Self {
             state: dir.join("coord"),
-            addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            addr,
             child: None,
             policy,
             extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
@@ -199,10 +211,10 @@ impl Node {
             .unwrap()
     }
 
-    pub fn login(&self, coord: &Coord, key: &str) {
-        let key_file = self.state.with_extension("authkey");
-        std::fs::write(&key_file, key).unwrap();
-        let out = Command::new(POSTERN)
+    /// `postern login --json --coord URL --hostname NAME --state-dir STATE`.
+    fn login_command(&self, coord: &Coord) -> Command {
+        let mut command = Command::new(POSTERN);
+        command
             .args([
                 "login",
                 "--json",
@@ -211,16 +223,94 @@ impl Node {
                 "--hostname",
                 self.name,
             ])
+            .arg("--state-dir")
+            .arg(&self.state);
+        command
+    }
+
+    pub fn login(&self, coord: &Coord, key: &str) {
+        let key_file = self.state.with_extension("authkey");
+        std::fs::write(&key_file, key).unwrap();
+        let out = self
+            .login_command(coord)
             .arg("--auth-key-file")
             .arg(&key_file)
-            .arg("--state-dir")
-            .arg(&self.state)
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "login of {}: {stderr}", self.name);
         assert!(!stderr.contains(key), "the auth key must not be printed");
         let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(answer["name"], self.name, "{answer}");
+    }
+
+    /// `postern login` without an auth key, as a person does it: the command prints the
+    /// coord's login URL and waits; a headless browser opens it, signs in at the lab's IdP
+    /// as `user` (password `NAME-pw`) and follows the IdP's redirect back to the coord; the
+    /// command then completes.
+    pub fn login_oidc(&self, coord: &Coord, idp_issuer: &str, user: &str) {
+        let mut child = self
+            .login_command(coord)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The login URL is on standard error, on a line of its own.
+        let stderr = child.stderr.take().unwrap();
+        let (lines, printed) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                if lines.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        let url = loop {
+            let line = printed
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("no login URL from postern login: {seen:?}"));
+            let trimmed = line.trim().to_owned();
+            seen.push(line);
+            if trimmed.starts_with("http://") || trimmed.starts_with("https://") {
+                break trimmed;
+            }
+        };
+        let password = format!("{}-pw", user.split('@').next().unwrap());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let browser = postern_lab::idp::browser::HeadlessBrowser::new().unwrap();
+            let callback = browser
+                .authorize(idp_issuer, &url, user, &password)
+                .await
+                .unwrap_or_else(|e| panic!("signing in as {user} at the IdP: {e}"));
+            let page = browser.client().get(callback).send().await.unwrap();
+            assert!(
+                page.status().is_success(),
+                "the coord's callback answered {}",
+                page.status()
+            );
+        });
+        let status = wait_for("postern login to finish", Duration::from_secs(30), || {
+            child.try_wait().unwrap()
+        });
+        let mut stdout = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut stdout)
+            .unwrap();
+        assert!(
+            status.success(),
+            "login of {} exited with {status}: {seen:?}",
+            self.name
+        );
+        let answer: Value = serde_json::from_str(&stdout).unwrap();
         assert_eq!(answer["name"], self.name, "{answer}");
     }
 

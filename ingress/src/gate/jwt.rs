@@ -1,6 +1,9 @@
 //! The JWT bearer gate: `Authorization: Bearer <JWT>` verified with the issuer's JWKS.
 //!
-//! **Keys and I/O.** The JWKS is fetched from `jwks_url` and cached. The decision itself
+//! **Keys and I/O.** The JWKS is fetched from `jwks_url`, or, without one, from the
+//! `jwks_uri` of the issuer's OpenID Connect discovery document
+//! (`{issuer}/.well-known/openid-configuration`, fetched once, its `issuer` checked), and
+//! cached. The decision itself
 //! ([`Gate::evaluate`]) is pure: it uses the cached keys and the `now` it is given. The
 //! fetching happens in [`Gate::evaluate_async`], which the edge calls: before deciding, it
 //! (re)fetches the JWKS when nothing is cached, when the cache is older than `cache_for`,
@@ -34,8 +37,9 @@ pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JwtConfig {
     /// Where the issuer publishes its keys (`https://idp.example/.well-known/jwks.json`).
-    /// `http` is accepted only for loopback hosts (tests, a local IdP).
-    pub jwks_url: String,
+    /// `http` is accepted only for loopback hosts (tests, a local IdP). `None`: found
+    /// through the issuer's discovery document (see the [module docs](self)).
+    pub jwks_url: Option<String>,
     /// The exact `iss` the tokens must carry.
     pub issuer: String,
     /// Accepted `aud` values; a token must name at least one of them.
@@ -65,8 +69,22 @@ impl JwtConfig {
         issuer: impl Into<String>,
         audiences: Vec<String>,
     ) -> Self {
+        Self::with_jwks_url(Some(jwks_url.into()), issuer, audiences)
+    }
+
+    /// Like [`JwtConfig::new`], with the JWKS URL found through the issuer's OpenID Connect
+    /// discovery document. The issuer must then be an https URL (http on loopback).
+    pub fn discovered(issuer: impl Into<String>, audiences: Vec<String>) -> Self {
+        Self::with_jwks_url(None, issuer, audiences)
+    }
+
+    fn with_jwks_url(
+        jwks_url: Option<String>,
+        issuer: impl Into<String>,
+        audiences: Vec<String>,
+    ) -> Self {
         Self {
-            jwks_url: jwks_url.into(),
+            jwks_url,
             issuer: issuer.into(),
             audiences,
             algorithms: vec!["RS256".into(), "ES256".into()],
@@ -91,6 +109,11 @@ pub enum JwtConfigError {
     /// No issuer.
     #[error("the JWT gate needs an issuer: the exact `iss` its tokens carry")]
     NoIssuer,
+    /// Without a JWKS URL, the issuer must be a URL its discovery document can be read at.
+    #[error(
+        "issuer {0:?} is not an https:// URL (http:// only on loopback), so its keys cannot be discovered; give jwks_url"
+    )]
+    DiscoveryIssuer(String),
     /// No audience.
     #[error(
         "the JWT gate needs at least one audience, or it would accept tokens the issuer made for any other service"
@@ -135,6 +158,14 @@ pub enum JwksError {
     /// No key in the set can be used.
     #[error("the JWKS holds no usable signing key")]
     NoUsableKey,
+    /// The issuer's discovery document could not be used to find the JWKS.
+    #[error("discovering the JWKS of {issuer} failed: {reason}")]
+    Discovery {
+        /// The issuer.
+        issuer: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// The JWT bearer gate (`jwt`). Admits as `jwt:<sub>` with the attributes `Subject`,
@@ -147,6 +178,8 @@ pub struct JwtGate {
     keys: RwLock<KeyCache>,
     last_fetch_attempt: Mutex<Option<SystemTime>>,
     fetch_lock: tokio::sync::Mutex<()>,
+    /// The JWKS URL read from the issuer's discovery document, once read.
+    discovered_jwks_url: Mutex<Option<String>>,
     http: reqwest::Client,
 }
 
@@ -177,9 +210,13 @@ impl JwtGate {
     /// A gate from its settings (no fetch yet: keys come on first use or through
     /// [`JwtGate::install_jwks`]). Fails on an unusable setting, naming it.
     pub fn new(config: JwtConfig) -> Result<Self, JwtConfigError> {
-        check_jwks_url(&config.jwks_url)?;
         if config.issuer.is_empty() {
             return Err(JwtConfigError::NoIssuer);
+        }
+        match &config.jwks_url {
+            Some(url) => check_jwks_url(url)?,
+            None => check_jwks_url(&discovery_url(&config.issuer))
+                .map_err(|_| JwtConfigError::DiscoveryIssuer(config.issuer.clone()))?,
         }
         if config.audiences.is_empty() || config.audiences.iter().any(String::is_empty) {
             return Err(JwtConfigError::NoAudience);
@@ -240,6 +277,7 @@ impl JwtGate {
             keys: RwLock::new(KeyCache::default()),
             last_fetch_attempt: Mutex::new(None),
             fetch_lock: tokio::sync::Mutex::new(()),
+            discovered_jwks_url: Mutex::new(None),
             http,
         })
     }
@@ -290,28 +328,82 @@ impl JwtGate {
     /// Fetches the JWKS now and installs it. Called by [`Gate::evaluate_async`] when
     /// needed; the edge never needs to call it directly.
     pub async fn refresh(&self, now: SystemTime) -> Result<usize, JwksError> {
-        let fail = |reason: String| JwksError::Fetch {
-            url: self.config.jwks_url.clone(),
+        let url = self.jwks_url().await?;
+        let body = self
+            .fetch_json(&url)
+            .await
+            .map_err(|reason| JwksError::Fetch {
+                url: url.clone(),
+                reason,
+            })?;
+        self.install_jwks(&body, now)
+    }
+
+    /// The JWKS URL: the configured one, or the discovery document's `jwks_uri` (read
+    /// once; a failed read is tried again at the next refresh).
+    async fn jwks_url(&self) -> Result<String, JwksError> {
+        if let Some(url) = &self.config.jwks_url {
+            return Ok(url.clone());
+        }
+        if let Some(url) = self
+            .discovered_jwks_url
+            .lock()
+            .ok()
+            .and_then(|cached| cached.clone())
+        {
+            return Ok(url);
+        }
+        let issuer = &self.config.issuer;
+        let fail = |reason: String| JwksError::Discovery {
+            issuer: issuer.clone(),
             reason,
         };
+        let document = self
+            .fetch_json(&discovery_url(issuer))
+            .await
+            .map_err(fail)?;
+        let document: Value = serde_json::from_slice(&document)
+            .map_err(|e| fail(format!("the discovery document is not JSON: {e}")))?;
+        // OpenID Connect Discovery 1.0, section 4.3: the document must name the issuer it
+        // was fetched for, or an attacker's document could point at its own keys.
+        let named = document.get("issuer").and_then(Value::as_str);
+        if named != Some(issuer.as_str()) {
+            return Err(fail(format!(
+                "the discovery document names issuer {named:?}, not this issuer"
+            )));
+        }
+        let url = document
+            .get("jwks_uri")
+            .and_then(Value::as_str)
+            .ok_or_else(|| fail("the discovery document has no jwks_uri".into()))?;
+        check_jwks_url(url).map_err(|e| fail(e.to_string()))?;
+        if let Ok(mut cached) = self.discovered_jwks_url.lock() {
+            *cached = Some(url.to_owned());
+        }
+        tracing::info!(issuer = %issuer, jwks_url = url, "JWKS URL discovered");
+        Ok(url.to_owned())
+    }
+
+    /// GETs `url` as JSON, refusing redirects and bodies over [`MAX_JWKS_BYTES`].
+    async fn fetch_json(&self, url: &str) -> Result<Vec<u8>, String> {
         let mut response = self
             .http
-            .get(&self.config.jwks_url)
+            .get(url)
             .header(http::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         if !response.status().is_success() {
-            return Err(fail(format!("answered {}", response.status())));
+            return Err(format!("answered {}", response.status()));
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| fail(e.to_string()))? {
+        while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
             if body.len() + chunk.len() > MAX_JWKS_BYTES {
-                return Err(fail(format!("larger than {MAX_JWKS_BYTES} bytes")));
+                return Err(format!("larger than {MAX_JWKS_BYTES} bytes"));
             }
             body.extend_from_slice(&chunk);
         }
-        self.install_jwks(&body, now)
+        Ok(body)
     }
 
     /// Whether the cache should be refetched for a token naming `kid`, at `now`.
@@ -486,7 +578,7 @@ impl Gate for JwtGate {
                 if self.wants_refresh(kid.as_deref(), now) && self.may_fetch(now) {
                     match self.refresh(now).await {
                         Ok(count) => {
-                            tracing::info!(jwks_url = %self.config.jwks_url, keys = count, "JWKS fetched");
+                            tracing::info!(issuer = %self.config.issuer, keys = count, "JWKS fetched");
                         }
                         Err(error) => {
                             tracing::warn!(%error, "JWKS refresh failed; using the cached keys");
@@ -558,6 +650,14 @@ fn check_claim_name(name: &str) -> Result<(), JwtConfigError> {
         return Err(JwtConfigError::ClaimName(name.to_string()));
     }
     Ok(())
+}
+
+/// Where `issuer` publishes its OpenID Connect discovery document.
+fn discovery_url(issuer: &str) -> String {
+    format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    )
 }
 
 fn check_jwks_url(url: &str) -> Result<(), JwtConfigError> {

@@ -127,10 +127,10 @@ fn gate_from_spec(
             jwks_url,
             audiences,
         } => {
-            let jwks_url = jwks_url.as_deref().ok_or(
-                "no jwks_url: this ingress does not discover JWKS URLs yet; give the funnel --jwt-jwks-url",
-            )?;
-            let config = JwtConfig::new(jwks_url, issuer, audiences.clone());
+            let config = match jwks_url {
+                Some(url) => JwtConfig::new(url, issuer, audiences.clone()),
+                None => JwtConfig::discovered(issuer, audiences.clone()),
+            };
             Ok(GateChain::gate(
                 JwtGate::new(config).map_err(|e| e.to_string())?,
             ))
@@ -309,13 +309,23 @@ mod tests {
         assert!(error.starts_with("gate #2 (webhook): "), "{error}");
         assert!(error.contains("githib"), "{error}");
 
+        // Without a JWKS URL the keys are discovered, so the issuer must be a URL.
+        let jwt = GateSpec::Jwt {
+            issuer: "idp.example".into(),
+            jwks_url: None,
+            audiences: vec!["app".into()],
+        };
+        let error = build(&route(vec![jwt], GateMode::All), None).unwrap_err();
+        assert!(
+            error.contains("cannot be discovered; give jwks_url"),
+            "{error}"
+        );
         let jwt = GateSpec::Jwt {
             issuer: "https://idp.example".into(),
             jwks_url: None,
             audiences: vec!["app".into()],
         };
-        let error = build(&route(vec![jwt], GateMode::All), None).unwrap_err();
-        assert!(error.contains("jwks_url"), "{error}");
+        assert!(build(&route(vec![jwt], GateMode::All), None).is_ok());
         let mtls = GateSpec::Mtls {
             ca_pem: "not a pem".into(),
         };

@@ -47,6 +47,10 @@ use super::serves::{
 };
 use super::{NodeHandle, PING_TIMEOUT, RuntimeError};
 
+/// The header in which the daemon states its version on every answer, and the CLI its own
+/// on every request (see [`DAEMON_VERSION`](super::status::DAEMON_VERSION)).
+pub const VERSION_HEADER: &str = "postern-version";
+
 /// The `Upgrade` token of a byte stream carried over the local API.
 pub const STREAM_UPGRADE: &str = "postern-stream";
 
@@ -78,7 +82,7 @@ pub struct PingAnswer {
     pub address: IpAddr,
     /// The round-trip time in milliseconds.
     pub rtt_ms: f64,
-    /// The path the packets took: `direct` (relayed paths come with the relay client).
+    /// The path the packets took: `direct` or `relayed` (as in [`PeerStatus::path`](super::status::PeerStatus::path)).
     pub path: String,
     /// The peer's endpoint on that path.
     pub endpoint: Option<String>,
@@ -144,6 +148,7 @@ pub async fn serve_with(node: NodeHandle, extras: ApiExtras, listener: UnixListe
         .route("/v0/funnel", get(serve_status).post(funnel_open))
         .route("/v0/funnel/reset", post(funnel_reset))
         .route("/v0/inspect", get(inspect_addr))
+        .layer(axum::middleware::map_response(stamp_version))
         .with_state(context);
     let served = axum::serve(listener, router)
         .with_graceful_shutdown(async move { stop.stopped().await })
@@ -152,6 +157,15 @@ pub async fn serve_with(node: NodeHandle, extras: ApiExtras, listener: UnixListe
         tracing::warn!(%err, "local API stopped");
     }
     let _ = std::fs::remove_file(path);
+}
+
+/// Adds [`VERSION_HEADER`] to every answer.
+async fn stamp_version(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        VERSION_HEADER,
+        HeaderValue::from_static(super::status::DAEMON_VERSION),
+    );
+    response
 }
 
 /// Binds the local API socket at `path` with mode `0600`, replacing a stale socket nobody
@@ -197,9 +211,16 @@ struct ListenQuery {
     port: u16,
 }
 
-async fn status(State(node): State<NodeHandle>) -> Response {
-    match node.status().await {
-        Ok(status) => Json(status).into_response(),
+async fn status(State(context): State<ApiContext>) -> Response {
+    match context.node.status().await {
+        Ok(mut status) => {
+            if let Some(serves) = &context.extras.serves {
+                let serving = serves.status();
+                status.serves = serving.serves;
+                status.funnels = serving.funnels;
+            }
+            Json(status).into_response()
+        }
         Err(err) => error(StatusCode::SERVICE_UNAVAILABLE, &err.to_string()),
     }
 }

@@ -10,7 +10,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
-use super::api::STREAM_UPGRADE;
+use super::api::{STREAM_UPGRADE, VERSION_HEADER};
+use super::status::DAEMON_VERSION;
 
 /// A byte stream carried over the local API (a tailnet TCP connection).
 pub type ApiStream = TokioIo<hyper::upgrade::Upgraded>;
@@ -26,6 +27,17 @@ pub enum ApiClientError {
     NotRunning {
         /// The socket path.
         socket: PathBuf,
+    },
+    /// The daemon runs another version of postern than this CLI, so their messages may not
+    /// match. Only `postern down` still talks to it.
+    #[error(
+        "this postern is version {cli} but the running daemon is {daemon}: restart the daemon with this version (`postern down`, then `postern up`)"
+    )]
+    VersionMismatch {
+        /// This CLI's version.
+        cli: String,
+        /// The daemon's version, or a description when it did not say.
+        daemon: String,
     },
     /// The daemon answered with an error.
     #[error("{message}")]
@@ -140,7 +152,8 @@ impl LocalApiClient {
         let mut request = http::Request::builder()
             .method(method)
             .uri(path)
-            .header(http::header::HOST, "postern.local");
+            .header(http::header::HOST, "postern.local")
+            .header(VERSION_HEADER, DAEMON_VERSION);
         if upgrade {
             request = request
                 .header(http::header::CONNECTION, "upgrade")
@@ -152,10 +165,36 @@ impl LocalApiClient {
         let request = request
             .body(Full::new(body.unwrap_or_default()))
             .map_err(|err| ApiClientError::Http(err.to_string()))?;
-        sender
+        let response = sender
             .send_request(request)
             .await
-            .map_err(|err| ApiClientError::Http(err.to_string()))
+            .map_err(|err| ApiClientError::Http(err.to_string()))?;
+        if path != SHUTDOWN_PATH {
+            check_version(&response)?;
+        }
+        Ok(response)
+    }
+}
+
+/// The one call a CLI of another version may still make: stopping the daemon.
+const SHUTDOWN_PATH: &str = "/v0/shutdown";
+
+/// Refuses an answer from a daemon of another version than this CLI.
+fn check_version(response: &http::Response<Incoming>) -> Result<(), ApiClientError> {
+    let daemon = response
+        .headers()
+        .get(VERSION_HEADER)
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
+    match daemon {
+        Some(daemon) if daemon == DAEMON_VERSION => Ok(()),
+        Some(daemon) => Err(ApiClientError::VersionMismatch {
+            cli: DAEMON_VERSION.to_owned(),
+            daemon: format!("version {daemon}"),
+        }),
+        None => Err(ApiClientError::VersionMismatch {
+            cli: DAEMON_VERSION.to_owned(),
+            daemon: "an older version that does not state it".to_owned(),
+        }),
     }
 }
 
@@ -195,4 +234,76 @@ async fn error_of(response: http::Response<Incoming>) -> ApiClientError {
         .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
         .unwrap_or_else(|| format!("the daemon answered HTTP {status}"));
     ApiClientError::Api { status, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use axum::Router;
+    use axum::routing::{get, post};
+
+    /// A stand-in daemon answering `{}` with `version` in the version header (or none).
+    fn daemon_of_version(version: Option<&'static str>) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("postern.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let answer = move || async move {
+            let mut response = axum::Json(serde_json::json!({})).into_response();
+            if let Some(version) = version {
+                response
+                    .headers_mut()
+                    .insert(VERSION_HEADER, http::HeaderValue::from_static(version));
+            }
+            response
+        };
+        let router = Router::new()
+            .route("/v0/status", get(answer))
+            .route(SHUTDOWN_PATH, post(answer));
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        (dir, socket)
+    }
+
+    use axum::response::IntoResponse as _;
+
+    #[tokio::test]
+    async fn a_daemon_of_the_same_version_is_answered() {
+        let (_dir, socket) = daemon_of_version(Some(DAEMON_VERSION));
+        let client = LocalApiClient::new(socket);
+        let answer: serde_json::Value = client.get("/v0/status").await.unwrap();
+        assert_eq!(answer, serde_json::json!({}));
+    }
+
+    #[tokio::test]
+    async fn a_daemon_of_another_version_is_named_and_the_fix_given() {
+        let (_dir, socket) = daemon_of_version(Some("0.0.0-other"));
+        let client = LocalApiClient::new(socket);
+        let err = client
+            .get::<serde_json::Value>("/v0/status")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "this postern is version {DAEMON_VERSION} but the running daemon is version 0.0.0-other: restart the daemon with this version (`postern down`, then `postern up`)"
+            )
+        );
+        // Stopping it still works, so the fix can be applied.
+        let stopped: serde_json::Value = client.post(SHUTDOWN_PATH).await.unwrap();
+        assert_eq!(stopped, serde_json::json!({}));
+    }
+
+    #[tokio::test]
+    async fn a_daemon_that_does_not_state_its_version_is_refused() {
+        let (_dir, socket) = daemon_of_version(None);
+        let client = LocalApiClient::new(socket);
+        let err = client
+            .get::<serde_json::Value>("/v0/status")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ApiClientError::VersionMismatch { daemon, .. } if daemon.contains("older version")),
+            "{err}"
+        );
+    }
 }

@@ -3,8 +3,9 @@
 //! (loopback by default; see [`crate::inspect`]).
 //!
 //! Funnelled requests are always captured; requests from tailnet peers to `postern serve`
-//! ports only with `--inspect-serves`. Replays go to the local origin of the first funnelled
-//! HTTP port, else of the first served HTTP port (at the time of the replay).
+//! ports only with `--inspect-serves`. A replay goes to the local origin that serves the
+//! original's port and path now; without one (an old capture, a port no longer served),
+//! to the origin of the first funnelled HTTP port, else of the first served HTTP port.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock, Weak};
@@ -31,6 +32,9 @@ pub enum InspectionError {
         /// The error.
         source: std::io::Error,
     },
+    /// The persisted captures could not be read or written.
+    #[error("{0}; remove the file or start without --inspect-persist")]
+    Persist(#[from] crate::inspect::CaptureError),
 }
 
 /// A running inspector: the store and the UI's listener.
@@ -44,10 +48,12 @@ pub struct Inspection {
 
 impl Inspection {
     /// Binds `addr` and serves the UI and API there until `stop`; captures serve exchanges
-    /// from tailnet peers too when `capture_serves`. Call [`Self::attach`] once the serve
+    /// from tailnet peers too when `capture_serves`; reloads and appends to
+    /// `config.persist_path` when it is set. Call [`Self::attach`] once the serve
     /// manager runs, so replays find the local service.
     ///
-    /// Fails if `addr` cannot be bound.
+    /// Fails if `addr` cannot be bound, or the persisted captures cannot be read or
+    /// appended to.
     pub async fn start(
         addr: SocketAddr,
         capture_serves: bool,
@@ -60,7 +66,11 @@ impl Inspection {
         let bound = listener
             .local_addr()
             .map_err(|source| InspectionError::Bind { addr, source })?;
-        let store = CaptureStore::in_memory(config);
+        let store = if config.persist_path.is_some() {
+            CaptureStore::open(config)?
+        } else {
+            CaptureStore::in_memory(config)
+        };
         let recorder: Arc<dyn ExchangeRecorder> = store.clone();
         let observer = Arc::new(FilteringObserver {
             inner: InspectObserver::new(Arc::clone(&recorder)),
@@ -70,9 +80,9 @@ impl Inspection {
         let source: ReplayerSource = {
             let serves = Arc::clone(&serves);
             let recorder = Arc::clone(&recorder);
-            Arc::new(move || {
+            Arc::new(move |original| {
                 let manager = serves.get()?.upgrade()?;
-                let origin = replay_origin(&manager)?;
+                let origin = replay_origin(&manager, original)?;
                 CapturingProxy::new(&origin, Arc::clone(&recorder)).ok()
             })
         };
@@ -135,10 +145,36 @@ impl ExchangeObserver for FilteringObserver {
     }
 }
 
-/// The origin replays go to: the first funnelled HTTP entry's, else the first HTTP
-/// entry's.
-fn replay_origin(manager: &ServeManager) -> Option<String> {
+/// The origin a replay of `original` goes to: the HTTP entry serving the original's port
+/// whose mount path is the longest prefix of its path; else (and for `None`) the first
+/// funnelled HTTP entry's, else the first HTTP entry's.
+fn replay_origin(
+    manager: &ServeManager,
+    original: Option<&crate::inspect::Exchange>,
+) -> Option<String> {
     let status = manager.status();
+    let same_service = original.and_then(|exchange| {
+        let port = exchange.port?;
+        let path = exchange.request.path.as_str();
+        status
+            .serves
+            .iter()
+            .filter(|entry| entry.port == port)
+            .filter_map(|entry| match &entry.target {
+                EntryTarget::Http {
+                    path: mount,
+                    origin,
+                } if mount.strip(path).is_some() => {
+                    Some((mount.as_str().len(), origin.to_string()))
+                }
+                _ => None,
+            })
+            .max_by_key(|(mount_len, _)| *mount_len)
+            .map(|(_, origin)| origin)
+    });
+    if same_service.is_some() {
+        return same_service;
+    }
     let http = |funnel_only: bool| {
         status.serves.iter().find_map(|entry| match &entry.target {
             EntryTarget::Http { origin, .. } if entry.funnel || !funnel_only => {

@@ -11,7 +11,13 @@ use postern_proto::netmap::Netmap;
 use postern_proto::{NodeId, NodePublicKey, UnixTime};
 use serde::{Deserialize, Serialize};
 
+use super::serves::{FunnelStatus, ServeEntry};
 use crate::engine::{PathId, PeerStats};
+
+/// The version of the `postern` that runs the daemon (the workspace version). The local API
+/// sends it with every answer, so a CLI of another version can say so instead of
+/// misreading the answer.
+pub const DAEMON_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// What a running node knows about itself and its peers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +36,16 @@ pub struct Status {
     pub listen_port: u16,
     /// The endpoints this node reports to the coord.
     pub endpoints: Vec<SocketAddr>,
+    /// The daemon's version ([`DAEMON_VERSION`]).
+    #[serde(default)]
+    pub version: String,
+    /// The ports this node serves to the tailnet (`postern serve`, and the local side of
+    /// funnels), by port; empty when the daemon runs without serves.
+    #[serde(default)]
+    pub serves: Vec<ServeEntry>,
+    /// The node's public funnels with their URLs, by port.
+    #[serde(default)]
+    pub funnels: Vec<FunnelStatus>,
 }
 
 /// This node, in a [`Status`].
@@ -68,8 +84,8 @@ pub struct PeerStatus {
     pub login: String,
     /// Whether the peer is an ingress.
     pub is_ingress: bool,
-    /// The path packets to the peer take: `direct` or `none` yet (relayed paths come with
-    /// the relay client).
+    /// The path packets to the peer take: `direct`, `relayed`, or `none` before the first
+    /// handshake.
     pub path: String,
     /// The peer's current endpoint, if known.
     pub endpoint: Option<String>,
@@ -167,6 +183,9 @@ impl Status {
             coord_connected: context.coord_connected,
             listen_port: context.listen_port,
             endpoints: context.endpoints,
+            version: DAEMON_VERSION.to_owned(),
+            serves: Vec::new(),
+            funnels: Vec::new(),
         }
     }
 

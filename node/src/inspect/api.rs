@@ -87,12 +87,13 @@ pub fn router(
     replayer: Option<CapturingProxy>,
     shutdown: CancellationToken,
 ) -> Router {
-    router_with_replayer(store, Arc::new(move || replayer.clone()), shutdown)
+    router_with_replayer(store, Arc::new(move |_| replayer.clone()), shutdown)
 }
 
-/// Picks the local service replays go to, at the time of each replay: for a node whose
+/// Picks the local service a replay of `original` goes to (`None`: where replays go in
+/// general, as `GET /api/status` shows), at the time of each replay: for a node whose
 /// served ports change while it runs. `None` makes the replay route answer 503.
-pub type ReplayerSource = Arc<dyn Fn() -> Option<CapturingProxy> + Send + Sync>;
+pub type ReplayerSource = Arc<dyn Fn(Option<&Exchange>) -> Option<CapturingProxy> + Send + Sync>;
 
 /// Like [`router`], with the replay target chosen by `replayer` at each request.
 pub fn router_with_replayer(
@@ -212,7 +213,7 @@ async fn ui() -> Response {
 async fn status(State(state): State<ApiState>) -> Response {
     let config = state.store.config();
     axum::Json(InspectStatus {
-        target: (state.replayer)().map(|r| r.target().to_string()),
+        target: (state.replayer)(None).map(|r| r.target().to_string()),
         entries: state.store.len(),
         total_bytes: state.store.total_bytes(),
         max_total_bytes: config.max_total_bytes,
@@ -275,7 +276,7 @@ async fn curl(
             ),
         );
     };
-    let target = (state.replayer)().map(|r| r.target().to_string());
+    let target = (state.replayer)(Some(&exchange)).map(|r| r.target().to_string());
     (
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         curl_command(&exchange, target.as_deref()),
@@ -284,7 +285,12 @@ async fn curl(
 }
 
 async fn replay(State(state): State<ApiState>, Path(id): Path<u64>, body: Bytes) -> Response {
-    let Some(replayer) = (state.replayer)() else {
+    let original = state.store.get(id);
+    let original_exchange = match &original {
+        Some(Entry::Exchange(exchange)) => Some(exchange),
+        _ => None,
+    };
+    let Some(replayer) = (state.replayer)(original_exchange) else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "replay is not available: this inspector has no local service to send to".to_owned(),
@@ -305,7 +311,7 @@ async fn replay(State(state): State<ApiState>, Path(id): Path<u64>, body: Bytes)
             }
         }
     };
-    match replayer.replay(state.store.get(id), id, &changes).await {
+    match replayer.replay(original, id, &changes).await {
         Ok(outcome) => axum::Json(outcome).into_response(),
         Err(e @ super::proxy::ProxyError::NotFound(_)) => {
             error(StatusCode::NOT_FOUND, e.to_string())
@@ -502,6 +508,7 @@ mod tests {
             time: String::new(),
             source: Source::Funnel,
             replay_of: None,
+            port: None,
             admission: None,
             request: CapturedRequest {
                 method: "POST".into(),

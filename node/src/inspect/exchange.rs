@@ -57,6 +57,10 @@ pub struct Exchange {
     /// For a replay: the id of the exchange it re-sent.
     #[serde(default)]
     pub replay_of: Option<u64>,
+    /// The node's served port the request came to (funnel or serve; a replay keeps its
+    /// original's), so a replay goes to the same local service; `None` if not known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
     /// The gate that admitted the request (funnel and serve), `None` for replays.
     #[serde(default)]
     pub admission: Option<Admission>,
@@ -518,6 +522,7 @@ mod tests {
             time: "2026-11-29T09:00:00.000Z".into(),
             source: Source::Funnel,
             replay_of: None,
+            port: None,
             admission: Some(Admission {
                 gate: "webhook:github".into(),
                 identity: Some("github".into()),

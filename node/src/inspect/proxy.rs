@@ -62,6 +62,8 @@ pub struct ExchangeMeta {
     pub admission: Option<Admission>,
     /// For replays, the original's id.
     pub replay_of: Option<u64>,
+    /// The node's served port the request came to (for a replay, the original's).
+    pub port: Option<u16>,
 }
 
 impl ExchangeMeta {
@@ -71,6 +73,7 @@ impl ExchangeMeta {
             source: Source::Funnel,
             admission: None,
             replay_of: None,
+            port: None,
         }
     }
 }
@@ -217,6 +220,7 @@ impl CapturingProxy {
                 time,
                 source: meta.source,
                 replay_of: meta.replay_of,
+                port: meta.port,
                 admission: meta.admission,
                 request: captured_request,
                 response: None,
@@ -348,6 +352,7 @@ impl CapturingProxy {
             source: Source::Replay,
             admission: None,
             replay_of: Some(original.id),
+            port: original.port,
         };
         let ids = Arc::new(RecordedId::default());
         let proxy = CapturingProxy {
@@ -523,6 +528,7 @@ fn empty_exchange() -> Exchange {
         time: String::new(),
         source: Source::Funnel,
         replay_of: None,
+        port: None,
         admission: None,
         request: CapturedRequest {
             method: String::new(),

@@ -492,6 +492,7 @@ mod tests {
             time: "2026-11-29T09:00:00.000Z".into(),
             source: Source::Funnel,
             replay_of: None,
+            port: None,
             admission: None,
             request: CapturedRequest {
                 method: "POST".into(),

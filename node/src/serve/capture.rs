@@ -72,6 +72,7 @@ fn stored(exchange: Exchange) -> StoredExchange {
         time: rfc3339(exchange.started),
         source,
         replay_of: None,
+        port: Some(exchange.port),
         admission,
         request: CapturedRequest {
             method: exchange.method.to_string(),

@@ -6,7 +6,8 @@
 //! - creates a TUN device (through the `tun-rs` crate), gives it the `[Interface]`'s
 //!   `Address` lines and `MTU`, and brings it up;
 //! - routes every peer's `AllowedIPs` through it (`ip route replace NET dev NAME`, as
-//!   wg-quick does; see [`routes`]);
+//!   wg-quick does; a default route becomes a full tunnel with wg-quick's policy routing,
+//!   the WireGuard socket's datagrams marked so they bypass it; see [`routes`]);
 //! - starts the [UDP shell](crate::udp) with the `[Peer]` sections, and two tasks that move
 //!   IP packets between the device and the engine in batches.
 //!
@@ -29,7 +30,9 @@
 //! # Lifetime
 //!
 //! The device is not persistent: it and its routes vanish when the tunnel is dropped or
-//! [`KernelTunnel::shutdown`] returns, and also if the process dies.
+//! [`KernelTunnel::shutdown`] returns, and also if the process dies. A full tunnel's two
+//! policy-routing rules are removed by [`KernelTunnel::shutdown`] (and replaced, not
+//! duplicated, by the next start if the process died).
 
 mod pump;
 pub mod routes;
@@ -124,6 +127,7 @@ pub struct KernelTunnel {
     name: String,
     offload: bool,
     routes: Vec<IpNet>,
+    full_tunnel: Option<routes::FullTunnel>,
     local_addr: SocketAddr,
     counters: Arc<ShellCounters>,
     cancel: CancellationToken,
@@ -136,8 +140,8 @@ impl KernelTunnel {
     /// allowed IPs through it and starts moving packets.
     ///
     /// Fails with [`TunError::NotPermitted`] without CAP_NET_ADMIN (root), with
-    /// [`TunError::Route`] for a route it cannot or will not install (a default route,
-    /// see [`routes`]), and with the other variants for a device, socket or peer problem.
+    /// [`TunError::Route`] for a route or full-tunnel rule `ip` refuses (see [`routes`]),
+    /// and with the other variants for a device, socket or peer problem.
     /// Nothing is left behind on failure: the device goes with the error.
     pub async fn start(config: &WgConfig, options: &TunOptions) -> Result<Self, TunError> {
         let name = options
@@ -147,18 +151,20 @@ impl KernelTunnel {
         if !is_valid_name(&name) {
             return Err(TunError::InvalidName { name });
         }
-        let planned = routes::plan(config)?;
+        let plan = routes::plan(config);
         if !has_net_admin() {
             return Err(TunError::NotPermitted { name });
         }
         let mtu = config.interface.mtu.unwrap_or(DEFAULT_MTU);
         let device = create_device(&name, config, mtu, !options.no_offload)?;
         let offload = device.tcp_gso();
-        for net in &planned {
+        for net in &plan.routes {
             routes::add(&name, *net).await?;
         }
-
-        let udp = spawn_udp_engine(config).await?;
+        let mark = plan.full_tunnel().then_some(routes::FULL_TUNNEL_MARK);
+        let udp = spawn_udp_engine(config, mark).await?;
+        // After the socket is marked: from here on everything unmarked enters the tunnel.
+        let full_tunnel = routes::FullTunnel::install(&name, &plan).await?;
         let UdpEngine {
             outbound,
             inbound,
@@ -184,7 +190,8 @@ impl KernelTunnel {
             device = %name,
             listen = %local_addr,
             addresses = ?config.interface.addresses,
-            routes = ?planned,
+            routes = ?plan.routes,
+            full_tunnel = plan.full_tunnel(),
             mtu,
             offload,
             peers = config.peers.len(),
@@ -193,7 +200,8 @@ impl KernelTunnel {
         Ok(Self {
             name,
             offload,
-            routes: planned,
+            routes: plan.routes,
+            full_tunnel,
             local_addr,
             counters,
             cancel,
@@ -212,9 +220,14 @@ impl KernelTunnel {
         self.offload
     }
 
-    /// The routes installed through the device.
+    /// The routes installed through the device (a full tunnel's default route aside).
     pub fn routes(&self) -> &[IpNet] {
         &self.routes
+    }
+
+    /// Whether a default route sends everything else through the device too.
+    pub fn full_tunnel(&self) -> bool {
+        self.full_tunnel.is_some()
     }
 
     /// The local address of the WireGuard UDP socket (its port is the one peers reach).
@@ -226,6 +239,9 @@ impl KernelTunnel {
     /// waits for the engine task to end. Returns the engine's socket error if it had failed.
     pub async fn shutdown(mut self) -> io::Result<()> {
         self.cancel.cancel();
+        if let Some(full_tunnel) = self.full_tunnel.take() {
+            full_tunnel.remove().await;
+        }
         for task in std::mem::take(&mut self.tasks) {
             let _ = task.await;
         }

@@ -131,7 +131,7 @@ impl UserspaceTunnel {
     pub async fn start(config: &WgConfig) -> Result<Self, TunnelError> {
         let addresses = stack_addresses(config)?;
         let mtu = config.interface.mtu.unwrap_or(DEFAULT_MTU);
-        let udp = spawn_udp_engine(config).await?;
+        let udp = spawn_udp_engine(config, None).await?;
 
         let mut stack_config = NetstackConfig::new(addresses);
         stack_config.mtu = usize::from(mtu);
@@ -304,7 +304,10 @@ impl Drop for UserspaceTunnel {
 /// Builds the engine for `config` (its key and peers, `Endpoint` host names resolved once)
 /// and starts the [UDP shell](crate::udp) on `ListenPort` (or any free port). Shared by the
 /// userspace and the [kernel](crate::tun) modes. Must be called inside a tokio runtime.
-pub(crate) async fn spawn_udp_engine(config: &WgConfig) -> Result<UdpEngine, TunnelError> {
+pub(crate) async fn spawn_udp_engine(
+    config: &WgConfig,
+    mark: Option<u32>,
+) -> Result<UdpEngine, TunnelError> {
     let now = Instant::now();
     let mut engine = PeerEngine::new(config.engine_config(), now);
     for peer in &config.peers {
@@ -323,10 +326,24 @@ pub(crate) async fn spawn_udp_engine(config: &WgConfig) -> Result<UdpEngine, Tun
         IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         config.interface.listen_port.unwrap_or(0),
     );
-    let socket = std::net::UdpSocket::bind(bind)
-        .map_err(|source| TunnelError::Bind { addr: bind, source })?;
+    let socket = bind_udp(bind, mark).map_err(|source| TunnelError::Bind { addr: bind, source })?;
     UdpEngine::spawn(engine, socket, UdpShellConfig::default())
         .map_err(|source| TunnelError::Bind { addr: bind, source })
+}
+
+/// Binds the WireGuard UDP socket on `bind`, with the firewall `mark` on its datagrams if
+/// given (a kernel-mode full tunnel routes marked packets around the tunnel).
+fn bind_udp(bind: SocketAddr, mark: Option<u32>) -> std::io::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(bind),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if let Some(mark) = mark {
+        socket.set_mark(mark)?;
+    }
+    socket.bind(&bind.into())?;
+    Ok(socket.into())
 }
 
 /// The stack's addresses: the host part of each `Address`, at most one per family.

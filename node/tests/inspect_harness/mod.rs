@@ -72,6 +72,7 @@ impl Harness {
                 identity: Some("github".into()),
             }),
             replay_of: None,
+            port: None,
         };
         tokio::spawn(Arc::new(proxy.clone()).serve(proxy_listener, meta, shutdown.clone()));
 

@@ -924,8 +924,10 @@ fn no_tunnel_reference(lab: &NatLab, mb: usize, pings: usize) -> String {
     rtts.sort_by(f64::total_cmp);
     let median = rtts.get(rtts.len() / 2).copied().unwrap_or(f64::NAN);
     let mut server = lab
-        .spawn(Host::Coord, &["iperf3", "-s", "-1", "-B", &coord])
+        .spawn(Host::Coord, &["iperf3", "-s", "-B", &coord])
         .unwrap();
+    // A reference figure, not what is under test: a run that gives no figure says so in
+    // the row instead of failing the test.
     let report = wait_for("iperf3 to connect", Duration::from_secs(10), || {
         let out = lab
             .try_output(
@@ -933,16 +935,23 @@ fn no_tunnel_reference(lab: &NatLab, mb: usize, pings: usize) -> String {
                 &["iperf3", "-c", &coord, "-n", &format!("{mb}M"), "-J"],
             )
             .ok()?;
-        out.status.success().then_some(out.stdout)
+        // iperf3 -J may exit 0 with an "error" (the server not listening yet): try again.
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (out.status.success() && report.get("error").is_none()).then_some(report)
     });
     server.stop();
-    let report: Value = serde_json::from_slice(&report).unwrap();
-    let bits = report["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap();
-    let secs = report["end"]["sum_received"]["seconds"].as_f64().unwrap();
-    format!(
-        "| no tunnel: kernel TCP, home A → coord host through NAT A (iperf3) | {median:.2} ms | {:.0} Mbit/s | {mb} MiB in {secs:.1} s |",
-        bits / 1e6
-    )
+    let received = &report["end"]["sum_received"];
+    match (
+        received["bits_per_second"].as_f64(),
+        received["seconds"].as_f64(),
+    ) {
+        (Some(bits), Some(secs)) => format!(
+            "| no tunnel: kernel TCP, home A → coord host through NAT A (iperf3) | {median:.2} ms | {:.0} Mbit/s | {mb} MiB in {secs:.1} s |",
+            bits / 1e6
+        ),
+        _ => format!(
+            "| no tunnel: kernel TCP, home A → coord host through NAT A (iperf3) | {median:.2} ms | no figure: {} | |",
+            report["error"]
+        ),
+    }
 }

@@ -144,6 +144,19 @@ enum FunnelCommand {
     Status(StatusArgs),
     /// Close every funnel of this node (the tailnet serves stay).
     Reset(ResetArgs),
+    /// Show the edge's recent decisions for this node's funnels: who asked what, which
+    /// gate decided, and why a request was refused.
+    ///
+    /// The ingress reports every request decision to the coordination server, which keeps
+    /// the newest of each funnel for its owner. The table is oldest first: time, client,
+    /// method and path (no query string), gate, result and reason, status, milliseconds.
+    ///
+    /// Examples:
+    ///   postern funnel log                    (every funnel of this node)
+    ///   postern funnel log hooks --denied     (why were deliveries refused?)
+    ///   postern funnel log 3000 --since 10m --json
+    #[command(verbatim_doc_comment)]
+    Log(crate::funnel_log::LogArgs),
 }
 
 /// Runs `postern funnel`.
@@ -151,6 +164,7 @@ pub(crate) fn run(args: FunnelArgs) -> ExitCode {
     match args.command {
         Some(FunnelCommand::Status(status)) => return run_status_of(&status, true),
         Some(FunnelCommand::Reset(reset)) => return run_reset(&reset.global, "/v0/funnel/reset"),
+        Some(FunnelCommand::Log(log)) => return crate::funnel_log::run(&log),
         None => {}
     }
     let Some(port) = args.port else {

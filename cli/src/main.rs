@@ -6,6 +6,7 @@
 mod config;
 mod dev;
 mod funnel;
+mod funnel_log;
 mod inspect;
 mod login;
 mod nc;
@@ -167,6 +168,7 @@ enum Command {
     ///   GH_SECRET=... postern funnel 3000 --verify-webhook github --secret-env GH_SECRET
     ///   postern funnel 8080 --name docs --login --allow-domain example.com --ttl 2h --bg
     ///   postern funnel status --json
+    ///   postern funnel log hooks --denied     (why the edge refused deliveries)
     ///   postern funnel reset
     ///
     /// Exit status: 0 on success, 1 when the coord refused or could not be asked, 2 for

@@ -83,7 +83,7 @@ async fn carry(stream: ApiStream) -> std::io::Result<()> {
 }
 
 /// Percent-encodes a query value (names are plain, but be safe).
-fn encode_query(value: &str) -> String {
+pub(crate) fn encode_query(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for byte in value.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~' | b':') {

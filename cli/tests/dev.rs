@@ -1,7 +1,9 @@
 //! `postern dev` the way the README runs it: start it, wait for the two curl commands it
 //! prints, run them, and check that the signed delivery reaches the demo origin while the
-//! forged one is refused at the edge. Then Ctrl-C, and a second start with the same state
-//! directory prints the same public URL.
+//! forged one is refused at the edge. The edge's decisions reach the funnel's owner:
+//! `postern funnel log` lists the denial with its reason and the admitted delivery, and
+//! request inspection lists the denial as denied at the edge. Then Ctrl-C, and a second
+//! start with the same state directory prints the same public URL.
 
 #![allow(
     clippy::unwrap_used,
@@ -61,18 +63,21 @@ impl Started {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Two distinct free loopback ports (both listeners are held while the second is picked,
+/// so the kernel cannot hand out the same port twice).
+fn free_ports() -> (u16, u16) {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
 }
 
 /// Starts `postern dev` and reads its standard output until the second curl line.
-fn start(state: &Path, https_port: u16) -> Started {
+fn start(state: &Path, https_port: u16, inspect: &str) -> Started {
     let mut child = Command::new(env!("CARGO_BIN_EXE_postern"))
-        .args(["dev", "--inspect", "off", "--https-port"])
+        .args(["dev", "--inspect", inspect, "--https-port"])
         .arg(https_port.to_string())
         .arg("--state-dir")
         .arg(state)
@@ -127,11 +132,55 @@ fn run_curl(line: &str) -> (u16, String) {
     (status, parts.join("\n"))
 }
 
+/// Runs `postern ARGS --state-dir DIR`.
+fn postern(state: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_postern"))
+        .args(args)
+        .arg("--state-dir")
+        .arg(state)
+        .output()
+        .unwrap()
+}
+
+/// Runs `postern ARGS --state-dir DIR`, which must succeed, and returns its output.
+fn postern_out(state: &Path, args: &[&str]) -> String {
+    let out = postern(state, args);
+    assert!(
+        out.status.success(),
+        "postern {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn postern_json(state: &Path, args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&postern_out(state, args)).unwrap()
+}
+
+/// Polls `probe` until it gives a value (30 s at most).
+fn wait_for_json(
+    what: &str,
+    mut probe: impl FnMut() -> Option<serde_json::Value>,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not there within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 #[test]
 fn postern_dev_admits_the_signed_delivery_and_refuses_the_forged_one() {
     let state = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let dev = start(state.path(), port);
+    let (port, inspect_port) = free_ports();
+    let inspect = format!("127.0.0.1:{inspect_port}");
+    let dev = start(state.path(), port, &inspect);
     let curls = dev.curls();
     assert_eq!(curls.len(), 2, "{:#?}", dev.lines);
     assert!(
@@ -164,11 +213,110 @@ fn postern_dev_admits_the_signed_delivery_and_refuses_the_forged_one() {
     );
     assert!(body.contains(r#""request":2"#), "{body}");
 
+    // The edge's decisions reached the owner: the denial with its reason, and the
+    // admitted deliveries, through the dev node's local API and the coord.
+    let node_dir = state.path().join("node");
+    let log = wait_for_json("postern funnel log", || {
+        let log = postern_json(&node_dir, &["funnel", "log", "demo", "--json"]);
+        let decisions = log["decisions"].as_array().cloned().unwrap_or_default();
+        let denied = decisions.iter().filter(|d| d["result"] == "deny").count();
+        let allowed = decisions.iter().filter(|d| d["result"] == "allow").count();
+        (denied >= 1 && allowed >= 2).then_some(log)
+    });
+    let decisions = log["decisions"].as_array().unwrap();
+    let denial = decisions.iter().find(|d| d["result"] == "deny").unwrap();
+    assert_eq!(denial["reason"], "signature_mismatch", "{log:#}");
+    assert_eq!(denial["gate"], "webhook:github", "{log:#}");
+    assert_eq!(denial["method"], "POST", "{log:#}");
+    assert_eq!(denial["path"], "/webhook", "{log:#}");
+    assert!(
+        denial["status"] == 401 || denial["status"] == 403,
+        "{log:#}"
+    );
+    assert!(
+        denial["funnel"].as_str().unwrap().starts_with("demo."),
+        "{log:#}"
+    );
+    // Newest first: the last signed delivery came after the forged one.
+    assert_eq!(decisions[0]["result"], "allow", "{log:#}");
+    // The funnel's local port names it too (the daemon turns it into the hostname).
+    let origin = dev
+        .lines
+        .iter()
+        .find(|l| l.starts_with("Origin:"))
+        .and_then(|l| l.rsplit(':').next())
+        .unwrap()
+        .trim()
+        .to_owned();
+    let by_port = postern_json(&node_dir, &["funnel", "log", &origin, "--json"]);
+    assert_eq!(by_port["decisions"], log["decisions"], "{by_port:#}");
+    assert!(
+        dev.lines
+            .iter()
+            .any(|l| l.starts_with("Edge decisions: postern funnel log demo --state-dir")),
+        "{:#?}",
+        dev.lines
+    );
+    // --denied keeps only the denial; the table names the reason.
+    let denied = postern_json(&node_dir, &["funnel", "log", "demo", "--denied", "--json"]);
+    let only: Vec<_> = denied["decisions"].as_array().unwrap().iter().collect();
+    assert_eq!(only.len(), 1, "{denied:#}");
+    let table = postern_out(&node_dir, &["funnel", "log", "demo"]);
+    assert!(table.starts_with("TIME "), "{table}");
+    assert!(table.contains("deny: signature_mismatch"), "{table}");
+    assert_eq!(
+        table.lines().count(),
+        4,
+        "header and three decisions: {table}"
+    );
+    // A funnel this node does not have is an error that says so.
+    let out = postern(&node_dir, &["funnel", "log", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no funnel named"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Request inspection lists the denial as denied at the edge, with its reason, through
+    // its JSON API and `postern inspect list`.
+    let requests = wait_for_json("the edge denial in the inspection API", || {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "5"])
+            .arg(format!("http://{inspect}/api/requests"))
+            .output()
+            .unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let has = value
+            .as_array()
+            .or_else(|| value["requests"].as_array())
+            .is_some_and(|list| list.iter().any(|e| e["kind"] == "denied"));
+        has.then_some(value)
+    });
+    let list = requests
+        .as_array()
+        .or_else(|| requests["requests"].as_array())
+        .unwrap();
+    let entry = list.iter().find(|e| e["kind"] == "denied").unwrap();
+    assert_eq!(entry["reason"], "signature_mismatch", "{requests:#}");
+    assert_eq!(entry["gate"], "webhook:github", "{requests:#}");
+    assert_eq!(entry["path"], "/webhook", "{requests:#}");
+    assert_eq!(
+        list.iter().filter(|e| e["kind"] == "denied").count(),
+        1,
+        "pulled once, not on every poll: {requests:#}"
+    );
+    let listed = postern_json(&node_dir, &["inspect", "list", "--json"]);
+    assert!(
+        listed.to_string().contains("signature_mismatch"),
+        "{listed:#}"
+    );
+
     let url = dev.public_url();
     dev.stop();
 
     // Same state directory, same hostname.
-    let again = start(state.path(), port);
+    let again = start(state.path(), port, "off");
     assert_eq!(again.public_url(), url);
     again.stop();
 }

@@ -13,6 +13,7 @@ pub mod audit;
 pub mod certs;
 pub mod config;
 pub mod edge;
+pub mod edge_log;
 pub mod embedded;
 pub mod gate;
 pub mod routes;

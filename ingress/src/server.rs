@@ -76,6 +76,12 @@ pub async fn run_with_mesh(
     audit: Arc<dyn AuditSink>,
     mesh: Option<Mesh>,
 ) -> Result<(), RunError> {
+    // With the mesh, decisions of the coord's funnels also go to the coord (`postern
+    // funnel log`); the request path never waits for it.
+    let audit: Arc<dyn AuditSink> = match &mesh {
+        Some(mesh) => crate::edge_log::EdgeLogForwarder::start(audit, Arc::new(mesh.node.clone())),
+        None => audit,
+    };
     let resolver = Arc::new(CertResolver::new());
     if let Some(static_cert) = &config.static_cert {
         let read = |path: &std::path::Path| {

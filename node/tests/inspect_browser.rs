@@ -50,6 +50,7 @@ async fn the_ui_shows_a_webhook_live_and_replays_it() {
         gate: Some("webhook:github".into()),
         reason: "signature_mismatch".into(),
         status: 403,
+        edge_id: None,
     });
     let child = tokio::process::Command::new("node")
         .arg("ui-test.mjs")

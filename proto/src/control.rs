@@ -2,7 +2,10 @@
 //!
 //! A node registers ([`RegisterRequest`] → [`RegisterResponse`]), then holds a map request
 //! open ([`MapRequest`]) and receives [`MapResponse`]s: a full [`Netmap`], then deltas and
-//! keepalives.
+//! keepalives. On the same connection a node may change its funnels
+//! ([`FunnelRequest`] → [`FunnelResponse`]) and read its funnels' edge log
+//! ([`FunnelLogRequest`] → [`FunnelLogResponse`]); an ingress node reports the edge's
+//! request decisions ([`EdgeDecisionBatch`] → [`EdgeDecisionAck`]).
 //!
 //! # Encoding
 //!
@@ -22,7 +25,10 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::frame::{DEFAULT_MAX_FRAME_LEN, Frame, FrameError};
-use crate::funnel::{FunnelRequest, FunnelResponse};
+use crate::funnel::{
+    EdgeDecisionAck, EdgeDecisionBatch, FunnelLogRequest, FunnelLogResponse, FunnelRequest,
+    FunnelResponse,
+};
 use crate::ids::{NodeId, UnixTime};
 use crate::keys::{DiscoPublicKey, NodePublicKey};
 use crate::netmap::{Netmap, NetmapDelta, NodeAddresses, RegionId, UserProfile};
@@ -64,6 +70,15 @@ pub enum ControlMessage {
     FunnelRequest(FunnelRequest),
     /// Server → node: the outcome of a funnel request.
     FunnelResponse(FunnelResponse),
+    /// Ingress node → server: a batch of the edge's request decisions (on the map
+    /// stream's connection). Coords older than this message close the connection on it.
+    EdgeDecisions(EdgeDecisionBatch),
+    /// Server → ingress node: what became of a batch of decisions.
+    EdgeDecisionsAck(EdgeDecisionAck),
+    /// Node → server: the recent edge decisions of this node's funnels.
+    FunnelLogRequest(FunnelLogRequest),
+    /// Server → node: the decisions asked for.
+    FunnelLogResponse(FunnelLogResponse),
 }
 
 /// A node asks to join the tailnet.
@@ -393,8 +408,26 @@ fn decode_envelope(json: &[u8]) -> Result<ControlMessage, MessageError> {
 mod tests {
     use super::*;
     use crate::frame::FrameDecoder;
+    use crate::funnel::{EdgeDecision, FunnelLogQuery, FunnelRefusal};
     use crate::netmap::tests::{netmap, peer, user};
     use proptest::prelude::*;
+
+    fn edge_decision(id: u64, result: &str) -> EdgeDecision {
+        EdgeDecision {
+            id,
+            at_ms: 1_700_000_000_123,
+            funnel: "hooks.funnel.example.com".into(),
+            client: "203.0.113.7:5000".into(),
+            method: "POST".into(),
+            path: "/webhook".into(),
+            gate: Some("webhook:github".into()),
+            result: result.into(),
+            reason: (result == "deny").then(|| "signature_mismatch".into()),
+            status: if result == "deny" { 401 } else { 200 },
+            bytes: 18,
+            duration_ms: 2,
+        }
+    }
 
     fn round_trip(message: &ControlMessage) -> ControlMessage {
         let codec = ControlCodec::default();
@@ -461,6 +494,46 @@ mod tests {
                 }),
             }),
             ControlMessage::MapResponse(MapResponse::KeepAlive),
+            ControlMessage::EdgeDecisions(EdgeDecisionBatch {
+                batch_id: 7,
+                decisions: vec![edge_decision(0, "deny"), edge_decision(0, "allow")],
+            }),
+            ControlMessage::EdgeDecisionsAck(EdgeDecisionAck {
+                batch_id: 7,
+                stored: 1,
+                dropped: 1,
+                refusal: None,
+            }),
+            ControlMessage::EdgeDecisionsAck(EdgeDecisionAck {
+                batch_id: 8,
+                stored: 0,
+                dropped: 0,
+                refusal: Some(FunnelRefusal {
+                    code: "not_ingress".into(),
+                    message: "only ingress nodes report edge decisions".into(),
+                }),
+            }),
+            ControlMessage::FunnelLogRequest(FunnelLogRequest {
+                request_id: 3,
+                query: FunnelLogQuery {
+                    funnel: Some("hooks".into()),
+                    since: Some(UnixTime(1_700_000_000)),
+                    after_id: Some(41),
+                    limit: Some(20),
+                    denied_only: true,
+                },
+            }),
+            ControlMessage::FunnelLogResponse(FunnelLogResponse {
+                request_id: 3,
+                result: Ok(vec![edge_decision(42, "deny")]),
+            }),
+            ControlMessage::FunnelLogResponse(FunnelLogResponse {
+                request_id: 4,
+                result: Err(FunnelRefusal {
+                    code: "not_found".into(),
+                    message: "no funnel named nope".into(),
+                }),
+            }),
         ];
         for message in &messages {
             assert_eq!(&round_trip(message), message);
@@ -638,6 +711,51 @@ mod tests {
         }
 
         #[test]
+        fn arbitrary_edge_decisions_round_trip(
+            decisions in proptest::collection::vec(
+                (
+                    (any::<u64>(), any::<i64>(), ".{0,40}", ".{0,30}"),
+                    (".{0,8}", ".{0,60}", proptest::option::of(".{0,20}")),
+                    (".{0,8}", proptest::option::of(".{0,20}"), any::<u16>(), any::<u64>(), any::<u64>()),
+                ),
+                0..40,
+            ),
+            batch_id in any::<u64>(),
+            funnel in proptest::option::of(".{0,30}"),
+            since in proptest::option::of(any::<i64>()),
+            limit in proptest::option::of(any::<u32>()),
+            denied_only in any::<bool>(),
+        ) {
+            let decisions: Vec<EdgeDecision> = decisions
+                .into_iter()
+                .map(|((id, at_ms, funnel, client), (method, path, gate), (result, reason, status, bytes, duration_ms))| {
+                    EdgeDecision { id, at_ms, funnel, client, method, path, gate, result, reason, status, bytes, duration_ms }
+                })
+                .collect();
+            let batch = ControlMessage::EdgeDecisions(EdgeDecisionBatch {
+                batch_id,
+                decisions: decisions.clone(),
+            });
+            prop_assert_eq!(round_trip(&batch), batch);
+            let request = ControlMessage::FunnelLogRequest(FunnelLogRequest {
+                request_id: batch_id,
+                query: FunnelLogQuery {
+                    funnel,
+                    since: since.map(UnixTime),
+                    after_id: Some(batch_id),
+                    limit,
+                    denied_only,
+                },
+            });
+            prop_assert_eq!(round_trip(&request), request);
+            let response = ControlMessage::FunnelLogResponse(FunnelLogResponse {
+                request_id: batch_id,
+                result: Ok(decisions),
+            });
+            prop_assert_eq!(round_trip(&response), response);
+        }
+
+        #[test]
         fn decoding_arbitrary_payloads_never_panics(
             t in prop_oneof![Just(FRAME_JSON), Just(FRAME_JSON_LZ4), any::<u8>()],
             payload in proptest::collection::vec(any::<u8>(), 0..256),
@@ -661,6 +779,44 @@ mod tests {
             });
             prop_assert_eq!(round_trip(&message), message);
         }
+    }
+
+    #[test]
+    fn edge_log_wire_format_is_stable() {
+        // What an older or newer peer may send: optional fields left out default.
+        let json = br#"{"v":1,"msg":{"type":"edge_decisions","batch_id":1,"decisions":[{"at_ms":5,"funnel":"h.f","client":"192.0.2.1:9","method":"GET","path":"/","result":"deny"}]}}"#;
+        let message = ControlCodec::default()
+            .decode(&Frame::new(FRAME_JSON, json.to_vec()))
+            .unwrap();
+        let ControlMessage::EdgeDecisions(batch) = message else {
+            panic!("{message:?}");
+        };
+        let decision = &batch.decisions[0];
+        assert_eq!((decision.id, decision.status, decision.bytes), (0, 0, 0));
+        assert!(decision.is_denied());
+        assert_eq!(decision.gate, None);
+        let json = br#"{"v":1,"msg":{"type":"funnel_log_request","request_id":2,"query":{}}}"#;
+        let message = ControlCodec::default()
+            .decode(&Frame::new(FRAME_JSON, json.to_vec()))
+            .unwrap();
+        assert_eq!(
+            message,
+            ControlMessage::FunnelLogRequest(FunnelLogRequest {
+                request_id: 2,
+                query: FunnelLogQuery::default(),
+            })
+        );
+        let err = ControlCodec::default()
+            .decode(&Frame::new(
+                FRAME_JSON,
+                br#"{"v":1,"msg":{"type":"edge_decisions","batch_id":1}}"#.to_vec(),
+            ))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("malformed control message: missing field `decisions`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -279,6 +279,125 @@ pub struct FunnelRoute {
     pub expires_at: Option<UnixTime>,
 }
 
+/// The most decisions one [`EdgeDecisionBatch`] may carry; a coord refuses larger batches.
+pub const MAX_EDGE_BATCH: usize = 500;
+
+/// The most decisions one [`FunnelLogResponse`] carries; larger `limit`s are capped.
+pub const MAX_FUNNEL_LOG_LIMIT: u32 = 1000;
+
+/// One request decision the edge made for a funnel: the ingress's audit record without
+/// the owner and node (the coord knows them from the hostname). It never carries headers,
+/// bodies or the query string (which may hold secrets).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeDecision {
+    /// The coord's id for the stored decision, increasing with arrival; 0 in a batch an
+    /// ingress sends (the coord assigns it).
+    #[serde(default)]
+    pub id: u64,
+    /// When the request arrived at the edge, Unix milliseconds.
+    pub at_ms: i64,
+    /// The funnel's public hostname.
+    pub funnel: String,
+    /// The client's address (`ip:port`).
+    pub client: String,
+    /// The request method (`TCP`/`TLS` for connection records, `-` for an expiry).
+    pub method: String,
+    /// The request path, without the query string.
+    pub path: String,
+    /// The gate that decided (`webhook:github`, `edge` for limits), if one did.
+    #[serde(default)]
+    pub gate: Option<String>,
+    /// `allow`, `deny`, `respond`, `error` or `expire` (see `docs/ingress.md`).
+    pub result: String,
+    /// The reason code of a denial or error, e.g. `signature_mismatch`.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The status sent to the client (0 when none was).
+    #[serde(default)]
+    pub status: u16,
+    /// Response body bytes sent to the client.
+    #[serde(default)]
+    pub bytes: u64,
+    /// Milliseconds from the request's arrival to the end of its response.
+    #[serde(default)]
+    pub duration_ms: u64,
+}
+
+impl EdgeDecision {
+    /// Whether the edge refused the request (`result` is `deny`).
+    pub fn is_denied(&self) -> bool {
+        self.result == "deny"
+    }
+}
+
+/// Ingress → server: the decisions the edge made since the last batch, for funnels the
+/// coord routed to this ingress. At most [`MAX_EDGE_BATCH`] decisions. Answered by one
+/// [`EdgeDecisionAck`] with the same `batch_id`; the ingress need not wait for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeDecisionBatch {
+    /// Chosen by the ingress to match the acknowledgement.
+    pub batch_id: u64,
+    /// The decisions, oldest first.
+    pub decisions: Vec<EdgeDecision>,
+}
+
+/// Server → ingress: what became of an [`EdgeDecisionBatch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeDecisionAck {
+    /// The batch's id.
+    pub batch_id: u64,
+    /// Decisions stored.
+    pub stored: u32,
+    /// Decisions dropped: their hostname is not a funnel the coord routes to this ingress.
+    #[serde(default)]
+    pub dropped: u32,
+    /// Why the whole batch was refused (the sender is not an ingress node, the batch is
+    /// too large, the store failed), if it was.
+    #[serde(default)]
+    pub refusal: Option<FunnelRefusal>,
+}
+
+/// Which of its funnels' decisions a node asks for. Every field that is set must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunnelLogQuery {
+    /// The funnel's name (its `--name` label) or public hostname; all of the node's
+    /// funnels when absent.
+    #[serde(default)]
+    pub funnel: Option<String>,
+    /// Only decisions at or after this time.
+    #[serde(default)]
+    pub since: Option<UnixTime>,
+    /// Only decisions with a larger id (to fetch what is new since the last answer).
+    #[serde(default)]
+    pub after_id: Option<u64>,
+    /// At most this many, newest first (capped at [`MAX_FUNNEL_LOG_LIMIT`]; default 50).
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// Only denials (`result` `deny`).
+    #[serde(default)]
+    pub denied_only: bool,
+}
+
+/// Node → server: the recent edge decisions of this node's own funnels. Sent on the map
+/// stream's connection; answered by one [`FunnelLogResponse`] with the same `request_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunnelLogRequest {
+    /// Chosen by the node to match the response.
+    pub request_id: u64,
+    /// What to list.
+    pub query: FunnelLogQuery,
+}
+
+/// Server → node: the decisions asked for, newest first, or why not (code `invalid`,
+/// `not_found` for a funnel name the node does not hold, `internal`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunnelLogResponse {
+    /// The request's id.
+    pub request_id: u64,
+    /// The decisions, newest first.
+    pub result: Result<Vec<EdgeDecision>, FunnelRefusal>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

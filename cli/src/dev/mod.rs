@@ -231,6 +231,23 @@ async fn run_dev(args: &DevArgs, state: &Path, inspect: Option<SocketAddr>) -> R
     if let Some(inspection) = &inspection {
         inspection.attach(&serves);
     }
+    // The dev node's local API, so `postern funnel log`, `postern inspect` and the other
+    // node commands work with `--state-dir STATE/node`.
+    let socket = node_dir.join(postern_node::daemon::state::API_SOCKET_FILE);
+    let api_listener = postern_node::daemon::api::bind(&socket)
+        .await
+        .map_err(|e| format!("the dev node's local API: {e}"))?;
+    let api_task = tokio::spawn({
+        let extras = postern_node::daemon::api::ApiExtras {
+            serves: Some(Arc::clone(&serves)),
+            inspect_addr: inspection.as_ref().map(Inspection::addr),
+        };
+        let handle = handle.clone();
+        let socket = socket.clone();
+        async move {
+            postern_node::daemon::api::serve_with(handle, extras, api_listener, &socket).await;
+        }
+    });
 
     // The origin and its funnel.
     let (origin_port, demo) = match args.port {
@@ -287,6 +304,11 @@ async fn run_dev(args: &DevArgs, state: &Path, inspect: Option<SocketAddr>) -> R
     println!("Local CA:       {}", ca.ca_cert.display());
     println!("Coordination:   {coord_url}");
     println!("Edge audit log: {}", audit_path.display());
+    println!(
+        "Edge decisions: postern funnel log {} --state-dir {}",
+        args.name,
+        node_dir.display()
+    );
     println!();
     println!("A delivery signed with the webhook secret reaches the origin:");
     println!("{signed}");
@@ -314,6 +336,7 @@ async fn run_dev(args: &DevArgs, state: &Path, inspect: Option<SocketAddr>) -> R
     eprintln!("postern dev: stopping");
     stop.cancel();
     node.shutdown().await;
+    let _ = api_task.await;
     ingress_node.shutdown().await;
     relay.shutdown();
     coord_server.shutdown().await;

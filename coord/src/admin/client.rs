@@ -179,6 +179,21 @@ impl AdminClient {
         .await
     }
 
+    /// The edge's recent decisions for the funnel of `hostname`, newest first (at most
+    /// `limit`; only denials with `denied`).
+    pub async fn funnel_log(
+        &self,
+        hostname: &str,
+        limit: u32,
+        denied: bool,
+    ) -> Result<Vec<postern_proto::funnel::EdgeDecision>, AdminClientError> {
+        let mut url = self.url(&["v1", "funnels", hostname, "log"]);
+        url.query_pairs_mut()
+            .append_pair("limit", &limit.to_string())
+            .append_pair("denied", if denied { "true" } else { "false" });
+        self.send(Method::GET, url, None).await
+    }
+
     /// Audit records at or after `since_ms`.
     pub async fn audit(&self, since_ms: i64) -> Result<Vec<AuditEntry>, AdminClientError> {
         let mut url = self.url(&["v1", "audit"]);
@@ -308,6 +323,35 @@ pub fn format_funnel_table(funnels: &[FunnelAdminInfo]) -> String {
         .collect();
     let header = [
         "HOSTNAME", "STATE", "NODE", "PORT", "PROTOCOL", "GATES", "EXPIRES", "URL",
+    ];
+    format_table(&header, &rows)
+}
+
+/// `funnels log` as a table, oldest first: time, client, request, gate, result and reason,
+/// status, milliseconds.
+pub fn format_edge_log(decisions: &[postern_proto::funnel::EdgeDecision]) -> String {
+    let rows: Vec<[String; 7]> = decisions
+        .iter()
+        .rev()
+        .map(|d| {
+            let millis = u64::try_from(d.at_ms).unwrap_or(0);
+            let at = SystemTime::UNIX_EPOCH + Duration::from_millis(millis);
+            [
+                humantime::format_rfc3339_millis(at).to_string(),
+                d.client.clone(),
+                format!("{} {}", d.method, d.path),
+                d.gate.clone().unwrap_or_else(|| "-".to_owned()),
+                match &d.reason {
+                    Some(reason) => format!("{}: {reason}", d.result),
+                    None => d.result.clone(),
+                },
+                d.status.to_string(),
+                d.duration_ms.to_string(),
+            ]
+        })
+        .collect();
+    let header = [
+        "TIME", "CLIENT", "REQUEST", "GATE", "RESULT", "STATUS", "MS",
     ];
     format_table(&header, &rows)
 }

@@ -19,6 +19,7 @@
 //! | `POST /v1/nodes/{node}/ingress` `{"ingress": B}` | mark (or unmark) it as an ingress |
 //! | `GET /v1/funnels` | every funnel, open and closed ([`FunnelAdminInfo`], no secrets) |
 //! | `POST /v1/funnels/{hostname}/close` `{"release": B}` | close it; `release` also frees its hostname |
+//! | `GET /v1/funnels/{hostname}/log?limit=N&denied=true` | the edge's recent decisions for it, newest first (`EdgeDecision`s; see [`crate::funnel::edge_log`]) |
 //! | `GET /v1/audit?since_ms=T&limit=N` | audit records at or after T ([`AuditEntry`]) |
 //! | `POST /v1/policy/reload` | re-read the policy file now |
 
@@ -275,6 +276,7 @@ pub fn router(coord: Coord, token: AdminToken) -> Router {
         .route("/v1/nodes/{node}/ingress", post(set_ingress))
         .route("/v1/funnels", get(list_funnels))
         .route("/v1/funnels/{hostname}/close", post(close_funnel))
+        .route("/v1/funnels/{hostname}/log", get(funnel_log))
         .route("/v1/audit", get(audit_log))
         .route("/v1/policy/reload", post(reload_policy))
         .layer(axum::middleware::from_fn_with_state(token, check_token))
@@ -508,6 +510,39 @@ async fn list_funnels(State(coord): State<Coord>) -> Result<Json<Vec<FunnelAdmin
     }
     out.sort_by(|a, b| a.hostname.cmp(&b.hostname));
     Ok(Json(out))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct FunnelLogParams {
+    #[serde(default)]
+    limit: Option<u32>,
+    #[serde(default)]
+    denied: bool,
+}
+
+async fn funnel_log(
+    State(coord): State<Coord>,
+    UrlPath(hostname): UrlPath<String>,
+    Query(params): Query<FunnelLogParams>,
+) -> Result<Json<Vec<postern_proto::funnel::EdgeDecision>>, ApiError> {
+    let store = coord.registry.store();
+    let hostname = hostname.trim_end_matches('.').to_ascii_lowercase();
+    if store.funnel_by_hostname(&hostname).await?.is_none() {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no funnel {hostname:?}; `postern-coord funnels list` shows them"),
+        ));
+    }
+    let filter = crate::store::EdgeDecisionFilter {
+        hostnames: vec![hostname],
+        denied_only: params.denied,
+        limit: params
+            .limit
+            .unwrap_or(crate::funnel::edge_log::DEFAULT_LOG_LIMIT)
+            .clamp(1, postern_proto::funnel::MAX_FUNNEL_LOG_LIMIT),
+        ..crate::store::EdgeDecisionFilter::default()
+    };
+    Ok(Json(store.edge_decisions(&filter).await?))
 }
 
 #[derive(Debug, Default, Deserialize)]

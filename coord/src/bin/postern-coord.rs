@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
 use postern_coord::admin::client::{
-    AdminClient, format_audit, format_funnel_table, format_node, format_node_table,
+    AdminClient, format_audit, format_edge_log, format_funnel_table, format_node, format_node_table,
 };
 use postern_coord::control::{AuthKeyOptions, ControlConfig, Coord, create_auth_key};
 use postern_coord::policy::PolicySource;
@@ -111,6 +111,22 @@ enum FunnelsCommand {
         #[arg(long)]
         release: bool,
     },
+    /// Show the edge's recent decisions for a funnel (what ingress nodes reported): time,
+    /// client, request, gate, result and reason, status, milliseconds; oldest first.
+    ///
+    /// Example: postern-coord funnels log laptop.funnel.example.com --denied
+    Log {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The funnel's hostname.
+        hostname: String,
+        /// Show at most this many, the newest.
+        #[arg(long, default_value_t = 50, value_name = "N")]
+        limit: u32,
+        /// Show only the requests the edge refused.
+        #[arg(long)]
+        denied: bool,
+    },
 }
 
 /// The policy and the node lifecycle of `serve`.
@@ -162,6 +178,13 @@ struct FunnelArgs {
     /// node and port keeps its public port. Without it, TCP funnels are refused.
     #[arg(long, value_parser = postern_coord::funnel::parse_port_range, value_name = "FIRST-LAST")]
     funnel_tcp_ports: Option<std::ops::RangeInclusive<u16>>,
+    /// How many edge decisions (what ingress nodes report for `postern funnel log`) to
+    /// keep per funnel; older ones are dropped.
+    #[arg(long, default_value_t = postern_coord::control::DEFAULT_EDGE_LOG_PER_FUNNEL, value_name = "N")]
+    edge_log_keep: u32,
+    /// How long to keep edge decisions after they arrive (e.g. 7d, 12h).
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    edge_log_max_age: Duration,
 }
 
 impl FunnelArgs {
@@ -172,6 +195,11 @@ impl FunnelArgs {
             )?);
         }
         config.funnel_tcp_ports = self.funnel_tcp_ports;
+        if self.edge_log_keep == 0 {
+            anyhow::bail!("--edge-log-keep must be at least 1");
+        }
+        config.edge_log_per_funnel = self.edge_log_keep;
+        config.edge_log_max_age = self.edge_log_max_age;
         Ok(())
     }
 }
@@ -855,6 +883,21 @@ async fn funnels_command(command: FunnelsCommand) -> anyhow::Result<String> {
                 serde_json::to_string_pretty(&funnels)? + "\n"
             } else {
                 format_funnel_table(&funnels)
+            })
+        }
+        FunnelsCommand::Log {
+            admin,
+            hostname,
+            limit,
+            denied,
+        } => {
+            let decisions = admin_client(&admin)?
+                .funnel_log(&hostname, limit, denied)
+                .await?;
+            Ok(if admin.json {
+                serde_json::to_string_pretty(&decisions)? + "\n"
+            } else {
+                format_edge_log(&decisions)
             })
         }
         FunnelsCommand::Close {

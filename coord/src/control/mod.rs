@@ -73,7 +73,17 @@ pub struct ControlConfig {
     pub funnel_domain: Option<String>,
     /// The public ports TCP funnels are given; `None`: TCP funnels are refused.
     pub funnel_tcp_ports: Option<std::ops::RangeInclusive<u16>>,
+    /// How many edge decisions (`postern funnel log`) are kept per funnel, newest first.
+    pub edge_log_per_funnel: u32,
+    /// How long edge decisions are kept after the coord received them.
+    pub edge_log_max_age: Duration,
 }
+
+/// Default number of edge decisions kept per funnel: 1000.
+pub const DEFAULT_EDGE_LOG_PER_FUNNEL: u32 = 1000;
+
+/// Default age after which edge decisions go: 7 days.
+pub const DEFAULT_EDGE_LOG_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
 impl ControlConfig {
     /// SQLite in `state_dir`, the default keepalive.
@@ -92,6 +102,8 @@ impl ControlConfig {
             relay_map: postern_proto::netmap::RelayMap::default(),
             funnel_domain: None,
             funnel_tcp_ports: None,
+            edge_log_per_funnel: DEFAULT_EDGE_LOG_PER_FUNNEL,
+            edge_log_max_age: DEFAULT_EDGE_LOG_MAX_AGE,
         }
     }
 }

@@ -194,6 +194,14 @@ async fn stream<S: AsyncRead + AsyncWrite + Unpin>(
                     let answer = coord.handle_funnel_request(node_id, request).await;
                     conn.send(&ControlMessage::FunnelResponse(answer)).await?;
                 }
+                Some(ControlMessage::EdgeDecisions(batch)) => {
+                    let answer = coord.handle_edge_decisions(node_id, batch).await;
+                    conn.send(&ControlMessage::EdgeDecisionsAck(answer)).await?;
+                }
+                Some(ControlMessage::FunnelLogRequest(request)) => {
+                    let answer = coord.handle_funnel_log(node_id, request).await;
+                    conn.send(&ControlMessage::FunnelLogResponse(answer)).await?;
+                }
                 Some(_) => return Err(SessionError::Protocol("unexpected message on a map stream")),
             },
             () = tokio::time::sleep_until(next_keepalive) => {

@@ -20,6 +20,7 @@
 //! carry gate kinds, never secrets.
 
 pub mod check;
+pub mod edge_log;
 pub mod hostname;
 
 use std::collections::HashSet;

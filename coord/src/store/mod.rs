@@ -27,6 +27,7 @@
 mod audit;
 mod auth_keys;
 mod certificates;
+mod edge_decisions;
 mod funnels;
 mod logins;
 mod nodes;
@@ -48,8 +49,9 @@ use sqlx::sqlite::{
 pub use auth_keys::{AuthKeyHash, AuthKeyRejection};
 pub use logins::UserLogin;
 pub use records::{
-    AuditRecord, AuthKeyRecord, CertificateRecord, FunnelRecord, NewAuditRecord, NewAuthKey,
-    NewFunnel, NewNode, NodePaths, NodeRecord, UserRecord,
+    AuditRecord, AuthKeyRecord, CertificateRecord, EdgeDecisionFilter, EdgeRetention, FunnelRecord,
+    NewAuditRecord, NewAuthKey, NewEdgeDecision, NewFunnel, NewNode, NodePaths, NodeRecord,
+    UserRecord,
 };
 pub use replicas::{CHANGES_CHANNEL, ChangeListener, LIFECYCLE_LOCK_KEY, Lease};
 

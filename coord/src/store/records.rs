@@ -251,3 +251,47 @@ pub struct NewFunnel {
     /// When it closes by itself.
     pub expires_at: Option<UnixTime>,
 }
+
+/// An edge decision to store: what an ingress reported, and which funnel and node the
+/// coord found it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEdgeDecision {
+    /// The funnel's row id.
+    pub funnel_id: u64,
+    /// The node owning the funnel (the only node that may read the decision).
+    pub node_id: NodeId,
+    /// The ingress node that reported it.
+    pub ingress_id: NodeId,
+    /// When the coord received it, in milliseconds since the Unix epoch (retention counts
+    /// from this, not from the ingress's clock).
+    pub received_ms: i64,
+    /// The decision (its `id` is ignored: the store assigns one).
+    pub decision: postern_proto::funnel::EdgeDecision,
+}
+
+/// Which stored edge decisions [`Store::edge_decisions`](super::Store::edge_decisions)
+/// returns. Every field that is set must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EdgeDecisionFilter {
+    /// Only decisions of funnels this node owns.
+    pub node_id: Option<NodeId>,
+    /// Only decisions for these hostnames (empty: any).
+    pub hostnames: Vec<String>,
+    /// Only decisions the edge made at or after this time (ms since the Unix epoch).
+    pub since_ms: Option<i64>,
+    /// Only decisions with a larger id.
+    pub after_id: Option<u64>,
+    /// Only denials.
+    pub denied_only: bool,
+    /// At most this many, newest first.
+    pub limit: u32,
+}
+
+/// How much of the edge log the store keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgeRetention {
+    /// The newest this many decisions of each funnel are kept.
+    pub per_funnel: u32,
+    /// Decisions received before this time (ms since the Unix epoch) go.
+    pub received_before_ms: i64,
+}

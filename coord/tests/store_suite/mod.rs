@@ -6,10 +6,12 @@ use std::net::{IpAddr, SocketAddr};
 
 use postern_coord::registry::{Registration, Registry, RegistryError, addresses};
 use postern_coord::store::{
-    AuthKeyHash, AuthKeyRejection, CertificateRecord, NewAuditRecord, NewAuthKey, NewFunnel,
-    NewNode, Store, StoreError,
+    AuthKeyHash, AuthKeyRejection, CertificateRecord, EdgeDecisionFilter, EdgeRetention,
+    NewAuditRecord, NewAuthKey, NewEdgeDecision, NewFunnel, NewNode, Store, StoreError,
 };
-use postern_proto::funnel::{FunnelProtocol, GateMode, GateSecret, GateSpec, RateLimitSpec};
+use postern_proto::funnel::{
+    EdgeDecision, FunnelProtocol, GateMode, GateSecret, GateSpec, RateLimitSpec,
+};
 use postern_proto::{MachinePublicKey, NodeId, NodePublicKey, UnixTime, UserId};
 
 /// A fresh database for one case: where it is, so a case can reopen it or reach it with
@@ -33,6 +35,7 @@ macro_rules! store_suite_tests {
             audit_records_are_append_only,
             certificates_are_replaced_by_hostname,
             funnels_are_keyed_by_node_and_port_and_go_with_their_node,
+            edge_decisions_are_bounded_filtered_and_go_with_their_funnel,
             registry_gives_unique_names_and_stable_addresses,
             concurrent_registrations_never_share_a_name_or_address,
             registry_renames_tags_and_deletes,
@@ -440,6 +443,147 @@ pub async fn certificates_are_replaced_by_hostname(fresh: &Fresh) {
             .unwrap()
             .is_empty()
     );
+}
+
+pub async fn edge_decisions_are_bounded_filtered_and_go_with_their_funnel(fresh: &Fresh) {
+    let store = open(fresh).await;
+    let owner = user(&store, "alice@example.com").await;
+    let a = store.insert_node(&new_node(1, owner)).await.unwrap();
+    let b = store.insert_node(&new_node(2, owner)).await.unwrap();
+    let ingress = store.insert_node(&new_node(3, owner)).await.unwrap();
+    let funnel = |node: NodeId, port: u16, hostname: &str| NewFunnel {
+        node_id: node,
+        name: format!("port-{port}"),
+        port,
+        hostname: hostname.into(),
+        protocol: FunnelProtocol::Http,
+        public_port: None,
+        ttl_secs: None,
+        gates: Vec::new(),
+        gate_mode: GateMode::All,
+        rate_limit: None,
+        is_open: true,
+        opened_at: Some(NOW),
+        expires_at: None,
+    };
+    let fa = store
+        .upsert_funnel(&funnel(a.id, 3000, "a.f.example"), NOW)
+        .await
+        .unwrap();
+    let fb = store
+        .upsert_funnel(&funnel(b.id, 3000, "b.f.example"), NOW)
+        .await
+        .unwrap();
+    let decision =
+        |funnel: &postern_coord::store::FunnelRecord, n: i64, result: &str| NewEdgeDecision {
+            funnel_id: funnel.id,
+            node_id: funnel.funnel.node_id,
+            ingress_id: ingress.id,
+            received_ms: 1_000_000 + n,
+            decision: EdgeDecision {
+                id: 0,
+                at_ms: 1_000_000 + n,
+                funnel: funnel.funnel.hostname.clone(),
+                client: format!("203.0.113.{n}:5000"),
+                method: "POST".into(),
+                path: format!("/hook/{n}"),
+                gate: Some("webhook:github".into()),
+                result: result.into(),
+                reason: (result == "deny").then(|| "signature_mismatch".into()),
+                status: if result == "deny" { 401 } else { 200 },
+                bytes: 7,
+                duration_ms: 3,
+            },
+        };
+    let keep_all = EdgeRetention {
+        per_funnel: 1000,
+        received_before_ms: 0,
+    };
+    let batch: Vec<NewEdgeDecision> = (0..6)
+        .map(|n| decision(&fa, n, if n % 2 == 0 { "deny" } else { "allow" }))
+        .chain([decision(&fb, 10, "deny")])
+        .collect();
+    assert_eq!(
+        store.append_edge_decisions(&batch, keep_all).await.unwrap(),
+        7
+    );
+    let of = |node: NodeId| EdgeDecisionFilter {
+        node_id: Some(node),
+        limit: 100,
+        ..EdgeDecisionFilter::default()
+    };
+    // A node sees its own funnels' decisions only, newest first, as stored.
+    let mine = store.edge_decisions(&of(a.id)).await.unwrap();
+    assert_eq!(mine.len(), 6);
+    assert!(mine.iter().all(|d| d.funnel == "a.f.example"));
+    assert!(mine.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+    assert_eq!(mine[0].path, "/hook/5");
+    assert_eq!(mine[5].reason.as_deref(), Some("signature_mismatch"));
+    assert_eq!(mine[5].gate.as_deref(), Some("webhook:github"));
+    assert_eq!(
+        (mine[5].status, mine[5].bytes, mine[5].duration_ms),
+        (401, 7, 3)
+    );
+    assert_eq!(store.edge_decisions(&of(b.id)).await.unwrap().len(), 1);
+    // Filters: denials, hostnames, time, after an id, a limit.
+    let denied = EdgeDecisionFilter {
+        denied_only: true,
+        ..of(a.id)
+    };
+    assert_eq!(store.edge_decisions(&denied).await.unwrap().len(), 3);
+    let wrong_host = EdgeDecisionFilter {
+        hostnames: vec!["b.f.example".into()],
+        ..of(a.id)
+    };
+    assert!(store.edge_decisions(&wrong_host).await.unwrap().is_empty());
+    let both = EdgeDecisionFilter {
+        node_id: None,
+        hostnames: vec!["a.f.example".into(), "b.f.example".into()],
+        ..of(a.id)
+    };
+    assert_eq!(store.edge_decisions(&both).await.unwrap().len(), 7);
+    let since = EdgeDecisionFilter {
+        since_ms: Some(1_000_004),
+        ..of(a.id)
+    };
+    assert_eq!(store.edge_decisions(&since).await.unwrap().len(), 2);
+    let after = EdgeDecisionFilter {
+        after_id: Some(mine[2].id),
+        limit: 1,
+        ..of(a.id)
+    };
+    let newer = store.edge_decisions(&after).await.unwrap();
+    assert_eq!(newer.len(), 1);
+    assert_eq!(newer[0].id, mine[0].id);
+    // Retention: the newest N per funnel, then an age bound.
+    let keep_two = EdgeRetention {
+        per_funnel: 2,
+        received_before_ms: 0,
+    };
+    store
+        .append_edge_decisions(&[decision(&fa, 6, "deny")], keep_two)
+        .await
+        .unwrap();
+    let kept = store.edge_decisions(&of(a.id)).await.unwrap();
+    let paths: Vec<&str> = kept.iter().map(|d| d.path.as_str()).collect();
+    assert_eq!(paths, ["/hook/6", "/hook/5"]);
+    assert_eq!(
+        store.count_edge_decisions(b.id).await.unwrap(),
+        1,
+        "other funnels untouched"
+    );
+    let young_only = EdgeRetention {
+        per_funnel: 1000,
+        received_before_ms: 1_000_006,
+    };
+    store.append_edge_decisions(&[], young_only).await.unwrap();
+    assert_eq!(store.count_edge_decisions(a.id).await.unwrap(), 1);
+    assert_eq!(store.count_edge_decisions(b.id).await.unwrap(), 1);
+    // A funnel's decisions go with it (and with its node).
+    store.delete_funnel(b.id, 3000).await.unwrap();
+    assert_eq!(store.count_edge_decisions(b.id).await.unwrap(), 0);
+    store.delete_node(a.id).await.unwrap();
+    assert_eq!(store.count_edge_decisions(a.id).await.unwrap(), 0);
 }
 
 pub async fn funnels_are_keyed_by_node_and_port_and_go_with_their_node(fresh: &Fresh) {

@@ -7,7 +7,9 @@
 //! within it).
 //!
 //! [`ControlClient::funnel`] asks the coord to open, close or list this node's funnels on
-//! the open connection and waits for the answer.
+//! the open connection and waits for the answer; [`ControlClient::funnel_log`] reads the
+//! edge decisions of the node's funnels, and [`ControlClient::report_edge_decisions`]
+//! (ingress nodes) reports the edge's decisions, the same way.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -18,7 +20,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use postern_proto::control::ControlMessage;
 
-use postern_proto::funnel::{FunnelChange, FunnelInfo, FunnelRefusal, FunnelRequest};
+use postern_proto::funnel::{
+    EdgeDecision, EdgeDecisionAck, EdgeDecisionBatch, FunnelChange, FunnelInfo, FunnelLogQuery,
+    FunnelLogRequest, FunnelRefusal, FunnelRequest,
+};
 use postern_proto::netmap::{Netmap, RegionId};
 use postern_proto::{MachinePrivateKey, MachinePublicKey, NodeId};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -122,15 +127,81 @@ pub struct ControlClient {
     reported: watch::Sender<ReportedEndpoints>,
     connected: Arc<AtomicBool>,
     registration: watch::Receiver<RegistrationState>,
-    funnel_requests: mpsc::Sender<PendingFunnel>,
+    funnel_requests: mpsc::Sender<PendingRequest>,
     task: JoinHandle<Result<(), ClientError>>,
 }
 
-/// A funnel change waiting to be sent, and where its answer goes.
+/// A request waiting to be sent on the netmap stream's connection, and where its answer
+/// goes.
 #[derive(Debug)]
-struct PendingFunnel {
-    change: FunnelChange,
-    answer: oneshot::Sender<Result<Vec<FunnelInfo>, ClientError>>,
+enum PendingRequest {
+    /// A funnel change.
+    Funnel {
+        change: FunnelChange,
+        answer: oneshot::Sender<Result<Vec<FunnelInfo>, ClientError>>,
+    },
+    /// A read of the edge log.
+    Log {
+        query: FunnelLogQuery,
+        answer: oneshot::Sender<Result<Vec<EdgeDecision>, ClientError>>,
+    },
+    /// A batch of edge decisions (ingress nodes).
+    Edge {
+        decisions: Vec<EdgeDecision>,
+        answer: oneshot::Sender<Result<EdgeDecisionAck, ClientError>>,
+    },
+}
+
+/// Where the answer to a request sent on the current connection goes.
+#[derive(Debug)]
+enum Waiting {
+    Funnel(oneshot::Sender<Result<Vec<FunnelInfo>, ClientError>>),
+    Log(oneshot::Sender<Result<Vec<EdgeDecision>, ClientError>>),
+    Edge(oneshot::Sender<Result<EdgeDecisionAck, ClientError>>),
+}
+
+impl PendingRequest {
+    /// Answers the caller with `err` instead of sending.
+    fn fail(self, err: ClientError) {
+        match self {
+            Self::Funnel { answer, .. } => {
+                let _ = answer.send(Err(err));
+            }
+            Self::Log { answer, .. } => {
+                let _ = answer.send(Err(err));
+            }
+            Self::Edge { answer, .. } => {
+                let _ = answer.send(Err(err));
+            }
+        }
+    }
+
+    /// The message to send with `id`, and where its answer goes.
+    fn into_message(self, id: u64) -> (ControlMessage, Waiting) {
+        match self {
+            Self::Funnel { change, answer } => (
+                ControlMessage::FunnelRequest(FunnelRequest {
+                    request_id: id,
+                    change,
+                }),
+                Waiting::Funnel(answer),
+            ),
+            Self::Log { query, answer } => (
+                ControlMessage::FunnelLogRequest(FunnelLogRequest {
+                    request_id: id,
+                    query,
+                }),
+                Waiting::Log(answer),
+            ),
+            Self::Edge { decisions, answer } => (
+                ControlMessage::EdgeDecisions(EdgeDecisionBatch {
+                    batch_id: id,
+                    decisions,
+                }),
+                Waiting::Edge(answer),
+            ),
+        }
+    }
 }
 
 impl ControlClient {
@@ -179,6 +250,44 @@ impl ControlClient {
     /// answer; [`ClientError::Timeout`]; [`ClientError::Stopped`] once the client stopped.
     /// Cancel-safe: dropping the future abandons the answer (the change may still apply).
     pub async fn funnel(&self, change: FunnelChange) -> Result<Vec<FunnelInfo>, ClientError> {
+        let (answer, answered) = oneshot::channel();
+        self.ask(PendingRequest::Funnel { change, answer }, answered)
+            .await
+    }
+
+    /// Asks the coord for the edge decisions of this node's funnels that match `query`
+    /// (newest first) and waits at most [`FUNNEL_ANSWER_TIMEOUT`] for them. Errors as
+    /// [`Self::funnel`]; a refusal (`not_found` for a funnel name this node does not hold)
+    /// is [`ClientError::FunnelRefused`].
+    pub async fn funnel_log(
+        &self,
+        query: FunnelLogQuery,
+    ) -> Result<Vec<EdgeDecision>, ClientError> {
+        let (answer, answered) = oneshot::channel();
+        self.ask(PendingRequest::Log { query, answer }, answered)
+            .await
+    }
+
+    /// Ingress nodes: reports the edge's `decisions` (at most
+    /// [`MAX_EDGE_BATCH`](postern_proto::funnel::MAX_EDGE_BATCH)) and waits at most
+    /// [`FUNNEL_ANSWER_TIMEOUT`] for the coord's acknowledgement, which says how many it
+    /// stored (or why it refused the batch). Errors as [`Self::funnel`]; after
+    /// [`ClientError::ConnectionLost`] or [`ClientError::Timeout`] the batch may or may
+    /// not have been stored.
+    pub async fn report_edge_decisions(
+        &self,
+        decisions: Vec<EdgeDecision>,
+    ) -> Result<EdgeDecisionAck, ClientError> {
+        let (answer, answered) = oneshot::channel();
+        self.ask(PendingRequest::Edge { decisions, answer }, answered)
+            .await
+    }
+
+    async fn ask<T>(
+        &self,
+        request: PendingRequest,
+        answered: oneshot::Receiver<Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
         if self.task.is_finished() {
             return Err(ClientError::Stopped);
         }
@@ -192,10 +301,9 @@ impl ControlClient {
         if !self.is_connected() {
             return Err(ClientError::NotConnected);
         }
-        let (answer, answered) = oneshot::channel();
         let asked = async {
             self.funnel_requests
-                .send(PendingFunnel { change, answer })
+                .send(request)
                 .await
                 .map_err(|_| ClientError::Stopped)?;
             answered.await.map_err(|_| ClientError::ConnectionLost)?
@@ -271,7 +379,7 @@ struct ReportedEndpoints {
 /// the life of the client).
 #[derive(Debug)]
 struct FunnelQueue {
-    requests: mpsc::Receiver<PendingFunnel>,
+    requests: mpsc::Receiver<PendingRequest>,
     last_id: u64,
 }
 
@@ -293,7 +401,7 @@ async fn run(
     mut reported: watch::Receiver<ReportedEndpoints>,
     live: Arc<AtomicBool>,
     registration: watch::Sender<RegistrationState>,
-    funnel_requests: mpsc::Receiver<PendingFunnel>,
+    funnel_requests: mpsc::Receiver<PendingRequest>,
 ) -> Result<(), ClientError> {
     let mut session = match config.node_id {
         Some(id) => ControlSession::resume(config.session.clone(), id),
@@ -375,8 +483,7 @@ async fn connect_once(
     let mut funnels_open = true;
     // Funnel requests sent on this connection, waiting for their answers; dropped (so the
     // callers learn the connection was lost) when this connection ends.
-    let mut waiting: HashMap<u64, oneshot::Sender<Result<Vec<FunnelInfo>, ClientError>>> =
-        HashMap::new();
+    let mut waiting: HashMap<u64, Waiting> = HashMap::new();
     loop {
         // `recv` is cancel-safe, so an endpoint update may interrupt it.
         let received = tokio::select! {
@@ -400,19 +507,17 @@ async fn connect_once(
                     continue;
                 };
                 if !live.load(Ordering::Relaxed) {
-                    let _ = pending.answer.send(Err(ClientError::NotConnected));
+                    pending.fail(ClientError::NotConnected);
                     continue;
                 }
                 let request_id = funnels.next_id();
-                let request = ControlMessage::FunnelRequest(FunnelRequest {
-                    request_id,
-                    change: pending.change,
-                });
+                let (request, answer) = pending.into_message(request_id);
                 if let Err(err) = conn.send(&request).await {
-                    let _ = pending.answer.send(Err(ClientError::ConnectionLost));
+                    // Dropping `answer` tells the caller the connection was lost.
+                    drop(answer);
                     return Ended::Retry(err.to_string());
                 }
-                waiting.insert(request_id, pending.answer);
+                waiting.insert(request_id, answer);
                 continue;
             }
         };
@@ -425,17 +530,44 @@ async fn connect_once(
         if matches!(message, ControlMessage::MapResponse(_)) {
             live.store(true, Ordering::Relaxed);
         }
-        if let ControlMessage::FunnelResponse(response) = message {
-            match waiting.remove(&response.request_id) {
-                Some(answer) => {
-                    let _ = answer.send(response.result.map_err(ClientError::FunnelRefused));
+        match message {
+            ControlMessage::FunnelResponse(response) => {
+                match waiting.remove(&response.request_id) {
+                    Some(Waiting::Funnel(answer)) => {
+                        let _ = answer.send(response.result.map_err(ClientError::FunnelRefused));
+                    }
+                    _ => tracing::debug!(
+                        request_id = response.request_id,
+                        "a funnel answer nobody waits for"
+                    ),
                 }
-                None => tracing::debug!(
-                    request_id = response.request_id,
-                    "a funnel answer nobody waits for"
-                ),
+                continue;
             }
-            continue;
+            ControlMessage::FunnelLogResponse(response) => {
+                match waiting.remove(&response.request_id) {
+                    Some(Waiting::Log(answer)) => {
+                        let _ = answer.send(response.result.map_err(ClientError::FunnelRefused));
+                    }
+                    _ => tracing::debug!(
+                        request_id = response.request_id,
+                        "a funnel log answer nobody waits for"
+                    ),
+                }
+                continue;
+            }
+            ControlMessage::EdgeDecisionsAck(ack) => {
+                match waiting.remove(&ack.batch_id) {
+                    Some(Waiting::Edge(answer)) => {
+                        let _ = answer.send(Ok(ack));
+                    }
+                    _ => tracing::debug!(
+                        batch_id = ack.batch_id,
+                        "an edge decision acknowledgement nobody waits for"
+                    ),
+                }
+                continue;
+            }
+            _ => {}
         }
         let before = session.netmap_version();
         let handled = session.handle_message(message);

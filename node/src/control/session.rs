@@ -280,7 +280,13 @@ impl ControlSession {
             ControlMessage::FunnelRequest(_) => Err(SessionError::Unexpected("funnel request")),
             // Answers are matched to their requests by the shell ([`super::client`]); a late
             // one changes nothing here.
-            ControlMessage::FunnelResponse(_) => Ok(Vec::new()),
+            ControlMessage::FunnelResponse(_)
+            | ControlMessage::FunnelLogResponse(_)
+            | ControlMessage::EdgeDecisionsAck(_) => Ok(Vec::new()),
+            ControlMessage::EdgeDecisions(_) => Err(SessionError::Unexpected("edge decisions")),
+            ControlMessage::FunnelLogRequest(_) => {
+                Err(SessionError::Unexpected("funnel log request"))
+            }
             _ => Err(SessionError::Unexpected("unknown")),
         }
     }

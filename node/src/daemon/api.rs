@@ -15,6 +15,7 @@
 //! | `GET /v0/funnel` | the same [`ServeStatus`](super::serves::ServeStatus) |
 //! | `POST /v0/funnel` with a JSON [`FunnelRequestBody`](super::serves::FunnelRequestBody) | asks the coord for a funnel; answers [`FunnelStatus`](super::serves::FunnelStatus) (`--bg`) or, in the foreground, 101 and one JSON [`FunnelStatus`](super::serves::FunnelStatus) line, like `/v0/serve` |
 //! | `POST /v0/funnel/reset` | closes every funnel |
+//! | `GET /v0/funnel/log?funnel=NAME&limit=N&denied=true&since=UNIX&after_id=ID` | the edge decisions of this node's funnels from the coord, newest first: [`FunnelLogAnswer`]; every parameter is optional (`funnel` is a name, hostname or local port) |
 //! | `GET /v0/inspect` | `{"addr": "127.0.0.1:4040"}`: where request inspection listens (`addr` null when off) |
 //!
 //! Errors are JSON `{"error": "..."}` with a status that says whose fault it was (400 bad
@@ -38,6 +39,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hyper_util::rt::TokioIo;
 use postern_netstack::NetstackError;
+use postern_proto::funnel::{EdgeDecision, FunnelLogQuery};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::UnixListener;
@@ -107,6 +109,46 @@ pub struct ApiExtras {
     pub inspect_addr: Option<SocketAddr>,
 }
 
+/// The answer of `GET /v0/funnel/log`: what `postern funnel log --json` prints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunnelLogAnswer {
+    /// The decisions, newest first.
+    pub decisions: Vec<EdgeDecision>,
+}
+
+/// The query of `GET /v0/funnel/log`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunnelLogParams {
+    /// A funnel's name, hostname or local port; all funnels when absent.
+    #[serde(default)]
+    pub funnel: Option<String>,
+    /// At most this many (default 50, at most 1000).
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// Only denials.
+    #[serde(default)]
+    pub denied: bool,
+    /// Only decisions at or after this Unix time (seconds).
+    #[serde(default)]
+    pub since: Option<i64>,
+    /// Only decisions with a larger id.
+    #[serde(default)]
+    pub after_id: Option<u64>,
+}
+
+impl FunnelLogParams {
+    /// The query to send to the coord.
+    pub fn to_query(&self) -> FunnelLogQuery {
+        FunnelLogQuery {
+            funnel: self.funnel.clone().filter(|f| !f.is_empty()),
+            since: self.since.map(postern_proto::UnixTime),
+            after_id: self.after_id,
+            limit: self.limit,
+            denied_only: self.denied,
+        }
+    }
+}
+
 /// The answer of `GET /v0/inspect`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InspectAnswer {
@@ -147,6 +189,7 @@ pub async fn serve_with(node: NodeHandle, extras: ApiExtras, listener: UnixListe
         .route("/v0/serve/reset", post(serve_reset))
         .route("/v0/funnel", get(serve_status).post(funnel_open))
         .route("/v0/funnel/reset", post(funnel_reset))
+        .route("/v0/funnel/log", get(funnel_log))
         .route("/v0/inspect", get(inspect_addr))
         .layer(axum::middleware::map_response(stamp_version))
         .with_state(context);
@@ -353,6 +396,33 @@ async fn inspect_addr(State(context): State<ApiContext>) -> Response {
         addr: context.extras.inspect_addr,
     })
     .into_response()
+}
+
+async fn funnel_log(
+    State(context): State<ApiContext>,
+    Query(params): Query<FunnelLogParams>,
+) -> Response {
+    let Some(serves) = context.extras.serves.clone() else {
+        return no_serves();
+    };
+    match serves.funnel_log(params.to_query()).await {
+        Ok(decisions) => Json(FunnelLogAnswer { decisions }).into_response(),
+        Err(err) => {
+            let status = match &err {
+                FunnelCallError::Refused(refusal) if refusal.code == "not_found" => {
+                    StatusCode::NOT_FOUND
+                }
+                FunnelCallError::Refused(_) => StatusCode::FORBIDDEN,
+                FunnelCallError::Unsupported => StatusCode::NOT_IMPLEMENTED,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            let message = match &err {
+                FunnelCallError::Refused(refusal) => refusal.message.clone(),
+                other => other.to_string(),
+            };
+            error(status, &message)
+        }
+    }
 }
 
 async fn serve_reset(State(context): State<ApiContext>) -> Response {

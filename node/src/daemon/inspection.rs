@@ -6,17 +6,35 @@
 //! ports only with `--inspect-serves`. A replay goes to the local origin that serves the
 //! original's port and path now; without one (an old capture, a port no longer served),
 //! to the origin of the first funnelled HTTP port, else of the first served HTTP port.
+//!
+//! Requests the edge refused never reach the node, so they cannot be captured: while the
+//! node has funnels, the inspector asks the coord every [`EDGE_DENIAL_POLL`] for the edge's
+//! new denials of this node's funnels (`postern funnel log --denied`) and records each as
+//! a denied entry (kind `denied`, with the gate and reason; no headers or body, not
+//! replayable).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, UNIX_EPOCH};
+
+use postern_proto::funnel::{EdgeDecision, FunnelLogQuery};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::serves::{EntryTarget, ServeManager};
+use super::serves::{EntryTarget, FunnelCallError, ServeManager};
 use crate::inspect::api::{self, ReplayerSource};
-use crate::inspect::{CaptureConfig, CaptureStore, CapturingProxy, ExchangeRecorder};
+use crate::inspect::{
+    CaptureConfig, CaptureStore, CapturingProxy, DeniedDelivery, ExchangeRecorder, rfc3339,
+};
 use crate::serve::{Exchange, ExchangeObserver, InspectObserver, RequestOrigin};
+
+/// How often the inspector asks the coord for new edge denials while the node has
+/// funnels: 2 s.
+pub const EDGE_DENIAL_POLL: Duration = Duration::from_secs(2);
+
+/// The most edge denials one poll fetches.
+const EDGE_DENIAL_BATCH: u32 = 200;
 
 /// Why inspection could not start.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +62,7 @@ pub struct Inspection {
     addr: SocketAddr,
     observer: Arc<FilteringObserver>,
     serves: Arc<OnceLock<Weak<ServeManager>>>,
+    stop: CancellationToken,
 }
 
 impl Inspection {
@@ -87,8 +106,9 @@ impl Inspection {
             })
         };
         let router = api::router_with_replayer(Arc::clone(&store), source, stop.clone());
+        let serve_stop = stop.clone();
         tokio::spawn(async move {
-            if let Err(err) = api::serve(listener, router, stop).await {
+            if let Err(err) = api::serve(listener, router, serve_stop).await {
                 tracing::warn!(%err, "request inspection stopped");
             }
         });
@@ -98,6 +118,7 @@ impl Inspection {
             addr: bound,
             observer,
             serves,
+            stop,
         })
     }
 
@@ -116,9 +137,84 @@ impl Inspection {
         self.observer.clone()
     }
 
-    /// Lets replays find the local services of `serves`.
+    /// Lets replays find the local services of `serves`, and starts pulling the edge's
+    /// denials of its funnels from the coord into the store (see the [module docs](self)).
+    /// Call once, inside the tokio runtime; later calls do nothing.
     pub fn attach(&self, serves: &Arc<ServeManager>) {
-        let _ = self.serves.set(Arc::downgrade(serves));
+        if self.serves.set(Arc::downgrade(serves)).is_ok() {
+            tokio::spawn(pull_edge_denials(
+                Arc::clone(&self.store),
+                Arc::downgrade(serves),
+                self.stop.clone(),
+            ));
+        }
+    }
+}
+
+/// Asks the coord for new edge denials every [`EDGE_DENIAL_POLL`] while `serves` has
+/// funnels, and records them in `store`, until `stop` or the serve manager goes.
+async fn pull_edge_denials(
+    store: Arc<CaptureStore>,
+    serves: Weak<ServeManager>,
+    stop: CancellationToken,
+) {
+    // A persisted store holds the denials pulled before a restart: resume after them.
+    let mut last_id: Option<u64> = store.newest_edge_id();
+    let mut ticks = tokio::time::interval(EDGE_DENIAL_POLL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let Some(manager) = serves.upgrade() else {
+            return;
+        };
+        if !manager.has_funnels() {
+            continue;
+        }
+        let query = FunnelLogQuery {
+            after_id: last_id,
+            limit: Some(EDGE_DENIAL_BATCH),
+            denied_only: true,
+            ..FunnelLogQuery::default()
+        };
+        let pulled = tokio::select! {
+            () = stop.cancelled() => return,
+            pulled = manager.funnel_log(query) => pulled,
+        };
+        drop(manager);
+        match pulled {
+            Ok(decisions) => {
+                // Newest first from the coord; record oldest first.
+                for decision in decisions.iter().rev() {
+                    store.record_denied(denied_at_edge(decision));
+                }
+                let newest = decisions.iter().map(|d| d.id).max().unwrap_or(0);
+                last_id = Some(last_id.unwrap_or(0).max(newest));
+            }
+            Err(FunnelCallError::Unsupported) => return,
+            Err(err) => tracing::debug!(%err, "cannot fetch the edge's denials yet"),
+        }
+    }
+}
+
+/// The inspection entry of a denial the edge reported.
+pub fn denied_at_edge(decision: &EdgeDecision) -> DeniedDelivery {
+    let millis = u64::try_from(decision.at_ms).unwrap_or(0);
+    DeniedDelivery {
+        id: 0,
+        time: rfc3339(UNIX_EPOCH + Duration::from_millis(millis)),
+        funnel: Some(decision.funnel.clone()),
+        method: decision.method.clone(),
+        path: decision.path.clone(),
+        gate: decision.gate.clone(),
+        reason: decision
+            .reason
+            .clone()
+            .unwrap_or_else(|| "denied".to_owned()),
+        status: decision.status,
+        edge_id: Some(decision.id),
     }
 }
 
@@ -184,4 +280,51 @@ fn replay_origin(
         })
     };
     http(true).or_else(|| http(false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inspect::EntryFilter;
+
+    #[test]
+    fn an_edge_denial_becomes_a_denied_entry_with_its_reason_and_no_body() {
+        let decision = EdgeDecision {
+            id: 42,
+            at_ms: 1_795_939_200_250,
+            funnel: "demo.funnel.localhost".into(),
+            client: "127.0.0.1:5000".into(),
+            method: "POST".into(),
+            path: "/webhook".into(),
+            gate: Some("webhook:github".into()),
+            result: "deny".into(),
+            reason: Some("signature_mismatch".into()),
+            status: 401,
+            bytes: 18,
+            duration_ms: 1,
+        };
+        let denied = denied_at_edge(&decision);
+        assert_eq!(denied.time, "2026-11-29T08:00:00.250Z");
+        assert_eq!(denied.reason, "signature_mismatch");
+        assert_eq!(denied.gate.as_deref(), Some("webhook:github"));
+        assert_eq!(denied.funnel.as_deref(), Some("demo.funnel.localhost"));
+        assert_eq!(denied.edge_id, Some(42));
+        let store = CaptureStore::in_memory(CaptureConfig::default());
+        assert_eq!(store.newest_edge_id(), None);
+        let id = store.record_denied(denied);
+        assert_eq!(store.newest_edge_id(), Some(42));
+        let listed = store.list(&EntryFilter {
+            kind: Some("denied".into()),
+            ..EntryFilter::default()
+        });
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].id, id);
+        assert_eq!(listed[0].reason.as_deref(), Some("signature_mismatch"));
+        assert_eq!(listed[0].request_size, 0);
+        let without_reason = EdgeDecision {
+            reason: None,
+            ..decision
+        };
+        assert_eq!(denied_at_edge(&without_reason).reason, "denied");
+    }
 }

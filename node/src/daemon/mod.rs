@@ -605,6 +605,22 @@ impl NodeHandle {
         self.shared.netmap.clone()
     }
 
+    /// Ingress nodes: reports the edge's request decisions to the coord on the control
+    /// connection and waits for its acknowledgement (see
+    /// [`ControlClient::report_edge_decisions`]). Fails with
+    /// [`crate::control::ClientError::Stopped`] once the node stops.
+    pub async fn report_edge_decisions(
+        &self,
+        decisions: Vec<postern_proto::funnel::EdgeDecision>,
+    ) -> Result<postern_proto::funnel::EdgeDecisionAck, crate::control::ClientError> {
+        let control = self
+            .shared
+            .control
+            .upgrade()
+            .ok_or(crate::control::ClientError::Stopped)?;
+        control.report_edge_decisions(decisions).await
+    }
+
     /// Who the peer with tailnet address `addr` is, per the current netmap.
     pub fn peer_by_addr(&self, addr: IpAddr) -> Option<PeerIdentity> {
         self.directory().peer_by_addr(addr).cloned()

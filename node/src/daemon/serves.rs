@@ -24,7 +24,10 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use postern_proto::funnel::{FunnelChange, FunnelInfo, FunnelProtocol, FunnelRefusal, FunnelSpec};
+use postern_proto::funnel::{
+    EdgeDecision, FunnelChange, FunnelInfo, FunnelLogQuery, FunnelProtocol, FunnelRefusal,
+    FunnelSpec,
+};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -193,6 +196,16 @@ pub trait FunnelControl: Send + Sync + fmt::Debug {
         &self,
         change: FunnelChange,
     ) -> BoxFuture<'_, Result<Vec<FunnelInfo>, FunnelCallError>>;
+
+    /// Asks the coord for the edge decisions of this node's funnels matching `query`,
+    /// newest first. The default answers [`FunnelCallError::Unsupported`].
+    fn log(
+        &self,
+        query: FunnelLogQuery,
+    ) -> BoxFuture<'_, Result<Vec<EdgeDecision>, FunnelCallError>> {
+        let _ = query;
+        Box::pin(async { Err(FunnelCallError::Unsupported) })
+    }
 }
 
 /// The [`FunnelControl`] of a running node: funnel requests on its control client's
@@ -221,11 +234,28 @@ impl FunnelControl for ControlFunnels {
                 .control
                 .upgrade()
                 .ok_or_else(|| FunnelCallError::Unavailable("the node is stopping".into()))?;
-            control.funnel(change).await.map_err(|err| match err {
-                ClientError::FunnelRefused(refusal) => FunnelCallError::Refused(refusal),
-                other => FunnelCallError::Unavailable(other.to_string()),
-            })
+            control.funnel(change).await.map_err(call_error)
         })
+    }
+
+    fn log(
+        &self,
+        query: FunnelLogQuery,
+    ) -> BoxFuture<'_, Result<Vec<EdgeDecision>, FunnelCallError>> {
+        Box::pin(async move {
+            let control = self
+                .control
+                .upgrade()
+                .ok_or_else(|| FunnelCallError::Unavailable("the node is stopping".into()))?;
+            control.funnel_log(query).await.map_err(call_error)
+        })
+    }
+}
+
+fn call_error(err: ClientError) -> FunnelCallError {
+    match err {
+        ClientError::FunnelRefused(refusal) => FunnelCallError::Refused(refusal),
+        other => FunnelCallError::Unavailable(other.to_string()),
     }
 }
 
@@ -443,6 +473,35 @@ impl ServeManager {
             .map(|f| funnel_status(&f.item))
             .collect();
         ServeStatus { serves, funnels }
+    }
+
+    /// The edge decisions of this node's funnels matching `query`, newest first, from the
+    /// coord. A `query.funnel` that is one of this node's funnel ports (`3000`) is turned
+    /// into that funnel's hostname; names and hostnames go to the coord as they are.
+    ///
+    /// Fails as [`FunnelControl::log`]: refused (no such funnel), unavailable, unsupported.
+    pub async fn funnel_log(
+        &self,
+        mut query: FunnelLogQuery,
+    ) -> Result<Vec<EdgeDecision>, FunnelCallError> {
+        if let Some(port) = query.funnel.as_deref().and_then(|f| f.parse::<u16>().ok()) {
+            let hostname = self
+                .lock()
+                .funnels
+                .iter()
+                .find(|f| f.item.spec.port == port)
+                .and_then(|f| f.item.info.as_ref().map(|i| i.hostname.clone()));
+            if let Some(hostname) = hostname {
+                query.funnel = Some(hostname);
+            }
+        }
+        self.funnels.log(query).await
+    }
+
+    /// Whether this node has funnels open now (the inspection's puller asks the coord for
+    /// edge denials only then).
+    pub fn has_funnels(&self) -> bool {
+        !self.lock().funnels.is_empty()
     }
 
     /// A new foreground session: add entries under it, and call [`Self::end_session`]

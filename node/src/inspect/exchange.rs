@@ -214,6 +214,10 @@ pub struct DeniedDelivery {
     pub reason: String,
     /// The status the edge answered with.
     pub status: u16,
+    /// The coordination server's id of the decision, for denials pulled from the edge log
+    /// (`postern funnel log`); the inspector resumes after the newest one it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge_id: Option<u64>,
 }
 
 /// Why an ingress audit line could not be read as a denial.
@@ -259,6 +263,7 @@ impl DeniedDelivery {
             gate: line.gate,
             reason: line.reason.unwrap_or_else(|| "denied".to_owned()),
             status: line.status,
+            edge_id: None,
         }))
     }
 }

@@ -208,6 +208,18 @@ impl CaptureStore {
             .collect()
     }
 
+    /// The largest `edge_id` of the denials held (pulled from the coord's edge log), if any.
+    pub fn newest_edge_id(&self) -> Option<u64> {
+        let ring = self.lock();
+        ring.entries
+            .iter()
+            .filter_map(|(entry, _)| match entry {
+                Entry::Denied(denied) => denied.edge_id,
+                Entry::Exchange(_) => None,
+            })
+            .max()
+    }
+
     /// The entry with this id, unmasked (mask with [`Entry::masked`] before showing), or
     /// `None` if it was never recorded, was evicted or cleared.
     pub fn get(&self, id: u64) -> Option<Entry> {
@@ -521,6 +533,7 @@ mod tests {
             gate: Some("webhook:github".into()),
             reason: "signature_mismatch".into(),
             status: 403,
+            edge_id: None,
         }
     }
 

@@ -1,0 +1,271 @@
+//! The edge log: ingress nodes report the edge's request decisions, funnel owners read
+//! them back (`postern funnel log`).
+//!
+//! Two rules keep it to its owners:
+//!
+//! - A batch ([`EdgeDecisionBatch`]) is accepted only from a node the coord marks as an
+//!   ingress (`keys create --ingress`) that takes part in the tailnet now; from any other
+//!   node it is refused whole (`not_ingress`). Each decision must name a funnel the coord
+//!   routes to ingress nodes now, or one that expired less than [`EXPIRY_GRACE_SECS`] ago
+//!   (so the edge's `expire` record and requests in flight at the expiry are kept); others
+//!   are dropped and counted. The owner is the funnel's node in the coord's store, never
+//!   what the ingress says.
+//! - A node's log request ([`FunnelLogRequest`]) is answered with decisions of funnels
+//!   that node owns, and nothing else.
+//!
+//! Stored rows are bounded by [`ControlConfig::edge_log_per_funnel`] and
+//! [`ControlConfig::edge_log_max_age`](crate::control::ControlConfig::edge_log_max_age).
+//!
+//! [`ControlConfig::edge_log_per_funnel`]: crate::control::ControlConfig::edge_log_per_funnel
+
+use std::collections::{HashMap, HashSet};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use postern_proto::NodeId;
+use postern_proto::funnel::{
+    EdgeDecision, EdgeDecisionAck, EdgeDecisionBatch, FunnelLogRequest, FunnelLogResponse,
+    FunnelRefusal, MAX_EDGE_BATCH, MAX_FUNNEL_LOG_LIMIT,
+};
+
+use super::check::{INTERNAL, INVALID, NOT_FOUND, refusal};
+use crate::control::Coord;
+use crate::store::{EdgeDecisionFilter, EdgeRetention, FunnelRecord, NewEdgeDecision};
+
+/// Refusal code: the sender of a batch of edge decisions is not an ingress node.
+pub const NOT_INGRESS: &str = "not_ingress";
+
+/// How long after a funnel's expiry its decisions are still accepted: 5 minutes.
+pub const EXPIRY_GRACE_SECS: i64 = 300;
+
+/// How many decisions a log request returns when it does not say: 50.
+pub const DEFAULT_LOG_LIMIT: u32 = 50;
+
+/// The longest path kept, in bytes (longer ones are cut at a character boundary).
+const MAX_PATH_LEN: usize = 1024;
+/// The longest of the other text fields kept, in bytes.
+const MAX_SHORT_LEN: usize = 128;
+
+impl Coord {
+    /// Stores the decisions of `batch` that ingress node `sender` may report (see the
+    /// [module docs](self)) and says how many were stored and dropped. Never fails: a
+    /// refused batch or a store error is a refusal in the acknowledgement (and a log line).
+    pub async fn handle_edge_decisions(
+        &self,
+        sender: NodeId,
+        batch: EdgeDecisionBatch,
+    ) -> EdgeDecisionAck {
+        let (batch_id, count) = (batch.batch_id, batch.decisions.len());
+        let refused = |refusal: FunnelRefusal| EdgeDecisionAck {
+            batch_id,
+            stored: 0,
+            dropped: u32::try_from(count).unwrap_or(u32::MAX),
+            refusal: Some(refusal),
+        };
+        if batch.decisions.len() > MAX_EDGE_BATCH {
+            return refused(refusal(
+                INVALID,
+                format!(
+                    "a batch carries at most {MAX_EDGE_BATCH} decisions, not {}",
+                    batch.decisions.len()
+                ),
+            ));
+        }
+        let view = match self.tailnet_view().await {
+            Ok(view) => view,
+            Err(err) => {
+                tracing::error!(%err, "cannot read the tailnet to check edge decisions");
+                return refused(refusal(
+                    INTERNAL,
+                    "the coordination server failed; try again",
+                ));
+            }
+        };
+        let is_ingress = view
+            .node(sender)
+            .is_some_and(|node| node.is_ingress && view.is_eligible(node));
+        if !is_ingress {
+            tracing::warn!(node = %sender, "a node that is not an ingress reported edge decisions; refused");
+            return refused(refusal(
+                NOT_INGRESS,
+                "only ingress nodes (registered with a key from `postern-coord keys create --ingress`) report edge decisions",
+            ));
+        }
+        let routed: HashSet<String> = self
+            .funnel_routes(&view)
+            .into_iter()
+            .map(|route| route.hostname)
+            .collect();
+        let funnels: HashMap<&str, &FunnelRecord> = view
+            .funnels
+            .values()
+            .flatten()
+            .map(|record| (record.funnel.hostname.as_str(), record))
+            .collect();
+        let received_ms = now_ms();
+        let mut accepted = Vec::with_capacity(batch.decisions.len());
+        let mut dropped: u32 = 0;
+        for decision in batch.decisions {
+            let hostname = decision.funnel.to_ascii_lowercase();
+            let Some(record) = funnels.get(hostname.as_str()) else {
+                dropped = dropped.saturating_add(1);
+                continue;
+            };
+            let recently_expired = record.funnel.expires_at.is_some_and(|at| {
+                at <= view.now && view.now.0.saturating_sub(at.0) <= EXPIRY_GRACE_SECS
+            });
+            if !routed.contains(&hostname) && !recently_expired {
+                dropped = dropped.saturating_add(1);
+                continue;
+            }
+            accepted.push(NewEdgeDecision {
+                funnel_id: record.id,
+                node_id: record.funnel.node_id,
+                ingress_id: sender,
+                received_ms,
+                decision: bounded(decision, hostname),
+            });
+        }
+        let retention = EdgeRetention {
+            per_funnel: self.config.edge_log_per_funnel,
+            received_before_ms: received_ms.saturating_sub(
+                i64::try_from(self.config.edge_log_max_age.as_millis()).unwrap_or(i64::MAX),
+            ),
+        };
+        let stored = match self
+            .registry
+            .store()
+            .append_edge_decisions(&accepted, retention)
+            .await
+        {
+            Ok(stored) => stored,
+            Err(err) => {
+                tracing::error!(%err, "cannot store edge decisions");
+                return refused(refusal(
+                    INTERNAL,
+                    "the coordination server failed; try again",
+                ));
+            }
+        };
+        if dropped > 0 {
+            tracing::debug!(ingress = %sender, dropped, "edge decisions for funnels not routed to this ingress were dropped");
+        }
+        EdgeDecisionAck {
+            batch_id,
+            stored: u32::try_from(stored).unwrap_or(u32::MAX),
+            dropped,
+            refusal: None,
+        }
+    }
+
+    /// Answers node `node_id`'s request for its funnels' edge decisions: newest first, only
+    /// of funnels it owns. A funnel name the node does not hold is a `not_found` refusal.
+    pub async fn handle_funnel_log(
+        &self,
+        node_id: NodeId,
+        request: FunnelLogRequest,
+    ) -> FunnelLogResponse {
+        FunnelLogResponse {
+            request_id: request.request_id,
+            result: self.funnel_log(node_id, request).await,
+        }
+    }
+
+    async fn funnel_log(
+        &self,
+        node_id: NodeId,
+        request: FunnelLogRequest,
+    ) -> Result<Vec<EdgeDecision>, FunnelRefusal> {
+        let query = request.query;
+        let store = self.registry.store();
+        let internal = |err: crate::store::StoreError| {
+            tracing::error!(%err, "cannot read the edge log");
+            refusal(INTERNAL, "the coordination server failed; try again")
+        };
+        let hostnames = match &query.funnel {
+            None => Vec::new(),
+            Some(wanted) => {
+                let wanted = wanted.trim().to_ascii_lowercase();
+                let funnels = store.funnels_of_node(node_id).await.map_err(internal)?;
+                let hostnames: Vec<String> = funnels
+                    .into_iter()
+                    .filter(|f| {
+                        f.funnel.hostname == wanted || f.funnel.name.to_ascii_lowercase() == wanted
+                    })
+                    .map(|f| f.funnel.hostname)
+                    .collect();
+                if hostnames.is_empty() {
+                    return Err(refusal(
+                        NOT_FOUND,
+                        format!(
+                            "this node has no funnel named {wanted:?}; give the name or hostname `postern funnel status` shows"
+                        ),
+                    ));
+                }
+                hostnames
+            }
+        };
+        let filter = EdgeDecisionFilter {
+            node_id: Some(node_id),
+            hostnames,
+            since_ms: query.since.map(|t| t.0.saturating_mul(1000)),
+            after_id: query.after_id,
+            denied_only: query.denied_only,
+            limit: query
+                .limit
+                .unwrap_or(DEFAULT_LOG_LIMIT)
+                .clamp(1, MAX_FUNNEL_LOG_LIMIT),
+        };
+        store.edge_decisions(&filter).await.map_err(internal)
+    }
+}
+
+/// The decision with its hostname normalised and its text fields cut to size.
+fn bounded(mut decision: EdgeDecision, hostname: String) -> EdgeDecision {
+    decision.id = 0;
+    decision.funnel = hostname;
+    cut(&mut decision.path, MAX_PATH_LEN);
+    cut(&mut decision.client, MAX_SHORT_LEN);
+    cut(&mut decision.method, MAX_SHORT_LEN);
+    cut(&mut decision.result, MAX_SHORT_LEN);
+    if let Some(gate) = decision.gate.as_mut() {
+        cut(gate, MAX_SHORT_LEN);
+    }
+    if let Some(reason) = decision.reason.as_mut() {
+        cut(reason, MAX_SHORT_LEN);
+    }
+    decision
+}
+
+/// Cuts `text` to at most `max` bytes, at a character boundary.
+fn cut(text: &mut String, max: usize) {
+    if text.len() <= max {
+        return;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_fields_are_cut_at_character_boundaries() {
+        let mut text = "é".repeat(100);
+        cut(&mut text, 5);
+        assert_eq!(text, "éé");
+        let mut short = "abc".to_owned();
+        cut(&mut short, 5);
+        assert_eq!(short, "abc");
+    }
+}

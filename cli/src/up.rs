@@ -1,6 +1,7 @@
 //! `postern up` (the node daemon, in the foreground) and `postern down`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,6 +64,12 @@ pub(crate) struct UpArgs {
     #[arg(long, value_name = "KB")]
     inspect_max_body_kb: Option<u64>,
 
+    /// Trust the CA certificates in FILE (PEM) for https:// relays, on top of the system's
+    /// trust roots: for relays whose certificate comes from a private CA. A relay whose
+    /// certificate chains to neither is refused, and the log says so (config: `relay_ca`).
+    #[arg(long, value_name = "FILE")]
+    relay_ca: Option<PathBuf>,
+
     #[command(flatten)]
     global: Global,
 }
@@ -87,6 +94,7 @@ pub(crate) fn run_up(args: UpArgs) -> ExitCode {
     let config = RuntimeConfig {
         state_dir: state_dir.clone(),
         listen_port: args.port.or(file.port).unwrap_or(0),
+        relay_ca: args.relay_ca.or(file.relay_ca),
     };
     let socks5_addr = args.socks5.or(file.socks5);
     let http_proxy_addr = args.http_proxy.or(file.http_proxy);
@@ -126,7 +134,9 @@ pub(crate) fn run_up(args: UpArgs) -> ExitCode {
                 let _ = std::fs::remove_file(&socket);
                 let code = match e {
                     RuntimeError::NotLoggedIn { .. } => EXIT_NOT_READY,
-                    RuntimeError::State(_) | RuntimeError::BadCoordUrl { .. } => EXIT_USAGE,
+                    RuntimeError::State(_)
+                    | RuntimeError::BadCoordUrl { .. }
+                    | RuntimeError::RelayTrust(_) => EXIT_USAGE,
                     _ => EXIT_FAILURE,
                 };
                 return fail(&e.to_string(), code);

@@ -126,6 +126,7 @@ pub async fn start_node(
     let runtime = NodeRuntime::start(RuntimeConfig {
         state_dir: dir,
         listen_port: section.listen_port,
+        relay_ca: None,
     })
     .await?;
     Ok(runtime)

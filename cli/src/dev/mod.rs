@@ -209,6 +209,7 @@ async fn run_dev(args: &DevArgs, state: &Path, inspect: Option<SocketAddr>) -> R
     let node = NodeRuntime::start(RuntimeConfig {
         state_dir: node_dir.clone(),
         listen_port: 0,
+        relay_ca: None,
     })
     .await
     .map_err(|e| format!("the dev node: {e}"))?;

@@ -144,6 +144,9 @@ pub enum RuntimeError {
     /// The node is stopping.
     #[error("the node is shutting down")]
     Stopping,
+    /// The trust roots for `https://` relays could not be set up (e.g. a bad `--relay-ca`).
+    #[error(transparent)]
+    RelayTrust(#[from] crate::relay::RelayTrustError),
 }
 
 /// How to run a node.
@@ -153,6 +156,10 @@ pub struct RuntimeConfig {
     pub state_dir: PathBuf,
     /// The WireGuard UDP port; 0 picks a free one.
     pub listen_port: u16,
+    /// A PEM file of CA certificates to trust for `https://` relays, on top of the system's
+    /// roots (for relays with a certificate from a private CA); `None` trusts the system's
+    /// roots only. See [`crate::relay::relay_tls_config`].
+    pub relay_ca: Option<PathBuf>,
 }
 
 /// What to log in with.
@@ -442,6 +449,7 @@ impl NodeRuntime {
             state_dir: config.state_dir.clone(),
         })?;
         let coord_addr = coord_addr(&login.coord_url)?;
+        let relay_tls = crate::relay::relay_tls_config(config.relay_ca.as_deref())?;
 
         let bind = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), config.listen_port);
         let socket = std::net::UdpSocket::bind(bind)
@@ -536,6 +544,7 @@ impl NodeRuntime {
             tokio::spawn(paths::run(paths::PathsWiring {
                 commands: commands.clone(),
                 node_key: keys.node.clone(),
+                relay_tls,
                 listen_port,
                 netmap: handle.netmap(),
                 public: public_endpoints,

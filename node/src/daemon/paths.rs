@@ -46,6 +46,8 @@ pub struct PathsWiring {
     pub commands: mpsc::Sender<EngineCommand>,
     /// This node's key, to attach to the relay.
     pub node_key: NodePrivateKey,
+    /// Trust roots for `https://` relays ([`crate::relay::relay_tls_config`]).
+    pub relay_tls: Arc<rustls::ClientConfig>,
     /// The WireGuard socket's port (for the local endpoints).
     pub listen_port: u16,
     /// The netmaps the runtime applied.
@@ -178,8 +180,9 @@ async fn apply_relay_map(wiring: &PathsWiring, map: &RelayMap) -> Option<RegionI
         .and_then(|id| regions.iter().find(|r| r.id == id))
         .and_then(|region| {
             let server = region.servers.first()?;
-            let config =
+            let mut config =
                 RelayClientConfig::new(server.url.clone(), region.id, wiring.node_key.clone());
+            config.tls = Some(Arc::clone(&wiring.relay_tls));
             match RelayClient::spawn(config) {
                 Ok(client) => {
                     tracing::info!(region = %region.name, url = %server.url, "home relay");

@@ -121,6 +121,12 @@ pub enum RelayClientError {
     /// The HTTP exchange or the TLS handshake failed.
     #[error("relay HTTP/TLS exchange failed: {0}")]
     Http(String),
+    /// The relay's TLS certificate does not chain to a trusted root (or names another host,
+    /// or has expired).
+    #[error(
+        "the relay's TLS certificate is not trusted ({0}); if the relay uses a private CA, give its certificate with `postern up --relay-ca FILE` (config: relay_ca)"
+    )]
+    UntrustedCertificate(String),
     /// The server answered the upgrade with something other than 101.
     #[error("the relay refused the upgrade with HTTP {0}; is the URL a Postern relay?")]
     UpgradeRefused(u16),
@@ -320,6 +326,10 @@ async fn run(
                 tracing::warn!(url = %config.url, %problem, "relay refused this node");
                 RelayState::Refused(problem)
             }
+            Err(err @ RelayClientError::UntrustedCertificate(_)) => {
+                tracing::warn!(url = %config.url, %err, "cannot attach to the relay; redialling");
+                RelayState::Lost(err.to_string())
+            }
             Err(err) => {
                 tracing::info!(url = %config.url, %err, "relay connection lost; redialling");
                 RelayState::Lost(err.to_string())
@@ -350,7 +360,8 @@ async fn connect_and_run(
                 .map_err(|err| RelayClientError::Http(err.to_string()))?;
             let stream = tokio_rustls::TlsConnector::from(tls.clone())
                 .connect(name, tcp)
-                .await?;
+                .await
+                .map_err(tls_handshake_error)?;
             upgrade(stream, target).await?
         }
         _ => upgrade(tcp, target).await?,
@@ -365,6 +376,20 @@ async fn connect_and_run(
     state_tx.send_replace(RelayState::Attached);
     tracing::info!(url = %config.url, "attached to the relay");
     session.run(config, out_rx, in_tx).await
+}
+
+/// A failed TLS handshake: [`RelayClientError::UntrustedCertificate`] when rustls refused
+/// the relay's certificate, else the I/O error.
+fn tls_handshake_error(err: std::io::Error) -> RelayClientError {
+    let refused = err
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .filter(|tls| matches!(tls, rustls::Error::InvalidCertificate(_)))
+        .map(ToString::to_string);
+    match refused {
+        Some(reason) => RelayClientError::UntrustedCertificate(reason),
+        None => RelayClientError::Io(err),
+    }
 }
 
 async fn upgrade<I>(io: I, target: &Target) -> Result<hyper::upgrade::Upgraded, RelayClientError>

@@ -9,9 +9,11 @@
 //! `PathId::Relay { region, peer: src }`.
 //!
 //! [`stun`] learns the node's public UDP endpoint from a relay's STUN port.
+//! [`relay_tls_config`] sets up which certificates `https://` relays may present.
 
 mod client;
 pub mod stun;
+mod trust;
 
 use std::time::Duration;
 
@@ -19,6 +21,7 @@ pub use client::{
     RelayClient, RelayClientConfig, RelayClientError, RelayDatagram, RelaySendError, RelaySender,
     RelayState,
 };
+pub use trust::{RelayTrustError, relay_tls_config};
 
 /// Redial delays after a failed or lost relay connection: exponential from
 /// [`Backoff::MIN`] to [`Backoff::MAX`], back to the start after a successful attach. Pure:

@@ -55,17 +55,21 @@ impl DelayForwarder {
         target: SocketAddr,
         delay: Duration,
     ) -> Result<Self, LabError> {
-        Self::start_in(None, protocol, listen, target, delay)
+        Self::start_in(None, protocol, listen, target, delay, None)
     }
 
     /// Like [`DelayForwarder::start`], but the thread first enters the network namespace
     /// mounted at `netns` (e.g. `/run/netns/NAME`), so it listens and connects from there.
+    /// With `upstream_bind`, a UDP forwarder sends to `target` from that address (so only
+    /// one client can use it: a second one's socket cannot bind and its datagrams are
+    /// dropped); without it, from a fresh ephemeral port per client.
     pub(crate) fn start_in(
         netns: Option<PathBuf>,
         protocol: DelayProtocol,
         listen: SocketAddr,
         target: SocketAddr,
         delay: Duration,
+        upstream_bind: Option<SocketAddr>,
     ) -> Result<Self, LabError> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<SocketAddr, LabError>>();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -97,7 +101,7 @@ impl DelayForwarder {
                     let _ = ready_tx.send(Ok(bound.local_addr()));
                     tokio::select! {
                         _ = stop_rx => {}
-                        _ = bound.serve(target, delay) => {}
+                        _ = bound.serve(target, delay, upstream_bind) => {}
                     }
                 });
             })
@@ -143,7 +147,7 @@ pub fn run_forwarder(
         .map_err(|e| LabError::io("building a tokio runtime", e))?;
     runtime.block_on(async move {
         let bound = Bound::bind(protocol, listen).await?;
-        bound.serve(target, delay).await;
+        bound.serve(target, delay, None).await;
         Ok(())
     })
 }
@@ -178,9 +182,9 @@ impl Bound {
         addr.unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
-    async fn serve(self, target: SocketAddr, delay: Duration) {
+    async fn serve(self, target: SocketAddr, delay: Duration, upstream_bind: Option<SocketAddr>) {
         match self {
-            Self::Udp(socket) => serve_udp(socket, target, delay).await,
+            Self::Udp(socket) => serve_udp(socket, target, delay, upstream_bind).await,
             Self::Tcp(listener) => serve_tcp(listener, target, delay).await,
         }
     }
@@ -206,12 +210,17 @@ fn udp_delay_line(socket: Arc<UdpSocket>, to: Option<SocketAddr>) -> DelayLine {
     tx
 }
 
-async fn serve_udp(listener: Arc<UdpSocket>, target: SocketAddr, delay: Duration) {
-    let unspecified: SocketAddr = if target.is_ipv4() {
+async fn serve_udp(
+    listener: Arc<UdpSocket>,
+    target: SocketAddr,
+    delay: Duration,
+    upstream_bind: Option<SocketAddr>,
+) {
+    let unspecified: SocketAddr = upstream_bind.unwrap_or(if target.is_ipv4() {
         SocketAddr::from(([0, 0, 0, 0], 0))
     } else {
         SocketAddr::from(([0u16; 8], 0))
-    };
+    });
     let mut upstream: HashMap<SocketAddr, DelayLine> = HashMap::new();
     let mut buf = vec![0u8; 65536];
     loop {

@@ -34,6 +34,11 @@ use crate::netns::{Netns, sweep_stale_namespaces, unique_prefix};
 use crate::tools::require_root;
 use crate::{LabError, LabProcess};
 
+/// Home A's router on its LAN (the homes' gateway).
+const LAN_A: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 1);
+/// Home B's router on its LAN.
+const LAN_B: Ipv4Addr = Ipv4Addr::new(198, 19, 2, 1);
+
 /// How a home's NAT router maps outgoing flows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NatKind {
@@ -286,7 +291,63 @@ impl NatLab {
             listen,
             target,
             delay,
+            None,
         )
+    }
+
+    /// Delays one UDP flow of a home on its router, in both directions, as a slow home link
+    /// would: datagrams from the home's port `home_port` (any home machine) to `remote` are
+    /// redirected (nftables `dnat` in the router's prerouting) to a [`DelayForwarder`] on the
+    /// router, which sends them on to `remote` from the router's WAN address and the same
+    /// port `home_port`, and hands the replies back (conntrack undoes the `dnat`, so the home
+    /// sees them come from `remote`). Each direction is `delay` late; the peer sees the same
+    /// public endpoint an easy NAT would have given the home (`wan:home_port`).
+    ///
+    /// Call it before the home sends anything to `remote`: a flow that conntrack already
+    /// tracks keeps its old (undelayed) NAT. Only one home machine can use the delayed flow
+    /// at a time. The delay lasts until the returned forwarder is dropped (after which the
+    /// flow is cut, not restored). Fails for a host that is not a router, or with the
+    /// failing command's message.
+    pub fn delay_home_udp(
+        &self,
+        router: Host,
+        home_port: u16,
+        remote: SocketAddr,
+        delay: Duration,
+    ) -> Result<DelayForwarder, LabError> {
+        let lan = match router {
+            Host::RouterA => LAN_A,
+            Host::RouterB => LAN_B,
+            other => {
+                return Err(LabError::Invalid(format!(
+                    "{other:?} is not a NAT router: use Host::RouterA or Host::RouterB"
+                )));
+            }
+        };
+        let SocketAddr::V4(remote_v4) = remote else {
+            return Err(LabError::Invalid(format!(
+                "{remote} is not IPv4: the lab's homes reach the internet over IPv4 only"
+            )));
+        };
+        let forwarder = DelayForwarder::start_in(
+            Some(self.netns(router).path()),
+            DelayProtocol::Udp,
+            SocketAddr::from((lan, 0)),
+            remote,
+            delay,
+            Some(SocketAddr::from((router.addr(), home_port))),
+        )?;
+        let listen = forwarder.local_addr();
+        self.netns(router).nft(&format!(
+            "table ip postern_lab_delay {{
+  chain pre {{ type nat hook prerouting priority dstnat - 1; policy accept; }}
+}}
+add rule ip postern_lab_delay pre iifname \"br-lan\" udp sport {home_port} ip daddr {} udp dport {} dnat to {listen}
+",
+            remote_v4.ip(),
+            remote_v4.port()
+        ))?;
+        Ok(forwarder)
     }
 
     /// Injects `fault` on `host`'s uplink (both directions), replacing any earlier fault
@@ -307,11 +368,13 @@ impl NatLab {
             None => (String::new(), String::new()),
         };
         self.clear_link_fault(host)?;
+        // Postrouting sees every packet that leaves, forwarded or sent by the host itself;
+        // an output chain as well would hit the host's own packets twice (e.g. a router's
+        // delay forwarder, see `delay_home_udp`, would lose 1 - 0.95² of them at 5 %).
         self.netns(host).nft(&format!(
             "table inet postern_lab_fault {{
   chain pre {{ type filter hook prerouting priority -300; policy accept; {inbound}{verdict}; }}
   chain post {{ type filter hook postrouting priority 300; policy accept; {outbound}{verdict}; }}
-  chain out {{ type filter hook output priority -300; policy accept; {outbound}{verdict}; }}
 }}
 "
         ))
@@ -417,8 +480,7 @@ impl Hosts {
             ns.nft(&nat_ruleset(kind))?;
             Ok(ns)
         };
-        let lan_a = Ipv4Addr::new(198, 19, 1, 1);
-        let lan_b = Ipv4Addr::new(198, 19, 2, 1);
+        let (lan_a, lan_b) = (LAN_A, LAN_B);
         let router_a = router(Host::RouterA, lan_a, config.home_a)?;
         let router_b = router(Host::RouterB, lan_b, config.home_b)?;
 

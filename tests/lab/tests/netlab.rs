@@ -186,7 +186,7 @@ fn link_faults_drop_packets_and_flushing_forgets_mappings() {
     // Count echoes of 200 datagrams.
     let echoes = |socket: &UdpSocket| -> usize {
         for i in 0..200u32 {
-            // A drop in the output hook fails the send itself (EPERM): that is a loss too.
+            // A drop in the postrouting hook fails the send itself (EPERM): that is a loss too.
             let _ = socket.send_to(&i.to_be_bytes(), coord);
         }
         socket
@@ -364,6 +364,51 @@ fn delay_forwarder_adds_latency() {
         rtt >= 2 * delay,
         "program round trip {rtt:?} < 2 x {delay:?}"
     );
+}
+
+/// `delay_home_udp`: a home's flow to one remote endpoint is late by the delay each way,
+/// the remote sees the home's NAT address and port as without it, and the home sees the
+/// replies come from the remote's address.
+#[test]
+fn a_delayed_home_flow_keeps_its_addresses_and_is_late_both_ways() {
+    let lab = lab(NatLabConfig::default());
+    udp_reflector(&lab, Host::Coord, 3478);
+    let coord = SocketAddr::from((Host::Coord.addr(), 3478));
+    let delay = Duration::from_millis(100);
+    let _delayed = lab
+        .delay_home_udp(Host::RouterA, 41641, coord, delay)
+        .unwrap();
+    let socket = udp_socket(&lab, Host::HomeA, 41641);
+    let start = Instant::now();
+    socket.send_to(b"late", coord).unwrap();
+    let mut buf = [0u8; 128];
+    let (len, from) = socket.recv_from(&mut buf).unwrap();
+    let rtt = start.elapsed();
+    assert!(rtt >= 2 * delay, "round trip {rtt:?} < 2 x {delay:?}");
+    assert_eq!(from, coord, "the reply must seem to come from the remote");
+    let seen = String::from_utf8_lossy(&buf[..len]).into_owned();
+    assert_eq!(
+        seen,
+        format!("{}:41641", Host::RouterA.addr()),
+        "the remote must see the NAT's address and the home's port"
+    );
+    // Another port of the same home is not delayed.
+    let other = udp_socket(&lab, Host::HomeA, 0);
+    let rtt = udp_round_trip_on(&other, coord);
+    assert!(rtt < delay, "an undelayed flow took {rtt:?}");
+    assert!(
+        lab.delay_home_udp(Host::HomeA, 41641, coord, delay)
+            .is_err(),
+        "only routers can delay a home's flow"
+    );
+}
+
+fn udp_round_trip_on(socket: &UdpSocket, to: SocketAddr) -> Duration {
+    let start = Instant::now();
+    socket.send_to(b"x", to).unwrap();
+    let mut buf = [0u8; 128];
+    socket.recv_from(&mut buf).unwrap();
+    start.elapsed()
 }
 
 #[test]

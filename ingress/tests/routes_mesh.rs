@@ -642,7 +642,19 @@ async fn a_tcp_route_opens_its_public_port_through_the_mesh_and_closes_it() {
         refused,
         "the IP gate of the TCP route did not refuse loopback"
     );
-    let connections = fixture.audit.connections.lock().unwrap().clone();
+    // The refusal's audit record is written as the connection closes: the client may see
+    // the close first, so wait for the record.
+    let mut connections = Vec::new();
+    for _ in 0..100 {
+        connections = fixture.audit.connections.lock().unwrap().clone();
+        if connections
+            .iter()
+            .any(|c| c.result == "deny" && c.reason == "ip_denied")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(
         connections
             .iter()

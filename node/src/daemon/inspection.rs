@@ -85,11 +85,8 @@ impl Inspection {
         let bound = listener
             .local_addr()
             .map_err(|source| InspectionError::Bind { addr, source })?;
-        let store = if config.persist_path.is_some() {
-            CaptureStore::open(config)?
-        } else {
-            CaptureStore::in_memory(config)
-        };
+        // Without a `persist_path` this is an in-memory store.
+        let store = CaptureStore::open(config)?;
         let recorder: Arc<dyn ExchangeRecorder> = store.clone();
         let observer = Arc::new(FilteringObserver {
             inner: InspectObserver::new(Arc::clone(&recorder)),

@@ -21,7 +21,7 @@ HTTP_NAMES = {
     "funnel_open": "**funnel, no gate** (ingress: TLS + HTTP + audit)",
     "funnel_gated": "**funnel, GitHub webhook gate**",
     "funnel_ip": "funnel, IP gate (allow 127.0.0.0/8)",
-    "funnel_jwt": "funnel, JWT gate (ES256, cached JWKS)",
+    "funnel_jwt": "funnel, JWT gate (ES256, cached JWKS, one token reused: verified once)",
     "funnel_oidc": "funnel, OIDC login gate (session cookie)",
     "funnel_rate": "funnel, no gate, per-client and per-funnel rate limits",
     "funnel_open_oha": "funnel, no gate, driven by oha (the mTLS baseline)",

@@ -10,6 +10,7 @@
 //! `session_key_file` (made, 0600, when missing, exactly as the ingress does). Whoever can
 //! read that file can mint sessions this way: it is the gate's secret.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::SystemTime;
@@ -18,12 +19,12 @@ use postern_ingress::gate::oidc::{CookieCodec, Session, load_or_create_session_k
 
 fn main() -> ExitCode {
     match run() {
-        Ok(cookie) => {
-            println!("{cookie}");
-            ExitCode::SUCCESS
-        }
+        Ok(cookie) => match writeln!(std::io::stdout(), "{cookie}") {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::from(1),
+        },
         Err(error) => {
-            eprintln!("bench_session_cookie: {error}");
+            let _ = writeln!(std::io::stderr(), "bench_session_cookie: {error}");
             ExitCode::from(2)
         }
     }

@@ -19,6 +19,8 @@ use crate::wire::{
 };
 
 mod congestion;
+// Postern patch: the sender's SACK scoreboard (PATCHES.md).
+mod sack;
 
 macro_rules! tcp_trace {
     ($($arg:expr),*) => (net_log!(trace, $($arg),*));
@@ -152,7 +154,11 @@ const RTTE_K: u32 = 4;
 
 // RFC 6298 (2.4): Whenever RTO is computed, if it is less than 1 second, then the
 // RTO SHOULD be rounded up to 1 second.
-const RTTE_MIN_RTO: u32 = 1000;
+//
+// Postern patch (PATCHES.md): 200 ms, Linux's TCP_RTO_MIN. RFC 6298 allows a lower floor
+// ("SHOULD", and its section 4 notes that a lower floor is fine with fine-grained clocks);
+// a 1 s floor turns every lost retransmission on a 50 ms path into a 1 s stall.
+const RTTE_MIN_RTO: u32 = 200;
 
 // RFC 6298 (2.5) A maximum value MAY be placed on RTO provided it is at least 60
 // seconds
@@ -523,6 +529,14 @@ pub struct Socket<'a> {
     local_rx_dup_acks: u8,
     /// If a fast retransmit needs to occur
     pending_fast_retransmit: bool,
+    /// Postern patch (PATCHES.md): what the peer has SACKed above `local_seq_no`.
+    sack_scoreboard: sack::Scoreboard,
+    /// Postern patch: the loss-recovery episode in progress, if any. It ends when this
+    /// sequence number (the highest sent when it began, RFC 6582's "recover") is ACKed.
+    recovery_point: Option<TcpSeqNumber>,
+    /// Postern patch: data below this was retransmitted in the current recovery episode
+    /// (RFC 6675's HighRxt); the next hole is looked for from here.
+    recovery_rexmit_next: TcpSeqNumber,
 
     /// Duration for Delayed ACK. If None no ACKs will be delayed.
     ack_delay: Option<Duration>,
@@ -614,6 +628,9 @@ impl<'a> Socket<'a> {
             local_rx_last_seq: None,
             local_rx_dup_acks: 0,
             pending_fast_retransmit: false,
+            sack_scoreboard: sack::Scoreboard::default(),
+            recovery_point: None,
+            recovery_rexmit_next: TcpSeqNumber::default(),
             ack_delay: Some(ACK_DELAY_DEFAULT),
             ack_delay_timer: AckDelayTimer::Idle,
             challenge_ack_timer: Instant::from_secs(0),
@@ -926,6 +943,12 @@ impl<'a> Socket<'a> {
         self.remote_last_ts = None;
         self.ack_delay_timer = AckDelayTimer::Idle;
         self.challenge_ack_timer = Instant::from_secs(0);
+        // Postern patch: no loss-recovery state survives into the next connection.
+        self.local_rx_last_ack = None;
+        self.local_rx_dup_acks = 0;
+        self.pending_fast_retransmit = false;
+        self.sack_scoreboard.clear();
+        self.recovery_point = None;
 
         #[cfg(feature = "async")]
         {
@@ -1402,7 +1425,58 @@ impl<'a> Socket<'a> {
         self.congestion_controller
             .inner()
             .window()
-            .saturating_sub(self.flight_size())
+            .saturating_sub(self.pipe())
+    }
+
+    /// Postern patch (PATCHES.md): the octets still in the network, RFC 6675's "pipe",
+    /// which the congestion window limits. Outside loss recovery that is the flight size,
+    /// as upstream. During recovery, octets below the highest SACKed one are either SACKed
+    /// (they left the network) or presumed lost, unless retransmitted in this episode:
+    /// pipe = (octets above the highest SACK) + (retransmitted octets not SACKed since).
+    fn pipe(&self) -> usize {
+        match (self.recovery_point, self.sack_scoreboard.highest()) {
+            (Some(_), Some(high)) if high > self.local_seq_no && high <= self.remote_last_seq => {
+                let rexmitted_to = self.recovery_rexmit_next.max(self.local_seq_no).min(high);
+                (self.remote_last_seq - high) + (rexmitted_to - self.local_seq_no)
+                    - self
+                        .sack_scoreboard
+                        .sacked_between(self.local_seq_no, rexmitted_to)
+            }
+            _ => self.flight_size(),
+        }
+    }
+
+    /// Postern patch (PATCHES.md): the next segment to retransmit in loss recovery, as
+    /// (sequence number, most octets), if any. That is the first octets after those already
+    /// retransmitted in this episode that are neither ACKed nor SACKed and lie below the
+    /// highest SACKed octet (RFC 6675's NextSeg, rule 1, with "below the highest SACK" as
+    /// the loss test). The first unacknowledged segment counts as lost too once the episode
+    /// has begun or a partial ACK has arrived (RFC 6582, NewReno), so recovery also works
+    /// against a peer without SACK.
+    fn recovery_retransmit(&self, mss: usize) -> Option<(TcpSeqNumber, usize)> {
+        self.recovery_point?;
+        let una = self.local_seq_no;
+        let data_end = una + self.tx_buffer.len();
+        let mut limit = self
+            .sack_scoreboard
+            .highest()
+            .unwrap_or(una)
+            .max(una)
+            .min(self.remote_last_seq);
+        if self.recovery_rexmit_next <= una {
+            limit = limit.max((una + mss).min(self.remote_last_seq));
+        }
+        let limit = limit.min(data_end);
+        let from = self.recovery_rexmit_next.max(una);
+        let (start, end) = self.sack_scoreboard.next_hole(from, limit)?;
+        Some((start, (end - start).min(mss)))
+    }
+
+    /// Postern patch (PATCHES.md): whether a loss-recovery retransmission may go out now:
+    /// the first one of an episode always (as upstream's fast retransmit), later ones when
+    /// the congestion window has room for a segment of `mss` octets.
+    fn recovery_retransmit_allowed(&self, mss: usize) -> bool {
+        self.pending_fast_retransmit || self.cwnd_remaining() >= mss
     }
 
     /// Return the amount of octets queued in the receive buffer. This value can be larger than
@@ -1528,6 +1602,22 @@ impl<'a> Socket<'a> {
                     .map(|(left, right)| (ack + left, ack + right))
                     .next()
                     .map(|(left, right)| (left.0 as u32, right.0 as u32));
+            }
+
+            // Postern patch (PATCHES.md): fill the other two blocks with the lowest other
+            // ranges the assembler holds, so a sender still learns of every hole when some
+            // ACKs are lost (RFC 2018 asks for the most recently reported blocks; the
+            // lowest ranges are the ones closest to being retransmitted).
+            let first = reply_repr.sack_ranges[0];
+            let mut others = self
+                .assembler
+                .iter_data()
+                .map(|(left, right)| (ack + left, ack + right))
+                .map(|(left, right)| (left.0 as u32, right.0 as u32))
+                .filter(|&range| Some(range) != first);
+            if first.is_some() {
+                reply_repr.sack_ranges[1] = others.next();
+                reply_repr.sack_ranges[2] = others.next();
             }
         }
 
@@ -2116,18 +2206,26 @@ impl<'a> Socket<'a> {
                         }
                     );
 
-                    if self.local_rx_dup_acks == 3 {
+                    // Postern patch (PATCHES.md): a recovery episode in progress already
+                    // retransmits the holes; another fast retransmit (and congestion
+                    // window reduction) would only repeat it.
+                    if self.local_rx_dup_acks == 3 && self.recovery_point.is_none() {
                         self.timer.set_for_fast_retransmit();
                         net_debug!("started fast retransmit");
                     }
 
-                    // Notify of duplicate ACK
-                    let in_flight = self.flight_size();
-                    self.congestion_controller.inner_mut().on_dup_ack(
-                        cx.now(),
-                        self.remote_mss,
-                        in_flight,
-                    );
+                    // Notify of duplicate ACK. Postern patch: not during a recovery
+                    // episode, where the window limits the pipe (what is still in the
+                    // network) instead of the flight size, so inflating it for every
+                    // duplicate ACK would count the octets that left the network twice.
+                    if self.recovery_point.is_none() {
+                        let in_flight = self.flight_size();
+                        self.congestion_controller.inner_mut().on_dup_ack(
+                            cx.now(),
+                            self.remote_mss,
+                            in_flight,
+                        );
+                    }
                 }
 
                 // No duplicate ACK means we reset the duplicate ACK count
@@ -2162,6 +2260,34 @@ impl<'a> Socket<'a> {
             // deallocated from the buffer.
             if self.remote_last_seq < self.local_seq_no {
                 self.remote_last_seq = self.local_seq_no
+            }
+
+            // Postern patch (PATCHES.md): keep the SACK scoreboard, end the recovery
+            // episode once everything outstanding at its start is ACKed, and start one when
+            // the peer has SACKed more than two segments' worth above a hole (RFC 6675's
+            // loss test), which works even when duplicate ACKs were lost.
+            self.sack_scoreboard.prune(ack_number);
+            if self.remote_has_sack {
+                self.sack_scoreboard.add_blocks(
+                    ack_number,
+                    self.remote_last_seq,
+                    &repr.sack_ranges,
+                );
+            }
+            if let Some(point) = self.recovery_point
+                && ack_number >= point
+            {
+                tcp_trace!("loss recovery: done at {}", ack_number);
+                self.recovery_point = None;
+                self.pending_fast_retransmit = false;
+                self.sack_scoreboard.clear();
+            }
+            if self.recovery_point.is_none()
+                && !matches!(self.timer, Timer::FastRetransmit)
+                && self.sack_scoreboard.sacked_bytes() > 2 * self.remote_mss
+            {
+                self.timer.set_for_fast_retransmit();
+                net_debug!("started fast retransmit (SACK)");
             }
         }
 
@@ -2297,11 +2423,6 @@ impl<'a> Socket<'a> {
     }
 
     fn seq_to_transmit(&self, cx: &mut Context) -> bool {
-        // Fast retransmits should always send, even if later congestion checks would disallow
-        if self.pending_fast_retransmit && !self.tx_buffer.is_empty() {
-            return true;
-        }
-
         let ip_header_len = match self.tuple.unwrap().local.addr {
             #[cfg(feature = "proto-ipv4")]
             IpAddress::Ipv4(_) => crate::wire::IPV4_HEADER_LEN,
@@ -2318,6 +2439,23 @@ impl<'a> Socket<'a> {
 
         let local_mss = cx.ip_mtu() - ip_header_len - TCP_HEADER_LEN;
         let effective_mss = local_mss.min(self.remote_mss).saturating_sub(options_len);
+
+        // Loss-recovery retransmissions (upstream: "fast retransmits should always send,
+        // even if later congestion checks would disallow"). Postern patch (PATCHES.md):
+        // they are the holes the scoreboard shows, within the congestion window after the
+        // first.
+        if matches!(
+            self.state,
+            State::Established
+                | State::FinWait1
+                | State::Closing
+                | State::CloseWait
+                | State::LastAck
+        ) && self.recovery_retransmit_allowed(effective_mss)
+            && self.recovery_retransmit(effective_mss).is_some()
+        {
+            return true;
+        }
 
         // Have we sent data that hasn't been ACKed yet?
         let data_in_flight = self.remote_last_seq != self.local_seq_no;
@@ -2487,19 +2625,33 @@ impl<'a> Socket<'a> {
                 // to be sent again.
                 self.remote_last_seq = self.local_seq_no;
 
+                // Postern patch (PATCHES.md): a timeout ends any SACK recovery episode and
+                // falls back to go-back-N, forgetting what was SACKed (the peer may have
+                // reneged, RFC 2018).
+                self.sack_scoreboard.clear();
+                self.recovery_point = None;
+                self.pending_fast_retransmit = false;
+
                 // Inform RTTE, so that it can can handle RTO backoff
                 self.rtte.on_rto();
             } else {
                 // If a fast rentrasmit timer expired, we should resend only the earliest unAcked segment
                 net_debug!("retransmitting for fast-retransmit");
 
-                // Inform the congestion controller that we're doing a fast retransmit and should enter the fast recovery state
-                let in_flight = self.flight_size();
-                self.congestion_controller
-                    .inner_mut()
-                    .on_loss(cx.now(), in_flight);
+                // Postern patch (PATCHES.md): this starts a loss-recovery episode, which
+                // lasts until everything sent so far is ACKed; the congestion window is
+                // reduced once per episode, however many segments it loses.
+                if self.recovery_point.is_none() {
+                    // Inform the congestion controller that we're doing a fast retransmit and should enter the fast recovery state
+                    let in_flight = self.flight_size();
+                    self.congestion_controller
+                        .inner_mut()
+                        .on_loss(cx.now(), in_flight);
 
-                self.pending_fast_retransmit = true;
+                    self.recovery_point = Some(self.remote_last_seq);
+                    self.recovery_rexmit_next = self.local_seq_no;
+                    self.pending_fast_retransmit = true;
+                }
             }
 
             // Clear the `should_retransmit` state. If we can't retransmit right
@@ -2631,14 +2783,29 @@ impl<'a> Socket<'a> {
                 let local_mss = cx.ip_mtu() - ip_repr.header_len() - TCP_HEADER_LEN;
                 let effective_mss = local_mss.min(self.remote_mss).saturating_sub(options_len);
 
-                let offset = if self.pending_fast_retransmit {
-                    let size = effective_mss.min(self.tx_buffer.len());
-                    repr.seq_number = self.local_seq_no;
-                    repr.payload = self.tx_buffer.get_allocated(0, size);
+                // Postern patch (PATCHES.md): in loss recovery, retransmit the next hole
+                // (upstream retransmitted only the first unacknowledged segment, once).
+                let recovery = if self.recovery_retransmit_allowed(effective_mss) {
+                    self.recovery_retransmit(effective_mss)
+                } else {
+                    None
+                };
+                let offset = if let Some((seq, size)) = recovery {
+                    let offset = seq - self.local_seq_no;
+                    repr.seq_number = seq;
+                    repr.payload = self.tx_buffer.get_allocated(offset, size);
+                    tcp_trace!(
+                        "loss recovery: retransmitting {} octets at {}",
+                        repr.payload.len(),
+                        seq
+                    );
 
+                    self.recovery_rexmit_next = seq + repr.payload.len();
                     self.pending_fast_retransmit = false;
+                    // Karn's algorithm: no RTT sample across a retransmission.
+                    self.rtte.on_retransmit();
 
-                    0
+                    offset
                 } else {
                     // Right edge of window, ie the max sequence number we're allowed to send.
                     let win_right_edge = self.local_seq_no + self.remote_win_len;

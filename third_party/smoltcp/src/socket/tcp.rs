@@ -2282,6 +2282,16 @@ impl<'a> Socket<'a> {
                 self.pending_fast_retransmit = false;
                 self.sack_scoreboard.clear();
             }
+            if self.recovery_point.is_some()
+                && ack_len > 0
+                && self.recovery_rexmit_next <= ack_number
+            {
+                // A partial ACK up to data not retransmitted yet: that segment is lost too.
+                // Retransmit it at once, congestion window or not (RFC 6582, step 3 of
+                // its partial-ACK rule), instead of waiting for the retransmission timer.
+                tcp_trace!("loss recovery: partial ACK to {}", ack_number);
+                self.pending_fast_retransmit = true;
+            }
             if self.recovery_point.is_none()
                 && !matches!(self.timer, Timer::FastRetransmit)
                 && self.sack_scoreboard.sacked_bytes() > 2 * self.remote_mss
@@ -7188,6 +7198,202 @@ mod test {
             ack_number: Some(LOCAL_SEQ + 1 + (3 * 5)),
             ..SEND_TEMPL
         });
+    }
+
+    // Postern patch (PATCHES.md): SACK-based loss recovery.
+
+    /// Sends `segments` 3-octet segments ("aaa", "bbb", ...) from an established socket
+    /// (remote MSS 3, no congestion control, SACK as given) and returns it.
+    fn socket_with_segments_in_flight(segments: usize, sack: bool) -> TestSocket {
+        let mut s = socket_established();
+        s.remote_mss = 3;
+        s.remote_has_sack = sack;
+        s.set_congestion_control(CongestionControl::None);
+        send!(s, time 0, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            ..SEND_TEMPL
+        });
+        let data: Vec<u8> = (0..segments).flat_map(|i| [b'a' + i as u8; 3]).collect();
+        s.send_slice(&data).unwrap();
+        for i in 0..segments {
+            recv!(s, time 1000, Ok(TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 3 * i,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: &data[3 * i..3 * i + 3],
+                ..RECV_TEMPL
+            }));
+        }
+        s
+    }
+
+    /// A duplicate ACK of the first segment, SACKing `blocks` (segment index ranges).
+    fn dup_ack_sacking(blocks: &[(usize, usize)]) -> TcpRepr<'static> {
+        let mut sack_ranges = [None; 3];
+        for (slot, &(from, to)) in sack_ranges.iter_mut().zip(blocks) {
+            *slot = Some((
+                (LOCAL_SEQ + 1 + 3 * from).0 as u32,
+                (LOCAL_SEQ + 1 + 3 * to).0 as u32,
+            ));
+        }
+        TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            sack_ranges,
+            ..SEND_TEMPL
+        }
+    }
+
+    #[test]
+    fn test_sack_recovery_retransmits_only_the_holes() {
+        // Segments 0, 2 and 4 of 8 are lost; the peer SACKs the others.
+        let mut s = socket_with_segments_in_flight(8, true);
+        send!(s, time 1050, dup_ack_sacking(&[(1, 2)]));
+        send!(s, time 1051, dup_ack_sacking(&[(3, 4), (1, 2)]));
+        send!(s, time 1052, dup_ack_sacking(&[(5, 6), (1, 2), (3, 4)]));
+        send!(s, time 1053, dup_ack_sacking(&[(5, 7), (1, 2), (3, 4)]));
+        send!(s, time 1054, dup_ack_sacking(&[(5, 8), (1, 2), (3, 4)]));
+        // Exactly the three holes go out again, nothing that arrived.
+        for (i, payload) in [(0, b"aaa"), (2, b"ccc"), (4, b"eee")] {
+            recv!(s, time 1060, Ok(TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 3 * i,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: &payload[..],
+                ..RECV_TEMPL
+            }));
+        }
+        recv_nothing!(s, time 1061);
+        // A partial ACK sends nothing more: the next hole was already retransmitted.
+        send!(s, time 1100, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 6),
+            sack_ranges: [Some(((LOCAL_SEQ + 1 + 9).0 as u32, (LOCAL_SEQ + 1 + 12).0 as u32)), None, None],
+            ..SEND_TEMPL
+        });
+        recv_nothing!(s, time 1101);
+        send!(s, time 1110, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 24),
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.recovery_point, None, "the recovery episode is over");
+        assert!(s.sack_scoreboard.is_empty());
+        recv_nothing!(s, time 1200);
+    }
+
+    #[test]
+    fn test_sack_recovery_starts_without_three_duplicate_acks() {
+        // Segment 0 is lost and only one duplicate ACK comes back, but it SACKs three
+        // segments (RFC 6675: more than DupThresh - 1 segments above the hole).
+        let mut s = socket_with_segments_in_flight(5, true);
+        send!(s, time 1050, dup_ack_sacking(&[(1, 4)]));
+        recv!(s, time 1060, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"aaa"[..],
+            ..RECV_TEMPL
+        }));
+        recv_nothing!(s, time 1061);
+    }
+
+    #[test]
+    fn test_partial_ack_retransmits_the_next_segment_at_once_without_sack() {
+        // No SACK: segments 0 and 2 of 6 are lost. NewReno (RFC 6582): after the fast
+        // retransmit of segment 0, the partial ACK up to segment 2 retransmits it at once
+        // instead of waiting for the retransmission timer.
+        let mut s = socket_with_segments_in_flight(6, false);
+        for t in 1050..1053 {
+            send!(s, time t, dup_ack_sacking(&[]));
+        }
+        recv!(s, time 1060, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"aaa"[..],
+            ..RECV_TEMPL
+        }));
+        recv_nothing!(s, time 1061);
+        send!(s, time 1100, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 6),
+            ..SEND_TEMPL
+        });
+        recv!(s, time 1101, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"ccc"[..],
+            ..RECV_TEMPL
+        }));
+        recv_nothing!(s, time 1102);
+    }
+
+    #[test]
+    fn test_sack_blocks_outside_the_flight_are_ignored() {
+        let mut s = socket_with_segments_in_flight(4, true);
+        // Above what was sent, below the cumulative ACK, inverted: none is recorded.
+        let bogus = TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            sack_ranges: [
+                Some(((LOCAL_SEQ + 100).0 as u32, (LOCAL_SEQ + 200).0 as u32)),
+                Some(((LOCAL_SEQ - 100).0 as u32, (LOCAL_SEQ).0 as u32)),
+                Some(((LOCAL_SEQ + 9).0 as u32, (LOCAL_SEQ + 4).0 as u32)),
+            ],
+            ..SEND_TEMPL
+        };
+        send!(s, time 1050, bogus);
+        assert!(s.sack_scoreboard.is_empty());
+        assert_eq!(s.recovery_point, None);
+    }
+
+    #[test]
+    #[cfg(feature = "socket-tcp-reno")]
+    fn test_one_window_reduction_per_recovery_episode() {
+        let mut s = socket_with_segments_in_flight(8, false);
+        s.set_congestion_control(CongestionControl::Reno);
+        s.congestion_controller.inner_mut().set_mss(3);
+        for t in 1050..1053 {
+            send!(s, time t, dup_ack_sacking(&[]));
+        }
+        recv!(s, time 1060, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"aaa"[..],
+            ..RECV_TEMPL
+        }));
+        // A partial ACK (Reno leaves fast recovery and deflates its window to ssthresh)...
+        send!(s, time 1100, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 6),
+            ..SEND_TEMPL
+        });
+        let after_first_loss = s.congestion_controller.inner().window();
+        recv!(s, time 1101, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"ccc"[..],
+            ..RECV_TEMPL
+        }));
+        // ...then three more duplicate ACKs in the same episode: no second reduction.
+        for t in 1110..1113 {
+            send!(s, time t, TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 6),
+                ..SEND_TEMPL
+            });
+        }
+        // (Upstream retransmitted "ccc" again here and cut the window a second time.)
+        recv_nothing!(s, time 1120);
+        assert!(s.recovery_point.is_some());
+        assert_eq!(s.congestion_controller.inner().window(), after_first_loss);
+    }
+
+    #[test]
+    fn test_rto_floor_is_200_ms() {
+        let mut r = RttEstimator::default();
+        for _ in 0..10 {
+            r.sample(2);
+        }
+        assert_eq!(r.retransmission_timeout(), Duration::from_millis(200));
     }
 
     #[test]

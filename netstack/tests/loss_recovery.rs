@@ -5,7 +5,12 @@
 
 // Test helpers outside `#[test]` functions may unwrap too (clippy.toml covers only the
 // test functions themselves).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::print_stderr
+)]
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;

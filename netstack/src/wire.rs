@@ -85,6 +85,10 @@ pub struct WireStats {
     pub tcp_resent_bytes: u64,
     /// TCP payload bytes the wire dropped.
     pub tcp_lost_bytes: u64,
+    /// Resent bytes the wire had delivered the first time: retransmissions the receiver did
+    /// not need (a go-back-N after a timeout makes many; recovering from SACK information,
+    /// almost none).
+    pub tcp_needlessly_resent_bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -95,6 +99,7 @@ struct WireCounters {
     tcp_payload_bytes: AtomicU64,
     tcp_resent_bytes: AtomicU64,
     tcp_lost_bytes: AtomicU64,
+    tcp_needlessly_resent_bytes: AtomicU64,
 }
 
 impl MemoryWire {
@@ -131,6 +136,10 @@ impl MemoryWire {
             tcp_payload_bytes: self.counters.tcp_payload_bytes.load(Ordering::Relaxed),
             tcp_resent_bytes: self.counters.tcp_resent_bytes.load(Ordering::Relaxed),
             tcp_lost_bytes: self.counters.tcp_lost_bytes.load(Ordering::Relaxed),
+            tcp_needlessly_resent_bytes: self
+                .counters
+                .tcp_needlessly_resent_bytes
+                .load(Ordering::Relaxed),
         }
     }
 }
@@ -181,12 +190,15 @@ async fn carry(
         };
         let mut out = Vec::with_capacity(batch.len() + 1);
         for packet in batch {
-            let payload = tally.on_packet(&packet, &counters);
+            let segment = tally.on_packet(&packet, &counters);
             if rng.chance(impairment.loss_per_mille) {
                 counters.lost.fetch_add(1, Ordering::Relaxed);
-                counters
-                    .tcp_lost_bytes
-                    .fetch_add(payload as u64, Ordering::Relaxed);
+                if let Some(segment) = segment {
+                    counters
+                        .tcp_lost_bytes
+                        .fetch_add((segment.end - segment.start) as u64, Ordering::Relaxed);
+                    tally.on_drop(segment);
+                }
                 continue;
             }
             if held.is_none() && rng.chance(impairment.reorder_per_mille) {
@@ -227,17 +239,40 @@ async fn sleep_until(at: Option<Instant>) {
 /// (source address, source port, destination address, destination port) of a TCP flow.
 type FlowKey = (IpAddr, u16, IpAddr, u16);
 
-/// The highest sequence number each TCP flow has handed to the wire, to tell first
-/// transmissions from retransmissions.
+/// Dropped ranges remembered per flow; beyond this the oldest are forgotten (their
+/// retransmissions then count as needless, which only makes a test stricter).
+const DROPPED_RANGES_KEPT: usize = 4096;
+
+/// The payload of one TCP segment: its flow and sequence range.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    flow: FlowKey,
+    start: TcpSeqNumber,
+    end: TcpSeqNumber,
+}
+
+/// Per TCP flow: the highest sequence number handed to the wire, to tell first
+/// transmissions from retransmissions, and the ranges the wire dropped and nobody has
+/// resent yet, to tell needed retransmissions from needless ones.
 #[derive(Default)]
 struct TcpTally {
     highest: HashMap<FlowKey, TcpSeqNumber>,
+    dropped: HashMap<FlowKey, VecDeque<(TcpSeqNumber, TcpSeqNumber)>>,
 }
 
 impl TcpTally {
-    /// Counts one packet's TCP payload (and what of it was sent before); returns the
-    /// payload length (0 for anything that is not TCP).
-    fn on_packet(&mut self, packet: &[u8], counters: &WireCounters) -> usize {
+    /// Remembers that the wire dropped `segment`.
+    fn on_drop(&mut self, segment: Segment) {
+        let dropped = self.dropped.entry(segment.flow).or_default();
+        if dropped.len() == DROPPED_RANGES_KEPT {
+            dropped.pop_front();
+        }
+        dropped.push_back((segment.start, segment.end));
+    }
+
+    /// Counts one packet's TCP payload (what of it was sent before, and what of that had
+    /// been delivered); returns its segment if it carries payload.
+    fn on_packet(&mut self, packet: &[u8], counters: &WireCounters) -> Option<Segment> {
         let (src, dst, segment) = match packet.first().map(|b| b >> 4) {
             Some(4) => match Ipv4Packet::new_checked(packet) {
                 Ok(ip) if ip.next_header() == IpProtocol::Tcp => (
@@ -245,7 +280,7 @@ impl TcpTally {
                     IpAddr::V4(ip.dst_addr()),
                     ip.payload(),
                 ),
-                _ => return 0,
+                _ => return None,
             },
             Some(6) => match Ipv6Packet::new_checked(packet) {
                 Ok(ip) if ip.next_header() == IpProtocol::Tcp => (
@@ -253,12 +288,12 @@ impl TcpTally {
                     IpAddr::V6(ip.dst_addr()),
                     ip.payload(),
                 ),
-                _ => return 0,
+                _ => return None,
             },
-            _ => return 0,
+            _ => return None,
         };
         let Ok(tcp) = TcpPacket::new_checked(segment) else {
-            return 0;
+            return None;
         };
         let payload = segment.len().saturating_sub(usize::from(tcp.header_len()));
         let key = (src, tcp.src_port(), dst, tcp.dst_port());
@@ -269,7 +304,7 @@ impl TcpTally {
             self.highest.insert(key, end);
         }
         if payload == 0 {
-            return 0;
+            return None;
         }
         let highest = self.highest.entry(key).or_insert(start);
         let resent = if *highest > start {
@@ -277,16 +312,47 @@ impl TcpTally {
         } else {
             0
         };
+        let resent_to = (*highest).min(end);
         if end > *highest {
             *highest = end;
         }
         counters
             .tcp_payload_bytes
             .fetch_add(payload as u64, Ordering::Relaxed);
-        counters
-            .tcp_resent_bytes
-            .fetch_add(resent as u64, Ordering::Relaxed);
-        payload
+        if resent > 0 {
+            // What of the resent part was dropped before is needed now (and no longer
+            // counts as dropped); the rest had been delivered.
+            let mut needed = 0;
+            if let Some(dropped) = self.dropped.get_mut(&key) {
+                let mut remaining = VecDeque::with_capacity(dropped.len() + 1);
+                for &(left, right) in dropped.iter() {
+                    let (l, r) = (left.max(start), right.min(resent_to));
+                    if l < r {
+                        needed += r - l;
+                        if left < l {
+                            remaining.push_back((left, l));
+                        }
+                        if r < right {
+                            remaining.push_back((r, right));
+                        }
+                    } else {
+                        remaining.push_back((left, right));
+                    }
+                }
+                *dropped = remaining;
+            }
+            counters
+                .tcp_resent_bytes
+                .fetch_add(resent as u64, Ordering::Relaxed);
+            counters
+                .tcp_needlessly_resent_bytes
+                .fetch_add(resent.saturating_sub(needed) as u64, Ordering::Relaxed);
+        }
+        Some(Segment {
+            flow: key,
+            start,
+            end,
+        })
     }
 }
 

@@ -81,7 +81,7 @@
 #
 # Needs: wrk, iperf3, socat, openssl, jq, python3, rustc, cargo (apt-get installs the Debian
 # ones if missing, saying so; `cargo install` installs rathole, bore and oha into TOOLS_DIR).
-# Ports used on 127.0.0.1: 18080 18201 18333 18443 18444 18500-18507, bore's 7835, UDP
+# Ports used on 127.0.0.1: 18080 18201 18333 18443 18444 18500-18512, bore's 7835, UDP
 # 51871-51872 (WireGuard of the stand-in); on 10.77.0.2 (pfbench0): 18080 18202.
 # Everything started is killed by pid on exit and the work directory is removed.
 set -euo pipefail
@@ -106,7 +106,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
     --out) out_file="$2"; shift 2 ;;
     --mesh) mesh=1; shift ;;
-    -h | --help) sed -n '2,72p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,86p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done

@@ -37,7 +37,9 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
-use super::verified_tokens::{TokenDigest, VerifiedToken, VerifiedTokens, token_digest};
+use super::verified_credentials::{
+    CredentialDigest, VerifiedCredential, VerifiedCredentials, token_digest,
+};
 use super::{Decision, Gate, GateFuture, GateRequest, Identity, ReasonCode};
 
 /// The largest JWKS document fetched, in bytes.
@@ -197,7 +199,7 @@ pub struct JwtGate {
     /// Bumped (under the `keys` write lock) whenever the installed keys change; verified
     /// tokens of an older generation never match.
     key_generation: AtomicU64,
-    verified: VerifiedTokens,
+    verified: VerifiedCredentials,
     last_fetch_attempt: Mutex<Option<SystemTime>>,
     fetch_lock: tokio::sync::Mutex<()>,
     /// The JWKS URL read from the issuer's discovery document, once read.
@@ -302,7 +304,7 @@ impl JwtGate {
             required,
             keys: RwLock::new(KeyCache::default()),
             key_generation: AtomicU64::new(0),
-            verified: VerifiedTokens::new(token_cache_capacity),
+            verified: VerifiedCredentials::new(token_cache_capacity),
             last_fetch_attempt: Mutex::new(None),
             fetch_lock: tokio::sync::Mutex::new(()),
             discovered_jwks_url: Mutex::new(None),
@@ -489,7 +491,7 @@ impl JwtGate {
     fn check_in_full(
         &self,
         token: &str,
-        digest: TokenDigest,
+        digest: CredentialDigest,
         now: SystemTime,
     ) -> Result<Identity, ReasonCode> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| ReasonCode::TokenMalformed)?;
@@ -568,7 +570,7 @@ impl JwtGate {
         }
         self.verified.insert(
             digest,
-            VerifiedToken {
+            VerifiedCredential {
                 identity: identity.clone(),
                 expires,
                 not_before,

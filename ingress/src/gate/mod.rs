@@ -31,7 +31,7 @@ pub mod oidc;
 mod rate_limit;
 mod replay;
 mod secret;
-mod verified_tokens;
+mod verified_credentials;
 pub mod webhook;
 
 use std::fmt;

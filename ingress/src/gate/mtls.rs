@@ -10,6 +10,14 @@
 //! So one TLS port serves funnels with different CAs, and a certificate from the wrong CA
 //! is refused as an audited `403 client_cert_rejected` rather than a bare handshake
 //! failure. Nothing but this gate may treat a presented chain as verified.
+//!
+//! A client sends the same chain with every request of a connection (and of its next
+//! connections), so the gate remembers the chains it admitted
+//! ([`VerifiedCredentials`](super::verified_credentials), keyed by the SHA-256 of the
+//! exact chain, at most [`CHAIN_CACHE_CAPACITY`]): a known chain costs a hash instead of a
+//! chain verification, and its validity window (the chain's latest `notBefore` and
+//! earliest `notAfter`) is checked again at every request. Chains that failed are never
+//! remembered.
 
 use std::fmt;
 use std::sync::Arc;
@@ -24,7 +32,11 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use sha2::Digest as _;
 
+use super::verified_credentials::{VerifiedCredential, VerifiedCredentials, chain_digest};
 use super::{Decision, Gate, GateRequest, Identity, ReasonCode};
+
+/// How many admitted client certificate chains one mTLS gate remembers.
+pub const CHAIN_CACHE_CAPACITY: usize = 10_000;
 
 /// The mTLS gate's settings.
 #[derive(Debug, Clone)]
@@ -87,6 +99,7 @@ pub struct MtlsGate {
     verifier: Arc<dyn ClientCertVerifier>,
     subjects: Vec<DistinguishedName>,
     required: bool,
+    verified: VerifiedCredentials,
 }
 
 impl fmt::Debug for MtlsGate {
@@ -157,6 +170,7 @@ impl MtlsGate {
             verifier,
             subjects,
             required: config.required,
+            verified: VerifiedCredentials::new(CHAIN_CACHE_CAPACITY),
         })
     }
 
@@ -182,13 +196,25 @@ impl Gate for MtlsGate {
                 }
             };
         };
-        let at = UnixTime::since_unix_epoch(
-            now.duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default(),
-        );
+        let since_epoch = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let unix_now = since_epoch.as_secs();
+        let chain = request.client_cert_chain();
+        let digest = chain_digest(chain);
+        match self.verified.get(&digest, 0, unix_now, 0) {
+            Some(Ok(identity)) => {
+                return Decision::Allow {
+                    gate: self.name().to_string(),
+                    identity,
+                };
+            }
+            Some(Err(_)) => return Decision::deny(ReasonCode::ClientCertRejected),
+            None => {}
+        }
         if self
             .verifier
-            .verify_client_cert(leaf, intermediates, at)
+            .verify_client_cert(leaf, intermediates, UnixTime::since_unix_epoch(since_epoch))
             .is_err()
         {
             return Decision::deny(ReasonCode::ClientCertRejected);
@@ -198,17 +224,46 @@ impl Gate for MtlsGate {
         };
         let subject = parsed.subject().to_string();
         let fingerprint = hex::encode(sha2::Sha256::digest(leaf.as_ref()));
+        let identity = Identity::new(format!("cert:{subject}"))
+            .with_attribute("Cert-Subject", subject)
+            .with_attribute("Cert-Sha256", fingerprint);
+        if let Some((not_before, expires)) = validity_window(chain) {
+            self.verified.insert(
+                digest,
+                VerifiedCredential {
+                    identity: identity.clone(),
+                    expires,
+                    not_before: Some(not_before),
+                },
+                0,
+                unix_now,
+                0,
+            );
+        }
         Decision::Allow {
             gate: self.name().to_string(),
-            identity: Identity::new(format!("cert:{subject}"))
-                .with_attribute("Cert-Subject", subject)
-                .with_attribute("Cert-Sha256", fingerprint),
+            identity,
         }
     }
 
     fn client_ca_subjects(&self) -> Vec<DistinguishedName> {
         self.subjects.clone()
     }
+}
+
+/// The window in which every certificate of `chain` is valid: (latest `notBefore`, earliest
+/// `notAfter`) in unix seconds; `None` if one cannot be parsed (then the chain is not
+/// remembered).
+fn validity_window<C: AsRef<[u8]>>(chain: &[C]) -> Option<(u64, u64)> {
+    let mut window = (0_u64, u64::MAX);
+    for der in chain {
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+        let validity = cert.validity();
+        let from = u64::try_from(validity.not_before.timestamp()).unwrap_or(0);
+        let until = u64::try_from(validity.not_after.timestamp()).unwrap_or(0);
+        window = (window.0.max(from), window.1.min(until));
+    }
+    Some(window)
 }
 
 /// The edge's TLS-level client-certificate verifier when some funnel has an mTLS gate:
@@ -282,5 +337,78 @@ impl ClientCertVerifier for DeferredClientCertVerifier {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::{HeaderMap, Method};
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, date_time_ymd};
+
+    use super::*;
+
+    /// A CA (PEM) and a client chain it signed, valid 2020-01-01 to 2030-01-01.
+    fn ca_and_client(name: &str) -> (String, Vec<CertificateDer<'static>>) {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{name} CA"));
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.not_before = date_time_ymd(2020, 1, 1);
+        params.not_after = date_time_ymd(2030, 1, 1);
+        let leaf = params.signed_by(&key, &ca, &ca_key).unwrap();
+        (ca.pem(), vec![leaf.der().clone()])
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn decide(gate: &MtlsGate, chain: &[CertificateDer<'static>], now: SystemTime) -> Decision {
+        let (method, headers) = (Method::POST, HeaderMap::new());
+        let client = "203.0.113.7:40000".parse().unwrap();
+        let request = GateRequest::new(&method, "https://h.example/", &headers, b"", client)
+            .with_client_cert_chain(chain);
+        gate.evaluate(&request, now)
+    }
+
+    #[test]
+    fn an_admitted_chain_is_remembered_but_its_validity_is_checked_at_every_request() {
+        let (ca_pem, chain) = ca_and_client("ci-runner");
+        let (_, stranger) = ca_and_client("stranger");
+        let gate = MtlsGate::new(&MtlsConfig {
+            ca_pem,
+            ca_source: "ca.pem".into(),
+            required: true,
+        })
+        .unwrap();
+        let in_2026 = at(1_790_000_000);
+        for _ in 0..2 {
+            let Decision::Allow { identity, .. } = decide(&gate, &chain, in_2026) else {
+                panic!("the right CA's chain was refused");
+            };
+            assert_eq!(identity.principal, "cert:CN=ci-runner");
+        }
+        assert_eq!(gate.verified.len(), 1, "admitted once, then from memory");
+        // Past notAfter the remembered chain is refused like a fresh one.
+        assert_eq!(
+            decide(&gate, &chain, at(1_950_000_000)),
+            Decision::deny(ReasonCode::ClientCertRejected)
+        );
+        // Another CA's chain is refused every time and never remembered.
+        for _ in 0..2 {
+            assert_eq!(
+                decide(&gate, &stranger, in_2026),
+                Decision::deny(ReasonCode::ClientCertRejected)
+            );
+        }
+        assert_eq!(gate.verified.len(), 1);
     }
 }

@@ -1,17 +1,19 @@
-//! A bounded cache of bearer tokens that verified, so that a client reusing a token pays
-//! the signature check once.
+//! A bounded cache of credentials that verified, so that a client reusing one pays the
+//! signature checks once: bearer tokens for the JWT gate ([`token_digest`]), client
+//! certificate chains for the mTLS gate ([`chain_digest`]).
 //!
-//! Keyed by the SHA-256 of the exact token bytes: a token that differs in one byte is a
-//! different key and goes through the full check. Each entry holds what the check
-//! concluded (the identity built from the validated claims) and the token's `exp` and
-//! `nbf`, which are checked again, with the clock skew, against the `now` of every use.
-//! Each entry also holds the generation of the key set it verified under: the owner bumps
-//! its generation when its keys change, and entries of another generation never match.
+//! Keyed by the SHA-256 of the credential's exact bytes: a credential that differs in one
+//! byte is a different key and goes through the full check. Each entry holds what the
+//! check concluded (the identity admitted) and the credential's validity window (a token's
+//! `exp` and `nbf`; the tightest `notAfter` and `notBefore` of a chain), which is checked
+//! again, with the clock skew, against the `now` of every use. Each entry also holds the
+//! generation of the key set it verified under: the owner bumps its generation when its
+//! keys change, and entries of another generation never match.
 //!
-//! Only tokens that were admitted are inserted, so a forged token (bad signature, wrong
-//! issuer or audience, missing claims) is never cached, and filling the cache needs tokens
-//! the issuer signed. Bounded: at `capacity` entries, expired entries are dropped first,
-//! then the entries closest to expiry.
+//! Only credentials that were admitted are inserted, so a forged one (bad signature, wrong
+//! issuer, audience or CA, missing claims) is never cached, and filling the cache needs
+//! credentials the issuer signed. Bounded: at `capacity` entries, expired entries are
+//! dropped first, then the entries closest to expiry.
 //!
 //! Sans-IO: time is the `now` (unix seconds) of each call.
 
@@ -22,50 +24,63 @@ use sha2::{Digest as _, Sha256};
 
 use super::{Identity, ReasonCode};
 
-/// The SHA-256 of a token's exact bytes: the cache key.
-pub(crate) type TokenDigest = [u8; 32];
+/// The SHA-256 of a credential's exact bytes: the cache key.
+pub(crate) type CredentialDigest = [u8; 32];
 
-/// The digest of `token`.
-pub(crate) fn token_digest(token: &str) -> TokenDigest {
+/// The digest of a bearer `token`.
+pub(crate) fn token_digest(token: &str) -> CredentialDigest {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// The verified tokens of one gate. See the module documentation.
+/// The digest of a certificate chain (leaf first): each certificate's DER with its length
+/// in front, so no two different chains share an encoding.
+pub(crate) fn chain_digest<C: AsRef<[u8]>>(chain: &[C]) -> CredentialDigest {
+    let mut hash = Sha256::new();
+    for cert in chain {
+        let der = cert.as_ref();
+        hash.update((der.len() as u64).to_be_bytes());
+        hash.update(der);
+    }
+    hash.finalize().into()
+}
+
+/// The verified credentials of one gate. See the module documentation.
 #[derive(Debug)]
-pub(crate) struct VerifiedTokens {
+pub(crate) struct VerifiedCredentials {
     capacity: usize,
     inner: RwLock<Entries>,
 }
 
-/// What a verified token told the gate, and when it stops being usable.
+/// What a verified credential told the gate, and when it stops being usable.
 #[derive(Debug, Clone)]
-pub(crate) struct VerifiedToken {
+pub(crate) struct VerifiedCredential {
     /// The identity admitted (built from the validated claims).
     pub identity: Identity,
-    /// The token's `exp`, unix seconds.
+    /// When it expires (a token's `exp`, a chain's earliest `notAfter`), unix seconds.
     pub expires: u64,
-    /// The token's `nbf`, unix seconds, if it has one.
+    /// When it becomes valid (a token's `nbf`, a chain's latest `notBefore`), unix seconds,
+    /// if it says.
     pub not_before: Option<u64>,
 }
 
 #[derive(Debug, Default)]
 struct Entries {
-    by_digest: HashMap<TokenDigest, Entry>,
+    by_digest: HashMap<CredentialDigest, Entry>,
     /// (`exp` + skew, insertion sequence) -> digest: expiry and eviction order.
-    by_expiry: BTreeMap<(u64, u64), TokenDigest>,
+    by_expiry: BTreeMap<(u64, u64), CredentialDigest>,
     next_seq: u64,
 }
 
 #[derive(Debug)]
 struct Entry {
-    token: VerifiedToken,
+    token: VerifiedCredential,
     generation: u64,
     dies_at: u64,
     seq: u64,
 }
 
-impl VerifiedTokens {
-    /// A cache of at most `capacity` tokens; `0` caches nothing.
+impl VerifiedCredentials {
+    /// A cache of at most `capacity` credentials; `0` caches nothing.
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             capacity,
@@ -74,7 +89,7 @@ impl VerifiedTokens {
     }
 
     /// Whether `digest` is held for key generation `generation` (whatever its times).
-    pub(crate) fn contains(&self, digest: &TokenDigest, generation: u64) -> bool {
+    pub(crate) fn contains(&self, digest: &CredentialDigest, generation: u64) -> bool {
         self.inner.read().is_ok_and(|entries| {
             entries
                 .by_digest
@@ -84,12 +99,12 @@ impl VerifiedTokens {
     }
 
     /// The cached outcome for `digest` under key generation `generation` at `now`:
-    /// `None` when not held (check the token in full), `Some(Ok(identity))` when it is
+    /// `None` when not held (check the credential in full), `Some(Ok(identity))` when it is
     /// held and inside its validity window (with `skew` seconds either side), and
     /// `Some(Err(TokenExpired))` when it is held but has expired or is not valid yet.
     pub(crate) fn get(
         &self,
-        digest: &TokenDigest,
+        digest: &CredentialDigest,
         generation: u64,
         now: u64,
         skew: u64,
@@ -110,13 +125,13 @@ impl VerifiedTokens {
         Some(Ok(token.identity.clone()))
     }
 
-    /// Remembers an admitted token. Call only after its signature and claims verified
+    /// Remembers an admitted credential. Call only after its signatures and claims verified
     /// under key generation `generation`. Drops expired entries, and at capacity the
     /// entries closest to expiry.
     pub(crate) fn insert(
         &self,
-        digest: TokenDigest,
-        token: VerifiedToken,
+        digest: CredentialDigest,
+        token: VerifiedCredential,
         generation: u64,
         now: u64,
         skew: u64,
@@ -152,14 +167,14 @@ impl VerifiedTokens {
         );
     }
 
-    /// Forgets every token (the keys changed).
+    /// Forgets every credential (the keys changed).
     pub(crate) fn clear(&self) {
         if let Ok(mut entries) = self.inner.write() {
             *entries = Entries::default();
         }
     }
 
-    /// The number of tokens held.
+    /// The number of credentials held.
     pub(crate) fn len(&self) -> usize {
         self.inner
             .read()
@@ -184,8 +199,8 @@ impl Entries {
 mod tests {
     use super::*;
 
-    fn token(name: &str, expires: u64, not_before: Option<u64>) -> VerifiedToken {
-        VerifiedToken {
+    fn token(name: &str, expires: u64, not_before: Option<u64>) -> VerifiedCredential {
+        VerifiedCredential {
             identity: Identity::new(name),
             expires,
             not_before,
@@ -194,7 +209,7 @@ mod tests {
 
     #[test]
     fn a_held_token_is_checked_against_now_at_every_use() {
-        let cache = VerifiedTokens::new(4);
+        let cache = VerifiedCredentials::new(4);
         let digest = token_digest("a.b.c");
         cache.insert(digest, token("jwt:a", 1_000, Some(500)), 7, 600, 60);
         assert_eq!(
@@ -216,7 +231,7 @@ mod tests {
 
     #[test]
     fn another_generation_or_another_token_misses() {
-        let cache = VerifiedTokens::new(4);
+        let cache = VerifiedCredentials::new(4);
         let digest = token_digest("a.b.c");
         cache.insert(digest, token("jwt:a", 1_000, None), 1, 0, 0);
         assert!(cache.contains(&digest, 1));
@@ -229,7 +244,7 @@ mod tests {
 
     #[test]
     fn the_cache_is_bounded_and_evicts_expired_then_soonest_to_expire() {
-        let cache = VerifiedTokens::new(3);
+        let cache = VerifiedCredentials::new(3);
         for (n, expires) in [(0, 100), (1, 500), (2, 300)] {
             cache.insert(
                 token_digest(&format!("t{n}")),
@@ -248,7 +263,7 @@ mod tests {
         for alive in ["t1", "t3", "t4"] {
             assert!(cache.contains(&token_digest(alive), 0), "{alive}");
         }
-        let empty = VerifiedTokens::new(0);
+        let empty = VerifiedCredentials::new(0);
         empty.insert(token_digest("t"), token("x", 900, None), 0, 0, 0);
         assert_eq!(empty.len(), 0);
     }

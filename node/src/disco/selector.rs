@@ -768,6 +768,7 @@ mod tests {
         let b = side(2, "198.18.0.102:41641");
         let c = side(3, "198.18.0.103:41641");
         let mut sel = a.sel;
+        sel.set_own_endpoints(vec![a.public]);
         let t0 = Instant::now();
         let mut far_peer = as_peer(&b, &[]);
         far_peer.home_relay = Some(FAR);

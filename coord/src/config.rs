@@ -28,7 +28,8 @@ pub struct CoordFile {
     pub state_dir: Option<PathBuf>,
     /// The store URL inline (`--database`), for URLs without a password
     /// (`sqlite:///var/lib/...`, `postgres://postern@/postern?host=/run/postgresql`).
-    pub database: Option<String>,
+    /// Its `Debug` output is redacted.
+    pub database: Option<StoreUrl>,
     /// The environment variable holding the store URL (e.g. one with a password).
     pub database_env: Option<String>,
     /// A file holding the store URL (one line; mode 0640 root:postern-coord advised).
@@ -165,6 +166,19 @@ pub struct TlsSection {
     pub cert: PathBuf,
     /// The PEM private key (`--tls-key`); readable by the service's user only.
     pub key: PathBuf,
+}
+
+/// A store URL written inline; `Debug` shows only its scheme, in case it carries a
+/// password after all.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct StoreUrl(pub String);
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = self.0.split_once("://").map_or("?", |(scheme, _)| scheme);
+        write!(f, "StoreUrl({scheme}://…)")
+    }
 }
 
 /// A duration written as text, `"90d"`, `"12h"`, `"5m"`, `"2s"` (humantime syntax).
@@ -307,7 +321,7 @@ impl CoordFile {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Option<String>, ConfigError> {
         if let Some(url) = &self.database {
-            return Ok(Some(url.clone()));
+            return Ok(Some(url.0.clone()));
         }
         resolve_secret(
             path,
@@ -638,6 +652,14 @@ mod tests {
             err.to_string(),
             "relay.toml:1:14: plain_http: invalid type: string \"yes\", expected a boolean"
         );
+    }
+
+    #[test]
+    fn an_inline_store_url_is_not_shown_by_debug() {
+        let file = coord("database = \"postgres://u:hunter2@db/postern\"\n").unwrap();
+        let shown = format!("{file:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("StoreUrl(postgres://…)"), "{shown}");
     }
 
     #[test]

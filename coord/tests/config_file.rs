@@ -269,6 +269,33 @@ fn serve_takes_its_settings_from_the_file_and_a_flag_overrides_it() {
     );
 }
 
+/// `keys create --config`: the state directory comes from the file.
+#[test]
+fn keys_create_reads_the_state_directory_from_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("coord.toml");
+    std::fs::write(
+        &file,
+        format!("state_dir = {:?}\n", dir.path().join("from-file")),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["keys", "create", "--config"])
+        .arg(&file)
+        .env_remove("POSTERN_COORD_STATE_DIR")
+        .env_remove("POSTERN_COORD_DATABASE")
+        .env_remove("POSTERN_COORD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("pstn-auth-"));
+    assert!(dir.path().join("from-file/coord.key").exists());
+}
+
 /// `relay --config`: the allow file and listener come from the file; `--listen` wins.
 #[test]
 fn relay_takes_its_settings_from_the_file_and_a_flag_overrides_it() {

@@ -121,6 +121,9 @@ pub struct RelaySet {
     /// How to dial each region of the relay map (first server of each).
     dial: HashMap<RegionId, RelayClientConfig>,
     usage: RegionUse,
+    /// Alternates which side [`Self::poll_recv`] looks at first, so a busy home connection
+    /// cannot starve the others (nor they it).
+    others_first: bool,
 }
 
 impl RelaySet {
@@ -150,6 +153,7 @@ impl RelaySet {
             others: HashMap::new(),
             dial,
             usage,
+            others_first: false,
         }
     }
 
@@ -260,12 +264,29 @@ impl RelaySet {
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> Poll<Option<(RegionId, RelayDatagram)>> {
+        self.others_first = !self.others_first;
+        if self.others_first
+            && let Poll::Ready(Some(found)) = self.poll_others(cx)
+        {
+            return Poll::Ready(Some(found));
+        }
         let home = self.home.region();
         match self.home.poll_recv(cx) {
             Poll::Ready(Some(datagram)) => return Poll::Ready(Some((home, datagram))),
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => {}
         }
+        if self.others_first {
+            return Poll::Pending;
+        }
+        self.poll_others(cx)
+    }
+
+    /// Polls the non-home connections; drops those that ended.
+    fn poll_others(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<(RegionId, RelayDatagram)>> {
         let mut ended = Vec::new();
         let mut found = None;
         for (region, client) in &mut self.others {

@@ -20,6 +20,7 @@
 //! inspect_max_mb = 100
 //! inspect_max_body_kb = 1024
 //! relay_ca = "/etc/postern/relay-ca.pem"   # trust a private CA for https:// relays
+//! home_relay = 2                            # this relay region is home (default: fastest)
 //! ```
 
 use std::net::SocketAddr;
@@ -60,6 +61,7 @@ pub(crate) struct ConfigFile {
     pub(crate) inspect_max_mb: Option<u64>,
     pub(crate) inspect_max_body_kb: Option<u64>,
     pub(crate) relay_ca: Option<PathBuf>,
+    pub(crate) home_relay: Option<u16>,
 }
 
 impl Global {
@@ -164,7 +166,7 @@ mod tests {
     #[test]
     fn every_key_parses_and_unknown_keys_are_refused() {
         let file = parse_config(
-            "state_dir = \"/s\"\ncoord = \"http://c:1\"\nhostname = \"h\"\nauth_key_file = \"/k\"\nport = 7\nsocks5 = \"127.0.0.1:1080\"\nhttp_proxy = \"127.0.0.1:8080\"\ninspect = \"off\"\ninspect_serves = true\ninspect_persist = true\ninspect_max_mb = 5\ninspect_max_body_kb = 64\nrelay_ca = \"/ca.pem\"\n",
+            "state_dir = \"/s\"\ncoord = \"http://c:1\"\nhostname = \"h\"\nauth_key_file = \"/k\"\nport = 7\nsocks5 = \"127.0.0.1:1080\"\nhttp_proxy = \"127.0.0.1:8080\"\ninspect = \"off\"\ninspect_serves = true\ninspect_persist = true\ninspect_max_mb = 5\ninspect_max_body_kb = 64\nrelay_ca = \"/ca.pem\"\nhome_relay = 2\n",
         )
         .unwrap();
         assert_eq!(file.state_dir, Some(PathBuf::from("/s")));
@@ -177,6 +179,7 @@ mod tests {
         assert_eq!(file.inspect_max_mb, Some(5));
         assert_eq!(file.inspect_max_body_kb, Some(64));
         assert_eq!(file.relay_ca, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(file.home_relay, Some(2));
         let err = parse_config("cord = \"x\"").unwrap_err();
         assert!(err.contains("cord"), "{err}");
         let err = parse_config("port = \"many\"").unwrap_err();

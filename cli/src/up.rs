@@ -70,6 +70,12 @@ pub(crate) struct UpArgs {
     #[arg(long, value_name = "FILE")]
     relay_ca: Option<PathBuf>,
 
+    /// Use the relay region with this id (from the coord's relay map) as home, instead of
+    /// the one with the lowest measured latency; peers reach this node through it
+    /// (config: `home_relay`).
+    #[arg(long, value_name = "REGION_ID")]
+    home_relay: Option<u16>,
+
     #[command(flatten)]
     global: Global,
 }
@@ -95,6 +101,10 @@ pub(crate) fn run_up(args: UpArgs) -> ExitCode {
         state_dir: state_dir.clone(),
         listen_port: args.port.or(file.port).unwrap_or(0),
         relay_ca: args.relay_ca.or(file.relay_ca),
+        home_relay: args
+            .home_relay
+            .or(file.home_relay)
+            .map(postern_proto::netmap::RegionId),
     };
     let socks5_addr = args.socks5.or(file.socks5);
     let http_proxy_addr = args.http_proxy.or(file.http_proxy);

@@ -290,7 +290,7 @@ fn transfer(
 ) {
     let port = 7000 + rand::random::<u16>() % 1000;
     let mut server = Nc::listen(beta, port);
-    let mut client = Nc::spawn(alpha, &["nc", "beta", &port.to_string()]);
+    let mut client = Nc::spawn(alpha, &["nc", beta.name, &port.to_string()]);
     let mut data = vec![0u8; len];
     rand::rngs::StdRng::seed_from_u64(len as u64).fill_bytes(&mut data);
     let writer_data = data.clone();
@@ -837,6 +837,133 @@ fn a_relay_with_a_private_ca_is_used_only_when_its_ca_is_trusted() {
     });
     mesh.wait_for_path("relayed", Duration::from_secs(20));
     mesh.transfer(MIB);
+}
+
+/// Two relay regions, each node homed in a different one: region 1 is the relay embedded
+/// in the coord, region 2 a standalone `postern-coord relay --config relay.toml` on the
+/// lab's relay host. Alpha is told `--home-relay 1` and beta `--home-relay 2` (in the lab
+/// both relays are one hop away, so measured latency would pick either). Both homes are
+/// behind hard NATs, so the only path is relayed, and neither relay has both nodes as home
+/// clients: each node must dial the other's home region on demand. A transfer each way
+/// arrives intact, and the relays' own counters show which one carried it: alpha's data to
+/// beta goes through beta's home (region 2), beta's data to alpha through alpha's home
+/// (region 1), and each relay ends with two clients (its home node and the visitor).
+#[test]
+fn peers_homed_in_different_relay_regions_reach_each_other() {
+    let relay = Host::Relay.addr();
+    let coord = Host::Coord.addr();
+    let files = tempfile::tempdir().unwrap();
+    let map = files.path().join("relay-map.toml");
+    std::fs::write(
+        &map,
+        format!(
+            "[[regions]]\nid = 1\nname = \"coord\"\n[[regions.servers]]\nurl = \"http://{coord}:{COORD_PORT}/relay\"\nstun_port = {STUN_PORT}\n\
+             [[regions]]\nid = 2\nname = \"relay-host\"\n[[regions.servers]]\nurl = \"http://{relay}:8443/relay\"\nstun_port = {STUN_PORT}\n"
+        ),
+    )
+    .unwrap();
+    let mut relay_args = default_relay_args();
+    relay_args.extend(["--relay-map".into(), map.to_str().unwrap().into()]);
+    let standalone_metrics = format!("http://{relay}:8443/metrics");
+    let metric = |lab: &NatLab, url: &str, name: &str| -> Option<u64> {
+        let text = lab
+            .output(Host::Coord, &["curl", "-sf", "-m", "5", url])
+            .ok()?;
+        text.lines().find_map(|line| {
+            line.strip_prefix(&format!("{name} "))
+                .and_then(|v| v.trim().parse().ok())
+        })
+    };
+    let mesh = NatMesh::start_with(NatKind::Hard, NatKind::Hard, relay_args, |mesh| {
+        let allow: String = [&mesh.alpha, &mesh.beta]
+            .iter()
+            .map(|node| format!("{}\n", node_key(&node.state)))
+            .collect();
+        let allow_file = files.path().join("allow.txt");
+        std::fs::write(&allow_file, allow).unwrap();
+        let config = files.path().join("relay.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"{relay}:8443\"\nallow_file = {allow_file:?}\nplain_http = true\n[stun]\nlisten = \"{relay}:{STUN_PORT}\"\n"
+            ),
+        )
+        .unwrap();
+        let mut command = mesh.lab.command(Host::Relay, coord_bin().to_str().unwrap());
+        command
+            .args(["relay", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info");
+        let log = mesh.dir.path().join("relay.log");
+        mesh.others
+            .push(LabProcess::spawn("postern-coord relay", command, &log).unwrap());
+        wait_for(
+            "the region 2 relay to answer",
+            Duration::from_secs(20),
+            || metric(&mesh.lab, &standalone_metrics, "postern_relay_clients"),
+        );
+        mesh.alpha.up_args = vec!["--home-relay".into(), "1".into()];
+        mesh.beta.up_args = vec!["--home-relay".into(), "2".into()];
+    });
+    let embedded_metrics = format!("{}/relay/metrics", mesh.coord_url());
+    let forwarded = |url: &str| {
+        metric(&mesh.lab, url, "postern_relay_forwarded_bytes_total")
+            .unwrap_or_else(|| panic!("no forwarded_bytes at {url}"))
+    };
+    mesh.wait_for_path("relayed", Duration::from_secs(30));
+    for (url, region) in [(&embedded_metrics, 1), (&standalone_metrics, 2)] {
+        wait_for(
+            &format!("region {region}'s relay to have both nodes attached"),
+            Duration::from_secs(20),
+            || (metric(&mesh.lab, url, "postern_relay_clients") == Some(2)).then_some(()),
+        );
+    }
+    let alpha_log = std::fs::read_to_string(mesh.alpha.log_path()).unwrap();
+    assert!(
+        alpha_log.contains("opening a relay connection to a peer's home region"),
+        "alpha never dialled beta's home region:\n{}",
+        mesh.logs()
+    );
+
+    let (home1, home2) = (forwarded(&embedded_metrics), forwarded(&standalone_metrics));
+    mesh.transfer(MIB);
+    let (after1, after2) = (forwarded(&embedded_metrics), forwarded(&standalone_metrics));
+    eprintln!(
+        "alpha → beta, 1 MiB: region 1 forwarded {} bytes, region 2 {} bytes",
+        after1 - home1,
+        after2 - home2
+    );
+    assert!(
+        after2 - home2 >= MIB as u64,
+        "alpha's data to beta should go through beta's home (region 2): {} bytes there",
+        after2 - home2
+    );
+    assert!(
+        after1 - home1 < MIB as u64 / 2,
+        "only beta's acknowledgements should go through region 1: {} bytes",
+        after1 - home1
+    );
+
+    transfer(&mesh.beta, &mesh.alpha, MIB, || {}, || mesh.logs());
+    let (end1, end2) = (forwarded(&embedded_metrics), forwarded(&standalone_metrics));
+    eprintln!(
+        "beta → alpha, 1 MiB: region 1 forwarded {} bytes, region 2 {} bytes",
+        end1 - after1,
+        end2 - after2
+    );
+    assert!(
+        end1 - after1 >= MIB as u64,
+        "beta's data to alpha should go through alpha's home (region 1): {} bytes there",
+        end1 - after1
+    );
+    assert!(
+        end2 - after2 < MIB as u64 / 2,
+        "only alpha's acknowledgements should go through region 2: {} bytes",
+        end2 - after2
+    );
+    let ping = mesh.beta.postern(&["ping", "-c", "1", "--json", "alpha"]);
+    let answer: Value = serde_json::from_slice(&ping.stdout).unwrap();
+    assert_eq!(answer["path"], "relayed", "{answer}");
 }
 
 /// The public node key of the node logged in with state directory `state`.

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod config;
 pub mod control;
 pub mod funnel;
 pub mod lifecycle;

@@ -106,7 +106,7 @@ fn plain_http_on_a_public_address_is_refused_with_advice() {
         .arg(&allow)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "a configuration error");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(

@@ -127,6 +127,7 @@ pub async fn start_node(
         state_dir: dir,
         listen_port: section.listen_port,
         relay_ca: None,
+        home_relay: None,
     })
     .await?;
     Ok(runtime)

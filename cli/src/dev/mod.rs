@@ -210,6 +210,7 @@ async fn run_dev(args: &DevArgs, state: &Path, inspect: Option<SocketAddr>) -> R
         state_dir: node_dir.clone(),
         listen_port: 0,
         relay_ca: None,
+        home_relay: None,
     })
     .await
     .map_err(|e| format!("the dev node: {e}"))?;

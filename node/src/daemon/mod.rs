@@ -160,6 +160,9 @@ pub struct RuntimeConfig {
     /// roots (for relays with a certificate from a private CA); `None` trusts the system's
     /// roots only. See [`crate::relay::relay_tls_config`].
     pub relay_ca: Option<PathBuf>,
+    /// The home relay region to use instead of the one with the lowest measured latency
+    /// (`postern up --home-relay`); ignored when the relay map has no such region.
+    pub home_relay: Option<postern_proto::netmap::RegionId>,
 }
 
 /// What to log in with.
@@ -545,6 +548,7 @@ impl NodeRuntime {
                 commands: commands.clone(),
                 node_key: keys.node.clone(),
                 relay_tls,
+                home_relay: config.home_relay,
                 listen_port,
                 netmap: handle.netmap(),
                 public: public_endpoints,

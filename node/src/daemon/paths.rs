@@ -4,10 +4,10 @@
 //! [`run`] follows the netmap the runtime applies and keeps the UDP shell
 //! ([`crate::udp`]) supplied:
 //!
-//! - the relay map → the home region (by measured latency when there are several; see
-//!   [`choose_home_region`]) → a [`RelayClient`] attached to it
-//!   ([`EngineCommand::SetRelay`]) and the STUN servers of every region, home first
-//!   ([`EngineCommand::SetStunServers`]);
+//! - the relay map → the home region (the configured one, else by measured latency when
+//!   there are several; see [`choose_home_region`]) → a [`RelaySet`] attached to it, which
+//!   dials other regions when a peer lives there ([`EngineCommand::SetRelay`]), and the
+//!   STUN servers of every region, home first ([`EngineCommand::SetStunServers`]);
 //! - the peers with disco keys → [`EngineCommand::SetDiscoPeers`];
 //! - the local endpoints (re-read every [`ENDPOINT_REFRESH`]) and the public ones STUN
 //!   learned → an [`EndpointReport`] for the control client, which sends it to the coord so
@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ENDPOINT_REFRESH, endpoints};
 use crate::disco::DiscoPeer;
-use crate::relay::{RelayClient, RelayClientConfig};
+use crate::relay::{RelayClient, RelayClientConfig, RelaySet};
 use crate::udp::EngineCommand;
 
 /// How long the latency measurement of one relay region may take.
@@ -48,6 +48,8 @@ pub struct PathsWiring {
     pub node_key: NodePrivateKey,
     /// Trust roots for `https://` relays ([`crate::relay::relay_tls_config`]).
     pub relay_tls: Arc<rustls::ClientConfig>,
+    /// The home region to use instead of measuring ([`crate::daemon::RuntimeConfig::home_relay`]).
+    pub home_relay: Option<RegionId>,
     /// The WireGuard socket's port (for the local endpoints).
     pub listen_port: u16,
     /// The netmaps the runtime applied.
@@ -161,7 +163,20 @@ async fn apply_relay_map(wiring: &PathsWiring, map: &RelayMap) -> Option<RegionI
         .iter()
         .filter(|r| !r.servers.is_empty())
         .collect();
-    let measured = if regions.len() > 1 {
+    let forced = wiring
+        .home_relay
+        .filter(|id| regions.iter().any(|r| r.id == *id));
+    if let Some(id) = wiring.home_relay
+        && forced.is_none()
+    {
+        tracing::warn!(
+            region = id.0,
+            "the configured home relay region is not in the relay map; choosing by latency"
+        );
+    }
+    let measured = if let Some(id) = forced {
+        vec![(id, None)]
+    } else if regions.len() > 1 {
         let mut measured = Vec::with_capacity(regions.len());
         for region in &regions {
             let latency = match region.servers.first() {
@@ -195,7 +210,15 @@ async fn apply_relay_map(wiring: &PathsWiring, map: &RelayMap) -> Option<RegionI
             }
         });
     let home = client.as_ref().map(RelayClient::region);
-    let _ = wiring.commands.send(EngineCommand::SetRelay(client)).await;
+    let set = client.map(|home| {
+        RelaySet::new(
+            home,
+            map,
+            &wiring.node_key,
+            Some(Arc::clone(&wiring.relay_tls)),
+        )
+    });
+    let _ = wiring.commands.send(EngineCommand::SetRelay(set)).await;
     let mut stun = Vec::new();
     let ordered = regions
         .iter()

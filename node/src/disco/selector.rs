@@ -500,10 +500,16 @@ impl PathSelector {
     }
 
     fn relay_path(&self, peer_key: &NodePublicKey) -> Option<PathId> {
-        // Datagrams go through this node's home relay; the relay delivers them when the
-        // peer is attached there too (one region; several regions would need a client per
-        // peer's home region).
-        self.home_relay.map(|region| PathId::Relay {
+        // Datagrams go to the peer's home relay, where it is attached (the shell's
+        // RelaySet dials that region on demand); without a report, to this node's home.
+        // With no home relay of its own this node has no relay connection at all.
+        let home = self.home_relay?;
+        let region = self
+            .peers
+            .get(peer_key)
+            .and_then(|peer| peer.home_relay)
+            .unwrap_or(home);
+        Some(PathId::Relay {
             region,
             peer: *peer_key,
         })
@@ -753,6 +759,59 @@ mod tests {
             }]
         );
         assert!(a.sel.stats().pongs_received >= 1);
+    }
+
+    #[test]
+    fn a_peer_homed_in_another_region_is_relayed_through_its_home() {
+        const FAR: RegionId = RegionId(7);
+        let a = side(1, "198.18.0.101:41641");
+        let b = side(2, "198.18.0.102:41641");
+        let c = side(3, "198.18.0.103:41641");
+        let mut sel = a.sel;
+        sel.set_own_endpoints(vec![a.public]);
+        let t0 = Instant::now();
+        let mut far_peer = as_peer(&b, &[]);
+        far_peer.home_relay = Some(FAR);
+        let mut unreported = as_peer(&c, &[]);
+        unreported.home_relay = None;
+        sel.set_peers(vec![far_peer, unreported], t0);
+        sel.handle_timeout(t0);
+        let relayed: Vec<PathId> = std::iter::from_fn(|| sel.poll_transmit())
+            .map(|t| t.dst)
+            .filter(|dst| matches!(dst, PathId::Relay { .. }))
+            .collect();
+        assert!(
+            relayed.contains(&PathId::Relay {
+                region: FAR,
+                peer: b.node
+            }),
+            "B's call-me-maybe goes to B's home region: {relayed:?}"
+        );
+        assert!(
+            relayed.contains(&PathId::Relay {
+                region: REGION,
+                peer: c.node
+            }),
+            "a peer without a home report is tried on this node's home: {relayed:?}"
+        );
+        assert_eq!(
+            sel.current_path(&b.node),
+            Some(PathId::Relay {
+                region: FAR,
+                peer: b.node
+            })
+        );
+        // B moves home (a new netmap): its relayed path follows.
+        let mut moved = as_peer(&b, &[]);
+        moved.home_relay = Some(REGION);
+        sel.set_peers(vec![moved], t0);
+        assert_eq!(
+            sel.current_path(&b.node),
+            Some(PathId::Relay {
+                region: REGION,
+                peer: b.node
+            })
+        );
     }
 
     #[test]

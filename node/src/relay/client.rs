@@ -218,6 +218,14 @@ impl RelayClient {
         self.inbound.recv().await
     }
 
+    /// Polls for the next datagram (for [`super::RelaySet`], which waits on several).
+    pub(super) fn poll_recv(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<RelayDatagram>> {
+        self.inbound.poll_recv(cx)
+    }
+
     /// The next datagram a peer sent through the relay, if one is waiting now.
     pub fn try_recv(&mut self) -> Option<RelayDatagram> {
         self.inbound.try_recv().ok()

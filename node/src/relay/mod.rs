@@ -1,6 +1,8 @@
-//! The node's side of the relay: one connection to its home relay, and STUN.
+//! The node's side of the relay: its home relay, the other regions its peers live in, and
+//! STUN.
 //!
-//! [`RelayClient`] keeps one attached connection to a relay server (redialling with
+//! [`RelaySet`] holds the connection to the home relay and opens one to a peer's home
+//! region on demand, closing it when idle (see [`set`]). [`RelayClient`] keeps one attached connection to a relay server (redialling with
 //! [`Backoff`] after failures), sends WireGuard datagrams to peers by node key and hands
 //! back the datagrams peers sent. The engine names the relay as a path,
 //! [`PathId::Relay`](crate::engine::PathId::Relay): a transmit on that path goes to
@@ -12,6 +14,7 @@
 //! [`relay_tls_config`] sets up which certificates `https://` relays may present.
 
 mod client;
+pub mod set;
 pub mod stun;
 mod trust;
 
@@ -21,6 +24,7 @@ pub use client::{
     RelayClient, RelayClientConfig, RelayClientError, RelayDatagram, RelaySendError, RelaySender,
     RelayState,
 };
+pub use set::{REGION_IDLE_TIMEOUT, RegionUse, RelaySet};
 pub use trust::{RelayTrustError, relay_tls_config};
 
 /// Redial delays after a failed or lost relay connection: exponential from

@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::disco::{DiscoPeer, DiscoStats, PathEvent, PathSelector, PublicEndpoints};
-use crate::relay::{RelayClient, RelayDatagram, RelaySender};
+use crate::relay::{RelayDatagram, RelaySet};
 use postern_proto::NodePublicKey;
 use postern_proto::netmap::RegionId;
 
@@ -101,9 +101,10 @@ pub enum EngineCommand {
     SetFilter(NewFilter),
     /// Read every peer's counters.
     AllPeerStats(oneshot::Sender<Vec<(PublicKey, PeerStats)>>),
-    /// Use this relay client (attached to this node's home relay) for relayed paths, or
+    /// Use these relay connections (the home relay, and other regions on demand) for
+    /// relayed paths, or
     /// none; the previous client is shut down.
-    SetRelay(Option<RelayClient>),
+    SetRelay(Option<RelaySet>),
     /// Replace the peers path discovery probes (from the netmap). Ignored without paths.
     SetDiscoPeers(Vec<DiscoPeer>),
     /// Replace the STUN servers the public endpoints are learned from.
@@ -226,7 +227,6 @@ impl UdpEngine {
             public_tx,
             local_endpoints: Vec::new(),
             relay: None,
-            relay_sender: None,
         };
         let task = tokio::spawn(task.run());
         Ok(Self {
@@ -256,8 +256,7 @@ struct Shell<R: WireGuardResponder> {
     public: PublicEndpoints,
     public_tx: watch::Sender<Vec<SocketAddr>>,
     local_endpoints: Vec<SocketAddr>,
-    relay: Option<RelayClient>,
-    relay_sender: Option<(RegionId, RelaySender)>,
+    relay: Option<RelaySet>,
 }
 
 impl<R: WireGuardResponder> Shell<R> {
@@ -292,14 +291,14 @@ impl<R: WireGuardResponder> Shell<R> {
                 }
                 datagram = recv_relay(&mut self.relay) => {
                     match datagram {
-                        Some(datagram) => self.relayed(datagram),
+                        Some((region, datagram)) => self.relayed(region, datagram),
                         None => self.relay = None,
                     }
                     for _ in 1..RELAY_DATAGRAMS_PER_WAKE {
-                        let Some(datagram) = self.relay.as_mut().and_then(RelayClient::try_recv) else {
+                        let Some((region, datagram)) = self.relay.as_mut().and_then(RelaySet::try_recv) else {
                             break;
                         };
-                        self.relayed(datagram);
+                        self.relayed(region, datagram);
                     }
                 }
                 command = self.commands.recv(), if commands_open => {
@@ -322,6 +321,11 @@ impl<R: WireGuardResponder> Shell<R> {
             if self.public.poll_timeout().is_some_and(|t| t <= now) {
                 self.public.handle_timeout(now);
             }
+            if let Some(relay) = &mut self.relay
+                && relay.poll_timeout().is_some_and(|t| t <= now)
+            {
+                relay.handle_timeout(now);
+            }
         }
     }
 
@@ -333,24 +337,26 @@ impl<R: WireGuardResponder> Shell<R> {
             .unwrap_or_else(|| Instant::now() + crate::engine::TIMER_TICK);
         let paths = self.paths.as_ref().and_then(PathSelector::poll_timeout);
         let stun = self.public.poll_timeout();
-        [Some(engine), paths, stun]
+        let relay = self.relay.as_ref().and_then(RelaySet::poll_timeout);
+        [Some(engine), paths, stun, relay]
             .into_iter()
             .flatten()
             .min()
             .unwrap_or(engine)
     }
 
-    /// A datagram from the relay: disco to the selector, the rest to the engine.
-    fn relayed(&mut self, datagram: RelayDatagram) {
+    /// A datagram from the relay of `region`: disco to the selector, the rest to the
+    /// engine.
+    fn relayed(&mut self, region: RegionId, datagram: RelayDatagram) {
         self.counters.relay_in.fetch_add(1, Ordering::Relaxed);
-        let Some((region, _)) = self.relay_sender else {
-            return;
-        };
+        let now = Instant::now();
+        if let Some(relay) = &mut self.relay {
+            relay.note_received(region, now);
+        }
         let from = PathId::Relay {
             region,
             peer: datagram.src,
         };
-        let now = Instant::now();
         if crate::disco::message::is_disco(&datagram.packet) {
             if let Some(paths) = &mut self.paths {
                 paths.handle_input(from, &datagram.packet, now);
@@ -360,12 +366,13 @@ impl<R: WireGuardResponder> Shell<R> {
         }
     }
 
-    /// Hands a datagram for a relayed path to the relay client.
-    fn send_relayed(&self, peer: NodePublicKey, payload: Bytes) {
+    /// Hands a datagram for a relayed path to the relay connection of `region`.
+    fn send_relayed(&mut self, region: RegionId, peer: NodePublicKey, payload: Bytes) {
+        let now = Instant::now();
         let sent = self
-            .relay_sender
-            .as_ref()
-            .is_some_and(|(_, sender)| sender.try_send(peer, payload).is_ok());
+            .relay
+            .as_mut()
+            .is_some_and(|relay| relay.try_send(region, peer, payload, now).is_ok());
         let counter = if sent {
             &self.counters.relay_out
         } else {
@@ -505,8 +512,7 @@ impl<R: WireGuardResponder> Shell<R> {
                 if let Some(old) = self.relay.take() {
                     tokio::spawn(old.shutdown());
                 }
-                self.relay_sender = client.as_ref().map(|c| (c.region(), c.sender()));
-                let region = client.as_ref().map(RelayClient::region);
+                let region = client.as_ref().map(RelaySet::home_region);
                 self.relay = client;
                 if let Some(paths) = &mut self.paths {
                     paths.set_home_relay(region, now);
@@ -558,7 +564,7 @@ impl<R: WireGuardResponder> Shell<R> {
         let mut transmits = Vec::new();
         while let Some(t) = self.engine.poll_transmit() {
             match t.dst {
-                PathId::Relay { peer, .. } => self.send_relayed(peer, t.payload),
+                PathId::Relay { region, peer } => self.send_relayed(region, peer, t.payload),
                 _ => transmits.push(t),
             }
         }
@@ -587,7 +593,7 @@ impl<R: WireGuardResponder> Shell<R> {
         for t in disco {
             match t.dst {
                 PathId::Direct(addr) => self.send_direct(addr, &t.payload),
-                PathId::Relay { peer, .. } => self.send_relayed(peer, t.payload),
+                PathId::Relay { region, peer } => self.send_relayed(region, peer, t.payload),
             }
         }
         while let Some((server, request)) = self.public.poll_transmit(now) {
@@ -605,8 +611,8 @@ impl<R: WireGuardResponder> Shell<R> {
     }
 }
 
-/// The next datagram from the relay client, or never without one.
-async fn recv_relay(relay: &mut Option<RelayClient>) -> Option<RelayDatagram> {
+/// The next datagram from the relay connections (with its region), or never without them.
+async fn recv_relay(relay: &mut Option<RelaySet>) -> Option<(RegionId, RelayDatagram)> {
     match relay {
         Some(client) => client.recv().await,
         None => std::future::pending().await,

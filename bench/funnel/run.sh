@@ -4,7 +4,7 @@
 #
 # HOW TO RUN (as root: wrk runs in a private mount namespace that maps the funnel hostnames
 # to 127.0.0.1 in its own /etc/hosts; nothing on the machine is changed but a TUN device
-# that lives as long as the run). About 5.5 minutes with the defaults (4.5 with
+# that lives as long as the run). About 11 minutes with the defaults (10 with
 # WG_STANDIN=0); the machine should be as quiet as possible.
 #
 #     sudo bench/funnel/run.sh                  # builds the release ingress, then measures
@@ -19,9 +19,11 @@
 #   T=10           seconds per measurement (wrk and iperf3)
 #   ROUNDS=2       rounds; round 2 runs the variants in reverse order (ABBA) so that a
 #                  drift in the machine's load does not favour one variant
-#   GATE_PAIRS=4 GATE_T=5   after the rounds, this many back-to-back pairs of GATE_T-second
-#                  runs, funnel without and with the gate (alternating which goes first):
-#                  the gate's cost is read from the ratio within each pair
+#   GATE_PAIRS=4 GATE_T=5   after the rounds, for EVERY gate, this many back-to-back
+#                  pairs of GATE_T-second runs, funnel without and with the gate
+#                  (alternating which goes first; the pairs of the gates interleaved):
+#                  each gate's cost is the median of the ratios within its pairs, reported
+#                  with their range
 #   CONNS=32 THREADS=2   wrk connections and threads
 #   WG_STANDIN=1   also measure the stand-in for the mesh hop (below); 0 to skip it
 #   MESH_ONLY=1    with --mesh: only direct, the ungated funnel, rathole, the edge's TCP
@@ -30,7 +32,8 @@
 #   SKIP_BUILD=1   do not run `cargo build --release -p postern-ingress -p postern`
 #   INGRESS_BIN    the postern-ingress binary (default: $CARGO_TARGET_DIR or target/, release)
 #   POSTERN_BIN    the postern binary, for the stand-in (same default place)
-#   TOOLS_DIR      where rathole and bore are installed if missing (default target/bench-tools)
+#   TOOLS_DIR      where rathole, bore and oha are installed if missing (default
+#                  target/bench-tools)
 #
 # What it measures, all in one run (every figure is compared within the run):
 #   HTTP: requests/s and p50/p99 latency of GitHub-webhook-shaped POSTs (1 KiB body, a valid
@@ -44,10 +47,18 @@
 #       funnel, IP gate       an `ip` gate allowing 127.0.0.0/8
 #       funnel, JWT gate      a `jwt` gate (ES256; the JWKS served on loopback by python's
 #                             http.server, the token made once by the script with openssl)
+#       funnel, OIDC gate     an `oidc` login gate; every request carries a valid session
+#                             cookie, minted with the gate's own cookie code and the
+#                             funnel's session key by ingress/examples/bench_session_cookie.rs
+#                             (no IdP is involved: the session check is what every request
+#                             after a login costs)
 #       funnel, rate limits   no gate, a per-client-address and a per-funnel token bucket
 #                             too large to refuse anything (the buckets' own cost)
-#     (OIDC login and mTLS gates are not measured: wrk presents no client certificate, and
-#     an OIDC session cookie is minted by the edge's own login flow.)
+#       funnel, mTLS gate     an `mtls` gate; driven by oha (wrk presents no client
+#                             certificate) with a client certificate from a CA the script
+#                             makes, and compared with the ungated funnel driven by oha too
+#     Every request of every variant carries the same headers (signature, bearer token,
+#     session cookie) whether its funnel reads them or not.
 #     plus the ingress's CPU time per request (from /proc), which the machine's load
 #     disturbs much less than requests/s.
 #   TCP: iperf3 throughput (1 stream, client -> server) to an iperf3 server:
@@ -72,8 +83,8 @@
 #   and not the funnel hop's handshake; it is not the real path.
 #
 # Needs: wrk, iperf3, socat, openssl, jq, python3, rustc, cargo (apt-get installs the Debian
-# ones if missing, saying so; `cargo install` installs rathole and bore into TOOLS_DIR).
-# Ports used on 127.0.0.1: 18080 18201 18333 18443 18444 18500-18507, bore's 7835, UDP
+# ones if missing, saying so; `cargo install` installs rathole, bore and oha into TOOLS_DIR).
+# Ports used on 127.0.0.1: 18080 18201 18333 18443 18444 18500-18512, bore's 7835, UDP
 # 51871-51872 (WireGuard of the stand-in); on 10.77.0.2 (pfbench0): 18080 18202.
 # Everything started is killed by pid on exit and the work directory is removed.
 set -euo pipefail
@@ -98,7 +109,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
     --out) out_file="$2"; shift 2 ;;
     --mesh) mesh=1; shift ;;
-    -h | --help) sed -n '2,58p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,86p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -125,6 +136,7 @@ WG_B_IP=10.77.0.2
 WG_DEV=pfbench0
 P_COORD=18510
 P_JWKS=18511
+P_IDP=18512 # the OIDC gate's issuer: never contacted while requests carry a session
 MESH_TCP_PORTS=18508-18509
 COORD_BIN="${COORD_BIN:-$target_dir/release/postern-coord}"
 
@@ -194,15 +206,25 @@ if ! command -v bore >/dev/null; then
     say "bore missing: cargo install bore-cli into $TOOLS_DIR (a few minutes)"
     cargo install --root "$TOOLS_DIR" bore-cli >&2
 fi
+if ! command -v oha >/dev/null; then
+    # A load generator that presents a TLS client certificate (--cert/--key), for mTLS.
+    say "oha missing: cargo install oha@1.16.0 into $TOOLS_DIR (a few minutes)"
+    cargo install --root "$TOOLS_DIR" oha@1.16.0 --locked >&2
+fi
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-    packages=(-p postern-ingress)
+    packages=()
     if [ "$WG_STANDIN" = 1 ] || [ "$mesh" = 1 ]; then packages+=(-p postern); fi
     if [ "$mesh" = 1 ]; then packages+=(-p postern-coord); fi
-    say "building the release binaries (cargo build --release ${packages[*]})"
-    (cd "$repo" && cargo build --release "${packages[@]}" >&2)
+    # The ingress and the session-cookie helper (an example: ingress/examples/) in one
+    # build, so that the ingress is not built twice with two feature sets.
+    say "building the release binaries (postern-ingress and its bench_session_cookie example ${packages[*]})"
+    (cd "$repo" && cargo build --release -p postern-ingress --bins --example bench_session_cookie >&2)
+    if [ "${#packages[@]}" -gt 0 ]; then (cd "$repo" && cargo build --release "${packages[@]}" >&2); fi
 fi
+COOKIE_BIN="${COOKIE_BIN:-$target_dir/release/examples/bench_session_cookie}"
 [ -x "$INGRESS_BIN" ] || die "no ingress binary at $INGRESS_BIN (build it, or set INGRESS_BIN)"
+[ -x "$COOKIE_BIN" ] || die "no session-cookie helper at $COOKIE_BIN (cargo build --release -p postern-ingress --example bench_session_cookie, or set COOKIE_BIN)"
 if [ "$mesh" = 1 ]; then
     [ -x "$POSTERN_BIN" ] || die "no postern binary at $POSTERN_BIN (build it, or set POSTERN_BIN)"
     [ -x "$COORD_BIN" ] || die "no postern-coord binary at $COORD_BIN (build it, or set COORD_BIN)"
@@ -217,7 +239,7 @@ fi
 
 for port in $P_ORIGIN $P_IPERF $P_RATHOLE_CTL $P_SOCAT_TLS $P_INGRESS $P_TCP_FUNNEL \
     $P_SOCAT_TCP $P_RATHOLE $P_BORE $P_BORE_CTL $P_WG_FWD_TCP $P_TCP_FUNNEL_WG $P_WG_FWD_HTTP \
-    $P_COORD 18508 18509 $P_JWKS; do
+    $P_COORD 18508 18509 $P_JWKS $P_IDP; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         die "port $port on 127.0.0.1 is in use; stop what listens there (ss -ltnp 'sport = :$port')"
     fi
@@ -234,13 +256,13 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
     -subj "/CN=postern bench CA" -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null
 openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
     -subj "/CN=open.bench.test" -keyout "$work/leaf.key" -out "$work/leaf.csr" 2>/dev/null
-printf 'subjectAltName=DNS:open.bench.test,DNS:gated.bench.test,DNS:direct.bench.test,DNS:wg.bench.test,DNS:mesh.bench.test,DNS:ip.bench.test,DNS:jwt.bench.test,DNS:rate.bench.test\n' >"$work/san.ext"
+printf 'subjectAltName=DNS:open.bench.test,DNS:gated.bench.test,DNS:direct.bench.test,DNS:wg.bench.test,DNS:mesh.bench.test,DNS:ip.bench.test,DNS:jwt.bench.test,DNS:rate.bench.test,DNS:oidc.bench.test,DNS:mtls.bench.test\n' >"$work/san.ext"
 openssl x509 -req -in "$work/leaf.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" \
     -CAcreateserial -days 2 -extfile "$work/san.ext" -out "$work/leaf.pem" 2>/dev/null
 cat "$work/leaf.pem" "$work/ca.pem" >"$work/chain.pem"
 
 # The names wrk connects to, in the /etc/hosts of its private mount namespace.
-printf '127.0.0.1 localhost open.bench.test gated.bench.test direct.bench.test wg.bench.test mesh.bench.test ip.bench.test jwt.bench.test rate.bench.test\n' >"$work/hosts"
+printf '127.0.0.1 localhost open.bench.test gated.bench.test direct.bench.test wg.bench.test mesh.bench.test ip.bench.test jwt.bench.test rate.bench.test oidc.bench.test mtls.bench.test\n' >"$work/hosts"
 
 # A GitHub-push-shaped 1 KiB body and its signature, computed once.
 secret="bench-$(openssl rand -hex 16)"
@@ -291,6 +313,22 @@ token = f"{header}.{payload}.{b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))
 open(f"{work}/jwt.token", "w").write(token)
 JWT
 jwt_token="$(cat "$work/jwt.token")"
+
+# The mTLS gate's CA and a client certificate from it (for oha).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=postern bench client CA" -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -keyout "$work/client-ca.key" -out "$work/client-ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -subj "/CN=bench-client" -keyout "$work/client.key" -out "$work/client.csr" 2>/dev/null
+printf 'extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n' >"$work/client.ext"
+openssl x509 -req -in "$work/client.csr" -CA "$work/client-ca.pem" -CAkey "$work/client-ca.key" \
+    -CAcreateserial -days 2 -extfile "$work/client.ext" -out "$work/client.pem" 2>/dev/null
+
+# The OIDC gate's session key (0600, as the ingress makes it) and a session cookie for
+# bench@example.com minted from it with the gate's own code.
+(umask 077 && head -c 32 /dev/urandom >"$work/oidc-session.key")
+session_cookie="__Host-postern-session=$("$COOKIE_BIN" "$work/oidc-session.key" oidc.bench.test bench@example.com 7200)"
 
 # ---------------------------------------------------------------- servers
 start origin "$work/origin" "127.0.0.1:$P_ORIGIN" 256
@@ -344,6 +382,23 @@ target = "127.0.0.1:$P_ORIGIN"
 jwks_url = "http://127.0.0.1:$P_JWKS/jwks.json"
 issuer = "https://idp.bench.test"
 audiences = ["bench-api"]
+
+[[funnel]]
+hostname = "oidc.bench.test"
+target = "127.0.0.1:$P_ORIGIN"
+[[funnel.gate]]
+[funnel.gate.oidc]
+issuer = "http://127.0.0.1:$P_IDP"
+client_id = "bench"
+allowed_emails = ["bench@example.com"]
+session_key_file = "$work/oidc-session.key"
+
+[[funnel]]
+hostname = "mtls.bench.test"
+target = "127.0.0.1:$P_ORIGIN"
+[[funnel.gate]]
+[funnel.gate.mtls]
+ca = "$work/client-ca.pem"
 
 [[funnel]]
 hostname = "rate.bench.test"
@@ -534,6 +589,10 @@ fi
 check "funnel, IP gate" 200 "$(status_of "https://ip.bench.test:$P_INGRESS/hook")"
 check "funnel, JWT gate, token" 200 "$(status_of "https://jwt.bench.test:$P_INGRESS/hook" -H "Authorization: Bearer $jwt_token")"
 check "funnel, JWT gate, no token" 401 "$(status_of "https://jwt.bench.test:$P_INGRESS/hook")"
+check "funnel, OIDC gate, session" 200 "$(status_of "https://oidc.bench.test:$P_INGRESS/hook" -H "Cookie: $session_cookie")"
+check "funnel, OIDC gate, no session" 401 "$(status_of "https://oidc.bench.test:$P_INGRESS/hook")"
+check "funnel, mTLS gate, client certificate" 200 "$(status_of "https://mtls.bench.test:$P_INGRESS/hook" --cert "$work/client.pem" --key "$work/client.key")"
+check "funnel, mTLS gate, no client certificate" 401 "$(status_of "https://mtls.bench.test:$P_INGRESS/hook")"
 check "funnel, rate limits" 200 "$(status_of "https://rate.bench.test:$P_INGRESS/hook")"
 check "funnel, gate, unsigned" 401 "$(status_of "https://gated.bench.test:$P_INGRESS/hook" \
     -H "X-GitHub-Delivery: check-2")"
@@ -554,8 +613,8 @@ cpu_ticks() { # user+system clock ticks of the given pids
 }
 hz="$(getconf CLK_TCK)"
 
-http_variant() { # http_variant KEY ROUND [KIND SECONDS]: one wrk measurement
-    local key="$1" round="$2" kind="${3:-http}" seconds="${4:-$T}" url cpu_pids=() before after line tag t0 t1
+http_variant() { # http_variant KEY ROUND [KIND SECONDS]: one wrk (or oha) measurement
+    local key="$1" round="$2" kind="${3:-http}" seconds="${4:-$T}" url cpu_pids=() before after line tag t0 t1 tool=wrk
     case "$key" in
     direct_http) url="http://direct.bench.test:$P_ORIGIN/hook" ;;
     direct_https) url="https://direct.bench.test:$P_SOCAT_TLS/hook" ;;
@@ -565,20 +624,44 @@ http_variant() { # http_variant KEY ROUND [KIND SECONDS]: one wrk measurement
     funnel_mesh) url="https://mesh.bench.test:$P_INGRESS/hook"; cpu_pids=("$pid_ingress" "$pid_node") ;;
     funnel_ip) url="https://ip.bench.test:$P_INGRESS/hook"; cpu_pids=("$pid_ingress") ;;
     funnel_jwt) url="https://jwt.bench.test:$P_INGRESS/hook"; cpu_pids=("$pid_ingress") ;;
+    funnel_oidc) url="https://oidc.bench.test:$P_INGRESS/hook"; cpu_pids=("$pid_ingress") ;;
     funnel_rate) url="https://rate.bench.test:$P_INGRESS/hook"; cpu_pids=("$pid_ingress") ;;
+    funnel_open_oha) url="https://open.bench.test:$P_INGRESS/hook"; cpu_pids=("$pid_ingress"); tool=oha ;;
+    funnel_mtls) url="https://mtls.bench.test:$P_INGRESS/hook"; cpu_pids=("$pid_ingress"); tool=oha ;;
     esac
     tag="$key-$round-$RANDOM"
     # 1 s warm-up (connections, caches), not counted.
-    in_ns wrk -t"$THREADS" -c"$CONNS" -d1s -s "$here/webhook.lua" "$url" -- "$work/body.json" "$signature" "$tag-warm" "$jwt_token" >/dev/null
+    load_generator "$tool" 1 "$url" "$tag-warm" >/dev/null
     load_now
     before="$(cpu_ticks "${cpu_pids[@]}")"
     t0="$(date +%s.%N)"
-    line="$(in_ns wrk -t"$THREADS" -c"$CONNS" -d"${seconds}s" -s "$here/webhook.lua" "$url" -- "$work/body.json" "$signature" "$tag" "$jwt_token" | grep '^RESULT')"
+    line="$(load_generator "$tool" "$seconds" "$url" "$tag")"
     t1="$(date +%s.%N)"
     after="$(cpu_ticks "${cpu_pids[@]}")"
     load_now
     say "$kind $key round $round: $line cpu_ticks=$((after - before))"
     echo "$kind $key $round $line cpu_ticks=$((after - before)) wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b - a}') hz=$hz ncpu=${#cpu_pids[@]}" >>"$results"
+}
+
+load_generator() { # load_generator wrk|oha SECONDS URL TAG: prints one RESULT line
+    local tool="$1" seconds="$2" url="$3" tag="$4"
+    if [ "$tool" = wrk ]; then
+        in_ns wrk -t"$THREADS" -c"$CONNS" -d"${seconds}s" -s "$here/webhook.lua" "$url" -- \
+            "$work/body.json" "$signature" "$tag" "$jwt_token" "$session_cookie" | grep '^RESULT'
+        return
+    fi
+    # oha: the same POST (no fresh delivery id: no webhook gate is driven with it), with
+    # the client certificate; requests still running at the deadline are awaited (-w).
+    in_ns oha --no-tui --output-format json -z "${seconds}s" -w -c "$CONNS" -m POST \
+        -D "$work/body.json" -H 'Content-Type: application/json' -H 'X-GitHub-Event: push' \
+        -H "X-Hub-Signature-256: $signature" -H "X-GitHub-Delivery: $tag" \
+        -H "Authorization: Bearer $jwt_token" -H "Cookie: $session_cookie" \
+        --cacert "$work/ca.pem" --cert "$work/client.pem" --key "$work/client.key" "$url" |
+        jq -r '"RESULT requests=\([.statusCodeDistribution[]] | add // 0) seconds=\(.summary.total)"
+            + " rps=\(.summary.requestsPerSec) p50_us=\((.latencyPercentiles.p50 // 0) * 1e6 | floor)"
+            + " p99_us=\((.latencyPercentiles.p99 // 0) * 1e6 | floor)"
+            + " non2xx=\([.statusCodeDistribution | to_entries[] | select(.key | startswith("2") | not) | .value] | add // 0)"
+            + " errors=\([.errorDistribution[]] | add // 0)"'
 }
 
 tcp_variant() { # tcp_variant KEY ROUND: one iperf3 measurement
@@ -609,7 +692,7 @@ tcp_variant() { # tcp_variant KEY ROUND: one iperf3 measurement
     echo "tcp $key $round bps=$bps seconds=$T cpu_ticks=$((after - before)) wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b - a}') hz=$hz ncpu=${#cpu_pids[@]}" >>"$results"
 }
 
-http_keys=(direct_http direct_https funnel_open funnel_gated funnel_ip funnel_jwt funnel_rate)
+http_keys=(direct_http direct_https funnel_open funnel_gated funnel_ip funnel_jwt funnel_oidc funnel_rate funnel_open_oha funnel_mtls)
 tcp_keys=(direct socat tcp_funnel rathole bore)
 if [ "$WG_STANDIN" = 1 ]; then
     http_keys+=(funnel_wg)
@@ -632,9 +715,17 @@ for round in $(seq 1 "$ROUNDS"); do
     if [ $((round % 2)) = 1 ]; then order=("${tcp_keys[@]}"); else order=(); for ((i = ${#tcp_keys[@]} - 1; i >= 0; i--)); do order+=("${tcp_keys[$i]}"); done; fi
     for key in "${order[@]}"; do tcp_variant "$key" "$round"; done
 done
+# Each gate against the funnel without a gate, in back-to-back pairs: pair n of every gate,
+# then pair n + 1 of every gate, so a drift of the load spreads over all the gates; within
+# a pair the order alternates. The baseline is driven by the same load generator.
+gate_keys=(funnel_gated funnel_ip funnel_jwt funnel_oidc funnel_rate funnel_mtls)
 for pair in $(seq 1 "$GATE_PAIRS"); do
-    if [ $((pair % 2)) = 1 ]; then order=(funnel_open funnel_gated); else order=(funnel_gated funnel_open); fi
-    for key in "${order[@]}"; do http_variant "$key" "$pair" gatepair "$GATE_T"; done
+    for gate in "${gate_keys[@]}"; do
+        base=funnel_open
+        [ "$gate" = funnel_mtls ] && base=funnel_open_oha
+        if [ $((pair % 2)) = 1 ]; then order=("$base" "$gate"); else order=("$gate" "$base"); fi
+        for key in "${order[@]}"; do http_variant "$key" "$pair" "pair:$gate" "$GATE_T"; done
+    done
 done
 
 # ---------------------------------------------------------------- the tables

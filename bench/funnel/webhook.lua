@@ -5,13 +5,14 @@
 -- gate's replay cache admits every one. The same script drives every HTTP variant (direct,
 -- funnel without gate, funnel with the gate), so the client does the same work in each.
 --
--- Arguments (after `--`): BODY_FILE SIGNATURE RUN_TAG [BEARER_TOKEN]
+-- Arguments (after `--`): BODY_FILE SIGNATURE RUN_TAG [BEARER_TOKEN [COOKIE]]
 -- With BEARER_TOKEN every request also carries `Authorization: Bearer TOKEN` (for the JWT
--- gate's variant; the other variants ignore the header, so all send it).
+-- gate's variant), with COOKIE a `Cookie: COOKIE` header (the OIDC gate's session); the
+-- other variants ignore these headers, so all send them.
 -- done() prints one line for run.sh to parse:
 --   RESULT requests=N seconds=S rps=R p50_us=A p99_us=B non2xx=C errors=E
 
-local body, signature, tag, bearer
+local body, signature, tag, bearer, cookie
 local counter = 0
 local thread_id = 0
 local next_id = 0
@@ -28,6 +29,7 @@ function init(args)
   signature = args[2]
   tag = args[3] or "run"
   if args[4] and args[4] ~= "" then bearer = "Bearer " .. args[4] end
+  if args[5] and args[5] ~= "" then cookie = args[5] end
   thread_id = tid or 0
 end
 
@@ -41,6 +43,7 @@ function request()
     ["X-Hub-Signature-256"] = signature,
   }
   if bearer then headers["Authorization"] = bearer end
+  if cookie then headers["Cookie"] = cookie end
   return wrk.format("POST", "/hook", headers, body)
 end
 

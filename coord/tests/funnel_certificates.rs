@@ -130,3 +130,75 @@ async fn ingress_nodes_share_certificates_and_no_one_else_sees_them() {
         "the key reached the log"
     );
 }
+
+#[tokio::test]
+async fn one_ingress_at_a_time_may_order_a_hostnames_certificate() {
+    let coord = CoordProcess::start(POLICY, &["--funnel-domain", DOMAIN]).await;
+    let edge_key = coord.auth_key(&["--reusable", "--ingress"]);
+    let alice = coord.auth_key(&["--user", "alice@example.com"]);
+    let edge1 = client(&coord.addr, Some(edge_key.clone()), "edge1");
+    let edge2 = client(&coord.addr, Some(edge_key), "edge2");
+    let laptop = client(&coord.addr, Some(alice), "laptop");
+    for node in [&edge1, &edge2, &laptop] {
+        connected(node).await;
+    }
+    let host = format!("new.{DOMAIN}");
+    let claim = |hostname: &str| FunnelChange::ClaimCertificateOrder {
+        hostname: hostname.into(),
+    };
+
+    // The first ingress to claim orders; the second is told who is ordering and waits.
+    assert_eq!(edge1.certificate(claim(&host)).await.unwrap(), None);
+    let refused = edge2.certificate(claim(&host)).await;
+    let Err(ClientError::FunnelRefused(refusal)) = refused else {
+        panic!("expected a refusal, got {refused:?}");
+    };
+    assert_eq!(refusal.code, "order_in_progress");
+    assert!(
+        refusal.message.contains("edge1") && refusal.message.contains(&host),
+        "{}",
+        refusal.message
+    );
+    // The holder renews its claim (before a retry); the other is still refused. A claim is
+    // per hostname, and case does not make a new one.
+    assert_eq!(edge1.certificate(claim(&host)).await.unwrap(), None);
+    assert_eq!(
+        refusal_code(edge2.certificate(claim(&host.to_uppercase())).await),
+        "order_in_progress"
+    );
+    assert_eq!(
+        edge2
+            .certificate(claim(&format!("other.{DOMAIN}")))
+            .await
+            .unwrap(),
+        None
+    );
+    // Only ingress nodes claim, only funnel hostnames.
+    assert_eq!(
+        refusal_code(laptop.certificate(claim(&host)).await),
+        "not_ingress"
+    );
+    assert_eq!(
+        refusal_code(edge1.certificate(claim("example.com")).await),
+        "invalid"
+    );
+
+    // Storing the certificate ends the holder's claim: the other ingress finds the
+    // certificate, and may claim the next order (a renewal) at once.
+    let cert = HostCertificate {
+        hostname: host.clone(),
+        chain_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+        key_pem: "-----BEGIN PRIVATE KEY-----\nk\n-----END PRIVATE KEY-----\n".into(),
+        not_after: UnixTime::from_secs(2_000_000_000),
+    };
+    edge1
+        .certificate(FunnelChange::PutCertificate(cert.clone()))
+        .await
+        .unwrap();
+    assert_eq!(edge2.certificate(get(&host)).await.unwrap(), Some(cert));
+    assert_eq!(edge2.certificate(claim(&host)).await.unwrap(), None);
+    assert_eq!(
+        refusal_code(edge1.certificate(claim(&host)).await),
+        "order_in_progress"
+    );
+}

@@ -9,189 +9,20 @@
     clippy::indexing_slicing
 )]
 
-use std::net::TcpListener;
-use std::process::Command;
-use std::time::{Duration, Instant};
+mod oidc_lab;
 
-use postern_lab::LabProcess;
+use oidc_lab::{NodeIdentity, OidcLab, WAIT, fqdn, get};
+use postern_lab::idp::OidcProvider;
 use postern_lab::idp::browser::HeadlessBrowser;
-use postern_lab::idp::{IdpConfig, OidcProvider};
-use postern_node::control::{ClientConfig, ControlClient, RegistrationState, SessionConfig};
-use postern_proto::netmap::Netmap;
-use postern_proto::{DiscoPrivateKey, MachinePrivateKey, NodePrivateKey};
-use tokio::sync::watch;
+use postern_node::control::{ControlClient, RegistrationState};
 
-const BIN: &str = env!("CARGO_BIN_EXE_postern-coord");
-const WAIT: Duration = Duration::from_secs(30);
-const SECRET: &str = "coord-test-secret";
+/// Everyone may reach everyone: these tests are about who logs in, not the policy.
+const ALLOW_ALL: &str = r#"{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}"#;
 
-/// The IdP and a coord that uses it, on loopback.
-struct LoginLab {
-    idp: OidcProvider,
-    coord: LabProcess,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl LoginLab {
-    /// Starts the IdP (with the coord's callback registered) and `postern-coord serve`
-    /// with interactive login and `extra` flags, and waits until the coord answers.
-    fn start(extra: &[&str]) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let idp = OidcProvider::start(IdpConfig {
-            web_redirect_uris: vec![format!("http://{addr}/oidc/callback")],
-            web_client_secret: SECRET.into(),
-        })
-        .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let secret_file = dir.path().join("oidc-secret");
-        std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
-        // Everyone may reach everyone: these tests are about who logs in, not the policy.
-        let policy = dir.path().join("policy.hujson");
-        std::fs::write(
-            &policy,
-            r#"{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}"#,
-        )
-        .unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.arg("serve")
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .args(["--listen", &addr, "--admin-listen", "127.0.0.1:0"])
-            .arg("--policy")
-            .arg(&policy)
-            .args(["--oidc-issuer", idp.issuer()])
-            .args(["--oidc-client-id", OidcProvider::WEB_CLIENT_ID])
-            .arg("--oidc-client-secret-file")
-            .arg(&secret_file)
-            .args(extra);
-        let mut coord =
-            LabProcess::spawn("postern-coord", cmd, &dir.path().join("coord.log")).unwrap();
-        let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(&addr).is_err() {
-            coord.check_running().unwrap();
-            assert!(
-                Instant::now() < deadline,
-                "coord never listened: {}",
-                coord.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self {
-            idp,
-            coord,
-            addr,
-            _dir: dir,
-        }
-    }
-
-    /// A node that registers without an auth key.
-    fn node(&self, hostname: &str, device: bool) -> ControlClient {
-        let rng = &mut rand::rngs::OsRng;
-        let session = SessionConfig {
-            node_key: NodePrivateKey::generate(rng).public_key(),
-            disco_key: DiscoPrivateKey::generate(rng).public_key(),
-            hostname: hostname.into(),
-            auth_key: None,
-            requested_tags: Vec::new(),
-            ephemeral: false,
-            endpoints: Vec::new(),
-            home_relay: None,
-        };
-        let mut config = ClientConfig::new(&self.addr, MachinePrivateKey::generate(rng), session);
-        config.min_backoff = Duration::from_millis(50);
-        config.max_backoff = Duration::from_millis(400);
-        config.device_login = device;
-        ControlClient::spawn(config)
-    }
-
-    fn logs(&self) -> String {
-        format!(
-            "coord log:\n{}\nIdP log:\n{}",
-            self.coord.log_tail(),
-            self.idp.log_tail()
-        )
-    }
-
-    /// Waits until `client`'s registration satisfies `pred`.
-    async fn registration(
-        &self,
-        client: &ControlClient,
-        what: &str,
-        pred: impl Fn(&RegistrationState) -> bool,
-    ) -> RegistrationState {
-        let mut rx = client.registration();
-        let found = tokio::time::timeout(WAIT, rx.wait_for(|state| pred(state)))
-            .await
-            .map(|r| r.map(|state| state.clone()));
-        match found {
-            Ok(Ok(state)) => state,
-            _ => panic!(
-                "timed out waiting for {what}; registration: {:?}\n{}",
-                *rx.borrow(),
-                self.logs()
-            ),
-        }
-    }
-
-    async fn login_url(&self, client: &ControlClient) -> String {
-        match self
-            .registration(client, "a login link", |s| {
-                matches!(s, RegistrationState::LoginRequired { .. })
-            })
-            .await
-        {
-            RegistrationState::LoginRequired { url } => url,
-            other => panic!("{other:?}"),
-        }
-    }
-
-    async fn netmap(
-        &self,
-        client: &ControlClient,
-        what: &str,
-        pred: impl Fn(&Netmap) -> bool,
-    ) -> Netmap {
-        let mut rx: watch::Receiver<Option<Netmap>> = client.netmap();
-        let found = tokio::time::timeout(WAIT, rx.wait_for(|m| m.as_ref().is_some_and(&pred)))
-            .await
-            .map(|r| r.map(|map| map.clone()));
-        match found {
-            Ok(Ok(map)) => map.unwrap(),
-            _ => panic!(
-                "timed out waiting for {what}: {:?}\n{}",
-                *rx.borrow(),
-                self.logs()
-            ),
-        }
-    }
-
-    /// Logs in through the browser at `url` as `user` and returns the coord's answer page
-    /// (status, body).
-    async fn browser_login(
-        &self,
-        browser: &HeadlessBrowser,
-        url: &str,
-        user: &str,
-    ) -> (u16, String) {
-        let password = format!("{}-pw", user.split('@').next().unwrap());
-        let callback = browser
-            .authorize(self.idp.issuer(), url, user, &password)
-            .await
-            .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
-        get(browser, callback.as_str()).await
-    }
-}
-
-async fn get(browser: &HeadlessBrowser, url: &str) -> (u16, String) {
-    let response = browser.client().get(url).send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.text().await.unwrap())
+/// A node of `lab` that registers without an auth key, through a browser link or (with
+/// `device`) the device grant.
+fn login_node(lab: &OidcLab, hostname: &str, device: bool) -> ControlClient {
+    lab.node_with(&NodeIdentity::new(hostname), None, device)
 }
 
 fn rejected_reason(state: &RegistrationState) -> Option<&str> {
@@ -203,8 +34,8 @@ fn rejected_reason(state: &RegistrationState) -> Option<&str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alice_and_carol_log_in_and_their_nodes_are_theirs_in_every_netmap() {
-    let lab = LoginLab::start(&["--allowed-domains", "example.com"]);
-    let laptop = lab.node("laptop", false);
+    let lab = OidcLab::start(ALLOW_ALL, &["--allowed-domains", "example.com"]);
+    let laptop = login_node(&lab, "laptop", false);
     let url = lab.login_url(&laptop).await;
     assert!(
         url.starts_with(&format!("http://{}/login/", lab.addr)),
@@ -217,7 +48,9 @@ async fn alice_and_carol_log_in_and_their_nodes_are_theirs_in_every_netmap() {
     );
 
     let browser = HeadlessBrowser::new().unwrap();
-    let (status, page) = lab.browser_login(&browser, &url, "alice@example.com").await;
+    let (status, page) = lab
+        .browser_login_at(&browser, &url, "alice@example.com")
+        .await;
     assert_eq!(status, 200, "{page}\n{}", lab.logs());
     assert!(page.contains("Logged in as alice@example.com"), "{page}");
     let state = lab
@@ -235,21 +68,21 @@ async fn alice_and_carol_log_in_and_their_nodes_are_theirs_in_every_netmap() {
     assert_eq!(map.self_node.user.groups, ["eng", "admins"]);
 
     // A second person, a second browser: carol (no groups) on her desktop.
-    let desktop = lab.node("desktop", false);
+    let desktop = login_node(&lab, "desktop", false);
     let url = lab.login_url(&desktop).await;
     let (status, page) = lab
-        .browser_login(&HeadlessBrowser::new().unwrap(), &url, "carol@example.com")
+        .browser_login_at(&HeadlessBrowser::new().unwrap(), &url, "carol@example.com")
         .await;
     assert_eq!(status, 200, "{page}");
     let map = lab
         .netmap(&laptop, "carol's desktop as a peer", |m| {
-            m.peers.iter().any(|p| p.name == "desktop.tailnet.internal")
+            m.peers.iter().any(|p| p.name == fqdn("desktop"))
         })
         .await;
     let peer = map
         .peers
         .iter()
-        .find(|p| p.name == "desktop.tailnet.internal")
+        .find(|p| p.name == fqdn("desktop"))
         .unwrap();
     assert_eq!(peer.user.login, "carol@example.com");
     assert!(peer.user.groups.is_empty());
@@ -262,11 +95,11 @@ async fn alice_and_carol_log_in_and_their_nodes_are_theirs_in_every_netmap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn people_outside_the_allowed_groups_or_domains_are_refused_with_the_reason() {
-    let lab = LoginLab::start(&["--allowed-groups", "eng"]);
-    let node = lab.node("bobs-box", false);
+    let lab = OidcLab::start(ALLOW_ALL, &["--allowed-groups", "eng"]);
+    let node = login_node(&lab, "bobs-box", false);
     let url = lab.login_url(&node).await;
     let (status, page) = lab
-        .browser_login(&HeadlessBrowser::new().unwrap(), &url, "bob@example.com")
+        .browser_login_at(&HeadlessBrowser::new().unwrap(), &url, "bob@example.com")
         .await;
     assert_eq!(status, 403, "{page}");
     let expected = "bob@example.com may not log in: membership in one of the groups eng is required (your groups: contractors)";
@@ -282,11 +115,11 @@ async fn people_outside_the_allowed_groups_or_domains_are_refused_with_the_reaso
     let result = tokio::time::timeout(WAIT, node.join()).await.unwrap();
     assert!(result.is_err(), "the client stops on a refusal");
 
-    let lab = LoginLab::start(&["--allowed-domains", "corp.example"]);
-    let node = lab.node("alices-box", false);
+    let lab = OidcLab::start(ALLOW_ALL, &["--allowed-domains", "corp.example"]);
+    let node = login_node(&lab, "alices-box", false);
     let url = lab.login_url(&node).await;
     let (status, page) = lab
-        .browser_login(&HeadlessBrowser::new().unwrap(), &url, "alice@example.com")
+        .browser_login_at(&HeadlessBrowser::new().unwrap(), &url, "alice@example.com")
         .await;
     assert_eq!(status, 403, "{page}");
     assert!(
@@ -301,8 +134,11 @@ async fn people_outside_the_allowed_groups_or_domains_are_refused_with_the_reaso
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_login_completes_when_the_code_is_entered_in_a_browser() {
-    let lab = LoginLab::start(&["--oidc-device-client-id", OidcProvider::CLI_CLIENT_ID]);
-    let server = lab.node("headless-server", true);
+    let lab = OidcLab::start(
+        ALLOW_ALL,
+        &["--oidc-device-client-id", OidcProvider::CLI_CLIENT_ID],
+    );
+    let server = login_node(&lab, "headless-server", true);
     let state = lab
         .registration(&server, "a device code", |s| {
             matches!(s, RegistrationState::DeviceCode { .. })
@@ -341,8 +177,8 @@ async fn device_login_completes_when_the_code_is_entered_in_a_browser() {
 async fn device_login_without_the_grant_is_refused_clearly() {
     // postern-web may not use the device grant at the lab IdP: the IdP's refusal reaches
     // the node as the reason.
-    let lab = LoginLab::start(&[]);
-    let server = lab.node("headless-server", true);
+    let lab = OidcLab::start(ALLOW_ALL, &[]);
+    let server = login_node(&lab, "headless-server", true);
     let state = lab
         .registration(&server, "rejected", |s| rejected_reason(s).is_some())
         .await;
@@ -355,10 +191,10 @@ async fn device_login_without_the_grant_is_refused_clearly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampered_state_nonce_other_browsers_and_replayed_callbacks_are_refused() {
-    let lab = LoginLab::start(&[]);
+    let lab = OidcLab::start(ALLOW_ALL, &[]);
 
     // A tampered nonce: the IdP signs it into the ID token, the coord expects its own.
-    let node = lab.node("nonce", false);
+    let node = login_node(&lab, "nonce", false);
     let url = lab.login_url(&node).await;
     let browser = HeadlessBrowser::new().unwrap();
     let response = browser.client().get(&url).send().await.unwrap();
@@ -399,7 +235,7 @@ async fn tampered_state_nonce_other_browsers_and_replayed_callbacks_are_refused(
     );
 
     // A forged state, a callback from another browser, then the real one, then a replay.
-    let node = lab.node("state", false);
+    let node = login_node(&lab, "state", false);
     let url = lab.login_url(&node).await;
     let browser = HeadlessBrowser::new().unwrap();
     let callback = browser
@@ -433,7 +269,7 @@ async fn tampered_state_nonce_other_browsers_and_replayed_callbacks_are_refused(
     assert!(page.contains("unknown or was already used"), "{page}");
 
     // The right callback carried to another browser (no binding cookie) is refused.
-    let node = lab.node("elsewhere", false);
+    let node = login_node(&lab, "elsewhere", false);
     let url = lab.login_url(&node).await;
     let callback = HeadlessBrowser::new()
         .unwrap()

@@ -40,7 +40,10 @@ struct Case {
     chain_der: Vec<CertificateDer<'static>>,
 }
 
-fn jwt_case() -> Case {
+/// The JWT gate over one token: `cached` with its verified-token cache (every iteration
+/// after the first is a cache hit, as for a client reusing its token), or without it
+/// (the signature verified every time, as for a new token per request).
+fn jwt_case(cached: bool) -> Case {
     let mut jwks = Vec::new();
     let mut signing = None;
     for n in 0..4 {
@@ -66,6 +69,9 @@ fn jwt_case() -> Case {
     .unwrap();
     let mut config = JwtConfig::new("https://i/jwks", "https://i", vec!["a".into()]);
     config.identity_claims = vec!["groups".into()];
+    if !cached {
+        config.token_cache_capacity = 0;
+    }
     let gate = JwtGate::new(config).unwrap();
     gate.install_jwks(
         &serde_json::to_vec(&json!({ "keys": jwks })).unwrap(),
@@ -78,7 +84,11 @@ fn jwt_case() -> Case {
         HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
     );
     Case {
-        name: "jwt ES256, 4-key JWKS",
+        name: if cached {
+            "jwt ES256, 4-key JWKS, token reused (verified-token cache)"
+        } else {
+            "jwt ES256, 4-key JWKS"
+        },
         chain: GateChain::gate(gate),
         headers,
         chain_der: Vec::new(),
@@ -168,7 +178,8 @@ fn cases() -> Vec<Case> {
             headers: HeaderMap::new(),
             chain_der: Vec::new(),
         },
-        jwt_case(),
+        jwt_case(false),
+        jwt_case(true),
         oidc_case(),
         mtls_case(),
         Case {

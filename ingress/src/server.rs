@@ -278,7 +278,8 @@ async fn keep_route_certificates(
 
 /// Keeps one hostname's certificate: installs the stored one; when none is stored or the
 /// stored one is due, takes the one another ingress shared through the coord (`shared`) if
-/// it is not due, else orders one (and shares it); then sleeps until the renewal time.
+/// it is not due, else claims the order at the coord (waiting while another ingress holds
+/// the claim) and orders one (and shares it); then sleeps until the renewal time.
 async fn keep_certificate(
     issuer: AcmeIssuer,
     store: CertStore,
@@ -334,6 +335,12 @@ async fn keep_certificate(
                     tracing::warn!(%host, %error, "the shared certificate is unusable; ordering one");
                 }
             }
+        }
+        if let Some(shared) = &shared
+            && let Some(wait) = shared.claim_order(&host).await
+        {
+            tokio::time::sleep(wait).await;
+            continue;
         }
         match issuer.issue(&host).await {
             Ok(cert) => {

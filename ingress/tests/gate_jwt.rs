@@ -344,6 +344,146 @@ impl JwksServer {
     }
 }
 
+/// A copy of `token` with the byte at `index` of its `part` (0 header, 1 payload, 2
+/// signature) replaced by another base64url character.
+fn one_byte_off(token: &str, part: usize, index: usize) -> String {
+    let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
+    let bytes = replace_char(&parts[part], index);
+    parts[part] = bytes;
+    parts.join(".")
+}
+
+fn replace_char(text: &str, index: usize) -> String {
+    let mut chars: Vec<char> = text.chars().collect();
+    chars[index] = if chars[index] == 'A' { 'B' } else { 'A' };
+    chars.into_iter().collect()
+}
+
+#[test]
+fn a_cached_token_still_expires_on_time() {
+    let key = ec_key("k1");
+    let gate = JwtGate::new(config()).unwrap();
+    gate.install_jwks(&jwks(&[&key]), at(NOW)).unwrap();
+    let mut claims = claims();
+    claims["nbf"] = json!(NOW + 100);
+    let token = token(&key, Some("k1"), &claims);
+    // Not valid yet at NOW (nbf NOW + 100, skew 60): refused, and not cached.
+    assert_eq!(
+        decide_with(&gate, Some(&format!("Bearer {token}")), at(NOW)).deny_reason(),
+        Some(ReasonCode::TokenExpired)
+    );
+    assert_eq!(gate.cached_tokens(), 0);
+    let bearer = format!("Bearer {token}");
+    assert!(decide_with(&gate, Some(&bearer), at(NOW + 40)).is_allow());
+    assert_eq!(gate.cached_tokens(), 1);
+    // Served from the cache, the times are checked against each request's now: exp is
+    // NOW + 300 with 60 s of skew.
+    assert!(decide_with(&gate, Some(&bearer), at(NOW + 359)).is_allow());
+    assert_eq!(
+        decide_with(&gate, Some(&bearer), at(NOW + 360)).deny_reason(),
+        Some(ReasonCode::TokenExpired)
+    );
+    // A clock set back before nbf - skew: not valid yet, even though it is cached.
+    assert_eq!(
+        decide_with(&gate, Some(&bearer), at(NOW + 39)).deny_reason(),
+        Some(ReasonCode::TokenExpired)
+    );
+    assert!(decide_with(&gate, Some(&bearer), at(NOW + 41)).is_allow());
+}
+
+#[test]
+fn a_token_one_byte_off_a_cached_one_is_checked_in_full() {
+    let key = ec_key("k1");
+    let gate = JwtGate::new(config()).unwrap();
+    gate.install_jwks(&jwks(&[&key]), at(NOW)).unwrap();
+    let good = token(&key, Some("k1"), &claims());
+    assert!(decide(&gate, &good).is_allow());
+    assert_eq!(gate.cached_tokens(), 1);
+    for (part, index) in [(2, 20), (2, 0), (1, 10), (0, 5)] {
+        let altered = one_byte_off(&good, part, index);
+        assert_ne!(altered, good);
+        let decision = decide(&gate, &altered);
+        assert!(
+            matches!(
+                decision.deny_reason(),
+                Some(ReasonCode::TokenInvalid | ReasonCode::TokenMalformed)
+            ),
+            "part {part} byte {index}: {decision:?}"
+        );
+    }
+    assert_eq!(gate.cached_tokens(), 1, "refused tokens are not cached");
+    assert!(decide(&gate, &good).is_allow());
+}
+
+#[test]
+fn forged_and_refused_tokens_are_never_cached() {
+    let key = ec_key("k1");
+    let forger = ec_key("k1");
+    let gate = JwtGate::new(config()).unwrap();
+    gate.install_jwks(&jwks(&[&key]), at(NOW)).unwrap();
+    let forged = token(&forger, Some("k1"), &claims());
+    for _ in 0..3 {
+        assert_eq!(
+            decide(&gate, &forged).deny_reason(),
+            Some(ReasonCode::TokenInvalid)
+        );
+    }
+    let mut other_audience = claims();
+    other_audience["aud"] = json!("someone-else");
+    let mut no_scope = claims();
+    no_scope["scope"] = json!("read");
+    let mut expired = claims();
+    expired["exp"] = json!(NOW - 100);
+    for claims in [other_audience, no_scope, expired] {
+        assert!(!decide(&gate, &token(&key, Some("k1"), &claims)).is_allow());
+    }
+    assert_eq!(gate.cached_tokens(), 0);
+}
+
+#[test]
+fn the_token_cache_is_bounded() {
+    let key = ec_key("k1");
+    let mut config = config();
+    config.token_cache_capacity = 3;
+    let gate = JwtGate::new(config).unwrap();
+    gate.install_jwks(&jwks(&[&key]), at(NOW)).unwrap();
+    for n in 0..8 {
+        let mut claims = claims();
+        claims["sub"] = json!(format!("svc-{n}"));
+        claims["exp"] = json!(NOW + 300 + n);
+        assert!(decide(&gate, &token(&key, Some("k1"), &claims)).is_allow());
+        assert!(gate.cached_tokens() <= 3);
+    }
+    assert_eq!(gate.cached_tokens(), 3);
+
+    let mut config = self::config();
+    config.token_cache_capacity = 0;
+    let uncached = JwtGate::new(config).unwrap();
+    uncached.install_jwks(&jwks(&[&key]), at(NOW)).unwrap();
+    assert!(decide(&uncached, &token(&key, Some("k1"), &claims())).is_allow());
+    assert_eq!(uncached.cached_tokens(), 0);
+}
+
+#[test]
+fn a_changed_jwks_empties_the_token_cache() {
+    let old = ec_key("k1");
+    let new = ec_key("k2");
+    let gate = JwtGate::new(config()).unwrap();
+    gate.install_jwks(&jwks(&[&old]), at(NOW)).unwrap();
+    let token = token(&old, Some("k1"), &claims());
+    assert!(decide(&gate, &token).is_allow());
+    // The same document fetched again keeps the verified tokens.
+    gate.install_jwks(&jwks(&[&old]), at(NOW + 10)).unwrap();
+    assert_eq!(gate.cached_tokens(), 1);
+    // The issuer dropped the key: the cached token is checked in full and refused.
+    gate.install_jwks(&jwks(&[&new]), at(NOW + 20)).unwrap();
+    assert_eq!(gate.cached_tokens(), 0);
+    assert_eq!(
+        decide(&gate, &token).deny_reason(),
+        Some(ReasonCode::TokenInvalid)
+    );
+}
+
 async fn decide_async(gate: &JwtGate, token: &str, now: SystemTime) -> Decision {
     let mut headers = HeaderMap::new();
     headers.insert(

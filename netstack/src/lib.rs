@@ -56,6 +56,21 @@
 //!   [`inspect_inbound`], which also counts the failures (or not at all, when the engine
 //!   already authenticated the packets and [`NetstackConfig::verify_checksums`] is off).
 //!
+//! # Loss recovery: a patched smoltcp
+//!
+//! The workspace builds smoltcp from `third_party/smoltcp` (0.14.0 with a few patches;
+//! `third_party/smoltcp/PATCHES.md` lists them and why). Upstream recovered from loss
+//! poorly: a 1 s floor on the retransmission timeout, and a sender that ignored SACK, so a
+//! second loss in a window waited for the timer and then resent everything after the hole.
+//! Over a home link losing 5 % of packets with a 55 ms round trip that meant 30 to 62 KB/s.
+//! The patched TCP retransmits only the holes the peer's SACK blocks show, handles partial
+//! ACKs at once (NewReno), cuts the congestion window once per loss episode, floors the
+//! timeout at 200 ms like Linux, and sends three SACK blocks instead of one. Over the same
+//! link it reaches about 110 to 135 KB/s, close to what any loss-based congestion control
+//! can do at 5 % random loss (Mathis: about 1.22 MSS / (RTT * sqrt(p))); see
+//! [`CongestionControl`] for why the controller still backs off on loss.
+//! `tests/loss_recovery.rs` checks the recovery by counting what is sent again.
+//!
 //! # Accepting on any port
 //!
 //! smoltcp has no listen backlog: a listening socket becomes the connection. So the stack

@@ -198,8 +198,21 @@ pub enum FunnelChange {
         hostname: String,
     },
     /// Ingress nodes only: store this certificate for its hostname (replacing an older
-    /// one) for the other ingress nodes. Answered with an empty list.
+    /// one) for the other ingress nodes, and drop this node's order claim on it. Answered
+    /// with an empty list.
     PutCertificate(HostCertificate),
+    /// Ingress nodes only: claim the right to order the certificate of a funnel hostname
+    /// from the CA for a few minutes, so two ingress replicas never order the same
+    /// hostname at once. Send it after [`FunnelChange::GetCertificate`] found none (or one
+    /// due for renewal) and before ordering; send it again before each retry (a node
+    /// renews its own claim). Answered with an empty list when the claim is this node's,
+    /// refused with code `order_in_progress` (naming the other ingress and when its claim
+    /// lapses) when another ingress is ordering: then wait and ask `GetCertificate` again.
+    /// Storing the certificate ([`FunnelChange::PutCertificate`]) ends the claim.
+    ClaimCertificateOrder {
+        /// The funnel hostname.
+        hostname: String,
+    },
 }
 
 /// A TLS certificate chain and its private key for one funnel hostname, as ingress
@@ -270,8 +283,9 @@ pub struct FunnelInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FunnelRefusal {
     /// A stable machine-readable code: `no_grant`, `gate_required`, `ttl_too_long`,
-    /// `name_taken`, `invalid`, `no_ingress`, `not_found`, `internal` (the server failed;
-    /// try again).
+    /// `name_taken`, `invalid`, `no_ingress`, `not_found`, `not_ingress`,
+    /// `order_in_progress` (another ingress is ordering that certificate), `internal` (the
+    /// server failed; try again).
     pub code: String,
     /// What was wrong and what to do, for a person.
     pub message: String,

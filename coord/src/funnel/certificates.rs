@@ -13,8 +13,10 @@
 //! [`FunnelChange::PutCertificate`]: postern_proto::funnel::FunnelChange::PutCertificate
 //! [`FunnelChange::GetCertificate`]: postern_proto::funnel::FunnelChange::GetCertificate
 
-use postern_proto::NodeId;
+use std::time::Duration;
+
 use postern_proto::funnel::{FunnelRefusal, HostCertificate};
+use postern_proto::{NodeId, UnixTime};
 use serde_json::json;
 
 use super::check::{INVALID, NO_INGRESS, NOT_FOUND, refusal};
@@ -25,6 +27,12 @@ use crate::store::CertificateRecord;
 
 /// Refusal code: only ingress nodes may get or store certificates.
 pub const NOT_INGRESS: &str = "not_ingress";
+/// Refusal code: another ingress holds the claim on ordering that certificate.
+pub const ORDER_IN_PROGRESS: &str = "order_in_progress";
+/// How long a claim on ordering a certificate lasts: long enough for an ACME order with
+/// its validations, short enough that an ingress that died mid-order blocks the others
+/// only briefly. The holder renews it before each retry.
+pub const CERTIFICATE_ORDER_CLAIM: Duration = Duration::from_secs(300);
 /// Audit action: an ingress stored a funnel certificate.
 pub const CERTIFICATE_STORE: &str = "certificate.store";
 /// The largest certificate chain accepted, in bytes.
@@ -88,6 +96,11 @@ impl Coord {
             .put_certificate(&record)
             .await
             .map_err(internal)?;
+        self.registry
+            .store()
+            .release_certificate_order(&hostname, node_id)
+            .await
+            .map_err(internal)?;
         tracing::info!(node = %node_id, %hostname, "funnel certificate stored for the ingress nodes");
         self.audit(
             &format!("node:{}", node_id.0),
@@ -97,6 +110,52 @@ impl Coord {
         )
         .await;
         Ok(())
+    }
+
+    /// Lets ingress node `node_id` order `hostname`'s certificate for
+    /// [`CERTIFICATE_ORDER_CLAIM`] (renewing its own claim), or refuses with
+    /// [`ORDER_IN_PROGRESS`] when another ingress holds an unexpired claim, naming it and
+    /// when its claim lapses.
+    pub async fn claim_certificate_order(
+        &self,
+        node_id: NodeId,
+        hostname: &str,
+    ) -> Result<(), FunnelRefusal> {
+        self.check_certificate_access(node_id, hostname).await?;
+        let hostname = hostname.to_ascii_lowercase();
+        let now = now();
+        let until = UnixTime::from_secs(
+            now.as_secs().saturating_add(
+                CERTIFICATE_ORDER_CLAIM
+                    .as_secs()
+                    .try_into()
+                    .unwrap_or(i64::MAX),
+            ),
+        );
+        let store = self.registry.store();
+        let claim = store
+            .claim_certificate_order(&hostname, node_id, now, until)
+            .await
+            .map_err(internal)?;
+        if claim.node == node_id {
+            tracing::debug!(node = %node_id, %hostname, "certificate order claimed");
+            return Ok(());
+        }
+        let holder = match store.node(claim.node).await.map_err(internal)? {
+            Some(node) => node.name,
+            None => format!("node {}", claim.node.0),
+        };
+        let left = claim
+            .expires_at
+            .as_secs()
+            .saturating_sub(now.as_secs())
+            .max(0);
+        Err(refusal(
+            ORDER_IN_PROGRESS,
+            format!(
+                "ingress {holder} is ordering the certificate for {hostname}; its claim lapses in {left} s: wait for the certificate it stores"
+            ),
+        ))
     }
 
     /// Checks that `node_id` is an ingress node and `hostname` a funnel hostname; returns

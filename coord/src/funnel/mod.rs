@@ -292,6 +292,10 @@ impl Coord {
                 .store_funnel_certificate(node_id, cert)
                 .await
                 .map(|()| Vec::new()),
+            FunnelChange::ClaimCertificateOrder { hostname } => self
+                .claim_certificate_order(node_id, &hostname)
+                .await
+                .map(|()| Vec::new()),
             _ => Err(refusal(
                 INVALID,
                 "this coord does not know that funnel change; upgrade the coord",

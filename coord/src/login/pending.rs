@@ -335,6 +335,32 @@ mod tests {
 
     const TTL: Duration = Duration::from_secs(600);
 
+    /// A machine, its node key, an empty table and a start time.
+    struct Fixture {
+        machine: MachinePrivateKey,
+        node: NodePrivateKey,
+        table: PendingLogins,
+        now: Instant,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let mut rng = rand::thread_rng();
+            Self {
+                machine: MachinePrivateKey::generate(&mut rng),
+                node: NodePrivateKey::generate(&mut rng),
+                table: PendingLogins::new(),
+                now: Instant::now(),
+            }
+        }
+
+        /// Starts (or finds) the browser login of the fixture's machine and node key.
+        fn start(&mut self) -> Waiting {
+            let subject = subject(&self.machine, &self.node);
+            self.table.start(subject, LoginKind::Browser, TTL, self.now)
+        }
+    }
+
     #[test]
     fn a_redialling_node_finds_its_login_and_a_new_node_key_starts_over() {
         let mut rng = rand::thread_rng();
@@ -353,12 +379,14 @@ mod tests {
 
     #[test]
     fn a_state_works_once_and_a_restarted_attempt_voids_the_old_state() {
-        let mut rng = rand::thread_rng();
-        let machine = MachinePrivateKey::generate(&mut rng);
-        let node = NodePrivateKey::generate(&mut rng);
-        let mut table = PendingLogins::new();
-        let now = Instant::now();
-        let login = table.start(subject(&machine, &node), LoginKind::Browser, TTL, now);
+        let mut fx = Fixture::new();
+        let login = fx.start();
+        let Fixture {
+            machine: _,
+            node: _,
+            mut table,
+            now,
+        } = fx;
         table.begin_attempt(&login.id, attempt("s1"), now).unwrap();
         table.begin_attempt(&login.id, attempt("s2"), now).unwrap();
         assert_eq!(
@@ -375,12 +403,14 @@ mod tests {
 
     #[test]
     fn finishing_reaches_waiters_and_later_redials_and_expiry_forgets() {
-        let mut rng = rand::thread_rng();
-        let machine = MachinePrivateKey::generate(&mut rng);
-        let node = NodePrivateKey::generate(&mut rng);
-        let mut table = PendingLogins::new();
-        let now = Instant::now();
-        let login = table.start(subject(&machine, &node), LoginKind::Browser, TTL, now);
+        let mut fx = Fixture::new();
+        let login = fx.start();
+        let Fixture {
+            machine,
+            node,
+            mut table,
+            now,
+        } = fx;
         let answer = RegisterResponse::Rejected {
             reason: "no".into(),
         };
@@ -404,12 +434,14 @@ mod tests {
 
     #[test]
     fn an_expired_attempt_is_reported_once_with_its_subject_and_a_live_one_not_at_all() {
-        let mut rng = rand::thread_rng();
-        let machine = MachinePrivateKey::generate(&mut rng);
-        let node = NodePrivateKey::generate(&mut rng);
-        let mut table = PendingLogins::new();
-        let now = Instant::now();
-        let login = table.start(subject(&machine, &node), LoginKind::Browser, TTL, now);
+        let mut fx = Fixture::new();
+        let login = fx.start();
+        let Fixture {
+            machine,
+            node: _,
+            mut table,
+            now,
+        } = fx;
         table.begin_attempt(&login.id, attempt("s"), now).unwrap();
         assert!(table.take_expired_attempt("s", now).is_none(), "still live");
         assert!(table.take_expired_attempt("forged", now).is_none());

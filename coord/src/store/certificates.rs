@@ -1,9 +1,9 @@
 //! TLS certificates for ingress hostnames, shared by ingress replicas.
 
-use postern_proto::UnixTime;
+use postern_proto::{NodeId, UnixTime};
 
 use super::row::RowRead;
-use super::{CertificateRecord, Store, StoreError, on_pool};
+use super::{CertificateOrderClaim, CertificateRecord, Store, StoreError, db_id, on_pool};
 
 const COLUMNS: &str = "hostname, chain_pem, key_pem, not_after, updated_at";
 
@@ -56,6 +56,66 @@ impl Store {
                 .fetch_all(pool)
                 .await?;
             rows.iter().map(certificate_from_row).collect()
+        })
+    }
+}
+
+impl Store {
+    /// Claims the right to order `hostname`'s certificate for ingress node `node` until
+    /// `until`, unless another node holds an unexpired claim at `now`; a node may renew
+    /// its own claim. Answers the holder after the call: `node` itself when the claim was
+    /// taken or renewed, the other node (and when its claim lapses) when not. Atomic, so
+    /// two coord replicas on one PostgreSQL never grant the same hostname twice.
+    pub async fn claim_certificate_order(
+        &self,
+        hostname: &str,
+        node: NodeId,
+        now: UnixTime,
+        until: UnixTime,
+    ) -> Result<CertificateOrderClaim, StoreError> {
+        on_pool!(self, |pool| {
+            sqlx::query(
+                "INSERT INTO certificate_orders (hostname, node_id, expires_at) \
+                 VALUES ($1, $2, $3) ON CONFLICT (hostname) DO UPDATE SET \
+                 node_id = excluded.node_id, expires_at = excluded.expires_at \
+                 WHERE certificate_orders.node_id = excluded.node_id \
+                 OR certificate_orders.expires_at <= $4",
+            )
+            .bind(hostname)
+            .bind(db_id(node.0))
+            .bind(until.as_secs())
+            .bind(now.as_secs())
+            .execute(pool)
+            .await?;
+            let row = sqlx::query(
+                "SELECT node_id, expires_at FROM certificate_orders WHERE hostname = $1",
+            )
+            .bind(hostname)
+            .fetch_one(pool)
+            .await?;
+            const T: &str = "certificate_orders";
+            Ok(CertificateOrderClaim {
+                node: NodeId(row.unsigned(T, "node_id")?),
+                expires_at: row.time(T, "expires_at")?,
+            })
+        })
+    }
+
+    /// Removes `node`'s claim on ordering `hostname`'s certificate (it stored the
+    /// certificate, so others need not wait for the claim to lapse). Another node's claim
+    /// is left alone.
+    pub async fn release_certificate_order(
+        &self,
+        hostname: &str,
+        node: NodeId,
+    ) -> Result<(), StoreError> {
+        on_pool!(self, |pool| {
+            sqlx::query("DELETE FROM certificate_orders WHERE hostname = $1 AND node_id = $2")
+                .bind(hostname)
+                .bind(db_id(node.0))
+                .execute(pool)
+                .await?;
+            Ok(())
         })
     }
 }

@@ -49,9 +49,9 @@ use sqlx::sqlite::{
 pub use auth_keys::{AuthKeyHash, AuthKeyRejection};
 pub use logins::UserLogin;
 pub use records::{
-    AuditRecord, AuthKeyRecord, CertificateRecord, EdgeDecisionFilter, EdgeRetention, FunnelRecord,
-    NewAuditRecord, NewAuthKey, NewEdgeDecision, NewFunnel, NewNode, NodePaths, NodeRecord,
-    UserRecord,
+    AuditRecord, AuthKeyRecord, CertificateOrderClaim, CertificateRecord, EdgeDecisionFilter,
+    EdgeRetention, FunnelRecord, NewAuditRecord, NewAuthKey, NewEdgeDecision, NewFunnel, NewNode,
+    NodePaths, NodeRecord, UserRecord,
 };
 pub use replicas::{CHANGES_CHANNEL, ChangeListener, LIFECYCLE_LOCK_KEY, Lease};
 

@@ -181,6 +181,16 @@ pub struct NewAuditRecord {
     pub details: serde_json::Value,
 }
 
+/// Who holds the claim on ordering a hostname's certificate, and until when
+/// ([`Store::claim_certificate_order`](super::Store::claim_certificate_order)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertificateOrderClaim {
+    /// The ingress node that may order.
+    pub node: NodeId,
+    /// When its claim lapses.
+    pub expires_at: UnixTime,
+}
+
 /// A TLS certificate for an ingress hostname.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CertificateRecord {

@@ -236,6 +236,17 @@ impl OidcLab {
     /// A node control client for `identity`, registering with `auth_key`, or through an
     /// interactive login without one.
     pub fn node(&self, identity: &NodeIdentity, auth_key: Option<AuthKeySecret>) -> ControlClient {
+        self.node_with(identity, auth_key, false)
+    }
+
+    /// As [`Self::node`], asking for the device grant's login (`device_login`) instead of
+    /// a browser link when it registers without an auth key.
+    pub fn node_with(
+        &self,
+        identity: &NodeIdentity,
+        auth_key: Option<AuthKeySecret>,
+        device_login: bool,
+    ) -> ControlClient {
         let session = SessionConfig {
             node_key: identity.node.public_key(),
             disco_key: identity.disco.public_key(),
@@ -249,6 +260,7 @@ impl OidcLab {
         let mut config = ClientConfig::new(&self.addr, identity.machine.clone(), session);
         config.min_backoff = Duration::from_millis(50);
         config.max_backoff = Duration::from_millis(400);
+        config.device_login = device_login;
         ControlClient::spawn(config)
     }
 
@@ -290,13 +302,24 @@ impl OidcLab {
     /// coord's answer page (status, body).
     pub async fn browser_login(&self, client: &ControlClient, user: &str) -> (u16, String) {
         let url = self.login_url(client).await;
-        let browser = HeadlessBrowser::new().unwrap();
+        self.browser_login_at(&HeadlessBrowser::new().unwrap(), &url, user)
+            .await
+    }
+
+    /// Logs in as `user` through `browser` (keeping its cookies) at the login link `url`;
+    /// returns the coord's answer page (status, body).
+    pub async fn browser_login_at(
+        &self,
+        browser: &HeadlessBrowser,
+        url: &str,
+        user: &str,
+    ) -> (u16, String) {
         let password = format!("{}-pw", user.split('@').next().unwrap());
         let callback = browser
-            .authorize(self.idp.issuer(), &url, user, &password)
+            .authorize(self.idp.issuer(), url, user, &password)
             .await
             .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
-        get(&browser, callback.as_str()).await
+        get(browser, callback.as_str()).await
     }
 
     /// Waits until `client`'s netmap satisfies `pred`.

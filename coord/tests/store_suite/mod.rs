@@ -34,6 +34,7 @@ macro_rules! store_suite_tests {
             auth_keys_are_single_use_unless_reusable_and_expire,
             audit_records_are_append_only,
             certificates_are_replaced_by_hostname,
+            certificate_order_claims_are_exclusive_until_they_lapse,
             funnels_are_keyed_by_node_and_port_and_go_with_their_node,
             edge_decisions_are_bounded_filtered_and_go_with_their_funnel,
             registry_gives_unique_names_and_stable_addresses,
@@ -443,6 +444,64 @@ pub async fn certificates_are_replaced_by_hostname(fresh: &Fresh) {
             .unwrap()
             .is_empty()
     );
+}
+
+pub async fn certificate_order_claims_are_exclusive_until_they_lapse(fresh: &Fresh) {
+    let store = open(fresh).await;
+    let owner = user(&store, "alice@example.com").await;
+    let one = store.insert_node(&new_node(1, owner)).await.unwrap().id;
+    let two = store.insert_node(&new_node(2, owner)).await.unwrap().id;
+    let host = "hook.funnel.example.com";
+    let at = |secs: i64| UnixTime::from_secs(NOW.as_secs() + secs);
+
+    let claim = store
+        .claim_certificate_order(host, one, NOW, at(300))
+        .await
+        .unwrap();
+    assert_eq!((claim.node, claim.expires_at), (one, at(300)));
+    // Another node sees the holder and when its claim lapses; nothing changes.
+    let claim = store
+        .claim_certificate_order(host, two, at(10), at(310))
+        .await
+        .unwrap();
+    assert_eq!((claim.node, claim.expires_at), (one, at(300)));
+    // The holder renews.
+    let claim = store
+        .claim_certificate_order(host, one, at(20), at(320))
+        .await
+        .unwrap();
+    assert_eq!((claim.node, claim.expires_at), (one, at(320)));
+    // Once it lapses another node takes it.
+    let claim = store
+        .claim_certificate_order(host, two, at(320), at(620))
+        .await
+        .unwrap();
+    assert_eq!((claim.node, claim.expires_at), (two, at(620)));
+    // Releasing is the holder's only: node one's release leaves node two's claim.
+    store.release_certificate_order(host, one).await.unwrap();
+    let claim = store
+        .claim_certificate_order(host, one, at(330), at(630))
+        .await
+        .unwrap();
+    assert_eq!(claim.node, two);
+    store.release_certificate_order(host, two).await.unwrap();
+    let claim = store
+        .claim_certificate_order(host, one, at(340), at(640))
+        .await
+        .unwrap();
+    assert_eq!(claim.node, one);
+    // Claims are per hostname, and go with their node.
+    let other = store
+        .claim_certificate_order("other.funnel.example.com", two, at(340), at(640))
+        .await
+        .unwrap();
+    assert_eq!(other.node, two);
+    store.delete_node(one).await.unwrap();
+    let claim = store
+        .claim_certificate_order(host, two, at(350), at(650))
+        .await
+        .unwrap();
+    assert_eq!(claim.node, two);
 }
 
 pub async fn edge_decisions_are_bounded_filtered_and_go_with_their_funnel(fresh: &Fresh) {

@@ -2,20 +2,28 @@
 //! (issue #8 item 7): before ordering a certificate for a funnel hostname, the ingress asks
 //! the coord for one another ingress stored; after ordering, it stores its own there. Two
 //! ingresses serving the same funnels thus present the same certificate and the CA sees one
-//! order per hostname (unless both meet a new hostname at the very same moment: then both
-//! order, and the later store wins).
+//! order per hostname. Between the two, it claims the order at the coord
+//! ([`CoordCertificates::claim_order`]): when two ingresses meet a new hostname at the same
+//! moment, one orders and the other waits for the certificate it stores.
 //!
 //! The coord hands certificates to ingress nodes only, inside the encrypted control
 //! channel (coord/src/funnel/certificates.rs). A failure to reach it is logged and the
 //! ingress orders (or keeps) its own certificate as before.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use postern_node::daemon::serves::ControlFunnels;
+use postern_node::daemon::serves::{ControlFunnels, FunnelCallError};
 use postern_proto::UnixTime;
 use postern_proto::funnel::{FunnelChange, HostCertificate};
 
 use super::{StoredCert, renewal_due};
+
+/// How long an ingress waits before looking again for the certificate another ingress is
+/// ordering.
+pub const CLAIM_POLL: Duration = Duration::from_secs(3);
+
+/// The coord's refusal code when another ingress holds the order claim.
+const ORDER_IN_PROGRESS: &str = "order_in_progress";
 
 /// The coordination server's certificate store, as the embedded node reaches it.
 #[derive(Debug, Clone)]
@@ -55,6 +63,28 @@ impl CoordCertificates {
             return None;
         }
         Some(cert)
+    }
+
+    /// Claims the order of `host`'s certificate at the coord; call it after [`Self::fetch`]
+    /// found nothing usable and before each order attempt. `None`: order now (the claim is
+    /// this ingress's, or the coord cannot arbitrate: it is unreachable or older than
+    /// claims, which is logged). `Some(wait)`: another ingress is ordering; call
+    /// [`Self::fetch`] again after `wait` and it will usually hand over that certificate.
+    pub async fn claim_order(&self, host: &str) -> Option<Duration> {
+        let change = FunnelChange::ClaimCertificateOrder {
+            hostname: host.to_owned(),
+        };
+        match self.control.certificate(change).await {
+            Ok(_) => None,
+            Err(FunnelCallError::Refused(refusal)) if refusal.code == ORDER_IN_PROGRESS => {
+                tracing::info!(%host, reason = %refusal.message, "another ingress is ordering this certificate; waiting for it");
+                Some(CLAIM_POLL)
+            }
+            Err(error) => {
+                tracing::warn!(%host, %error, "cannot claim the certificate order at the coordination server; ordering anyway");
+                None
+            }
+        }
     }
 
     /// Stores `cert` for `host` at the coord for the other ingresses; a failure is logged

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -418,23 +418,14 @@ impl Edge {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .is_some_and(|len| len > limit as u64);
-        let collected = if declared_too_large {
-            None
+        let buffered = if declared_too_large {
+            Err(BodyError::TooLarge)
         } else {
-            tokio::time::timeout(
-                self.limits.request_timeout,
-                Limited::new(body, limit).collect(),
-            )
-            .await
-            .ok()
+            buffer_body(body, limit, self.limits.request_timeout).await
         };
-        let body = match collected {
-            Some(Ok(collected)) => collected.to_bytes(),
-            Some(Err(error))
-                if error
-                    .downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_none() =>
-            {
+        let body = match buffered {
+            Ok(body) => body,
+            Err(BodyError::Unreadable) => {
                 return Ok(audit.finish_now(
                     StatusCode::BAD_REQUEST,
                     "deny",
@@ -442,7 +433,7 @@ impl Edge {
                     "body_unreadable\n",
                 ));
             }
-            None if !declared_too_large => {
+            Err(BodyError::Timeout) => {
                 return Ok(audit.finish_now(
                     StatusCode::REQUEST_TIMEOUT,
                     "deny",
@@ -450,7 +441,7 @@ impl Edge {
                     "request_timeout\n",
                 ));
             }
-            _ => {
+            Err(BodyError::TooLarge) => {
                 audit.record.gate = Some("edge".into());
                 return Ok(audit.finish_now(
                     StatusCode::PAYLOAD_TOO_LARGE,
@@ -464,16 +455,19 @@ impl Edge {
         let path_and_query = parts
             .uri
             .path_and_query()
-            .map_or("/", http::uri::PathAndQuery::as_str)
-            .to_string();
-        let url = format!("https://{}{}", funnel.hostname, path_and_query);
+            .map_or("/", http::uri::PathAndQuery::as_str);
+        let mut url =
+            String::with_capacity("https://".len() + funnel.hostname.len() + path_and_query.len());
+        url.push_str("https://");
+        url.push_str(&funnel.hostname);
+        url.push_str(path_and_query);
         let gate_request = GateRequest::new(&parts.method, &url, &parts.headers, &body, client)
             .with_client_cert_chain(&client_certs);
         let outcome = funnel
             .chain
             .evaluate_async(&gate_request, SystemTime::now())
             .await;
-        audit.record.gate = outcome.decided_by.clone();
+        audit.record.gate = outcome.decided_by;
         match outcome.decision {
             Decision::Deny {
                 status,
@@ -499,7 +493,9 @@ impl Edge {
                 Ok(audit.finish(response, "respond", None))
             }
             Decision::Allow { gate, identity } => {
-                audit.record.gate = Some(gate.clone());
+                if audit.record.gate.as_deref() != Some(gate.as_str()) {
+                    audit.record.gate = Some(gate.clone());
+                }
                 rewrite_identity_headers(&mut parts.headers, Some((&gate, &identity)));
                 let context = UpstreamContext {
                     client,
@@ -580,6 +576,64 @@ impl Edge {
             }
         }
     }
+}
+
+/// Why a gated request's body could not be buffered.
+enum BodyError {
+    /// Larger than the edge's bound (declared or sent): `413 body_too_large`.
+    TooLarge,
+    /// The client's stream failed mid-body: `400 body_unreadable`.
+    Unreadable,
+    /// Not all sent within the request timeout: `408 request_timeout`.
+    Timeout,
+}
+
+/// Buffers the body of a request for a gated funnel: at most `limit` bytes, within
+/// `timeout`. Stops reading as soon as the bound is passed. The frames are kept as they
+/// arrive (`Bytes` that share hyper's read buffer, no copy); a body that came in one frame,
+/// the usual case for a webhook, is used as it is, and only a body of several frames is
+/// joined, once, into the one slice the gates read. Trailers are dropped.
+async fn buffer_body(
+    mut body: Incoming,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, BodyError> {
+    let read = async move {
+        let mut first: Option<Bytes> = None;
+        let mut more: Vec<Bytes> = Vec::new();
+        let mut total = 0usize;
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.map_err(|_| BodyError::Unreadable)?.into_data() else {
+                continue;
+            };
+            total = total.saturating_add(data.len());
+            if total > limit {
+                return Err(BodyError::TooLarge);
+            }
+            if data.is_empty() {
+                continue;
+            }
+            match first {
+                None => first = Some(data),
+                Some(_) => more.push(data),
+            }
+        }
+        let Some(first) = first else {
+            return Ok(Bytes::new());
+        };
+        if more.is_empty() {
+            return Ok(first);
+        }
+        let mut joined = bytes::BytesMut::with_capacity(total);
+        joined.extend_from_slice(&first);
+        for chunk in &more {
+            joined.extend_from_slice(chunk);
+        }
+        Ok(joined.freeze())
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| BodyError::Timeout)?
 }
 
 /// The request's host, lower case, without a port: the URI authority (HTTP/2) or `Host`.

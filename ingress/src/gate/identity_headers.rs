@@ -35,13 +35,18 @@ pub const IDENTITY_HEADER_PREFIX: &str = "postern-";
 /// not visible ASCII, are dropped rather than failing the request: the identity itself is
 /// always set.
 pub fn rewrite_identity_headers(headers: &mut HeaderMap, admission: Option<(&str, &Identity)>) {
-    let owned: Vec<HeaderName> = headers
+    if headers
         .keys()
-        .filter(|name| name.as_str().starts_with(IDENTITY_HEADER_PREFIX))
-        .cloned()
-        .collect();
-    for name in owned {
-        headers.remove(&name);
+        .any(|name| name.as_str().starts_with(IDENTITY_HEADER_PREFIX))
+    {
+        let owned: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| name.as_str().starts_with(IDENTITY_HEADER_PREFIX))
+            .cloned()
+            .collect();
+        for name in owned {
+            headers.remove(&name);
+        }
     }
     let Some((gate, identity)) = admission else {
         return;
@@ -49,15 +54,40 @@ pub fn rewrite_identity_headers(headers: &mut HeaderMap, admission: Option<(&str
     headers.insert(GATE_HEADER, header_value(gate));
     headers.insert(IDENTITY_HEADER, header_value(&identity.principal));
     for (name, value) in &identity.attributes {
-        let full = format!("{IDENTITY_ATTRIBUTE_PREFIX}{}", name.to_ascii_lowercase());
-        if let Ok(name) = HeaderName::from_bytes(full.as_bytes()) {
+        if let Some(name) = attribute_header_name(name) {
             headers.append(name, header_value(value));
+        }
+    }
+}
+
+/// `postern-identity-<name>`, lower case; `None` when `name` is not header-name text.
+/// Built on the stack for usual names (no allocation besides the header name's own).
+fn attribute_header_name(name: &str) -> Option<HeaderName> {
+    const PREFIX: &[u8] = IDENTITY_ATTRIBUTE_PREFIX.as_bytes();
+    let mut buffer = [0u8; 96];
+    let total = PREFIX.len() + name.len();
+    match buffer.get_mut(..total) {
+        Some(full) => {
+            let (prefix, rest) = full.split_at_mut(PREFIX.len());
+            prefix.copy_from_slice(PREFIX);
+            rest.copy_from_slice(name.as_bytes());
+            rest.make_ascii_lowercase();
+            HeaderName::from_bytes(full).ok()
+        }
+        None => {
+            let full = format!("{IDENTITY_ATTRIBUTE_PREFIX}{}", name.to_ascii_lowercase());
+            HeaderName::from_bytes(full.as_bytes()).ok()
         }
     }
 }
 
 /// A header value from text, keeping only visible ASCII and spaces.
 fn header_value(text: &str) -> HeaderValue {
+    let visible = |b: u8| b.is_ascii_graphic() || b == b' ';
+    if text.bytes().all(visible) {
+        // The usual case: nothing to drop, no intermediate copy.
+        return HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""));
+    }
     let clean: String = text
         .chars()
         .filter(|c| c.is_ascii_graphic() || *c == ' ')

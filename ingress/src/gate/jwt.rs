@@ -16,10 +16,19 @@
 //! matches the key's own `alg`; the signature; `exp` (required) and `nbf` against `now`
 //! with the clock skew; `iss` and `aud` (both required); and the configured required
 //! claims.
+//!
+//! **Verified tokens are cached.** A token that was admitted is remembered (at most
+//! [`JwtConfig::token_cache_capacity`] of them, keyed by the SHA-256 of its exact bytes,
+//! with the identity its claims gave), so a client that sends the same token again pays
+//! no signature check: only `exp` and `nbf` are checked again, with the clock skew,
+//! against the `now` of that request. Tokens that were refused are never cached. A JWKS
+//! whose content differs from the installed one empties the cache; a changed gate
+//! configuration builds a new gate, with an empty cache.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -28,6 +37,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
+use super::verified_tokens::{TokenDigest, VerifiedToken, VerifiedTokens, token_digest};
 use super::{Decision, Gate, GateFuture, GateRequest, Identity, ReasonCode};
 
 /// The largest JWKS document fetched, in bytes.
@@ -59,11 +69,18 @@ pub struct JwtConfig {
     pub min_refresh_interval: Duration,
     /// How long a fetched JWKS is used before it is fetched again.
     pub cache_for: Duration,
+    /// How many verified tokens are remembered (see the [module docs](self)); `0`
+    /// verifies every request's signature.
+    pub token_cache_capacity: usize,
 }
+
+/// The default number of verified tokens a JWT gate remembers.
+pub const DEFAULT_TOKEN_CACHE_CAPACITY: usize = 10_000;
 
 impl JwtConfig {
     /// Settings with the defaults: `RS256` and `ES256`, 60 s of clock skew, a refetch at
-    /// most every 30 s and at least every hour.
+    /// most every 30 s and at least every hour, [`DEFAULT_TOKEN_CACHE_CAPACITY`] verified
+    /// tokens remembered.
     pub fn new(
         jwks_url: impl Into<String>,
         issuer: impl Into<String>,
@@ -93,6 +110,7 @@ impl JwtConfig {
             identity_claims: Vec::new(),
             min_refresh_interval: Duration::from_secs(30),
             cache_for: Duration::from_secs(3600),
+            token_cache_capacity: DEFAULT_TOKEN_CACHE_CAPACITY,
         }
     }
 }
@@ -176,6 +194,10 @@ pub struct JwtGate {
     validations: HashMap<Algorithm, Validation>,
     required: Vec<(String, Option<String>)>,
     keys: RwLock<KeyCache>,
+    /// Bumped (under the `keys` write lock) whenever the installed keys change; verified
+    /// tokens of an older generation never match.
+    key_generation: AtomicU64,
+    verified: VerifiedTokens,
     last_fetch_attempt: Mutex<Option<SystemTime>>,
     fetch_lock: tokio::sync::Mutex<()>,
     /// The JWKS URL read from the issuer's discovery document, once read.
@@ -187,6 +209,9 @@ pub struct JwtGate {
 struct KeyCache {
     keys: Vec<CachedKey>,
     fetched_at: Option<SystemTime>,
+    /// The SHA-256 of the installed JWKS document, to tell a changed set from a re-fetch
+    /// of the same one.
+    document: Option<[u8; 32]>,
 }
 
 struct CachedKey {
@@ -269,12 +294,15 @@ impl JwtGate {
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap_or_default();
+        let token_cache_capacity = config.token_cache_capacity;
         Ok(Self {
             config,
             algorithms,
             validations,
             required,
             keys: RwLock::new(KeyCache::default()),
+            key_generation: AtomicU64::new(0),
+            verified: VerifiedTokens::new(token_cache_capacity),
             last_fetch_attempt: Mutex::new(None),
             fetch_lock: tokio::sync::Mutex::new(()),
             discovered_jwks_url: Mutex::new(None),
@@ -316,13 +344,25 @@ impl JwtGate {
             return Err(JwksError::NoUsableKey);
         }
         let count = keys.len();
+        let document = document_digest(jwks);
         if let Ok(mut cache) = self.keys.write() {
+            let changed = cache.document != Some(document);
             *cache = KeyCache {
                 keys,
                 fetched_at: Some(now),
+                document: Some(document),
             };
+            if changed {
+                self.key_generation.fetch_add(1, Ordering::SeqCst);
+                self.verified.clear();
+            }
         }
         Ok(count)
+    }
+
+    /// How many verified tokens the gate remembers now (see the [module docs](self)).
+    pub fn cached_tokens(&self) -> usize {
+        self.verified.len()
     }
 
     /// Fetches the JWKS now and installs it. Called by [`Gate::evaluate_async`] when
@@ -435,6 +475,23 @@ impl JwtGate {
 
     fn check(&self, request: &GateRequest<'_>, now: SystemTime) -> Result<Identity, ReasonCode> {
         let token = bearer_token(request)?;
+        let digest = token_digest(token);
+        let generation = self.key_generation.load(Ordering::SeqCst);
+        let skew = self.config.clock_skew.as_secs();
+        if let Some(cached) = self.verified.get(&digest, generation, unix_secs(now), skew) {
+            return cached;
+        }
+        self.check_in_full(token, digest, now)
+    }
+
+    /// The full check of a token the cache does not hold; an admitted token is cached
+    /// under the key generation it verified with.
+    fn check_in_full(
+        &self,
+        token: &str,
+        digest: TokenDigest,
+        now: SystemTime,
+    ) -> Result<Identity, ReasonCode> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| ReasonCode::TokenMalformed)?;
         if !self.algorithms.contains(&header.alg) {
             return Err(ReasonCode::TokenInvalid);
@@ -444,6 +501,8 @@ impl JwtGate {
             .get(&header.alg)
             .ok_or(ReasonCode::TokenInvalid)?;
         let cache = self.keys.read().map_err(|_| ReasonCode::IdpUnavailable)?;
+        // Read under the lock, so it is the generation of the keys used below.
+        let generation = self.key_generation.load(Ordering::SeqCst);
         if cache.keys.is_empty() {
             return Err(ReasonCode::IdpUnavailable);
         }
@@ -474,7 +533,7 @@ impl JwtGate {
         }
         let claims = outcome?;
         drop(cache);
-        self.check_times(&claims, now)?;
+        let (expires, not_before) = self.check_times(&claims, now)?;
         for (name, value) in &self.required {
             let present = match (claims.get(name), value) {
                 (None | Some(Value::Null), _) => false,
@@ -507,14 +566,27 @@ impl JwtGate {
                 identity = identity.with_attribute(name.clone(), claim_text(value));
             }
         }
+        self.verified.insert(
+            digest,
+            VerifiedToken {
+                identity: identity.clone(),
+                expires,
+                not_before,
+            },
+            generation,
+            unix_secs(now),
+            self.config.clock_skew.as_secs(),
+        );
         Ok(identity)
     }
 
-    fn check_times(&self, claims: &Map<String, Value>, now: SystemTime) -> Result<(), ReasonCode> {
-        let now = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
+    /// Checks `exp` (required) and `nbf` against `now` with the clock skew; returns them.
+    fn check_times(
+        &self,
+        claims: &Map<String, Value>,
+        now: SystemTime,
+    ) -> Result<(u64, Option<u64>), ReasonCode> {
+        let now = unix_secs(now);
         let skew = self.config.clock_skew.as_secs();
         let number = |name: &str| -> Result<Option<u64>, ReasonCode> {
             match claims.get(name) {
@@ -530,12 +602,11 @@ impl JwtGate {
         if expires.saturating_add(skew) <= now {
             return Err(ReasonCode::TokenExpired);
         }
-        if let Some(not_before) = number("nbf")?
-            && not_before > now.saturating_add(skew)
-        {
+        let not_before = number("nbf")?;
+        if not_before.is_some_and(|not_before| not_before > now.saturating_add(skew)) {
             return Err(ReasonCode::TokenExpired);
         }
-        Ok(())
+        Ok((expires, not_before))
     }
 }
 
@@ -565,11 +636,19 @@ impl Gate for JwtGate {
         now: SystemTime,
     ) -> GateFuture<'a> {
         Box::pin(async move {
-            let kid = bearer_token(request)
-                .ok()
-                .and_then(|token| jsonwebtoken::decode_header(token).ok())
-                .filter(|header| self.algorithms.contains(&header.alg))
-                .map(|header| header.kid);
+            let token = bearer_token(request).ok();
+            // A token verified under the current keys needs no header decoding: only a
+            // JWKS past `cache_for` is fetched again for it.
+            let generation = self.key_generation.load(Ordering::SeqCst);
+            let kid = match token {
+                Some(token) if self.verified.contains(&token_digest(token), generation) => {
+                    Some(None)
+                }
+                _ => token
+                    .and_then(|token| jsonwebtoken::decode_header(token).ok())
+                    .filter(|header| self.algorithms.contains(&header.alg))
+                    .map(|header| header.kid),
+            };
             if let Some(kid) = kid
                 && self.wants_refresh(kid.as_deref(), now)
             {
@@ -589,6 +668,18 @@ impl Gate for JwtGate {
             self.evaluate(request, now)
         })
     }
+}
+
+/// Unix seconds of `now` (0 before the epoch).
+fn unix_secs(now: SystemTime) -> u64 {
+    now.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// The SHA-256 of a fetched JWKS document.
+fn document_digest(bytes: &[u8]) -> [u8; 32] {
+    <sha2::Sha256 as sha2::Digest>::digest(bytes).into()
 }
 
 /// The token of `Authorization: Bearer <token>`.

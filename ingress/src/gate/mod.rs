@@ -31,6 +31,7 @@ pub mod oidc;
 mod rate_limit;
 mod replay;
 mod secret;
+mod verified_tokens;
 pub mod webhook;
 
 use std::fmt;

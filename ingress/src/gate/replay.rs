@@ -1,7 +1,7 @@
 //! A bounded cache of admitted delivery ids, to refuse replays inside the window.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::Mutex;
 
 /// Delivery ids admitted recently, keyed by provider and id, each with an expiry in unix
@@ -42,9 +42,11 @@ impl ReplayCache {
 
     /// Records `key` until `expires_at` (unix seconds) and returns `true`, or returns
     /// `false` when `key` is already recorded and not yet expired at `now` (a replay).
+    /// Any hashable key will do (a string, or a tuple of the parts that name a delivery,
+    /// which spares formatting one); the same key must be given to [`ReplayCache::forget`].
     ///
     /// Call only after the request's signature verified.
-    pub fn check_and_insert(&self, key: &str, now: u64, expires_at: u64) -> bool {
+    pub fn check_and_insert<K: Hash + ?Sized>(&self, key: &K, now: u64, expires_at: u64) -> bool {
         let key = self.hasher.hash_one(key);
         let mut entries = self
             .inner
@@ -69,7 +71,7 @@ impl ReplayCache {
 
     /// Forgets `key`, so that the provider's retry is admitted. Call when an admitted
     /// request could not be delivered to the target at all.
-    pub fn forget(&self, key: &str) {
+    pub fn forget<K: Hash + ?Sized>(&self, key: &K) {
         let key = self.hasher.hash_one(key);
         let mut entries = self
             .inner

@@ -132,7 +132,7 @@ pub struct WebhookGate {
 
 /// A parsed verification key.
 enum VerifierKey {
-    Hmac(Secret),
+    Hmac(PreparedHmac),
     Ed25519(ed25519_dalek::VerifyingKey),
     P256(Box<p256::ecdsa::VerifyingKey>),
     Token(Secret),
@@ -141,10 +141,46 @@ enum VerifierKey {
 impl std::fmt::Debug for VerifierKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            VerifierKey::Hmac(secret) => write!(f, "Hmac({secret:?})"),
+            VerifierKey::Hmac(prepared) => write!(f, "Hmac({:?})", prepared.secret),
             VerifierKey::Token(secret) => write!(f, "Token({secret:?})"),
             VerifierKey::Ed25519(_) => f.write_str("Ed25519(<public key>)"),
             VerifierKey::P256(_) => f.write_str("P256(<public key>)"),
+        }
+    }
+}
+
+/// An HMAC secret with its keyed states made once, when the gate is built: each request
+/// clones the state (its inner and outer pads already hashed) instead of keying a new MAC.
+struct PreparedHmac {
+    secret: Secret,
+    sha1: Hmac<sha1::Sha1>,
+    sha256: Hmac<sha2::Sha256>,
+}
+
+impl PreparedHmac {
+    fn new(secret: Secret) -> Result<Self, &'static str> {
+        const EXPECTED: &str = "an HMAC key";
+        Ok(Self {
+            sha1: <Hmac<sha1::Sha1> as hmac::digest::KeyInit>::new_from_slice(secret.expose())
+                .map_err(|_| EXPECTED)?,
+            sha256: <Hmac<sha2::Sha256> as hmac::digest::KeyInit>::new_from_slice(secret.expose())
+                .map_err(|_| EXPECTED)?,
+            secret,
+        })
+    }
+
+    /// Whether the MAC of `parts` equals `presented`, in constant time.
+    fn matches(&self, algorithm: Algorithm, parts: &[&[u8]], presented: &[u8]) -> bool {
+        fn run<M: Mac + Clone>(keyed: &M, parts: &[&[u8]], presented: &[u8]) -> bool {
+            let mut mac = keyed.clone();
+            for part in parts {
+                mac.update(part);
+            }
+            bool::from(mac.finalize().into_bytes().as_slice().ct_eq(presented))
+        }
+        match algorithm {
+            Algorithm::Sha1 => run(&self.sha1, parts, presented),
+            Algorithm::Sha256 => run(&self.sha256, parts, presented),
         }
     }
 }
@@ -203,9 +239,13 @@ impl WebhookGate {
         self.replay.forget(&self.replay_key(id, signed_timestamp));
     }
 
-    fn replay_key(&self, id: &str, signed_timestamp: Option<u64>) -> String {
-        let stamp = signed_timestamp.map(|t| t.to_string()).unwrap_or_default();
-        format!("{}/{id}/{stamp}", self.provider.name())
+    /// The replay cache's key of a delivery: hashed as it is, never formatted.
+    fn replay_key<'i>(
+        &self,
+        id: &'i str,
+        signed_timestamp: Option<u64>,
+    ) -> (&'static str, &'i str, Option<u64>) {
+        (self.provider.name(), id, signed_timestamp)
     }
 }
 
@@ -491,13 +531,12 @@ impl WebhookGate {
         presented: &[Vec<u8>],
     ) -> Result<(), ReasonCode> {
         for key in &self.keys {
-            let VerifierKey::Hmac(secret) = key else {
+            let VerifierKey::Hmac(prepared) = key else {
                 continue;
             };
-            let expected = hmac_parts(algorithm, secret.expose(), parts);
             if presented
                 .iter()
-                .any(|candidate| bool::from(expected.as_slice().ct_eq(candidate)))
+                .any(|candidate| prepared.matches(algorithm, parts, candidate))
             {
                 return Ok(());
             }
@@ -762,7 +801,7 @@ impl WebhookGate {
                 }
                 let plain = json.pointer("/payload/plainToken")?.as_str()?;
                 let secret = self.keys.iter().find_map(|key| match key {
-                    VerifierKey::Hmac(secret) => Some(secret),
+                    VerifierKey::Hmac(prepared) => Some(&prepared.secret),
                     _ => None,
                 })?;
                 let encrypted = hex::encode(hmac_parts(
@@ -918,7 +957,7 @@ fn url_port_variants(url: &str) -> Vec<String> {
 fn parse_key(kind: KeyKind, secret: &Secret) -> Result<VerifierKey, &'static str> {
     let text = std::str::from_utf8(secret.expose()).map(str::trim);
     match kind {
-        KeyKind::HmacRaw => Ok(VerifierKey::Hmac(secret.clone())),
+        KeyKind::HmacRaw => PreparedHmac::new(secret.clone()).map(VerifierKey::Hmac),
         KeyKind::Token => Ok(VerifierKey::Token(secret.clone())),
         KeyKind::StandardWebhooks => {
             const EXPECTED: &str = "a Standard Webhooks key: `whsec_` + base64 (signing secret) or `whpk_` + base64 (Ed25519 public key)";
@@ -934,7 +973,7 @@ fn parse_key(kind: KeyKind, secret: &Secret) -> Result<VerifierKey, &'static str
             if bytes.is_empty() {
                 return Err(EXPECTED);
             }
-            Ok(VerifierKey::Hmac(Secret::new(bytes)))
+            PreparedHmac::new(Secret::new(bytes)).map(VerifierKey::Hmac)
         }
         KeyKind::Ed25519Hex => {
             const EXPECTED: &str =

@@ -1,0 +1,139 @@
+//! TCP loss recovery between two netstacks over a lossy, slow in-memory wire: what the
+//! vendored smoltcp's SACK recovery (third_party/smoltcp/PATCHES.md) has to achieve. The
+//! assertions are on counts the wire keeps (payload bytes lost, payload bytes sent again),
+//! never on time.
+
+// Test helpers outside `#[test]` functions may unwrap too (clippy.toml covers only the
+// test functions themselves).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::print_stderr
+)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use postern_netstack::{
+    CongestionControl, Impairment, MemoryWire, Netstack, NetstackConfig, TcpStream, WireStats,
+};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const A: &str = "100.64.0.1";
+const B: &str = "100.64.0.2";
+
+fn config(v4: &str, v6: &str, congestion_control: CongestionControl) -> NetstackConfig {
+    let mut config =
+        NetstackConfig::new([v4.parse::<IpAddr>().unwrap(), v6.parse::<IpAddr>().unwrap()]);
+    config.congestion_control = congestion_control;
+    config
+}
+
+/// Sends `len` bytes from one stack to the other over `impairment` and returns what the
+/// wire counted. Fails if the bytes do not arrive intact (or take more than 10 minutes,
+/// which only guards against a hang).
+async fn transfer(
+    len: usize,
+    impairment: Impairment,
+    congestion_control: CongestionControl,
+) -> WireStats {
+    let (a, seam_a) = Netstack::new(config(A, "fd7a:115c:a1e0::1", congestion_control)).unwrap();
+    let (b, seam_b) = Netstack::new(config(B, "fd7a:115c:a1e0::2", congestion_control)).unwrap();
+    let wire = MemoryWire::connect(seam_a, seam_b, impairment);
+    let listener = b.listen_tcp(5000).unwrap();
+    let data = pattern(len);
+    let want = Sha256::digest(&data).to_vec();
+    let server = tokio::spawn(async move {
+        let mut stream = listener.accept().await.unwrap();
+        let got = drain(&mut stream).await;
+        stream.shutdown().await.unwrap();
+        got
+    });
+    let run = async {
+        let client = a
+            .connect_tcp(SocketAddr::new(B.parse().unwrap(), 5000))
+            .await
+            .unwrap();
+        send_all_and_close(client, data).await;
+        server.await.unwrap()
+    };
+    let (got_len, digest) = tokio::time::timeout(Duration::from_secs(600), run)
+        .await
+        .expect("the transfer hung");
+    assert_eq!(got_len, len);
+    assert_eq!(
+        digest, want,
+        "the bytes that arrived differ from those sent"
+    );
+    let stats = wire.stats();
+    eprintln!("{len} bytes, {impairment:?}, {congestion_control:?}: {stats:?}");
+    stats
+}
+
+/// 5 % of the packets lost each way and 10 ms each way: every loss is repaired by sending
+/// the lost segment again, hardly ever data that had arrived. Upstream smoltcp, which
+/// ignores SACK and falls back on timeouts and their go-back-N for a window's second loss,
+/// fails this.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_segments_are_resent_without_resending_what_arrived() {
+    let impairment = Impairment::lossy(50, 0, 7).with_delay(Duration::from_millis(10));
+    let stats = transfer(4 << 20, impairment, CongestionControl::Cubic).await;
+    assert!(stats.tcp_lost_bytes > 100_000, "{stats:?}");
+    // Lost retransmissions are lost bytes too, so resent >= lost always; a timeout's
+    // go-back-N resends data that had arrived. Measured with seed 7: the patched smoltcp
+    // resends 1.15 times what was lost, 0.15 of it needlessly; upstream 0.14 resends 1.55
+    // times, 0.57 of it needlessly, and takes 6 times as long.
+    assert!(
+        stats.tcp_resent_bytes <= stats.tcp_lost_bytes * 3 / 2,
+        "resent {} bytes for {} lost: {stats:?}",
+        stats.tcp_resent_bytes,
+        stats.tcp_lost_bytes
+    );
+    assert!(
+        stats.tcp_needlessly_resent_bytes <= stats.tcp_lost_bytes / 4,
+        "resent {} bytes that had arrived, for {} lost: {stats:?}",
+        stats.tcp_needlessly_resent_bytes,
+        stats.tcp_lost_bytes
+    );
+}
+
+/// Deterministic test data.
+fn pattern(len: usize) -> Vec<u8> {
+    let mut x = 0x2545_f491u32;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+async fn send_all_and_close(mut stream: TcpStream, data: Vec<u8>) {
+    for chunk in data.chunks(64 * 1024) {
+        stream.write_all(chunk).await.unwrap();
+    }
+    stream.shutdown().await.unwrap();
+    // Keep the stream until the peer has closed too, so the drop sends no RST.
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).await.unwrap();
+}
+
+/// Reads to EOF, returning the length and SHA-256 of what came.
+async fn drain(stream: &mut TcpStream) -> (usize, Vec<u8>) {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0;
+    loop {
+        let n = stream.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n;
+    }
+    (total, hasher.finalize().to_vec())
+}

@@ -328,7 +328,7 @@ impl<R: WireGuardResponder> Shell<R> {
                 }
                 batch = recv_stack(&mut self.link) => {
                     match batch {
-                        Some(batch) => self.from_stack(batch),
+                        Some(batch) => self.seal_stack_batch(batch),
                         None => self.link = None,
                     }
                 }
@@ -368,7 +368,7 @@ impl<R: WireGuardResponder> Shell<R> {
     }
 
     /// Encrypts a batch from the linked stack, and what else it queued meanwhile.
-    fn from_stack(&mut self, batch: Vec<Bytes>) {
+    fn seal_stack_batch(&mut self, batch: Vec<Bytes>) {
         let now = Instant::now();
         for packet in &batch {
             self.engine.handle_outbound(packet, now);

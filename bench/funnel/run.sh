@@ -26,6 +26,9 @@
 #                  with their range
 #   CONNS=32 THREADS=2   wrk connections and threads
 #   WG_STANDIN=1   also measure the stand-in for the mesh hop (below); 0 to skip it
+#   MESH_ONLY=1    with --mesh: only direct, the ungated funnel, rathole, the edge's TCP
+#                  funnel and the mesh rows (a quick A/B of the mesh path; GATE_PAIRS=0 too)
+#   PERF_DIR=DIR   with --mesh: `perf stat` the ingress and the node during each TCP mesh run
 #   SKIP_BUILD=1   do not run `cargo build --release -p postern-ingress -p postern`
 #   INGRESS_BIN    the postern-ingress binary (default: $CARGO_TARGET_DIR or target/, release)
 #   POSTERN_BIN    the postern binary, for the stand-in (same default place)
@@ -674,6 +677,11 @@ tcp_variant() { # tcp_variant KEY ROUND: one iperf3 measurement
     esac
     load_now
     before="$(cpu_ticks "${cpu_pids[@]}")"
+    if [ -n "${PERF_DIR:-}" ] && [ "$key" = tcp_funnel_mesh ]; then
+        # perf stat of the ingress and the node during the transfer (CPU per byte).
+        perf stat -e task-clock,context-switches -p "$pid_ingress" -o "$PERF_DIR/stat.ingress.$round" -- sleep "$T" >/dev/null 2>&1 &
+        perf stat -e task-clock,context-switches -p "$pid_node" -o "$PERF_DIR/stat.node.$round" -- sleep "$T" >/dev/null 2>&1 &
+    fi
     t0="$(date +%s.%N)"
     bps="$(iperf3 --client 127.0.0.1 --port "$port" --time "$T" --omit 1 --json |
         jq -r '.end.sum_received.bits_per_second')"
@@ -693,6 +701,11 @@ fi
 if [ "$mesh" = 1 ]; then
     http_keys+=(funnel_mesh)
     tcp_keys+=(tcp_funnel_mesh)
+    if [ -n "${MESH_ONLY:-}" ]; then
+        # Only what the mesh rows are read against (a quick A/B of the mesh path).
+        http_keys=(direct_http funnel_open funnel_mesh)
+        tcp_keys=(direct rathole tcp_funnel tcp_funnel_mesh)
+    fi
 fi
 uptime_start="$(cat /proc/loadavg)"
 started="$(date -u +%Y-%m-%dT%H:%M:%SZ)"

@@ -154,3 +154,94 @@ async fn two_engines_exchange_packets_over_loopback_udp() {
     drop(a.outbound);
     a.task.await.unwrap().unwrap();
 }
+
+/// A stack linked straight to the shell (no pump task): the shell reads the stack's
+/// batches, delivers decrypted ones into the stack's channel, lets the tap take the packets
+/// it claims, and keeps serving its own `outbound` channel alongside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linked_stack_exchanges_packets_and_its_tap_takes_what_it_claims() {
+    use postern_node::udp::StackLink;
+    use std::sync::{Arc, Mutex};
+    use tokio::sync::mpsc;
+
+    let now = Instant::now();
+    let (sa, sb) = (StaticSecret::from([17; 32]), StaticSecret::from([18; 32]));
+    let (pa, pb) = (PublicKey::from(&sa), PublicKey::from(&sb));
+    let sock_a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sock_b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr_b = sock_b.local_addr().unwrap();
+    let peer = |key, ip: &str, endpoint| PeerConfig {
+        public_key: key,
+        preshared_key: None,
+        allowed_ips: vec![ip.parse().unwrap()],
+        endpoint,
+        persistent_keepalive: None,
+    };
+    let mut a = PeerEngine::new(EngineConfig::new(sa), now);
+    a.add_peer(peer(pb, "100.64.0.2/32", Some(PathId::Direct(addr_b))), now)
+        .unwrap();
+    let mut b = PeerEngine::new(EngineConfig::new(sb), now);
+    b.add_peer(peer(pa, "100.64.0.1/32", None), now).unwrap();
+    let a = UdpEngine::spawn(a, sock_a, UdpShellConfig::default()).unwrap();
+    let b = UdpEngine::spawn(b, sock_b, UdpShellConfig::default()).unwrap();
+
+    // a's stack: it sends through its link.
+    let (a_stack_tx, a_from_stack) = mpsc::channel(8);
+    let (a_to_stack, _a_stack_rx) = mpsc::channel(8);
+    let link_a = StackLink {
+        from_stack: a_from_stack,
+        to_stack: a_to_stack,
+        tap: None,
+    };
+    a.commands
+        .send(EngineCommand::LinkStack(link_a))
+        .await
+        .unwrap();
+    // b's stack: a tap takes the packets whose payload starts with 0xEE.
+    let (_b_stack_tx, b_from_stack) = mpsc::channel(8);
+    let (b_to_stack, mut b_stack_rx) = mpsc::channel(8);
+    let tapped = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&tapped);
+    let link_b = StackLink {
+        from_stack: b_from_stack,
+        to_stack: b_to_stack,
+        tap: Some(Box::new(move |packet: &[u8]| {
+            let claim = packet.get(28) == Some(&0xEE);
+            if claim {
+                seen.lock().unwrap().push(packet.to_vec());
+            }
+            claim
+        })),
+    };
+    b.commands
+        .send(EngineCommand::LinkStack(link_b))
+        .await
+        .unwrap();
+
+    let packet = |i: u8| udp4([100, 64, 0, 1], [100, 64, 0, 2], 4000, 5000, &[i; 100]);
+    let from_stack: Vec<Bytes> = (0..20).map(packet).collect();
+    a_stack_tx.send(from_stack.clone()).await.unwrap();
+    // The shell's own channel still works next to the link.
+    let claimed = packet(0xEE);
+    a.outbound.send(vec![claimed.clone()]).await.unwrap();
+
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while got.len() < from_stack.len() {
+            got.extend(b_stack_rx.recv().await.expect("b's shell ended"));
+        }
+    })
+    .await
+    .expect("packets did not reach b's stack within 20 s");
+    assert_eq!(got, from_stack);
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while tapped.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the tap never saw the claimed packet");
+    assert_eq!(tapped.lock().unwrap().as_slice(), &[claimed.to_vec()]);
+    // The claimed packet did not also reach the stack.
+    assert!(b_stack_rx.try_recv().is_err());
+}

@@ -33,6 +33,7 @@ pub struct MeshUpstream {
     target_port: u16,
     hostname: FunnelHostname,
     timeout: Duration,
+    nodelay: bool,
 }
 
 impl MeshUpstream {
@@ -51,7 +52,19 @@ impl MeshUpstream {
             target_port,
             hostname: FunnelHostname::parse(hostname)?,
             timeout: DEFAULT_HOP_TIMEOUT,
+            nodelay: true,
         })
+    }
+
+    /// Whether the hop stream sends each write at once (`true`, the default: right for
+    /// HTTP exchanges, whose small writes must not wait) or keeps Nagle's algorithm on
+    /// after the handshake (`false`: right for byte pipes such as TCP funnels, where
+    /// the netstack would otherwise send a sliver of a segment every time its congestion
+    /// window grows by a few bytes; measured in `docs/benchmarks.md`).
+    #[must_use]
+    pub fn with_nodelay(mut self, nodelay: bool) -> Self {
+        self.nodelay = nodelay;
+        self
     }
 
     /// Bounds opening the stream plus the handshake (default [`DEFAULT_HOP_TIMEOUT`]).
@@ -120,7 +133,10 @@ impl MeshUpstream {
                 stream.read_exact(reason).await?;
             }
             match HopReply::decode(&frame).map_err(invalid_reply)? {
-                HopReply::Accepted => Ok(Box::new(stream) as Box<dyn UpstreamIo>),
+                HopReply::Accepted => {
+                    stream.set_nodelay(self.nodelay);
+                    Ok(Box::new(stream) as Box<dyn UpstreamIo>)
+                }
                 HopReply::Refused(refusal) => Err(refused(refusal)),
             }
         };

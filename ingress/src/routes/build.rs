@@ -217,7 +217,11 @@ impl RouteBuilder {
             };
         };
         let upstream = match MeshUpstream::new(self.netstack.clone(), address, route.port, host) {
-            Ok(upstream) => Arc::new(upstream),
+            // HTTP exchanges want each write sent at once; byte pipes (TCP and TLS
+            // passthrough funnels) want full segments (see `MeshUpstream::with_nodelay`).
+            Ok(upstream) => {
+                Arc::new(upstream.with_nodelay(matches!(route.protocol, FunnelProtocol::Http)))
+            }
             Err(error) => {
                 refuse(format!("the hostname is not usable: {error}"));
                 return Built::Skipped;

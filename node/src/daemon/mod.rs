@@ -68,7 +68,7 @@ use crate::control::{
 };
 use crate::disco::PathSelector;
 use crate::engine::{EngineConfig, Event, PathId, PeerConfig, PeerEngine};
-use crate::udp::{EngineCommand, NewFilter, UdpEngine, UdpShellConfig};
+use crate::udp::{EngineCommand, NewFilter, StackLink, UdpEngine, UdpShellConfig};
 
 /// The tunnel MTU of a node (WireGuard's usual figure).
 pub const NODE_MTU: u16 = 1420;
@@ -499,7 +499,6 @@ impl NodeRuntime {
                 .map_err(|source| RuntimeError::Bind { addr: bind, source })?;
         let UdpEngine {
             outbound,
-            inbound,
             events,
             commands,
             public_endpoints,
@@ -540,9 +539,19 @@ impl NodeRuntime {
         };
         applier.apply(first).await;
 
+        // The stack's seam goes straight to the engine's task (no pump task between them);
+        // pings to this node and echo replies are taken out on the way in.
+        let icmp = handle.clone();
+        let link = StackLink {
+            from_stack: seam.from_stack,
+            to_stack: seam.to_stack,
+            tap: Some(Box::new(move |packet: &[u8]| icmp.take_icmp(packet))),
+        };
+        if commands.send(EngineCommand::LinkStack(link)).await.is_err() {
+            return Err(RuntimeError::Stopping);
+        }
+        drop(outbound);
         let tasks = vec![
-            tokio::spawn(pump(seam.from_stack, outbound, stop.clone())),
-            tokio::spawn(inbound_pump(inbound, seam.to_stack, handle.clone())),
             tokio::spawn(log_events(events, stop.clone())),
             tokio::spawn(paths::run(paths::PathsWiring {
                 commands: commands.clone(),
@@ -951,50 +960,6 @@ async fn follow_netmaps(
     // A funnel call in flight may hold the client a moment longer; it stops with the node.
     if let Ok(control) = Arc::try_unwrap(control) {
         control.shutdown();
-    }
-}
-
-/// Moves packet batches from `from` to `to` until either side closes or `stop` fires.
-async fn pump(
-    mut from: mpsc::Receiver<Vec<Bytes>>,
-    to: mpsc::Sender<Vec<Bytes>>,
-    stop: CancellationToken,
-) {
-    loop {
-        let batch = tokio::select! {
-            () = stop.cancelled() => return,
-            batch = from.recv() => batch,
-        };
-        let Some(batch) = batch else { return };
-        tokio::select! {
-            () = stop.cancelled() => return,
-            sent = to.send(batch) => if sent.is_err() { return },
-        }
-    }
-}
-
-/// Moves decrypted packets into the stack, answering pings to this node and handing echo
-/// replies to the pings waiting for them.
-async fn inbound_pump(
-    mut from: mpsc::Receiver<Vec<Bytes>>,
-    to: mpsc::Sender<Vec<Bytes>>,
-    handle: NodeHandle,
-) {
-    let stop = handle.shared.stop.clone();
-    loop {
-        let batch = tokio::select! {
-            () = stop.cancelled() => return,
-            batch = from.recv() => batch,
-        };
-        let Some(mut batch) = batch else { return };
-        batch.retain(|packet| !handle.take_icmp(packet));
-        if batch.is_empty() {
-            continue;
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            sent = to.send(batch) => if sent.is_err() { return },
-        }
     }
 }
 

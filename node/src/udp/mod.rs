@@ -113,6 +113,39 @@ pub enum EngineCommand {
     SetLocalEndpoints(Vec<SocketAddr>),
     /// Read path discovery's counters (`None` without paths).
     DiscoStats(oneshot::Sender<Option<DiscoStats>>),
+    /// Join the local stack's seam straight to the task (see [`StackLink`]); from then on
+    /// decrypted packets go to the stack instead of [`UdpEngine::inbound`].
+    LinkStack(StackLink),
+}
+
+/// The local stack's end of the packet seam, joined straight to the shell's task with
+/// [`EngineCommand::LinkStack`], so that no pump task sits between the stack and the engine
+/// (each hop between tasks is a wake-up per batch on both sides).
+///
+/// Once linked, the shell reads outbound batches from `from_stack` as well as from
+/// [`UdpEngine::outbound`] and puts decrypted batches into `to_stack` (dropped and counted in
+/// [`ShellCounters::inbound_dropped`] when it is full, as without a link). The task still
+/// ends when every [`UdpEngine::outbound`] sender is gone, not when the stack goes away.
+pub struct StackLink {
+    /// Packets the stack sends (a netstack seam's `from_stack`).
+    pub from_stack: mpsc::Receiver<Vec<Bytes>>,
+    /// Where decrypted packets go (a netstack seam's `to_stack`).
+    pub to_stack: mpsc::Sender<Vec<Bytes>>,
+    /// Sees each decrypted packet first; a packet it returns `true` for was consumed and is
+    /// not handed to the stack (the node daemon answers pings this way). It runs on the
+    /// engine's task, so it must be quick and never block.
+    pub tap: Option<InboundTap>,
+}
+
+/// A look at decrypted packets before the stack gets them; see [`StackLink::tap`].
+pub type InboundTap = Box<dyn FnMut(&[u8]) -> bool + Send>;
+
+impl std::fmt::Debug for StackLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StackLink")
+            .field("tap", &self.tap.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// An inbound filter on its way to the engine (see [`EngineCommand::SetFilter`]).
@@ -130,7 +163,8 @@ pub struct UdpEngine {
     /// IP packets from the local stack to peers, in batches. Dropping every sender stops
     /// the task.
     pub outbound: mpsc::Sender<Vec<Bytes>>,
-    /// Decrypted IP packets from peers that passed the filter, in batches.
+    /// Decrypted IP packets from peers that passed the filter, in batches (none once a
+    /// stack is linked with [`EngineCommand::LinkStack`]: they go to the stack instead).
     pub inbound: mpsc::Receiver<Vec<Bytes>>,
     /// Everything but inbound packets: handshakes, expiry, roaming, no-route.
     pub events: mpsc::Receiver<Event>,
@@ -227,6 +261,7 @@ impl UdpEngine {
             public_tx,
             local_endpoints: Vec::new(),
             relay: None,
+            link: None,
         };
         let task = tokio::spawn(task.run());
         Ok(Self {
@@ -257,6 +292,7 @@ struct Shell<R: WireGuardResponder> {
     public_tx: watch::Sender<Vec<SocketAddr>>,
     local_endpoints: Vec<SocketAddr>,
     relay: Option<RelaySet>,
+    link: Option<StackLink>,
 }
 
 impl<R: WireGuardResponder> Shell<R> {
@@ -287,6 +323,12 @@ impl<R: WireGuardResponder> Shell<R> {
                         for packet in batch {
                             self.engine.handle_outbound(&packet, now);
                         }
+                    }
+                }
+                batch = recv_stack(&mut self.link) => {
+                    match batch {
+                        Some(batch) => self.seal_stack_batch(batch),
+                        None => self.link = None,
                     }
                 }
                 datagram = recv_relay(&mut self.relay) => {
@@ -326,6 +368,48 @@ impl<R: WireGuardResponder> Shell<R> {
             {
                 relay.handle_timeout(now);
             }
+        }
+    }
+
+    /// Encrypts a batch from the linked stack, and what else it queued meanwhile.
+    fn seal_stack_batch(&mut self, batch: Vec<Bytes>) {
+        let now = Instant::now();
+        for packet in &batch {
+            self.engine.handle_outbound(packet, now);
+        }
+        for _ in 1..OUTBOUND_BATCHES_PER_WAKE {
+            let Some(Ok(batch)) = self.link.as_mut().map(|l| l.from_stack.try_recv()) else {
+                break;
+            };
+            for packet in &batch {
+                self.engine.handle_outbound(packet, now);
+            }
+        }
+    }
+
+    /// Hands decrypted packets to the linked stack (through its tap), or to
+    /// [`UdpEngine::inbound`] without one; a full channel drops the batch and counts it.
+    fn deliver_inbound(&mut self, mut batch: Vec<Bytes>) {
+        let sent = match &mut self.link {
+            Some(link) => {
+                if let Some(tap) = &mut link.tap {
+                    batch.retain(|packet| !tap(packet));
+                }
+                if batch.is_empty() {
+                    return;
+                }
+                let len = batch.len() as u64;
+                link.to_stack.try_send(batch).map_err(|_| len)
+            }
+            None => {
+                let len = batch.len() as u64;
+                self.inbound.try_send(batch).map_err(|_| len)
+            }
+        };
+        if let Err(len) = sent {
+            self.counters
+                .inbound_dropped
+                .fetch_add(len, Ordering::Relaxed);
         }
     }
 
@@ -534,6 +618,7 @@ impl<R: WireGuardResponder> Shell<R> {
             EngineCommand::DiscoStats(reply) => {
                 let _ = reply.send(self.paths.as_ref().map(PathSelector::stats));
             }
+            EngineCommand::LinkStack(link) => self.link = Some(link),
         }
     }
 
@@ -554,12 +639,7 @@ impl<R: WireGuardResponder> Shell<R> {
         }
         if !self.pending_inbound.is_empty() {
             let batch = std::mem::take(&mut self.pending_inbound);
-            let len = batch.len() as u64;
-            if self.inbound.try_send(batch).is_err() {
-                self.counters
-                    .inbound_dropped
-                    .fetch_add(len, Ordering::Relaxed);
-            }
+            self.deliver_inbound(batch);
         }
         let mut transmits = Vec::new();
         while let Some(t) = self.engine.poll_transmit() {
@@ -608,6 +688,14 @@ impl<R: WireGuardResponder> Shell<R> {
                 paths.set_own_endpoints(own);
             }
         }
+    }
+}
+
+/// The next batch from the linked stack (`None` once it closed), or never without one.
+async fn recv_stack(link: &mut Option<StackLink>) -> Option<Vec<Bytes>> {
+    match link {
+        Some(link) => link.from_stack.recv().await,
+        None => std::future::pending().await,
     }
 }
 

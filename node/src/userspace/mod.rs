@@ -8,9 +8,11 @@
 //! - a [`Netstack`] (the `[Interface]`'s `Address` lines become the stack's addresses, `MTU`
 //!   its MTU), through its [`PacketSeam`](postern_netstack::PacketSeam).
 //!
-//! Two small pump tasks move packet batches across the seam: decrypted packets from the
-//! engine into the stack, and the stack's packets into the engine. Both wait on the other
-//! side's bounded channel, so a slow side pushes back on a fast one; nothing is dropped here.
+//! The stack's seam is linked straight to the engine's task ([`StackLink`]): the engine
+//! reads the stack's packet batches and puts decrypted batches into the stack's channel,
+//! with no pump task between them (a task hop is a wake-up per batch on both sides). The
+//! stack waits on the engine's bounded channel, so a slow engine pushes back on it; a full
+//! stack drops inbound batches (counted), as a NIC does on a full ring.
 //!
 //! Applications on the host reach the tunnel through:
 //!
@@ -29,6 +31,7 @@ pub mod socks5;
 use std::collections::HashSet;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -39,7 +42,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{EngineError, Event, PeerEngine};
-use crate::udp::{UdpEngine, UdpShellConfig};
+use crate::udp::{EngineCommand, ShellCounters, StackLink, UdpEngine, UdpShellConfig};
 use crate::wg_config::{Endpoint, WgConfig};
 
 /// The MTU used when the configuration has no `MTU` line (wg-quick's usual figure).
@@ -102,6 +105,9 @@ pub enum TunnelError {
         /// The socket error.
         source: io::Error,
     },
+    /// The engine's task ended before the stack could be joined to it (its socket failed).
+    #[error("the WireGuard engine stopped while the tunnel was starting")]
+    EngineStopped,
     /// The userspace stack refused its configuration.
     #[error("userspace network stack: {0}")]
     Netstack(#[from] NetstackError),
@@ -117,6 +123,10 @@ pub struct UserspaceTunnel {
     cancel: CancellationToken,
     local_addr: SocketAddr,
     engine_task: Option<JoinHandle<io::Result<()>>>,
+    /// Keeps the engine's task running: it stops once this (its last outbound sender) is
+    /// dropped.
+    to_engine: Option<mpsc::Sender<Vec<Bytes>>>,
+    counters: Arc<ShellCounters>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -143,17 +153,22 @@ impl UserspaceTunnel {
         let cancel = CancellationToken::new();
         let UdpEngine {
             outbound,
-            inbound,
             events,
+            commands,
             local_addr,
             task: engine_task,
+            counters,
             ..
         } = udp;
-        let tasks = vec![
-            tokio::spawn(pump(seam.from_stack, outbound, cancel.clone())),
-            tokio::spawn(pump(inbound, seam.to_stack, cancel.clone())),
-            tokio::spawn(log_events(events, cancel.clone())),
-        ];
+        let link = StackLink {
+            from_stack: seam.from_stack,
+            to_stack: seam.to_stack,
+            tap: None,
+        };
+        if commands.send(EngineCommand::LinkStack(link)).await.is_err() {
+            return Err(TunnelError::EngineStopped);
+        }
+        let tasks = vec![tokio::spawn(log_events(events, cancel.clone()))];
         tracing::info!(
             listen = %local_addr,
             addresses = ?netstack.addresses(),
@@ -166,6 +181,8 @@ impl UserspaceTunnel {
             cancel,
             local_addr,
             engine_task: Some(engine_task),
+            to_engine: Some(outbound),
+            counters,
             tasks: Mutex::new(tasks),
         })
     }
@@ -280,11 +297,22 @@ impl UserspaceTunnel {
         for task in tasks {
             let _ = task.await;
         }
+        self.to_engine = None;
         let result = match self.engine_task.take() {
             Some(task) => task.await.unwrap_or_else(|e| Err(io::Error::other(e))),
             None => Ok(()),
         };
-        tracing::info!("userspace WireGuard tunnel stopped");
+        let stack = self.netstack.stats();
+        tracing::info!(
+            datagrams_in = self.counters.datagrams_in.load(Ordering::Relaxed),
+            datagrams_out = self.counters.datagrams_out.load(Ordering::Relaxed),
+            inbound_dropped = self.counters.inbound_dropped.load(Ordering::Relaxed),
+            send_errors = self.counters.send_errors.load(Ordering::Relaxed),
+            stack_packets_in = stack.packets_in,
+            stack_packets_out = stack.packets_out,
+            stack_turns = stack.poll_loop_iterations,
+            "userspace WireGuard tunnel stopped"
+        );
         result
     }
 
@@ -298,6 +326,7 @@ impl UserspaceTunnel {
 impl Drop for UserspaceTunnel {
     fn drop(&mut self) {
         self.cancel.cancel();
+        self.to_engine = None;
     }
 }
 
@@ -415,25 +444,6 @@ async fn resolve(
 fn encode_key(key: &[u8; 32]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(key)
-}
-
-/// Moves packet batches from `from` to `to` until either side closes or `cancel` fires.
-async fn pump(
-    mut from: mpsc::Receiver<Vec<Bytes>>,
-    to: mpsc::Sender<Vec<Bytes>>,
-    cancel: CancellationToken,
-) {
-    loop {
-        let batch = tokio::select! {
-            () = cancel.cancelled() => return,
-            batch = from.recv() => batch,
-        };
-        let Some(batch) = batch else { return };
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            sent = to.send(batch) => if sent.is_err() { return },
-        }
-    }
 }
 
 pub(crate) async fn log_events(mut events: mpsc::Receiver<Event>, cancel: CancellationToken) {

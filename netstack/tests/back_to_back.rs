@@ -4,15 +4,16 @@
 // test functions themselves).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+mod transfer;
+
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use postern_netstack::{
-    Impairment, MemoryWire, Netstack, NetstackConfig, NetstackError, TcpStream,
-};
+use postern_netstack::{Impairment, MemoryWire, Netstack, NetstackConfig, NetstackError};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use transfer::{drain, pattern, send_all_and_close};
 
 const A_V4: &str = "100.64.0.1";
 const B_V4: &str = "100.64.0.2";
@@ -49,45 +50,6 @@ async fn within<T>(secs: u64, fut: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(secs), fut)
         .await
         .expect("test step took too long")
-}
-
-/// Deterministic test data.
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    let mut x = u32::from(seed) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
-async fn send_all_and_close(mut stream: TcpStream, data: Vec<u8>) {
-    for chunk in data.chunks(64 * 1024) {
-        stream.write_all(chunk).await.unwrap();
-    }
-    stream.shutdown().await.unwrap();
-    // Keep the stream until the peer has closed too, so the drop sends no RST.
-    let mut rest = Vec::new();
-    stream.read_to_end(&mut rest).await.unwrap();
-}
-
-/// Reads to EOF, returning the length and SHA-256 of what came.
-async fn drain(stream: &mut TcpStream) -> (usize, Vec<u8>) {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut total = 0;
-    loop {
-        let n = stream.read(&mut buf).await.unwrap();
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        total += n;
-    }
-    (total, hasher.finalize().to_vec())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

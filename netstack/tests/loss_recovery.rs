@@ -12,14 +12,17 @@
     clippy::print_stderr
 )]
 
+mod transfer;
+
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use postern_netstack::{
-    CongestionControl, Impairment, MemoryWire, Netstack, NetstackConfig, TcpStream, WireStats,
+    CongestionControl, Impairment, MemoryWire, Netstack, NetstackConfig, WireStats,
 };
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
+use transfer::{drain, pattern, send_all_and_close};
 
 const A: &str = "100.64.0.1";
 const B: &str = "100.64.0.2";
@@ -43,7 +46,7 @@ async fn transfer(
     let (b, seam_b) = Netstack::new(config(B, "fd7a:115c:a1e0::2", congestion_control)).unwrap();
     let wire = MemoryWire::connect(seam_a, seam_b, impairment);
     let listener = b.listen_tcp(5000).unwrap();
-    let data = pattern(len);
+    let data = pattern(len, 0x91);
     let want = Sha256::digest(&data).to_vec();
     let server = tokio::spawn(async move {
         let mut stream = listener.accept().await.unwrap();
@@ -97,43 +100,4 @@ async fn lost_segments_are_resent_without_resending_what_arrived() {
         stats.tcp_needlessly_resent_bytes,
         stats.tcp_lost_bytes
     );
-}
-
-/// Deterministic test data.
-fn pattern(len: usize) -> Vec<u8> {
-    let mut x = 0x2545_f491u32;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
-async fn send_all_and_close(mut stream: TcpStream, data: Vec<u8>) {
-    for chunk in data.chunks(64 * 1024) {
-        stream.write_all(chunk).await.unwrap();
-    }
-    stream.shutdown().await.unwrap();
-    // Keep the stream until the peer has closed too, so the drop sends no RST.
-    let mut rest = Vec::new();
-    stream.read_to_end(&mut rest).await.unwrap();
-}
-
-/// Reads to EOF, returning the length and SHA-256 of what came.
-async fn drain(stream: &mut TcpStream) -> (usize, Vec<u8>) {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut total = 0;
-    loop {
-        let n = stream.read(&mut buf).await.unwrap();
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        total += n;
-    }
-    (total, hasher.finalize().to_vec())
 }

@@ -1,0 +1,48 @@
+//! What the netstack's integration tests share: deterministic data, sending it all and
+//! closing, and draining a stream into its length and SHA-256.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use postern_netstack::TcpStream;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Deterministic test data: `len` bytes of an xorshift stream seeded by `seed`.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    let mut x = u32::from(seed) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// Writes `data` in 64 KiB chunks, shuts the write side, and waits for the peer's close.
+pub async fn send_all_and_close(mut stream: TcpStream, data: Vec<u8>) {
+    for chunk in data.chunks(64 * 1024) {
+        stream.write_all(chunk).await.unwrap();
+    }
+    stream.shutdown().await.unwrap();
+    // Keep the stream until the peer has closed too, so the drop sends no RST.
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).await.unwrap();
+}
+
+/// Reads to EOF, returning the length and SHA-256 of what came.
+pub async fn drain(stream: &mut TcpStream) -> (usize, Vec<u8>) {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0;
+    loop {
+        let n = stream.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n;
+    }
+    (total, hasher.finalize().to_vec())
+}

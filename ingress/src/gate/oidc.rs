@@ -792,16 +792,20 @@ impl Gate for OidcGate {
     ) -> GateFuture<'a> {
         Box::pin(async move {
             let path = request.path();
-            let has_session = request
-                .cookie(SESSION_COOKIE)
-                .is_some_and(|c| self.codec.session(c, self.host(request), now).is_ok());
-            if path == self.callback_path || (!has_session && path != self.config.logout_path) {
-                self.ensure_discovered(now).await;
-            }
             if path == self.callback_path {
+                self.ensure_discovered(now).await;
                 return self.callback(request, now).await;
             }
-            self.evaluate(request, now)
+            if path == self.config.logout_path {
+                return self.logout();
+            }
+            // The session cookie is decoded once per request: a valid one decides here,
+            // and only a request without one needs the IdP's endpoints (to log in).
+            if let Some(decision) = self.session_decision(request, now) {
+                return decision;
+            }
+            self.ensure_discovered(now).await;
+            self.start_login(request, now)
         })
     }
 }

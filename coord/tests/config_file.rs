@@ -5,11 +5,15 @@
 
 #![allow(clippy::unwrap_used, clippy::panic)] // test code
 
-use std::io::{Read, Write};
+mod loopback_http;
+
+use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use loopback_http::{free_port, http_get};
 
 const BIN: &str = env!("CARGO_BIN_EXE_postern-coord");
 
@@ -37,24 +41,6 @@ fn check_config(args: &[&str], file: &Path, secrets: &[&str]) -> Output {
         command.env(name, "postgres://postern:example@db.example.com/postern");
     }
     command.output().unwrap()
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-/// A plain HTTP/1.1 GET, answered status line and body.
-fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer)?;
-    Ok(answer)
 }
 
 /// Kills the process when the test ends, also on panic.

@@ -47,8 +47,9 @@ fn get(hostname: &str) -> FunnelChange {
     }
 }
 
-#[tokio::test]
-async fn ingress_nodes_share_certificates_and_no_one_else_sees_them() {
+/// A coord serving funnels, and three connected nodes: ingress nodes `edge1` and `edge2`,
+/// and alice's `laptop`.
+async fn two_ingresses_and_a_laptop() -> (CoordProcess, [ControlClient; 3]) {
     let coord = CoordProcess::start(POLICY, &["--funnel-domain", DOMAIN]).await;
     let edge_key = coord.auth_key(&["--reusable", "--ingress"]);
     let alice = coord.auth_key(&["--user", "alice@example.com"]);
@@ -58,6 +59,12 @@ async fn ingress_nodes_share_certificates_and_no_one_else_sees_them() {
     for node in [&edge1, &edge2, &laptop] {
         connected(node).await;
     }
+    (coord, [edge1, edge2, laptop])
+}
+
+#[tokio::test]
+async fn ingress_nodes_share_certificates_and_no_one_else_sees_them() {
+    let (coord, [edge1, edge2, laptop]) = two_ingresses_and_a_laptop().await;
     let host = format!("hooks.{DOMAIN}");
     assert_eq!(edge2.certificate(get(&host)).await.unwrap(), None);
 
@@ -133,15 +140,7 @@ async fn ingress_nodes_share_certificates_and_no_one_else_sees_them() {
 
 #[tokio::test]
 async fn one_ingress_at_a_time_may_order_a_hostnames_certificate() {
-    let coord = CoordProcess::start(POLICY, &["--funnel-domain", DOMAIN]).await;
-    let edge_key = coord.auth_key(&["--reusable", "--ingress"]);
-    let alice = coord.auth_key(&["--user", "alice@example.com"]);
-    let edge1 = client(&coord.addr, Some(edge_key.clone()), "edge1");
-    let edge2 = client(&coord.addr, Some(edge_key), "edge2");
-    let laptop = client(&coord.addr, Some(alice), "laptop");
-    for node in [&edge1, &edge2, &laptop] {
-        connected(node).await;
-    }
+    let (_coord, [edge1, edge2, laptop]) = two_ingresses_and_a_laptop().await;
     let host = format!("new.{DOMAIN}");
     let claim = |hostname: &str| FunnelChange::ClaimCertificateOrder {
         hostname: hostname.into(),

@@ -443,7 +443,30 @@ fn hello(port: u16) -> FunnelHello {
                 IdentityText::lossy("d-123"),
             )],
         }),
+        per_request_context: false,
     }
+}
+
+/// Sends one keep-alive request with `extra_headers` and reads exactly its response (the
+/// head and a `content-length` body), lower case; the stream stays open.
+async fn keep_alive_request<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    path: &str,
+    extra_headers: &str,
+) -> String {
+    let text = format!("GET {path} HTTP/1.1\r\nhost: node.test\r\n{extra_headers}\r\n");
+    stream.write_all(text.as_bytes()).await.unwrap();
+    let head = tokio::time::timeout(Duration::from_secs(15), read_head(stream))
+        .await
+        .expect("no response head")
+        .to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length: "))
+        .map_or(0, |n| n.trim().parse().unwrap());
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.unwrap();
+    head + &String::from_utf8_lossy(&body).to_ascii_lowercase()
 }
 
 async fn funnel_node(mesh: &Mesh, is_ingress: bool) -> (ServeRuntime, SocketAddr) {
@@ -500,6 +523,103 @@ async fn funnel_acceptor_takes_identity_from_the_hello_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_funnel_streams_take_identity_from_each_request() {
+    let mesh = mesh().await;
+    let (_runtime, _) = funnel_node(&mesh, true).await;
+    let stream_hello = FunnelHello {
+        client: "0.0.0.0:0".parse().unwrap(),
+        admission: None,
+        per_request_context: true,
+        ..hello(3000)
+    };
+    let (mut stream, reply) = hop(&mesh, &stream_hello).await;
+    assert_eq!(reply, HopReply::Accepted);
+
+    // Two requests of different clients and identities, one after the other on one stream.
+    let github = hello(3000);
+    let alice = FunnelHello {
+        client: "198.51.100.20:5555".parse().unwrap(),
+        admission: Some(Admission {
+            gate: IdentityText::lossy("oidc"),
+            principal: IdentityText::lossy("user:alice@example.com"),
+            attributes: vec![],
+        }),
+        ..hello(3000)
+    };
+    for (context, expected, absent) in [
+        (&github, "postern-identity: webhook:github", "alice"),
+        (
+            &alice,
+            "postern-identity: user:alice@example.com",
+            "webhook",
+        ),
+        (&github, "postern-identity-delivery: d-123", "alice"),
+    ] {
+        let header = format!(
+            "postern-hop-context: {}\r\npostern-identity: forged\r\n",
+            context.encode_context().unwrap()
+        );
+        let response = keep_alive_request(&mut stream, "/hook", &header).await;
+        assert!(response.starts_with("http/1.1 200"), "{response}");
+        assert!(response.contains(expected), "{response}");
+        assert!(!response.contains(absent), "{response}");
+        assert!(!response.contains("forged"), "{response}");
+        // The context header itself never reaches the target.
+        assert!(!response.contains("postern-hop-context"), "{response}");
+        assert!(
+            response.contains("postern-funnel-host: hooks.funnel.test"),
+            "{response}"
+        );
+    }
+
+    // A request without a context is refused, never forwarded, and the stream is closed.
+    let response = request(&mut stream, "/hook", "postern-identity: forged\r\n").await;
+    assert!(response.starts_with("http/1.1 400"), "{response}");
+    assert!(response.ends_with("hop_context_invalid\n"), "{response}");
+    assert!(!response.contains("get /hook"), "{response}");
+
+    // So is one whose context names another port, or that is not a context at all.
+    for bad in [
+        hello(4000).encode_context().unwrap(),
+        "not base64!".to_string(),
+    ] {
+        let (mut stream, _) = hop(&mesh, &stream_hello).await;
+        let header = format!("postern-hop-context: {bad}\r\n");
+        let response = request(&mut stream, "/hook", &header).await;
+        assert!(response.starts_with("http/1.1 400"), "{response}");
+        assert!(!response.contains("get /hook"), "{response}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_stream_funnel_hellos_ignore_context_headers() {
+    let mesh = mesh().await;
+    let (_runtime, _) = funnel_node(&mesh, true).await;
+    let (mut stream, reply) = hop(&mesh, &hello(3000)).await;
+    assert_eq!(reply, HopReply::Accepted);
+    let forged = FunnelHello {
+        admission: Some(Admission {
+            gate: IdentityText::lossy("oidc"),
+            principal: IdentityText::lossy("user:root@example.com"),
+            attributes: vec![],
+        }),
+        ..hello(3000)
+    };
+    let header = format!(
+        "postern-hop-context: {}\r\n",
+        forged.encode_context().unwrap()
+    );
+    let response = request(&mut stream, "/hook", &header).await;
+    assert!(response.starts_with("http/1.1 200"), "{response}");
+    assert!(
+        response.contains("postern-identity: webhook:github"),
+        "{response}"
+    );
+    assert!(!response.contains("root@example.com"), "{response}");
+    assert!(!response.contains("postern-hop-context"), "{response}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn funnel_acceptor_refuses_a_peer_that_is_not_an_ingress() {
     let mesh = mesh().await;
     let (_runtime, _) = funnel_node(&mesh, false).await;
@@ -543,7 +663,7 @@ async fn funnel_acceptor_refuses_ports_it_does_not_funnel_and_bad_hellos() {
     };
     assert_eq!(refusal.code, RefusalCode::UnsupportedVersion);
     assert!(
-        refusal.reason.contains("version 71 is not supported"),
+        refusal.reason.contains("hello version 71 is not supported"),
         "{}",
         refusal.reason
     );

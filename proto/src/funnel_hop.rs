@@ -6,24 +6,44 @@
 //! the funnel's public hostname and the identity the gate chain admitted. The node answers
 //! with one [`HopReply`]: accepted, or refused with a [`RefusalCode`] and a reason the
 //! ingress writes to its audit log. After an accept, the stream carries the funnelled bytes
-//! (the HTTP/1.1 request, or a raw TCP stream) unchanged.
+//! (HTTP/1.1 requests, or a raw TCP stream) unchanged.
+//!
+//! # One request per stream, or many
+//!
+//! A version 1 hello describes the one client the stream is for: the node applies its
+//! client and admission to everything on the stream. TCP funnels use it (a stream is one
+//! public connection), and so did HTTP funnels before the ingress pooled hop streams.
+//!
+//! A version 2 hello ([`FunnelHello::per_request_context`]) opens a stream that the ingress
+//! keeps alive and reuses for HTTP requests of different clients, admitted as different
+//! identities. Its own client and admission describe no request (the ingress sends
+//! `0.0.0.0:0` and none); instead every request on the stream carries its own context in
+//! the [`HOP_CONTEXT_HEADER`] header: a version 1 hello of that request (client, port,
+//! hostname, admission), base64url without padding ([`FunnelHello::encode_context`]). The
+//! node reads and removes it from each request ([`FunnelHello::request_context`]) and
+//! refuses a request without exactly one valid context. The ingress strips every
+//! client-sent `Postern-*` header before it sets its own, so the header cannot be forged
+//! from the public side. A node that only speaks version 1 refuses a version 2 hello with
+//! [`RefusalCode::UnsupportedVersion`], so a new ingress and an old node fail cleanly
+//! (`502 node_refused_unsupported_version`) instead of mixing up identities.
 //!
 //! The node believes the hello only because the stream comes from a peer the coord marked
 //! as an ingress (WireGuard authenticated the source address); the bytes inside the stream
 //! are never trusted for identity.
 //!
-//! # Wire format (version 1)
+//! # Wire format (hello versions 1 and 2, reply version 1)
 //!
 //! All integers are big-endian; `str8`/`str16` are a `u8`/`u16` length then that many bytes
 //! of UTF-8.
 //!
 //! ```text
-//! hello     = version:u8 (=1)  body_len:u16 (<= MAX_HELLO_BODY_LEN)  body
+//! hello     = version:u8 (1 | 2)  body_len:u16 (<= MAX_HELLO_BODY_LEN)  body
 //! body      = client  target_port:u16  hostname:str8  admission
 //! client    = family:u8 (4 | 6)  address:[u8; 4 | 16]  port:u16
 //! admission = 0x00                                      ; no gate (open funnel)
 //!           | 0x01  gate:str16  principal:str16  count:u8  (name:str8 value:str16){count}
 //! reply     = version:u8 (=1)  status:u8  reason:str8   ; status 0 = accepted
+//! context   = base64url-nopad(hello of version 1)         ; the HOP_CONTEXT_HEADER value
 //! ```
 //!
 //! Both messages start with a three-byte prefix from which [`hello_frame_len`] and
@@ -38,10 +58,23 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use base64::Engine as _;
+
 /// The tailnet TCP port every node's funnel acceptor listens on. `serve` must not use it.
 pub const FUNNEL_HOP_PORT: u16 = 41_700;
-/// The hop protocol version this build speaks.
-pub const HOP_VERSION: u8 = 1;
+/// The hello version of a stream for one client (TCP funnels; a request's context).
+pub const HELLO_VERSION_PER_STREAM: u8 = 1;
+/// The hello version of a pooled stream whose requests carry their own context in
+/// [`HOP_CONTEXT_HEADER`].
+pub const HELLO_VERSION_PER_REQUEST: u8 = 2;
+/// The reply version this build speaks (the same for both hello versions).
+pub const REPLY_VERSION: u8 = 1;
+/// The request header that carries one request's context on a version 2 stream (lower
+/// case, as `http::HeaderName` wants it). It starts with `postern-`, so the ingress strips
+/// it from public requests and the node strips it before a request reaches the target.
+pub const HOP_CONTEXT_HEADER: &str = "postern-hop-context";
+/// Largest [`HOP_CONTEXT_HEADER`] value: base64url of the largest hello frame.
+pub const MAX_CONTEXT_HEADER_LEN: usize = (HOP_PREFIX_LEN + MAX_HELLO_BODY_LEN).div_ceil(3) * 4;
 /// Length of the prefix of both frames that tells their full length.
 pub const HOP_PREFIX_LEN: usize = 3;
 /// Largest hello body accepted or sent.
@@ -68,6 +101,10 @@ pub struct FunnelHello {
     pub hostname: FunnelHostname,
     /// As whom the gate chain admitted the request; `None` for a funnel without gates.
     pub admission: Option<Admission>,
+    /// Whether the stream is pooled and each HTTP request on it carries its own context in
+    /// [`HOP_CONTEXT_HEADER`] (hello version 2); then `client` and `admission` describe no
+    /// request. `false` for a stream of one client (version 1).
+    pub per_request_context: bool,
 }
 
 /// The identity a gate admitted, for the node to put into identity headers.
@@ -307,11 +344,15 @@ impl fmt::Display for IdentityText {
 pub enum HopError {
     /// The frame's version byte is not one this build speaks.
     #[error(
-        "funnel hop: version {got} is not supported (this build speaks version {HOP_VERSION}); upgrade the ingress and the node to the same release"
+        "funnel hop: {what} version {got} is not supported (this build speaks {supported}); upgrade the ingress and the node to the same release"
     )]
     UnsupportedVersion {
+        /// The message (`"hello"`, `"reply"`).
+        what: &'static str,
         /// The version byte received.
         got: u8,
+        /// The versions this build speaks, in words.
+        supported: &'static str,
     },
     /// The frame ended before a field was complete.
     #[error(
@@ -381,6 +422,37 @@ pub enum HopError {
         /// How many there were.
         count: usize,
     },
+    /// A request on a pooled (version 2) stream has no [`HOP_CONTEXT_HEADER`].
+    #[error(
+        "funnel hop: the request has no {HOP_CONTEXT_HEADER} header; on a pooled hop stream the ingress must send one with every request"
+    )]
+    MissingContext,
+    /// A request on a pooled stream has more than one [`HOP_CONTEXT_HEADER`].
+    #[error(
+        "funnel hop: the request has {count} {HOP_CONTEXT_HEADER} headers; exactly one is allowed"
+    )]
+    RepeatedContext {
+        /// How many there were.
+        count: usize,
+    },
+    /// The [`HOP_CONTEXT_HEADER`] value is not base64url of a version 1 hello.
+    #[error("funnel hop: the {HOP_CONTEXT_HEADER} header is not valid: {reason}")]
+    BadContext {
+        /// Why.
+        reason: &'static str,
+    },
+    /// A request's context names another port or hostname than its stream's hello.
+    #[error(
+        "funnel hop: the request's context names {what} {got}, but its stream is for {expected}"
+    )]
+    ContextMismatch {
+        /// The field (`"port"`, `"hostname"`).
+        what: &'static str,
+        /// The request's value.
+        got: String,
+        /// The stream's value.
+        expected: String,
+    },
 }
 
 /// The full length of the hello frame that starts `prefix`, or `None` if fewer than
@@ -393,8 +465,12 @@ pub fn hello_frame_len(prefix: &[u8]) -> Result<Option<usize>, HopError> {
     let Some(&[version, hi, lo]) = prefix.get(..HOP_PREFIX_LEN) else {
         return Ok(None);
     };
-    if version != HOP_VERSION {
-        return Err(HopError::UnsupportedVersion { got: version });
+    if version != HELLO_VERSION_PER_STREAM && version != HELLO_VERSION_PER_REQUEST {
+        return Err(HopError::UnsupportedVersion {
+            what: "hello",
+            got: version,
+            supported: "versions 1 and 2",
+        });
     }
     let body = usize::from(u16::from_be_bytes([hi, lo]));
     if body > MAX_HELLO_BODY_LEN {
@@ -413,8 +489,12 @@ pub fn reply_frame_len(prefix: &[u8]) -> Result<Option<usize>, HopError> {
     let Some(&[version, _status, reason_len]) = prefix.get(..HOP_PREFIX_LEN) else {
         return Ok(None);
     };
-    if version != HOP_VERSION {
-        return Err(HopError::UnsupportedVersion { got: version });
+    if version != REPLY_VERSION {
+        return Err(HopError::UnsupportedVersion {
+            what: "reply",
+            got: version,
+            supported: "version 1",
+        });
     }
     Ok(Some(HOP_PREFIX_LEN + usize::from(reason_len)))
 }
@@ -427,6 +507,7 @@ impl FunnelHello {
                 what: "hello prefix",
             });
         };
+        let per_request_context = frame.first() == Some(&HELLO_VERSION_PER_REQUEST);
         let mut r = Reader {
             rest: frame.get(HOP_PREFIX_LEN..).unwrap_or_default(),
         };
@@ -490,12 +571,92 @@ impl FunnelHello {
             target_port,
             hostname,
             admission,
+            per_request_context,
         })
     }
 
-    /// Encodes the hello as one frame. Fails with [`HopError::TooManyAttributes`] or
-    /// [`HopError::TooLong`] if the hello does not fit the bounds.
+    /// The [`HOP_CONTEXT_HEADER`] value that carries this hello as one request's context:
+    /// base64url (no padding) of the hello encoded as version 1, whatever
+    /// [`FunnelHello::per_request_context`] says. Fails like [`FunnelHello::encode`].
+    pub fn encode_context(&self) -> Result<String, HopError> {
+        let frame = self.encode_version(HELLO_VERSION_PER_STREAM)?;
+        Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(frame))
+    }
+
+    /// Parses one [`HOP_CONTEXT_HEADER`] value (see [`FunnelHello::encode_context`]). Fails
+    /// with [`HopError::BadContext`] if it is too long, not base64url or holds a version 2
+    /// hello, and with the hello's own errors if the frame inside does not parse.
+    pub fn decode_context(value: &[u8]) -> Result<Self, HopError> {
+        if value.len() > MAX_CONTEXT_HEADER_LEN {
+            return Err(HopError::TooLong {
+                what: "context header",
+                len: value.len(),
+                max: MAX_CONTEXT_HEADER_LEN,
+            });
+        }
+        let frame = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(value)
+            .map_err(|_| HopError::BadContext {
+                reason: "it is not base64url without padding",
+            })?;
+        let hello = Self::decode(&frame)?;
+        if hello.per_request_context {
+            return Err(HopError::BadContext {
+                reason: "it holds a version 2 hello; a request's context is a version 1 hello",
+            });
+        }
+        Ok(hello)
+    }
+
+    /// On a stream opened with this (version 2) hello, the context of one request from
+    /// the values of its [`HOP_CONTEXT_HEADER`] headers (all of them, in order). The node
+    /// calls it for every request on a pooled stream and refuses the request on an error:
+    /// [`HopError::MissingContext`] without one, [`HopError::RepeatedContext`] with several,
+    /// [`HopError::ContextMismatch`] when it names another port or hostname than this
+    /// hello, or the errors of [`FunnelHello::decode_context`].
+    pub fn request_context<'a, I>(&self, values: I) -> Result<FunnelHello, HopError>
+    where
+        I: IntoIterator<Item = &'a [u8]>,
+    {
+        let mut values = values.into_iter();
+        let Some(value) = values.next() else {
+            return Err(HopError::MissingContext);
+        };
+        let more = values.count();
+        if more > 0 {
+            return Err(HopError::RepeatedContext { count: more + 1 });
+        }
+        let context = Self::decode_context(value)?;
+        if context.target_port != self.target_port {
+            return Err(HopError::ContextMismatch {
+                what: "port",
+                got: context.target_port.to_string(),
+                expected: self.target_port.to_string(),
+            });
+        }
+        if context.hostname != self.hostname {
+            return Err(HopError::ContextMismatch {
+                what: "hostname",
+                got: context.hostname.to_string(),
+                expected: self.hostname.to_string(),
+            });
+        }
+        Ok(context)
+    }
+
+    /// Encodes the hello as one frame (version 2 if [`FunnelHello::per_request_context`],
+    /// else 1). Fails with [`HopError::TooManyAttributes`] or [`HopError::TooLong`] if the
+    /// hello does not fit the bounds.
     pub fn encode(&self) -> Result<Vec<u8>, HopError> {
+        let version = if self.per_request_context {
+            HELLO_VERSION_PER_REQUEST
+        } else {
+            HELLO_VERSION_PER_STREAM
+        };
+        self.encode_version(version)
+    }
+
+    fn encode_version(&self, version: u8) -> Result<Vec<u8>, HopError> {
         let mut body = Vec::with_capacity(64);
         match self.client.ip() {
             IpAddr::V4(v4) => {
@@ -542,7 +703,7 @@ impl FunnelHello {
             max: MAX_HELLO_BODY_LEN,
         })?;
         let mut frame = Vec::with_capacity(HOP_PREFIX_LEN + body.len());
-        frame.push(HOP_VERSION);
+        frame.push(version);
         frame.extend_from_slice(&len.to_be_bytes());
         frame.extend_from_slice(&body);
         Ok(frame)
@@ -596,7 +757,7 @@ impl HopReply {
     /// at a character boundary; this never fails.
     pub fn encode(&self) -> Vec<u8> {
         match self {
-            HopReply::Accepted => vec![HOP_VERSION, 0, 0],
+            HopReply::Accepted => vec![REPLY_VERSION, 0, 0],
             HopReply::Refused(refusal) => {
                 let mut end = refusal.reason.len().min(MAX_REASON_LEN);
                 while !refusal.reason.is_char_boundary(end) {
@@ -608,7 +769,7 @@ impl HopReply {
                     // `Unknown(0)` would read back as an accept; never send that.
                     status = RefusalCode::MalformedHello.to_byte();
                 }
-                let mut frame = vec![HOP_VERSION, status, reason.len() as u8];
+                let mut frame = vec![REPLY_VERSION, status, reason.len() as u8];
                 frame.extend_from_slice(reason.as_bytes());
                 frame
             }
@@ -723,6 +884,7 @@ mod tests {
                     IdentityText::parse("attribute value", "72d3162e-cc78").unwrap(),
                 )],
             }),
+            per_request_context: false,
         }
     }
 
@@ -768,7 +930,7 @@ mod tests {
         let error = |bytes: &[u8]| FunnelHello::decode(bytes).unwrap_err().to_string();
         assert_eq!(
             error(b"GET / HTTP/1.1\r\n"),
-            "funnel hop: version 71 is not supported (this build speaks version 1); upgrade the ingress and the node to the same release"
+            "funnel hop: hello version 71 is not supported (this build speaks versions 1 and 2); upgrade the ingress and the node to the same release"
         );
         assert_eq!(
             error(&[1, 0xff, 0xff]),
@@ -833,7 +995,7 @@ mod tests {
         );
         assert_eq!(
             HopReply::decode(&[2, 0, 0]).unwrap_err().to_string(),
-            "funnel hop: version 2 is not supported (this build speaks version 1); upgrade the ingress and the node to the same release"
+            "funnel hop: reply version 2 is not supported (this build speaks version 1); upgrade the ingress and the node to the same release"
         );
         assert_eq!(
             HopReply::decode(&[1, 1, 5, b'a']).unwrap_err().to_string(),
@@ -846,6 +1008,121 @@ mod tests {
             }
             .to_string(),
             "the node refused the funnel stream (node_refused_not_ingress): 100.64.0.9 is not an ingress"
+        );
+    }
+
+    #[test]
+    fn per_request_hellos_are_version_2_and_contexts_travel_in_a_header() {
+        let pooled = FunnelHello {
+            client: "0.0.0.0:0".parse().unwrap(),
+            admission: None,
+            per_request_context: true,
+            ..hello()
+        };
+        let wire = pooled.encode().unwrap();
+        assert_eq!(wire[0], HELLO_VERSION_PER_REQUEST);
+        assert_eq!(hello_frame_len(&wire).unwrap(), Some(wire.len()));
+        assert_eq!(FunnelHello::decode(&wire).unwrap(), pooled);
+        // A version 1 node refuses the version 2 hello by its version byte; what it says:
+        let old_node = HopError::UnsupportedVersion {
+            what: "hello",
+            got: 2,
+            supported: "version 1",
+        };
+        assert!(
+            old_node
+                .to_string()
+                .contains("hello version 2 is not supported")
+        );
+
+        let request = hello();
+        let value = request.encode_context().unwrap();
+        assert!(
+            value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+        assert_eq!(
+            FunnelHello::decode_context(value.as_bytes()).unwrap(),
+            request
+        );
+        // Whatever the flag says, a context is encoded as version 1.
+        let flagged = FunnelHello {
+            per_request_context: true,
+            ..hello()
+        };
+        assert_eq!(flagged.encode_context().unwrap(), value);
+        assert_eq!(pooled.request_context([value.as_bytes()]).unwrap(), request);
+    }
+
+    #[test]
+    fn bad_request_contexts_get_clear_errors() {
+        let pooled = FunnelHello {
+            per_request_context: true,
+            admission: None,
+            ..hello()
+        };
+        let error = |values: &[&[u8]]| {
+            pooled
+                .request_context(values.iter().copied())
+                .unwrap_err()
+                .to_string()
+        };
+        let good = hello().encode_context().unwrap();
+        assert_eq!(
+            error(&[]),
+            "funnel hop: the request has no postern-hop-context header; on a pooled hop stream the ingress must send one with every request"
+        );
+        assert_eq!(
+            error(&[good.as_bytes(), good.as_bytes()]),
+            "funnel hop: the request has 2 postern-hop-context headers; exactly one is allowed"
+        );
+        assert_eq!(
+            error(&[b"AQ==".as_slice()]),
+            "funnel hop: the postern-hop-context header is not valid: it is not base64url without padding"
+        );
+        assert_eq!(
+            error(&[b"a+b/".as_slice()]),
+            "funnel hop: the postern-hop-context header is not valid: it is not base64url without padding"
+        );
+        let long = vec![b'A'; MAX_CONTEXT_HEADER_LEN + 1];
+        assert_eq!(
+            error(&[long.as_slice()]),
+            format!(
+                "funnel hop: the context header is {} bytes, more than the limit of {MAX_CONTEXT_HEADER_LEN}",
+                MAX_CONTEXT_HEADER_LEN + 1
+            )
+        );
+        let nested = pooled.encode().unwrap();
+        let nested = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(nested);
+        assert_eq!(
+            error(&[nested.as_bytes()]),
+            "funnel hop: the postern-hop-context header is not valid: it holds a version 2 hello; a request's context is a version 1 hello"
+        );
+        let short = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([1u8, 0, 3, 4, 10, 0]);
+        assert_eq!(
+            error(&[short.as_bytes()]),
+            "funnel hop: the frame ended inside the client address; the sender closed early or sent a short frame"
+        );
+        let other_port = FunnelHello {
+            target_port: 22,
+            ..hello()
+        }
+        .encode_context()
+        .unwrap();
+        assert_eq!(
+            error(&[other_port.as_bytes()]),
+            "funnel hop: the request's context names port 22, but its stream is for 3000"
+        );
+        let other_host = FunnelHello {
+            hostname: FunnelHostname::parse("other.example.com").unwrap(),
+            ..hello()
+        }
+        .encode_context()
+        .unwrap();
+        assert_eq!(
+            error(&[other_host.as_bytes()]),
+            "funnel hop: the request's context names hostname other.example.com, but its stream is for hooks.example.com"
         );
     }
 
@@ -867,6 +1144,11 @@ mod tests {
                 prop_assert_eq!(hello.encode().unwrap(), bytes.clone());
             }
             let _ = HopReply::decode(&bytes);
+            if let Ok(context) = FunnelHello::decode_context(&bytes) {
+                prop_assert!(!context.per_request_context);
+                let again = context.encode_context().unwrap();
+                prop_assert_eq!(FunnelHello::decode_context(again.as_bytes()).unwrap(), context);
+            }
         }
     }
 }

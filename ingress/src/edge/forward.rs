@@ -15,7 +15,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use super::{Upstream, UpstreamContext};
+use super::{Upstream, UpstreamContext, UpstreamError};
 use crate::audit::{AuditRecord, AuditSink};
 
 /// The body type of every response the edge sends: the target's streamed body or a short
@@ -25,12 +25,8 @@ pub type EdgeBody = BoxBody<Bytes, hyper::Error>;
 /// Why forwarding failed.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum ForwardError {
-    #[error("the target could not be reached: {0}")]
-    Connect(std::io::Error),
     #[error("{0}")]
-    Refused(postern_proto::funnel_hop::Refusal),
-    #[error("the target's HTTP connection failed: {0}")]
-    Http(hyper::Error),
+    Upstream(UpstreamError),
     #[error("the target did not answer in time")]
     Timeout,
     #[error("the request could not be rebuilt for the target: {0}")]
@@ -47,9 +43,9 @@ impl ForwardError {
 
     pub(super) fn code(&self) -> &'static str {
         match self {
-            ForwardError::Connect(_) => "upstream_unreachable",
-            ForwardError::Refused(refusal) => refusal.code.as_str(),
-            ForwardError::Http(_) => "upstream_failed",
+            ForwardError::Upstream(UpstreamError::Connect(_)) => "upstream_unreachable",
+            ForwardError::Upstream(UpstreamError::Refused(refusal)) => refusal.code.as_str(),
+            ForwardError::Upstream(_) => "upstream_failed",
             ForwardError::Timeout => "upstream_timeout",
             ForwardError::Build(_) => "bad_request",
         }
@@ -103,25 +99,12 @@ pub(super) async fn forward(
     }
     let outgoing = builder.body(body).map_err(ForwardError::Build)?;
 
-    let exchange = async {
-        let stream = upstream.connect_for(context).await.map_err(connect_error)?;
-        let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(ForwardError::Http)?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.with_upgrades().await {
-                tracing::debug!(%error, "target connection ended with an error");
-            }
-        });
-        sender
-            .send_request(outgoing)
-            .await
-            .map_err(ForwardError::Http)
-    };
-    let mut response = tokio::time::timeout(timeout, exchange)
+    // Over a pooled keep-alive connection (see `Upstream::send_request`); the timeout
+    // covers getting a connection (new or idle) and the response head.
+    let mut response = tokio::time::timeout(timeout, upstream.send_request(outgoing, context))
         .await
-        .map_err(|_| ForwardError::Timeout)??;
+        .map_err(|_| ForwardError::Timeout)?
+        .map_err(ForwardError::Upstream)?;
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client_upgrade) = client_upgrade
@@ -142,17 +125,6 @@ pub(super) async fn forward(
     postern_node::hop_by_hop::strip(response.headers_mut());
     response.headers_mut().remove(header::UPGRADE);
     Ok(response.map(BodyExt::boxed))
-}
-
-/// A refusal by the target node keeps its code; anything else is "unreachable".
-fn connect_error(error: std::io::Error) -> ForwardError {
-    match error
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<postern_proto::funnel_hop::Refusal>())
-    {
-        Some(refusal) => ForwardError::Refused(refusal.clone()),
-        None => ForwardError::Connect(error),
-    }
 }
 
 /// A short text response of the edge's own.

@@ -1,26 +1,37 @@
 //! Reaching a funnel's target node over the mesh: the ingress's end of the funnel hop.
 //!
-//! For each admitted request the edge asks [`MeshUpstream::connect_for`] for a stream. It
-//! opens a TCP connection through the ingress's embedded node (its userspace netstack) to
-//! the target node's tailnet address on [`FUNNEL_HOP_PORT`], sends a [`FunnelHello`] (the
-//! client's address, the funnelled port, the hostname, the admitted gate and identity) and
-//! waits for the node's [`HopReply`]. On an accept the stream carries the request as
-//! usual. A refusal comes back as an `io::Error` whose inner error is the [`Refusal`], so
-//! the edge answers `502` and audits the refusal's code (`node_refused_port_not_funnelled`,
-//! ...).
+//! A hop stream is a TCP connection through the ingress's embedded node (its userspace
+//! netstack) to the target node's tailnet address on [`FUNNEL_HOP_PORT`]. It starts with a
+//! [`FunnelHello`] and the node's [`HopReply`]; on an accept the stream carries the
+//! funnelled bytes. A refusal comes back as an `io::Error` whose inner error is the
+//! [`Refusal`], so the edge answers `502` and audits the refusal's code
+//! (`node_refused_port_not_funnelled`, ...).
+//!
+//! HTTP requests ([`Upstream::send_request`]) go over pooled hop streams ([`HttpPool`]):
+//! a stream opens with a version 2 hello that names the port and hostname only, stays
+//! open after its exchange and carries later requests of any client. Each request
+//! carries its own context (client address, hostname, admitted gate and identity) in the
+//! [`HOP_CONTEXT_HEADER`] header, set here after removing any such header the request
+//! already had, so the node puts the identity of that request, and only that one, into
+//! the headers the target sees. TCP and passthrough funnels ([`Upstream::connect`]) open
+//! a stream per public connection with a version 1 hello, as before.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
+use http::{HeaderName, HeaderValue, Request};
 use postern_netstack::Netstack;
 use postern_proto::funnel_hop::{
-    Admission, AttributeName, FUNNEL_HOP_PORT, FunnelHello, FunnelHostname, HOP_PREFIX_LEN,
-    HopError, HopReply, IdentityText, MAX_ATTRIBUTES, Refusal, reply_frame_len,
+    Admission, AttributeName, FUNNEL_HOP_PORT, FunnelHello, FunnelHostname, HOP_CONTEXT_HEADER,
+    HOP_PREFIX_LEN, HopError, HopReply, IdentityText, MAX_ATTRIBUTES, Refusal, reply_frame_len,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::upstream::{Connecting, Upstream, UpstreamContext, UpstreamIo};
+use super::forward::EdgeBody;
+use super::pool::{Dial, HttpPool, PoolLimits};
+use super::upstream::{Connecting, Sending, Upstream, UpstreamContext, UpstreamError, UpstreamIo};
 
 /// How long opening the mesh stream plus the hop handshake may take by default.
 pub const DEFAULT_HOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,6 +39,13 @@ pub const DEFAULT_HOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// A funnel target on a node of the mesh; see the [module docs](self).
 #[derive(Debug, Clone)]
 pub struct MeshUpstream {
+    hop: Arc<HopDialer>,
+    pool: HttpPool,
+}
+
+/// What opening a hop stream needs.
+#[derive(Debug, Clone)]
+struct HopDialer {
     netstack: Netstack,
     node: SocketAddr,
     target_port: u16,
@@ -38,22 +56,24 @@ pub struct MeshUpstream {
 
 impl MeshUpstream {
     /// A funnel of `hostname` to port `target_port` of the node at tailnet address `node`,
-    /// reached through `netstack` (the ingress's embedded node). Fails if `hostname` is not
-    /// a DNS name.
+    /// reached through `netstack` (the ingress's embedded node). Its HTTP pool has the
+    /// default [`PoolLimits`]. Fails if `hostname` is not a DNS name.
     pub fn new(
         netstack: Netstack,
         node: IpAddr,
         target_port: u16,
         hostname: &str,
     ) -> Result<Self, HopError> {
-        Ok(Self {
+        let hop = Arc::new(HopDialer {
             netstack,
             node: SocketAddr::new(node, FUNNEL_HOP_PORT),
             target_port,
             hostname: FunnelHostname::parse(hostname)?,
             timeout: DEFAULT_HOP_TIMEOUT,
             nodelay: true,
-        })
+        });
+        let pool = hop_pool(&hop, PoolLimits::default());
+        Ok(Self { hop, pool })
     }
 
     /// Whether the hop stream sends each write at once (`true`, the default: right for
@@ -63,22 +83,35 @@ impl MeshUpstream {
     /// window grows by a few bytes; measured in `docs/benchmarks.md`).
     #[must_use]
     pub fn with_nodelay(mut self, nodelay: bool) -> Self {
-        self.nodelay = nodelay;
+        Arc::make_mut(&mut self.hop).nodelay = nodelay;
+        self.pool = hop_pool(&self.hop, self.pool.limits());
         self
     }
 
     /// Bounds opening the stream plus the handshake (default [`DEFAULT_HOP_TIMEOUT`]).
     #[must_use]
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        Arc::make_mut(&mut self.hop).timeout = timeout;
+        self.pool = hop_pool(&self.hop, self.pool.limits());
         self
     }
 
-    /// The hello for one request. Identity text is made safe rather than refused (control
-    /// characters dropped, long text cut), attributes whose names are not header tokens are
-    /// dropped (as the edge's own header rewrite does), and attributes beyond the bounds
-    /// are left out: the gate and principal always travel.
-    fn hello(&self, context: Option<&UpstreamContext>) -> Result<Vec<u8>, HopError> {
+    /// Replaces the bounds of the pool of HTTP hop streams (idle streams kept, idle
+    /// timeout).
+    #[must_use]
+    pub fn with_pool_limits(mut self, limits: PoolLimits) -> Self {
+        self.pool = hop_pool(&self.hop, limits);
+        self
+    }
+}
+
+impl HopDialer {
+    /// The version 1 hello of one request (or of a TCP connection: `context` `None`).
+    /// Identity text is made safe rather than refused (control characters dropped, long
+    /// text cut), attributes whose names are not header tokens are dropped (as the edge's
+    /// own header rewrite does), and attributes beyond the bounds are left out: the gate
+    /// and principal always travel.
+    fn hello(&self, context: Option<&UpstreamContext>) -> FunnelHello {
         let mut hello = FunnelHello {
             client: context.map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.client),
             target_port: self.target_port,
@@ -90,6 +123,7 @@ impl MeshUpstream {
                     principal: IdentityText::lossy(&identity.principal),
                     attributes: Vec::new(),
                 }),
+            per_request_context: false,
         };
         let attributes = context
             .and_then(|c| c.admission.as_ref())
@@ -115,10 +149,20 @@ impl MeshUpstream {
                 break;
             }
         }
-        hello.encode()
+        hello
     }
 
-    async fn open(&self, hello: Vec<u8>) -> io::Result<Box<dyn UpstreamIo>> {
+    /// The version 2 hello of a pooled HTTP stream: port and hostname, no client, no
+    /// admission (each request brings its own).
+    fn pooled_hello(&self) -> FunnelHello {
+        FunnelHello {
+            per_request_context: true,
+            ..self.hello(None)
+        }
+    }
+
+    async fn open(&self, hello: Result<Vec<u8>, HopError>) -> io::Result<Box<dyn UpstreamIo>> {
+        let hello = hello.map_err(invalid_hello)?;
         let handshake = async {
             let mut stream = self.netstack.connect_tcp(self.node).await?;
             stream.set_nodelay(true);
@@ -155,17 +199,59 @@ impl MeshUpstream {
 }
 
 impl Upstream for MeshUpstream {
-    /// Opens a hop stream without a request context: the hello names no client (0.0.0.0)
-    /// and no admission. The edge always calls [`Upstream::connect_for`] instead.
+    /// Opens a hop stream for one connection of a TCP or passthrough funnel: a version 1
+    /// hello that names no client (0.0.0.0) and no admission.
     fn connect(&self) -> Connecting<'_> {
-        let hello = self.hello(None);
-        Box::pin(async move { self.open(hello.map_err(invalid_hello)?).await })
+        let hello = self.hop.hello(None).encode();
+        Box::pin(async move { self.hop.open(hello).await })
     }
 
+    /// Opens a hop stream for one request, its context in a version 1 hello (the way
+    /// before pooling; the edge sends HTTP with [`Upstream::send_request`] instead).
     fn connect_for(&self, context: &UpstreamContext) -> Connecting<'_> {
-        let hello = self.hello(Some(context));
-        Box::pin(async move { self.open(hello.map_err(invalid_hello)?).await })
+        let hello = self.hop.hello(Some(context)).encode();
+        Box::pin(async move { self.hop.open(hello).await })
     }
+
+    /// Sends the request over a pooled hop stream with its context in
+    /// [`HOP_CONTEXT_HEADER`] (replacing any such header it had).
+    fn send_request<'a>(
+        &'a self,
+        mut request: Request<EdgeBody>,
+        context: &'a UpstreamContext,
+    ) -> Sending<'a> {
+        let headers = request.headers_mut();
+        headers.remove(HOP_CONTEXT_HEADER);
+        let value = self
+            .hop
+            .hello(Some(context))
+            .encode_context()
+            .map_err(invalid_hello)
+            .and_then(|text| {
+                HeaderValue::try_from(text)
+                    .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error.to_string()))
+            });
+        match value {
+            Ok(value) => {
+                headers.insert(HeaderName::from_static(HOP_CONTEXT_HEADER), value);
+                Box::pin(self.pool.send(request))
+            }
+            Err(error) => Box::pin(std::future::ready(Err(UpstreamError::Connect(error)))),
+        }
+    }
+}
+
+/// The pool of HTTP hop streams to `hop`'s target: each opened with a version 2 hello.
+fn hop_pool(hop: &Arc<HopDialer>, limits: PoolLimits) -> HttpPool {
+    let hop = Arc::clone(hop);
+    let dial: Dial = Arc::new(move || {
+        let hop = Arc::clone(&hop);
+        Box::pin(async move {
+            let hello = hop.pooled_hello().encode();
+            hop.open(hello).await
+        })
+    });
+    HttpPool::new(dial, limits)
 }
 
 fn refused(refusal: Refusal) -> io::Error {
@@ -202,7 +288,11 @@ mod tests {
             hostname: "hooks.test".into(),
             admission: Some(("webhook:github".into(), identity)),
         };
-        let hello = FunnelHello::decode(&upstream.hello(Some(&context)).unwrap()).unwrap();
+        let hello = upstream.hop.hello(Some(&context));
+        assert_eq!(
+            FunnelHello::decode(&hello.encode().unwrap()).unwrap(),
+            hello
+        );
         assert_eq!(hello.client, context.client);
         assert_eq!(hello.target_port, 3000);
         assert_eq!(hello.hostname.as_str(), "hooks.test");
@@ -217,11 +307,15 @@ mod tests {
         );
         assert!(admission.attributes.len() > 5 && admission.attributes.len() < 20);
 
-        let bare = FunnelHello::decode(&upstream.hello(None).unwrap()).unwrap();
+        let bare = upstream.hop.hello(None);
         assert!(bare.admission.is_none());
+        assert!(!bare.per_request_context);
+        let pooled = upstream.hop.pooled_hello();
+        assert!(pooled.per_request_context && pooled.admission.is_none());
+        assert_eq!(pooled.encode().unwrap()[0], 2);
         assert!(
             MeshUpstream::new(
-                upstream.netstack.clone(),
+                upstream.hop.netstack.clone(),
                 "100.64.0.2".parse().unwrap(),
                 1,
                 "bad host!"

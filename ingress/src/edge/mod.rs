@@ -14,15 +14,17 @@
 //! 4. on `Allow`, strips client-sent `Postern-*` headers and sets the edge's own, sets
 //!    `X-Forwarded-For/-Proto/-Host` and `Forwarded`, and sends the request to the target
 //!    over HTTP/1.1 through [`Upstream`] (a [`TcpUpstream`], or a node of the mesh through
-//!    [`MeshUpstream`], which first performs the funnel hop handshake; a node's refusal
-//!    becomes `502` with the refusal code); the response body streams back unbuffered (SSE,
-//!    chunked), and `101 Switching Protocols` (WebSocket) becomes a byte pipe;
+//!    [`MeshUpstream`], whose hop streams carry each request's identity in a context
+//!    header; a node's refusal becomes `502` with the refusal code) on a keep-alive
+//!    connection of the target's [`HttpPool`]; the response body streams back unbuffered
+//!    (SSE, chunked), and `101 Switching Protocols` (WebSocket) becomes a byte pipe;
 //! 5. writes one [`AuditRecord`] when the response is over.
 //!
 //! The HTTP port answers ACME HTTP-01 challenges and redirects known hosts to HTTPS.
 
 mod forward;
 mod mesh_upstream;
+mod pool;
 mod upstream;
 
 use std::collections::HashMap;
@@ -47,7 +49,10 @@ use crate::tcp_funnel::{ClientLimiter, TcpLimits, TlsPortRouter, TlsRoute};
 
 pub use forward::EdgeBody;
 pub use mesh_upstream::MeshUpstream;
-pub use upstream::{Connecting, TcpUpstream, Upstream, UpstreamContext, UpstreamIo};
+pub use pool::{DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_IDLE_PER_TARGET, Dial, HttpPool, PoolLimits};
+pub use upstream::{
+    Connecting, Sending, TcpUpstream, Upstream, UpstreamContext, UpstreamError, UpstreamIo,
+};
 
 /// A public hostname and where its requests go.
 #[derive(Debug, Clone)]

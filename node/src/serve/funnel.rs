@@ -5,7 +5,9 @@
 //! address belongs to a peer the netmap marks as an ingress and the hello's port is a
 //! funnelled service of this node. Otherwise it answers with a refusal (code and reason,
 //! which the ingress writes to its audit log) and closes. After an accept, an HTTP service
-//! is proxied with the hello's identity as headers, a TCP service is piped.
+//! is proxied with the hello's identity as headers (on a pooled stream, a version 2 hello,
+//! with the identity each request carries in its own context header; see
+//! [`postern_proto::funnel_hop`]), a TCP service is piped.
 
 use std::io;
 use std::net::IpAddr;
@@ -110,6 +112,7 @@ impl FunnelAcceptor {
             hostname = %hello.hostname,
             client = %hello.client,
             port = hello.target_port,
+            pooled = hello.per_request_context,
             "funnel stream accepted"
         );
         match &service.target {
@@ -154,6 +157,7 @@ impl FunnelAcceptor {
                     port: hello.target_port,
                     origin: RequestOrigin::Funnel { hello },
                     observer: Arc::clone(&self.observer),
+                    ingress: Some((from.ip(), Arc::clone(&self.directory))),
                 };
                 proxy.serve(stream).await;
             }

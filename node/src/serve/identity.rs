@@ -132,7 +132,9 @@ pub enum RequestOrigin {
     },
     /// The ingress forwarded an admitted public request.
     Funnel {
-        /// The ingress's hello: client, hostname, admitted identity.
+        /// The request's client, hostname and admitted identity: the stream's hello (a
+        /// version 1 stream is for one client), or on a pooled stream (version 2) the
+        /// context the request itself carried, so each request has its own identity.
         hello: FunnelHello,
     },
 }
@@ -283,6 +285,7 @@ mod tests {
                     IdentityText::lossy("abc"),
                 )],
             }),
+            per_request_context: false,
         };
         set_identity_headers(&mut headers, &RequestOrigin::Funnel { hello });
         assert_eq!(headers[FUNNEL_HOST_HEADER], "hooks.example.com");

@@ -240,6 +240,7 @@ async fn serve_port(
                     port,
                     origin,
                     observer: Arc::clone(&observer),
+                    ingress: None,
                 };
                 tokio::spawn(async move {
                     tokio::select! {

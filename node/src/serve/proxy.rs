@@ -2,12 +2,16 @@
 //! a funnel stream after the hop) in, one origin connection per request out.
 //!
 //! Per request it finds the route (longest mount point), strips hop-by-hop and every
-//! `Postern-*` header, sets the identity headers of the connection's [`RequestOrigin`],
+//! `Postern-*` header, sets the identity headers of the request's [`RequestOrigin`] (the
+//! connection's; on a pooled funnel stream, the one in the request's own context header,
+//! see [`HttpProxy::request_origin`]),
 //! sends the request over HTTP/1.1 to the origin with the body streaming, and streams the
 //! response back. `101 Switching Protocols` (WebSocket) becomes a byte pipe. Incoming
 //! connections may be HTTP/1.1 or HTTP/2 (prior knowledge).
 
+use std::borrow::Cow;
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -19,10 +23,11 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use postern_proto::funnel_hop::HOP_CONTEXT_HEADER;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::config::{HttpRoute, ServeTable, ServeTarget};
-use super::identity::{RequestOrigin, set_identity_headers};
+use super::identity::{PeerDirectory, RequestOrigin, set_identity_headers};
 use super::observer::{Capture, Exchange, ExchangeObserver, OnEndBody, TeeBody};
 
 /// How long connecting to the origin may take.
@@ -37,6 +42,22 @@ pub(super) struct HttpProxy {
     pub(super) port: u16,
     pub(super) origin: RequestOrigin,
     pub(super) observer: Arc<dyn ExchangeObserver>,
+    /// On a funnel stream: the ingress's address and the directory, to check for every
+    /// request of a pooled stream that the peer is still an ingress (a stream can outlive
+    /// the netmap that let it in).
+    pub(super) ingress: Option<(IpAddr, Arc<dyn PeerDirectory>)>,
+}
+
+/// Why a request on a pooled funnel stream is refused before it reaches the target.
+#[derive(Debug, thiserror::Error)]
+enum StreamRefusal {
+    /// The request's context header is missing or invalid: `400 hop_context_invalid`.
+    #[error("{0}")]
+    Context(postern_proto::funnel_hop::HopError),
+    /// The peer lost its ingress mark since the stream opened: `502
+    /// node_refused_not_ingress`.
+    #[error("{0} is no longer an ingress in this node's netmap")]
+    NotIngress(IpAddr),
 }
 
 impl HttpProxy {
@@ -60,30 +81,64 @@ impl HttpProxy {
         }
     }
 
+    /// Who `request` is for. On a connection of one origin (a tailnet peer, a version 1
+    /// funnel stream) that is the connection's origin. On a pooled funnel stream (version 2
+    /// hello) each request carries its own context in the hop context header, which is
+    /// read and removed here; a request without exactly one valid context is refused (the
+    /// error says why), so it never reaches the target with another request's identity. So
+    /// is a request from a peer that is no longer an ingress.
+    fn request_origin(
+        &self,
+        headers: &mut HeaderMap,
+    ) -> Result<Cow<'_, RequestOrigin>, StreamRefusal> {
+        let RequestOrigin::Funnel { hello } = &self.origin else {
+            return Ok(Cow::Borrowed(&self.origin));
+        };
+        if !hello.per_request_context {
+            return Ok(Cow::Borrowed(&self.origin));
+        }
+        if let Some((addr, directory)) = &self.ingress
+            && !directory
+                .peer_by_addr(*addr)
+                .is_some_and(|peer| peer.is_ingress)
+        {
+            return Err(StreamRefusal::NotIngress(*addr));
+        }
+        let context = hello.request_context(
+            headers
+                .get_all(HOP_CONTEXT_HEADER)
+                .iter()
+                .map(HeaderValue::as_bytes),
+        );
+        headers.remove(HOP_CONTEXT_HEADER);
+        let hello = context.map_err(StreamRefusal::Context)?;
+        Ok(Cow::Owned(RequestOrigin::Funnel { hello }))
+    }
+
     async fn handle(&self, mut request: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
-        let mut exchange = self.observer.capture_limit().map(|limit| {
-            (
-                limit,
-                Exchange {
-                    started: SystemTime::now(),
-                    duration: Duration::ZERO,
-                    origin: self.origin.clone(),
-                    port: self.port,
-                    method: request.method().clone(),
-                    uri: request.uri().clone(),
-                    version: request.version(),
-                    upstream: String::new(),
-                    request_headers: HeaderMap::new(),
-                    request_body: Default::default(),
-                    status: StatusCode::OK,
-                    answered_by_origin: false,
-                    response_headers: HeaderMap::new(),
-                    response_body: Default::default(),
-                    error: None,
-                },
-            )
-        });
+        let origin = match self.request_origin(request.headers_mut()) {
+            Ok(origin) => origin,
+            Err(error) => {
+                tracing::warn!(origin = %self.origin, %error, "refused a request on a funnel stream");
+                let exchange = self.exchange(&request, &self.origin);
+                let mut response = match error {
+                    StreamRefusal::Context(_) => {
+                        text(StatusCode::BAD_REQUEST, "hop_context_invalid\n")
+                    }
+                    StreamRefusal::NotIngress(_) => {
+                        text(StatusCode::BAD_GATEWAY, "node_refused_not_ingress\n")
+                    }
+                };
+                // The ingress sent something it should not have; trust nothing more from
+                // this stream.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return self.finish_now(exchange, started, None, response, Some(error.to_string()));
+            }
+        };
+        let mut exchange = self.exchange(&request, &origin);
 
         let Some(route) = self.route(request.uri().path()) else {
             let response = text(StatusCode::NOT_FOUND, "no route for this path\n");
@@ -116,8 +171,8 @@ impl HttpProxy {
         {
             parts.headers.insert(header::HOST, value);
         }
-        set_identity_headers(&mut parts.headers, &self.origin);
-        if let RequestOrigin::Tailnet { addr, .. } = &self.origin
+        set_identity_headers(&mut parts.headers, &origin);
+        if let RequestOrigin::Tailnet { addr, .. } = origin.as_ref()
             && let Ok(value) = HeaderValue::from_str(&addr.to_string())
         {
             parts
@@ -161,7 +216,7 @@ impl HttpProxy {
         let mut response = match send(route.origin.authority(), outgoing).await {
             Ok(response) => response,
             Err(error) => {
-                tracing::warn!(origin = %self.origin, %upstream, %error, "the serve target could not be reached");
+                tracing::warn!(origin = %origin, %upstream, %error, "the serve target could not be reached");
                 let response = text(StatusCode::BAD_GATEWAY, "upstream_unreachable\n");
                 return self.finish_now(exchange, started, request_capture, response, Some(error));
             }
@@ -211,6 +266,36 @@ impl HttpProxy {
             observer.record(record);
         });
         Response::from_parts(parts, OnEndBody::new(tee, finish).boxed_unsync())
+    }
+
+    /// The exchange record of `request` for the observer, if it captures.
+    fn exchange(
+        &self,
+        request: &Request<Incoming>,
+        origin: &RequestOrigin,
+    ) -> Option<(usize, Exchange)> {
+        self.observer.capture_limit().map(|limit| {
+            (
+                limit,
+                Exchange {
+                    started: SystemTime::now(),
+                    duration: Duration::ZERO,
+                    origin: origin.clone(),
+                    port: self.port,
+                    method: request.method().clone(),
+                    uri: request.uri().clone(),
+                    version: request.version(),
+                    upstream: String::new(),
+                    request_headers: HeaderMap::new(),
+                    request_body: Default::default(),
+                    status: StatusCode::OK,
+                    answered_by_origin: false,
+                    response_headers: HeaderMap::new(),
+                    response_body: Default::default(),
+                    error: None,
+                },
+            )
+        })
     }
 
     /// The route for `path` and what is left of the path below its mount point.

@@ -1,10 +1,14 @@
 //! Parses arbitrary bytes as a funnel hop hello and as a reply, the way the node and the
 //! ingress read them: the prefix first, then exactly one frame. Parsing may fail but never
-//! panic, and a hello that parses must re-encode to the exact bytes it came from.
+//! panic, and a hello that parses must re-encode to the exact bytes it came from. The same
+//! bytes are also read as the per-request context header of a pooled stream (whole, and
+//! split at a `,` into several header values), which must round-trip too.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use postern_proto::funnel_hop::{FunnelHello, HopReply, hello_frame_len, reply_frame_len};
+use postern_proto::funnel_hop::{
+    FunnelHello, FunnelHostname, HopReply, hello_frame_len, reply_frame_len,
+};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(Some(len)) = hello_frame_len(data)
@@ -28,4 +32,20 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = HopReply::decode(data);
+    if let Ok(context) = FunnelHello::decode_context(data) {
+        assert!(!context.per_request_context);
+        let again = context.encode_context().unwrap();
+        assert_eq!(FunnelHello::decode_context(again.as_bytes()).unwrap(), context);
+    }
+    let stream = FunnelHello {
+        client: "0.0.0.0:0".parse().unwrap(),
+        target_port: 3000,
+        hostname: FunnelHostname::parse("hooks.example.com").unwrap(),
+        admission: None,
+        per_request_context: true,
+    };
+    if let Ok(context) = stream.request_context(data.split(|&b| b == b',')) {
+        assert_eq!(context.target_port, stream.target_port);
+        assert_eq!(context.hostname, stream.hostname);
+    }
 });

@@ -5,20 +5,23 @@
 //! Shows: the gate's identity reaches the origin as headers and client-forged `Postern-*`
 //! headers do not; a streamed response streams; an upgrade becomes a byte pipe; the node
 //! refuses a port it does not funnel and a peer that is not an ingress, and the edge
-//! answers `502` and audits the refusal's code.
+//! answers `502` and audits the refusal's code. Pooling: sequential requests of different
+//! clients and identities share a hop stream and each reaches the origin with its own
+//! identity; a denied request never reaches the origin; a pooled stream of a peer that
+//! lost its ingress mark carries no more requests.
 
 // Helper functions of these tests unwrap too: a failure is the test failing.
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use postern_ingress::audit::{AuditRecord, AuditSink};
 use postern_ingress::certs::{CertResolver, HttpChallenges, certified_key_from_pem};
 use postern_ingress::edge::{Edge, Funnel, Limits, MeshUpstream};
-use postern_ingress::gate::{Decision, Gate, GateChain, GateRequest, Identity};
+use postern_ingress::gate::{Decision, Gate, GateChain, GateRequest, Identity, ReasonCode};
 use postern_node::serve::{
     NoopObserver, OriginUrl, PeerIdentity, ServeConfig, ServeRuntime, ServeTable, Service,
 };
@@ -37,14 +40,28 @@ impl AuditSink for MemorySink {
     }
 }
 
-/// Admits everything as a webhook delivery, with an attribute.
+/// Admits everything as a webhook delivery, with an attribute; as `user:NAME` when the
+/// request has `x-test-user: NAME`; denies a request with `x-test-deny`.
 #[derive(Debug)]
 struct TestGate;
 impl Gate for TestGate {
     fn name(&self) -> &str {
         "webhook:test"
     }
-    fn evaluate(&self, _request: &GateRequest<'_>, _now: SystemTime) -> Decision {
+    fn evaluate(&self, request: &GateRequest<'_>, _now: SystemTime) -> Decision {
+        if request.headers().contains_key("x-test-deny") {
+            return Decision::deny(ReasonCode::IpDenied);
+        }
+        if let Some(user) = request
+            .headers()
+            .get("x-test-user")
+            .and_then(|v| v.to_str().ok())
+        {
+            return Decision::Allow {
+                gate: "webhook:test".into(),
+                identity: Identity::new(format!("user:{user}")).with_attribute("Name", user),
+            };
+        }
         Decision::Allow {
             gate: "webhook:test".into(),
             identity: Identity::new("webhook:test").with_attribute("Delivery", "d-42"),
@@ -55,15 +72,17 @@ impl Gate for TestGate {
 /// A raw HTTP/1.1 origin: `/stream` sends one chunk, waits for `release`, sends another;
 /// `/upgrade` answers 101 and echoes bytes; anything else answers with the request head it
 /// received.
-async fn start_origin(release: Arc<Notify>) -> SocketAddr {
+async fn start_origin(release: Arc<Notify>, requests: Arc<AtomicUsize>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
             let (mut tcp, _) = listener.accept().await.unwrap();
             let release = Arc::clone(&release);
+            let requests = Arc::clone(&requests);
             tokio::spawn(async move {
                 let head = read_head(&mut tcp).await;
+                requests.fetch_add(1, Ordering::SeqCst);
                 if head.starts_with("GET /stream ") {
                     tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n7\r\nfirst\n\n\r\n").await.unwrap();
                     release.notified().await;
@@ -111,6 +130,11 @@ struct Fixture {
     audit: Arc<MemorySink>,
     release: Arc<Notify>,
     ingress_is_ingress: Arc<AtomicBool>,
+    /// Requests the origin received.
+    origin_requests: Arc<AtomicUsize>,
+    /// How often the node looked the ingress up: once per hop stream it accepted, plus
+    /// once per request on a pooled stream (the node re-checks the ingress mark).
+    lookups: Arc<AtomicUsize>,
     _tunnels: TunnelPair,
     _runtime: ServeRuntime,
 }
@@ -120,7 +144,8 @@ async fn start() -> Fixture {
     let tunnels = tunnel_pair(31).await;
     let node = &tunnels.node;
     let release = Arc::new(Notify::new());
-    let origin = start_origin(Arc::clone(&release)).await;
+    let origin_requests = Arc::new(AtomicUsize::new(0));
+    let origin = start_origin(Arc::clone(&release), Arc::clone(&origin_requests)).await;
     let origin = OriginUrl::parse(&format!("http://{origin}")).unwrap();
     let mut config = ServeConfig::new();
     config
@@ -129,7 +154,10 @@ async fn start() -> Fixture {
     config.insert(Service::http(4000, origin)).unwrap();
     let ingress_is_ingress = Arc::new(AtomicBool::new(true));
     let flag = Arc::clone(&ingress_is_ingress);
+    let lookups = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&lookups);
     let directory = move |addr: IpAddr| {
+        counter.fetch_add(1, Ordering::SeqCst);
         (addr == INGRESS_ADDR.parse::<IpAddr>().unwrap()).then(|| PeerIdentity {
             node_name: "ingress-1".into(),
             is_ingress: flag.load(Ordering::SeqCst),
@@ -179,9 +207,47 @@ async fn start() -> Fixture {
         audit,
         release,
         ingress_is_ingress,
+        origin_requests,
+        lookups,
         _tunnels: tunnels,
         _runtime: runtime,
     }
+}
+
+/// A well-formed context header value for app.test claiming `principal`: what a public
+/// client might forge.
+fn forged_context(principal: &str) -> String {
+    use postern_proto::funnel_hop::{Admission, FunnelHello, FunnelHostname, IdentityText};
+    FunnelHello {
+        client: "198.51.100.66:1".parse().unwrap(),
+        target_port: 3000,
+        hostname: FunnelHostname::parse("app.test").unwrap(),
+        admission: Some(Admission {
+            gate: IdentityText::lossy("webhook:test"),
+            principal: IdentityText::lossy(principal),
+            attributes: Vec::new(),
+        }),
+        per_request_context: false,
+    }
+    .encode_context()
+    .unwrap()
+}
+
+/// A client whose connections to the edge come from `source` (any 127.0.0.0/8 address).
+fn client_from(fixture: &Fixture, source: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(fixture.cert_pem.as_bytes()).unwrap())
+        .resolve("app.test", fixture.edge_addr)
+        .local_address(source.parse::<IpAddr>().unwrap())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// Hop streams the node accepted, given that `pooled_requests` requests went over pooled
+/// streams (see [`Fixture::lookups`]).
+fn hop_streams(fixture: &Fixture, pooled_requests: usize) -> usize {
+    fixture.lookups.load(Ordering::SeqCst) - pooled_requests
 }
 
 fn client(fixture: &Fixture) -> reqwest::Client {
@@ -214,6 +280,7 @@ async fn admitted_identity_reaches_the_origin_over_the_mesh_and_forgeries_do_not
         .header("Postern-Identity", "user:admin")
         .header("postern-user-login", "root@evil")
         .header("Postern-Funnel-Host", "evil.test")
+        .header("Postern-Hop-Context", forged_context("user:admin"))
         .body("payload")
         .send()
         .await
@@ -235,6 +302,7 @@ async fn admitted_identity_reaches_the_origin_over_the_mesh_and_forgeries_do_not
     assert!(!head.contains("user:admin"), "{head}");
     assert!(!head.contains("root@evil"), "{head}");
     assert!(!head.contains("evil.test"), "{head}");
+    assert!(!head.contains("postern-hop-context"), "{head}");
     assert_eq!(head.matches("postern-identity:").count(), 1, "{head}");
     let records = audit_records(&fixture, 1).await;
     assert_eq!(records[0].result, "allow");
@@ -317,4 +385,100 @@ async fn node_refusals_become_502_with_an_audited_reason() {
         records[1].reason.as_deref(),
         Some("node_refused_not_ingress")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_of_different_clients_share_a_hop_stream_each_with_its_own_identity() {
+    let fixture = start().await;
+    let alice = client_from(&fixture, "127.0.0.1");
+    let bob = client_from(&fixture, "127.0.0.2");
+    let rounds = 6;
+    for round in 0..rounds {
+        for (client, user, address, other) in [
+            (&alice, "alice", "127.0.0.1", "bob"),
+            (&bob, "bob", "127.0.0.2", "alice"),
+        ] {
+            // Bob also forges a context naming alice; the edge drops it.
+            let response = client
+                .post(format!("https://app.test/hook?round={round}"))
+                .header("x-test-user", user)
+                .header("Postern-Hop-Context", forged_context("user:alice"))
+                .body("payload")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            let head = response.text().await.unwrap().to_ascii_lowercase();
+            assert!(
+                head.contains(&format!("postern-identity: user:{user}\r\n")),
+                "{head}"
+            );
+            assert!(
+                head.contains(&format!("postern-identity-name: {user}\r\n")),
+                "{head}"
+            );
+            assert!(
+                head.contains(&format!("x-forwarded-for: {address}\r\n")),
+                "{head}"
+            );
+            assert!(!head.contains(&format!("user:{other}")), "{head}");
+            assert!(!head.contains("postern-hop-context"), "{head}");
+            assert!(!head.contains("198.51.100.66"), "{head}");
+            assert_eq!(head.matches("postern-identity:").count(), 1, "{head}");
+            // Let the finished exchange's stream go back to the pool before the next
+            // request (otherwise the pool may race it with a new stream).
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let requests = 2 * rounds;
+    assert_eq!(fixture.origin_requests.load(Ordering::SeqCst), requests);
+    // A stream per request would be 12; one pooled stream carries them all (a second one
+    // may appear if the pool raced a returning stream with a new one).
+    let streams = hop_streams(&fixture, requests);
+    assert!(
+        (1..=2).contains(&streams),
+        "{streams} hop streams for {requests} sequential requests"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_request_never_reaches_the_origin_over_a_pooled_stream() {
+    let fixture = start().await;
+    let client = client(&fixture);
+    let allowed = client.get("https://app.test/a").send().await.unwrap();
+    assert_eq!(allowed.status(), 200);
+    allowed.text().await.unwrap();
+    assert_eq!(fixture.origin_requests.load(Ordering::SeqCst), 1);
+    let denied = client
+        .get("https://app.test/b")
+        .header("x-test-deny", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 403);
+    assert_eq!(denied.text().await.unwrap(), "ip_denied\n");
+    let allowed = client.get("https://app.test/c").send().await.unwrap();
+    assert_eq!(allowed.status(), 200);
+    let head = allowed.text().await.unwrap();
+    assert!(head.starts_with("GET /c "), "{head}");
+    assert_eq!(fixture.origin_requests.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_stream_carries_no_requests_once_the_peer_is_no_longer_an_ingress() {
+    let fixture = start().await;
+    let client = client(&fixture);
+    let response = client.get("https://app.test/").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    fixture.ingress_is_ingress.store(false, Ordering::SeqCst);
+    // On the pooled stream the node refuses the request itself; on a new stream it
+    // refuses the hello. Either way the origin sees nothing.
+    for _ in 0..2 {
+        let response = client.get("https://app.test/").send().await.unwrap();
+        assert_eq!(response.status(), 502);
+        assert_eq!(response.text().await.unwrap(), "node_refused_not_ingress\n");
+    }
+    assert_eq!(fixture.origin_requests.load(Ordering::SeqCst), 1);
 }

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::config::{ServeTable, ServeTarget};
 use super::identity::{PeerDirectory, RequestOrigin};
 use super::observer::ExchangeObserver;
-use super::proxy::{HttpProxy, ORIGIN_CONNECT_TIMEOUT};
+use super::proxy::{HttpProxy, ORIGIN_CONNECT_TIMEOUT, OriginPool};
 use super::splice;
 
 /// How long the ingress has to send its hello after connecting.
@@ -36,6 +36,7 @@ pub(super) struct FunnelAcceptor {
     pub(super) table: ServeTable,
     pub(super) directory: Arc<dyn PeerDirectory>,
     pub(super) observer: Arc<dyn ExchangeObserver>,
+    pub(super) origins: OriginPool,
 }
 
 impl FunnelAcceptor {
@@ -158,6 +159,7 @@ impl FunnelAcceptor {
                     origin: RequestOrigin::Funnel { hello },
                     observer: Arc::clone(&self.observer),
                     ingress: Some((from.ip(), Arc::clone(&self.directory))),
+                    origins: self.origins.clone(),
                 };
                 proxy.serve(stream).await;
             }

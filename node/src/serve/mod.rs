@@ -49,7 +49,7 @@ pub use identity::{PeerDirectory, PeerIdentity, RequestOrigin, StaticPeerDirecto
 pub use observer::{CapturedBody, Exchange, ExchangeObserver, NoopObserver};
 
 use funnel::FunnelAcceptor;
-use proxy::HttpProxy;
+use proxy::{HttpProxy, OriginPool};
 
 /// Why serving could not start.
 #[derive(Debug, thiserror::Error)]
@@ -89,16 +89,19 @@ impl ServeRuntime {
         let hop = netstack
             .listen_tcp(FUNNEL_HOP_PORT)
             .map_err(ServeError::HopPort)?;
+        let origins = OriginPool::new();
         let acceptor = FunnelAcceptor {
             table: table.clone(),
             directory: Arc::clone(&directory),
             observer: Arc::clone(&observer),
+            origins: origins.clone(),
         };
         let tailnet = TailnetListeners {
             netstack,
             table,
             directory,
             observer,
+            origins,
             listening: HashMap::new(),
         };
         let tasks = vec![
@@ -129,6 +132,7 @@ struct TailnetListeners {
     table: ServeTable,
     directory: Arc<dyn PeerDirectory>,
     observer: Arc<dyn ExchangeObserver>,
+    origins: OriginPool,
     listening: HashMap<u16, CancellationToken>,
 }
 
@@ -170,6 +174,7 @@ impl TailnetListeners {
                         self.table.clone(),
                         Arc::clone(&self.directory),
                         Arc::clone(&self.observer),
+                        self.origins.clone(),
                         stop,
                     ));
                 }
@@ -188,6 +193,7 @@ async fn serve_port(
     table: ServeTable,
     directory: Arc<dyn PeerDirectory>,
     observer: Arc<dyn ExchangeObserver>,
+    origins: OriginPool,
     stop: CancellationToken,
 ) {
     loop {
@@ -241,6 +247,7 @@ async fn serve_port(
                     origin,
                     observer: Arc::clone(&observer),
                     ingress: None,
+                    origins: origins.clone(),
                 };
                 tokio::spawn(async move {
                     tokio::select! {

@@ -1,5 +1,6 @@
 //! The HTTP reverse proxy of an HTTP service: one served connection (a tailnet peer's, or
-//! a funnel stream after the hop) in, one origin connection per request out.
+//! a funnel stream after the hop) in, requests out over the runtime's pooled keep-alive
+//! connections to the origin ([`OriginPool`]).
 //!
 //! Per request it finds the route (longest mount point), strips hop-by-hop and every
 //! `Postern-*` header, sets the identity headers of the request's [`RequestOrigin`] (the
@@ -22,7 +23,9 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use postern_proto::funnel_hop::HOP_CONTEXT_HEADER;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -46,6 +49,8 @@ pub(super) struct HttpProxy {
     /// request of a pooled stream that the peer is still an ingress (a stream can outlive
     /// the netmap that let it in).
     pub(super) ingress: Option<(IpAddr, Arc<dyn PeerDirectory>)>,
+    /// The runtime's keep-alive connections to origins.
+    pub(super) origins: OriginPool,
 }
 
 /// Why a request on a pooled funnel stream is refused before it reaches the target.
@@ -213,7 +218,7 @@ impl HttpProxy {
             }
         };
 
-        let mut response = match send(route.origin.authority(), outgoing).await {
+        let mut response = match self.origins.send(route.origin.authority(), outgoing).await {
             Ok(response) => response,
             Err(error) => {
                 tracing::warn!(origin = %origin, %upstream, %error, "the serve target could not be reached");
@@ -338,29 +343,69 @@ impl HttpProxy {
     }
 }
 
-/// Opens a connection to `authority` and sends `request` on it (upgrades allowed).
-async fn send(authority: &str, request: Request<ProxyBody>) -> Result<Response<Incoming>, String> {
-    let stream = tokio::time::timeout(
-        ORIGIN_CONNECT_TIMEOUT,
-        tokio::net::TcpStream::connect(authority),
-    )
-    .await
-    .map_err(|_| format!("connecting to {authority} timed out"))?
-    .map_err(|error| format!("cannot connect to {authority}: {error}"))?;
-    let _ = stream.set_nodelay(true);
-    let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|error| format!("HTTP handshake with {authority} failed: {error}"))?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.with_upgrades().await {
-            tracing::debug!(%error, "origin connection ended with an error");
-        }
-    });
-    sender
-        .send_request(request)
-        .await
-        .map_err(|error| format!("{authority} did not answer: {error}"))
+/// Keep-alive connections to the origins of HTTP services, shared by every served
+/// connection of a [`ServeRuntime`](super::ServeRuntime) (one pool per origin address):
+/// hyper-util's pooling client. A connection returns to the pool only after its response
+/// was read to the end (an abandoned response, a failed exchange or an upgrade close it
+/// or hand it over); at most [`ORIGIN_MAX_IDLE`] idle ones per origin, each closed after
+/// [`ORIGIN_IDLE_TIMEOUT`]; a pooled connection the origin closed while idle is noticed
+/// when it is taken, and a request not yet written goes out on a fresh one.
+#[derive(Clone)]
+pub(super) struct OriginPool {
+    client: Client<HttpConnector, ProxyBody>,
+}
+
+/// Idle connections kept per origin.
+pub(super) const ORIGIN_MAX_IDLE: usize = 32;
+/// How long an idle origin connection is kept.
+pub(super) const ORIGIN_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl OriginPool {
+    /// An empty pool; needs no runtime until the first request.
+    pub(super) fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(ORIGIN_CONNECT_TIMEOUT));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(ORIGIN_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(ORIGIN_MAX_IDLE)
+            // The proxy sets `Host` (the client's, or the origin's authority).
+            .set_host(false)
+            .build(connector);
+        Self { client }
+    }
+
+    /// Sends `request` (origin-form URI) to `authority` over an idle or new connection
+    /// (upgrades allowed). The error says what failed, for the log and the observer.
+    async fn send(
+        &self,
+        authority: &str,
+        mut request: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, String> {
+        let path = request
+            .uri()
+            .path_and_query()
+            .map_or("/", http::uri::PathAndQuery::as_str);
+        *request.uri_mut() = format!("http://{authority}{path}")
+            .parse()
+            .map_err(|error| format!("{authority} is not an address to send to: {error}"))?;
+        self.client.request(request).await.map_err(|error| {
+            let cause = std::error::Error::source(&error)
+                .map_or_else(|| error.to_string(), ToString::to_string);
+            if error.is_connect() {
+                format!("cannot connect to {authority}: {cause}")
+            } else {
+                format!("{authority} did not answer: {cause}")
+            }
+        })
+    }
+}
+
+impl std::fmt::Debug for OriginPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OriginPool").finish_non_exhaustive()
+    }
 }
 
 /// `base` (no trailing `/`, maybe empty) joined with `rest` (starts with `/`).

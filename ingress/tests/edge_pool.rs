@@ -1,0 +1,223 @@
+//! Keep-alive pooling of the edge's connections to a plain TCP target (`TcpUpstream`):
+//! sequential requests reuse one origin connection; a connection the origin closed while
+//! idle does not fail the next request; a client-forged hop context header never reaches
+//! the origin; a denied request never reaches it either.
+
+// Helper functions of these tests unwrap too: a failure is the test failing.
+#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use postern_ingress::audit::{AuditRecord, AuditSink};
+use postern_ingress::certs::{CertResolver, HttpChallenges, certified_key_from_pem};
+use postern_ingress::edge::{Edge, Funnel, Limits, TcpUpstream};
+use postern_ingress::gate::{GateChain, IpAction, IpRulesConfig, IpRulesGate, PassThroughGate};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Debug, Default)]
+struct NoAudit;
+impl AuditSink for NoAudit {
+    fn record(&self, _record: &AuditRecord) {}
+}
+
+/// What the origin counts.
+#[derive(Debug, Default)]
+struct Counts {
+    accepts: AtomicUsize,
+    requests: AtomicUsize,
+}
+
+/// A keep-alive HTTP/1.1 origin that answers every request (bodiless) with its head. With
+/// `close_when_idle` it closes each connection right after its response, without saying
+/// so (no `connection: close`), as a server whose keep-alive timeout passed does.
+async fn start_origin(counts: Arc<Counts>, close_when_idle: bool) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            counts.accepts.fetch_add(1, Ordering::SeqCst);
+            let counts = Arc::clone(&counts);
+            tokio::spawn(async move {
+                loop {
+                    let Some(head) = read_head(&mut tcp).await else {
+                        return;
+                    };
+                    counts.requests.fetch_add(1, Ordering::SeqCst);
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{head}",
+                        head.len()
+                    );
+                    if tcp.write_all(response.as_bytes()).await.is_err() || close_when_idle {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+/// The next request head, or `None` when the connection ends first.
+async fn read_head(tcp: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if tcp.read(&mut byte).await.ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    Some(String::from_utf8(head).unwrap())
+}
+
+struct Fixture {
+    address: SocketAddr,
+    cert_pem: String,
+    counts: Arc<Counts>,
+}
+
+/// An edge with `app.test` (no gate) and `gated.test` (an IP gate admitting only
+/// 127.0.0.2), both to one origin.
+async fn start_edge(close_when_idle: bool) -> Fixture {
+    let counts = Arc::new(Counts::default());
+    let origin = start_origin(Arc::clone(&counts), close_when_idle).await;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["app.test".into(), "gated.test".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let resolver = Arc::new(CertResolver::new());
+    resolver.set_static(certified_key_from_pem(&cert.pem(), &key.serialize_pem(), "test").unwrap());
+    let gate = IpRulesGate::new(IpRulesConfig {
+        rules: vec!["allow 127.0.0.2/32".parse().unwrap()],
+        default: IpAction::Deny,
+        trusted_proxies: Vec::new(),
+    })
+    .unwrap();
+    let edge = Arc::new(Edge::new(
+        vec![
+            Funnel {
+                hostname: "app.test".into(),
+                upstream: Arc::new(TcpUpstream::new(origin.clone())),
+                chain: GateChain::gate(PassThroughGate),
+                route: None,
+            },
+            Funnel {
+                hostname: "gated.test".into(),
+                upstream: Arc::new(TcpUpstream::new(origin)),
+                chain: GateChain::gate(gate),
+                route: None,
+            },
+        ],
+        Limits::default(),
+        Arc::new(NoAudit),
+        Arc::new(HttpChallenges::default()),
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(edge.serve_tls(listener, Edge::tls_config(resolver).unwrap()));
+    Fixture {
+        address,
+        cert_pem: cert.pem(),
+        counts,
+    }
+}
+
+/// A client whose connections come from `source`.
+fn client(fixture: &Fixture, source: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(fixture.cert_pem.as_bytes()).unwrap())
+        .resolve("app.test", fixture.address)
+        .resolve("gated.test", fixture.address)
+        .local_address(source.parse::<std::net::IpAddr>().unwrap())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> (u16, String) {
+    let response = client
+        .get(url)
+        .header("postern-hop-context", "forged-by-the-client")
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap().to_ascii_lowercase())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_requests_reuse_one_origin_connection() {
+    let fixture = start_edge(false).await;
+    let first = client(&fixture, "127.0.0.1");
+    let second = client(&fixture, "127.0.0.3");
+    let requests = 20;
+    for i in 0..requests {
+        let (client, address) = if i % 2 == 0 {
+            (&first, "127.0.0.1")
+        } else {
+            (&second, "127.0.0.3")
+        };
+        let (status, head) = get(client, &format!("https://app.test/n/{i}")).await;
+        assert_eq!(status, 200);
+        assert!(
+            head.starts_with(&format!("get /n/{i} http/1.1\r\n")),
+            "{head}"
+        );
+        assert!(
+            head.contains(&format!("x-forwarded-for: {address}\r\n")),
+            "{head}"
+        );
+        assert!(!head.contains("postern-hop-context"), "{head}");
+        assert!(!head.contains("forged"), "{head}");
+        // Let the finished exchange's connection go back to the pool first (otherwise
+        // the pool may race it with a new connection).
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(fixture.counts.requests.load(Ordering::SeqCst), requests);
+    // A connection per request would be 20.
+    let accepts = fixture.counts.accepts.load(Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&accepts),
+        "{accepts} origin connections for {requests} sequential requests"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_origin_closed_while_idle_does_not_fail_the_next_request() {
+    let fixture = start_edge(true).await;
+    let client = client(&fixture, "127.0.0.1");
+    for i in 0..5 {
+        let (status, head) = get(&client, &format!("https://app.test/after-close/{i}")).await;
+        assert_eq!(status, 200, "{head}");
+        assert!(
+            head.starts_with(&format!("get /after-close/{i} ")),
+            "{head}"
+        );
+        // The origin's close reaches the pooled connection while it is idle.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(fixture.counts.requests.load(Ordering::SeqCst), 5);
+    assert_eq!(fixture.counts.accepts.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_request_never_reaches_the_origin() {
+    let fixture = start_edge(false).await;
+    let admitted = client(&fixture, "127.0.0.2");
+    let denied = client(&fixture, "127.0.0.1");
+    let (status, _) = get(&admitted, "https://gated.test/ok").await;
+    assert_eq!(status, 200);
+    let (status, body) = get(&denied, "https://gated.test/no").await;
+    assert_eq!(status, 403);
+    assert_eq!(body, "ip_denied\n");
+    let (status, head) = get(&admitted, "https://gated.test/ok-again").await;
+    assert_eq!(status, 200);
+    assert!(head.starts_with("get /ok-again "), "{head}");
+    assert_eq!(fixture.counts.requests.load(Ordering::SeqCst), 2);
+}

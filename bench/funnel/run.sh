@@ -92,6 +92,12 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# One run at a time on a machine: every run uses the same fixed ports.
+exec 9>/tmp/postern-funnel-bench.lock
+if ! flock --nonblock 9; then
+    echo "[funnel-bench] another run holds /tmp/postern-funnel-bench.lock; waiting for it" >&2
+    flock 9
+fi
 repo="$(cd "$here/../.." && pwd)"
 T="${T:-10}"
 ROUNDS="${ROUNDS:-2}"
@@ -605,7 +611,7 @@ if [ -n "${HOLD:-}" ]; then
     say "      $P_TCP_FUNNEL (edge TCP funnel), $P_RATHOLE (rathole)${P_MESH_TCP:+, $P_MESH_TCP (TCP funnel over the mesh)}"
     say "      HTTP funnels: https://open.bench.test:$P_INGRESS/hook${mesh_url:+, https://mesh.bench.test:$P_INGRESS/hook}"
     say "      (the hostnames resolve only inside this run's mount namespace); Ctrl-C or kill to stop"
-    sleep infinity &
+    sleep infinity 9>&- &
     wait $!
 fi
 

@@ -231,7 +231,7 @@ impl Gate for MtlsGate {
             self.verified.insert(
                 digest,
                 VerifiedCredential {
-                    identity: identity.clone(),
+                    admitted: identity.clone(),
                     expires,
                     not_before: Some(not_before),
                 },

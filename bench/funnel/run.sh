@@ -31,6 +31,8 @@
 #   MESH_ONLY=1    with --mesh: only direct, the ungated funnel, rathole, the edge's TCP
 #                  funnel and the mesh rows (a quick A/B of the mesh path; GATE_PAIRS=0 too)
 #   PERF_DIR=DIR   with --mesh: `perf stat` the ingress and the node during each TCP mesh run
+#   HOLD=1         set everything up, print the ports and pids, and wait (no measurement):
+#                  for profiling by hand (the TCP ports need no name; the HTTPS ones do)
 #   SKIP_BUILD=1   do not run `cargo build --release -p postern-ingress -p postern`
 #   INGRESS_BIN    the postern-ingress binary (default: $CARGO_TARGET_DIR or target/, release)
 #   POSTERN_BIN    the postern binary, for the stand-in (same default place)
@@ -609,6 +611,16 @@ check "funnel, mTLS gate, no client certificate" 401 "$(status_of "https://mtls.
 check "funnel, rate limits" 200 "$(status_of "https://rate.bench.test:$P_INGRESS/hook")"
 check "funnel, gate, unsigned" 401 "$(status_of "https://gated.bench.test:$P_INGRESS/hook" \
     -H "X-GitHub-Delivery: check-2")"
+
+if [ -n "${HOLD:-}" ]; then
+    # Keep everything running for measuring by hand (perf record, iperf3 -P, ...).
+    say "HOLD: ingress pid $pid_ingress${pid_node:+, node pid $pid_node}; iperf3 at 127.0.0.1:$P_IPERF (direct),"
+    say "      $P_TCP_FUNNEL (edge TCP funnel), $P_RATHOLE (rathole)${P_MESH_TCP:+, $P_MESH_TCP (TCP funnel over the mesh)}"
+    say "      HTTP funnels: https://open.bench.test:$P_INGRESS/hook${mesh_url:+, https://mesh.bench.test:$P_INGRESS/hook}"
+    say "      (the hostnames resolve only inside this run's mount namespace); Ctrl-C or kill to stop"
+    sleep infinity &
+    wait $!
+fi
 
 # ---------------------------------------------------------------- measuring
 results="$work/results.tsv" # kind variant round value...

@@ -24,6 +24,8 @@
 #                  (alternating which goes first; the pairs of the gates interleaved):
 #                  each gate's cost is the median of the ratios within its pairs, reported
 #                  with their range
+#   GATES=oidc,mtls   only these gates in the pairs (any of webhook, ip, jwt, oidc, rate,
+#                  mtls; default all); with ROUNDS=0 only these pairs are measured
 #   CONNS=32 THREADS=2   wrk connections and threads
 #   WG_STANDIN=1   also measure the stand-in for the mesh hop (below); 0 to skip it
 #   MESH_ONLY=1    with --mesh: only direct, the ungated funnel, rathole, the edge's TCP
@@ -92,6 +94,12 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# One run at a time on a machine: every run uses the same fixed ports.
+exec 9>/tmp/postern-funnel-bench.lock
+if ! flock --nonblock 9; then
+    echo "[funnel-bench] another run holds /tmp/postern-funnel-bench.lock; waiting for it" >&2
+    flock 9
+fi
 repo="$(cd "$here/../.." && pwd)"
 T="${T:-10}"
 ROUNDS="${ROUNDS:-2}"
@@ -104,6 +112,17 @@ target_dir="${CARGO_TARGET_DIR:-$repo/target}"
 INGRESS_BIN="${INGRESS_BIN:-$target_dir/release/postern-ingress}"
 POSTERN_BIN="${POSTERN_BIN:-$target_dir/release/postern}"
 WG_STANDIN="${WG_STANDIN:-1}"
+gate_keys=(funnel_gated funnel_ip funnel_jwt funnel_oidc funnel_rate funnel_mtls)
+if [ -n "${GATES:-}" ]; then
+    gate_keys=()
+    for gate in ${GATES//,/ }; do
+        case "$gate" in
+        webhook) gate_keys+=(funnel_gated) ;;
+        ip | jwt | oidc | rate | mtls) gate_keys+=("funnel_$gate") ;;
+        *) echo "run.sh: GATES: unknown gate $gate (webhook, ip, jwt, oidc, rate, mtls)" >&2; exit 2 ;;
+        esac
+    done
+fi
 out_file=""
 mesh=0
 
@@ -111,7 +130,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
     --out) out_file="$2"; shift 2 ;;
     --mesh) mesh=1; shift ;;
-    -h | --help) sed -n '2,86p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -605,7 +624,7 @@ if [ -n "${HOLD:-}" ]; then
     say "      $P_TCP_FUNNEL (edge TCP funnel), $P_RATHOLE (rathole)${P_MESH_TCP:+, $P_MESH_TCP (TCP funnel over the mesh)}"
     say "      HTTP funnels: https://open.bench.test:$P_INGRESS/hook${mesh_url:+, https://mesh.bench.test:$P_INGRESS/hook}"
     say "      (the hostnames resolve only inside this run's mount namespace); Ctrl-C or kill to stop"
-    sleep infinity &
+    sleep infinity 9>&- &
     wait $!
 fi
 
@@ -730,7 +749,6 @@ done
 # Each gate against the funnel without a gate, in back-to-back pairs: pair n of every gate,
 # then pair n + 1 of every gate, so a drift of the load spreads over all the gates; within
 # a pair the order alternates. The baseline is driven by the same load generator.
-gate_keys=(funnel_gated funnel_ip funnel_jwt funnel_oidc funnel_rate funnel_mtls)
 for pair in $(seq 1 "$GATE_PAIRS"); do
     for gate in "${gate_keys[@]}"; do
         base=funnel_open

@@ -42,7 +42,11 @@
 //!
 //! - TCP buffers default to 2 MiB each way ([`NetstackConfig::tcp_rx_buffer`]), enough for
 //!   the bandwidth-delay product of a fast tunnel; smoltcp scales the window to match.
-//! - Receivers acknowledge every segment at once (`set_ack_delay(None)`).
+//! - Receivers acknowledge every segment at once by default. [`NetstackConfig::ack_delay`]
+//!   makes them acknowledge every second full-sized segment instead (half the ACK packets,
+//!   each one a packet to encrypt and decrypt; the patched congestion controllers count
+//!   acknowledged bytes, so the sender's window grows as fast); it is off until the
+//!   latency tail it showed in the funnel benchmark is understood (see its docs).
 //! - Nagle's algorithm is on by default, as in kernel sockets: smoltcp without it sends a
 //!   tiny segment each time the congestion window grows by a few bytes (measured: 8x less
 //!   throughput). [`TcpStream::set_nodelay`] turns it off for request/response traffic.

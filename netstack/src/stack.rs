@@ -485,9 +485,10 @@ impl StackState {
         socket.set_timeout(None);
         socket.set_keep_alive(None);
         socket.set_hop_limit(None);
-        // Acknowledge every segment at once: delayed ACKs halve the ACK clock that drives
-        // the sender's congestion window, and latency here is cheap.
-        socket.set_ack_delay(None);
+        // `None` (the default) acknowledges every segment at once; a delay acknowledges
+        // every second full segment (or a lone one after the delay). See
+        // `NetstackConfig::ack_delay`.
+        socket.set_ack_delay(self.config.ack_delay.map(to_smol));
         // Nagle on, as in kernel sockets: without it smoltcp sends a sliver of a segment for
         // every few bytes the congestion window grows (measured: 200-byte average segments
         // and 8x less throughput). `TcpStream::set_nodelay` turns it off per connection.

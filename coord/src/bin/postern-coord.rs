@@ -17,6 +17,11 @@ use postern_coord::policy::PolicySource;
 use postern_coord::policy_admin::{self, CommandOutput};
 use postern_proto::UnixTime;
 
+/// mimalloc instead of glibc's malloc, as in `postern` (see `cli/src/main.rs`); the coord
+/// also runs the embedded relay, which moves every relayed packet between threads.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The Postern coordination server and its admin commands.
 #[derive(Debug, Parser)]
 #[command(name = "postern-coord", version, about, long_about = None)]

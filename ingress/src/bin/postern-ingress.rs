@@ -11,6 +11,11 @@ use postern_ingress::audit::{AuditSink, JsonLinesSink};
 use postern_ingress::config::{IngressConfig, NodeSection, StaticCertSection};
 use postern_ingress::server::{Mesh, run_with_mesh};
 
+/// mimalloc instead of glibc's malloc, as in `postern` (see `cli/src/main.rs`): the embedded
+/// node's data path allocates per packet on one thread and frees on another.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Postern's public edge: TLS termination, identity gates and forwarding for funnels.
 #[derive(Debug, Parser)]
 #[command(

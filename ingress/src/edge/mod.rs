@@ -43,7 +43,7 @@ use tokio::net::TcpListener;
 
 use crate::audit::{AuditRecord, AuditSink};
 use crate::certs::{ACME_TLS_ALPN, CertResolver, HttpChallenges};
-use crate::gate::{Decision, GateChain, GateRequest, rewrite_identity_headers};
+use crate::gate::{Decision, GateChain, GateRequest, PresentedChain, rewrite_identity_headers};
 use crate::routes::{FunnelTable, HttpLookup, RouteInfo};
 use crate::tcp_funnel::{ClientLimiter, TcpLimits, TlsPortRouter, TlsRoute};
 
@@ -271,17 +271,20 @@ impl Edge {
                     return;
                 }
                 let sni = connection.server_name().map(str::to_ascii_lowercase);
-                let client_certs: Arc<[rustls_pki_types::CertificateDer<'static>]> = connection
-                    .peer_certificates()
-                    .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect())
-                    .unwrap_or_default();
+                // Hashed once: the chain cannot change within the connection.
+                let client_certs = PresentedChain::new(
+                    connection
+                        .peer_certificates()
+                        .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect())
+                        .unwrap_or_default(),
+                );
                 let service_edge = Arc::clone(&edge);
                 let service = service_fn(move |request| {
                     Arc::clone(&service_edge).handle(
                         request,
                         client,
                         sni.clone(),
-                        Arc::clone(&client_certs),
+                        client_certs.clone(),
                     )
                 });
                 if let Err(error) = edge
@@ -370,7 +373,7 @@ impl Edge {
         mut request: Request<Incoming>,
         client: SocketAddr,
         sni: Option<String>,
-        client_certs: Arc<[rustls_pki_types::CertificateDer<'static>]>,
+        client_certs: PresentedChain,
     ) -> Result<Response<EdgeBody>, Infallible> {
         let mut audit = PendingAudit::new(&request, client, Arc::clone(&self.audit));
         let host = request_host(&request);
@@ -467,7 +470,7 @@ impl Edge {
         url.push_str(&funnel.hostname);
         url.push_str(path_and_query);
         let gate_request = GateRequest::new(&parts.method, &url, &parts.headers, &body, client)
-            .with_client_cert_chain(&client_certs);
+            .with_presented_chain(&client_certs);
         let outcome = funnel
             .chain
             .evaluate_async(&gate_request, SystemTime::now())

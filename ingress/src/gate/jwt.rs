@@ -571,7 +571,7 @@ impl JwtGate {
         self.verified.insert(
             digest,
             VerifiedCredential {
-                identity: identity.clone(),
+                admitted: identity.clone(),
                 expires,
                 not_before,
             },

@@ -36,6 +36,7 @@ pub mod webhook;
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -115,6 +116,39 @@ pub struct GateRequest<'a> {
     client: SocketAddr,
     client_cert_subject: Option<&'a str>,
     client_cert_chain: &'a [CertificateDer<'static>],
+    /// The digest of `client_cert_chain` when the edge computed it once for the connection
+    /// ([`PresentedChain`]); the mTLS gate hashes the chain itself otherwise.
+    client_cert_digest: Option<&'a verified_credentials::CredentialDigest>,
+}
+
+/// The certificate chain a client presented in its TLS handshake (leaf first, exactly as
+/// received, unverified), with its digest computed once. Cloning is cheap (shared).
+///
+/// The edge builds one per TLS connection and hands it to the [`GateRequest`] of each of
+/// the connection's requests ([`GateRequest::with_presented_chain`]): the chain cannot
+/// change within a connection (rustls has neither renegotiation nor post-handshake client
+/// authentication), so the mTLS gate looks up its verdict by this digest instead of
+/// hashing the chain on every request. The digest is always the chain's own (the fields
+/// are private, and only [`PresentedChain::new`] computes it), and the gate still checks
+/// the chain's validity window against each request's `now`.
+#[derive(Debug, Clone)]
+pub struct PresentedChain {
+    certs: Arc<[CertificateDer<'static>]>,
+    digest: verified_credentials::CredentialDigest,
+}
+
+impl PresentedChain {
+    /// The chain `certs` (leaf first; empty when the client presented none) and its
+    /// digest. Call once per TLS connection, after the handshake.
+    pub fn new(certs: Arc<[CertificateDer<'static>]>) -> Self {
+        let digest = verified_credentials::chain_digest(&certs);
+        Self { certs, digest }
+    }
+
+    /// The certificates, leaf first (empty when none were presented).
+    pub fn certs(&self) -> &[CertificateDer<'static>] {
+        &self.certs
+    }
 }
 
 impl<'a> GateRequest<'a> {
@@ -139,6 +173,7 @@ impl<'a> GateRequest<'a> {
             client,
             client_cert_subject: None,
             client_cert_chain: &[],
+            client_cert_digest: None,
         }
     }
 
@@ -166,6 +201,16 @@ impl<'a> GateRequest<'a> {
     #[must_use]
     pub fn with_client_cert_chain(mut self, chain: &'a [CertificateDer<'static>]) -> Self {
         self.client_cert_chain = chain;
+        self.client_cert_digest = None;
+        self
+    }
+
+    /// Like [`GateRequest::with_client_cert_chain`], with the chain's digest computed once
+    /// per connection (see [`PresentedChain`]): what the edge calls.
+    #[must_use]
+    pub fn with_presented_chain(mut self, chain: &'a PresentedChain) -> Self {
+        self.client_cert_chain = &chain.certs;
+        self.client_cert_digest = Some(&chain.digest);
         self
     }
 
@@ -173,6 +218,15 @@ impl<'a> GateRequest<'a> {
     /// presented). Unverified: see [`GateRequest::with_client_cert_chain`].
     pub fn client_cert_chain(&self) -> &'a [CertificateDer<'static>] {
         self.client_cert_chain
+    }
+
+    /// The digest of [`GateRequest::client_cert_chain`] (see [`PresentedChain`]): the one
+    /// computed for the connection, or computed now.
+    pub(crate) fn client_cert_digest(&self) -> verified_credentials::CredentialDigest {
+        match self.client_cert_digest {
+            Some(digest) => *digest,
+            None => verified_credentials::chain_digest(self.client_cert_chain),
+        }
     }
 
     /// The request path, without the query string.

@@ -14,10 +14,12 @@
 //! A client sends the same chain with every request of a connection (and of its next
 //! connections), so the gate remembers the chains it admitted
 //! ([`VerifiedCredentials`](super::verified_credentials), keyed by the SHA-256 of the
-//! exact chain, at most [`CHAIN_CACHE_CAPACITY`]): a known chain costs a hash instead of a
-//! chain verification, and its validity window (the chain's latest `notBefore` and
+//! exact chain, at most [`CHAIN_CACHE_CAPACITY`]): a known chain costs a lookup instead of
+//! a chain verification, and its validity window (the chain's latest `notBefore` and
 //! earliest `notAfter`) is checked again at every request. Chains that failed are never
-//! remembered.
+//! remembered. The edge hashes a connection's chain once, after the handshake
+//! ([`PresentedChain`](super::PresentedChain)), since it cannot change within the
+//! connection; a request built with a bare chain is hashed by the gate.
 
 use std::fmt;
 use std::sync::Arc;
@@ -32,7 +34,7 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use sha2::Digest as _;
 
-use super::verified_credentials::{VerifiedCredential, VerifiedCredentials, chain_digest};
+use super::verified_credentials::{VerifiedCredential, VerifiedCredentials};
 use super::{Decision, Gate, GateRequest, Identity, ReasonCode};
 
 /// How many admitted client certificate chains one mTLS gate remembers.
@@ -201,7 +203,7 @@ impl Gate for MtlsGate {
             .unwrap_or_default();
         let unix_now = since_epoch.as_secs();
         let chain = request.client_cert_chain();
-        let digest = chain_digest(chain);
+        let digest = request.client_cert_digest();
         match self.verified.get(&digest, 0, unix_now, 0) {
             Some(Ok(identity)) => {
                 return Decision::Allow {
@@ -231,7 +233,7 @@ impl Gate for MtlsGate {
             self.verified.insert(
                 digest,
                 VerifiedCredential {
-                    identity: identity.clone(),
+                    admitted: identity.clone(),
                     expires,
                     not_before: Some(not_before),
                 },
@@ -348,6 +350,7 @@ mod tests {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, date_time_ymd};
 
     use super::*;
+    use crate::gate::PresentedChain;
 
     /// A CA (PEM) and a client chain it signed, valid 2020-01-01 to 2030-01-01.
     fn ca_and_client(name: &str) -> (String, Vec<CertificateDer<'static>>) {
@@ -410,5 +413,65 @@ mod tests {
             );
         }
         assert_eq!(gate.verified.len(), 1);
+    }
+
+    fn decide_presented(gate: &MtlsGate, chain: &PresentedChain, now: SystemTime) -> Decision {
+        let (method, headers) = (Method::POST, HeaderMap::new());
+        let client = "203.0.113.7:40000".parse().unwrap();
+        let request = GateRequest::new(&method, "https://h.example/", &headers, b"", client)
+            .with_presented_chain(chain);
+        gate.evaluate(&request, now)
+    }
+
+    #[test]
+    fn a_chain_hashed_once_per_connection_is_judged_like_a_bare_one() {
+        let (ca_pem, chain) = ca_and_client("ci-runner");
+        let (_, stranger) = ca_and_client("stranger");
+        let gate = MtlsGate::new(&MtlsConfig {
+            ca_pem,
+            ca_source: "ca.pem".into(),
+            required: true,
+        })
+        .unwrap();
+        let connection = PresentedChain::new(chain.clone().into());
+        assert_eq!(
+            connection.digest,
+            super::super::verified_credentials::chain_digest(&chain),
+            "the connection's digest is the chain's"
+        );
+        let in_2026 = at(1_790_000_000);
+        // The first request verifies, the next ones (and a bare copy of the chain) find it.
+        for _ in 0..3 {
+            let Decision::Allow { identity, .. } = decide_presented(&gate, &connection, in_2026)
+            else {
+                panic!("the right CA's chain was refused");
+            };
+            assert_eq!(identity.principal, "cert:CN=ci-runner");
+        }
+        assert!(decide(&gate, &chain, in_2026).is_allow());
+        assert_eq!(gate.verified.len(), 1);
+        // notAfter (2030-01-01) and notBefore (2020-01-01) still apply to every request.
+        for outside in [at(1_893_456_001), at(1_950_000_000), at(1_500_000_000)] {
+            assert_eq!(
+                decide_presented(&gate, &connection, outside),
+                Decision::deny(ReasonCode::ClientCertRejected)
+            );
+        }
+        assert!(decide_presented(&gate, &connection, in_2026).is_allow());
+        // Another CA's chain is refused on every request of its connection, never
+        // remembered; a connection without a certificate is refused as missing one.
+        let stranger = PresentedChain::new(stranger.into());
+        for _ in 0..2 {
+            assert_eq!(
+                decide_presented(&gate, &stranger, in_2026),
+                Decision::deny(ReasonCode::ClientCertRejected)
+            );
+        }
+        assert_eq!(gate.verified.len(), 1);
+        let none = PresentedChain::new(Vec::new().into());
+        assert_eq!(
+            decide_presented(&gate, &none, in_2026),
+            Decision::deny(ReasonCode::ClientCertMissing)
+        );
     }
 }

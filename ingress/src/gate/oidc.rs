@@ -16,6 +16,15 @@
 //! - **Who is admitted**: a session whose email, email domain or one of whose groups is on
 //!   the allow lists (at least one list must be set). Checked at the callback and again on
 //!   every request, so a list change applies to existing sessions.
+//! - **Remembered sessions**: a browser sends the same cookie with every request, so the
+//!   gate remembers the sessions it admitted
+//!   ([`VerifiedCredentials`](super::verified_credentials), keyed by the SHA-256 of the
+//!   cookie's exact value, at most [`SESSION_CACHE_CAPACITY`]): a known cookie costs a hash
+//!   instead of the MAC check and the JSON decoding. What is remembered is what the
+//!   cookie's verified payload says (hostname, subject, email, name, groups, expiry) and
+//!   the identity built from it; the expiry and the hostname are checked again at every
+//!   request, and so are the allow lists. Only a cookie whose MAC verified and that was
+//!   admitted is remembered: a forged, expired, other-hostname or refused one never is.
 //! - **Logout path** (default `/.postern/logout`): clears the session cookie.
 //! - Requests without a session that a browser can follow (`GET`/`HEAD` accepting
 //!   `text/html`) are redirected to the IdP; others get `401 login_required`, so APIs and
@@ -26,7 +35,7 @@
 
 use std::fmt;
 use std::path::Path;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
@@ -42,6 +51,7 @@ use openidconnect::{
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use super::verified_credentials::{VerifiedCredential, VerifiedCredentials, token_digest};
 use super::{Decision, Gate, GateFuture, GateRequest, Identity, ReasonCode, Secret};
 
 /// The session cookie's name.
@@ -52,6 +62,8 @@ pub const LOGIN_COOKIE: &str = "__Host-postern-login";
 pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(600);
 /// The smallest session key accepted, in bytes.
 pub const MIN_SESSION_KEY_BYTES: usize = 32;
+/// How many admitted session cookies one OIDC gate remembers (see the [module docs](self)).
+pub const SESSION_CACHE_CAPACITY: usize = 10_000;
 
 /// The OIDC gate's settings.
 #[derive(Debug, Clone)]
@@ -167,6 +179,19 @@ pub struct OidcGate {
     last_discovery: Mutex<Option<SystemTime>>,
     discovery_lock: tokio::sync::Mutex<()>,
     http: reqwest::Client,
+    /// Admitted session cookies, by the digest of their value (see the module docs).
+    sessions: VerifiedCredentials<Arc<RememberedSession>>,
+}
+
+/// What the gate keeps of an admitted session cookie: the claims it decides on at every
+/// request (hostname binding, email and groups for the allow lists; the expiry is the
+/// cache entry's) and the identity it admits as.
+#[derive(Debug)]
+struct RememberedSession {
+    host: String,
+    email: String,
+    groups: Vec<String>,
+    identity: Identity,
 }
 
 impl fmt::Debug for OidcGate {
@@ -220,6 +245,9 @@ pub struct PendingLogin {
 #[derive(Clone)]
 pub struct CookieCodec {
     key: Secret,
+    /// The MAC keyed and labelled for `session` cookies, cloned for each check (so the
+    /// key schedule runs once, not per request).
+    session_mac: Hmac<Sha256>,
 }
 
 impl fmt::Debug for CookieCodec {
@@ -261,7 +289,8 @@ impl CookieCodec {
         if key.len() < MIN_SESSION_KEY_BYTES {
             return Err(OidcConfigError::ShortKey(key.len()));
         }
-        Ok(Self { key })
+        let session_mac = keyed_mac(&key, "session");
+        Ok(Self { key, session_mac })
     }
 
     /// Signs a value for `purpose` (`session` or `login`).
@@ -320,12 +349,10 @@ impl CookieCodec {
     }
 
     fn hmac(&self, purpose: &str) -> Hmac<Sha256> {
-        let mut mac = Hmac::<Sha256>::new_from_slice(self.key.expose())
-            .unwrap_or_else(|_| Hmac::<Sha256>::new(&Default::default()));
-        mac.update(b"postern-oidc-");
-        mac.update(purpose.as_bytes());
-        mac.update(b"\0");
-        mac
+        if purpose == "session" {
+            return self.session_mac.clone();
+        }
+        keyed_mac(&self.key, purpose)
     }
 
     fn mac(&self, purpose: &str, payload: &str) -> Vec<u8> {
@@ -333,6 +360,16 @@ impl CookieCodec {
         mac.update(payload.as_bytes());
         mac.finalize().into_bytes().to_vec()
     }
+}
+
+/// HMAC-SHA256 with `key`, labelled for `purpose` (`postern-oidc-<purpose>\0` first).
+fn keyed_mac(key: &Secret, purpose: &str) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key.expose())
+        .unwrap_or_else(|_| Hmac::<Sha256>::new(&Default::default()));
+    mac.update(b"postern-oidc-");
+    mac.update(purpose.as_bytes());
+    mac.update(b"\0");
+    mac
 }
 
 /// Reads the session key from `path`, or creates one (32 random bytes, mode 0600) when
@@ -422,6 +459,7 @@ impl OidcGate {
             last_discovery: Mutex::new(None),
             discovery_lock: tokio::sync::Mutex::new(()),
             http,
+            sessions: VerifiedCredentials::new(SESSION_CACHE_CAPACITY),
         })
     }
 
@@ -435,20 +473,19 @@ impl OidcGate {
         &self.codec
     }
 
-    /// Whether a logged-in person may use this funnel.
+    /// Whether a logged-in person may use this funnel: their email (case-insensitive), its
+    /// domain, or one of their groups is on an allow list. Runs on every request.
     pub fn admits(&self, email: &str, groups: &[String]) -> bool {
-        let email = email.to_ascii_lowercase();
-        let domain = email.rsplit_once('@').map(|(_, d)| d.to_string());
+        let domain = email.rsplit_once('@').map(|(_, domain)| domain);
         self.config
             .allowed_emails
             .iter()
-            .any(|allowed| allowed.eq_ignore_ascii_case(&email))
+            .any(|allowed| allowed.eq_ignore_ascii_case(email))
             || domain.is_some_and(|domain| {
-                self.config.allowed_domains.iter().any(|allowed| {
-                    allowed
-                        .trim_start_matches('@')
-                        .eq_ignore_ascii_case(&domain)
-                })
+                self.config
+                    .allowed_domains
+                    .iter()
+                    .any(|allowed| allowed.trim_start_matches('@').eq_ignore_ascii_case(domain))
             })
             || groups
                 .iter()
@@ -467,22 +504,60 @@ impl OidcGate {
             .map_or(authority, |(host, _)| host)
     }
 
+    /// The decision for a request that carries a valid session cookie; `None` when it
+    /// carries none, or one that is forged, expired or for another hostname (then the
+    /// visitor has to log in).
     fn session_decision(&self, request: &GateRequest<'_>, now: SystemTime) -> Option<Decision> {
         let cookie = request.cookie(SESSION_COOKIE)?;
-        let session = self.codec.session(cookie, self.host(request), now).ok()?;
+        let host = self.host(request);
+        let session = self.verified_session(cookie, host, now)?;
+        // Checked at every use: the cookie's hostname binding (the cache entry is keyed
+        // by the value only) and the allow lists (so a list change applies to it).
+        if !session.host.eq_ignore_ascii_case(host) {
+            return None;
+        }
         if !self.admits(&session.email, &session.groups) {
             return Some(Decision::deny(ReasonCode::LoginNotAllowed));
         }
-        let mut identity = Identity::new(format!("user:{}", session.email))
-            .with_attribute("Login", session.email.clone());
-        if let Some(name) = &session.name {
-            identity = identity.with_attribute("Name", name.clone());
-        }
-        identity = identity.with_attribute("Groups", session.groups.join(","));
         Some(Decision::Allow {
             gate: self.name().to_string(),
-            identity,
+            identity: session.identity.clone(),
         })
+    }
+
+    /// The session in `cookie`: remembered if this exact value was admitted before and has
+    /// not expired at `now`, else checked in full (MAC, payload, hostname, expiry) and, if
+    /// the allow lists admit it, remembered until its expiry. `None` when it is not valid.
+    fn verified_session(
+        &self,
+        cookie: &str,
+        host: &str,
+        now: SystemTime,
+    ) -> Option<Arc<RememberedSession>> {
+        let digest = token_digest(cookie);
+        let unix_now = unix(now);
+        match self.sessions.get(&digest, 0, unix_now, 0) {
+            Some(Ok(session)) => return Some(session),
+            Some(Err(_)) => return None,
+            None => {}
+        }
+        let session = self.codec.session(cookie, host, now).ok()?;
+        let expires = session.exp;
+        let remembered = Arc::new(RememberedSession::new(session));
+        if self.admits(&remembered.email, &remembered.groups) {
+            self.sessions.insert(
+                digest,
+                VerifiedCredential {
+                    admitted: Arc::clone(&remembered),
+                    expires,
+                    not_before: None,
+                },
+                0,
+                unix_now,
+                0,
+            );
+        }
+        Some(remembered)
     }
 
     fn logout(&self) -> Decision {
@@ -810,6 +885,25 @@ impl Gate for OidcGate {
     }
 }
 
+impl RememberedSession {
+    /// The claims of a verified session, and the identity it admits as: `user:<email>` with
+    /// `Login`, `Name` (when the IdP sent one) and `Groups` (comma-separated).
+    fn new(session: Session) -> Self {
+        let mut identity = Identity::new(format!("user:{}", session.email))
+            .with_attribute("Login", session.email.clone());
+        if let Some(name) = session.name {
+            identity = identity.with_attribute("Name", name);
+        }
+        identity = identity.with_attribute("Groups", session.groups.join(","));
+        Self {
+            host: session.host,
+            email: session.email,
+            groups: session.groups,
+            identity,
+        }
+    }
+}
+
 fn unix(now: SystemTime) -> u64 {
     now.duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
@@ -934,6 +1028,16 @@ mod tests {
     }
 
     fn decide(gate: &OidcGate, method: Method, url: &str, headers: &[(&str, &str)]) -> Decision {
+        decide_at(gate, method, url, headers, NOW)
+    }
+
+    fn decide_at(
+        gate: &OidcGate,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        now: u64,
+    ) -> Decision {
         let mut map = HeaderMap::new();
         for (name, value) in headers {
             map.append(
@@ -943,7 +1047,150 @@ mod tests {
         }
         let client: SocketAddr = "192.0.2.1:1".parse().unwrap();
         let request = GateRequest::new(&method, url, &map, b"", client);
-        gate.evaluate(&request, at(NOW))
+        gate.evaluate(&request, at(now))
+    }
+
+    /// The `Cookie` header value carrying `session` signed by `gate`'s key.
+    fn session_cookie(gate: &OidcGate, session: &Session) -> String {
+        format!(
+            "{SESSION_COOKIE}={}",
+            gate.codec().encode("session", session).unwrap()
+        )
+    }
+
+    /// A POST (an API call: no redirect) to `url` with `cookie`, at `now`.
+    fn call(gate: &OidcGate, url: &str, cookie: &str, now: u64) -> Decision {
+        decide_at(gate, Method::POST, url, &[("cookie", cookie)], now)
+    }
+
+    #[test]
+    fn a_remembered_session_still_expires() {
+        let gate = gate();
+        let cookie = session_cookie(&gate, &session("carol@example.com", &[], NOW + 60));
+        for now in [NOW, NOW + 1, NOW + 59] {
+            let Decision::Allow { identity, .. } = call(&gate, "https://app.test/x", &cookie, now)
+            else {
+                panic!("a valid session was refused at {now}");
+            };
+            assert_eq!(identity.principal, "user:carol@example.com");
+            assert_eq!(
+                identity.attributes,
+                vec![
+                    ("Login".to_string(), "carol@example.com".to_string()),
+                    ("Name".to_string(), "N".to_string()),
+                    ("Groups".to_string(), String::new()),
+                ]
+            );
+        }
+        assert_eq!(gate.sessions.len(), 1, "decoded once, then from memory");
+        for now in [NOW + 60, NOW + 3600] {
+            assert_eq!(
+                call(&gate, "https://app.test/x", &cookie, now).deny_reason(),
+                Some(ReasonCode::LoginRequired),
+                "at {now}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_tampered_cookie_is_refused_and_not_remembered() {
+        let gate = gate();
+        let value = gate
+            .codec()
+            .encode("session", &session("carol@example.com", &[], NOW + 60))
+            .unwrap();
+        let (payload, mac) = value.split_once('.').unwrap();
+        let forged_payload = URL_SAFE_NO_PAD.encode(
+            serde_json::to_vec(&session("mallory@example.com", &["eng"], NOW + 60)).unwrap(),
+        );
+        let mut flipped = mac.to_string();
+        let last = if flipped.ends_with('A') { "B" } else { "A" };
+        flipped.replace_range(flipped.len() - 1.., last);
+        let tampered = [
+            format!("{forged_payload}.{mac}"),
+            format!("{payload}.{flipped}"),
+            format!("{payload}x.{mac}"),
+            payload.to_string(),
+        ];
+        for round in 0..2 {
+            for bad in &tampered {
+                assert_eq!(
+                    call(
+                        &gate,
+                        "https://app.test/x",
+                        &format!("{SESSION_COOKIE}={bad}"),
+                        NOW
+                    )
+                    .deny_reason(),
+                    Some(ReasonCode::LoginRequired),
+                    "{bad}"
+                );
+            }
+            // Nothing forged is remembered, before or after the real cookie is.
+            assert_eq!(gate.sessions.len(), round);
+            assert!(
+                call(
+                    &gate,
+                    "https://app.test/x",
+                    &format!("{SESSION_COOKIE}={value}"),
+                    NOW
+                )
+                .is_allow()
+            );
+            assert_eq!(gate.sessions.len(), 1);
+        }
+    }
+
+    #[test]
+    fn a_list_change_applies_to_a_remembered_session() {
+        let mut gate = gate();
+        let cookie = session_cookie(&gate, &session("erin@elsewhere.test", &["eng"], NOW + 600));
+        assert!(call(&gate, "https://app.test/x", &cookie, NOW).is_allow());
+        assert_eq!(gate.sessions.len(), 1);
+        // The group leaves the allow list: the remembered session is refused from now on.
+        gate.config.allowed_groups = vec!["ops".into()];
+        assert_eq!(
+            call(&gate, "https://app.test/x", &cookie, NOW + 1).deny_reason(),
+            Some(ReasonCode::LoginNotAllowed)
+        );
+        // ... and admitted again when it comes back, by email this time.
+        gate.config.allowed_emails = vec!["ERIN@elsewhere.test".into()];
+        assert!(call(&gate, "https://app.test/x", &cookie, NOW + 2).is_allow());
+        // A session the lists refuse is not remembered.
+        let outsider = session_cookie(&gate, &session("frank@elsewhere.test", &[], NOW + 600));
+        assert_eq!(
+            call(&gate, "https://app.test/x", &outsider, NOW).deny_reason(),
+            Some(ReasonCode::LoginNotAllowed)
+        );
+        assert_eq!(gate.sessions.len(), 1);
+    }
+
+    #[test]
+    fn the_cookie_for_another_hostname_is_refused() {
+        let gate = gate();
+        let mut elsewhere = session("carol@example.com", &[], NOW + 600);
+        elsewhere.host = "other.test".into();
+        let elsewhere = session_cookie(&gate, &elsewhere);
+        for _ in 0..2 {
+            assert_eq!(
+                call(&gate, "https://app.test/x", &elsewhere, NOW).deny_reason(),
+                Some(ReasonCode::LoginRequired)
+            );
+        }
+        assert_eq!(
+            gate.sessions.len(),
+            0,
+            "a cookie for another host is not remembered"
+        );
+        // A remembered cookie of this hostname, sent for another one, is refused too.
+        let here = session_cookie(&gate, &session("carol@example.com", &[], NOW + 600));
+        assert!(call(&gate, "https://APP.test:443/x", &here, NOW).is_allow());
+        assert_eq!(gate.sessions.len(), 1);
+        assert_eq!(
+            call(&gate, "https://other.test/x", &here, NOW).deny_reason(),
+            Some(ReasonCode::LoginRequired)
+        );
+        assert!(call(&gate, "https://app.test/x", &here, NOW).is_allow());
     }
 
     use http::HeaderName;

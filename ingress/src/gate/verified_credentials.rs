@@ -1,14 +1,16 @@
 //! A bounded cache of credentials that verified, so that a client reusing one pays the
 //! signature checks once: bearer tokens for the JWT gate ([`token_digest`]), client
-//! certificate chains for the mTLS gate ([`chain_digest`]).
+//! certificate chains for the mTLS gate ([`chain_digest`]), session cookies for the OIDC
+//! gate ([`token_digest`] of the cookie's value).
 //!
 //! Keyed by the SHA-256 of the credential's exact bytes: a credential that differs in one
 //! byte is a different key and goes through the full check. Each entry holds what the
-//! check concluded (the identity admitted) and the credential's validity window (a token's
-//! `exp` and `nbf`; the tightest `notAfter` and `notBefore` of a chain), which is checked
-//! again, with the clock skew, against the `now` of every use. Each entry also holds the
-//! generation of the key set it verified under: the owner bumps its generation when its
-//! keys change, and entries of another generation never match.
+//! check concluded (the identity admitted, or for a session the claims the gate decides
+//! on: the type parameter `T`) and the credential's validity window (a token's `exp` and
+//! `nbf`; the tightest `notAfter` and `notBefore` of a chain; a session's expiry), which
+//! is checked again, with the clock skew, against the `now` of every use. Each entry also
+//! holds the generation of the key set it verified under: the owner bumps its generation
+//! when its keys change, and entries of another generation never match.
 //!
 //! Only credentials that were admitted are inserted, so a forged one (bad signature, wrong
 //! issuer, audience or CA, missing claims) is never cached, and filling the cache needs
@@ -44,18 +46,20 @@ pub(crate) fn chain_digest<C: AsRef<[u8]>>(chain: &[C]) -> CredentialDigest {
     hash.finalize().into()
 }
 
-/// The verified credentials of one gate. See the module documentation.
+/// The verified credentials of one gate, each remembered as a `T` (by default the
+/// [`Identity`] it admitted). See the module documentation.
 #[derive(Debug)]
-pub(crate) struct VerifiedCredentials {
+pub(crate) struct VerifiedCredentials<T = Identity> {
     capacity: usize,
-    inner: RwLock<Entries>,
+    inner: RwLock<Entries<T>>,
 }
 
 /// What a verified credential told the gate, and when it stops being usable.
 #[derive(Debug, Clone)]
-pub(crate) struct VerifiedCredential {
-    /// The identity admitted (built from the validated claims).
-    pub identity: Identity,
+pub(crate) struct VerifiedCredential<T = Identity> {
+    /// What the check concluded: the identity admitted (built from the validated claims),
+    /// or what the gate still decides on at each use (a session's claims).
+    pub admitted: T,
     /// When it expires (a token's `exp`, a chain's earliest `notAfter`), unix seconds.
     pub expires: u64,
     /// When it becomes valid (a token's `nbf`, a chain's latest `notBefore`), unix seconds,
@@ -63,23 +67,33 @@ pub(crate) struct VerifiedCredential {
     pub not_before: Option<u64>,
 }
 
-#[derive(Debug, Default)]
-struct Entries {
-    by_digest: HashMap<CredentialDigest, Entry>,
+#[derive(Debug)]
+struct Entries<T> {
+    by_digest: HashMap<CredentialDigest, Entry<T>>,
     /// (`exp` + skew, insertion sequence) -> digest: expiry and eviction order.
     by_expiry: BTreeMap<(u64, u64), CredentialDigest>,
     next_seq: u64,
 }
 
+impl<T> Default for Entries<T> {
+    fn default() -> Self {
+        Self {
+            by_digest: HashMap::new(),
+            by_expiry: BTreeMap::new(),
+            next_seq: 0,
+        }
+    }
+}
+
 #[derive(Debug)]
-struct Entry {
-    token: VerifiedCredential,
+struct Entry<T> {
+    token: VerifiedCredential<T>,
     generation: u64,
     dies_at: u64,
     seq: u64,
 }
 
-impl VerifiedCredentials {
+impl<T: Clone> VerifiedCredentials<T> {
     /// A cache of at most `capacity` credentials; `0` caches nothing.
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
@@ -99,16 +113,17 @@ impl VerifiedCredentials {
     }
 
     /// The cached outcome for `digest` under key generation `generation` at `now`:
-    /// `None` when not held (check the credential in full), `Some(Ok(identity))` when it is
-    /// held and inside its validity window (with `skew` seconds either side), and
-    /// `Some(Err(TokenExpired))` when it is held but has expired or is not valid yet.
+    /// `None` when not held (check the credential in full), `Some(Ok(admitted))` (a clone;
+    /// make `T` an `Arc` when that is dear) when it is held and inside its validity window
+    /// (with `skew` seconds either side), and `Some(Err(TokenExpired))` when it is held but
+    /// has expired or is not valid yet.
     pub(crate) fn get(
         &self,
         digest: &CredentialDigest,
         generation: u64,
         now: u64,
         skew: u64,
-    ) -> Option<Result<Identity, ReasonCode>> {
+    ) -> Option<Result<T, ReasonCode>> {
         let entries = self.inner.read().ok()?;
         let entry = entries.by_digest.get(digest)?;
         if entry.generation != generation {
@@ -122,7 +137,7 @@ impl VerifiedCredentials {
         {
             return Some(Err(ReasonCode::TokenExpired));
         }
-        Some(Ok(token.identity.clone()))
+        Some(Ok(token.admitted.clone()))
     }
 
     /// Remembers an admitted credential. Call only after its signatures and claims verified
@@ -131,7 +146,7 @@ impl VerifiedCredentials {
     pub(crate) fn insert(
         &self,
         digest: CredentialDigest,
-        token: VerifiedCredential,
+        token: VerifiedCredential<T>,
         generation: u64,
         now: u64,
         skew: u64,
@@ -182,7 +197,7 @@ impl VerifiedCredentials {
     }
 }
 
-impl Entries {
+impl<T> Entries<T> {
     /// Drops the entries that are dead at `now` (`exp` + skew reached).
     fn expire(&mut self, now: u64) {
         while let Some(entry) = self.by_expiry.first_entry() {
@@ -201,7 +216,7 @@ mod tests {
 
     fn token(name: &str, expires: u64, not_before: Option<u64>) -> VerifiedCredential {
         VerifiedCredential {
-            identity: Identity::new(name),
+            admitted: Identity::new(name),
             expires,
             not_before,
         }

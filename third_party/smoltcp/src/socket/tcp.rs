@@ -2392,6 +2392,15 @@ impl<'a> Socket<'a> {
             && self.ack_to_transmit()
         {
             self.ack_delay_timer = match self.ack_delay_timer {
+                // Postern patch (PATCHES.md): a FIN is acknowledged at once, as Linux does.
+                // A delayed ACK of a FIN can be lost for good when the application drops
+                // the socket in TIME-WAIT before the timer fires, leaving the peer in
+                // LAST-ACK retransmitting its FIN, and the peer's next connection on the
+                // same ports refused until then.
+                _ if control == TcpControl::Fin => {
+                    tcp_trace!("FIN received, acknowledging at once");
+                    AckDelayTimer::Immediate
+                }
                 AckDelayTimer::Idle => {
                     tcp_trace!("starting delayed ack timer");
                     AckDelayTimer::Waiting(cx.now() + ack_delay)

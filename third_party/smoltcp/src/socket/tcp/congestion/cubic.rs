@@ -78,7 +78,12 @@ impl Controller for Cubic {
     }
 
     fn on_ack(&mut self, now: Instant, len: usize, in_flight: usize, rtt: &RttEstimator) {
-        let segment = len.min(self.mss);
+        // Postern patch (PATCHES.md): appropriate byte counting (RFC 3465). Growth follows
+        // the bytes an ACK covers, not the number of ACKs, so a receiver that acknowledges
+        // every second segment does not halve the window's growth. Slow start counts at
+        // most two segments per ACK (L = 2 SMSS); congestion avoidance counts every byte.
+        let slow_start_bytes = len.min(2 * self.mss);
+        let acked = len;
 
         self.absorb_idle(now);
 
@@ -107,7 +112,7 @@ impl Controller for Cubic {
             // Slow start: increase `cwnd` by 1 MSS per ACK.
             self.cwnd = self
                 .cwnd
-                .saturating_add(segment)
+                .saturating_add(slow_start_bytes)
                 .min(self.rwnd)
                 .max(self.mss);
             return;
@@ -147,7 +152,7 @@ impl Controller for Cubic {
                 ALPHA_CUBIC
             };
 
-            self.w_est += alpha * self.mss as f64 * segment as f64 / self.cwnd as f64;
+            self.w_est += alpha * self.mss as f64 * acked as f64 / self.cwnd as f64;
             self.w_est
         };
 
@@ -169,7 +174,7 @@ impl Controller for Cubic {
 
         // TODO: clamps to 0 on small w_cubic_target (i.e. close to plateau)
         // add additional counter (linux `cwnd_cnt`?) to track "lost" bytes
-        let increment = (w_cubic_target as usize).saturating_sub(self.cwnd) * segment / self.cwnd;
+        let increment = (w_cubic_target as usize).saturating_sub(self.cwnd) * acked / self.cwnd;
         self.cwnd = (self.cwnd + increment).min(self.rwnd).max(self.mss);
     }
 
@@ -480,13 +485,14 @@ mod test {
         assert_eq!(cubic.recovery_start, None);
         assert_eq!(cubic.w_max, w_max_before_rto);
 
-        // slow start grows by at most the MSS per ack
+        // slow start grows by the bytes acked, at most 2 MSS per ack (Postern patch:
+        // appropriate byte counting, RFC 3465 with L = 2)
         let initial_cwnd = cubic.window();
-        for i in 0..10 {
+        for i in 0..5 {
             let initial_cwnd = cubic.window();
             let now = Instant::from_millis(i);
-            ack(&mut cubic, MSS * 2, now);
-            assert_eq!(cubic.window(), initial_cwnd + MSS);
+            ack(&mut cubic, MSS * 3, now);
+            assert_eq!(cubic.window(), initial_cwnd + MSS * 2);
         }
         assert_eq!(cubic.window(), initial_cwnd + MSS * 10);
 
@@ -632,6 +638,36 @@ mod test {
         assert!(
             max_err < 0.0005,
             "cube_root({max_err_at}) = {max_err_found}, expected ~{max_err_expected}, rel err {max_err:.3e}"
+        );
+    }
+
+    // Postern patch (PATCHES.md): in congestion avoidance one ACK of two segments grows the
+    // window as much as two ACKs of one segment each (byte counting), so a receiver that
+    // delays its ACKs does not slow the sender down.
+    #[test]
+    fn congestion_avoidance_counts_bytes_not_acks() {
+        let start = |cubic: &mut Cubic| {
+            cubic.set_mss(MSS);
+            cubic.set_remote_window(MSS * 1024);
+            cubic.cwnd = MSS * 64;
+            cubic.ssthresh = MSS * 32;
+            ack(cubic, MSS, Instant::from_millis(0));
+        };
+        let mut per_segment = Cubic::new();
+        let mut per_two = Cubic::new();
+        start(&mut per_segment);
+        start(&mut per_two);
+        for i in 1..200 {
+            let now = Instant::from_millis(i);
+            ack(&mut per_segment, MSS, now);
+            ack(&mut per_segment, MSS, now);
+            ack(&mut per_two, MSS * 2, now);
+        }
+        let (a, b) = (per_segment.window(), per_two.window());
+        assert!(b > MSS * 64, "the window grew: {b}");
+        assert!(
+            a.abs_diff(b) <= MSS,
+            "one ACK per segment grew to {a}, one per two segments to {b}"
         );
     }
 }

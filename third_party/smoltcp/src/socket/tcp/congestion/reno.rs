@@ -56,12 +56,14 @@ impl Controller for Reno {
             return;
         }
 
+        // Postern patch (PATCHES.md): appropriate byte counting (RFC 3465), so that a
+        // receiver acknowledging every second segment does not halve the growth.
         let inc = if self.cwnd < self.ssthresh {
-            // Slow start: increase `cwnd` by 1 MSS per ACK.
-            len.min(self.mss)
+            // Slow start: increase `cwnd` by the bytes acknowledged, at most 2 MSS per ACK.
+            len.min(2 * self.mss)
         } else {
-            // Congestion avoidance: increase by ~1 MSS per RTT.
-            (self.mss * self.mss / self.cwnd).max(1)
+            // Congestion avoidance: increase by ~1 MSS per RTT (MSS per cwnd bytes acked).
+            (self.mss.saturating_mul(len) / self.cwnd.max(1)).max(1)
         };
 
         self.cwnd = self.cwnd.saturating_add(inc).min(self.rwnd).max(self.mss);
@@ -211,13 +213,14 @@ mod test {
         assert_eq!(reno.ssthresh, inflight / 2);
         assert_eq!(reno.window(), MSS);
 
-        // slow start grows by at most the MSS per ack
+        // slow start grows by the bytes acked, at most 2 MSS per ack (Postern patch:
+        // appropriate byte counting, RFC 3465 with L = 2)
         let initial_cwnd = reno.window();
-        for i in 0..10 {
+        for i in 0..5 {
             let initial_cwnd = reno.window();
             let now = Instant::from_millis(i);
-            ack(&mut reno, MSS * 2, now);
-            assert_eq!(reno.window(), initial_cwnd + MSS);
+            ack(&mut reno, MSS * 3, now);
+            assert_eq!(reno.window(), initial_cwnd + MSS * 2);
         }
         assert_eq!(reno.window(), initial_cwnd + MSS * 10);
 

@@ -374,24 +374,48 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
     }
 
-    fn decide(gate: &MtlsGate, chain: &[CertificateDer<'static>], now: SystemTime) -> Decision {
+    /// How a test request carries its client certificate chain.
+    enum Chain<'a> {
+        /// The bare chain (the gate hashes it).
+        Bare(&'a [CertificateDer<'static>]),
+        /// The chain as the edge presents it, hashed once per connection.
+        Presented(&'a PresentedChain),
+    }
+
+    fn decide_with(gate: &MtlsGate, chain: Chain<'_>, now: SystemTime) -> Decision {
         let (method, headers) = (Method::POST, HeaderMap::new());
         let client = "203.0.113.7:40000".parse().unwrap();
-        let request = GateRequest::new(&method, "https://h.example/", &headers, b"", client)
-            .with_client_cert_chain(chain);
+        let request = GateRequest::new(&method, "https://h.example/", &headers, b"", client);
+        let request = match chain {
+            Chain::Bare(chain) => request.with_client_cert_chain(chain),
+            Chain::Presented(chain) => request.with_presented_chain(chain),
+        };
         gate.evaluate(&request, now)
+    }
+
+    fn decide(gate: &MtlsGate, chain: &[CertificateDer<'static>], now: SystemTime) -> Decision {
+        decide_with(gate, Chain::Bare(chain), now)
+    }
+
+    fn decide_presented(gate: &MtlsGate, chain: &PresentedChain, now: SystemTime) -> Decision {
+        decide_with(gate, Chain::Presented(chain), now)
+    }
+
+    /// A gate trusting `ca_pem`, requiring a client certificate.
+    fn required_gate(ca_pem: String) -> MtlsGate {
+        MtlsGate::new(&MtlsConfig {
+            ca_pem,
+            ca_source: "ca.pem".into(),
+            required: true,
+        })
+        .unwrap()
     }
 
     #[test]
     fn an_admitted_chain_is_remembered_but_its_validity_is_checked_at_every_request() {
         let (ca_pem, chain) = ca_and_client("ci-runner");
         let (_, stranger) = ca_and_client("stranger");
-        let gate = MtlsGate::new(&MtlsConfig {
-            ca_pem,
-            ca_source: "ca.pem".into(),
-            required: true,
-        })
-        .unwrap();
+        let gate = required_gate(ca_pem);
         let in_2026 = at(1_790_000_000);
         for _ in 0..2 {
             let Decision::Allow { identity, .. } = decide(&gate, &chain, in_2026) else {
@@ -415,24 +439,11 @@ mod tests {
         assert_eq!(gate.verified.len(), 1);
     }
 
-    fn decide_presented(gate: &MtlsGate, chain: &PresentedChain, now: SystemTime) -> Decision {
-        let (method, headers) = (Method::POST, HeaderMap::new());
-        let client = "203.0.113.7:40000".parse().unwrap();
-        let request = GateRequest::new(&method, "https://h.example/", &headers, b"", client)
-            .with_presented_chain(chain);
-        gate.evaluate(&request, now)
-    }
-
     #[test]
     fn a_chain_hashed_once_per_connection_is_judged_like_a_bare_one() {
         let (ca_pem, chain) = ca_and_client("ci-runner");
         let (_, stranger) = ca_and_client("stranger");
-        let gate = MtlsGate::new(&MtlsConfig {
-            ca_pem,
-            ca_source: "ca.pem".into(),
-            required: true,
-        })
-        .unwrap();
+        let gate = required_gate(ca_pem);
         let connection = PresentedChain::new(chain.clone().into());
         assert_eq!(
             connection.digest,

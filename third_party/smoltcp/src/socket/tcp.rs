@@ -9569,6 +9569,31 @@ mod test {
         }));
     }
 
+    // Postern patch (PATCHES.md, 6): with delayed ACKs on, a FIN is still acknowledged at once.
+    #[test]
+    fn test_delayed_ack_fin_acked_at_once() {
+        let mut s = socket_established();
+        s.set_ack_delay(Some(ACK_DELAY_DEFAULT));
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Fin,
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 1),
+                ..RECV_TEMPL
+            }]
+        );
+        assert_eq!(s.state, State::CloseWait);
+    }
+
     #[test]
     fn test_delayed_ack_win() {
         let mut s = socket_established();

@@ -63,8 +63,8 @@ pub struct NetstackConfig {
     /// acknowledgements a bulk transfer sends, each one a packet to encrypt and decrypt
     /// on the mesh. The congestion controllers count acknowledged bytes, not ACKs
     /// (`third_party/smoltcp/PATCHES.md`), so the sender's window grows as fast either
-    /// way. At most 500 ms (RFC 9293's bound). Default `None`: with 1 ms, bulk transfers
-    /// over the mesh sent a third fewer packets, but the HTTP funnel benchmark (32
+    /// way. At most 500 ms (RFC 9293's bound). Default `None`: with 1 ms, the HTTP funnel
+    /// benchmark before connection pooling (32
     /// concurrent short connections over the mesh) showed requests waiting about 1 s (a
     /// retransmission timeout) that in-memory tests do not reproduce; until that is
     /// understood, every segment is acknowledged at once.

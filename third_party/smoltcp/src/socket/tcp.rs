@@ -2392,15 +2392,6 @@ impl<'a> Socket<'a> {
             && self.ack_to_transmit()
         {
             self.ack_delay_timer = match self.ack_delay_timer {
-                // Postern patch (PATCHES.md): a FIN is acknowledged at once, as Linux does.
-                // A delayed ACK of a FIN can be lost for good when the application drops
-                // the socket in TIME-WAIT before the timer fires, leaving the peer in
-                // LAST-ACK retransmitting its FIN, and the peer's next connection on the
-                // same ports refused until then.
-                _ if control == TcpControl::Fin => {
-                    tcp_trace!("FIN received, acknowledging at once");
-                    AckDelayTimer::Immediate
-                }
                 AckDelayTimer::Idle => {
                     tcp_trace!("starting delayed ack timer");
                     AckDelayTimer::Waiting(cx.now() + ack_delay)
@@ -9569,29 +9560,26 @@ mod test {
         }));
     }
 
-    // Postern patch (PATCHES.md, 6): with delayed ACKs on, a FIN is still acknowledged at once.
+    // Postern (PATCHES.md, tests): with delayed ACKs on, the closing side's ACK of the peer's
+    // FIN still goes out at once (netstack releases TIME-WAIT sockets at once and relies on it).
     #[test]
     fn test_delayed_ack_fin_acked_at_once() {
-        let mut s = socket_established();
+        // The closing side's last ACK: FIN-WAIT-2 receives the peer's FIN and goes to
+        // TIME-WAIT; its owner may release it at once, so the ACK must not wait.
+        let mut s = socket_fin_wait_2();
         s.set_ack_delay(Some(ACK_DELAY_DEFAULT));
-        send!(
-            s,
-            TcpRepr {
-                control: TcpControl::Fin,
-                seq_number: REMOTE_SEQ + 1,
-                ack_number: Some(LOCAL_SEQ + 1),
-                ..SEND_TEMPL
-            }
-        );
-        recv!(
-            s,
-            [TcpRepr {
-                seq_number: LOCAL_SEQ + 1,
-                ack_number: Some(REMOTE_SEQ + 1 + 1),
-                ..RECV_TEMPL
-            }]
-        );
-        assert_eq!(s.state, State::CloseWait);
+        send!(s, time 1_000, TcpRepr {
+            control: TcpControl::Fin,
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 1),
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.state, State::TimeWait);
+        recv!(s, time 1_000, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 1,
+            ack_number: Some(REMOTE_SEQ + 1 + 1),
+            ..RECV_TEMPL
+        }));
     }
 
     #[test]

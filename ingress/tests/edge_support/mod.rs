@@ -194,6 +194,31 @@ pub async fn wait_for_certificate(
     );
 }
 
+/// The records of the ingress's audit log once `complete` says they are all there: the
+/// ingress writes them from its own writer thread, a moment after it answered. Fails after
+/// ten seconds, showing what was written.
+pub async fn audit_records(
+    ingress: &Ingress,
+    complete: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&ingress.audit_log).unwrap_or_default();
+        let records: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        if complete(&records) {
+            return records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the audit log never got the expected records:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The ingress's log so far.
 pub fn log_of(ingress: &Ingress) -> String {
     std::fs::read_to_string(ingress.process.log_path()).unwrap_or_default()

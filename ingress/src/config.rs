@@ -171,6 +171,9 @@ pub struct ListenConfig {
     pub http: Option<SocketAddr>,
     /// The ports TCP funnels may listen on (on the IP of `https`), e.g. `"20000-20999"`.
     pub tcp_port_range: Option<TcpPortRange>,
+    /// Where to serve `GET /metrics` (Prometheus) and `GET /healthz`, e.g.
+    /// `127.0.0.1:9443`. Unset: not served. Keep it private: the series name the funnels.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// `[acme]`.

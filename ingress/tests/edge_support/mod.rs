@@ -96,6 +96,8 @@ pub struct Ingress {
     pub process: LabProcess,
     pub https: SocketAddr,
     pub audit_log: PathBuf,
+    /// Where it serves `/metrics` and `/healthz`.
+    pub metrics: SocketAddr,
 }
 
 /// Writes a config and starts `postern-ingress serve` with it.
@@ -110,6 +112,7 @@ pub fn start_ingress(
     envs: &[(&str, &str)],
 ) -> Ingress {
     let audit_log = dir.join("audit.jsonl");
+    let metrics_port = free_port();
     let config = format!(
         r#"
 state_dir = "{state}"
@@ -117,6 +120,7 @@ audit_log = "{audit}"
 [listen]
 https = "127.0.0.1:{tls_port}"
 http = "127.0.0.1:{http_port}"
+metrics = "127.0.0.1:{metrics_port}"
 [acme]
 directory = "{directory}"
 ca_bundle = "{ca}"
@@ -146,6 +150,7 @@ challenge = "{challenge}"
         process,
         https: format!("127.0.0.1:{tls_port}").parse().unwrap(),
         audit_log,
+        metrics: format!("127.0.0.1:{metrics_port}").parse().unwrap(),
     }
 }
 

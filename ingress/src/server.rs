@@ -141,6 +141,7 @@ pub async fn run_with_mesh(
                     .chain(config.passthrough_funnels().into_iter().map(|f| f.hostname))
                     .collect(),
                 resolver: Some(Arc::clone(&resolver)),
+                pool_limits: config.pool_limits(),
             },
         );
         let follower = RouteFollower::new(builder, Arc::clone(&routes), Arc::clone(&audit))

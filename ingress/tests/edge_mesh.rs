@@ -481,4 +481,15 @@ async fn a_pooled_stream_carries_no_requests_once_the_peer_is_no_longer_an_ingre
         assert_eq!(response.text().await.unwrap(), "node_refused_not_ingress\n");
     }
     assert_eq!(fixture.origin_requests.load(Ordering::SeqCst), 1);
+    // Both refusals are audited as the node's, not as answers of the target.
+    let records = audit_records(&fixture, 3).await;
+    for record in &records[1..] {
+        assert_eq!(record.result, "error", "{record:?}");
+        assert_eq!(record.status, 502, "{record:?}");
+        assert_eq!(
+            record.reason.as_deref(),
+            Some("node_refused_not_ingress"),
+            "{record:?}"
+        );
+    }
 }

@@ -181,18 +181,21 @@ impl RefusalCode {
     /// The code whose [text form](Self::as_str) is `text` (from a [`HOP_REFUSAL_HEADER`]);
     /// an unknown text (a newer node) is [`RefusalCode::Unknown`]`(0)`.
     pub fn from_text(text: &str) -> Self {
-        [
-            RefusalCode::NotIngress,
-            RefusalCode::PortNotFunnelled,
-            RefusalCode::UnsupportedVersion,
-            RefusalCode::MalformedHello,
-            RefusalCode::TargetUnreachable,
-            RefusalCode::ContextInvalid,
-        ]
-        .into_iter()
-        .find(|code| code.as_str() == text)
-        .unwrap_or(RefusalCode::Unknown(0))
+        Self::KNOWN
+            .into_iter()
+            .find(|code| code.as_str() == text)
+            .unwrap_or(RefusalCode::Unknown(0))
     }
+
+    /// Every code this build knows (all but [`RefusalCode::Unknown`]).
+    pub const KNOWN: [RefusalCode; 6] = [
+        RefusalCode::NotIngress,
+        RefusalCode::PortNotFunnelled,
+        RefusalCode::UnsupportedVersion,
+        RefusalCode::MalformedHello,
+        RefusalCode::TargetUnreachable,
+        RefusalCode::ContextInvalid,
+    ];
 
     fn to_byte(self) -> u8 {
         match self {
@@ -899,14 +902,7 @@ mod tests {
 
     #[test]
     fn refusal_codes_round_trip_through_their_text_and_byte() {
-        for code in [
-            RefusalCode::NotIngress,
-            RefusalCode::PortNotFunnelled,
-            RefusalCode::UnsupportedVersion,
-            RefusalCode::MalformedHello,
-            RefusalCode::TargetUnreachable,
-            RefusalCode::ContextInvalid,
-        ] {
+        for code in RefusalCode::KNOWN {
             assert_eq!(RefusalCode::from_text(code.as_str()), code);
             assert_eq!(RefusalCode::from_byte(code.to_byte()), code);
         }

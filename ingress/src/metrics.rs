@@ -22,11 +22,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::audit::{AuditRecord, AuditSink, ConnectionRecord};
+use crate::certs::CertResolver;
 
 /// The edge's counters, registered in one Prometheus registry under `postern_ingress`.
 ///
@@ -39,7 +41,14 @@ pub struct EdgeMetrics {
     response_bytes: Family<FunnelLabel, Counter>,
     connections: Family<ConnectionLabels, Counter>,
     connection_bytes: Family<DirectionLabels, Counter>,
+    certificate_expiry: Family<HostnameLabel, Gauge>,
+    certificates: Option<Arc<CertResolver>>,
     registry: Registry,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HostnameLabel {
+    hostname: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -122,14 +131,29 @@ impl EdgeMetrics {
             "Bytes carried by TCP and TLS-passthrough funnel connections, by direction",
             connection_bytes.clone(),
         );
+        let certificate_expiry = Family::<HostnameLabel, Gauge>::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When each served certificate expires (notAfter, Unix seconds), by hostname (`static` for the static certificate)",
+            certificate_expiry.clone(),
+        );
         Self {
             requests,
             request_duration,
             response_bytes,
             connections,
             connection_bytes,
+            certificate_expiry,
+            certificates: None,
             registry,
         }
+    }
+
+    /// Reports the expiry of `resolver`'s certificates, read at every [`Self::encode`].
+    #[must_use]
+    pub fn with_certificates(mut self, resolver: Arc<CertResolver>) -> Self {
+        self.certificates = Some(resolver);
+        self
     }
 
     /// Counts one HTTP request decision.
@@ -180,6 +204,15 @@ impl EdgeMetrics {
 
     /// The metrics as OpenMetrics text (what a Prometheus scrape reads).
     pub fn encode(&self) -> String {
+        if let Some(resolver) = &self.certificates {
+            // Certificates come and go (renewals, routes): the series are those served now.
+            self.certificate_expiry.clear();
+            for (hostname, not_after) in resolver.expiries() {
+                self.certificate_expiry
+                    .get_or_create(&HostnameLabel { hostname })
+                    .set(not_after);
+            }
+        }
         let mut text = String::new();
         if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
             // Writing to a String cannot fail; an empty scrape is the honest fallback.
@@ -351,6 +384,34 @@ mod tests {
             r#"postern_ingress_connections_total{funnel="db.example",kind="tcp",result="allow",reason="closed"} 2"#,
             r#"postern_ingress_connection_bytes_total{funnel="db.example",kind="tcp",direction="from_client"} 200"#,
             r#"postern_ingress_connection_bytes_total{funnel="db.example",kind="tcp",direction="to_client"} 4000"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn certificate_expiries_are_those_served_now() {
+        let resolver = Arc::new(CertResolver::new());
+        let metrics = EdgeMetrics::new().with_certificates(Arc::clone(&resolver));
+        assert!(
+            !metrics
+                .encode()
+                .contains("certificate_expiry_timestamp_seconds{")
+        );
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["hooks.example".into()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(2031, 1, 2);
+        let cert = params.self_signed(&key).unwrap();
+        let served =
+            crate::certs::certified_key_from_pem(&cert.pem(), &key.serialize_pem(), "test")
+                .unwrap();
+        resolver.set_host("hooks.example", Arc::clone(&served));
+        resolver.set_static(served);
+        let text = metrics.encode();
+        // 2031-01-02T00:00:00Z
+        for line in [
+            r#"postern_ingress_certificate_expiry_timestamp_seconds{hostname="hooks.example"} 1925078400"#,
+            r#"postern_ingress_certificate_expiry_timestamp_seconds{hostname="static"} 1925078400"#,
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }

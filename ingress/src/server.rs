@@ -83,10 +83,10 @@ pub async fn run_with_mesh(
         Some(mesh) => crate::edge_log::EdgeLogForwarder::start(audit, Arc::new(mesh.node.clone())),
         None => audit,
     };
-    // Every audited decision is also counted, whether or not `/metrics` is served.
-    let metrics = Arc::new(EdgeMetrics::new());
-    let audit: Arc<dyn AuditSink> = Arc::new(MetricsSink::new(audit, Arc::clone(&metrics)));
     let resolver = Arc::new(CertResolver::new());
+    // Every audited decision is also counted, whether or not `/metrics` is served.
+    let metrics = Arc::new(EdgeMetrics::new().with_certificates(Arc::clone(&resolver)));
+    let audit: Arc<dyn AuditSink> = Arc::new(MetricsSink::new(audit, Arc::clone(&metrics)));
     if let Some(static_cert) = &config.static_cert {
         let read = |path: &std::path::Path| {
             std::fs::read_to_string(path)

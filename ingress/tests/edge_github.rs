@@ -188,6 +188,23 @@ secret_env = "GH_SECRET"
     })
     .await;
     assert!(audited(&records, "", "deny", "unknown_host", 404) >= 1);
+    // The ACME certificate's expiry (pebble's: days from now).
+    let expiry: i64 = metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(
+                r#"postern_ingress_certificate_expiry_timestamp_seconds{hostname="hooks.test"} "#,
+            )
+        })
+        .unwrap_or_else(|| panic!("no certificate expiry in\n{metrics}"))
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(expiry > now, "expired: {expiry} <= {now}");
+
     let health = reqwest::get(format!("http://{}/healthz", ingress.metrics))
         .await
         .unwrap();

@@ -59,6 +59,32 @@ impl CertResolver {
         self.write().challenges.remove(&host.to_ascii_lowercase());
     }
 
+    /// The expiry (notAfter, Unix seconds) of every certificate served now: each
+    /// hostname's, and the static one's under the name `static` (challenge certificates
+    /// left out). For the `certificate_expiry` metric; a leaf that does not parse is left
+    /// out.
+    pub fn expiries(&self) -> Vec<(String, i64)> {
+        let state = self.read();
+        let not_after = |key: &CertifiedKey| {
+            let leaf = key.cert.first()?;
+            let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+            Some(parsed.validity().not_after.timestamp())
+        };
+        let mut expiries: Vec<(String, i64)> = state
+            .by_host
+            .iter()
+            .filter_map(|(host, key)| Some((host.clone(), not_after(key)?)))
+            .chain(
+                state
+                    .fallback
+                    .iter()
+                    .filter_map(|key| Some(("static".to_string(), not_after(key)?))),
+            )
+            .collect();
+        expiries.sort();
+        expiries
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, ResolverState> {
         self.state
             .read()

@@ -1,4 +1,5 @@
-//! Prometheus metrics of the edge: what it decided, for which funnel, how fast, how much.
+//! Prometheus metrics of the edge: what it decided, for which funnel, how fast, how much,
+//! and when its certificates expire.
 //!
 //! The counts come from the audit trail itself: [`MetricsSink`] is an [`AuditSink`] wrapped
 //! around the ingress's own, so every record the edge audits is also counted, and the

@@ -299,3 +299,59 @@ pub fn tcp_listen_drops_unspecified_src() {
     assert_eq!(reply, None);
     assert!(sockets.get_mut::<tcp::Socket>(handle).is_listening());
 }
+
+/// Postern patch (PATCHES.md): `poll_egress_socket` sends what the given socket has
+/// queued and leaves every other socket alone; `poll_egress` still serves them.
+#[test]
+#[cfg(all(feature = "medium-ip", feature = "socket-tcp", feature = "proto-ipv4"))]
+pub fn poll_egress_socket_visits_one_socket() {
+    use crate::socket::tcp;
+
+    let (mut iface, mut sockets, mut device) = setup(Medium::Ip);
+    let mut connecting = |port: u16| {
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 64]),
+            tcp::SocketBuffer::new(vec![0; 64]),
+        );
+        socket
+            .connect(iface.context(), (Ipv4Address::new(192, 168, 1, 2), 80), port)
+            .unwrap();
+        sockets.add(socket)
+    };
+    let first = connecting(50001);
+    let second = connecting(50002);
+    let src_port = |packet: &[u8]| {
+        let ip = Ipv4Packet::new_checked(packet).unwrap();
+        TcpPacket::new_checked(ip.payload()).unwrap().src_port()
+    };
+
+    // Both sockets have a SYN to send; only the second one's goes out.
+    assert_eq!(
+        iface.poll_egress_socket(Instant::ZERO, &mut device, &mut sockets, second),
+        PollResult::SocketStateChanged
+    );
+    assert_eq!(
+        iface.poll_egress_socket(Instant::ZERO, &mut device, &mut sockets, second),
+        PollResult::None
+    );
+    let sent = recv_all(&mut device, Instant::ZERO);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(src_port(&sent[0]), 50002);
+
+    // The full pass still finds the first socket's SYN (and nothing more of the second).
+    assert_eq!(
+        iface.poll_egress(Instant::ZERO, &mut device, &mut sockets),
+        PollResult::SocketStateChanged
+    );
+    let sent = recv_all(&mut device, Instant::ZERO);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(src_port(&sent[0]), 50001);
+
+    // A handle no longer in the set does nothing.
+    sockets.remove(first);
+    assert_eq!(
+        iface.poll_egress_socket(Instant::ZERO, &mut device, &mut sockets, first),
+        PollResult::None
+    );
+    assert!(recv_all(&mut device, Instant::ZERO).is_empty());
+}

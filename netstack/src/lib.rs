@@ -102,6 +102,6 @@ pub use error::NetstackError;
 pub use packet::{InboundPacket, MalformedPacket, Transport, inspect_inbound};
 pub use seam::{PacketBatch, PacketSeam};
 pub use stack::{Netstack, NetstackStats};
-pub use tcp::{TcpListener, TcpStream};
+pub use tcp::{KEEPALIVE_PROBES, TcpListener, TcpStream};
 pub use udp::UdpSocket;
 pub use wire::{Impairment, MemoryWire, WireStats};

@@ -1046,7 +1046,7 @@ fn ingest_batch(shared: &Shared, batch: PacketBatch) {
     }
 }
 
-fn to_smol(duration: std::time::Duration) -> SmolDuration {
+pub(crate) fn to_smol(duration: std::time::Duration) -> SmolDuration {
     SmolDuration::from_micros(u64::try_from(duration.as_micros()).unwrap_or(u64::MAX))
 }
 

@@ -114,7 +114,10 @@ async fn inbound_packets_do_not_visit_idle_connections() {
         let packets_in = after.packets_in - before.packets_in;
         let packets_out = after.packets_out - before.packets_out;
         let visits = after.inbound_egress_visits - before.inbound_egress_visits;
-        eprintln!("{name}: {packets_in} packets in, {packets_out} out, {visits} socket visits");
+        let turns = after.poll_loop_iterations - before.poll_loop_iterations;
+        eprintln!(
+            "{name}: {packets_in} packets in, {packets_out} out, {visits} socket visits, {turns} turns"
+        );
         assert!(
             packets_in > 1000,
             "{name}: the transfer took {packets_in} packets"

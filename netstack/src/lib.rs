@@ -53,9 +53,10 @@
 //! - Ingress is processed per packet: each inbound packet is handed to smoltcp and the
 //!   resulting ACKs are sent before the next packet is looked at. Feeding smoltcp a whole
 //!   batch before sending would collapse many ACKs into one and starve the sender's
-//!   congestion window of its ACK clock. That egress polls only the packet's own
-//!   connection (smoltcp patch 6, `poll_egress_socket`), so its cost does not grow with
-//!   idle connections (issue #8: a flow beside 32 idle ones moved 3 to 4 times less
+//!   congestion window of its ACK clock. smoltcp is pointed at the packet's own
+//!   connection (found by its 4-tuple) to process it (smoltcp patch 7,
+//!   `poll_ingress_single_hinted`) and polls only that connection for egress (patch 6,
+//!   `poll_egress_socket`), so the cost of a packet does not grow with idle connections (issue #8: a flow beside 32 idle ones moved 3 to 4 times less
 //!   before); every other socket, timers and application writes are served by one full
 //!   `poll_egress` per turn of the owner's loop. Packets of no known connection (a SYN
 //!   nobody listens for, UDP, ICMP) still get a full pass.

@@ -661,10 +661,10 @@ impl StackState {
     /// data segment is acknowledged before the next is looked at, which keeps the peer's
     /// ACK clock running).
     ///
-    /// Only the packet's own socket is polled for egress when the stack knows it (a TCP
-    /// segment of a known connection), so the per-packet cost does not grow with idle
-    /// connections; other sockets are served by the full pass at the end of the owner's
-    /// turn, as are timers and application writes.
+    /// When the stack knows the packet's socket (a TCP segment of a known connection),
+    /// smoltcp is pointed at it for ingress and polls only it for egress, so the
+    /// per-packet cost does not grow with idle connections; other sockets are served by
+    /// the full pass at the end of the owner's turn, as are timers and application writes.
     fn ingest(&mut self, packet: Bytes, now: SmolInstant) {
         let info = match inspect_inbound(&packet, self.config.verify_checksums) {
             Ok(info) => info,
@@ -685,10 +685,21 @@ impl StackState {
             _ => (None, None),
         };
         self.stats.packets_in += 1;
+        // The packet's own socket, when the stack knows it: smoltcp offers the segment to
+        // it first instead of searching every socket (smoltcp patch 7).
+        let owner = tuple.and_then(|tuple| self.tcp_tuples.get(&tuple).copied());
         self.device.rx = Some(packet);
-        let _ = self
-            .iface
-            .poll_ingress_single(now, &mut self.device, &mut self.sockets);
+        let _ = match owner {
+            Some(handle) => self.iface.poll_ingress_single_hinted(
+                now,
+                &mut self.device,
+                &mut self.sockets,
+                handle,
+            ),
+            None => self
+                .iface
+                .poll_ingress_single(now, &mut self.device, &mut self.sockets),
+        };
         self.device.rx = None;
         if let Some(handle) = created
             && let Some(socket) = self.tcp_socket(handle)
@@ -698,8 +709,7 @@ impl StackState {
             self.pending.retain(|h| *h != handle);
             self.remove_tcp(handle);
         }
-        let owner = tuple.and_then(|tuple| self.tcp_tuples.get(&tuple).copied());
-        match owner {
+        match owner.filter(|handle| self.tcp.contains_key(handle)) {
             Some(handle) => self.egress_socket(now, handle),
             None => {
                 let visits = self.egress(now);

@@ -155,6 +155,9 @@ pub struct InterfaceInner {
     routes: Routes,
     #[cfg(feature = "multicast")]
     multicast: multicast::State,
+    /// Postern patch (PATCHES.md): the TCP socket `process_tcp` tries first, set only
+    /// for the duration of `poll_ingress_single_hinted`.
+    tcp_ingress_hint: Option<SocketHandle>,
 }
 
 /// Configuration structure used for creating a network interface.
@@ -297,6 +300,7 @@ impl Interface {
                 #[cfg(feature = "proto-ipv6-slaac")]
                 slaac_updated: Instant::from_millis(0),
                 rand,
+                tcp_ingress_hint: None,
             },
         }
     }
@@ -599,6 +603,29 @@ impl Interface {
         self.fragments.assembler.remove_expired(timestamp);
 
         self.socket_ingress(device, sockets)
+    }
+
+    /// Postern patch (PATCHES.md): [`poll_ingress_single`](Self::poll_ingress_single)
+    /// for a packet the caller believes belongs to the TCP socket behind `hint`.
+    ///
+    /// A TCP segment is offered to that socket first; if it does not accept the segment
+    /// (or `hint` is not a TCP socket of the set), the other sockets are searched as in
+    /// `poll_ingress_single`. This makes finding the socket of a segment independent of
+    /// the number of sockets in the set. Should two sockets accept the segment (a
+    /// listening socket and a connection on the same port), the hinted one gets it,
+    /// rather than whichever comes first in the set. Packets other than TCP ignore the
+    /// hint.
+    pub fn poll_ingress_single_hinted(
+        &mut self,
+        timestamp: Instant,
+        device: &mut (impl Device + ?Sized),
+        sockets: &mut SocketSet<'_>,
+        hint: SocketHandle,
+    ) -> PollIngressSingleResult {
+        self.inner.tcp_ingress_hint = Some(hint);
+        let result = self.poll_ingress_single(timestamp, device, sockets);
+        self.inner.tcp_ingress_hint = None;
+        result
     }
 
     /// Maintain stateful processing on the device.

@@ -687,7 +687,7 @@ impl StackState {
         self.stats.packets_in += 1;
         // The packet's own socket, when the stack knows it: smoltcp offers the segment to
         // it first instead of searching every socket (smoltcp patch 7).
-        let owner = tuple.and_then(|tuple| self.tcp_tuples.get(&tuple).copied());
+        let mut owner = tuple.and_then(|tuple| self.tcp_tuples.get(&tuple).copied());
         self.device.rx = Some(packet);
         let _ = match owner {
             Some(handle) => self.iface.poll_ingress_single_hinted(
@@ -708,8 +708,11 @@ impl StackState {
             // The SYN did not take (smoltcp dropped it); do not leave a listener behind.
             self.pending.retain(|h| *h != handle);
             self.remove_tcp(handle);
+            if owner == Some(handle) {
+                owner = None;
+            }
         }
-        match owner.filter(|handle| self.tcp.contains_key(handle)) {
+        match owner {
             Some(handle) => self.egress_socket(now, handle),
             None => {
                 let visits = self.egress(now);

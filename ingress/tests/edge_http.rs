@@ -17,6 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
+mod tls_client;
+
 #[derive(Debug, Default)]
 struct MemorySink(Mutex<Vec<AuditRecord>>);
 impl AuditSink for MemorySink {
@@ -260,22 +262,7 @@ async fn post_chunked(fixture: &Fixture, host: &str, path: &str, chunks: &[Vec<u
 }
 
 async fn tls_connect(fixture: &Fixture, host: &str) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut fixture.cert_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(fixture.address).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from(host.to_string()).unwrap();
-    connector.connect(name, tcp).await.unwrap()
+    tls_client::connect(&fixture.cert_pem, fixture.address, host).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,22 +292,7 @@ async fn gated_bodies_in_many_frames_arrive_whole_and_stay_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_becomes_a_byte_pipe() {
     let fixture = start_edge().await;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut fixture.cert_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(fixture.address).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("app.test").unwrap();
-    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let mut tls = tls_connect(&fixture, "app.test").await;
     tls.write_all(b"GET /upgrade HTTP/1.1\r\nhost: app.test\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];

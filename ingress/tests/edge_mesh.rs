@@ -26,10 +26,11 @@ use postern_node::serve::{
     NoopObserver, OriginUrl, PeerIdentity, ServeConfig, ServeRuntime, ServeTable, Service,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 mod common;
+mod tls_client;
 use common::{INGRESS_ADDR, NODE_ADDR, TunnelPair, tunnel_pair};
 
 #[derive(Debug, Default)]
@@ -332,22 +333,7 @@ async fn a_streamed_response_streams_through_the_mesh() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_becomes_a_byte_pipe_through_the_mesh() {
     let fixture = start().await;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut fixture.cert_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(fixture.edge_addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("app.test").unwrap();
-    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let mut tls = tls_client::connect(&fixture.cert_pem, fixture.edge_addr, "app.test").await;
     tls.write_all(b"GET /upgrade HTTP/1.1\r\nhost: app.test\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
     let head = read_head(&mut tls).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
@@ -481,4 +467,15 @@ async fn a_pooled_stream_carries_no_requests_once_the_peer_is_no_longer_an_ingre
         assert_eq!(response.text().await.unwrap(), "node_refused_not_ingress\n");
     }
     assert_eq!(fixture.origin_requests.load(Ordering::SeqCst), 1);
+    // Both refusals are audited as the node's, not as answers of the target.
+    let records = audit_records(&fixture, 3).await;
+    for record in &records[1..] {
+        assert_eq!(record.result, "error", "{record:?}");
+        assert_eq!(record.status, 502, "{record:?}");
+        assert_eq!(
+            record.reason.as_deref(),
+            Some("node_refused_not_ingress"),
+            "{record:?}"
+        );
+    }
 }

@@ -4,7 +4,9 @@
 //!
 //! Run: `cargo bench -p postern-netstack --bench tcp_throughput`. Each iteration moves
 //! `BYTES_PER_ITER` one way over one long-lived connection; criterion reports bytes per
-//! second (multiply GiB/s by 8.59 for Gbit/s).
+//! second (multiply GiB/s by 8.59 for Gbit/s). The `_32_idle` variants keep 32 more,
+//! idle connections open between the two stacks during the transfer (issue #8: pooled
+//! HTTP hop streams beside a funnel's TCP); the per-packet cost should not grow with them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -75,6 +77,7 @@ fn bench_netstack(
     threads: usize,
     congestion: CongestionControl,
     verify: bool,
+    idle: usize,
 ) {
     let rt = runtime(threads);
     let mut group = c.benchmark_group("single_flow_tcp");
@@ -87,6 +90,7 @@ fn bench_netstack(
                 let (a, seam_a) = Netstack::new(config("100.64.0.1", congestion, verify)).unwrap();
                 let (bs, seam_b) = Netstack::new(config("100.64.0.2", congestion, verify)).unwrap();
                 let _wire = MemoryWire::connect(seam_a, seam_b, Impairment::none());
+                let _idle = idle_connections(&a, &bs, idle).await;
                 let listener = bs.listen_tcp(5201).unwrap();
                 let target: SocketAddr = "100.64.0.2:5201".parse().unwrap();
                 let client = a.connect_tcp(target).await.unwrap();
@@ -96,6 +100,23 @@ fn bench_netstack(
         });
     });
     group.finish();
+}
+
+/// `count` established, idle connections from `a` to `b`, both ends kept open.
+async fn idle_connections(
+    a: &Netstack,
+    b: &Netstack,
+    count: usize,
+) -> Vec<(postern_netstack::TcpStream, postern_netstack::TcpStream)> {
+    let listener = b.listen_tcp(80).unwrap();
+    let target: SocketAddr = "100.64.0.2:80".parse().unwrap();
+    let mut pairs = Vec::with_capacity(count);
+    for _ in 0..count {
+        let client = a.connect_tcp(target).await.unwrap();
+        let server = listener.accept().await.unwrap();
+        pairs.push((client, server));
+    }
+    pairs
 }
 
 fn bench_kernel(c: &mut Criterion, name: &str, threads: usize) {
@@ -123,14 +144,38 @@ fn bench_kernel(c: &mut Criterion, name: &str, threads: usize) {
 
 fn single_flow(c: &mut Criterion) {
     bench_kernel(c, "kernel_loopback_2_threads", 2);
-    bench_netstack(c, "netstack_2_threads", 2, CongestionControl::Cubic, true);
-    bench_netstack(c, "netstack_1_thread", 1, CongestionControl::Cubic, true);
+    bench_netstack(
+        c,
+        "netstack_2_threads",
+        2,
+        CongestionControl::Cubic,
+        true,
+        0,
+    );
+    bench_netstack(c, "netstack_1_thread", 1, CongestionControl::Cubic, true, 0);
     bench_netstack(
         c,
         "netstack_2_threads_no_rx_checksum",
         2,
         CongestionControl::Cubic,
         false,
+        0,
+    );
+    bench_netstack(
+        c,
+        "netstack_2_threads_32_idle",
+        2,
+        CongestionControl::Cubic,
+        true,
+        32,
+    );
+    bench_netstack(
+        c,
+        "netstack_1_thread_32_idle",
+        1,
+        CongestionControl::Cubic,
+        true,
+        32,
     );
 }
 

@@ -31,7 +31,12 @@ pub enum Transport {
         to: SocketAddr,
     },
     /// Any other TCP segment.
-    Tcp,
+    Tcp {
+        /// The sending peer's address and port.
+        from: SocketAddr,
+        /// The address and port it is sent to.
+        to: SocketAddr,
+    },
     /// A UDP datagram.
     Udp,
     /// Another protocol (ICMP, or an IPv6 extension header first), by its number.
@@ -126,13 +131,12 @@ fn inspect_transport(
             if verify && !tcp.verify_checksum(&src_ip, &dst_ip) {
                 return Err(MalformedPacket::BadTcpChecksum);
             }
+            let from = SocketAddr::new(src, tcp.src_port());
+            let to = SocketAddr::new(dst, tcp.dst_port());
             if tcp.syn() && !tcp.ack() && !tcp.rst() {
-                Transport::TcpSyn {
-                    from: SocketAddr::new(src, tcp.src_port()),
-                    to: SocketAddr::new(dst, tcp.dst_port()),
-                }
+                Transport::TcpSyn { from, to }
             } else {
-                Transport::Tcp
+                Transport::Tcp { from, to }
             }
         }
         IpProtocol::Udp => {

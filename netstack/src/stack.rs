@@ -72,6 +72,12 @@ pub struct NetstackStats {
     pub udp_sockets: usize,
     /// TCP connections that reused a spare socket instead of allocating new buffers.
     pub tcp_sockets_reused: u64,
+    /// Sockets looked at by the egress that follows each inbound packet. A packet of a
+    /// known TCP connection costs one per round (each round sends one packet, the last
+    /// finds nothing), whatever the number of sockets; any other packet costs every
+    /// socket of the stack per round. Egress at the end of each turn of the owner task
+    /// (timers, application writes) is not counted.
+    pub inbound_egress_visits: u64,
 }
 
 impl std::fmt::Debug for Netstack {
@@ -131,6 +137,7 @@ impl Netstack {
             tcp: HashMap::new(),
             udp: HashMap::new(),
             inbound_tuples: HashMap::new(),
+            tcp_tuples: HashMap::new(),
             listeners: HashMap::new(),
             port_listeners: HashMap::new(),
             any_port_listener: None,
@@ -208,6 +215,7 @@ impl Netstack {
                     connect_port: Some(port),
                 },
             );
+            st.tcp_tuples.insert((local, remote), handle);
             (handle, local)
         };
         self.shared.wake_owner();
@@ -418,6 +426,9 @@ pub(crate) struct StackState {
     pub(crate) udp: HashMap<SocketHandle, u16>,
     /// (local, remote) of sockets made for inbound SYNs, so a retransmitted SYN makes no twin.
     inbound_tuples: HashMap<(SocketAddr, SocketAddr), SocketHandle>,
+    /// (local, remote) of every TCP socket with a known tuple (inbound and outbound), so an
+    /// inbound segment's egress visits its own socket only.
+    tcp_tuples: HashMap<(SocketAddr, SocketAddr), SocketHandle>,
     pub(crate) listeners: HashMap<u64, ListenerState>,
     port_listeners: HashMap<u16, u64>,
     any_port_listener: Option<u64>,
@@ -628,6 +639,9 @@ impl StackState {
             if self.inbound_tuples.get(&tuple) == Some(&handle) {
                 self.inbound_tuples.remove(&tuple);
             }
+            if self.tcp_tuples.get(&tuple) == Some(&handle) {
+                self.tcp_tuples.remove(&tuple);
+            }
         }
         if let TcpRole::Pending(id) = entry.role
             && let Some(listener) = self.listeners.get_mut(&id)
@@ -646,6 +660,11 @@ impl StackState {
     /// Processes one inbound packet, then sends what it caused (per-packet ingress: each
     /// data segment is acknowledged before the next is looked at, which keeps the peer's
     /// ACK clock running).
+    ///
+    /// When the stack knows the packet's socket (a TCP segment of a known connection),
+    /// smoltcp is pointed at it for ingress and polls only it for egress, so the
+    /// per-packet cost does not grow with idle connections; other sockets are served by
+    /// the full pass at the end of the owner's turn, as are timers and application writes.
     fn ingest(&mut self, packet: Bytes, now: SmolInstant) {
         let info = match inspect_inbound(&packet, self.config.verify_checksums) {
             Ok(info) => info,
@@ -660,15 +679,27 @@ impl StackState {
             tracing::trace!(dst = %info.dst, "dropped an inbound packet for another address");
             return;
         }
-        let created = match info.transport {
-            Transport::TcpSyn { from, to } => self.prepare_for_syn(from, to),
-            _ => None,
+        let (created, tuple) = match info.transport {
+            Transport::TcpSyn { from, to } => (self.prepare_for_syn(from, to), Some((to, from))),
+            Transport::Tcp { from, to } => (None, Some((to, from))),
+            _ => (None, None),
         };
         self.stats.packets_in += 1;
+        // The packet's own socket, when the stack knows it: smoltcp offers the segment to
+        // it first instead of searching every socket (smoltcp patch 7).
+        let mut owner = tuple.and_then(|tuple| self.tcp_tuples.get(&tuple).copied());
         self.device.rx = Some(packet);
-        let _ = self
-            .iface
-            .poll_ingress_single(now, &mut self.device, &mut self.sockets);
+        let _ = match owner {
+            Some(handle) => self.iface.poll_ingress_single_hinted(
+                now,
+                &mut self.device,
+                &mut self.sockets,
+                handle,
+            ),
+            None => self
+                .iface
+                .poll_ingress_single(now, &mut self.device, &mut self.sockets),
+        };
         self.device.rx = None;
         if let Some(handle) = created
             && let Some(socket) = self.tcp_socket(handle)
@@ -677,8 +708,17 @@ impl StackState {
             // The SYN did not take (smoltcp dropped it); do not leave a listener behind.
             self.pending.retain(|h| *h != handle);
             self.remove_tcp(handle);
+            if owner == Some(handle) {
+                owner = None;
+            }
         }
-        self.egress(now);
+        match owner {
+            Some(handle) => self.egress_socket(now, handle),
+            None => {
+                let visits = self.egress(now);
+                self.stats.inbound_egress_visits += visits;
+            }
+        }
     }
 
     /// Makes a listening socket for an inbound SYN to a port someone listens on, so that
@@ -741,17 +781,38 @@ impl StackState {
             },
         );
         self.inbound_tuples.insert((to, from), handle);
+        self.tcp_tuples.insert((to, from), handle);
         self.pending.push(handle);
         Some(handle)
     }
 
     /// Lets every socket send what it has, until smoltcp has nothing more or the outbound
-    /// queue is full.
-    fn egress(&mut self, now: SmolInstant) {
+    /// queue is full. Returns how many sockets it looked at (every socket, each round).
+    fn egress(&mut self, now: SmolInstant) -> u64 {
+        let per_round = (self.tcp.len() + self.udp.len()) as u64;
+        let mut visits = 0;
         for _ in 0..MAX_EGRESS_ROUNDS {
+            visits += per_round;
             match self
                 .iface
                 .poll_egress(now, &mut self.device, &mut self.sockets)
+            {
+                PollResult::None => break,
+                PollResult::SocketStateChanged => {}
+            }
+        }
+        visits
+    }
+
+    /// Lets one TCP socket send what it has (smoltcp patch 6, `poll_egress_socket`), until
+    /// it has nothing more or the outbound queue is full; counted in
+    /// [`NetstackStats::inbound_egress_visits`].
+    fn egress_socket(&mut self, now: SmolInstant, handle: SocketHandle) {
+        for _ in 0..MAX_EGRESS_ROUNDS {
+            self.stats.inbound_egress_visits += 1;
+            match self
+                .iface
+                .poll_egress_socket(now, &mut self.device, &mut self.sockets, handle)
             {
                 PollResult::None => return,
                 PollResult::SocketStateChanged => {}
@@ -998,7 +1059,7 @@ fn ingest_batch(shared: &Shared, batch: PacketBatch) {
     }
 }
 
-fn to_smol(duration: std::time::Duration) -> SmolDuration {
+pub(crate) fn to_smol(duration: std::time::Duration) -> SmolDuration {
     SmolDuration::from_micros(u64::try_from(duration.as_micros()).unwrap_or(u64::MAX))
 }
 

@@ -13,7 +13,12 @@ use smoltcp::socket::tcp::{RecvError, State};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::error::NetstackError;
-use crate::stack::Shared;
+use crate::stack::{Shared, to_smol};
+
+/// How many keep-alive intervals of silence from the peer reset a connection that has
+/// keep-alive on (see [`TcpStream::set_keepalive`]): the first probe goes after one
+/// interval, further ones after each further interval, and the reset after this many.
+pub const KEEPALIVE_PROBES: u32 = 3;
 
 /// Accepts TCP connections made to the netstack, on one port or on every port.
 ///
@@ -138,6 +143,36 @@ impl TcpStream {
         }
         drop(st);
         self.shared.wake_owner();
+    }
+
+    /// Turns TCP keep-alive on (`Some(interval)`) or off (`None`, the default), so that a
+    /// peer that vanished (its node gone from the mesh, no RST ever coming) is noticed.
+    ///
+    /// With it on, the connection sends a keep-alive probe at once, then after each
+    /// `interval` in which nothing arrived from the peer, and is reset when the peer has sent nothing for
+    /// [`KEEPALIVE_PROBES`] intervals, whether the connection is idle or has data waiting
+    /// to be acknowledged. Reads and writes then fail with `ConnectionReset`. A live peer
+    /// answers every probe, so an idle connection to it stays open. Pick an interval well
+    /// above the path's round trip (seconds, not milliseconds): a peer silent for that long
+    /// while data is outstanding is taken for dead. An interval of zero counts as
+    /// one millisecond. Turning it off lets a probe already scheduled go out.
+    pub fn set_keepalive(&self, interval: Option<Duration>) {
+        let mut st = self.shared.lock();
+        if let Some(socket) = st.tcp_socket(self.handle) {
+            let interval = interval.map(|i| to_smol(i.max(Duration::from_millis(1))));
+            socket.set_keep_alive(interval);
+            socket.set_timeout(interval.map(|i| i * KEEPALIVE_PROBES));
+        }
+        drop(st);
+        self.shared.wake_owner();
+    }
+
+    /// The keep-alive interval set with [`set_keepalive`](Self::set_keepalive), if any.
+    pub fn keepalive(&self) -> Option<Duration> {
+        let mut st = self.shared.lock();
+        st.tcp_socket(self.handle)
+            .and_then(|socket| socket.keep_alive())
+            .map(|i| Duration::from_micros(i.total_micros()))
     }
 
     /// Whether Nagle's algorithm is off for this connection (see [`set_nodelay`](Self::set_nodelay)).

@@ -15,6 +15,11 @@
 //! already had, so the node puts the identity of that request, and only that one, into
 //! the headers the target sees. TCP and passthrough funnels ([`Upstream::connect`]) open
 //! a stream per public connection with a version 1 hello, as before.
+//!
+//! Pooled streams have TCP keep-alive on ([`POOLED_HOP_KEEPALIVE`]): a node that vanishes
+//! from the mesh sends no RST, so without it a request sent over an idle pooled stream to
+//! that node would wait for the edge's own timeouts. With it, the stream is reset after
+//! [`KEEPALIVE_PROBES`](postern_netstack::KEEPALIVE_PROBES) intervals of silence and the pool drops it.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -38,6 +43,12 @@ use super::upstream::{Connecting, Sending, Upstream, UpstreamContext, UpstreamEr
 /// How long opening the mesh stream plus the hop handshake may take by default.
 pub const DEFAULT_HOP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The TCP keep-alive interval of pooled HTTP hop streams: a probe after each 5 s without
+/// a packet from the node, and a reset after [`KEEPALIVE_PROBES`](postern_netstack::KEEPALIVE_PROBES) such intervals (15 s),
+/// whether the stream is idle in the pool or waits for a reply. A live node answers the
+/// probes (its TCP does, however slow the target), so only a vanished one is cut off.
+pub const POOLED_HOP_KEEPALIVE: Duration = Duration::from_secs(5);
+
 /// A funnel target on a node of the mesh; see the [module docs](self).
 #[derive(Debug, Clone)]
 pub struct MeshUpstream {
@@ -54,6 +65,8 @@ struct HopDialer {
     hostname: FunnelHostname,
     timeout: Duration,
     nodelay: bool,
+    /// Keep-alive interval of pooled streams ([`POOLED_HOP_KEEPALIVE`]; tests shorten it).
+    pool_keepalive: Duration,
 }
 
 impl MeshUpstream {
@@ -73,6 +86,7 @@ impl MeshUpstream {
             hostname: FunnelHostname::parse(hostname)?,
             timeout: DEFAULT_HOP_TIMEOUT,
             nodelay: true,
+            pool_keepalive: POOLED_HOP_KEEPALIVE,
         });
         let pool = hop_pool(&hop, PoolLimits::default());
         Ok(Self { hop, pool })
@@ -163,11 +177,24 @@ impl HopDialer {
         }
     }
 
-    async fn open(&self, hello: Result<Vec<u8>, HopError>) -> io::Result<Box<dyn UpstreamIo>> {
+    /// Opens a pooled HTTP hop stream: a version 2 hello, and keep-alive on.
+    async fn open_pooled(&self) -> io::Result<Box<dyn UpstreamIo>> {
+        let hello = self.pooled_hello().encode();
+        self.open(hello, Some(self.pool_keepalive)).await
+    }
+
+    /// Opens a hop stream, sends `hello` and reads the node's reply; `keepalive` is the
+    /// stream's TCP keep-alive interval, if any.
+    async fn open(
+        &self,
+        hello: Result<Vec<u8>, HopError>,
+        keepalive: Option<Duration>,
+    ) -> io::Result<Box<dyn UpstreamIo>> {
         let hello = hello.map_err(invalid_hello)?;
         let handshake = async {
             let mut stream = self.netstack.connect_tcp(self.node).await?;
             stream.set_nodelay(true);
+            stream.set_keepalive(keepalive);
             stream.write_all(&hello).await?;
             let mut frame = vec![0u8; HOP_PREFIX_LEN];
             stream.read_exact(&mut frame).await?;
@@ -205,14 +232,14 @@ impl Upstream for MeshUpstream {
     /// hello that names no client (0.0.0.0) and no admission.
     fn connect(&self) -> Connecting<'_> {
         let hello = self.hop.hello(None).encode();
-        Box::pin(async move { self.hop.open(hello).await })
+        Box::pin(async move { self.hop.open(hello, None).await })
     }
 
     /// Opens a hop stream for one request, its context in a version 1 hello (the way
     /// before pooling; the edge sends HTTP with [`Upstream::send_request`] instead).
     fn connect_for(&self, context: &UpstreamContext) -> Connecting<'_> {
         let hello = self.hop.hello(Some(context)).encode();
-        Box::pin(async move { self.hop.open(hello).await })
+        Box::pin(async move { self.hop.open(hello, None).await })
     }
 
     /// Sends the request over a pooled hop stream with its context in
@@ -259,15 +286,13 @@ fn node_refusal(response: Response<Incoming>) -> Result<Response<Incoming>, Upst
     }))
 }
 
-/// The pool of HTTP hop streams to `hop`'s target: each opened with a version 2 hello.
+/// The pool of HTTP hop streams to `hop`'s target: each opened with a version 2 hello
+/// and keep-alive on.
 fn hop_pool(hop: &Arc<HopDialer>, limits: PoolLimits) -> HttpPool {
     let hop = Arc::clone(hop);
     let dial: Dial = Arc::new(move || {
         let hop = Arc::clone(&hop);
-        Box::pin(async move {
-            let hello = hop.pooled_hello().encode();
-            hop.open(hello).await
-        })
+        Box::pin(async move { hop.open_pooled().await })
     });
     HttpPool::new(dial, limits)
 }
@@ -288,7 +313,50 @@ fn invalid_hello(error: HopError) -> io::Error {
 mod tests {
     use super::*;
     use crate::gate::Identity;
-    use postern_netstack::NetstackConfig;
+    use postern_netstack::{Impairment, MemoryWire, NetstackConfig};
+    use postern_proto::funnel_hop::hello_frame_len;
+
+    /// A pooled hop stream to a node that then vanishes (the in-memory wire cut: no RST,
+    /// nothing at all) fails after the keep-alive's silence instead of hanging.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pooled_stream_to_a_vanished_node_fails() {
+        let config = |ip: &str| NetstackConfig::new(vec![ip.parse().unwrap()]);
+        let (edge, edge_seam) = Netstack::new(config("100.64.0.9")).unwrap();
+        let (node, node_seam) = Netstack::new(config("100.64.0.2")).unwrap();
+        let wire = MemoryWire::connect(edge_seam, node_seam, Impairment::none());
+        // The node's end: accept the hop, check the hello is a pooled one, accept it.
+        let listener = node.listen_tcp(FUNNEL_HOP_PORT).unwrap();
+        let node_side = tokio::spawn(async move {
+            let mut stream = listener.accept().await.unwrap();
+            let mut hello = vec![0u8; HOP_PREFIX_LEN];
+            stream.read_exact(&mut hello).await.unwrap();
+            hello.resize(hello_frame_len(&hello).unwrap().unwrap(), 0);
+            stream
+                .read_exact(&mut hello[HOP_PREFIX_LEN..])
+                .await
+                .unwrap();
+            assert!(FunnelHello::decode(&hello).unwrap().per_request_context);
+            stream
+                .write_all(&HopReply::Accepted.encode())
+                .await
+                .unwrap();
+            stream
+        });
+        let mut upstream =
+            MeshUpstream::new(edge, "100.64.0.2".parse().unwrap(), 3000, "app.test").unwrap();
+        Arc::make_mut(&mut upstream.hop).pool_keepalive = Duration::from_millis(100);
+        let mut stream = upstream.hop.open_pooled().await.unwrap();
+        let _node_stream = node_side.await.unwrap();
+
+        drop(wire);
+        stream.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 16];
+        let error = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("the stream to a vanished node still hangs")
+            .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionReset, "{error}");
+    }
 
     #[tokio::test]
     async fn hellos_carry_the_admission_and_drop_what_cannot_travel() {

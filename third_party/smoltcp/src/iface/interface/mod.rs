@@ -37,7 +37,7 @@ use super::fragmentation::{Fragmenter, FragmentsBuffer};
 
 #[cfg(any(feature = "medium-ethernet", feature = "medium-ieee802154"))]
 use super::neighbor::{Answer as NeighborAnswer, Cache as NeighborCache};
-use super::socket_set::SocketSet;
+use super::socket_set::{Item, SocketHandle, SocketSet};
 use crate::config::{
     IFACE_MAX_ADDR_COUNT, IFACE_MAX_PREFIX_COUNT, IFACE_MAX_SIXLOWPAN_ADDRESS_CONTEXT_COUNT,
 };
@@ -155,6 +155,9 @@ pub struct InterfaceInner {
     routes: Routes,
     #[cfg(feature = "multicast")]
     multicast: multicast::State,
+    /// Postern patch (PATCHES.md): the TCP socket `process_tcp` tries first, set only
+    /// for the duration of `poll_ingress_single_hinted`.
+    tcp_ingress_hint: Option<SocketHandle>,
 }
 
 /// Configuration structure used for creating a network interface.
@@ -297,6 +300,7 @@ impl Interface {
                 #[cfg(feature = "proto-ipv6-slaac")]
                 slaac_updated: Instant::from_millis(0),
                 rand,
+                tcp_ingress_hint: None,
             },
         }
     }
@@ -522,7 +526,42 @@ impl Interface {
         sockets: &mut SocketSet<'_>,
     ) -> PollResult {
         self.inner.now = timestamp;
+        self.interface_egress(device);
+        self.socket_egress(device, sockets)
+    }
 
+    /// Postern patch (PATCHES.md): transmit what one socket has queued, like
+    /// [`poll_egress`](Self::poll_egress) but visiting only the socket behind `handle`
+    /// (the interface's own pending traffic, such as fragments, goes out as in
+    /// `poll_egress`). A socket sends at most one packet per call, as in `poll_egress`;
+    /// call it again while it returns [`PollResult::SocketStateChanged`].
+    ///
+    /// Use it after an inbound packet for a known socket, so that the cost of answering
+    /// the packet does not grow with the number of idle sockets in the set. It does not
+    /// replace `poll_egress`: other sockets' timers, and data the application queued in
+    /// other sockets, are only served by `poll_egress`. A handle that is not in the set
+    /// does nothing and returns [`PollResult::None`].
+    pub fn poll_egress_socket(
+        &mut self,
+        timestamp: Instant,
+        device: &mut (impl Device + ?Sized),
+        sockets: &mut SocketSet<'_>,
+        handle: SocketHandle,
+    ) -> PollResult {
+        self.inner.now = timestamp;
+        self.interface_egress(device);
+        let Some(item) = sockets.item_mut(handle) else {
+            return PollResult::None;
+        };
+        match self.item_egress(device, item) {
+            Ok(result) | Err(result) => result,
+        }
+    }
+
+    /// The interface's own egress (fragments, router solicitations, multicast reports),
+    /// before the sockets'. Postern patch (PATCHES.md): moved out of `poll_egress` so that
+    /// `poll_egress_socket` shares it.
+    fn interface_egress(&mut self, device: &mut (impl Device + ?Sized)) {
         match self.inner.caps.medium {
             #[cfg(feature = "medium-ieee802154")]
             Medium::Ieee802154 => {
@@ -543,8 +582,6 @@ impl Interface {
 
         #[cfg(feature = "multicast")]
         self.multicast_egress(device);
-
-        self.socket_egress(device, sockets)
     }
 
     /// Process one incoming packet queued in the device.
@@ -566,6 +603,29 @@ impl Interface {
         self.fragments.assembler.remove_expired(timestamp);
 
         self.socket_ingress(device, sockets)
+    }
+
+    /// Postern patch (PATCHES.md): [`poll_ingress_single`](Self::poll_ingress_single)
+    /// for a packet the caller believes belongs to the TCP socket behind `hint`.
+    ///
+    /// A TCP segment is offered to that socket first; if it does not accept the segment
+    /// (or `hint` is not a TCP socket of the set), the other sockets are searched as in
+    /// `poll_ingress_single`. This makes finding the socket of a segment independent of
+    /// the number of sockets in the set. Should two sockets accept the segment (a
+    /// listening socket and a connection on the same port), the hinted one gets it,
+    /// rather than whichever comes first in the set. Packets other than TCP ignore the
+    /// hint.
+    pub fn poll_ingress_single_hinted(
+        &mut self,
+        timestamp: Instant,
+        device: &mut (impl Device + ?Sized),
+        sockets: &mut SocketSet<'_>,
+        hint: SocketHandle,
+    ) -> PollIngressSingleResult {
+        self.inner.tcp_ingress_hint = Some(hint);
+        let result = self.poll_ingress_single(timestamp, device, sockets);
+        self.inner.tcp_ingress_hint = None;
+        result
     }
 
     /// Maintain stateful processing on the device.
@@ -716,113 +776,133 @@ impl Interface {
     ) -> PollResult {
         let _caps = device.capabilities();
 
+        let mut result = PollResult::None;
+        for item in sockets.items_mut() {
+            match self.item_egress(device, item) {
+                Ok(PollResult::None) => {}
+                Ok(PollResult::SocketStateChanged) => result = PollResult::SocketStateChanged,
+                Err(changed) => {
+                    // Device buffer full.
+                    if changed == PollResult::SocketStateChanged {
+                        result = changed;
+                    }
+                    break;
+                }
+            }
+        }
+        result
+    }
+
+    /// One socket's turn in [`socket_egress`](Self::socket_egress): it sends at most one
+    /// packet. `Err` means the device had no room (stop visiting sockets); both carry
+    /// whether a packet went out. Postern patch (PATCHES.md): the body of
+    /// `socket_egress`'s loop, unchanged, moved here so that `poll_egress_socket` shares it.
+    fn item_egress(
+        &mut self,
+        device: &mut (impl Device + ?Sized),
+        item: &mut Item<'_>,
+    ) -> Result<PollResult, PollResult> {
         enum EgressError {
             Exhausted,
             Dispatch,
         }
 
         let mut result = PollResult::None;
-        for item in sockets.items_mut() {
-            if !item
-                .meta
-                .egress_permitted(self.inner.now, |ip_addr| self.inner.has_neighbor(&ip_addr))
-            {
-                continue;
-            }
-
-            let mut neighbor_addr = None;
-            let mut respond = |inner: &mut InterfaceInner, meta: PacketMeta, response: Packet| {
-                neighbor_addr = Some(response.ip_repr().dst_addr());
-                let t = device.transmit(inner.now).ok_or_else(|| {
-                    net_debug!("failed to transmit IP: device exhausted");
-                    EgressError::Exhausted
-                })?;
-
-                inner
-                    .dispatch_ip(t, meta, response, &mut self.fragmenter)
-                    .map_err(|_| EgressError::Dispatch)?;
-
-                result = PollResult::SocketStateChanged;
-
-                Ok(())
-            };
-
-            let result = match &mut item.socket {
-                #[cfg(feature = "socket-raw")]
-                Socket::Raw(socket) => socket.dispatch(&mut self.inner, |inner, (ip, raw)| {
-                    respond(
-                        inner,
-                        PacketMeta::default(),
-                        Packet::new(ip, IpPayload::Raw(raw)),
-                    )
-                }),
-                #[cfg(feature = "socket-icmp")]
-                Socket::Icmp(socket) => {
-                    socket.dispatch(&mut self.inner, |inner, response| match response {
-                        #[cfg(feature = "proto-ipv4")]
-                        (IpRepr::Ipv4(ipv4_repr), IcmpRepr::Ipv4(icmpv4_repr)) => respond(
-                            inner,
-                            PacketMeta::default(),
-                            Packet::new_ipv4(ipv4_repr, IpPayload::Icmpv4(icmpv4_repr)),
-                        ),
-                        #[cfg(feature = "proto-ipv6")]
-                        (IpRepr::Ipv6(ipv6_repr), IcmpRepr::Ipv6(icmpv6_repr)) => respond(
-                            inner,
-                            PacketMeta::default(),
-                            Packet::new_ipv6(ipv6_repr, IpPayload::Icmpv6(icmpv6_repr)),
-                        ),
-                        #[allow(unreachable_patterns)]
-                        _ => unreachable!(),
-                    })
-                }
-                #[cfg(feature = "socket-udp")]
-                Socket::Udp(socket) => {
-                    socket.dispatch(&mut self.inner, |inner, meta, (ip, udp, payload)| {
-                        respond(inner, meta, Packet::new(ip, IpPayload::Udp(udp, payload)))
-                    })
-                }
-                #[cfg(feature = "socket-tcp")]
-                Socket::Tcp(socket) => {
-                    socket.dispatch(&mut self.inner, |inner, meta, (ip, tcp)| {
-                        respond(inner, meta, Packet::new(ip, IpPayload::Tcp(tcp)))
-                    })
-                }
-                #[cfg(feature = "socket-dhcpv4")]
-                Socket::Dhcpv4(socket) => {
-                    socket.dispatch(&mut self.inner, |inner, (ip, udp, dhcp)| {
-                        respond(
-                            inner,
-                            PacketMeta::default(),
-                            Packet::new_ipv4(ip, IpPayload::Dhcpv4(udp, dhcp)),
-                        )
-                    })
-                }
-                #[cfg(feature = "socket-dns")]
-                Socket::Dns(socket) => socket.dispatch(&mut self.inner, |inner, (ip, udp, dns)| {
-                    respond(
-                        inner,
-                        PacketMeta::default(),
-                        Packet::new(ip, IpPayload::Udp(udp, dns)),
-                    )
-                }),
-            };
-
-            match result {
-                Err(EgressError::Exhausted) => break, // Device buffer full.
-                Err(EgressError::Dispatch) => {
-                    // `NeighborCache` already takes care of rate limiting the neighbor discovery
-                    // requests from the socket. However, without an additional rate limiting
-                    // mechanism, we would spin on every socket that has yet to discover its
-                    // neighbor.
-                    item.meta.neighbor_missing(
-                        self.inner.now,
-                        neighbor_addr.expect("non-IP response packet"),
-                    );
-                }
-                Ok(()) => {}
-            }
+        if !item
+            .meta
+            .egress_permitted(self.inner.now, |ip_addr| self.inner.has_neighbor(&ip_addr))
+        {
+            return Ok(result);
         }
-        result
+
+        let mut neighbor_addr = None;
+        let mut respond = |inner: &mut InterfaceInner, meta: PacketMeta, response: Packet| {
+            neighbor_addr = Some(response.ip_repr().dst_addr());
+            let t = device.transmit(inner.now).ok_or_else(|| {
+                net_debug!("failed to transmit IP: device exhausted");
+                EgressError::Exhausted
+            })?;
+
+            inner
+                .dispatch_ip(t, meta, response, &mut self.fragmenter)
+                .map_err(|_| EgressError::Dispatch)?;
+
+            result = PollResult::SocketStateChanged;
+
+            Ok(())
+        };
+
+        let dispatched = match &mut item.socket {
+            #[cfg(feature = "socket-raw")]
+            Socket::Raw(socket) => socket.dispatch(&mut self.inner, |inner, (ip, raw)| {
+                respond(
+                    inner,
+                    PacketMeta::default(),
+                    Packet::new(ip, IpPayload::Raw(raw)),
+                )
+            }),
+            #[cfg(feature = "socket-icmp")]
+            Socket::Icmp(socket) => {
+                socket.dispatch(&mut self.inner, |inner, response| match response {
+                    #[cfg(feature = "proto-ipv4")]
+                    (IpRepr::Ipv4(ipv4_repr), IcmpRepr::Ipv4(icmpv4_repr)) => respond(
+                        inner,
+                        PacketMeta::default(),
+                        Packet::new_ipv4(ipv4_repr, IpPayload::Icmpv4(icmpv4_repr)),
+                    ),
+                    #[cfg(feature = "proto-ipv6")]
+                    (IpRepr::Ipv6(ipv6_repr), IcmpRepr::Ipv6(icmpv6_repr)) => respond(
+                        inner,
+                        PacketMeta::default(),
+                        Packet::new_ipv6(ipv6_repr, IpPayload::Icmpv6(icmpv6_repr)),
+                    ),
+                    #[allow(unreachable_patterns)]
+                    _ => unreachable!(),
+                })
+            }
+            #[cfg(feature = "socket-udp")]
+            Socket::Udp(socket) => {
+                socket.dispatch(&mut self.inner, |inner, meta, (ip, udp, payload)| {
+                    respond(inner, meta, Packet::new(ip, IpPayload::Udp(udp, payload)))
+                })
+            }
+            #[cfg(feature = "socket-tcp")]
+            Socket::Tcp(socket) => socket.dispatch(&mut self.inner, |inner, meta, (ip, tcp)| {
+                respond(inner, meta, Packet::new(ip, IpPayload::Tcp(tcp)))
+            }),
+            #[cfg(feature = "socket-dhcpv4")]
+            Socket::Dhcpv4(socket) => socket.dispatch(&mut self.inner, |inner, (ip, udp, dhcp)| {
+                respond(
+                    inner,
+                    PacketMeta::default(),
+                    Packet::new_ipv4(ip, IpPayload::Dhcpv4(udp, dhcp)),
+                )
+            }),
+            #[cfg(feature = "socket-dns")]
+            Socket::Dns(socket) => socket.dispatch(&mut self.inner, |inner, (ip, udp, dns)| {
+                respond(
+                    inner,
+                    PacketMeta::default(),
+                    Packet::new(ip, IpPayload::Udp(udp, dns)),
+                )
+            }),
+        };
+
+        match dispatched {
+            Err(EgressError::Exhausted) => return Err(result), // Device buffer full.
+            Err(EgressError::Dispatch) => {
+                // `NeighborCache` already takes care of rate limiting the neighbor discovery
+                // requests from the socket. However, without an additional rate limiting
+                // mechanism, we would spin on every socket that has yet to discover its
+                // neighbor.
+                item.meta.neighbor_missing(
+                    self.inner.now,
+                    neighbor_addr.expect("non-IP response packet"),
+                );
+            }
+            Ok(()) => {}
+        }
+        Ok(result)
     }
 }
 

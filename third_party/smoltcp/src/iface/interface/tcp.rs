@@ -29,6 +29,17 @@ impl InterfaceInner {
             &self.caps.checksum
         ));
 
+        // Postern patch (PATCHES.md): the socket the caller named, before the search.
+        if let Some(hint) = self.tcp_ingress_hint.take()
+            && let Some(item) = sockets.item_mut(hint)
+            && let Some(tcp_socket) = Socket::downcast_mut(&mut item.socket)
+            && tcp_socket.accepts(self, &ip_repr, &tcp_repr)
+        {
+            return tcp_socket
+                .process(self, &ip_repr, &tcp_repr)
+                .map(|(ip, tcp)| Packet::new(ip, IpPayload::Tcp(tcp)));
+        }
+
         for tcp_socket in sockets
             .items_mut()
             .filter_map(|i| Socket::downcast_mut(&mut i.socket))

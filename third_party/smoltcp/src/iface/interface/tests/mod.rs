@@ -299,3 +299,128 @@ pub fn tcp_listen_drops_unspecified_src() {
     assert_eq!(reply, None);
     assert!(sockets.get_mut::<tcp::Socket>(handle).is_listening());
 }
+
+/// Postern patch (PATCHES.md): `poll_egress_socket` sends what the given socket has
+/// queued and leaves every other socket alone; `poll_egress` still serves them.
+#[test]
+#[cfg(all(feature = "medium-ip", feature = "socket-tcp", feature = "proto-ipv4"))]
+pub fn poll_egress_socket_visits_one_socket() {
+    use crate::socket::tcp;
+
+    let (mut iface, mut sockets, mut device) = setup(Medium::Ip);
+    let mut connecting = |port: u16| {
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 64]),
+            tcp::SocketBuffer::new(vec![0; 64]),
+        );
+        socket
+            .connect(iface.context(), (Ipv4Address::new(192, 168, 1, 2), 80), port)
+            .unwrap();
+        sockets.add(socket)
+    };
+    let first = connecting(50001);
+    let second = connecting(50002);
+    let src_port = |packet: &[u8]| {
+        let ip = Ipv4Packet::new_checked(packet).unwrap();
+        TcpPacket::new_checked(ip.payload()).unwrap().src_port()
+    };
+
+    // Both sockets have a SYN to send; only the second one's goes out.
+    assert_eq!(
+        iface.poll_egress_socket(Instant::ZERO, &mut device, &mut sockets, second),
+        PollResult::SocketStateChanged
+    );
+    assert_eq!(
+        iface.poll_egress_socket(Instant::ZERO, &mut device, &mut sockets, second),
+        PollResult::None
+    );
+    let sent = recv_all(&mut device, Instant::ZERO);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(src_port(&sent[0]), 50002);
+
+    // The full pass still finds the first socket's SYN (and nothing more of the second).
+    assert_eq!(
+        iface.poll_egress(Instant::ZERO, &mut device, &mut sockets),
+        PollResult::SocketStateChanged
+    );
+    let sent = recv_all(&mut device, Instant::ZERO);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(src_port(&sent[0]), 50001);
+
+    // A handle no longer in the set does nothing.
+    sockets.remove(first);
+    assert_eq!(
+        iface.poll_egress_socket(Instant::ZERO, &mut device, &mut sockets, first),
+        PollResult::None
+    );
+    assert!(recv_all(&mut device, Instant::ZERO).is_empty());
+}
+
+/// Postern patch (PATCHES.md): `poll_ingress_single_hinted` offers a TCP segment to the
+/// hinted socket first, and falls back to the search when that socket does not accept it.
+#[test]
+#[cfg(all(feature = "medium-ip", feature = "socket-tcp", feature = "proto-ipv4"))]
+pub fn poll_ingress_single_hinted_prefers_the_hinted_socket() {
+    use crate::socket::tcp;
+
+    let (mut iface, mut sockets, mut device) = setup(Medium::Ip);
+    let mut listening = |port: u16| {
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 64]),
+            tcp::SocketBuffer::new(vec![0; 64]),
+        );
+        socket.listen(port).unwrap();
+        sockets.add(socket)
+    };
+    // Two sockets that both accept a SYN to port 1234; the search would pick the first.
+    let first = listening(1234);
+    let second = listening(1234);
+    let other_port = listening(4321);
+    let syn = |src_port: u16| {
+        let tcp = TcpRepr {
+            src_port,
+            dst_port: 1234,
+            control: TcpControl::Syn,
+            seq_number: TcpSeqNumber(0),
+            ack_number: None,
+            window_len: 1024,
+            window_scale: None,
+            max_seg_size: Some(1460),
+            sack_permitted: false,
+            sack_ranges: [None, None, None],
+            timestamp: None,
+            payload: &[],
+        };
+        let ip = Ipv4Repr {
+            src_addr: Ipv4Address::new(192, 168, 1, 2),
+            dst_addr: Ipv4Address::new(192, 168, 1, 1),
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
+        let mut bytes = vec![0u8; ip.buffer_len() + tcp.buffer_len()];
+        let caps = ChecksumCapabilities::default();
+        let mut packet = Ipv4Packet::new_unchecked(&mut bytes[..]);
+        ip.emit(&mut packet, &caps);
+        tcp.emit(
+            &mut TcpPacket::new_unchecked(packet.payload_mut()),
+            &ip.src_addr.into(),
+            &ip.dst_addr.into(),
+            &caps,
+        );
+        bytes
+    };
+    let state = |sockets: &SocketSet, handle| sockets.get::<tcp::Socket>(handle).state();
+
+    // The hint wins over the order of the set.
+    device.rx_queue.push_back(syn(50001));
+    iface.poll_ingress_single_hinted(Instant::ZERO, &mut device, &mut sockets, second);
+    assert_eq!(state(&sockets, second), tcp::State::SynReceived);
+    assert_eq!(state(&sockets, first), tcp::State::Listen);
+
+    // A hinted socket that does not accept the segment: the search finds the right one.
+    device.rx_queue.push_back(syn(50002));
+    iface.poll_ingress_single_hinted(Instant::ZERO, &mut device, &mut sockets, other_port);
+    assert_eq!(state(&sockets, first), tcp::State::SynReceived);
+    assert_eq!(state(&sockets, other_port), tcp::State::Listen);
+}

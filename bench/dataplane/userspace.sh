@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # bench/dataplane/userspace.sh POSTERN_BIN: a quick A/B of postern userspace (A) <-> wireguard-go (B)
 # only, both directions, with CPU per GB and the UDP counters of both namespaces (RcvbufErrors
-# show datagrams the receiver dropped). Env: T (s), PERF=stat|record (perf of postern), TAG.
+# show datagrams the receiver dropped). Env: T (s), PERF=stat|record (perf of postern), TAG,
+# PACING=on|off (sets POSTERN_TCP_PACING for postern: the netstack's TCP pacing; unset: the
+# build's default), RMEM (both namespaces' rmem_default/max). Each direction's line ends with
+# B's and A's UDP datagrams in and RcvbufErrors during that direction.
 set -euo pipefail
 POSTERN="$1"; T="${T:-8}"; TAG="${TAG:-x}"
 ST="$(mktemp -d /tmp/mpus.XXXXXX)"; NSA="mp$$a"; NSB="mp$$b"; WGB="mpwb$$"; PIDS=()
@@ -20,25 +23,31 @@ for i in $(seq 100); do [ -S "/var/run/wireguard/$WGB.sock" ] && break; sleep 0.
 nsx "$NSB" wg set "$WGB" private-key "$ST/b.key" listen-port 51820 peer "$(cat $ST/a.pub)" allowed-ips 198.19.200.2/32
 nsx "$NSB" ip addr add 198.19.200.1/24 dev "$WGB"; nsx "$NSB" ip link set "$WGB" mtu 1420 up
 printf '[Interface]\nPrivateKey = %s\nAddress = 198.19.200.2/32\n\n[Peer]\nPublicKey = %s\nAllowedIPs = 198.19.200.0/24\nEndpoint = 198.19.100.1:51820\n' "$(cat $ST/a.key)" "$(cat $ST/b.pub)" >"$ST/pu.conf"; chmod 600 "$ST/pu.conf"
+[ -n "${PACING:-}" ] && export POSTERN_TCP_PACING="$PACING"
 ip netns exec "$NSA" "$POSTERN" wg up "$ST/pu.conf" --forward tcp:127.0.0.1:15201:198.19.200.1:5201 >"$ST/pu.log" 2>&1 & PIDS+=($!); PA=$!
 for i in $(seq 200); do grep -q " ready" "$ST/pu.log" 2>/dev/null && break; sleep 0.05; done
 ip netns exec "$NSB" iperf3 -s -p 5201 >/dev/null 2>&1 & PIDS+=($!)
 sleep 0.5
 nsx "$NSA" iperf3 -c 127.0.0.1 -p 15201 -t 1 >/dev/null 2>&1 || true
+# UDP datagrams in and RcvbufErrors of a namespace, from /proc/net/snmp.
+udpc() { ip netns exec "$1" awk '/^Udp:/ { if (h) { print $2, $6 } else h = 1 }' /proc/net/snmp; }
 for dir in fwd rev; do
   extra=""; [ $dir = rev ] && extra="-R"
+  read -r bi0 be0 < <(udpc "$NSB"); read -r ai0 ae0 < <(udpc "$NSA")
   t0=$(awk '{print $14+$15}' /proc/$PA/stat); w0=$(awk '{print $14+$15}' /proc/$PB/stat)
   if [ "${PERF:-}" = record ]; then perf record -g -o /tmp/perf.$TAG.$dir.data -p $PA -- sleep $((T-1)) >/dev/null 2>&1 & PP=$!; fi
   if [ "${PERF:-}" = stat ]; then perf stat -e task-clock,context-switches,cycles,instructions -p $PA -o /tmp/pstat.$TAG.$dir -- sleep $((T-1)) >/dev/null 2>&1 & PP=$!; fi
   nsx "$NSA" iperf3 -J -c 127.0.0.1 -p 15201 -t "$T" $extra >"$ST/$dir.json" 2>&1 || true
   [ -n "${PERF:-}" ] && wait $PP || true
   t1=$(awk '{print $14+$15}' /proc/$PA/stat); w1=$(awk '{print $14+$15}' /proc/$PB/stat)
-  python3 - "$ST/$dir.json" $((t1-t0)) $((w1-w0)) $T $dir $TAG <<'PY'
+  read -r bi1 be1 < <(udpc "$NSB"); read -r ai1 ae1 < <(udpc "$NSA")
+  udp="B udp in $((bi1-bi0)) rcvbuf-err $((be1-be0)), A udp in $((ai1-ai0)) rcvbuf-err $((ae1-ae0))"
+  python3 - "$ST/$dir.json" $((t1-t0)) $((w1-w0)) $T $dir "$TAG${PACING:+ pacing=$PACING}" "$udp" <<'PY'
 import json,sys
 j=json.load(open(sys.argv[1])); e=j["end"]
 bps=e["sum_received"]["bits_per_second"]; by=e["sum_received"]["bytes"]; rt=e["sum_sent"].get("retransmits","-")
 pa=int(sys.argv[2])/100; pb=int(sys.argv[3])/100; T=float(sys.argv[4])
-print(f"{sys.argv[6]} {sys.argv[5]}: {bps/1e9:.3f} Gbit/s  postern {pa/T*100:.0f}% ({pa/(by/1e9):.2f} cpu-s/GB)  wg-go {pb/T*100:.0f}%  retr {rt}")
+print(f"{sys.argv[6]} {sys.argv[5]}: {bps/1e9:.3f} Gbit/s  postern {pa/T*100:.0f}% ({pa/(by/1e9):.2f} cpu-s/GB)  wg-go {pb/T*100:.0f}%  retr {rt}  {sys.argv[7]}")
 PY
 done
 echo "B udp: $(ip netns exec $NSB awk '/^Udp:/' /proc/net/snmp | tail -1)"; echo "A udp: $(ip netns exec $NSA awk '/^Udp:/' /proc/net/snmp | tail -1)"

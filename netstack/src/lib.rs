@@ -97,7 +97,7 @@ mod tcp;
 mod udp;
 mod wire;
 
-pub use config::{CongestionControl, NetstackConfig};
+pub use config::{CongestionControl, NetstackConfig, TCP_PACING_ENV, TcpPacing};
 pub use error::NetstackError;
 pub use packet::{InboundPacket, MalformedPacket, Transport, inspect_inbound};
 pub use seam::{PacketBatch, PacketSeam};

@@ -13,7 +13,9 @@ const MAX_ACK_DELAY: Duration = Duration::from_millis(500);
 const MAX_PACING_HORIZON: Duration = Duration::from_millis(100);
 
 /// The environment variable [`NetstackConfig::apply_env`] reads to turn TCP pacing on
-/// (`on`: [`TcpPacing::default`]) or off (`off`), overriding the configured setting.
+/// (`on`: [`TcpPacing::default`]) or off (`off`), overriding the configured setting. `on`
+/// may be followed by settings that replace the defaults, for tuning:
+/// `on,ss=200,ca=120,horizon_us=1000` (the fields of [`TcpPacing`]).
 pub const TCP_PACING_ENV: &str = "POSTERN_TCP_PACING";
 
 /// The settings of one [`Netstack`](crate::Netstack).
@@ -297,15 +299,39 @@ impl NetstackConfig {
     }
 }
 
-/// Reads a [`TCP_PACING_ENV`] value: `on` is [`TcpPacing::default`], `off` is none.
+/// Reads a [`TCP_PACING_ENV`] value: `off` is none, `on` is [`TcpPacing::default`] with
+/// the `key=value` settings that follow it, comma-separated, if any.
 fn parse_pacing_switch(value: &str) -> Result<Option<TcpPacing>, NetstackError> {
-    match value.trim().to_ascii_lowercase().as_str() {
-        "on" | "1" | "true" => Ok(Some(TcpPacing::default())),
-        "off" | "0" | "false" => Ok(None),
-        _ => Err(NetstackError::InvalidConfig(format!(
-            "{TCP_PACING_ENV} is `{value}`; set it to `on` or `off`"
-        ))),
+    let wrong = |why: String| {
+        NetstackError::InvalidConfig(format!(
+            "{TCP_PACING_ENV} is `{value}`: {why}; set it to `off`, `on`, or e.g. \
+             `on,ss=200,ca=120,horizon_us=1000`"
+        ))
+    };
+    let lower = value.trim().to_ascii_lowercase();
+    let mut parts = lower.split(',').map(str::trim);
+    match parts.next() {
+        Some("off" | "0" | "false") if parts.next().is_none() => return Ok(None),
+        Some("off" | "0" | "false") => return Err(wrong("`off` takes no settings".into())),
+        Some("on" | "1" | "true") => {}
+        _ => return Err(wrong("it does not start with `on` or `off`".into())),
     }
+    let mut pacing = TcpPacing::default();
+    for part in parts {
+        let (key, number) = part
+            .split_once('=')
+            .ok_or_else(|| wrong(format!("`{part}` is not key=value")))?;
+        let number: u32 = number
+            .parse()
+            .map_err(|_| wrong(format!("`{number}` is not a whole number")))?;
+        match key {
+            "ss" => pacing.slow_start_percent = number,
+            "ca" => pacing.congestion_avoidance_percent = number,
+            "horizon_us" => pacing.horizon = Duration::from_micros(u64::from(number)),
+            _ => return Err(wrong(format!("`{key}` is not ss, ca or horizon_us"))),
+        }
+    }
+    Ok(Some(pacing))
 }
 
 fn is_broadcast(addr: &IpAddr) -> bool {
@@ -391,10 +417,28 @@ mod tests {
             Some(TcpPacing::default())
         );
         assert_eq!(parse_pacing_switch(" OFF ").unwrap(), None);
-        let err = parse_pacing_switch("fast").unwrap_err().to_string();
-        assert!(
-            err.contains("POSTERN_TCP_PACING is `fast`; set it to `on` or `off`"),
-            "{err}"
+        assert_eq!(
+            parse_pacing_switch("on, ca=150,horizon_us=500").unwrap(),
+            Some(TcpPacing {
+                congestion_avoidance_percent: 150,
+                horizon: Duration::from_micros(500),
+                ..TcpPacing::default()
+            })
         );
+        for (value, why) in [
+            ("fast", "it does not start with `on` or `off`"),
+            ("off,ca=100", "`off` takes no settings"),
+            ("on,ca", "`ca` is not key=value"),
+            ("on,ca=x", "`x` is not a whole number"),
+            ("on,gain=2", "`gain` is not ss, ca or horizon_us"),
+        ] {
+            let err = parse_pacing_switch(value).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!(
+                    "POSTERN_TCP_PACING is `{value}`: {why}; set it to"
+                )),
+                "{err}"
+            );
+        }
     }
 }

@@ -151,8 +151,8 @@ pub enum CongestionControl {
 
 impl NetstackConfig {
     /// Settings for a stack that owns `addresses`, with defaults for everything else:
-    /// MTU 1420, 2 MiB TCP buffers each way, 4 spare TCP sockets, CUBIC, checksums
-    /// verified.
+    /// MTU 1420, 2 MiB TCP buffers each way, 4 spare TCP sockets, CUBIC, no TCP pacing,
+    /// checksums verified.
     pub fn new(addresses: impl IntoIterator<Item = IpAddr>) -> Self {
         Self {
             addresses: addresses.into_iter().collect(),

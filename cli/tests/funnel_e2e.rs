@@ -915,7 +915,19 @@ fn signed_webhooks_reach_the_laptop_and_forged_ones_stop_at_the_edge() {
         "a refused delivery reached the origin"
     );
 
-    let audit = edge.audit();
+    // The ingress writes its audit lines from a writer thread, a moment after answering.
+    let audit = wait_for(
+        "the four decisions in the audit log",
+        Duration::from_secs(10),
+        || {
+            let audit = edge.audit();
+            let hook = audit
+                .iter()
+                .filter(|r| r["funnel"] == host.as_str() && r["path"] == "/hook")
+                .count();
+            (hook >= 4).then_some(audit)
+        },
+    );
     let allowed: Vec<&Value> = audit
         .iter()
         .filter(|r| r["funnel"] == host.as_str() && r["result"] == "allow")
@@ -1222,13 +1234,14 @@ fn a_funnel_stops_at_its_expiry() {
         before,
         "a request after the expiry reached the origin"
     );
-    let audit = edge.audit();
-    assert!(
-        audit.iter().any(|r| r["funnel"] == host.as_str()
-            && r["result"] == "expire"
-            && r["reason"] == "expired"),
-        "no expiry record for {host}: {audit:#?}"
-    );
+    wait_for("the expiry record", Duration::from_secs(10), || {
+        edge.audit()
+            .iter()
+            .any(|r| {
+                r["funnel"] == host.as_str() && r["result"] == "expire" && r["reason"] == "expired"
+            })
+            .then_some(())
+    });
 }
 
 /// Issue #8 item 7: two ingresses serve the same funnels with one certificate. The first

@@ -5,7 +5,7 @@
 //! coordination server's sink will implement the same trait.
 
 use std::io::Write;
-use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use serde::Serialize;
 
@@ -102,11 +102,33 @@ pub trait AuditSink: Send + Sync + std::fmt::Debug {
             duration_ms: record.duration_ms,
         });
     }
+
+    /// Returns once every record given to this sink before the call is stored (written
+    /// and flushed, or handed on). Call it at shutdown; the default does nothing, for sinks
+    /// that store each record before `record` returns.
+    fn flush(&self) {}
 }
 
 /// Writes each record as one JSON line to a writer (a file opened for append, or stdout).
+///
+/// The request path only serializes the record and hands the line to a queue; one writer
+/// thread, owned by the sink, writes what the queue holds and flushes whenever the queue
+/// runs empty. So a request never waits on a lock shared with the other workers nor on the
+/// disk, and under load many lines go out in one `write`. Nothing is dropped: when the queue
+/// is full ([`Self::QUEUE_LINES`] lines, a disk that stalls), `record` waits for room.
+/// [`AuditSink::flush`] waits until every line recorded before it is written, and dropping
+/// the sink writes what is queued and then stops the thread.
 pub struct JsonLinesSink {
-    out: Mutex<Box<dyn Write + Send>>,
+    queue: Option<SyncSender<WriterMessage>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What the writer thread is asked to do.
+enum WriterMessage {
+    /// Write this line (it ends with `\n`).
+    Line(Vec<u8>),
+    /// Write and flush everything before this, then answer.
+    Flush(SyncSender<()>),
 }
 
 impl std::fmt::Debug for JsonLinesSink {
@@ -116,14 +138,36 @@ impl std::fmt::Debug for JsonLinesSink {
 }
 
 impl JsonLinesSink {
-    /// A sink writing to `out`; each line is flushed as it is written.
-    pub fn new(out: Box<dyn Write + Send>) -> Self {
-        Self {
-            out: Mutex::new(out),
-        }
+    /// How many lines may wait for the writer thread before `record` waits for room.
+    pub const QUEUE_LINES: usize = 65_536;
+
+    /// A sink writing to `out` from its own thread; see the [type docs](Self).
+    ///
+    /// # Errors
+    /// The operating system refused to start the writer thread.
+    pub fn new(out: Box<dyn Write + Send>) -> std::io::Result<Self> {
+        Self::with_queue(out, Self::QUEUE_LINES)
+    }
+
+    /// Like [`Self::new`] with room for `lines` queued lines (at least one; tests use few).
+    ///
+    /// # Errors
+    /// The operating system refused to start the writer thread.
+    pub fn with_queue(out: Box<dyn Write + Send>, lines: usize) -> std::io::Result<Self> {
+        let (queue, lines) = sync_channel(lines.max(1));
+        let writer = std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || write_lines(&lines, out))?;
+        Ok(Self {
+            queue: Some(queue),
+            writer: Some(writer),
+        })
     }
 
     /// A sink appending to the file at `path` (created with mode 0640 if absent).
+    ///
+    /// # Errors
+    /// The file cannot be opened for appending, or the writer thread cannot start.
     pub fn append_to(path: &std::path::Path) -> std::io::Result<Self> {
         use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new()
@@ -131,32 +175,91 @@ impl JsonLinesSink {
             .create(true)
             .mode(0o640)
             .open(path)?;
-        Ok(Self::new(Box::new(file)))
+        Self::new(Box::new(file))
     }
 }
 
 impl AuditSink for JsonLinesSink {
     fn record(&self, record: &AuditRecord) {
-        self.write_line(serde_json::to_vec(record));
+        self.queue_line(serde_json::to_vec(record));
     }
 
     fn record_connection(&self, record: &ConnectionRecord) {
-        self.write_line(serde_json::to_vec(record));
+        self.queue_line(serde_json::to_vec(record));
+    }
+
+    fn flush(&self) {
+        let Some(queue) = &self.queue else {
+            return;
+        };
+        let (done, written) = sync_channel(1);
+        if queue.send(WriterMessage::Flush(done)).is_ok() {
+            let _ = written.recv();
+        }
     }
 }
 
 impl JsonLinesSink {
-    fn write_line(&self, line: serde_json::Result<Vec<u8>>) {
+    fn queue_line(&self, line: serde_json::Result<Vec<u8>>) {
         let Ok(mut line) = line else {
             return;
         };
         line.push(b'\n');
-        let mut out = self
-            .out
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Err(error) = out.write_all(&line).and_then(|()| out.flush()) {
-            tracing::warn!(%error, "could not write an audit record");
+        let sent = self
+            .queue
+            .as_ref()
+            .is_some_and(|queue| queue.send(WriterMessage::Line(line)).is_ok());
+        if !sent {
+            tracing::warn!("could not write an audit record: the audit writer has stopped");
+        }
+    }
+}
+
+impl Drop for JsonLinesSink {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer write what is left, flush and end.
+        drop(self.queue.take());
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            tracing::warn!("the audit writer thread panicked");
+        }
+    }
+}
+
+/// The writer thread: writes lines as they come, in one buffered write for all that are
+/// queued, and flushes when the queue is empty (so a quiet log is always on disk).
+fn write_lines(lines: &Receiver<WriterMessage>, out: Box<dyn Write + Send>) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    let mut failing = false;
+    while let Ok(first) = lines.recv() {
+        let mut next = Some(first);
+        while let Some(message) = next {
+            match message {
+                WriterMessage::Line(line) => {
+                    report(&mut failing, out.write_all(&line));
+                }
+                WriterMessage::Flush(done) => {
+                    report(&mut failing, out.flush());
+                    let _ = done.send(());
+                }
+            }
+            next = lines.try_recv().ok();
+        }
+        report(&mut failing, out.flush());
+    }
+    report(&mut failing, out.flush());
+}
+
+/// Logs the first failure of a run of failures (a full disk fails every write).
+fn report(failing: &mut bool, result: std::io::Result<()>) {
+    match result {
+        Ok(()) => *failing = false,
+        Err(error) => {
+            if !*failing {
+                tracing::warn!(%error, "could not write an audit record");
+            }
+            *failing = true;
         }
     }
 }
@@ -164,7 +267,7 @@ impl JsonLinesSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
 
     #[derive(Clone, Default)]
     struct Shared(Arc<Mutex<Vec<u8>>>);
@@ -181,7 +284,7 @@ mod tests {
     #[test]
     fn one_json_line_per_record() {
         let buffer = Shared::default();
-        let sink = JsonLinesSink::new(Box::new(buffer.clone()));
+        let sink = JsonLinesSink::new(Box::new(buffer.clone())).unwrap();
         let record = AuditRecord {
             time: "2026-11-29T08:00:00Z".into(),
             funnel: Some("hooks.example".into()),
@@ -199,6 +302,7 @@ mod tests {
         };
         sink.record(&record);
         sink.record(&record);
+        sink.flush();
         let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
@@ -208,5 +312,138 @@ mod tests {
         assert_eq!(value["funnel"], "hooks.example");
         assert_eq!(value["owner"], "alice@example.com");
         assert_eq!(value["node"], "laptop");
+    }
+
+    fn record(n: u64) -> AuditRecord {
+        AuditRecord {
+            time: "2026-11-30T03:00:00Z".into(),
+            funnel: Some("hooks.example".into()),
+            owner: None,
+            node: None,
+            client: "203.0.113.7:5000".into(),
+            method: "GET".into(),
+            path: format!("/{n}"),
+            gate: None,
+            result: "allow",
+            reason: None,
+            status: 200,
+            bytes: n,
+            duration_ms: 0,
+        }
+    }
+
+    fn written(buffer: &Shared) -> Vec<serde_json::Value> {
+        String::from_utf8(buffer.0.lock().unwrap().clone())
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn records_from_many_threads_are_all_written_whole_by_drop() {
+        let buffer = Shared::default();
+        let sink = Arc::new(JsonLinesSink::with_queue(Box::new(buffer.clone()), 16).unwrap());
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let sink = Arc::clone(&sink);
+                std::thread::spawn(move || {
+                    for i in 0..500 {
+                        sink.record(&record(t * 1000 + i));
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        drop(sink);
+        let mut seen: Vec<u64> = written(&buffer)
+            .iter()
+            .map(|r| r["bytes"].as_u64().unwrap())
+            .collect();
+        seen.sort_unstable();
+        let expected: Vec<u64> = (0..4u64)
+            .flat_map(|t| (0..500).map(move |i| t * 1000 + i))
+            .collect();
+        assert_eq!(seen, expected);
+    }
+
+    /// A writer that blocks until the test opens its gate: the disk stalls.
+    struct Stalled {
+        gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+        out: Shared,
+    }
+    impl Write for Stalled {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let (open, opened) = &*self.gate;
+            let mut open = open.lock().unwrap();
+            while !*open {
+                open = opened.wait(open).unwrap();
+            }
+            self.out.write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_full_queue_makes_record_wait_and_loses_nothing() {
+        let buffer = Shared::default();
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let stalled = Stalled {
+            gate: Arc::clone(&gate),
+            out: buffer.clone(),
+        };
+        let sink = Arc::new(JsonLinesSink::with_queue(Box::new(stalled), 2).unwrap());
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let producer = {
+            let sink = Arc::clone(&sink);
+            std::thread::spawn(move || {
+                for i in 0..100 {
+                    sink.record(&record(i));
+                }
+                done_tx.send(()).unwrap();
+            })
+        };
+        // The writer is stuck on the first line and the queue holds two: the producer
+        // cannot have finished its hundred records.
+        assert!(
+            done_rx
+                .recv_timeout(std::time::Duration::from_millis(200))
+                .is_err(),
+            "record returned although the queue was full"
+        );
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        producer.join().unwrap();
+        sink.flush();
+        let bytes: Vec<u64> = written(&buffer)
+            .iter()
+            .map(|r| r["bytes"].as_u64().unwrap())
+            .collect();
+        assert_eq!(bytes, (0..100).collect::<Vec<_>>(), "in order, none lost");
+    }
+
+    /// A writer that always fails (a full disk).
+    struct Full;
+    impl Write for Full {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("no space left on device"))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Err(std::io::Error::other("no space left on device"))
+        }
+    }
+
+    #[test]
+    fn a_failing_writer_neither_panics_nor_blocks_the_caller() {
+        let sink = JsonLinesSink::with_queue(Box::new(Full), 4).unwrap();
+        for i in 0..100 {
+            sink.record(&record(i));
+        }
+        sink.flush();
+        drop(sink);
     }
 }

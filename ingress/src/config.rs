@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::certs::{AcmeConfig, ChallengeKind};
-use crate::edge::{Funnel, Limits, TcpUpstream};
+use crate::edge::{
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_IDLE_PER_TARGET, Funnel, Limits, PoolLimits, TcpUpstream,
+};
 use crate::gate::oidc::load_or_create_session_key;
 use crate::gate::{
     GateChain, IpAction, IpRule, IpRulesConfig, IpRulesGate, JwtConfig, JwtGate, MtlsConfig,
@@ -171,6 +173,9 @@ pub struct ListenConfig {
     pub http: Option<SocketAddr>,
     /// The ports TCP funnels may listen on (on the IP of `https`), e.g. `"20000-20999"`.
     pub tcp_port_range: Option<TcpPortRange>,
+    /// Where to serve `GET /metrics` (Prometheus) and `GET /healthz`, e.g.
+    /// `127.0.0.1:9443`. Unset: not served. Keep it private: the series name the funnels.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// `[acme]`.
@@ -218,6 +223,12 @@ pub struct LimitsSection {
     /// Seconds after which a TCP or passthrough connection is closed however busy; `0` for
     /// no bound.
     pub tcp_total_timeout_secs: u64,
+    /// Idle keep-alive connections kept per HTTP funnel target (a mesh node or a plain
+    /// TCP target) for reuse by later requests; `0` opens a connection per request.
+    pub upstream_max_idle: usize,
+    /// Seconds an idle pooled upstream connection is kept before it is closed; shorter
+    /// than the target's own keep-alive timeout is best (then the edge closes first).
+    pub upstream_idle_timeout_secs: u64,
 }
 
 impl Default for LimitsSection {
@@ -231,6 +242,8 @@ impl Default for LimitsSection {
             max_connections_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
             tcp_idle_timeout_secs: TcpLimits::default().idle_timeout.as_secs(),
             tcp_total_timeout_secs: 0,
+            upstream_max_idle: DEFAULT_MAX_IDLE_PER_TARGET,
+            upstream_idle_timeout_secs: DEFAULT_IDLE_TIMEOUT.as_secs(),
         }
     }
 }
@@ -444,6 +457,14 @@ impl IngressConfig {
         }
     }
 
+    /// The bounds of each HTTP funnel target's pool of upstream connections.
+    pub fn pool_limits(&self) -> PoolLimits {
+        PoolLimits {
+            max_idle: self.limits.upstream_max_idle,
+            idle_timeout: Duration::from_secs(self.limits.upstream_idle_timeout_secs),
+        }
+    }
+
     /// The bounds of TCP and passthrough connections.
     pub fn tcp_limits(&self) -> TcpLimits {
         TcpLimits {
@@ -608,7 +629,7 @@ impl IngressConfig {
     ) -> Result<Vec<Funnel>, ConfigError> {
         self.funnels
             .iter()
-            .map(|section| build_funnel(section, env, &self.state_dir))
+            .map(|section| build_funnel(section, env, &self.state_dir, self.pool_limits()))
             .collect()
     }
 }
@@ -617,6 +638,7 @@ fn build_funnel(
     section: &FunnelSection,
     env: &dyn Fn(&str) -> Option<String>,
     state_dir: &Path,
+    pool_limits: PoolLimits,
 ) -> Result<Funnel, ConfigError> {
     let host = section.hostname.to_ascii_lowercase();
     let invalid = |message: String| ConfigError::Invalid(format!("funnel {host}: {message}"));
@@ -672,7 +694,7 @@ fn build_funnel(
     let chain = wrap_rate_limits(chain, section.rate_limit.as_ref()).map_err(invalid)?;
     Ok(Funnel {
         hostname: host,
-        upstream: Arc::new(TcpUpstream::new(section.target.clone())),
+        upstream: Arc::new(TcpUpstream::new(section.target.clone()).with_pool_limits(pool_limits)),
         chain,
         route: None,
     })
@@ -970,6 +992,24 @@ secret_env = "GH_SECRET"
             .funnels(&|name| (name == "GH_SECRET").then(|| "s3cret".to_string()))
             .unwrap();
         assert_eq!(funnels[0].hostname, "hooks.example.com");
+    }
+
+    #[test]
+    fn upstream_pool_limits_come_from_the_limits_section() {
+        let config = IngressConfig::parse(EXAMPLE).unwrap();
+        assert_eq!(config.pool_limits(), PoolLimits::default());
+        let text = EXAMPLE.replace(
+            "[acme]",
+            "[limits]\nupstream_max_idle = 0\nupstream_idle_timeout_secs = 5\n[acme]",
+        );
+        let config = IngressConfig::parse(&text).unwrap();
+        assert_eq!(
+            config.pool_limits(),
+            PoolLimits {
+                max_idle: 0,
+                idle_timeout: Duration::from_secs(5),
+            }
+        );
     }
 
     #[test]

@@ -130,6 +130,9 @@ impl AuditSink for EdgeLogForwarder {
             self.forward(decision);
         }
     }
+    fn flush(&self) {
+        self.inner.flush();
+    }
 }
 
 impl Counters {

@@ -16,6 +16,7 @@ pub mod edge;
 pub mod edge_log;
 pub mod embedded;
 pub mod gate;
+pub mod metrics;
 pub mod routes;
 pub mod server;
 pub mod tcp_funnel;

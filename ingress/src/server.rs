@@ -13,6 +13,7 @@ use crate::certs::{
 };
 use crate::config::IngressConfig;
 use crate::edge::{Edge, Funnel};
+use crate::metrics::{EdgeMetrics, MetricsSink, serve_metrics};
 use crate::routes::{FunnelTable, OidcDefaults, RouteBuilder, RouteBuilderConfig, RouteFollower};
 use crate::tcp_funnel::{TlsPortRouter, serve_tcp_funnel};
 use postern_node::daemon::NodeHandle;
@@ -82,6 +83,9 @@ pub async fn run_with_mesh(
         Some(mesh) => crate::edge_log::EdgeLogForwarder::start(audit, Arc::new(mesh.node.clone())),
         None => audit,
     };
+    // Every audited decision is also counted, whether or not `/metrics` is served.
+    let metrics = Arc::new(EdgeMetrics::new());
+    let audit: Arc<dyn AuditSink> = Arc::new(MetricsSink::new(audit, Arc::clone(&metrics)));
     let resolver = Arc::new(CertResolver::new());
     if let Some(static_cert) = &config.static_cert {
         let read = |path: &std::path::Path| {
@@ -137,6 +141,7 @@ pub async fn run_with_mesh(
                     .chain(config.passthrough_funnels().into_iter().map(|f| f.hostname))
                     .collect(),
                 resolver: Some(Arc::clone(&resolver)),
+                pool_limits: config.pool_limits(),
             },
         );
         let follower = RouteFollower::new(builder, Arc::clone(&routes), Arc::clone(&audit))
@@ -165,6 +170,11 @@ pub async fn run_with_mesh(
         let http_listener = bind(http).await?;
         tracing::info!(address = %http_listener.local_addr().map_err(RunError::Listener)?, "HTTP port listening");
         tasks.spawn(Arc::clone(&edge).serve_http(http_listener));
+    }
+    if let Some(address) = config.listen.metrics {
+        let metrics_listener = bind(address).await?;
+        tracing::info!(address = %metrics_listener.local_addr().map_err(RunError::Listener)?, "metrics listening");
+        tasks.spawn(serve_metrics(metrics_listener, metrics));
     }
     tracing::info!(address = %tls_listener.local_addr().map_err(RunError::Listener)?, "TLS port listening");
     let ca_hints = edge.client_ca_hints();

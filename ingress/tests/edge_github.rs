@@ -122,11 +122,10 @@ secret_env = "GH_SECRET"
     assert_eq!(origin.count(), 1, "a refused request reached the origin");
 
     // One audit line per decision, with the reason.
-    let audit = std::fs::read_to_string(&ingress.audit_log).unwrap();
-    let records: Vec<serde_json::Value> = audit
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
+    let records = audit_records(&ingress, |records| {
+        records.iter().filter(|r| r["path"] == "/github").count() >= 3
+    })
+    .await;
     let reasons: Vec<&str> = records
         .iter()
         .filter(|r| r["path"] == "/github")
@@ -135,13 +134,68 @@ secret_env = "GH_SECRET"
     assert_eq!(
         reasons,
         ["none", "signature_mismatch", "signature_missing"],
-        "{audit}"
+        "{records:#?}"
     );
     let allowed = records.iter().find(|r| r["result"] == "allow").unwrap();
     assert_eq!(allowed["gate"], "webhook:github");
     assert_eq!(allowed["status"], 200);
     assert_eq!(allowed["bytes"], 9);
     assert_eq!(allowed["funnel"], "hooks.test");
+
+    // The same decisions, counted on the metrics port: each series equals the number of
+    // audit records with its labels (the readiness probes included).
+    let metrics = reqwest::get(format!("http://{}/metrics", ingress.metrics))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = [
+        ("hooks.test", "allow", "", 200),
+        ("hooks.test", "deny", "signature_mismatch", 403),
+        ("hooks.test", "deny", "signature_missing", 401),
+        ("", "deny", "unknown_host", 404),
+    ];
+    let counted = |funnel: &str, result: &str, reason: &str, status: u16| -> u64 {
+        let prefix = format!(
+            r#"postern_ingress_requests_total{{funnel="{funnel}",result="{result}",reason="{reason}",status="{status}"}} "#
+        );
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no series {prefix} in\n{metrics}"))
+            .parse()
+            .unwrap()
+    };
+    let audited =
+        |records: &[serde_json::Value], funnel: &str, result: &str, reason: &str, status: u16| {
+            records
+                .iter()
+                .filter(|r| {
+                    r["funnel"].as_str().unwrap_or("") == funnel
+                        && r["result"] == result
+                        && r["reason"].as_str().unwrap_or("") == reason
+                        && r["status"] == status
+                })
+                .count() as u64
+        };
+    assert_eq!(counted("hooks.test", "allow", "", 200), 1);
+    assert_eq!(counted("hooks.test", "deny", "signature_mismatch", 403), 1);
+    let records = audit_records(&ingress, |records| {
+        series
+            .iter()
+            .all(|&(f, r, why, st)| audited(records, f, r, why, st) == counted(f, r, why, st))
+    })
+    .await;
+    assert!(audited(&records, "", "deny", "unknown_host", 404) >= 1);
+    let health = reqwest::get(format!("http://{}/healthz", ingress.metrics))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let other = reqwest::get(format!("http://{}/", ingress.metrics))
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 404);
 }
 
 /// A request for a hostname no funnel serves, over a connection whose SNI is the known

@@ -10,12 +10,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use postern_ingress::audit::{AuditRecord, AuditSink};
-use postern_ingress::certs::{CertResolver, HttpChallenges, certified_key_from_pem};
+use postern_ingress::certs::HttpChallenges;
 use postern_ingress::edge::{Edge, Funnel, Limits, TcpUpstream};
 use postern_ingress::gate::{GateChain, IpAction, IpRulesConfig, IpRulesGate, PassThroughGate};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
+
+mod local_tls;
 
 #[derive(Debug, Default)]
 struct MemorySink(Mutex<Vec<AuditRecord>>);
@@ -110,14 +112,7 @@ async fn start_edge() -> Fixture {
     let release = Arc::new(Notify::new());
     let hits = Arc::new(AtomicUsize::new(0));
     let origin = start_origin(Arc::clone(&release), Arc::clone(&hits)).await;
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert =
-        rcgen::CertificateParams::new(vec!["app.test".to_string(), "gated.test".to_string()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-    let resolver = Arc::new(CertResolver::new());
-    resolver.set_static(certified_key_from_pem(&cert.pem(), &key.serialize_pem(), "test").unwrap());
+    let (resolver, cert_pem) = local_tls::self_signed(&["app.test", "gated.test"]);
     let audit = Arc::new(MemorySink::default());
     let limits = Limits {
         max_body_bytes: 1024,
@@ -149,12 +144,10 @@ async fn start_edge() -> Fixture {
         audit.clone(),
         Arc::new(HttpChallenges::default()),
     ));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(edge.serve_tls(listener, Edge::tls_config(resolver).unwrap()));
+    let address = local_tls::serve_edge(edge, resolver).await;
     Fixture {
         address,
-        cert_pem: cert.pem(),
+        cert_pem,
         audit,
         release,
         hits,
@@ -260,22 +253,7 @@ async fn post_chunked(fixture: &Fixture, host: &str, path: &str, chunks: &[Vec<u
 }
 
 async fn tls_connect(fixture: &Fixture, host: &str) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut fixture.cert_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(fixture.address).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from(host.to_string()).unwrap();
-    connector.connect(name, tcp).await.unwrap()
+    local_tls::connect(&fixture.cert_pem, fixture.address, host).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,22 +283,7 @@ async fn gated_bodies_in_many_frames_arrive_whole_and_stay_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_becomes_a_byte_pipe() {
     let fixture = start_edge().await;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut fixture.cert_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(fixture.address).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("app.test").unwrap();
-    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let mut tls = tls_connect(&fixture, "app.test").await;
     tls.write_all(b"GET /upgrade HTTP/1.1\r\nhost: app.test\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];

@@ -19,17 +19,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use postern_ingress::audit::{AuditRecord, AuditSink};
-use postern_ingress::certs::{CertResolver, HttpChallenges, certified_key_from_pem};
+use postern_ingress::certs::HttpChallenges;
 use postern_ingress::edge::{Edge, Funnel, Limits, MeshUpstream};
 use postern_ingress::gate::{Decision, Gate, GateChain, GateRequest, Identity, ReasonCode};
 use postern_node::serve::{
     NoopObserver, OriginUrl, PeerIdentity, ServeConfig, ServeRuntime, ServeTable, Service,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 mod common;
+mod local_tls;
 use common::{INGRESS_ADDR, NODE_ADDR, TunnelPair, tunnel_pair};
 
 #[derive(Debug, Default)]
@@ -184,13 +185,7 @@ async fn start() -> Fixture {
         route: None,
     };
 
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["app.test".into(), "closed.test".into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let resolver = Arc::new(CertResolver::new());
-    resolver.set_static(certified_key_from_pem(&cert.pem(), &key.serialize_pem(), "test").unwrap());
+    let (resolver, cert_pem) = local_tls::self_signed(&["app.test", "closed.test"]);
     let audit = Arc::new(MemorySink::default());
     let edge = Arc::new(Edge::new(
         vec![funnel("app.test", 3000), funnel("closed.test", 4000)],
@@ -198,12 +193,10 @@ async fn start() -> Fixture {
         audit.clone(),
         Arc::new(HttpChallenges::default()),
     ));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let edge_addr = listener.local_addr().unwrap();
-    tokio::spawn(edge.serve_tls(listener, Edge::tls_config(resolver).unwrap()));
+    let edge_addr = local_tls::serve_edge(edge, resolver).await;
     Fixture {
         edge_addr,
-        cert_pem: cert.pem(),
+        cert_pem,
         audit,
         release,
         ingress_is_ingress,
@@ -332,22 +325,7 @@ async fn a_streamed_response_streams_through_the_mesh() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_becomes_a_byte_pipe_through_the_mesh() {
     let fixture = start().await;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut fixture.cert_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(fixture.edge_addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("app.test").unwrap();
-    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let mut tls = local_tls::connect(&fixture.cert_pem, fixture.edge_addr, "app.test").await;
     tls.write_all(b"GET /upgrade HTTP/1.1\r\nhost: app.test\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
     let head = read_head(&mut tls).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
@@ -481,4 +459,15 @@ async fn a_pooled_stream_carries_no_requests_once_the_peer_is_no_longer_an_ingre
         assert_eq!(response.text().await.unwrap(), "node_refused_not_ingress\n");
     }
     assert_eq!(fixture.origin_requests.load(Ordering::SeqCst), 1);
+    // Both refusals are audited as the node's, not as answers of the target.
+    let records = audit_records(&fixture, 3).await;
+    for record in &records[1..] {
+        assert_eq!(record.result, "error", "{record:?}");
+        assert_eq!(record.status, 502, "{record:?}");
+        assert_eq!(
+            record.reason.as_deref(),
+            Some("node_refused_not_ingress"),
+            "{record:?}"
+        );
+    }
 }

@@ -12,11 +12,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use postern_ingress::audit::{AuditRecord, AuditSink};
-use postern_ingress::certs::{CertResolver, HttpChallenges, certified_key_from_pem};
+use postern_ingress::certs::HttpChallenges;
 use postern_ingress::edge::{Edge, Funnel, Limits, TcpUpstream};
 use postern_ingress::gate::{GateChain, IpAction, IpRulesConfig, IpRulesGate, PassThroughGate};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+mod local_tls;
 
 #[derive(Debug, Default)]
 struct NoAudit;
@@ -86,13 +88,7 @@ struct Fixture {
 async fn start_edge(close_when_idle: bool) -> Fixture {
     let counts = Arc::new(Counts::default());
     let origin = start_origin(Arc::clone(&counts), close_when_idle).await;
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["app.test".into(), "gated.test".into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let resolver = Arc::new(CertResolver::new());
-    resolver.set_static(certified_key_from_pem(&cert.pem(), &key.serialize_pem(), "test").unwrap());
+    let (resolver, cert_pem) = local_tls::self_signed(&["app.test", "gated.test"]);
     let gate = IpRulesGate::new(IpRulesConfig {
         rules: vec!["allow 127.0.0.2/32".parse().unwrap()],
         default: IpAction::Deny,
@@ -118,12 +114,10 @@ async fn start_edge(close_when_idle: bool) -> Fixture {
         Arc::new(NoAudit),
         Arc::new(HttpChallenges::default()),
     ));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(edge.serve_tls(listener, Edge::tls_config(resolver).unwrap()));
+    let address = local_tls::serve_edge(edge, resolver).await;
     Fixture {
         address,
-        cert_pem: cert.pem(),
+        cert_pem,
         counts,
     }
 }

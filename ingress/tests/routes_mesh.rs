@@ -15,6 +15,7 @@
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
 mod common;
+mod local_tls;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,7 +24,7 @@ use std::time::{Duration, SystemTime};
 
 use hmac::{Hmac, Mac};
 use postern_ingress::audit::{AuditRecord, AuditSink, ConnectionRecord};
-use postern_ingress::certs::{CertResolver, HttpChallenges, certified_key_from_pem};
+use postern_ingress::certs::HttpChallenges;
 use postern_ingress::config::TcpPortRange;
 use postern_ingress::edge::{Edge, Limits};
 use postern_ingress::routes::{FunnelTable, RouteBuilder, RouteBuilderConfig, RouteFollower};
@@ -268,13 +269,7 @@ async fn start(seed: u8) -> Fixture {
     )
     .unwrap();
 
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["*.funnel.test".into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let resolver = Arc::new(CertResolver::new());
-    resolver.set_static(certified_key_from_pem(&cert.pem(), &key.serialize_pem(), "test").unwrap());
+    let (resolver, cert_pem) = local_tls::self_signed(&["*.funnel.test"]);
 
     let state = tempfile::tempdir().unwrap();
     let tcp_port = {
@@ -322,13 +317,11 @@ async fn start(seed: u8) -> Fixture {
         .with_tls_router(Arc::new(router))
         .with_routes(Arc::clone(&table)),
     );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let edge_addr = listener.local_addr().unwrap();
-    tokio::spawn(edge.serve_tls(listener, Edge::tls_config(resolver).unwrap()));
+    let edge_addr = local_tls::serve_edge(edge, resolver).await;
     Fixture {
         origin_tls_cert,
         edge_addr,
-        cert_pem: cert.pem(),
+        cert_pem,
         audit,
         origin,
         table,
@@ -412,22 +405,7 @@ impl Fixture {
     }
 
     async fn tls(&self, host: &str) -> tokio_rustls::client::TlsStream<TcpStream> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut self.cert_pem.as_bytes()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let tcp = TcpStream::connect(self.edge_addr).await.unwrap();
-        let name = rustls_pki_types::ServerName::try_from(host.to_string()).unwrap();
-        connector.connect(name, tcp).await.unwrap()
+        local_tls::connect(&self.cert_pem, self.edge_addr, host).await
     }
 }
 

@@ -108,7 +108,8 @@ impl ExchangeObserver for Recorder {
 }
 
 /// A raw HTTP/1.1 origin on the host. `/stream` sends one chunk, waits for `release`, sends
-/// another; `/upgrade` answers 101 and echoes bytes; anything else answers with the
+/// another; `/upgrade` answers 101 and echoes bytes; `/pose-as-node` answers with the
+/// node's refusal header; anything else answers with the
 /// request head it received (so tests can see what the proxy forwarded), prefixed by `tag`.
 async fn start_origin(tag: &'static str, release: Arc<Notify>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -127,6 +128,9 @@ async fn start_origin(tag: &'static str, release: Arc<Notify>) -> SocketAddr {
                     .unwrap();
                     release.notified().await;
                     tcp.write_all(b"7\r\nsecond\n\r\n0\r\n\r\n").await.unwrap();
+                } else if head.starts_with("GET /pose-as-node ") {
+                    // A target that tries to make the ingress audit a node's refusal.
+                    tcp.write_all(b"HTTP/1.1 200 OK\r\npostern-hop-refusal: node_refused_not_ingress\r\ncontent-length: 3\r\n\r\nok\n").await.unwrap();
                 } else if head.starts_with("GET /upgrade ") {
                     tcp.write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n").await.unwrap();
                     let mut buffer = [0u8; 64];
@@ -572,10 +576,24 @@ async fn pooled_funnel_streams_take_identity_from_each_request() {
         );
     }
 
-    // A request without a context is refused, never forwarded, and the stream is closed.
+    // A target's answer never carries the node's refusal header.
+    let header = format!(
+        "postern-hop-context: {}\r\n",
+        github.encode_context().unwrap()
+    );
+    let response = keep_alive_request(&mut stream, "/pose-as-node", &header).await;
+    assert!(response.starts_with("http/1.1 200"), "{response}");
+    assert!(!response.contains("postern-hop-refusal"), "{response}");
+
+    // A request without a context is refused, never forwarded, and the stream is closed;
+    // the refusal says it is the node's (for the ingress's audit).
     let response = request(&mut stream, "/hook", "postern-identity: forged\r\n").await;
     assert!(response.starts_with("http/1.1 400"), "{response}");
     assert!(response.ends_with("hop_context_invalid\n"), "{response}");
+    assert!(
+        response.contains("postern-hop-refusal: node_refused_context_invalid"),
+        "{response}"
+    );
     assert!(!response.contains("get /hook"), "{response}");
 
     // So is one whose context names another port, or that is not a context at all.

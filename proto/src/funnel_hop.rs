@@ -73,6 +73,11 @@ pub const REPLY_VERSION: u8 = 1;
 /// case, as `http::HeaderName` wants it). It starts with `postern-`, so the ingress strips
 /// it from public requests and the node strips it before a request reaches the target.
 pub const HOP_CONTEXT_HEADER: &str = "postern-hop-context";
+/// The response header with which a node refuses one request of a version 2 stream (its
+/// value is a [`RefusalCode`]'s text, e.g. `node_refused_not_ingress`), so that the
+/// ingress audits the request as refused by the node rather than as the target's answer.
+/// The node strips it from its targets' responses, so only the node itself can set it.
+pub const HOP_REFUSAL_HEADER: &str = "postern-hop-refusal";
 /// Largest [`HOP_CONTEXT_HEADER`] value: base64url of the largest hello frame.
 pub const MAX_CONTEXT_HEADER_LEN: usize = (HOP_PREFIX_LEN + MAX_HELLO_BODY_LEN).div_ceil(3) * 4;
 /// Length of the prefix of both frames that tells their full length.
@@ -152,6 +157,9 @@ pub enum RefusalCode {
     MalformedHello,
     /// The node's local target refused or could not be reached.
     TargetUnreachable,
+    /// A request on a version 2 stream did not carry exactly one valid context
+    /// ([`HOP_CONTEXT_HEADER`]); only sent in [`HOP_REFUSAL_HEADER`].
+    ContextInvalid,
     /// A status byte this build does not know (a newer node); still a refusal.
     Unknown(u8),
 }
@@ -165,9 +173,29 @@ impl RefusalCode {
             RefusalCode::UnsupportedVersion => "node_refused_unsupported_version",
             RefusalCode::MalformedHello => "node_refused_malformed_hello",
             RefusalCode::TargetUnreachable => "node_refused_target_unreachable",
+            RefusalCode::ContextInvalid => "node_refused_context_invalid",
             RefusalCode::Unknown(_) => "node_refused_unknown",
         }
     }
+
+    /// The code whose [text form](Self::as_str) is `text` (from a [`HOP_REFUSAL_HEADER`]);
+    /// an unknown text (a newer node) is [`RefusalCode::Unknown`]`(0)`.
+    pub fn from_text(text: &str) -> Self {
+        Self::KNOWN
+            .into_iter()
+            .find(|code| code.as_str() == text)
+            .unwrap_or(RefusalCode::Unknown(0))
+    }
+
+    /// Every code this build knows (all but [`RefusalCode::Unknown`]).
+    pub const KNOWN: [RefusalCode; 6] = [
+        RefusalCode::NotIngress,
+        RefusalCode::PortNotFunnelled,
+        RefusalCode::UnsupportedVersion,
+        RefusalCode::MalformedHello,
+        RefusalCode::TargetUnreachable,
+        RefusalCode::ContextInvalid,
+    ];
 
     fn to_byte(self) -> u8 {
         match self {
@@ -176,6 +204,7 @@ impl RefusalCode {
             RefusalCode::UnsupportedVersion => 3,
             RefusalCode::MalformedHello => 4,
             RefusalCode::TargetUnreachable => 5,
+            RefusalCode::ContextInvalid => 6,
             RefusalCode::Unknown(byte) => byte,
         }
     }
@@ -187,6 +216,7 @@ impl RefusalCode {
             3 => RefusalCode::UnsupportedVersion,
             4 => RefusalCode::MalformedHello,
             5 => RefusalCode::TargetUnreachable,
+            6 => RefusalCode::ContextInvalid,
             other => RefusalCode::Unknown(other),
         }
     }
@@ -869,6 +899,18 @@ fn printable(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusal_codes_round_trip_through_their_text_and_byte() {
+        for code in RefusalCode::KNOWN {
+            assert_eq!(RefusalCode::from_text(code.as_str()), code);
+            assert_eq!(RefusalCode::from_byte(code.to_byte()), code);
+        }
+        assert_eq!(
+            RefusalCode::from_text("node_refused_something_new"),
+            RefusalCode::Unknown(0)
+        );
+    }
     use proptest::prelude::*;
 
     fn hello() -> FunnelHello {

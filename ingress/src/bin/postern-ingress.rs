@@ -184,18 +184,19 @@ fn main() -> ExitCode {
         println!("{}: ok ({} funnels)", path.display(), funnels.len());
         return ExitCode::SUCCESS;
     }
-    let audit: Arc<dyn AuditSink> = if config.audit_log == "-" {
-        Arc::new(JsonLinesSink::new(Box::new(std::io::stdout())))
+    let opened = if config.audit_log == "-" {
+        JsonLinesSink::new(Box::new(std::io::stdout()))
     } else {
-        match JsonLinesSink::append_to(std::path::Path::new(&config.audit_log)) {
-            Ok(sink) => Arc::new(sink),
-            Err(error) => {
-                eprintln!(
-                    "postern-ingress: cannot open the audit log {}: {error}",
-                    config.audit_log
-                );
-                return ExitCode::from(2);
-            }
+        JsonLinesSink::append_to(std::path::Path::new(&config.audit_log))
+    };
+    let audit: Arc<dyn AuditSink> = match opened {
+        Ok(sink) => Arc::new(sink),
+        Err(error) => {
+            eprintln!(
+                "postern-ingress: cannot open the audit log {}: {error}",
+                config.audit_log
+            );
+            return ExitCode::from(2);
         }
     };
     let runtime = match tokio::runtime::Runtime::new() {
@@ -222,9 +223,11 @@ fn main() -> ExitCode {
             node: node.handle(),
             oidc,
         });
-        let result = run_with_mesh(&config, funnels, audit, mesh)
+        let result = run_with_mesh(&config, funnels, Arc::clone(&audit), mesh)
             .await
             .map_err(|error| error.to_string());
+        // Every decision taken before the shutdown is on disk before the process ends.
+        audit.flush();
         if let Some(node) = node {
             node.shutdown().await;
         }

@@ -21,11 +21,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue, Request};
+use http::{HeaderName, HeaderValue, Request, Response};
+use hyper::body::Incoming;
 use postern_netstack::Netstack;
 use postern_proto::funnel_hop::{
     Admission, AttributeName, FUNNEL_HOP_PORT, FunnelHello, FunnelHostname, HOP_CONTEXT_HEADER,
-    HOP_PREFIX_LEN, HopError, HopReply, IdentityText, MAX_ATTRIBUTES, Refusal, reply_frame_len,
+    HOP_PREFIX_LEN, HOP_REFUSAL_HEADER, HopError, HopReply, IdentityText, MAX_ATTRIBUTES, Refusal,
+    RefusalCode, reply_frame_len,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -234,11 +236,27 @@ impl Upstream for MeshUpstream {
         match value {
             Ok(value) => {
                 headers.insert(HeaderName::from_static(HOP_CONTEXT_HEADER), value);
-                Box::pin(self.pool.send(request))
+                let sending = self.pool.send(request);
+                Box::pin(async move { node_refusal(sending.await?) })
             }
             Err(error) => Box::pin(std::future::ready(Err(UpstreamError::Connect(error)))),
         }
     }
+}
+
+/// A response on a pooled stream that is the node's refusal of the request (it carries
+/// [`HOP_REFUSAL_HEADER`]) becomes [`UpstreamError::Refused`], so that the edge answers and
+/// audits it as the node's refusal (`502` with its code, result `error`) rather than as
+/// the target's answer. The node strips the header from its targets' responses.
+fn node_refusal(response: Response<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
+    let Some(value) = response.headers().get(HOP_REFUSAL_HEADER) else {
+        return Ok(response);
+    };
+    let code = RefusalCode::from_text(value.to_str().unwrap_or_default());
+    Err(UpstreamError::Refused(Refusal {
+        code,
+        reason: "the node refused a request on a pooled stream".into(),
+    }))
 }
 
 /// The pool of HTTP hop streams to `hop`'s target: each opened with a version 2 hello.

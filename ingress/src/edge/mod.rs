@@ -412,7 +412,7 @@ impl Edge {
         }
         let client_upgrade =
             forward::wants_upgrade(&request).then(|| hyper::upgrade::on(&mut request));
-        let (mut parts, body) = request.into_parts();
+        let (parts, body) = request.into_parts();
         if funnel.chain.is_pass_through() {
             return Ok(self
                 .forward_ungated(&funnel, parts, body, client, client_upgrade, audit)
@@ -501,37 +501,18 @@ impl Edge {
                 Ok(audit.finish(response, "respond", None))
             }
             Decision::Allow { gate, identity } => {
-                if audit.record.gate.as_deref() != Some(gate.as_str()) {
-                    audit.record.gate = Some(gate.clone());
-                }
-                rewrite_identity_headers(&mut parts.headers, Some((&gate, &identity)));
-                let context = UpstreamContext {
-                    client,
-                    hostname: funnel.hostname.clone(),
-                    admission: Some((gate, identity)),
-                };
-                let result = forward::forward(
-                    &*funnel.upstream,
-                    &context,
-                    parts,
-                    Full::new(body).map_err(|never| match never {}).boxed(),
-                    client_upgrade,
-                    self.limits.request_timeout,
-                )
-                .await;
-                Ok(match result {
-                    Ok(response) => audit.finish(response, "allow", None),
-                    Err(failure) => {
-                        tracing::warn!(funnel = %funnel.hostname, error = %failure, "forwarding failed");
-                        let code = failure.code();
-                        audit.finish_now(
-                            failure.status(),
-                            "error",
-                            Some(code),
-                            &format!("{code}\n"),
-                        )
-                    }
-                })
+                let body = Full::new(body).map_err(|never| match never {}).boxed();
+                Ok(self
+                    .forward_admitted(
+                        &funnel,
+                        parts,
+                        body,
+                        client,
+                        client_upgrade,
+                        audit,
+                        (gate, identity),
+                    )
+                    .await)
             }
         }
     }
@@ -543,11 +524,11 @@ impl Edge {
     async fn forward_ungated(
         &self,
         funnel: &Funnel,
-        mut parts: http::request::Parts,
+        parts: http::request::Parts,
         body: Incoming,
         client: SocketAddr,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-        mut audit: PendingAudit,
+        audit: PendingAudit,
     ) -> Response<EdgeBody> {
         let empty = GateRequest::new(&parts.method, "", &parts.headers, &[], client);
         let outcome = funnel.chain.evaluate_async(&empty, SystemTime::now()).await;
@@ -559,7 +540,35 @@ impl Edge {
                 "no_gate_admitted\n",
             );
         };
-        audit.record.gate = Some(gate.clone());
+        self.forward_admitted(
+            funnel,
+            parts,
+            body.boxed(),
+            client,
+            client_upgrade,
+            audit,
+            (gate, identity),
+        )
+        .await
+    }
+
+    /// Sends an admitted request to the funnel's target with the identity headers of its
+    /// admission (any the client sent are gone), and audits the outcome: `allow` with the
+    /// target's response, or `error` with the reason the target could not answer.
+    #[allow(clippy::too_many_arguments)] // the parts of one request, taken apart once
+    async fn forward_admitted(
+        &self,
+        funnel: &Funnel,
+        mut parts: http::request::Parts,
+        body: http_body_util::combinators::BoxBody<Bytes, hyper::Error>,
+        client: SocketAddr,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        mut audit: PendingAudit,
+        (gate, identity): (String, crate::gate::Identity),
+    ) -> Response<EdgeBody> {
+        if audit.record.gate.as_deref() != Some(gate.as_str()) {
+            audit.record.gate = Some(gate.clone());
+        }
         rewrite_identity_headers(&mut parts.headers, Some((&gate, &identity)));
         let context = UpstreamContext {
             client,
@@ -570,7 +579,7 @@ impl Edge {
             &*funnel.upstream,
             &context,
             parts,
-            body.boxed(),
+            body,
             client_upgrade,
             self.limits.request_timeout,
         )

@@ -14,7 +14,7 @@ use super::gates::chain_from_route;
 use super::{HttpRoute, RouteInfo, RouteSet};
 use crate::certs::CertResolver;
 use crate::config::TcpPortRange;
-use crate::edge::{Edge, Funnel, MeshUpstream};
+use crate::edge::{Edge, Funnel, MeshUpstream, PoolLimits};
 use crate::gate::{GateChain, Secret};
 use crate::tcp_funnel::{PassthroughFunnel, TcpFunnel};
 
@@ -54,6 +54,8 @@ pub struct RouteBuilderConfig {
     /// The certificate resolver, to build the TLS configuration of funnels with an mTLS
     /// gate (asking clients for a certificate). Without it such funnels use the default.
     pub resolver: Option<Arc<CertResolver>>,
+    /// The bounds of each HTTP route's pool of hop streams to its node.
+    pub pool_limits: PoolLimits,
 }
 
 /// Builds [`RouteSet`]s from netmaps, reusing what it built for routes that did not
@@ -219,9 +221,11 @@ impl RouteBuilder {
         let upstream = match MeshUpstream::new(self.netstack.clone(), address, route.port, host) {
             // HTTP exchanges want each write sent at once; byte pipes (TCP and TLS
             // passthrough funnels) want full segments (see `MeshUpstream::with_nodelay`).
-            Ok(upstream) => {
-                Arc::new(upstream.with_nodelay(matches!(route.protocol, FunnelProtocol::Http)))
-            }
+            Ok(upstream) => Arc::new(
+                upstream
+                    .with_nodelay(matches!(route.protocol, FunnelProtocol::Http))
+                    .with_pool_limits(self.config.pool_limits),
+            ),
             Err(error) => {
                 refuse(format!("the hostname is not usable: {error}"));
                 return Built::Skipped;

@@ -96,6 +96,8 @@ pub struct Ingress {
     pub process: LabProcess,
     pub https: SocketAddr,
     pub audit_log: PathBuf,
+    /// Where it serves `/metrics` and `/healthz`.
+    pub metrics: SocketAddr,
 }
 
 /// Writes a config and starts `postern-ingress serve` with it.
@@ -110,6 +112,7 @@ pub fn start_ingress(
     envs: &[(&str, &str)],
 ) -> Ingress {
     let audit_log = dir.join("audit.jsonl");
+    let metrics_port = free_port();
     let config = format!(
         r#"
 state_dir = "{state}"
@@ -117,6 +120,7 @@ audit_log = "{audit}"
 [listen]
 https = "127.0.0.1:{tls_port}"
 http = "127.0.0.1:{http_port}"
+metrics = "127.0.0.1:{metrics_port}"
 [acme]
 directory = "{directory}"
 ca_bundle = "{ca}"
@@ -146,6 +150,7 @@ challenge = "{challenge}"
         process,
         https: format!("127.0.0.1:{tls_port}").parse().unwrap(),
         audit_log,
+        metrics: format!("127.0.0.1:{metrics_port}").parse().unwrap(),
     }
 }
 
@@ -192,6 +197,31 @@ pub async fn wait_for_certificate(
         "no certificate for {host} after {limit:?}; last error: {last}\ningress log:\n{}",
         ingress.process.log_tail()
     );
+}
+
+/// The records of the ingress's audit log once `complete` says they are all there: the
+/// ingress writes them from its own writer thread, a moment after it answered. Fails after
+/// ten seconds, showing what was written.
+pub async fn audit_records(
+    ingress: &Ingress,
+    complete: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&ingress.audit_log).unwrap_or_default();
+        let records: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        if complete(&records) {
+            return records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the audit log never got the expected records:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The ingress's log so far.

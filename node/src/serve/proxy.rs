@@ -26,7 +26,7 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use postern_proto::funnel_hop::HOP_CONTEXT_HEADER;
+use postern_proto::funnel_hop::{HOP_CONTEXT_HEADER, HOP_REFUSAL_HEADER, RefusalCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::config::{HttpRoute, ServeTable, ServeTarget};
@@ -127,14 +127,21 @@ impl HttpProxy {
             Err(error) => {
                 tracing::warn!(origin = %self.origin, %error, "refused a request on a funnel stream");
                 let exchange = self.exchange(&request, &self.origin);
-                let mut response = match error {
-                    StreamRefusal::Context(_) => {
-                        text(StatusCode::BAD_REQUEST, "hop_context_invalid\n")
-                    }
-                    StreamRefusal::NotIngress(_) => {
-                        text(StatusCode::BAD_GATEWAY, "node_refused_not_ingress\n")
-                    }
+                let (mut response, code) = match error {
+                    StreamRefusal::Context(_) => (
+                        text(StatusCode::BAD_REQUEST, "hop_context_invalid\n"),
+                        RefusalCode::ContextInvalid,
+                    ),
+                    StreamRefusal::NotIngress(_) => (
+                        text(StatusCode::BAD_GATEWAY, "node_refused_not_ingress\n"),
+                        RefusalCode::NotIngress,
+                    ),
                 };
+                // Tells the ingress this is the node's refusal, not the target's answer.
+                response.headers_mut().insert(
+                    HeaderName::from_static(HOP_REFUSAL_HEADER),
+                    HeaderValue::from_static(code.as_str()),
+                );
                 // The ingress sent something it should not have; trust nothing more from
                 // this stream.
                 response
@@ -226,6 +233,8 @@ impl HttpProxy {
                 return self.finish_now(exchange, started, request_capture, response, Some(error));
             }
         };
+        // Only this node may refuse a request to the ingress; a target cannot pose as it.
+        response.headers_mut().remove(HOP_REFUSAL_HEADER);
 
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade

@@ -35,6 +35,10 @@ pub(crate) enum WgCommand {
     /// Table, SaveConfig and FwMark are refused. Errors name FILE:LINE. Private keys are
     /// never printed.
     ///
+    /// In userspace mode, POSTERN_TCP_PACING=on makes the tunnel's TCP senders pace their
+    /// segments over the round trip instead of sending window-sized bursts (off by
+    /// default; see docs/benchmarks.md).
+    ///
     /// Examples:
     ///   postern wg up wg0.conf --forward tcp:127.0.0.1:8080:10.0.0.1:80 --socks5 127.0.0.1:1080
     ///   sudo postern wg up /etc/wireguard/wg0.conf --tun

@@ -9,6 +9,14 @@ use crate::error::NetstackError;
 const MAX_TCP_BUFFER: usize = 1 << 30;
 /// The longest acknowledgement delay accepted (RFC 9293: an ACK must not wait longer).
 const MAX_ACK_DELAY: Duration = Duration::from_millis(500);
+/// The longest pacing horizon accepted (a longer one is a burst, not pacing).
+const MAX_PACING_HORIZON: Duration = Duration::from_millis(100);
+
+/// The environment variable [`NetstackConfig::apply_env`] reads to turn TCP pacing on
+/// (`on`: [`TcpPacing::default`]) or off (`off`), overriding the configured setting. `on`
+/// may be followed by settings that replace the defaults, for tuning:
+/// `on,ss=200,ca=120,horizon_us=1000` (the fields of [`TcpPacing`]).
+pub const TCP_PACING_ENV: &str = "POSTERN_TCP_PACING";
 
 /// The settings of one [`Netstack`](crate::Netstack).
 ///
@@ -69,10 +77,53 @@ pub struct NetstackConfig {
     /// retransmission timeout) that in-memory tests do not reproduce; until that is
     /// understood, every segment is acknowledged at once.
     pub ack_delay: Option<Duration>,
+    /// Pacing of every TCP connection's sender (`None`: off, the default). Off, a sender
+    /// sends everything its windows allow the moment an ACK opens them, so a bulk transfer
+    /// leaves in window-sized bursts, which the engine sends as GSO batches of up to 64
+    /// datagrams; a peer that reads one datagram per system call from a small socket buffer
+    /// (the stock wireguard-go) drops the tail of each burst. With pacing, data segments
+    /// leave spread over the round trip at about the congestion window per round trip
+    /// times a gain ([`TcpPacing`]). `third_party/smoltcp/PATCHES.md` (patch 7) describes
+    /// the mechanism, `docs/benchmarks.md` the measurements.
+    pub tcp_pacing: Option<TcpPacing>,
     /// Verify IP, TCP and UDP checksums of inbound packets (bad ones are dropped and counted).
     /// Packets that come out of WireGuard are already authenticated, so an engine that only
     /// feeds decrypted packets may turn this off to save one pass over every payload.
     pub verify_checksums: bool,
+}
+
+/// How the stack's TCP senders pace their data segments ([`NetstackConfig::tcp_pacing`]).
+///
+/// The pacing rate is the congestion window (or the peer's window, if smaller) per smoothed
+/// round trip times a gain. A data segment may leave when its paced send time is at most
+/// [`horizon`](Self::horizon) away, so each turn of the stack sends about a horizon's worth
+/// at the pacing rate, and the stack's timer wakes it for the next. ACKs, handshakes and
+/// closes are never held back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TcpPacing {
+    /// The gain while the congestion window is below half the slow-start threshold, in
+    /// percent (100 to 1000; default 200, Linux's): the window doubles each round trip then,
+    /// so the rate must run ahead of it.
+    pub slow_start_percent: u32,
+    /// The gain after slow start, in percent (100 to 1000; default 120, Linux's).
+    pub congestion_avoidance_percent: u32,
+    /// How far ahead of its paced time a segment may leave (more than zero, at most
+    /// 100 ms; default 1 ms, the granularity of tokio's timer that wakes the stack). A
+    /// horizon shorter than the timer's granularity caps the rate below the pacing rate
+    /// whenever no ACK wakes the stack in between.
+    pub horizon: Duration,
+}
+
+impl Default for TcpPacing {
+    /// Linux's gains (200 % in slow start, 120 % after) and a 1 ms horizon.
+    fn default() -> Self {
+        Self {
+            slow_start_percent: 200,
+            congestion_avoidance_percent: 120,
+            horizon: Duration::from_millis(1),
+        }
+    }
 }
 
 /// TCP congestion control used by the stack's connections.
@@ -100,8 +151,8 @@ pub enum CongestionControl {
 
 impl NetstackConfig {
     /// Settings for a stack that owns `addresses`, with defaults for everything else:
-    /// MTU 1420, 2 MiB TCP buffers each way, 4 spare TCP sockets, CUBIC, checksums
-    /// verified.
+    /// MTU 1420, 2 MiB TCP buffers each way, 4 spare TCP sockets, CUBIC, no TCP pacing,
+    /// checksums verified.
     pub fn new(addresses: impl IntoIterator<Item = IpAddr>) -> Self {
         Self {
             addresses: addresses.into_iter().collect(),
@@ -119,8 +170,26 @@ impl NetstackConfig {
             orphan_linger: Duration::from_secs(60),
             congestion_control: CongestionControl::Cubic,
             ack_delay: None,
+            tcp_pacing: None,
             verify_checksums: true,
         }
+    }
+
+    /// Applies the settings the environment overrides: [`TCP_PACING_ENV`]
+    /// (`POSTERN_TCP_PACING=on` or `off`; unset leaves [`tcp_pacing`](Self::tcp_pacing)
+    /// as it is). Call it where a program builds its stack's configuration, so benchmarks
+    /// can switch pacing without a new flag. Fails if the variable holds anything else.
+    pub fn apply_env(&mut self) -> Result<(), NetstackError> {
+        match std::env::var(TCP_PACING_ENV) {
+            Ok(value) => self.tcp_pacing = parse_pacing_switch(&value)?,
+            Err(std::env::VarError::NotPresent) => {}
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(NetstackError::InvalidConfig(format!(
+                    "{TCP_PACING_ENV} is not valid UTF-8; set it to `on` or `off`"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Checks every field; the error names the field and the accepted range.
@@ -135,6 +204,27 @@ impl NetstackConfig {
             return invalid(format!(
                 "`ack_delay` is {delay:?}; it must be at most {MAX_ACK_DELAY:?} (or None)"
             ));
+        }
+        if let Some(pacing) = self.tcp_pacing {
+            for (name, percent) in [
+                ("slow_start_percent", pacing.slow_start_percent),
+                (
+                    "congestion_avoidance_percent",
+                    pacing.congestion_avoidance_percent,
+                ),
+            ] {
+                if !(100..=1000).contains(&percent) {
+                    return invalid(format!(
+                        "`tcp_pacing.{name}` is {percent}; it must be 100 to 1000"
+                    ));
+                }
+            }
+            if pacing.horizon.is_zero() || pacing.horizon > MAX_PACING_HORIZON {
+                return invalid(format!(
+                    "`tcp_pacing.horizon` is {:?}; it must be more than zero and at most {MAX_PACING_HORIZON:?}",
+                    pacing.horizon
+                ));
+            }
         }
         let v4 = self.addresses.iter().filter(|a| a.is_ipv4()).count();
         let v6 = self.addresses.len() - v4;
@@ -209,6 +299,41 @@ impl NetstackConfig {
     }
 }
 
+/// Reads a [`TCP_PACING_ENV`] value: `off` is none, `on` is [`TcpPacing::default`] with
+/// the `key=value` settings that follow it, comma-separated, if any.
+fn parse_pacing_switch(value: &str) -> Result<Option<TcpPacing>, NetstackError> {
+    let wrong = |why: String| {
+        NetstackError::InvalidConfig(format!(
+            "{TCP_PACING_ENV} is `{value}`: {why}; set it to `off`, `on`, or e.g. \
+             `on,ss=200,ca=120,horizon_us=1000`"
+        ))
+    };
+    let lower = value.trim().to_ascii_lowercase();
+    let mut parts = lower.split(',').map(str::trim);
+    match parts.next() {
+        Some("off" | "0" | "false") if parts.next().is_none() => return Ok(None),
+        Some("off" | "0" | "false") => return Err(wrong("`off` takes no settings".into())),
+        Some("on" | "1" | "true") => {}
+        _ => return Err(wrong("it does not start with `on` or `off`".into())),
+    }
+    let mut pacing = TcpPacing::default();
+    for part in parts {
+        let (key, number) = part
+            .split_once('=')
+            .ok_or_else(|| wrong(format!("`{part}` is not key=value")))?;
+        let number: u32 = number
+            .parse()
+            .map_err(|_| wrong(format!("`{number}` is not a whole number")))?;
+        match key {
+            "ss" => pacing.slow_start_percent = number,
+            "ca" => pacing.congestion_avoidance_percent = number,
+            "horizon_us" => pacing.horizon = Duration::from_micros(u64::from(number)),
+            _ => return Err(wrong(format!("`{key}` is not ss, ca or horizon_us"))),
+        }
+    }
+    Ok(Some(pacing))
+}
+
 fn is_broadcast(addr: &IpAddr) -> bool {
     matches!(addr, IpAddr::V4(v4) if v4.is_broadcast())
 }
@@ -256,5 +381,64 @@ mod tests {
         config.tcp_rx_buffer = 2 << 30;
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("`tcp_rx_buffer`"), "{err}");
+
+        let mut config = NetstackConfig::new(["100.64.0.1".parse().unwrap()]);
+        config.tcp_pacing = Some(TcpPacing {
+            congestion_avoidance_percent: 50,
+            ..TcpPacing::default()
+        });
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("`tcp_pacing.congestion_avoidance_percent` is 50; it must be 100 to 1000"),
+            "{err}"
+        );
+
+        let mut config = NetstackConfig::new(["100.64.0.1".parse().unwrap()]);
+        config.tcp_pacing = Some(TcpPacing {
+            horizon: Duration::ZERO,
+            ..TcpPacing::default()
+        });
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("`tcp_pacing.horizon` is 0ns"), "{err}");
+    }
+
+    #[test]
+    fn pacing_is_off_by_default_and_its_default_is_valid() {
+        let mut config = NetstackConfig::new(["100.64.0.1".parse().unwrap()]);
+        assert_eq!(config.tcp_pacing, None);
+        config.tcp_pacing = Some(TcpPacing::default());
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn pacing_switch_values() {
+        assert_eq!(
+            parse_pacing_switch("on").unwrap(),
+            Some(TcpPacing::default())
+        );
+        assert_eq!(parse_pacing_switch(" OFF ").unwrap(), None);
+        assert_eq!(
+            parse_pacing_switch("on, ca=150,horizon_us=500").unwrap(),
+            Some(TcpPacing {
+                congestion_avoidance_percent: 150,
+                horizon: Duration::from_micros(500),
+                ..TcpPacing::default()
+            })
+        );
+        for (value, why) in [
+            ("fast", "it does not start with `on` or `off`"),
+            ("off,ca=100", "`off` takes no settings"),
+            ("on,ca", "`ca` is not key=value"),
+            ("on,ca=x", "`x` is not a whole number"),
+            ("on,gain=2", "`gain` is not ss, ca or horizon_us"),
+        ] {
+            let err = parse_pacing_switch(value).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!(
+                    "POSTERN_TCP_PACING is `{value}`: {why}; set it to"
+                )),
+                "{err}"
+            );
+        }
     }
 }

@@ -12,7 +12,8 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NetstackError {
-    /// A field of [`NetstackConfig`](crate::NetstackConfig) is out of range.
+    /// A field of [`NetstackConfig`](crate::NetstackConfig) is out of range, or an environment
+    /// override ([`NetstackConfig::apply_env`](crate::NetstackConfig::apply_env)) is not understood.
     #[error("invalid netstack configuration: {0}")]
     InvalidConfig(String),
     /// `Netstack::new` was called outside a tokio runtime.

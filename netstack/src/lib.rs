@@ -50,6 +50,11 @@
 //! - Nagle's algorithm is on by default, as in kernel sockets: smoltcp without it sends a
 //!   tiny segment each time the congestion window grows by a few bytes (measured: 8x less
 //!   throughput). [`TcpStream::set_nodelay`] turns it off for request/response traffic.
+//! - TCP senders can pace their segments ([`NetstackConfig::tcp_pacing`], off by default;
+//!   `POSTERN_TCP_PACING=on|off` through [`NetstackConfig::apply_env`]): data leaves spread
+//!   over the round trip at about the congestion window per round trip times a gain,
+//!   about a millisecond's worth per turn of the stack (tokio's timer granularity), instead
+//!   of everything the windows allow the moment an ACK opens them.
 //! - Ingress is processed per packet: each inbound packet is handed to smoltcp and the
 //!   resulting ACKs are sent before the next packet is looked at. Feeding smoltcp a whole
 //!   batch before sending would collapse many ACKs into one and starve the sender's
@@ -107,7 +112,7 @@ mod tcp;
 mod udp;
 mod wire;
 
-pub use config::{CongestionControl, NetstackConfig};
+pub use config::{CongestionControl, NetstackConfig, TCP_PACING_ENV, TcpPacing};
 pub use error::NetstackError;
 pub use packet::{InboundPacket, MalformedPacket, Transport, inspect_inbound};
 pub use seam::{PacketBatch, PacketSeam};

@@ -509,6 +509,12 @@ impl StackState {
             CongestionControl::Reno => tcp::CongestionControl::Reno,
             CongestionControl::Cubic => tcp::CongestionControl::Cubic,
         });
+        // Off (`None`) is upstream smoltcp's behaviour; see `NetstackConfig::tcp_pacing`.
+        socket.set_pacing(self.config.tcp_pacing.map(|pacing| tcp::Pacing {
+            slow_start_percent: pacing.slow_start_percent,
+            congestion_avoidance_percent: pacing.congestion_avoidance_percent,
+            horizon: to_smol(pacing.horizon),
+        }));
         socket
     }
 

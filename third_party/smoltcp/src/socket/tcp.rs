@@ -179,6 +179,10 @@ struct RttEstimator {
     timestamp: Option<(Instant, TcpSeqNumber)>,
     max_seq_sent: Option<TcpSeqNumber>,
     rto_count: u8,
+    /// Postern patch (PATCHES.md): the smoothed RTT in microseconds, for pacing (`srtt` is
+    /// in whole milliseconds, too coarse for a sub-millisecond path). `None` until the
+    /// first sample.
+    srtt_us: Option<u32>,
 }
 
 impl Default for RttEstimator {
@@ -191,6 +195,7 @@ impl Default for RttEstimator {
             timestamp: None,
             max_seq_sent: None,
             rto_count: 0,
+            srtt_us: None,
         }
     }
 }
@@ -252,8 +257,18 @@ impl RttEstimator {
             && seq >= sent_seq
         {
             self.sample((timestamp - sent_timestamp).total_millis() as u32);
+            self.sample_us((timestamp - sent_timestamp).total_micros());
             self.timestamp = None;
         }
+    }
+
+    /// Postern patch (PATCHES.md): folds an RTT sample into `srtt_us` (RFC 6298's 1/8 gain).
+    fn sample_us(&mut self, sample: u64) {
+        let sample = u32::try_from(sample).unwrap_or(u32::MAX);
+        self.srtt_us = Some(match self.srtt_us {
+            Some(srtt) => ((u64::from(srtt) * 7 + u64::from(sample)) / 8) as u32,
+            None => sample,
+        });
     }
 
     fn on_rto(&mut self) {
@@ -272,6 +287,7 @@ impl RttEstimator {
         if self.rto_count >= 3 {
             self.rto_count = 0;
             self.have_measurement = false;
+            self.srtt_us = None;
             tcp_trace!("rtte: too many retransmissions, clearing srtt, rttvar.");
         }
     }
@@ -466,6 +482,39 @@ pub enum CongestionControl {
     Cubic,
 }
 
+/// Postern patch (PATCHES.md): how a socket paces its data segments, so that they leave
+/// spread over the round trip instead of in window-sized bursts (see
+/// [`Socket::set_pacing`]).
+///
+/// The pacing rate is the congestion window (or the peer's window, if smaller) per smoothed
+/// round trip, times a gain: larger in slow start so that the window can still double each
+/// round trip. Each data segment moves the socket's next send time on by its length at
+/// that rate; a data segment may leave when that time is at most `horizon` away. So a poll
+/// sends about `horizon` worth of data at the pacing rate, and [`Socket`]'s poll time says
+/// when the next may go: `horizon` should be the granularity of the caller's timer.
+#[derive(Debug, Copy, Clone, Eq, PartialEq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Pacing {
+    /// The gain in slow start (while the congestion window is below half the slow-start
+    /// threshold, Linux's test), in percent. Linux's `tcp_pacing_ss_ratio`: 200.
+    pub slow_start_percent: u32,
+    /// The gain after slow start, in percent. Linux's `tcp_pacing_ca_ratio`: 120.
+    pub congestion_avoidance_percent: u32,
+    /// How far ahead of its paced send time a data segment may leave.
+    pub horizon: Duration,
+}
+
+impl Pacing {
+    /// Linux's gains (200 % in slow start, 120 % after) with a 1 ms horizon.
+    pub const fn linux() -> Self {
+        Pacing {
+            slow_start_percent: 200,
+            congestion_avoidance_percent: 120,
+            horizon: Duration::from_millis(1),
+        }
+    }
+}
+
 /// A Transmission Control Protocol socket.
 ///
 /// A TCP socket may passively listen for connections or actively connect to another endpoint.
@@ -553,6 +602,11 @@ pub struct Socket<'a> {
     /// The congestion control algorithm.
     congestion_controller: congestion::AnyController,
 
+    /// Postern patch (PATCHES.md): pacing of data segments, if on.
+    pacing: Option<Pacing>,
+    /// Postern patch: the paced send time of the next data segment (`None`: at once).
+    pacing_next_send: Option<Instant>,
+
     /// tsval generator - if some, tcp timestamp is enabled
     tsval_generator: Option<TcpTimestampGenerator>,
 
@@ -638,6 +692,8 @@ impl<'a> Socket<'a> {
             tsval_generator: None,
             last_remote_tsval: 0,
             congestion_controller: congestion::AnyController::new(),
+            pacing: None,
+            pacing_next_send: None,
 
             #[cfg(feature = "async")]
             rx_waker: WakerRegistration::new(),
@@ -839,6 +895,26 @@ impl<'a> Socket<'a> {
         self.nagle = enabled
     }
 
+    /// Postern patch (PATCHES.md): pace data segments as `pacing` says, or not at all
+    /// (`None`, the default, which is upstream's behaviour: every segment the windows allow
+    /// leaves at once).
+    ///
+    /// Pacing starts with the first round-trip sample. It holds back data segments only:
+    /// ACKs, SYN, FIN, RST, keep-alives, zero-window probes and the first retransmission of
+    /// a loss-recovery episode go out as before. While it holds data back, the socket's poll
+    /// time is when the next segment may leave.
+    pub fn set_pacing(&mut self, pacing: Option<Pacing>) {
+        self.pacing = pacing;
+        if pacing.is_none() {
+            self.pacing_next_send = None;
+        }
+    }
+
+    /// Postern patch (PATCHES.md): how the socket paces its data segments, if it does.
+    pub fn pacing(&self) -> Option<Pacing> {
+        self.pacing
+    }
+
     /// Return the keep-alive interval.
     ///
     /// See also the [set_keep_alive](#method.set_keep_alive) method.
@@ -949,6 +1025,7 @@ impl<'a> Socket<'a> {
         self.pending_fast_retransmit = false;
         self.sack_scoreboard.clear();
         self.recovery_point = None;
+        self.pacing_next_send = None;
 
         #[cfg(feature = "async")]
         {
@@ -1477,6 +1554,50 @@ impl<'a> Socket<'a> {
     /// the congestion window has room for a segment of `mss` octets.
     fn recovery_retransmit_allowed(&self, mss: usize) -> bool {
         self.pending_fast_retransmit || self.cwnd_remaining() >= mss
+    }
+
+    /// Postern patch (PATCHES.md): whether pacing holds data segments back at `now` (their
+    /// paced send time is more than the horizon away). Always false with pacing off.
+    fn pacing_holds(&self, now: Instant) -> bool {
+        match (self.pacing, self.pacing_next_send) {
+            (Some(pacing), Some(next)) => next > now + pacing.horizon,
+            _ => false,
+        }
+    }
+
+    /// Postern patch (PATCHES.md): when pacing lets the next data segment go, if it holds
+    /// one back.
+    fn pacing_opens_at(&self) -> Option<Instant> {
+        match (self.pacing, self.pacing_next_send) {
+            (Some(pacing), Some(next)) => Some(next - pacing.horizon),
+            _ => None,
+        }
+    }
+
+    /// Postern patch (PATCHES.md): after `len` octets of data left at `now`, moves the next
+    /// paced send time on by the time they take at the pacing rate (window per smoothed
+    /// round trip times the gain). Nothing is paced before the first round-trip sample.
+    fn pacing_on_send(&mut self, now: Instant, len: usize) {
+        let (Some(pacing), Some(srtt_us)) = (self.pacing, self.rtte.srtt_us) else {
+            return;
+        };
+        let controller = self.congestion_controller.inner();
+        let window = controller.window().min(self.remote_win_len).max(1);
+        let percent = if controller.in_slow_start() {
+            pacing.slow_start_percent
+        } else {
+            pacing.congestion_avoidance_percent
+        }
+        .max(1);
+        // len / (window * percent / 100 / srtt), in microseconds.
+        let interval_us =
+            (len as u128 * u128::from(srtt_us) * 100) / (window as u128 * u128::from(percent));
+        let interval = Duration::from_micros(u64::try_from(interval_us).unwrap_or(u64::MAX));
+        let from = match self.pacing_next_send {
+            Some(next) if next > now => next,
+            _ => now,
+        };
+        self.pacing_next_send = Some(from + interval);
     }
 
     /// Return the amount of octets queued in the receive buffer. This value can be larger than
@@ -2433,6 +2554,12 @@ impl<'a> Socket<'a> {
     }
 
     fn seq_to_transmit(&self, cx: &mut Context) -> bool {
+        self.seq_to_transmit_paced(cx, self.pacing_holds(cx.now()))
+    }
+
+    /// Postern patch (PATCHES.md): `seq_to_transmit`, with pacing holding data segments
+    /// back or not (`paced_out`).
+    fn seq_to_transmit_paced(&self, cx: &mut Context, paced_out: bool) -> bool {
         let ip_header_len = match self.tuple.unwrap().local.addr {
             #[cfg(feature = "proto-ipv4")]
             IpAddress::Ipv4(_) => crate::wire::IPV4_HEADER_LEN,
@@ -2462,6 +2589,7 @@ impl<'a> Socket<'a> {
                 | State::CloseWait
                 | State::LastAck
         ) && self.recovery_retransmit_allowed(effective_mss)
+            && (!paced_out || self.pending_fast_retransmit)
             && self.recovery_retransmit(effective_mss).is_some()
         {
             return true;
@@ -2508,6 +2636,11 @@ impl<'a> Socket<'a> {
         // * We can send a full packet
         // * We have all the data we'll ever send (we're closing send)
         if self.nagle && data_in_flight && !can_send_full && !want_fin {
+            can_send = false;
+        }
+
+        // Postern patch (PATCHES.md): pacing holds data back (a lone FIN may still go).
+        if paced_out {
             can_send = false;
         }
 
@@ -2679,8 +2812,11 @@ impl<'a> Socket<'a> {
             return Ok(());
         }
 
+        // Postern patch (PATCHES.md): whether pacing holds data segments back now.
+        let paced_out = self.pacing_holds(cx.now());
+
         // Decide whether we're sending a packet.
-        if self.seq_to_transmit(cx) {
+        if self.seq_to_transmit_paced(cx, paced_out) {
             // If we have data to transmit and it fits into partner's window, do it.
             tcp_trace!("outgoing segment will send data or flags");
         } else if self.ack_to_transmit() && self.delayed_ack_expired(cx.now()) {
@@ -2795,7 +2931,10 @@ impl<'a> Socket<'a> {
 
                 // Postern patch (PATCHES.md): in loss recovery, retransmit the next hole
                 // (upstream retransmitted only the first unacknowledged segment, once).
-                let recovery = if self.recovery_retransmit_allowed(effective_mss) {
+                // Postern patch: pacing may hold it back, except an episode's first.
+                let recovery = if self.recovery_retransmit_allowed(effective_mss)
+                    && (!paced_out || self.pending_fast_retransmit)
+                {
                     self.recovery_retransmit(effective_mss)
                 } else {
                     None
@@ -2878,6 +3017,10 @@ impl<'a> Socket<'a> {
                         // zero length would stall the connection if a window update from
                         // the remote got lost.
                         win_limit.min(device_limit)
+                    } else if paced_out {
+                        // Postern patch (PATCHES.md): pacing holds data back; this segment
+                        // goes for another reason (an ACK, a window update) without data.
+                        0
                     } else {
                         win_limit.min(device_limit).min(self.cwnd_remaining())
                     };
@@ -3004,6 +3147,7 @@ impl<'a> Socket<'a> {
         self.remote_last_ack = repr.ack_number;
         self.remote_last_win = repr.window_len;
 
+        let payload_len = repr.payload.len();
         if repr.segment_len() > 0 {
             self.rtte
                 .on_send(cx.now(), repr.seq_number + repr.segment_len());
@@ -3018,6 +3162,11 @@ impl<'a> Socket<'a> {
             // so that it will expire after RTO seconds.
             let rto = self.rtte.retransmission_timeout();
             self.timer.set_for_retransmit(cx.now(), rto);
+        }
+
+        // Postern patch (PATCHES.md): data moves the paced send time on.
+        if payload_len > 0 {
+            self.pacing_on_send(cx.now(), payload_len);
         }
 
         if self.state == State::Closed {
@@ -3069,11 +3218,22 @@ impl<'a> Socket<'a> {
                 (_, _) => PollAt::Ingress,
             };
 
+            // Postern patch (PATCHES.md): data held back by pacing goes when it lets it.
+            let pacing_poll_at = match self.pacing_opens_at() {
+                Some(at) if self.seq_to_transmit_paced(cx, false) => PollAt::Time(at),
+                _ => PollAt::Ingress,
+            };
+
             // We wait for the earliest of our timers to fire.
-            *[self.timer.poll_at(), timeout_poll_at, delayed_ack_poll_at]
-                .iter()
-                .min()
-                .unwrap_or(&PollAt::Ingress)
+            *[
+                self.timer.poll_at(),
+                timeout_poll_at,
+                delayed_ack_poll_at,
+                pacing_poll_at,
+            ]
+            .iter()
+            .min()
+            .unwrap_or(&PollAt::Ingress)
         }
     }
 }
@@ -7385,6 +7545,141 @@ mod test {
         recv_nothing!(s, time 1120);
         assert!(s.recovery_point.is_some());
         assert_eq!(s.congestion_controller.inner().window(), after_first_loss);
+    }
+
+    // Postern patch (PATCHES.md): pacing.
+
+    /// An established socket (remote MSS 100, peer window 1000 octets, no congestion
+    /// control, a smoothed RTT of 10 ms) with 1000 octets to send, pacing as given.
+    fn socket_with_data_to_pace(pacing: Option<Pacing>) -> (TestSocket, Vec<u8>) {
+        let mut s = socket_established_with_buffer_sizes(2000, 64);
+        s.remote_mss = 100;
+        s.remote_win_len = 1000;
+        s.set_congestion_control(CongestionControl::None);
+        s.rtte.srtt_us = Some(10_000);
+        s.set_pacing(pacing);
+        let data: Vec<u8> = (0..1000).map(|i| (i / 100) as u8).collect();
+        s.send_slice(&data).unwrap();
+        (s, data)
+    }
+
+    /// 100 % gain both ways with a 1 ms horizon: 1000 octets per 10 ms is one 100-octet
+    /// segment per millisecond.
+    const PACING_ONE_SEGMENT_PER_MS: Pacing = Pacing {
+        slow_start_percent: 100,
+        congestion_avoidance_percent: 100,
+        horizon: Duration::from_millis(1),
+    };
+
+    fn data_segment(data: &[u8], index: usize) -> TcpRepr<'_> {
+        TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 100 * index,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &data[100 * index..100 * (index + 1)],
+            ..RECV_TEMPL
+        }
+    }
+
+    #[test]
+    fn test_pacing_spreads_a_window_over_the_round_trip() {
+        let (mut s, data) = socket_with_data_to_pace(Some(PACING_ONE_SEGMENT_PER_MS));
+        // The whole window is open, but only the horizon's worth (plus one segment) leaves.
+        recv!(s, time 0, Ok(data_segment(&data, 0)));
+        recv!(s, time 0, Ok(data_segment(&data, 1)));
+        recv_nothing!(s, time 0);
+        assert_eq!(
+            s.socket.poll_at(&mut s.cx),
+            PollAt::Time(Instant::from_millis(1))
+        );
+        // Then one segment per millisecond, each poll time saying when the next may go.
+        for i in 2..10 {
+            let t = i as i64 - 1;
+            recv_nothing!(s, time t - 1);
+            recv!(s, time t, Ok(data_segment(&data, i)));
+            recv_nothing!(s, time t);
+            if i < 9 {
+                assert_eq!(
+                    s.socket.poll_at(&mut s.cx),
+                    PollAt::Time(Instant::from_millis(t + 1))
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn test_pacing_off_sends_the_window_at_once() {
+        let (mut s, data) = socket_with_data_to_pace(None);
+        for i in 0..10 {
+            recv!(s, time 0, Ok(data_segment(&data, i)));
+        }
+        recv_nothing!(s, time 0);
+        assert!(s.pacing_next_send.is_none());
+    }
+
+    #[test]
+    fn test_pacing_waits_for_the_first_rtt_sample() {
+        let (mut s, data) = socket_with_data_to_pace(Some(PACING_ONE_SEGMENT_PER_MS));
+        s.rtte.srtt_us = None;
+        for i in 0..10 {
+            recv!(s, time 0, Ok(data_segment(&data, i)));
+        }
+        recv_nothing!(s, time 0);
+    }
+
+    #[test]
+    fn test_pacing_holds_data_but_not_acks() {
+        let (mut s, data) = socket_with_data_to_pace(Some(PACING_ONE_SEGMENT_PER_MS));
+        recv!(s, time 0, Ok(data_segment(&data, 0)));
+        recv!(s, time 0, Ok(data_segment(&data, 1)));
+        recv_nothing!(s, time 0);
+        // The peer sends data: its ACK goes out at once, without data of ours.
+        send!(s, time 0, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            window_len: 1000,
+            payload: &b"abc"[..],
+            ..SEND_TEMPL
+        });
+        recv(&mut s, Instant::from_millis(0), |repr| {
+            let repr = repr.unwrap();
+            assert_eq!(repr.payload, b"");
+            assert_eq!(repr.seq_number, LOCAL_SEQ + 1 + 200);
+            assert_eq!(repr.ack_number, Some(REMOTE_SEQ + 1 + 3));
+        });
+        recv_nothing!(s, time 0);
+        recv!(s, time 1, Ok(TcpRepr {
+            ack_number: Some(REMOTE_SEQ + 1 + 3),
+            window_len: 61,
+            ..data_segment(&data, 2)
+        }));
+    }
+
+    #[test]
+    #[cfg(feature = "socket-tcp-reno")]
+    fn test_pacing_gain_is_higher_in_slow_start() {
+        let gains = Pacing {
+            slow_start_percent: 200,
+            congestion_avoidance_percent: 100,
+            horizon: Duration::from_millis(1),
+        };
+        let (mut s, data) = socket_with_data_to_pace(Some(gains));
+        // Reno starts in slow start with a window above the peer's 1000 octets: the rate is
+        // 1000 octets per 10 ms doubled, so a segment moves the send time on by 0.5 ms.
+        s.set_congestion_control(CongestionControl::Reno);
+        assert!(s.congestion_controller.inner().in_slow_start());
+        recv!(s, time 0, Ok(data_segment(&data, 0)));
+        assert_eq!(s.pacing_next_send, Some(Instant::from_micros(500)));
+    }
+
+    #[test]
+    fn test_rtt_is_also_kept_in_microseconds() {
+        let mut r = RttEstimator::default();
+        r.on_send(Instant::from_micros(0), TcpSeqNumber(100));
+        r.on_ack(Instant::from_micros(400), TcpSeqNumber(100));
+        assert_eq!(r.srtt_us, Some(400));
+        r.on_send(Instant::from_micros(1000), TcpSeqNumber(200));
+        r.on_ack(Instant::from_micros(1800), TcpSeqNumber(200));
+        assert_eq!(r.srtt_us, Some(450)); // 7/8 * 400 + 1/8 * 800
     }
 
     #[test]

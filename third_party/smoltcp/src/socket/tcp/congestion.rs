@@ -35,6 +35,12 @@ pub(super) trait Controller {
 
     /// Set the maximum segment size.
     fn set_mss(&mut self, mss: usize) {}
+
+    /// Postern patch (PATCHES.md): whether pacing should use its slow-start gain: the window
+    /// is below half the slow-start threshold (Linux's test in `tcp_update_pacing_rate`).
+    fn in_slow_start(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug)]

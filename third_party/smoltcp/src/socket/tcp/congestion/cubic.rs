@@ -77,6 +77,11 @@ impl Controller for Cubic {
         self.cwnd
     }
 
+    // Postern patch (PATCHES.md): pacing's slow-start gain applies below ssthresh / 2.
+    fn in_slow_start(&self) -> bool {
+        self.cwnd < self.ssthresh / 2
+    }
+
     fn on_ack(&mut self, now: Instant, len: usize, in_flight: usize, rtt: &RttEstimator) {
         // Postern patch (PATCHES.md): appropriate byte counting (RFC 3465). Growth follows
         // the bytes an ACK covers, not the number of ACKs, so a receiver that acknowledges

@@ -37,6 +37,11 @@ impl Controller for Reno {
         self.cwnd
     }
 
+    // Postern patch (PATCHES.md): pacing's slow-start gain applies below ssthresh / 2.
+    fn in_slow_start(&self) -> bool {
+        self.cwnd < self.ssthresh / 2
+    }
+
     fn on_ack(&mut self, _now: Instant, len: usize, _in_flight: usize, _rtt: &RttEstimator) {
         // RFC 5681 only acts on ACKs of new data. The socket also notifies us
         // of accepted segments that acknowledge nothing (window updates, data

@@ -83,7 +83,7 @@ pub struct NetstackConfig {
     /// datagrams; a peer that reads one datagram per system call from a small socket buffer
     /// (the stock wireguard-go) drops the tail of each burst. With pacing, data segments
     /// leave spread over the round trip at about the congestion window per round trip
-    /// times a gain ([`TcpPacing`]). `third_party/smoltcp/PATCHES.md` (patch 7) describes
+    /// times a gain ([`TcpPacing`]). `third_party/smoltcp/PATCHES.md` (patch 8) describes
     /// the mechanism, `docs/benchmarks.md` the measurements.
     pub tcp_pacing: Option<TcpPacing>,
     /// Verify IP, TCP and UDP checksums of inbound packets (bad ones are dropped and counted).

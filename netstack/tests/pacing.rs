@@ -1,4 +1,4 @@
-//! TCP pacing (`NetstackConfig::tcp_pacing`, the vendored smoltcp's patch 7) between two
+//! TCP pacing (`NetstackConfig::tcp_pacing`, the vendored smoltcp's patch 8) between two
 //! netstacks over an in-memory wire: transfers complete with every byte intact, with and
 //! without loss. The pacing gate itself (how many segments leave per interval, when the
 //! socket asks to be polled) is tested with a fake clock in `third_party/smoltcp`; here the

@@ -2743,6 +2743,26 @@ impl<'a> Socket<'a> {
             self.remote_last_ts = Some(cx.now());
         }
 
+        // Postern patch (PATCHES.md): data or a FIN in flight always has a retransmission
+        // timer. The fast-retransmit path idles the timer before it emits, and loss
+        // recovery moves its retransmission point before the segment is emitted; if that
+        // emit fails (the device's queue is full) or the retransmission is lost while
+        // nothing else can be sent, nothing would ever send again: both ends stall.
+        if self.timer.is_idle()
+            && self.remote_last_seq != self.local_seq_no
+            && matches!(
+                self.state,
+                State::Established
+                    | State::FinWait1
+                    | State::Closing
+                    | State::CloseWait
+                    | State::LastAck
+            )
+        {
+            let rto = self.rtte.retransmission_timeout();
+            self.timer.set_for_retransmit(cx.now(), rto);
+        }
+
         self.congestion_controller
             .inner_mut()
             .pre_transmit(cx.now());
@@ -6919,6 +6939,31 @@ mod test {
             ..RECV_TEMPL
         }), exact);
         recv_nothing!(s, time 1550);
+    }
+
+    // Postern patch (PATCHES.md): data in flight always has a retransmission timer.
+    #[test]
+    fn test_data_in_flight_is_retransmitted_even_if_the_timer_was_left_idle() {
+        let mut s = socket_established();
+        s.send_slice(b"abcdef").unwrap();
+        recv!(s, time 0, Ok(TcpRepr {
+            control:    TcpControl::None,
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"abcdef"[..],
+            ..RECV_TEMPL
+        }));
+        // What a failed emit after the fast-retransmit path (which idles the timer) leaves.
+        s.timer.set_for_idle(Instant::from_millis(0), None);
+        recv_nothing!(s, time 10);
+        assert!(s.timer.is_retransmit(), "{:?}", s.timer);
+        recv!(s, time 2000, Ok(TcpRepr {
+            control:    TcpControl::None,
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"abcdef"[..],
+            ..RECV_TEMPL
+        }));
     }
 
     #[test]

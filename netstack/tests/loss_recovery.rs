@@ -20,9 +20,7 @@ use std::time::Duration;
 use postern_netstack::{
     CongestionControl, Impairment, MemoryWire, Netstack, NetstackConfig, WireStats,
 };
-use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
-use transfer::{drain, pattern, send_all_and_close};
+use transfer::{pattern, transfer_checked};
 
 const A: &str = "100.64.0.1";
 const B: &str = "100.64.0.2";
@@ -45,31 +43,9 @@ async fn transfer(
     let (a, seam_a) = Netstack::new(config(A, "fd7a:115c:a1e0::1", congestion_control)).unwrap();
     let (b, seam_b) = Netstack::new(config(B, "fd7a:115c:a1e0::2", congestion_control)).unwrap();
     let wire = MemoryWire::connect(seam_a, seam_b, impairment);
-    let listener = b.listen_tcp(5000).unwrap();
     let data = pattern(len, 0x91);
-    let want = Sha256::digest(&data).to_vec();
-    let server = tokio::spawn(async move {
-        let mut stream = listener.accept().await.unwrap();
-        let got = drain(&mut stream).await;
-        stream.shutdown().await.unwrap();
-        got
-    });
-    let run = async {
-        let client = a
-            .connect_tcp(SocketAddr::new(B.parse().unwrap(), 5000))
-            .await
-            .unwrap();
-        send_all_and_close(client, data).await;
-        server.await.unwrap()
-    };
-    let (got_len, digest) = tokio::time::timeout(Duration::from_secs(600), run)
-        .await
-        .expect("the transfer hung");
-    assert_eq!(got_len, len);
-    assert_eq!(
-        digest, want,
-        "the bytes that arrived differ from those sent"
-    );
+    let to_address = SocketAddr::new(B.parse().unwrap(), 5000);
+    transfer_checked(&a, &b, to_address, data, Duration::from_secs(600)).await;
     let stats = wire.stats();
     eprintln!("{len} bytes, {impairment:?}, {congestion_control:?}: {stats:?}");
     stats

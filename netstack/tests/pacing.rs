@@ -22,9 +22,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use postern_netstack::{Impairment, MemoryWire, Netstack, NetstackConfig, TcpPacing, WireStats};
-use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
-use transfer::{drain, pattern, send_all_and_close};
+use transfer::{pattern, transfer_checked};
 
 const A: &str = "100.64.0.1";
 const B: &str = "100.64.0.2";
@@ -43,31 +41,9 @@ async fn paced_transfers(len: usize, impairment: Impairment) -> WireStats {
     let (b, seam_b) = Netstack::new(config(B)).unwrap();
     let wire = MemoryWire::connect(seam_a, seam_b, impairment);
     for (from, to, to_addr, seed) in [(&a, &b, B, 0x17), (&b, &a, A, 0x29)] {
-        let listener = to.listen_tcp(5000).unwrap();
+        let to_address = SocketAddr::new(to_addr.parse().unwrap(), 5000);
         let data = pattern(len, seed);
-        let want = Sha256::digest(&data).to_vec();
-        let server = tokio::spawn(async move {
-            let mut stream = listener.accept().await.unwrap();
-            let got = drain(&mut stream).await;
-            stream.shutdown().await.unwrap();
-            got
-        });
-        let run = async {
-            let client = from
-                .connect_tcp(SocketAddr::new(to_addr.parse().unwrap(), 5000))
-                .await
-                .unwrap();
-            send_all_and_close(client, data).await;
-            server.await.unwrap()
-        };
-        let (got_len, digest) = tokio::time::timeout(Duration::from_secs(300), run)
-            .await
-            .expect("a paced transfer hung");
-        assert_eq!(got_len, len);
-        assert_eq!(
-            digest, want,
-            "the bytes that arrived differ from those sent"
-        );
+        transfer_checked(from, to, to_address, data, Duration::from_secs(300)).await;
     }
     let stats = wire.stats();
     eprintln!("paced, {len} bytes each way, {impairment:?}: {stats:?}");

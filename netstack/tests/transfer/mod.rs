@@ -3,9 +3,45 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
-use postern_netstack::TcpStream;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use postern_netstack::{Netstack, TcpStream};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Sends `data` from `from` to a listener on `to` at `to_address`, closes, and asserts
+/// that exactly those bytes arrived (length and SHA-256). Fails after `limit` (a hang).
+pub async fn transfer_checked(
+    from: &Netstack,
+    to: &Netstack,
+    to_address: SocketAddr,
+    data: Vec<u8>,
+    limit: Duration,
+) {
+    let listener = to.listen_tcp(to_address.port()).unwrap();
+    let len = data.len();
+    let want = Sha256::digest(&data).to_vec();
+    let server = tokio::spawn(async move {
+        let mut stream = listener.accept().await.unwrap();
+        let got = drain(&mut stream).await;
+        stream.shutdown().await.unwrap();
+        got
+    });
+    let run = async {
+        let client = from.connect_tcp(to_address).await.unwrap();
+        send_all_and_close(client, data).await;
+        server.await.unwrap()
+    };
+    let (got_len, digest) = tokio::time::timeout(limit, run)
+        .await
+        .expect("the transfer hung");
+    assert_eq!(got_len, len);
+    assert_eq!(
+        digest, want,
+        "the bytes that arrived differ from those sent"
+    );
+}
 
 /// Deterministic test data: `len` bytes of an xorshift stream seeded by `seed`.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {

@@ -486,6 +486,8 @@ impl NodeRuntime {
         stack_config.mtu = usize::from(NODE_MTU);
         // The engine authenticated every packet and checked its source: checksums add nothing.
         stack_config.verify_checksums = false;
+        // POSTERN_TCP_PACING=on|off switches the TCP senders' pacing (for benchmarks).
+        stack_config.apply_env()?;
         let (netstack, seam) = Netstack::new(stack_config)?;
 
         let engine = PeerEngine::new(EngineConfig::new(keys.node.to_x25519()), Instant::now());

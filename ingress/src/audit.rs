@@ -426,24 +426,43 @@ mod tests {
         assert_eq!(bytes, (0..100).collect::<Vec<_>>(), "in order, none lost");
     }
 
-    /// A writer that always fails (a full disk).
-    struct Full;
-    impl Write for Full {
-        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
-            Err(std::io::Error::other("no space left on device"))
+    /// A writer whose first `failures` writes fail (a disk that was full for a moment).
+    struct Flaky {
+        failures: usize,
+        out: Shared,
+    }
+    impl Write for Flaky {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.failures > 0 {
+                self.failures -= 1;
+                return Err(std::io::Error::other("no space left on device"));
+            }
+            self.out.write(buf)
         }
         fn flush(&mut self) -> std::io::Result<()> {
-            Err(std::io::Error::other("no space left on device"))
+            Ok(())
         }
     }
 
     #[test]
-    fn a_failing_writer_neither_panics_nor_blocks_the_caller() {
-        let sink = JsonLinesSink::with_queue(Box::new(Full), 4).unwrap();
+    fn lines_that_failed_to_write_are_written_once_the_writer_recovers() {
+        let buffer = Shared::default();
+        let flaky = Flaky {
+            failures: 3,
+            out: buffer.clone(),
+        };
+        let sink = JsonLinesSink::with_queue(Box::new(flaky), 4).unwrap();
         for i in 0..100 {
             sink.record(&record(i));
+            if i % 10 == 0 {
+                sink.flush();
+            }
         }
-        sink.flush();
         drop(sink);
+        let bytes: Vec<u64> = written(&buffer)
+            .iter()
+            .map(|r| r["bytes"].as_u64().unwrap())
+            .collect();
+        assert_eq!(bytes, (0..100).collect::<Vec<_>>(), "in order, none lost");
     }
 }

@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::coalesce::MAX_COALESCED_LEN;
 use crate::error::NetstackError;
 
 /// Largest TCP receive or send buffer smoltcp accepts (its window scale tops out at 1 GiB).
@@ -17,6 +18,12 @@ const MAX_PACING_HORIZON: Duration = Duration::from_millis(100);
 /// may be followed by settings that replace the defaults, for tuning:
 /// `on,ss=200,ca=120,horizon_us=1000` (the fields of [`TcpPacing`]).
 pub const TCP_PACING_ENV: &str = "POSTERN_TCP_PACING";
+
+/// The environment variable [`NetstackConfig::apply_env`] reads to turn receive coalescing
+/// ([`NetstackConfig::receive_coalescing`]) off (`off`) or on (`on`: up to 65,535 bytes, or
+/// a number of bytes), overriding the configured setting: for measuring its effect with the
+/// same binary.
+pub const RECEIVE_COALESCING_ENV: &str = "POSTERN_RECEIVE_COALESCING";
 
 /// The settings of one [`Netstack`](crate::Netstack).
 ///
@@ -86,6 +93,16 @@ pub struct NetstackConfig {
     /// times a gain ([`TcpPacing`]). `third_party/smoltcp/PATCHES.md` (patch 8) describes
     /// the mechanism, `docs/benchmarks.md` the measurements.
     pub tcp_pacing: Option<TcpPacing>,
+    /// Join consecutive in-order TCP data segments of one connection that arrive in the
+    /// same inbound batch into one segment of up to this many bytes of IP packet before
+    /// smoltcp processes them (receive coalescing, as Linux's GRO; `None`: off). smoltcp
+    /// then copies the run into the socket once and acknowledges it with one ACK instead
+    /// of one per segment, which saves a packet to encrypt, send and decrypt per segment
+    /// on the way back. Only segments whose headers agree in everything but the sequence
+    /// number and lengths are joined, so nothing the receiver would act on is lost (the
+    /// `coalesce` module source lists the rules). At least twice the MTU, at most 65,535
+    /// (the largest IPv4 packet). Default `Some(65535)`; `None` turns it off.
+    pub receive_coalescing: Option<usize>,
     /// Verify IP, TCP and UDP checksums of inbound packets (bad ones are dropped and counted).
     /// Packets that come out of WireGuard are already authenticated, so an engine that only
     /// feeds decrypted packets may turn this off to save one pass over every payload.
@@ -152,7 +169,7 @@ pub enum CongestionControl {
 impl NetstackConfig {
     /// Settings for a stack that owns `addresses`, with defaults for everything else:
     /// MTU 1420, 2 MiB TCP buffers each way, 4 spare TCP sockets, CUBIC, no TCP pacing,
-    /// checksums verified.
+    /// receive coalescing up to 64 KiB, checksums verified.
     pub fn new(addresses: impl IntoIterator<Item = IpAddr>) -> Self {
         Self {
             addresses: addresses.into_iter().collect(),
@@ -171,23 +188,23 @@ impl NetstackConfig {
             congestion_control: CongestionControl::Cubic,
             ack_delay: None,
             tcp_pacing: None,
+            receive_coalescing: Some(MAX_COALESCED_LEN),
             verify_checksums: true,
         }
     }
 
     /// Applies the settings the environment overrides: [`TCP_PACING_ENV`]
-    /// (`POSTERN_TCP_PACING=on` or `off`; unset leaves [`tcp_pacing`](Self::tcp_pacing)
-    /// as it is). Call it where a program builds its stack's configuration, so benchmarks
-    /// can switch pacing without a new flag. Fails if the variable holds anything else.
+    /// (`POSTERN_TCP_PACING=on` or `off`) and [`RECEIVE_COALESCING_ENV`]
+    /// (`POSTERN_RECEIVE_COALESCING=on`, `off` or a size in bytes); an unset variable leaves
+    /// its setting as it is. Call it where a program builds its stack's configuration, so
+    /// benchmarks can switch these without a new flag. Fails if a variable holds anything
+    /// else.
     pub fn apply_env(&mut self) -> Result<(), NetstackError> {
-        match std::env::var(TCP_PACING_ENV) {
-            Ok(value) => self.tcp_pacing = parse_pacing_switch(&value)?,
-            Err(std::env::VarError::NotPresent) => {}
-            Err(std::env::VarError::NotUnicode(_)) => {
-                return Err(NetstackError::InvalidConfig(format!(
-                    "{TCP_PACING_ENV} is not valid UTF-8; set it to `on` or `off`"
-                )));
-            }
+        if let Some(value) = env_value(TCP_PACING_ENV)? {
+            self.tcp_pacing = parse_pacing_switch(&value)?;
+        }
+        if let Some(value) = env_value(RECEIVE_COALESCING_ENV)? {
+            self.receive_coalescing = parse_coalescing_switch(&value)?;
         }
         Ok(())
     }
@@ -225,6 +242,14 @@ impl NetstackConfig {
                     pacing.horizon
                 ));
             }
+        }
+        let least = (2 * self.mtu).min(MAX_COALESCED_LEN);
+        if let Some(len) = self.receive_coalescing
+            && !(least..=MAX_COALESCED_LEN).contains(&len)
+        {
+            return invalid(format!(
+                "`receive_coalescing` is {len} bytes; it must be at least twice the MTU ({least}) and at most {MAX_COALESCED_LEN} (or None)"
+            ));
         }
         let v4 = self.addresses.iter().filter(|a| a.is_ipv4()).count();
         let v6 = self.addresses.len() - v4;
@@ -296,6 +321,32 @@ impl NetstackConfig {
         } else {
             self.ipv6()
         }
+    }
+}
+
+/// The value of the environment variable `name`, if it is set.
+fn env_value(name: &str) -> Result<Option<String>, NetstackError> {
+    match std::env::var(name) {
+        Ok(value) => Ok(Some(value)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(NetstackError::InvalidConfig(format!(
+            "{name} is not valid UTF-8; set it to `on` or `off`"
+        ))),
+    }
+}
+
+/// Reads a [`RECEIVE_COALESCING_ENV`] value: `off`, `on` (the largest size) or a size in
+/// bytes (checked with the rest of the configuration).
+fn parse_coalescing_switch(value: &str) -> Result<Option<usize>, NetstackError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "off" | "0" | "false" => Ok(None),
+        "on" | "1" | "true" => Ok(Some(MAX_COALESCED_LEN)),
+        other => other.parse().map(Some).map_err(|_| {
+            NetstackError::InvalidConfig(format!(
+                "{RECEIVE_COALESCING_ENV} is `{value}`: set it to `off`, `on`, or a size in bytes \
+                 (e.g. `32768`)"
+            ))
+        }),
     }
 }
 
@@ -440,5 +491,44 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn coalescing_is_on_by_default_and_its_bounds_are_checked() {
+        let mut config = NetstackConfig::new(["100.64.0.1".parse().unwrap()]);
+        assert_eq!(config.receive_coalescing, Some(MAX_COALESCED_LEN));
+        config.receive_coalescing = Some(2 * config.mtu);
+        config.validate().unwrap();
+        config.receive_coalescing = None;
+        config.validate().unwrap();
+        config.receive_coalescing = Some(2000);
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "`receive_coalescing` is 2000 bytes; it must be at least twice the MTU (2840) and at most 65535"
+            ),
+            "{err}"
+        );
+        // A huge MTU leaves nothing to join, but it is not an error.
+        config.mtu = 65_535;
+        config.receive_coalescing = Some(MAX_COALESCED_LEN);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn coalescing_switch_values() {
+        assert_eq!(parse_coalescing_switch(" Off").unwrap(), None);
+        assert_eq!(
+            parse_coalescing_switch("on").unwrap(),
+            Some(MAX_COALESCED_LEN)
+        );
+        assert_eq!(parse_coalescing_switch("32768").unwrap(), Some(32768));
+        let err = parse_coalescing_switch("lots").unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "POSTERN_RECEIVE_COALESCING is `lots`: set it to `off`, `on`, or a size in bytes"
+            ),
+            "{err}"
+        );
     }
 }

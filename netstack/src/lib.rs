@@ -102,6 +102,7 @@
 //! At most one IPv4 and one IPv6 address. No IP fragmentation (fragments are dropped and
 //! counted; UDP datagrams must fit the MTU). No ICMP echo replies.
 
+mod coalesce;
 mod config;
 mod error;
 mod packet;
@@ -112,7 +113,9 @@ mod tcp;
 mod udp;
 mod wire;
 
-pub use config::{CongestionControl, NetstackConfig, TCP_PACING_ENV, TcpPacing};
+pub use config::{
+    CongestionControl, NetstackConfig, RECEIVE_COALESCING_ENV, TCP_PACING_ENV, TcpPacing,
+};
 pub use error::NetstackError;
 pub use packet::{InboundPacket, MalformedPacket, Transport, inspect_inbound};
 pub use seam::{PacketBatch, PacketSeam};
@@ -120,3 +123,25 @@ pub use stack::{Netstack, NetstackStats};
 pub use tcp::{KEEPALIVE_PROBES, TcpListener, TcpStream};
 pub use udp::UdpSocket;
 pub use wire::{Impairment, MemoryWire, WireStats};
+
+/// Runs a batch through the receive coalescer as the stack does (packets that fail
+/// [`inspect_inbound`] without checksum verification are left out), and returns what the
+/// stack would hand to smoltcp. For the fuzz target; not part of the API.
+#[doc(hidden)]
+pub fn coalesce_batch(packets: Vec<bytes::Bytes>, max_len: usize) -> Vec<bytes::Bytes> {
+    let mut coalescer = coalesce::Coalescer::new(max_len);
+    let mut out = Vec::new();
+    for packet in packets {
+        if let Ok(info) = inspect_inbound(&packet, false) {
+            out.extend(
+                coalescer
+                    .push(packet, info)
+                    .into_iter()
+                    .flatten()
+                    .map(|(packet, _)| packet),
+            );
+        }
+    }
+    out.extend(coalescer.finish().map(|(packet, _)| packet));
+    out
+}

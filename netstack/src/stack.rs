@@ -15,9 +15,10 @@ use smoltcp::time::{Duration as SmolDuration, Instant as SmolInstant};
 use smoltcp::wire::{HardwareAddress, IpCidr, IpListenEndpoint};
 use tokio::sync::{Notify, mpsc};
 
+use crate::coalesce::Coalescer;
 use crate::config::{CongestionControl, NetstackConfig};
 use crate::error::NetstackError;
-use crate::packet::{Transport, inspect_inbound};
+use crate::packet::{InboundPacket, Transport, inspect_inbound};
 use crate::seam::{PacketBatch, PacketSeam, SeamDevice};
 use crate::tcp::{TcpListener, TcpStream};
 use crate::udp::UdpSocket;
@@ -78,6 +79,11 @@ pub struct NetstackStats {
     /// socket of the stack per round. Egress at the end of each turn of the owner task
     /// (timers, application writes) is not counted.
     pub inbound_egress_visits: u64,
+    /// Runs of in-order TCP segments joined into one before smoltcp processed them
+    /// ([`NetstackConfig::receive_coalescing`]).
+    pub coalesced_runs: u64,
+    /// Inbound packets that went into those runs (each is also in `packets_in`).
+    pub coalesced_packets: u64,
 }
 
 impl std::fmt::Debug for Netstack {
@@ -672,25 +678,39 @@ impl StackState {
     /// per-packet cost does not grow with idle connections; other sockets are served by
     /// the full pass at the end of the owner's turn, as are timers and application writes.
     fn ingest(&mut self, packet: Bytes, now: SmolInstant) {
-        let info = match inspect_inbound(&packet, self.config.verify_checksums) {
+        if let Some(info) = self.inspect(&packet) {
+            self.deliver(packet, info, now);
+        }
+    }
+
+    /// Parses an inbound packet and checks it is for this stack; a packet that is not is
+    /// dropped and counted here.
+    fn inspect(&mut self, packet: &[u8]) -> Option<InboundPacket> {
+        let info = match inspect_inbound(packet, self.config.verify_checksums) {
             Ok(info) => info,
             Err(why) => {
                 self.stats.malformed_dropped += 1;
                 tracing::trace!(%why, len = packet.len(), "dropped a malformed inbound packet");
-                return;
+                return None;
             }
         };
         if !self.config.addresses.contains(&info.dst) {
             self.stats.not_local_dropped += 1;
             tracing::trace!(dst = %info.dst, "dropped an inbound packet for another address");
-            return;
+            return None;
         }
+        self.stats.packets_in += 1;
+        Some(info)
+    }
+
+    /// Hands an inspected packet (or a coalesced run, see `coalesce`) to smoltcp, and
+    /// sends what its socket has to send in answer.
+    fn deliver(&mut self, packet: Bytes, info: InboundPacket, now: SmolInstant) {
         let (created, tuple) = match info.transport {
             Transport::TcpSyn { from, to } => (self.prepare_for_syn(from, to), Some((to, from))),
             Transport::Tcp { from, to } => (None, Some((to, from))),
             _ => (None, None),
         };
-        self.stats.packets_in += 1;
         // The packet's own socket, when the stack knows it: smoltcp offers the segment to
         // it first instead of searching every socket (smoltcp patch 7).
         let mut owner = tuple.and_then(|tuple| self.tcp_tuples.get(&tuple).copied());
@@ -1053,14 +1073,39 @@ async fn run_owner(
     }
 }
 
-/// Processes an inbound batch one packet at a time, releasing the lock every few packets.
+/// Processes an inbound batch one packet at a time (runs of in-order segments joined first,
+/// when [`NetstackConfig::receive_coalescing`] is on), releasing the lock every few packets.
 fn ingest_batch(shared: &Shared, batch: PacketBatch) {
+    let Some(max_len) = shared.config.receive_coalescing else {
+        let mut packets = batch.into_iter().peekable();
+        while packets.peek().is_some() {
+            let now = shared.now();
+            let mut st = shared.lock();
+            for packet in packets.by_ref().take(PACKETS_PER_LOCK) {
+                st.ingest(packet, now);
+            }
+        }
+        return;
+    };
+    let mut coalescer = Coalescer::new(max_len);
     let mut packets = batch.into_iter().peekable();
     while packets.peek().is_some() {
         let now = shared.now();
         let mut st = shared.lock();
         for packet in packets.by_ref().take(PACKETS_PER_LOCK) {
-            st.ingest(packet, now);
+            let Some(info) = st.inspect(&packet) else {
+                continue;
+            };
+            for (packet, info) in coalescer.push(packet, info).into_iter().flatten() {
+                st.deliver(packet, info, now);
+            }
+        }
+        if packets.peek().is_none() {
+            if let Some((packet, info)) = coalescer.finish() {
+                st.deliver(packet, info, now);
+            }
+            st.stats.coalesced_runs += coalescer.runs_joined;
+            st.stats.coalesced_packets += coalescer.packets_joined;
         }
     }
 }

@@ -486,7 +486,8 @@ impl NodeRuntime {
         stack_config.mtu = usize::from(NODE_MTU);
         // The engine authenticated every packet and checked its source: checksums add nothing.
         stack_config.verify_checksums = false;
-        // POSTERN_TCP_PACING=on|off switches the TCP senders' pacing (for benchmarks).
+        // POSTERN_TCP_PACING and POSTERN_RECEIVE_COALESCING switch the TCP senders' pacing
+        // and receive coalescing (for benchmarks).
         stack_config.apply_env()?;
         let (netstack, seam) = Netstack::new(stack_config)?;
 

@@ -148,7 +148,8 @@ impl UserspaceTunnel {
         // The engine authenticated every packet (AEAD) and checked its source against the
         // peer's allowed IPs: checksums add nothing but cost.
         stack_config.verify_checksums = false;
-        // POSTERN_TCP_PACING=on|off switches the TCP senders' pacing (for benchmarks).
+        // POSTERN_TCP_PACING and POSTERN_RECEIVE_COALESCING switch the TCP senders' pacing
+        // and receive coalescing (for benchmarks).
         stack_config.apply_env()?;
         let (netstack, seam) = Netstack::new(stack_config)?;
 

@@ -297,8 +297,8 @@ mod tests {
 
     use smoltcp::phy::ChecksumCapabilities;
     use smoltcp::wire::{
-        IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket,
-        TcpRepr, TcpSeqNumber,
+        IpAddress, IpProtocol, IpRepr, Ipv4Packet, Ipv6Packet, TcpControl, TcpPacket, TcpRepr,
+        TcpSeqNumber,
     };
 
     use super::*;
@@ -371,35 +371,10 @@ mod tests {
             } else {
                 (IpAddress::Ipv4(SRC4), IpAddress::Ipv4(DST4))
             };
-            let mut bytes;
-            let tcp_at;
-            match (src, dst) {
-                (IpAddress::Ipv6(src_addr), IpAddress::Ipv6(dst_addr)) => {
-                    let ip = Ipv6Repr {
-                        src_addr,
-                        dst_addr,
-                        next_header: IpProtocol::Tcp,
-                        payload_len: tcp.buffer_len(),
-                        hop_limit: 64,
-                    };
-                    bytes = vec![0u8; ip.buffer_len() + tcp.buffer_len()];
-                    ip.emit(&mut Ipv6Packet::new_unchecked(&mut bytes[..]));
-                    tcp_at = ip.buffer_len();
-                }
-                (IpAddress::Ipv4(src_addr), IpAddress::Ipv4(dst_addr)) => {
-                    let ip = Ipv4Repr {
-                        src_addr,
-                        dst_addr,
-                        next_header: IpProtocol::Tcp,
-                        payload_len: tcp.buffer_len(),
-                        hop_limit: 64,
-                    };
-                    bytes = vec![0u8; ip.buffer_len() + tcp.buffer_len()];
-                    ip.emit(&mut Ipv4Packet::new_unchecked(&mut bytes[..]), &caps);
-                    tcp_at = ip.buffer_len();
-                }
-                _ => unreachable!("both addresses are of one family"),
-            }
+            let ip = IpRepr::new(src, dst, IpProtocol::Tcp, tcp.buffer_len(), 64);
+            let mut bytes = vec![0u8; ip.buffer_len()];
+            ip.emit(&mut bytes[..], &caps);
+            let tcp_at = ip.header_len();
             tcp.emit(
                 &mut TcpPacket::new_unchecked(&mut bytes[tcp_at..]),
                 &src,

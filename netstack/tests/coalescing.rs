@@ -11,24 +11,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use postern_netstack::{Impairment, MemoryWire, Netstack, NetstackConfig, NetstackStats};
-use transfer::{pattern, transfer_checked};
+use transfer::{pattern, settled, transfer_checked};
 
 const A_V4: &str = "100.64.0.1";
 const B_V4: &str = "100.64.0.2";
 const LEN: usize = 8 * 1000 * 1000;
-
-/// Waits until a stack's counters stop moving (its last packets handed over and counted).
-async fn settled(stack: &Netstack) -> NetstackStats {
-    let mut last = stack.stats();
-    loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let now = stack.stats();
-        if now == last {
-            return now;
-        }
-        last = now;
-    }
-}
 
 /// Moves `LEN` bytes from a stack to another with `coalescing` at the receiver, over
 /// `impairment`, and returns what the sender sent and the receiver's counters.

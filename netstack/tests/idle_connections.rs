@@ -9,12 +9,10 @@ mod transfer;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use postern_netstack::{
-    Impairment, MemoryWire, Netstack, NetstackConfig, NetstackStats, TcpStream,
-};
+use postern_netstack::{Impairment, MemoryWire, Netstack, NetstackConfig, TcpStream};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use transfer::{drain, pattern, send_all_and_close};
+use transfer::{drain, pattern, send_all_and_close, settled};
 
 const A_V4: &str = "100.64.0.1";
 const B_V4: &str = "100.64.0.2";
@@ -67,19 +65,6 @@ async fn exchange(client: &mut TcpStream, server: &mut TcpStream, tag: u8) {
     let mut got = [0u8; 300];
     server.read_exact(&mut got).await.unwrap();
     assert_eq!(got, from_client);
-}
-
-/// Waits until a stack's counters stop moving (its last packets handed over and counted).
-async fn settled(stack: &Netstack) -> NetstackStats {
-    let mut last = stack.stats();
-    loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let now = stack.stats();
-        if now == last {
-            return now;
-        }
-        last = now;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

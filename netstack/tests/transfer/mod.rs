@@ -1,12 +1,13 @@
 //! What the netstack's integration tests share: deterministic data, sending it all and
-//! closing, and draining a stream into its length and SHA-256.
+//! closing, draining a stream into its length and SHA-256, and waiting for a stack's
+//! counters to settle.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use postern_netstack::{Netstack, TcpStream};
+use postern_netstack::{Netstack, NetstackStats, TcpStream};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -81,4 +82,17 @@ pub async fn drain(stream: &mut TcpStream) -> (usize, Vec<u8>) {
         total += n;
     }
     (total, hasher.finalize().to_vec())
+}
+
+/// Waits until a stack's counters stop moving (its last packets handed over and counted).
+pub async fn settled(stack: &Netstack) -> NetstackStats {
+    let mut last = stack.stats();
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = stack.stats();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
 }

@@ -30,7 +30,9 @@
 //! interface, the socket set and the bookkeeping sit behind one `std::sync::Mutex`, and
 //! socket handles lock it briefly to copy bytes straight into or out of the smoltcp socket
 //! buffers, register their waker with smoltcp, and nudge the owner (a `tokio::sync::Notify`)
-//! when they queued something to send.
+//! when they queued something to send. A read nudges it only when it opened the receive
+//! window enough for smoltcp to send a window update (smoltcp patch 10): a reader draining
+//! a bulk transfer otherwise cost the owner a turn per read.
 //!
 //! This was chosen over message passing (socket handles sending requests to the owner over
 //! channels) for throughput: a read or write costs one short lock and one copy into the

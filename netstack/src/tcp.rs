@@ -272,9 +272,15 @@ impl AsyncRead for TcpStream {
             }
         }
         if total > 0 {
+            // Wake the owner only when the read opened the window enough for smoltcp to
+            // send a window update (smoltcp patch 10): a reader draining a bulk transfer
+            // reads thousands of times a second, and a turn of the owner for each one is
+            // work and a cross-thread wake-up on the receiving path for nothing.
+            let update = socket.window_update_due();
             drop(st);
-            // Reading opened the receive window: the owner may have an update to send.
-            self.shared.wake_owner();
+            if update {
+                self.shared.wake_owner();
+            }
             return Poll::Ready(Ok(()));
         }
         match outcome {

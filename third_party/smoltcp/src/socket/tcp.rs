@@ -2693,6 +2693,15 @@ impl<'a> Socket<'a> {
     /// more data can be sent. According to the Linux kernel implementation, "significant" means
     /// doubling the receive window. The Linux kernel implementation can be found at
     /// <https://elixir.bootlin.com/linux/v6.9.9/source/net/ipv4/tcp.c#L1472>.
+    /// Postern patch (PATCHES.md, patch 10): whether the receive window has grown enough
+    /// since it was last advertised that the socket would send a window update now (the
+    /// rule of `window_to_update`). Call it after reading from the socket: if it says no,
+    /// the read changed nothing the peer needs to hear about yet, and the interface need
+    /// not be polled for it.
+    pub fn window_update_due(&self) -> bool {
+        self.window_to_update()
+    }
+
     fn window_to_update(&self) -> bool {
         match self.state {
             State::SynSent
@@ -8799,6 +8808,60 @@ mod test {
         recv!(
             s,
             time 5,
+            Ok(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 6),
+                window_len: 4,
+                ..RECV_TEMPL
+            })
+        );
+    }
+
+    #[test]
+    fn test_window_update_due_says_when_a_read_makes_an_update() {
+        let mut s = socket_established_with_buffer_sizes(6, 6);
+        s.ack_delay = None;
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"abcdef"[..],
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            Ok(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 6),
+                window_len: 0,
+                ..RECV_TEMPL
+            })
+        );
+        assert!(!s.window_update_due());
+        // Reading opens a closed window: an update is due, and it is what goes out.
+        s.recv(|buffer| (2, buffer[0])).unwrap();
+        assert!(s.window_update_due());
+        recv!(
+            s,
+            Ok(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 6),
+                window_len: 2,
+                ..RECV_TEMPL
+            })
+        );
+        assert!(!s.window_update_due());
+        // 3 is less than twice the 2 advertised: nothing is due, and nothing goes out.
+        s.recv(|buffer| (1, buffer[0])).unwrap();
+        assert!(!s.window_update_due());
+        recv_nothing!(s);
+        // 4 is twice 2: due again.
+        s.recv(|buffer| (1, buffer[0])).unwrap();
+        assert!(s.window_update_due());
+        recv!(
+            s,
             Ok(TcpRepr {
                 seq_number: LOCAL_SEQ + 1,
                 ack_number: Some(REMOTE_SEQ + 1 + 6),

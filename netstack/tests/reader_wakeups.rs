@@ -13,7 +13,7 @@ use std::time::Duration;
 use postern_netstack::{Impairment, MemoryWire, Netstack, NetstackConfig};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use transfer::{pattern, settled};
+use transfer::{drain, pattern, settled};
 
 const LEN: usize = 1_000_000;
 const READ: usize = 4 * 1024;
@@ -31,7 +31,6 @@ async fn reads_wake_the_owner_only_for_window_updates() {
     let _wire = MemoryWire::connect(seam_a, seam_b, Impairment::none());
     let listener = b.listen_tcp(5001).unwrap();
     let data = pattern(LEN, 9);
-    let want = Sha256::digest(&data).to_vec();
 
     let mut client = a.connect_tcp(SocketAddr::new(b_ip, 5001)).await.unwrap();
     let mut server = listener.accept().await.unwrap();
@@ -43,12 +42,11 @@ async fn reads_wake_the_owner_only_for_window_updates() {
 
     // Slow reads, as a reader that writes each chunk on to a slower socket: the owner is
     // idle between them, so a read that woke it would cost a turn each.
-    let mut hasher = Sha256::new();
     let mut buf = vec![0u8; READ];
     let mut total = 0;
     for _ in 0..SLOW_READS {
         let n = server.read(&mut buf).await.unwrap();
-        hasher.update(&buf[..n]);
+        assert_eq!(buf[..n], data[total..total + n]);
         total += n;
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -67,14 +65,7 @@ async fn reads_wake_the_owner_only_for_window_updates() {
     );
     client.shutdown().await.unwrap();
 
-    loop {
-        let n = server.read(&mut buf).await.unwrap();
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        total += n;
-    }
-    assert_eq!(total, LEN);
-    assert_eq!(hasher.finalize().to_vec(), want);
+    let (rest, rest_digest) = drain(&mut server).await;
+    assert_eq!(total + rest, LEN);
+    assert_eq!(rest_digest, Sha256::digest(&data[total..]).to_vec());
 }

@@ -107,10 +107,12 @@ impl ExchangeObserver for Recorder {
     }
 }
 
-/// A raw HTTP/1.1 origin on the host. `/stream` sends one chunk, waits for `release`, sends
-/// another; `/upgrade` answers 101 and echoes bytes; `/pose-as-node` answers with the
-/// node's refusal header; anything else answers with the
-/// request head it received (so tests can see what the proxy forwarded), prefixed by `tag`.
+/// A raw HTTP/1.1 origin on the host, one request per connection (its answers say
+/// `connection: close`, so a pooling proxy never reuses a connection the origin is
+/// closing). `/stream` sends one chunk, waits for `release`, sends another; `/upgrade`
+/// answers 101 and echoes bytes; `/pose-as-node` answers with the node's refusal header;
+/// anything else answers with the request head it received (so tests can see what the
+/// proxy forwarded), prefixed by `tag`.
 async fn start_origin(tag: &'static str, release: Arc<Notify>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -130,7 +132,7 @@ async fn start_origin(tag: &'static str, release: Arc<Notify>) -> SocketAddr {
                     tcp.write_all(b"7\r\nsecond\n\r\n0\r\n\r\n").await.unwrap();
                 } else if head.starts_with("GET /pose-as-node ") {
                     // A target that tries to make the ingress audit a node's refusal.
-                    tcp.write_all(b"HTTP/1.1 200 OK\r\npostern-hop-refusal: node_refused_not_ingress\r\ncontent-length: 3\r\n\r\nok\n").await.unwrap();
+                    tcp.write_all(b"HTTP/1.1 200 OK\r\npostern-hop-refusal: node_refused_not_ingress\r\nconnection: close\r\ncontent-length: 3\r\n\r\nok\n").await.unwrap();
                 } else if head.starts_with("GET /upgrade ") {
                     tcp.write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n").await.unwrap();
                     let mut buffer = [0u8; 64];
@@ -144,7 +146,7 @@ async fn start_origin(tag: &'static str, release: Arc<Notify>) -> SocketAddr {
                 } else {
                     let body = format!("{tag}\n{head}");
                     let response = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
                         body.len()
                     );
                     tcp.write_all(response.as_bytes()).await.unwrap();

@@ -714,3 +714,96 @@ async fn unknown_source_addresses_are_not_served() {
         .expect("the connection was not closed");
     assert!(response.is_empty(), "an unknown peer got an answer");
 }
+
+/// An origin whose first connection answers one keep-alive request and then closes under
+/// the next request without answering (an origin closing an idle connection just as the
+/// proxy reuses it); later connections answer each request and close. Returns its address
+/// and the count of requests it answered.
+async fn start_closing_origin() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&answered);
+    tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let counter = Arc::clone(&counter);
+            let closing = std::mem::replace(&mut first, false);
+            tokio::spawn(async move {
+                let head = read_head(&mut tcp).await;
+                counter.fetch_add(1, Ordering::SeqCst);
+                let body = head.lines().next().unwrap_or_default().to_owned();
+                let close = if closing { "" } else { "connection: close\r\n" };
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\n{close}content-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                tcp.write_all(response.as_bytes()).await.unwrap();
+                if closing {
+                    // The next request arrives on this kept-alive connection: close under it.
+                    let _ = read_head(&mut tcp).await;
+                }
+            });
+        }
+    });
+    (address, answered)
+}
+
+/// Serves [`start_closing_origin`] on port 80 of the node and sends it a first request,
+/// which leaves its connection in the node's pool. Returns the runtime and the origin's
+/// count of answered requests.
+async fn serve_closing_origin(mesh: &Mesh) -> (ServeRuntime, Arc<std::sync::atomic::AtomicUsize>) {
+    let (origin, answered) = start_closing_origin().await;
+    let mut config = ServeConfig::new();
+    config
+        .insert(Service::http(80, origin_url(origin)))
+        .unwrap();
+    let runtime = ServeRuntime::start(
+        mesh.node.netstack().clone(),
+        ServeTable::new(config),
+        directory(false),
+        Arc::new(Recorder::default()),
+    )
+    .unwrap();
+    let mut stream = connect(mesh, 80).await;
+    let response = request(&mut stream, "/one", "").await;
+    assert!(response.starts_with("http/1.1 200"), "{response}");
+    (runtime, answered)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_request_is_sent_again_when_the_origin_closes_its_pooled_connection() {
+    let mesh = mesh().await;
+    let (_runtime, answered) = serve_closing_origin(&mesh).await;
+    // The second goes out on it; the origin closes without answering; a GET is sent
+    // again on a fresh connection.
+    let mut stream = connect(&mesh, 80).await;
+    let response = request(&mut stream, "/two", "").await;
+    assert!(response.starts_with("http/1.1 200"), "{response}");
+    assert!(response.ends_with("get /two http/1.1"), "{response}");
+    assert_eq!(answered.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_is_never_sent_twice() {
+    let mesh = mesh().await;
+    let (_runtime, answered) = serve_closing_origin(&mesh).await;
+    let mut stream = connect(&mesh, 80).await;
+    stream
+        .write_all(b"POST /pay HTTP/1.1\r\nhost: node.test\r\nconnection: close\r\ncontent-length: 2\r\n\r\nhi")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut response))
+        .await
+        .expect("the response did not end")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response).to_ascii_lowercase();
+    // The origin may have acted on it: the client hears of the failure, the origin
+    // sees it once.
+    assert!(response.starts_with("http/1.1 502"), "{response}");
+    assert!(response.ends_with("upstream_unreachable\n"), "{response}");
+    assert_eq!(answered.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

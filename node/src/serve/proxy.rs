@@ -196,6 +196,14 @@ impl HttpProxy {
             );
         }
 
+        // A request without a body whose method is idempotent can be sent again if the
+        // origin closes a pooled connection just as the request goes out on it (what
+        // nginx's `proxy_next_upstream` does); anything else could act twice.
+        let replay = (client_upgrade.is_none()
+            && is_idempotent(&parts.method)
+            && hyper::body::Body::is_end_stream(&body))
+        .then(|| (parts.method.clone(), parts.headers.clone()));
+
         let mut request_capture = None;
         let body: ProxyBody = match &exchange {
             Some((limit, _)) => {
@@ -209,14 +217,7 @@ impl HttpProxy {
             record.upstream = upstream.clone();
             record.request_headers = parts.headers.clone();
         }
-        let mut builder = Request::builder()
-            .method(parts.method)
-            .uri(path_and_query)
-            .version(Version::HTTP_11);
-        if let Some(headers) = builder.headers_mut() {
-            *headers = parts.headers;
-        }
-        let outgoing = match builder.body(body) {
+        let outgoing = match origin_request(parts.method, &path_and_query, parts.headers, body) {
             Ok(outgoing) => outgoing,
             Err(error) => {
                 let response = text(StatusCode::BAD_REQUEST, "bad_request\n");
@@ -225,7 +226,17 @@ impl HttpProxy {
             }
         };
 
-        let mut response = match self.origins.send(route.origin.authority(), outgoing).await {
+        let mut sent = self.origins.send(route.origin.authority(), outgoing).await;
+        if let (Err(SendError::NoAnswer(first)), Some((method, headers))) = (&sent, replay) {
+            tracing::debug!(%upstream, error = %first, "the origin closed the connection under an idempotent request; sending it again");
+            let empty = Full::new(Bytes::new())
+                .map_err(|never| match never {})
+                .boxed_unsync();
+            if let Ok(again) = origin_request(method, &path_and_query, headers, empty) {
+                sent = self.origins.send(route.origin.authority(), again).await;
+            }
+        }
+        let mut response = match sent.map_err(String::from) {
             Ok(response) => response,
             Err(error) => {
                 tracing::warn!(origin = %origin, %upstream, %error, "the serve target could not be reached");
@@ -358,7 +369,9 @@ impl HttpProxy {
 /// was read to the end (an abandoned response, a failed exchange or an upgrade close it
 /// or hand it over); at most [`ORIGIN_MAX_IDLE`] idle ones per origin, each closed after
 /// [`ORIGIN_IDLE_TIMEOUT`]; a pooled connection the origin closed while idle is noticed
-/// when it is taken, and a request not yet written goes out on a fresh one.
+/// when it is taken, and a request not yet written goes out on a fresh one. A request
+/// that was written as the origin closed the connection under it gets no answer; the
+/// proxy sends it once more only if its method is idempotent and it has no body.
 #[derive(Clone)]
 pub(super) struct OriginPool {
     client: Client<HttpConnector, ProxyBody>,
@@ -391,24 +404,74 @@ impl OriginPool {
         &self,
         authority: &str,
         mut request: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, String> {
+    ) -> Result<Response<Incoming>, SendError> {
         let path = request
             .uri()
             .path_and_query()
             .map_or("/", http::uri::PathAndQuery::as_str);
         *request.uri_mut() = format!("http://{authority}{path}")
             .parse()
-            .map_err(|error| format!("{authority} is not an address to send to: {error}"))?;
+            .map_err(|error| {
+                SendError::Other(format!("{authority} is not an address to send to: {error}"))
+            })?;
         self.client.request(request).await.map_err(|error| {
             let cause = std::error::Error::source(&error)
                 .map_or_else(|| error.to_string(), ToString::to_string);
             if error.is_connect() {
-                format!("cannot connect to {authority}: {cause}")
+                SendError::Other(format!("cannot connect to {authority}: {cause}"))
             } else {
-                format!("{authority} did not answer: {cause}")
+                SendError::NoAnswer(format!("{authority} did not answer: {cause}"))
             }
         })
     }
+}
+
+/// Why [`OriginPool::send`] got no response.
+#[derive(Debug)]
+enum SendError {
+    /// The request went out on a connection that ended without an answer (also an origin
+    /// closing a pooled connection as the request was written).
+    NoAnswer(String),
+    /// No connection, or no request to send.
+    Other(String),
+}
+
+impl From<SendError> for String {
+    fn from(error: SendError) -> Self {
+        match error {
+            SendError::NoAnswer(text) | SendError::Other(text) => text,
+        }
+    }
+}
+
+/// Methods that RFC 9110 (9.2.2) calls idempotent: sending one twice acts once.
+fn is_idempotent(method: &http::Method) -> bool {
+    matches!(
+        *method,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::TRACE
+            | http::Method::PUT
+            | http::Method::DELETE
+    )
+}
+
+/// The request to send to the origin: HTTP/1.1, origin-form `path_and_query`.
+fn origin_request(
+    method: http::Method,
+    path_and_query: &str,
+    headers: HeaderMap,
+    body: ProxyBody,
+) -> Result<Request<ProxyBody>, http::Error> {
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(path_and_query)
+        .version(Version::HTTP_11);
+    if let Some(slot) = builder.headers_mut() {
+        *slot = headers;
+    }
+    builder.body(body)
 }
 
 impl std::fmt::Debug for OriginPool {

@@ -777,8 +777,8 @@ async fn serve_closing_origin(mesh: &Mesh) -> (ServeRuntime, Arc<std::sync::atom
 async fn an_idempotent_request_is_sent_again_when_the_origin_closes_its_pooled_connection() {
     let mesh = mesh().await;
     let (_runtime, answered) = serve_closing_origin(&mesh).await;
-    // The second goes out on it; the origin closes without answering; a GET is sent
-    // again on a fresh connection.
+    // A second request goes out on the pooled connection; the origin closes without
+    // answering; a GET is sent again on a fresh connection.
     let mut stream = connect(&mesh, 80).await;
     let response = request(&mut stream, "/two", "").await;
     assert!(response.starts_with("http/1.1 200"), "{response}");

@@ -40,12 +40,11 @@ const ACK: u8 = 0x10;
 pub(crate) struct Coalescer {
     /// Largest joined packet, in bytes of IP packet.
     max_len: usize,
-    /// The packets of the current run (all coalescible with each other), in order.
-    run: Vec<Bytes>,
+    /// The packets of the current run (all coalescible with each other), in order, with
+    /// their layouts.
+    run: Vec<(Bytes, Layout)>,
     /// The inspection of the run's first packet, which is also the joined packet's.
     info: Option<InboundPacket>,
-    /// Layout of the run's first packet.
-    head: Option<Layout>,
     /// Sequence number the next packet of the run must start at.
     next_seq: u32,
     /// Bytes of IP packet the run would join into.
@@ -92,7 +91,6 @@ impl Coalescer {
             max_len: max_len.min(MAX_COALESCED_LEN),
             run: Vec::new(),
             info: None,
-            head: None,
             next_seq: 0,
             joined_len: 0,
             runs_joined: 0,
@@ -111,8 +109,9 @@ impl Coalescer {
         if self.extends_run(&packet, &layout) {
             self.joined_len += layout.payload_len();
             self.next_seq = layout.seq.wrapping_add(payload_u32(&layout));
-            self.run.push(packet);
-            let flushed = if layout.push { self.take_run() } else { None };
+            let push = layout.push;
+            self.run.push((packet, layout));
+            let flushed = if push { self.take_run() } else { None };
             return [flushed, None];
         }
         let flushed = self.take_run();
@@ -122,9 +121,8 @@ impl Coalescer {
         }
         self.next_seq = layout.seq.wrapping_add(payload_u32(&layout));
         self.joined_len = layout.total;
-        self.head = Some(layout);
         self.info = Some(info);
-        self.run.push(packet);
+        self.run.push((packet, layout));
         [flushed, None]
     }
 
@@ -135,7 +133,7 @@ impl Coalescer {
 
     /// Whether `packet` continues the current run.
     fn extends_run(&self, packet: &[u8], layout: &Layout) -> bool {
-        let (Some(head), Some(first)) = (self.head, self.run.first()) else {
+        let Some((first, head)) = self.run.first() else {
             return false;
         };
         if layout.seq != self.next_seq
@@ -167,14 +165,13 @@ impl Coalescer {
     /// Ends the current run: the packet itself if it holds one, the joined segment if more.
     fn take_run(&mut self) -> Option<(Bytes, InboundPacket)> {
         let info = self.info.take()?;
-        let head = self.head.take()?;
         let mut run = std::mem::take(&mut self.run);
         if run.len() == 1 {
-            return run.pop().map(|packet| (packet, info));
+            return run.pop().map(|(packet, _)| (packet, info));
         }
         self.runs_joined += 1;
         self.packets_joined += run.len() as u64;
-        Some((join(&run, head, self.joined_len), info))
+        Some((join(&run, self.joined_len), info))
     }
 }
 
@@ -240,19 +237,15 @@ fn payload_u32(layout: &Layout) -> u32 {
 
 /// Joins a run: the first packet's headers, then every payload in order; lengths, PSH and
 /// the IPv4 header checksum updated.
-fn join(run: &[Bytes], head: Layout, joined_len: usize) -> Bytes {
+fn join(run: &[(Bytes, Layout)], joined_len: usize) -> Bytes {
     let mut out = BytesMut::with_capacity(joined_len);
+    let ip = run.first().map_or(IPV4_HEADER, |(_, head)| head.ip_header);
     let mut push = false;
-    for packet in run {
-        // Every packet of the run passed `coalescible` with the head's header lengths.
-        let Some(layout) = coalescible(packet) else {
-            continue;
-        };
+    for (packet, layout) in run {
         let from = if out.is_empty() { 0 } else { layout.headers() };
         out.extend_from_slice(packet.get(from..layout.total).unwrap_or_default());
         push |= layout.push;
     }
-    let ip = head.ip_header;
     let len = out.len();
     if push && let Some(flags) = out.get_mut(ip + 13) {
         *flags |= PSH;

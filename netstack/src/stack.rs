@@ -669,20 +669,6 @@ impl StackState {
         }
     }
 
-    /// Processes one inbound packet, then sends what it caused (per-packet ingress: each
-    /// data segment is acknowledged before the next is looked at, which keeps the peer's
-    /// ACK clock running).
-    ///
-    /// When the stack knows the packet's socket (a TCP segment of a known connection),
-    /// smoltcp is pointed at it for ingress and polls only it for egress, so the
-    /// per-packet cost does not grow with idle connections; other sockets are served by
-    /// the full pass at the end of the owner's turn, as are timers and application writes.
-    fn ingest(&mut self, packet: Bytes, now: SmolInstant) {
-        if let Some(info) = self.inspect(&packet) {
-            self.deliver(packet, info, now);
-        }
-    }
-
     /// Parses an inbound packet and checks it is for this stack; a packet that is not is
     /// dropped and counted here.
     fn inspect(&mut self, packet: &[u8]) -> Option<InboundPacket> {
@@ -703,8 +689,14 @@ impl StackState {
         Some(info)
     }
 
-    /// Hands an inspected packet (or a coalesced run, see `coalesce`) to smoltcp, and
-    /// sends what its socket has to send in answer.
+    /// Hands one inspected packet (or a coalesced run, see `coalesce`) to smoltcp, then
+    /// sends what it caused: each segment is acknowledged before the next is looked at,
+    /// which keeps the peer's ACK clock running.
+    ///
+    /// When the stack knows the packet's socket (a TCP segment of a known connection),
+    /// smoltcp is pointed at it for ingress and polls only it for egress, so the
+    /// per-packet cost does not grow with idle connections; other sockets are served by
+    /// the full pass at the end of the owner's turn, as are timers and application writes.
     fn deliver(&mut self, packet: Bytes, info: InboundPacket, now: SmolInstant) {
         let (created, tuple) = match info.transport {
             Transport::TcpSyn { from, to } => (self.prepare_for_syn(from, to), Some((to, from))),
@@ -1076,18 +1068,7 @@ async fn run_owner(
 /// Processes an inbound batch one packet at a time (runs of in-order segments joined first,
 /// when [`NetstackConfig::receive_coalescing`] is on), releasing the lock every few packets.
 fn ingest_batch(shared: &Shared, batch: PacketBatch) {
-    let Some(max_len) = shared.config.receive_coalescing else {
-        let mut packets = batch.into_iter().peekable();
-        while packets.peek().is_some() {
-            let now = shared.now();
-            let mut st = shared.lock();
-            for packet in packets.by_ref().take(PACKETS_PER_LOCK) {
-                st.ingest(packet, now);
-            }
-        }
-        return;
-    };
-    let mut coalescer = Coalescer::new(max_len);
+    let mut coalescer = shared.config.receive_coalescing.map(Coalescer::new);
     let mut packets = batch.into_iter().peekable();
     while packets.peek().is_some() {
         let now = shared.now();
@@ -1096,11 +1077,18 @@ fn ingest_batch(shared: &Shared, batch: PacketBatch) {
             let Some(info) = st.inspect(&packet) else {
                 continue;
             };
-            for (packet, info) in coalescer.push(packet, info).into_iter().flatten() {
-                st.deliver(packet, info, now);
+            match coalescer.as_mut() {
+                Some(coalescer) => {
+                    for (packet, info) in coalescer.push(packet, info).into_iter().flatten() {
+                        st.deliver(packet, info, now);
+                    }
+                }
+                None => st.deliver(packet, info, now),
             }
         }
-        if packets.peek().is_none() {
+        if packets.peek().is_none()
+            && let Some(coalescer) = coalescer.as_mut()
+        {
             if let Some((packet, info)) = coalescer.finish() {
                 st.deliver(packet, info, now);
             }

@@ -310,7 +310,9 @@ pub fn client_with(
         home_relay: None,
     };
     let mut config = ClientConfig::new(addr, machine, session);
-    config.silence_timeout = Duration::from_secs(3);
+    // The default silence timeout (longer than the coord's keepalive interval): a shorter
+    // one made clients redial on every quiet spell, and a redial after the node's own key
+    // expired ends the client, which raced the tests that wait for expiry.
     config.min_backoff = Duration::from_millis(50);
     config.max_backoff = Duration::from_millis(400);
     ControlClient::spawn(config)

@@ -1,18 +1,21 @@
 //! The HTTPS edge in-process with a static certificate: HTTP/2 with a streamed (SSE-like)
-//! response, a WebSocket-style upgrade passed through as bytes, the body limit, and the
-//! audit record.
+//! response, a WebSocket-style upgrade passed through as bytes, the body limit (for chains
+//! that read bodies) and streaming (for those that do not), and the audit record.
 
 // Helper functions of these tests unwrap too: a failure is the test failing.
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use postern_ingress::audit::{AuditRecord, AuditSink};
 use postern_ingress::certs::HttpChallenges;
 use postern_ingress::edge::{Edge, Funnel, Limits, TcpUpstream};
-use postern_ingress::gate::{GateChain, IpAction, IpRulesConfig, IpRulesGate, PassThroughGate};
+use postern_ingress::gate::{
+    Decision, Gate, GateChain, GateRequest, Identity, IpAction, IpRulesConfig, IpRulesGate,
+    PassThroughGate, ReasonCode,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -100,6 +103,42 @@ async fn read_head(tcp: &mut TcpStream) -> String {
     String::from_utf8(head).unwrap()
 }
 
+/// A gate that decides on the body, as webhook gates do: it admits a body unless it starts
+/// with `forged`.
+#[derive(Debug)]
+struct BodyReadingGate;
+
+impl Gate for BodyReadingGate {
+    fn name(&self) -> &str {
+        "body-reading"
+    }
+
+    fn reads_body(&self) -> bool {
+        true
+    }
+
+    fn evaluate(&self, request: &GateRequest<'_>, _now: SystemTime) -> Decision {
+        if request.body().starts_with(b"forged") {
+            return Decision::deny(ReasonCode::SignatureMismatch);
+        }
+        Decision::Allow {
+            gate: self.name().into(),
+            identity: Identity::new("sender"),
+        }
+    }
+}
+
+fn ip_gate(allow: &str) -> GateChain {
+    GateChain::gate(
+        IpRulesGate::new(IpRulesConfig {
+            rules: vec![format!("allow {allow}").parse().unwrap()],
+            default: IpAction::Deny,
+            trusted_proxies: Vec::new(),
+        })
+        .unwrap(),
+    )
+}
+
 struct Fixture {
     address: std::net::SocketAddr,
     cert_pem: String,
@@ -108,11 +147,13 @@ struct Fixture {
     hits: Arc<AtomicUsize>,
 }
 
+const HOSTS: [&str; 4] = ["app.test", "gated.test", "walled.test", "signed.test"];
+
 async fn start_edge() -> Fixture {
     let release = Arc::new(Notify::new());
     let hits = Arc::new(AtomicUsize::new(0));
     let origin = start_origin(Arc::clone(&release), Arc::clone(&hits)).await;
-    let (resolver, cert_pem) = local_tls::self_signed(&["app.test", "gated.test"]);
+    let (resolver, cert_pem) = local_tls::self_signed(&HOSTS);
     let audit = Arc::new(MemorySink::default());
     let limits = Limits {
         max_body_bytes: 1024,
@@ -128,15 +169,25 @@ async fn start_edge() -> Fixture {
             },
             Funnel {
                 hostname: "gated.test".into(),
+                upstream: Arc::new(TcpUpstream::new(origin.clone())),
+                chain: ip_gate("127.0.0.0/8"),
+                route: None,
+            },
+            Funnel {
+                hostname: "walled.test".into(),
+                upstream: Arc::new(TcpUpstream::new(origin.clone())),
+                chain: ip_gate("192.0.2.0/24"),
+                route: None,
+            },
+            Funnel {
+                hostname: "signed.test".into(),
                 upstream: Arc::new(TcpUpstream::new(origin)),
-                chain: GateChain::gate(
-                    IpRulesGate::new(IpRulesConfig {
-                        rules: vec!["allow 127.0.0.0/8".parse().unwrap()],
-                        default: IpAction::Deny,
-                        trusted_proxies: Vec::new(),
-                    })
-                    .unwrap(),
-                ),
+                // In a group with a gate that does not read bodies: the group still buffers.
+                chain: GateChain::any_of(vec![
+                    ip_gate("192.0.2.0/24"),
+                    GateChain::gate(BodyReadingGate),
+                ])
+                .unwrap(),
                 route: None,
             },
         ],
@@ -155,13 +206,13 @@ async fn start_edge() -> Fixture {
 }
 
 fn client(fixture: &Fixture) -> reqwest::Client {
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(fixture.cert_pem.as_bytes()).unwrap())
-        .resolve("app.test", fixture.address)
-        .resolve("gated.test", fixture.address)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
+        .timeout(Duration::from_secs(10));
+    for host in HOSTS {
+        builder = builder.resolve(host, fixture.address);
+    }
+    builder.build().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,35 +246,75 @@ async fn http2_response_streams_before_the_origin_finishes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gated_oversized_bodies_are_refused_and_ungated_ones_stream() {
+async fn bodies_are_bounded_only_for_chains_that_read_them() {
     let fixture = start_edge().await;
     let client = client(&fixture);
+    let large = vec![b'a'; 4096];
     // Without gates the body streams to the target, unbounded.
     let ungated = client
-        .post("https://app.test/x")
-        .body(vec![b'a'; 4096])
+        .post("https://app.test/echo")
+        .body(large.clone())
         .send()
         .await
         .unwrap();
     assert_eq!(ungated.status(), 200);
-    assert_eq!(fixture.hits.load(Ordering::SeqCst), 1);
-    // With gates it is buffered for them, up to max_body_bytes.
+    assert_eq!(ungated.bytes().await.unwrap(), large);
+    // A gate that decides on the client's address does not wait for the body: it streams,
+    // past max_body_bytes (1024 here), and arrives whole.
+    let streamed = client
+        .post("https://gated.test/echo")
+        .body(large.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streamed.status(), 200);
+    assert_eq!(streamed.bytes().await.unwrap(), large);
+    // Refused by such a gate: nothing reaches the target.
+    let refused = client
+        .post("https://walled.test/x")
+        .body(large.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    assert_eq!(refused.text().await.unwrap(), "ip_denied\n");
+    assert_eq!(fixture.hits.load(Ordering::SeqCst), 0);
+    // A chain with a gate that reads bodies buffers them for it, up to max_body_bytes, and
+    // the gate sees the bytes.
     let small = client
-        .post("https://gated.test/x")
+        .post("https://signed.test/echo")
         .body(vec![b'a'; 1024])
         .send()
         .await
         .unwrap();
     assert_eq!(small.status(), 200);
-    let large = client
-        .post("https://gated.test/x")
+    assert_eq!(small.bytes().await.unwrap().len(), 1024);
+    let forged = client
+        .post("https://signed.test/x")
+        .body("forged payload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    let oversized = client
+        .post("https://signed.test/x")
         .body(vec![b'a'; 1025])
         .send()
         .await
         .unwrap();
-    assert_eq!(large.status(), 413);
-    assert_eq!(large.text().await.unwrap(), "body_too_large\n");
-    assert_eq!(fixture.hits.load(Ordering::SeqCst), 2);
+    assert_eq!(oversized.status(), 413);
+    assert_eq!(oversized.text().await.unwrap(), "body_too_large\n");
+    assert_eq!(fixture.hits.load(Ordering::SeqCst), 0);
+    let records = fixture.audit.0.lock().unwrap().clone();
+    let results: Vec<_> = records
+        .iter()
+        .map(|r| (r.funnel.clone().unwrap_or_default(), r.result))
+        .collect();
+    assert!(
+        results.contains(&("walled.test".into(), "deny".into()))
+            && results.contains(&("signed.test".into(), "deny".into())),
+        "{results:?}"
+    );
 }
 
 /// Sends `POST path` to `host` with a chunked body, one chunk per write with a pause between
@@ -262,7 +353,7 @@ async fn gated_bodies_in_many_frames_arrive_whole_and_stay_bounded() {
     // Three frames, 1024 bytes in all (the bound): buffered for the gate, forwarded whole
     // and in order, with a content-length.
     let chunks = vec![vec![b'a'; 300], vec![b'b'; 400], vec![b'c'; 324]];
-    let response = post_chunked(&fixture, "gated.test", "/echo", &chunks).await;
+    let response = post_chunked(&fixture, "signed.test", "/echo", &chunks).await;
     assert!(response.starts_with("HTTP/1.1 200 "), "{response}");
     let (_, body) = response.split_once("\r\n\r\n").unwrap();
     assert_eq!(body.as_bytes(), chunks.concat().as_slice());
@@ -270,12 +361,12 @@ async fn gated_bodies_in_many_frames_arrive_whole_and_stay_bounded() {
     // reaches the origin.
     let hits = fixture.hits.load(Ordering::SeqCst);
     let chunks = vec![vec![b'a'; 600], vec![b'b'; 425]];
-    let response = post_chunked(&fixture, "gated.test", "/x", &chunks).await;
+    let response = post_chunked(&fixture, "signed.test", "/x", &chunks).await;
     assert!(response.starts_with("HTTP/1.1 413 "), "{response}");
     assert!(response.ends_with("body_too_large\n"), "{response}");
     assert_eq!(fixture.hits.load(Ordering::SeqCst), hits);
     // An empty chunked body is a body of zero bytes (forwarded without a body).
-    let response = post_chunked(&fixture, "gated.test", "/echo", &[]).await;
+    let response = post_chunked(&fixture, "signed.test", "/echo", &[]).await;
     assert!(response.starts_with("HTTP/1.1 200 "), "{response}");
     assert!(response.ends_with("\r\n\r\n"), "{response}");
 }

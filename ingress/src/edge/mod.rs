@@ -8,7 +8,9 @@
 //!    [`FunnelTable`] (an expired one is unknown; one whose gates could not be built gets
 //!    `503 funnel_unavailable`);
 //! 2. buffers the body up to [`Limits::max_body_bytes`] (`413 body_too_large` beyond) when
-//!    the funnel has gates; an ungated funnel's body streams to the target unbuffered;
+//!    a gate of the funnel's chain reads it (webhook signatures, [`GateChain::reads_body`]);
+//!    any other funnel's body (no gates, or gates that decide on headers, the client's
+//!    address or its certificate) streams to the target unbuffered once admitted;
 //! 3. runs the funnel's [`GateChain`]: `Deny` answers with the status and the reason code
 //!    as the body and forwards nothing; `Respond` answers the provider's handshake;
 //! 4. on `Allow`, strips client-sent `Postern-*` headers and sets the edge's own, sets
@@ -419,45 +421,13 @@ impl Edge {
                 .await);
         }
 
-        let limit = self.limits.max_body_bytes;
-        let declared_too_large = parts
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .is_some_and(|len| len > limit as u64);
-        let buffered = if declared_too_large {
-            Err(BodyError::TooLarge)
+        let body = if funnel.chain.reads_body() {
+            match self.buffer_for_gates(&parts, body).await {
+                Ok(bytes) => RequestBody::Buffered(bytes),
+                Err(refusal) => return Ok(refusal.answer(audit)),
+            }
         } else {
-            buffer_body(body, limit, self.limits.request_timeout).await
-        };
-        let body = match buffered {
-            Ok(body) => body,
-            Err(BodyError::Unreadable) => {
-                return Ok(audit.finish_now(
-                    StatusCode::BAD_REQUEST,
-                    "deny",
-                    Some("body_unreadable"),
-                    "body_unreadable\n",
-                ));
-            }
-            Err(BodyError::Timeout) => {
-                return Ok(audit.finish_now(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "deny",
-                    Some("request_timeout"),
-                    "request_timeout\n",
-                ));
-            }
-            Err(BodyError::TooLarge) => {
-                audit.record.gate = Some("edge".into());
-                return Ok(audit.finish_now(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "deny",
-                    Some("body_too_large"),
-                    "body_too_large\n",
-                ));
-            }
+            RequestBody::Streamed(body)
         };
 
         let path_and_query = parts
@@ -469,8 +439,9 @@ impl Edge {
         url.push_str("https://");
         url.push_str(&funnel.hostname);
         url.push_str(path_and_query);
-        let gate_request = GateRequest::new(&parts.method, &url, &parts.headers, &body, client)
-            .with_presented_chain(&client_certs);
+        let gate_request =
+            GateRequest::new(&parts.method, &url, &parts.headers, body.bytes(), client)
+                .with_presented_chain(&client_certs);
         let outcome = funnel
             .chain
             .evaluate_async(&gate_request, SystemTime::now())
@@ -500,25 +471,43 @@ impl Edge {
                 }
                 Ok(audit.finish(response, "respond", None))
             }
-            Decision::Allow { gate, identity } => {
-                let body = Full::new(body).map_err(|never| match never {}).boxed();
-                Ok(self
-                    .forward_admitted(
-                        &funnel,
-                        parts,
-                        body,
-                        client,
-                        client_upgrade,
-                        audit,
-                        (gate, identity),
-                    )
-                    .await)
-            }
+            Decision::Allow { gate, identity } => Ok(self
+                .forward_admitted(
+                    &funnel,
+                    parts,
+                    body.into_edge_body(),
+                    client,
+                    client_upgrade,
+                    audit,
+                    (gate, identity),
+                )
+                .await),
         }
     }
 }
 
 impl Edge {
+    /// Buffers the body of a request whose chain reads it ([`GateChain::reads_body`]), up to
+    /// [`Limits::max_body_bytes`] and within the request timeout; a body declared larger
+    /// is refused before any of it is read.
+    async fn buffer_for_gates(
+        &self,
+        parts: &http::request::Parts,
+        body: Incoming,
+    ) -> Result<Bytes, BodyError> {
+        let limit = self.limits.max_body_bytes;
+        let declared_too_large = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|len| len > limit as u64);
+        if declared_too_large {
+            return Err(BodyError::TooLarge);
+        }
+        buffer_body(body, limit, self.limits.request_timeout).await
+    }
+
     /// Forwards a request of a funnel without gates: its body streams to the target as it
     /// arrives, unbuffered and unbounded by [`Limits::max_body_bytes`].
     async fn forward_ungated(
@@ -595,6 +584,36 @@ impl Edge {
     }
 }
 
+/// The body of a request of a gated funnel, as the chain sees it and as it is forwarded.
+enum RequestBody {
+    /// Buffered for a chain that reads it: the gates see these bytes, and they are
+    /// forwarded as they are.
+    Buffered(Bytes),
+    /// Not read before the decision (no gate of the chain reads bodies): the gates see an
+    /// empty body, and an admitted request's body streams to the target as it arrives.
+    Streamed(Incoming),
+}
+
+impl RequestBody {
+    /// What the gates see.
+    fn bytes(&self) -> &[u8] {
+        match self {
+            RequestBody::Buffered(bytes) => bytes,
+            RequestBody::Streamed(_) => &[],
+        }
+    }
+
+    /// The body to forward.
+    fn into_edge_body(self) -> EdgeBody {
+        match self {
+            RequestBody::Buffered(bytes) => {
+                Full::new(bytes).map_err(|never| match never {}).boxed()
+            }
+            RequestBody::Streamed(body) => body.boxed(),
+        }
+    }
+}
+
 /// Why a gated request's body could not be buffered.
 enum BodyError {
     /// Larger than the edge's bound (declared or sent): `413 body_too_large`.
@@ -603,6 +622,21 @@ enum BodyError {
     Unreadable,
     /// Not all sent within the request timeout: `408 request_timeout`.
     Timeout,
+}
+
+impl BodyError {
+    /// The edge's answer, audited as a denial (`edge` decided a body too large).
+    fn answer(self, mut audit: PendingAudit) -> Response<EdgeBody> {
+        let (status, reason) = match self {
+            BodyError::Unreadable => (StatusCode::BAD_REQUEST, "body_unreadable"),
+            BodyError::Timeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            BodyError::TooLarge => {
+                audit.record.gate = Some("edge".into());
+                (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+            }
+        };
+        audit.finish_now(status, "deny", Some(reason), &format!("{reason}\n"))
+    }
 }
 
 /// Buffers the body of a request for a gated funnel: at most `limit` bytes, within

@@ -174,6 +174,19 @@ impl GateChain {
         matches!(self, GateChain::Gate(gate) if gate.name() == "pass-through")
     }
 
+    /// Whether any gate of the chain reads the request's body ([`Gate::reads_body`]): the
+    /// edge then buffers the body, up to its bound, before it runs the chain; otherwise the
+    /// chain decides on an empty body and the body streams to the target.
+    pub fn reads_body(&self) -> bool {
+        match self {
+            GateChain::Gate(gate) => gate.reads_body(),
+            GateChain::AnyOf(members) | GateChain::AllOf(members) => {
+                members.iter().any(GateChain::reads_body)
+            }
+            GateChain::RateLimited(inner, _) => inner.reads_body(),
+        }
+    }
+
     /// The subjects of the CAs of every mTLS gate in the chain: the edge asks TLS clients
     /// for a certificate when this is not empty.
     pub fn client_ca_subjects(&self) -> Vec<rustls::DistinguishedName> {
@@ -458,6 +471,69 @@ mod tests {
             SocketAddr::from((Ipv4Addr::LOCALHOST, 1)),
         );
         chain.evaluate(&request, SystemTime::UNIX_EPOCH)
+    }
+
+    #[test]
+    fn only_chains_with_a_gate_that_reads_bodies_buffer_them() {
+        use crate::gate::{
+            IpAction, IpRulesConfig, IpRulesGate, Provider, RateLimitConfig, Secret, WebhookGate,
+            WebhookGateConfig,
+        };
+        let webhook = || {
+            GateChain::gate(
+                WebhookGate::new(WebhookGateConfig::new(
+                    Provider::Github,
+                    vec![Secret::from("s3cret")],
+                ))
+                .unwrap(),
+            )
+        };
+        let ip = || {
+            GateChain::gate(
+                IpRulesGate::new(IpRulesConfig {
+                    rules: vec!["allow 10.0.0.0/8".parse().unwrap()],
+                    default: IpAction::Deny,
+                    trusted_proxies: Vec::new(),
+                })
+                .unwrap(),
+            )
+        };
+        let limit = || {
+            Arc::new(
+                RateLimit::new(RateLimitConfig::new(
+                    RateLimitKey::ClientIp,
+                    10,
+                    std::time::Duration::from_secs(1),
+                ))
+                .unwrap(),
+            )
+        };
+        assert!(webhook().reads_body());
+        assert!(!ip().reads_body());
+        assert!(!allow("a").reads_body());
+        assert!(
+            GateChain::any_of(vec![ip(), webhook()])
+                .unwrap()
+                .reads_body()
+        );
+        assert!(
+            GateChain::all_of(vec![webhook(), ip()])
+                .unwrap()
+                .reads_body()
+        );
+        assert!(
+            !GateChain::all_of(vec![ip(), allow("a")])
+                .unwrap()
+                .reads_body()
+        );
+        assert!(GateChain::rate_limited(webhook(), limit()).reads_body());
+        assert!(!GateChain::rate_limited(ip(), limit()).reads_body());
+        let nested = GateChain::all_of(vec![
+            ip(),
+            GateChain::any_of(vec![allow("a"), webhook()]).unwrap(),
+        ])
+        .unwrap();
+        assert!(nested.reads_body());
     }
 
     #[test]

@@ -90,6 +90,18 @@ pub trait Gate: Send + Sync + fmt::Debug {
         Box::pin(std::future::ready(decision))
     }
 
+    /// Whether the gate decides on the request's body (webhook signatures cover it).
+    ///
+    /// The edge buffers a request's body for the chain, up to its bound, only when some gate
+    /// of the chain reads it; for a chain of gates that decide on headers, the client's
+    /// address or its certificate (OIDC sessions, JWT, mTLS, IP rules, rate limits), the
+    /// body streams to the target once the chain admitted the request, unbuffered and
+    /// unbounded, as for a funnel without gates, and those gates see an empty body.
+    /// Defaults to `false`; a gate that reads [`GateRequest::body`] must say `true`.
+    fn reads_body(&self) -> bool {
+        false
+    }
+
     /// The subjects of the CAs whose client certificates this gate accepts (mTLS gates),
     /// so the edge can ask clients for a certificate during the TLS handshake. Empty for
     /// every other gate.

@@ -254,6 +254,10 @@ impl Gate for WebhookGate {
         &self.gate_name
     }
 
+    fn reads_body(&self) -> bool {
+        true
+    }
+
     fn evaluate(&self, request: &GateRequest<'_>, now: SystemTime) -> Decision {
         match self.check(request, now) {
             Ok(decision) => decision,

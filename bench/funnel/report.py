@@ -139,6 +139,7 @@ def gate_costs(http, rows, gate_t):
 
 def main():
     results, loads_path, started, commit, t, rounds, conns, threads, gate_t = sys.argv[1:10]
+    pinned = len(sys.argv) > 10 and sys.argv[10] == "1"
     rows = parse(results)
     with open(loads_path) as f:
         loads = [float(x) for x in f.read().split()]
@@ -148,6 +149,11 @@ def main():
         f"(ABBA order), wrk -t{threads} -c{conns}. 1-minute load average during the "
         f"measurements: {min(loads):.1f} to {max(loads):.1f} "
         f"(median {statistics.median(loads):.1f}) on 2 cores."
+        + (
+            " Pinned (PIN=1): the ingress alone on CPU 1, everything else on CPU 0."
+            if pinned
+            else ""
+        )
     )
     out.append("")
 

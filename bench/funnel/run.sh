@@ -27,6 +27,11 @@
 #   GATES=oidc,mtls   only these gates in the pairs (any of webhook, ip, jwt, oidc, rate,
 #                  mtls; default all); with ROUNDS=0 only these pairs are measured
 #   CONNS=32 THREADS=2   wrk connections and threads
+#   PIN=1          the ingress alone on CPU 1, everything else (wrk, oha, the origin, the
+#                  relays, the mesh node) on CPU 0: the ingress is then the bottleneck and
+#                  has its core to itself, so a gate's cost shows as requests/s without
+#                  the noise of three processes sharing two cores (for the gate pairs;
+#                  the ingress runs one tokio worker then). Needs 2 CPUs.
 #   WG_STANDIN=1   also measure the stand-in for the mesh hop (below); 0 to skip it
 #   MESH_ONLY=1    with --mesh: only direct, the ungated funnel, rathole, the edge's TCP
 #                  funnel and the mesh rows (a quick A/B of the mesh path; GATE_PAIRS=0 too)
@@ -112,6 +117,14 @@ target_dir="${CARGO_TARGET_DIR:-$repo/target}"
 INGRESS_BIN="${INGRESS_BIN:-$target_dir/release/postern-ingress}"
 POSTERN_BIN="${POSTERN_BIN:-$target_dir/release/postern}"
 WG_STANDIN="${WG_STANDIN:-1}"
+PIN="${PIN:-0}"
+pin_ingress=()
+if [ "$PIN" = 1 ]; then
+    [ "$(nproc --all)" -ge 2 ] || { echo "run.sh: PIN=1 needs 2 CPUs" >&2; exit 2; }
+    # This shell and everything it starts stay on CPU 0; the ingress alone gets CPU 1.
+    taskset -cp 0 $$ >/dev/null
+    pin_ingress=(taskset -c 1)
+fi
 gate_keys=(funnel_gated funnel_ip funnel_jwt funnel_oidc funnel_rate funnel_mtls)
 if [ -n "${GATES:-}" ]; then
     gate_keys=()
@@ -472,7 +485,7 @@ state_dir = "$work/ingress-node"
 hostname = "bench-ingress"
 NODE
 fi
-start ingress env RUST_LOG=warn BENCH_INGRESS_KEY="$ingress_key" "$INGRESS_BIN" serve --config "$work/ingress.toml"
+start ingress "${pin_ingress[@]}" env RUST_LOG=warn BENCH_INGRESS_KEY="$ingress_key" "$INGRESS_BIN" serve --config "$work/ingress.toml"
 wait_port "$P_INGRESS" ingress
 wait_port "$P_TCP_FUNNEL" ingress
 
@@ -762,6 +775,6 @@ done
 commit="$(cd "$repo" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 dirty="$(cd "$repo" && git status --porcelain -- ingress 2>/dev/null | head -1)"
 [ -n "$dirty" ] && commit="$commit (ingress/ modified)"
-table="$(python3 -B "$here/report.py" "$results" "$loads" "$started" "$commit" "$T" "$ROUNDS" "$CONNS" "$THREADS" "$GATE_T")"
+table="$(python3 -B "$here/report.py" "$results" "$loads" "$started" "$commit" "$T" "$ROUNDS" "$CONNS" "$THREADS" "$GATE_T" "$PIN")"
 echo "$table"
 if [ -n "$out_file" ]; then echo "$table" >"$out_file"; say "tables written to $out_file"; fi

@@ -1,7 +1,9 @@
 //! Keep-alive pooling of the edge's connections to a plain TCP target (`TcpUpstream`):
 //! sequential requests reuse one origin connection; a connection the origin closed while
-//! idle does not fail the next request; a client-forged hop context header never reaches
-//! the origin; a denied request never reaches it either.
+//! idle does not fail the next request; one the origin closes as a request goes out on it
+//! is retried on a fresh connection when the request is idempotent and has no body, and
+//! never otherwise; a client-forged hop context header never reaches the origin; a denied
+//! request never reaches it either.
 
 // Helper functions of these tests unwrap too: a failure is the test failing.
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
@@ -57,6 +59,38 @@ async fn start_origin(counts: Arc<Counts>, close_when_idle: bool) -> String {
                     if tcp.write_all(response.as_bytes()).await.is_err() || close_when_idle {
                         return;
                     }
+                }
+            });
+        }
+    });
+    address
+}
+
+/// A keep-alive origin that answers the first request of each connection and closes the
+/// connection when the second request's head has arrived, without answering: the race of
+/// a server whose keep-alive timeout runs out just as the edge reuses the connection.
+async fn start_closing_origin(counts: Arc<Counts>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            counts.accepts.fetch_add(1, Ordering::SeqCst);
+            let counts = Arc::clone(&counts);
+            tokio::spawn(async move {
+                let Some(head) = read_head(&mut tcp).await else {
+                    return;
+                };
+                counts.requests.fetch_add(1, Ordering::SeqCst);
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{head}",
+                    head.len()
+                );
+                if tcp.write_all(response.as_bytes()).await.is_err() {
+                    return;
+                }
+                if read_head(&mut tcp).await.is_some() {
+                    counts.requests.fetch_add(1, Ordering::SeqCst);
                 }
             });
         }
@@ -198,6 +232,54 @@ async fn a_connection_the_origin_closed_while_idle_does_not_fail_the_next_reques
     }
     assert_eq!(fixture.counts.requests.load(Ordering::SeqCst), 5);
     assert_eq!(fixture.counts.accepts.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_request_the_origin_closed_under_is_sent_again_and_a_post_is_not() {
+    let counts = Arc::new(Counts::default());
+    let origin = start_closing_origin(Arc::clone(&counts)).await;
+    let (resolver, cert_pem) = local_tls::self_signed(&["app.test"]);
+    let edge = Arc::new(Edge::new(
+        vec![Funnel {
+            hostname: "app.test".into(),
+            upstream: Arc::new(TcpUpstream::new(origin)),
+            chain: GateChain::gate(PassThroughGate),
+            route: None,
+        }],
+        Limits::default(),
+        Arc::new(NoAudit),
+        Arc::new(HttpChallenges::default()),
+    ));
+    let address = local_tls::serve_edge(edge, resolver).await;
+    let fixture = Fixture {
+        address,
+        cert_pem,
+        counts,
+    };
+    let client = client(&fixture, "127.0.0.1");
+    let (status, _) = get(&client, "https://app.test/first").await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Goes out on the pooled connection, which the origin closes under it: sent again on
+    // a fresh one, and the client sees only the answer.
+    let (status, head) = get(&client, "https://app.test/second").await;
+    assert_eq!(status, 200, "{head}");
+    assert!(head.starts_with("get /second "), "{head}");
+    assert_eq!(fixture.counts.accepts.load(Ordering::SeqCst), 2);
+    assert_eq!(fixture.counts.requests.load(Ordering::SeqCst), 3);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // A POST with a body meets the same close: it could act twice, so it is not sent
+    // again; the client gets 502 and the origin saw it once.
+    let response = client
+        .post("https://app.test/third")
+        .body("once")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    assert_eq!(response.text().await.unwrap(), "upstream_failed\n");
+    assert_eq!(fixture.counts.accepts.load(Ordering::SeqCst), 2);
+    assert_eq!(fixture.counts.requests.load(Ordering::SeqCst), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -90,21 +90,36 @@ pub(super) async fn forward(
         .path_and_query()
         .map_or("/", http::uri::PathAndQuery::as_str)
         .to_string();
-    let mut builder = Request::builder()
-        .method(parts.method)
-        .uri(path)
-        .version(Version::HTTP_11);
-    if let Some(headers) = builder.headers_mut() {
-        *headers = parts.headers;
-    }
-    let outgoing = builder.body(body).map_err(ForwardError::Build)?;
+    // A request without a body whose method is idempotent can be sent again if the target
+    // closes a pooled connection just as the request goes out on it (a keep-alive timeout
+    // running out on its side; what nginx's `proxy_next_upstream` does). Anything else
+    // could act twice, so it is sent once.
+    let replay = (!upgrading && parts.method.is_idempotent() && body.is_end_stream())
+        .then(|| (parts.method.clone(), parts.headers.clone()));
+    let outgoing = target_request(parts.method, &path, parts.headers, body)?;
 
     // Over a pooled keep-alive connection (see `Upstream::send_request`); the timeout
-    // covers getting a connection (new or idle) and the response head.
-    let mut response = tokio::time::timeout(timeout, upstream.send_request(outgoing, context))
+    // covers getting a connection (new or idle), the one resend, and the response head.
+    let exchange = async {
+        let sent = upstream.send_request(outgoing, context).await;
+        match (sent, replay) {
+            (Err(UpstreamError::Http(first)), Some((method, headers))) => {
+                tracing::debug!(funnel = %host, error = %first, "the target closed the connection under an idempotent request; sending it again");
+                let empty = Full::new(Bytes::new())
+                    .map_err(|never| match never {})
+                    .boxed();
+                let again = target_request(method, &path, headers, empty)?;
+                upstream
+                    .send_request(again, context)
+                    .await
+                    .map_err(ForwardError::Upstream)
+            }
+            (sent, _) => sent.map_err(ForwardError::Upstream),
+        }
+    };
+    let mut response = tokio::time::timeout(timeout, exchange)
         .await
-        .map_err(|_| ForwardError::Timeout)?
-        .map_err(ForwardError::Upstream)?;
+        .map_err(|_| ForwardError::Timeout)??;
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client_upgrade) = client_upgrade
@@ -125,6 +140,23 @@ pub(super) async fn forward(
     postern_node::hop_by_hop::strip(response.headers_mut());
     response.headers_mut().remove(header::UPGRADE);
     Ok(response.map(BodyExt::boxed))
+}
+
+/// The request to send to the target: HTTP/1.1, origin-form `path`.
+fn target_request(
+    method: http::Method,
+    path: &str,
+    headers: HeaderMap,
+    body: EdgeBody,
+) -> Result<Request<EdgeBody>, ForwardError> {
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(path)
+        .version(Version::HTTP_11);
+    if let Some(slot) = builder.headers_mut() {
+        *slot = headers;
+    }
+    builder.body(body).map_err(ForwardError::Build)
 }
 
 /// A short text response of the edge's own.

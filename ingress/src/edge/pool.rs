@@ -14,8 +14,10 @@
 //!   [`PoolLimits::idle_timeout`] without use;
 //! - a pooled connection the target already closed is noticed when it is checked out (or
 //!   when sending fails before the request was written) and the request goes out on a
-//!   fresh connection; a request that was (partly) written is never sent again, the
-//!   failure is the caller's (`502 upstream_failed`).
+//!   fresh connection; a request that was (partly) written is not sent again by the
+//!   pool, the failure is the caller's: the edge sends a bodiless idempotent request
+//!   (GET, HEAD, PUT, DELETE, ...) once more on a fresh connection, as nginx's
+//!   `proxy_next_upstream` does, and anything else gets `502 upstream_failed`.
 //!
 //! Bodies stream both ways as before; the pool adds no buffering and no timeout of its own
 //! (the edge's request timeout covers getting a connection, as it covered connecting).

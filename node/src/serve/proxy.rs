@@ -200,7 +200,7 @@ impl HttpProxy {
         // origin closes a pooled connection just as the request goes out on it (what
         // nginx's `proxy_next_upstream` does); anything else could act twice.
         let replay = (client_upgrade.is_none()
-            && is_idempotent(&parts.method)
+            && parts.method.is_idempotent()
             && hyper::body::Body::is_end_stream(&body))
         .then(|| (parts.method.clone(), parts.headers.clone()));
 
@@ -442,19 +442,6 @@ impl From<SendError> for String {
             SendError::NoAnswer(text) | SendError::Other(text) => text,
         }
     }
-}
-
-/// Methods that RFC 9110 (9.2.2) calls idempotent: sending one twice acts once.
-fn is_idempotent(method: &http::Method) -> bool {
-    matches!(
-        *method,
-        http::Method::GET
-            | http::Method::HEAD
-            | http::Method::OPTIONS
-            | http::Method::TRACE
-            | http::Method::PUT
-            | http::Method::DELETE
-    )
 }
 
 /// The request to send to the origin: HTTP/1.1, origin-form `path_and_query`.

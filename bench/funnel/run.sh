@@ -119,11 +119,9 @@ POSTERN_BIN="${POSTERN_BIN:-$target_dir/release/postern}"
 WG_STANDIN="${WG_STANDIN:-1}"
 PIN="${PIN:-0}"
 pin_ingress=()
-if [ "$PIN" = 1 ]; then
-    [ "$(nproc --all)" -ge 2 ] || { echo "run.sh: PIN=1 needs 2 CPUs" >&2; exit 2; }
-    # This shell and everything it starts stay on CPU 0; the ingress alone gets CPU 1.
-    taskset -cp 0 $$ >/dev/null
-    pin_ingress=(taskset -c 1)
+if [ "$PIN" = 1 ] && [ "$(nproc --all)" -lt 2 ]; then
+    echo "run.sh: PIN=1 needs 2 CPUs" >&2
+    exit 2
 fi
 gate_keys=(funnel_gated funnel_ip funnel_jwt funnel_oidc funnel_rate funnel_mtls)
 if [ -n "${GATES:-}" ]; then
@@ -365,6 +363,12 @@ openssl x509 -req -in "$work/client.csr" -CA "$work/client-ca.pem" -CAkey "$work
 session_cookie="__Host-postern-session=$("$COOKIE_BIN" "$work/oidc-session.key" oidc.bench.test bench@example.com 7200)"
 
 # ---------------------------------------------------------------- servers
+if [ "$PIN" = 1 ]; then
+    # From here on (the tools are built), this shell and everything it starts stay on
+    # CPU 0; the ingress alone gets CPU 1.
+    taskset -cp 0 $$ >/dev/null
+    pin_ingress=(taskset -c 1)
+fi
 start origin "$work/origin" "127.0.0.1:$P_ORIGIN" 256
 wait_port "$P_ORIGIN" origin
 start jwks python3 -m http.server "$P_JWKS" --bind 127.0.0.1 --directory "$work/jwks"

@@ -311,8 +311,8 @@ async fn bodies_are_bounded_only_for_chains_that_read_them() {
         .map(|r| (r.funnel.clone().unwrap_or_default(), r.result))
         .collect();
     assert!(
-        results.contains(&("walled.test".into(), "deny".into()))
-            && results.contains(&("signed.test".into(), "deny".into())),
+        results.contains(&("walled.test".into(), "deny"))
+            && results.contains(&("signed.test".into(), "deny")),
         "{results:?}"
     );
 }

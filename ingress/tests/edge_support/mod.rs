@@ -27,12 +27,26 @@ use postern_lab::LabProcess;
 use postern_lab::pebble::{Pebble, PebbleConfig, PebbleMode};
 
 /// A free loopback TCP port (bound then released).
+///
+/// Never the same port twice in one test process: the kernel may hand a port that was just
+/// released to the next `bind(0)`, so two calls in a row (the HTTP and the TLS port) could
+/// otherwise name one port, and the ingress would fail to bind its second listener.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A local HTTP/1.1 origin that counts requests and keeps what it received.

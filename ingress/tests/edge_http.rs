@@ -245,63 +245,42 @@ async fn http2_response_streams_before_the_origin_finishes() {
     assert_eq!(records[0].path, "/stream");
 }
 
+/// `POST url` with `body`, answered.
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    client.post(url).body(body).send().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_are_bounded_only_for_chains_that_read_them() {
     let fixture = start_edge().await;
     let client = client(&fixture);
     let large = vec![b'a'; 4096];
     // Without gates the body streams to the target, unbounded.
-    let ungated = client
-        .post("https://app.test/echo")
-        .body(large.clone())
-        .send()
-        .await
-        .unwrap();
+    let ungated = post(&client, "https://app.test/echo", large.clone()).await;
     assert_eq!(ungated.status(), 200);
     assert_eq!(ungated.bytes().await.unwrap(), large);
     // A gate that decides on the client's address does not wait for the body: it streams,
     // past max_body_bytes (1024 here), and arrives whole.
-    let streamed = client
-        .post("https://gated.test/echo")
-        .body(large.clone())
-        .send()
-        .await
-        .unwrap();
+    let streamed = post(&client, "https://gated.test/echo", large.clone()).await;
     assert_eq!(streamed.status(), 200);
     assert_eq!(streamed.bytes().await.unwrap(), large);
     // Refused by such a gate: nothing reaches the target.
-    let refused = client
-        .post("https://walled.test/x")
-        .body(large.clone())
-        .send()
-        .await
-        .unwrap();
+    let refused = post(&client, "https://walled.test/x", large.clone()).await;
     assert_eq!(refused.status(), 403);
     assert_eq!(refused.text().await.unwrap(), "ip_denied\n");
     assert_eq!(fixture.hits.load(Ordering::SeqCst), 0);
     // A chain with a gate that reads bodies buffers them for it, up to max_body_bytes, and
     // the gate sees the bytes.
-    let small = client
-        .post("https://signed.test/echo")
-        .body(vec![b'a'; 1024])
-        .send()
-        .await
-        .unwrap();
+    let small = post(&client, "https://signed.test/echo", vec![b'a'; 1024]).await;
     assert_eq!(small.status(), 200);
     assert_eq!(small.bytes().await.unwrap().len(), 1024);
-    let forged = client
-        .post("https://signed.test/x")
-        .body("forged payload")
-        .send()
-        .await
-        .unwrap();
+    let forged = post(&client, "https://signed.test/x", "forged payload").await;
     assert_eq!(forged.status(), 403);
-    let oversized = client
-        .post("https://signed.test/x")
-        .body(vec![b'a'; 1025])
-        .send()
-        .await
-        .unwrap();
+    let oversized = post(&client, "https://signed.test/x", vec![b'a'; 1025]).await;
     assert_eq!(oversized.status(), 413);
     assert_eq!(oversized.text().await.unwrap(), "body_too_large\n");
     assert_eq!(fixture.hits.load(Ordering::SeqCst), 0);

@@ -117,11 +117,25 @@ struct Fixture {
     counts: Arc<Counts>,
 }
 
+/// Which origin the edge forwards to.
+enum OriginKind {
+    /// Keeps connections open ([`start_origin`]).
+    KeepAlive,
+    /// Closes each connection after its response, unannounced ([`start_origin`]).
+    ClosesWhenIdle,
+    /// Closes each connection when its second request arrives ([`start_closing_origin`]).
+    ClosesUnderTheSecondRequest,
+}
+
 /// An edge with `app.test` (no gate) and `gated.test` (an IP gate admitting only
 /// 127.0.0.2), both to one origin.
-async fn start_edge(close_when_idle: bool) -> Fixture {
+async fn start_edge(kind: OriginKind) -> Fixture {
     let counts = Arc::new(Counts::default());
-    let origin = start_origin(Arc::clone(&counts), close_when_idle).await;
+    let origin = match kind {
+        OriginKind::KeepAlive => start_origin(Arc::clone(&counts), false).await,
+        OriginKind::ClosesWhenIdle => start_origin(Arc::clone(&counts), true).await,
+        OriginKind::ClosesUnderTheSecondRequest => start_closing_origin(Arc::clone(&counts)).await,
+    };
     let (resolver, cert_pem) = local_tls::self_signed(&["app.test", "gated.test"]);
     let gate = IpRulesGate::new(IpRulesConfig {
         rules: vec!["allow 127.0.0.2/32".parse().unwrap()],
@@ -181,7 +195,7 @@ async fn get(client: &reqwest::Client, url: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequential_requests_reuse_one_origin_connection() {
-    let fixture = start_edge(false).await;
+    let fixture = start_edge(OriginKind::KeepAlive).await;
     let first = client(&fixture, "127.0.0.1");
     let second = client(&fixture, "127.0.0.3");
     let requests = 20;
@@ -218,7 +232,7 @@ async fn sequential_requests_reuse_one_origin_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_the_origin_closed_while_idle_does_not_fail_the_next_request() {
-    let fixture = start_edge(true).await;
+    let fixture = start_edge(OriginKind::ClosesWhenIdle).await;
     let client = client(&fixture, "127.0.0.1");
     for i in 0..5 {
         let (status, head) = get(&client, &format!("https://app.test/after-close/{i}")).await;
@@ -236,26 +250,7 @@ async fn a_connection_the_origin_closed_while_idle_does_not_fail_the_next_reques
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotent_request_the_origin_closed_under_is_sent_again_and_a_post_is_not() {
-    let counts = Arc::new(Counts::default());
-    let origin = start_closing_origin(Arc::clone(&counts)).await;
-    let (resolver, cert_pem) = local_tls::self_signed(&["app.test"]);
-    let edge = Arc::new(Edge::new(
-        vec![Funnel {
-            hostname: "app.test".into(),
-            upstream: Arc::new(TcpUpstream::new(origin)),
-            chain: GateChain::gate(PassThroughGate),
-            route: None,
-        }],
-        Limits::default(),
-        Arc::new(NoAudit),
-        Arc::new(HttpChallenges::default()),
-    ));
-    let address = local_tls::serve_edge(edge, resolver).await;
-    let fixture = Fixture {
-        address,
-        cert_pem,
-        counts,
-    };
+    let fixture = start_edge(OriginKind::ClosesUnderTheSecondRequest).await;
     let client = client(&fixture, "127.0.0.1");
     let (status, _) = get(&client, "https://app.test/first").await;
     assert_eq!(status, 200);
@@ -284,7 +279,7 @@ async fn an_idempotent_request_the_origin_closed_under_is_sent_again_and_a_post_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_denied_request_never_reaches_the_origin() {
-    let fixture = start_edge(false).await;
+    let fixture = start_edge(OriginKind::KeepAlive).await;
     let admitted = client(&fixture, "127.0.0.2");
     let denied = client(&fixture, "127.0.0.1");
     let (status, _) = get(&admitted, "https://gated.test/ok").await;

@@ -35,62 +35,38 @@ struct Counts {
     requests: AtomicUsize,
 }
 
-/// A keep-alive HTTP/1.1 origin that answers every request (bodiless) with its head. With
-/// `close_when_idle` it closes each connection right after its response, without saying
-/// so (no `connection: close`), as a server whose keep-alive timeout passed does.
-async fn start_origin(counts: Arc<Counts>, close_when_idle: bool) -> String {
+/// A keep-alive HTTP/1.1 origin that answers every request (bodiless) with its head, and
+/// closes connections as `kind` says, never announcing it (no `connection: close`), as a
+/// server whose keep-alive timeout ran out does.
+async fn start_origin(counts: Arc<Counts>, kind: OriginKind) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
+    let (close_after, answered) = match kind {
+        OriginKind::KeepAlive => (usize::MAX, usize::MAX),
+        OriginKind::ClosesWhenIdle => (1, 1),
+        OriginKind::ClosesUnderTheSecondRequest => (2, 1),
+    };
     tokio::spawn(async move {
         loop {
             let (mut tcp, _) = listener.accept().await.unwrap();
             counts.accepts.fetch_add(1, Ordering::SeqCst);
             let counts = Arc::clone(&counts);
             tokio::spawn(async move {
-                loop {
+                for n in 1..=close_after {
                     let Some(head) = read_head(&mut tcp).await else {
                         return;
                     };
                     counts.requests.fetch_add(1, Ordering::SeqCst);
+                    if n > answered {
+                        return;
+                    }
                     let response = format!(
                         "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{head}",
                         head.len()
                     );
-                    if tcp.write_all(response.as_bytes()).await.is_err() || close_when_idle {
+                    if tcp.write_all(response.as_bytes()).await.is_err() {
                         return;
                     }
-                }
-            });
-        }
-    });
-    address
-}
-
-/// A keep-alive origin that answers the first request of each connection and closes the
-/// connection when the second request's head has arrived, without answering: the race of
-/// a server whose keep-alive timeout runs out just as the edge reuses the connection.
-async fn start_closing_origin(counts: Arc<Counts>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move {
-        loop {
-            let (mut tcp, _) = listener.accept().await.unwrap();
-            counts.accepts.fetch_add(1, Ordering::SeqCst);
-            let counts = Arc::clone(&counts);
-            tokio::spawn(async move {
-                let Some(head) = read_head(&mut tcp).await else {
-                    return;
-                };
-                counts.requests.fetch_add(1, Ordering::SeqCst);
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{head}",
-                    head.len()
-                );
-                if tcp.write_all(response.as_bytes()).await.is_err() {
-                    return;
-                }
-                if read_head(&mut tcp).await.is_some() {
-                    counts.requests.fetch_add(1, Ordering::SeqCst);
                 }
             });
         }
@@ -119,11 +95,13 @@ struct Fixture {
 
 /// Which origin the edge forwards to.
 enum OriginKind {
-    /// Keeps connections open ([`start_origin`]).
+    /// Keeps connections open.
     KeepAlive,
-    /// Closes each connection after its response, unannounced ([`start_origin`]).
+    /// Closes each connection after its first response.
     ClosesWhenIdle,
-    /// Closes each connection when its second request arrives ([`start_closing_origin`]).
+    /// Answers the first request of each connection and closes the connection when the
+    /// second request's head has arrived, without answering: the race of a server whose
+    /// keep-alive timeout runs out just as the edge reuses the connection.
     ClosesUnderTheSecondRequest,
 }
 
@@ -131,11 +109,7 @@ enum OriginKind {
 /// 127.0.0.2), both to one origin.
 async fn start_edge(kind: OriginKind) -> Fixture {
     let counts = Arc::new(Counts::default());
-    let origin = match kind {
-        OriginKind::KeepAlive => start_origin(Arc::clone(&counts), false).await,
-        OriginKind::ClosesWhenIdle => start_origin(Arc::clone(&counts), true).await,
-        OriginKind::ClosesUnderTheSecondRequest => start_closing_origin(Arc::clone(&counts)).await,
-    };
+    let origin = start_origin(Arc::clone(&counts), kind).await;
     let (resolver, cert_pem) = local_tls::self_signed(&["app.test", "gated.test"]);
     let gate = IpRulesGate::new(IpRulesConfig {
         rules: vec!["allow 127.0.0.2/32".parse().unwrap()],

@@ -403,9 +403,26 @@ mod tests {
             "every record reached the inner sink"
         );
         assert_eq!(forwarder.dropped(), 6, "4 queued, 6 dropped");
+        // The ingress's /metrics shows the drops.
+        let metrics = crate::metrics::EdgeMetrics::new().with_edge_log(Arc::clone(&forwarder));
+        let scraped = metrics.encode();
+        assert!(
+            scraped.contains("postern_ingress_edge_log_dropped_total 6\n"),
+            "{scraped}"
+        );
+        assert!(
+            scraped.contains("postern_ingress_edge_log_forwarded_total 0\n"),
+            "{scraped}"
+        );
         // Let the coord answer: the queued ones go through.
         coord.gate.add_permits(10);
         wait_for("the queued decisions", || forwarder.forwarded() == 5).await;
+        let scraped = metrics.encode();
+        assert!(
+            scraped.contains("postern_ingress_edge_log_forwarded_total 5\n")
+                && scraped.contains("postern_ingress_edge_log_dropped_total 6\n"),
+            "a second scrape adds only what changed: {scraped}"
+        );
     }
 
     #[tokio::test]

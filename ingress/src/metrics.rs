@@ -12,7 +12,7 @@
 //! never under the name a client sent), the result (`allow`, `deny`, `respond`, `error`,
 //! `expire`), the reason code (a fixed set) and the HTTP status.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -30,6 +30,7 @@ use tokio::net::TcpListener;
 
 use crate::audit::{AuditRecord, AuditSink, ConnectionRecord};
 use crate::certs::CertResolver;
+use crate::edge_log::EdgeLogForwarder;
 
 /// The edge's counters, registered in one Prometheus registry under `postern_ingress`.
 ///
@@ -44,6 +45,11 @@ pub struct EdgeMetrics {
     connection_bytes: Family<DirectionLabels, Counter>,
     certificate_expiry: Family<HostnameLabel, Gauge>,
     certificates: Option<Arc<CertResolver>>,
+    edge_log_dropped: Counter,
+    edge_log_forwarded: Counter,
+    /// The forwarder whose counts `edge_log_*` follow, brought up to date at every
+    /// [`EdgeMetrics::encode`] (under the lock, so two scrapes never add a step twice).
+    edge_log: Option<(Arc<EdgeLogForwarder>, Mutex<()>)>,
     registry: Registry,
 }
 
@@ -138,6 +144,18 @@ impl EdgeMetrics {
             "When each served certificate expires (notAfter, Unix seconds), by hostname (`static` for the static certificate)",
             certificate_expiry.clone(),
         );
+        let edge_log_dropped = Counter::default();
+        registry.register(
+            "edge_log_dropped",
+            "Decisions of the coordination server's funnels not forwarded to it for `postern funnel log` (queue full, or the server could not take them); the audit log has them all",
+            edge_log_dropped.clone(),
+        );
+        let edge_log_forwarded = Counter::default();
+        registry.register(
+            "edge_log_forwarded",
+            "Decisions of the coordination server's funnels it acknowledged",
+            edge_log_forwarded.clone(),
+        );
         Self {
             requests,
             request_duration,
@@ -146,8 +164,19 @@ impl EdgeMetrics {
             connection_bytes,
             certificate_expiry,
             certificates: None,
+            edge_log_dropped,
+            edge_log_forwarded,
+            edge_log: None,
             registry,
         }
+    }
+
+    /// Reports `forwarder`'s counts of decisions forwarded to the coordination server and
+    /// dropped, read at every [`Self::encode`].
+    #[must_use]
+    pub fn with_edge_log(mut self, forwarder: Arc<EdgeLogForwarder>) -> Self {
+        self.edge_log = Some((forwarder, Mutex::new(())));
+        self
     }
 
     /// Reports the expiry of `resolver`'s certificates, read at every [`Self::encode`].
@@ -212,6 +241,15 @@ impl EdgeMetrics {
                 self.certificate_expiry
                     .get_or_create(&HostnameLabel { hostname })
                     .set(not_after);
+            }
+        }
+        if let Some((forwarder, lock)) = &self.edge_log {
+            let _only_one_scrape = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            for (counter, total) in [
+                (&self.edge_log_dropped, forwarder.dropped()),
+                (&self.edge_log_forwarded, forwarder.forwarded()),
+            ] {
+                counter.inc_by(total.saturating_sub(counter.get()));
             }
         }
         let mut text = String::new();

@@ -79,13 +79,20 @@ pub async fn run_with_mesh(
 ) -> Result<(), RunError> {
     // With the mesh, decisions of the coord's funnels also go to the coord (`postern
     // funnel log`); the request path never waits for it.
-    let audit: Arc<dyn AuditSink> = match &mesh {
-        Some(mesh) => crate::edge_log::EdgeLogForwarder::start(audit, Arc::new(mesh.node.clone())),
+    let edge_log = mesh.as_ref().map(|mesh| {
+        crate::edge_log::EdgeLogForwarder::start(Arc::clone(&audit), Arc::new(mesh.node.clone()))
+    });
+    let audit: Arc<dyn AuditSink> = match &edge_log {
+        Some(forwarder) => forwarder.clone(),
         None => audit,
     };
     let resolver = Arc::new(CertResolver::new());
     // Every audited decision is also counted, whether or not `/metrics` is served.
-    let metrics = Arc::new(EdgeMetrics::new().with_certificates(Arc::clone(&resolver)));
+    let mut metrics = EdgeMetrics::new().with_certificates(Arc::clone(&resolver));
+    if let Some(forwarder) = edge_log {
+        metrics = metrics.with_edge_log(forwarder);
+    }
+    let metrics = Arc::new(metrics);
     let audit: Arc<dyn AuditSink> = Arc::new(MetricsSink::new(audit, Arc::clone(&metrics)));
     if let Some(static_cert) = &config.static_cert {
         let read = |path: &std::path::Path| {

@@ -312,7 +312,13 @@ impl<'a> GateRequest<'a> {
     ///
     /// Returns `Ok(None)` when absent, and an error when it is repeated or not visible
     /// ASCII: gates treat both as malformed rather than guessing which copy to trust.
-    pub fn single_header(&self, name: &str) -> Result<Option<&'a str>, HeaderProblem> {
+    /// `name` may be text (`"x-github-event"`, parsed at every call) or a
+    /// [`http::HeaderName`] parsed once, which the webhook gates keep for the headers they
+    /// read on every request.
+    pub fn single_header<K: http::header::AsHeaderName>(
+        &self,
+        name: K,
+    ) -> Result<Option<&'a str>, HeaderProblem> {
         let mut values = self.headers.get_all(name).iter();
         let Some(first) = values.next() else {
             return Ok(None);

@@ -6,6 +6,7 @@
 
 use std::io::Write;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -112,9 +113,10 @@ pub trait AuditSink: Send + Sync + std::fmt::Debug {
 /// Writes each record as one JSON line to a writer (a file opened for append, or stdout).
 ///
 /// The request path only serializes the record and hands the line to a queue; one writer
-/// thread, owned by the sink, writes what the queue holds and flushes whenever the queue
-/// runs empty. So a request never waits on a lock shared with the other workers nor on the
-/// disk, and under load many lines go out in one `write`. Nothing is dropped: when the queue
+/// thread, owned by the sink, writes what the queue holds, flushes whenever the queue runs
+/// empty, and then lets the next lines gather for a couple of milliseconds. So a request
+/// never waits on a lock shared with the other workers nor on the disk, a busy edge does
+/// not wake the writer for every line, and under load many lines go out in one `write`. Nothing is dropped: when the queue
 /// is full ([`Self::QUEUE_LINES`] lines, a disk that stalls), `record` waits for room.
 /// [`AuditSink::flush`] waits until every line recorded before it is written, and dropping
 /// the sink writes what is queued and then stops the thread.
@@ -227,8 +229,20 @@ impl Drop for JsonLinesSink {
     }
 }
 
+/// How long the writer thread lets the next lines gather after it wrote a batch, before
+/// it looks at the queue again.
+///
+/// Waiting on the queue at once would put the writer to sleep after every batch, and a
+/// sleeping writer must be woken by the next `record`: a futex wake-up and two context
+/// switches per request on a busy edge, 14 % of the ingress's time in a profile of the
+/// funnel benchmark. While the writer lingers, `record` finds no one to wake and only
+/// queues its line; one wake-up and one `write` then serve all the lines of an interval.
+/// A quiet log is still on disk within this interval of its last line.
+const GATHER_LINES_FOR: Duration = Duration::from_millis(2);
+
 /// The writer thread: writes lines as they come, in one buffered write for all that are
-/// queued, and flushes when the queue is empty (so a quiet log is always on disk).
+/// queued, flushes when the queue is empty (so a quiet log is always on disk), and then
+/// lets the next lines gather for [`GATHER_LINES_FOR`].
 fn write_lines(lines: &Receiver<WriterMessage>, out: Box<dyn Write + Send>) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
     let mut failing = false;
@@ -247,6 +261,7 @@ fn write_lines(lines: &Receiver<WriterMessage>, out: Box<dyn Write + Send>) {
             next = lines.try_recv().ok();
         }
         report(&mut failing, out.flush());
+        std::thread::sleep(GATHER_LINES_FOR);
     }
     report(&mut failing, out.flush());
 }

@@ -182,7 +182,7 @@ pub fn parse_rfc3339(text: &str) -> Result<u64, ParseError> {
 pub fn decode_hex(text: &str) -> Result<Vec<u8>, ParseError> {
     // Into a buffer of the right size at once: `hex::decode` collects through an iterator
     // of results, which cost more than the decoding itself.
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return Err(ParseError::NotHex);
     }
     let mut bytes = vec![0; text.len() / 2];

@@ -421,7 +421,7 @@ impl Edge {
                 .await);
         }
 
-        let body = if funnel.chain.reads_body() {
+        let request_body = if funnel.chain.reads_body() {
             match self.buffer_for_gates(&parts, body).await {
                 Ok(bytes) => RequestBody::Buffered(bytes),
                 Err(refusal) => return Ok(refusal.answer(audit)),
@@ -439,9 +439,14 @@ impl Edge {
         url.push_str("https://");
         url.push_str(&funnel.hostname);
         url.push_str(path_and_query);
-        let gate_request =
-            GateRequest::new(&parts.method, &url, &parts.headers, body.bytes(), client)
-                .with_presented_chain(&client_certs);
+        let gate_request = GateRequest::new(
+            &parts.method,
+            &url,
+            &parts.headers,
+            request_body.bytes(),
+            client,
+        )
+        .with_presented_chain(&client_certs);
         let outcome = funnel
             .chain
             .evaluate_async(&gate_request, SystemTime::now())
@@ -454,6 +459,7 @@ impl Edge {
                 headers,
             } => {
                 tracing::info!(funnel = %funnel.hostname, %client, trace = %outcome.trace.summary(), "request denied");
+                request_body.discard(self.limits).await;
                 let mut response = forward::text(status, format!("{reason}\n"));
                 for (name, value) in headers {
                     response.headers_mut().append(name, value);
@@ -463,9 +469,10 @@ impl Edge {
             Decision::Respond {
                 status,
                 headers,
-                body,
+                body: answer,
             } => {
-                let mut response = forward::bytes(status, Bytes::from(body));
+                request_body.discard(self.limits).await;
+                let mut response = forward::bytes(status, Bytes::from(answer));
                 for (name, value) in headers {
                     response.headers_mut().append(name, value);
                 }
@@ -475,7 +482,7 @@ impl Edge {
                 .forward_admitted(
                     &funnel,
                     parts,
-                    body.into_edge_body(),
+                    request_body.into_edge_body(),
                     client,
                     client_upgrade,
                     audit,
@@ -584,6 +591,10 @@ impl Edge {
     }
 }
 
+/// How long the edge reads a refused request's body at most, to let its answer reach the
+/// client ([`RequestBody::discard`]).
+const DISCARD_BODY_FOR: Duration = Duration::from_secs(5);
+
 /// The body of a request of a gated funnel, as the chain sees it and as it is forwarded.
 enum RequestBody {
     /// Buffered for a chain that reads it: the gates see these bytes, and they are
@@ -601,6 +612,33 @@ impl RequestBody {
             RequestBody::Buffered(bytes) => bytes,
             RequestBody::Streamed(_) => &[],
         }
+    }
+
+    /// Reads and drops a streamed body that will not be forwarded (the request was
+    /// refused or answered at the edge), up to [`Limits::max_body_bytes`] and for at most
+    /// [`DISCARD_BODY_FOR`] (or the request timeout, if shorter).
+    ///
+    /// Closing a connection with part of the body unread makes the kernel answer with a
+    /// reset, which can destroy the refusal before the client reads it; reading the rest
+    /// first lets the answer arrive, as nginx's lingering close does. A body beyond the
+    /// bounds is left unread, and the connection closes after the answer.
+    async fn discard(self, limits: Limits) {
+        let RequestBody::Streamed(mut body) = self else {
+            return;
+        };
+        let drain = async {
+            let mut read = 0usize;
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else { return };
+                if let Some(data) = frame.data_ref() {
+                    read = read.saturating_add(data.len());
+                    if read > limits.max_body_bytes {
+                        return;
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(limits.request_timeout.min(DISCARD_BODY_FOR), drain).await;
     }
 
     /// The body to forward.

@@ -618,10 +618,12 @@ impl RequestBody {
     /// refused or answered at the edge), up to [`Limits::max_body_bytes`] and for at most
     /// [`DISCARD_BODY_FOR`] (or the request timeout, if shorter).
     ///
-    /// Closing a connection with part of the body unread makes the kernel answer with a
-    /// reset, which can destroy the refusal before the client reads it; reading the rest
-    /// first lets the answer arrive, as nginx's lingering close does. A body beyond the
-    /// bounds is left unread, and the connection closes after the answer.
+    /// Answering with the body unread loses the answer at some clients: over HTTP/2 the
+    /// server resets the stream whose body it did not consume (curl then reports a
+    /// framing error instead of the 401), and over HTTP/1.1 closing a connection with
+    /// unread data makes the kernel send a TCP reset. Reading the rest first lets the
+    /// answer arrive, as nginx's lingering close does. A body beyond the bounds is left
+    /// unread.
     async fn discard(self, limits: Limits) {
         let RequestBody::Streamed(mut body) = self else {
             return;

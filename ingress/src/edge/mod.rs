@@ -415,12 +415,6 @@ impl Edge {
         let client_upgrade =
             forward::wants_upgrade(&request).then(|| hyper::upgrade::on(&mut request));
         let (parts, body) = request.into_parts();
-        if funnel.chain.is_pass_through() {
-            return Ok(self
-                .forward_ungated(&funnel, parts, body, client, client_upgrade, audit)
-                .await);
-        }
-
         let request_body = if funnel.chain.reads_body() {
             match self.buffer_for_gates(&parts, body).await {
                 Ok(bytes) => RequestBody::Buffered(bytes),
@@ -513,39 +507,6 @@ impl Edge {
             return Err(BodyError::TooLarge);
         }
         buffer_body(body, limit, self.limits.request_timeout).await
-    }
-
-    /// Forwards a request of a funnel without gates: its body streams to the target as it
-    /// arrives, unbuffered and unbounded by [`Limits::max_body_bytes`].
-    async fn forward_ungated(
-        &self,
-        funnel: &Funnel,
-        parts: http::request::Parts,
-        body: Incoming,
-        client: SocketAddr,
-        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-        audit: PendingAudit,
-    ) -> Response<EdgeBody> {
-        let empty = GateRequest::new(&parts.method, "", &parts.headers, &[], client);
-        let outcome = funnel.chain.evaluate_async(&empty, SystemTime::now()).await;
-        let Decision::Allow { gate, identity } = outcome.decision else {
-            return audit.finish_now(
-                StatusCode::FORBIDDEN,
-                "deny",
-                Some("no_gate_admitted"),
-                "no_gate_admitted\n",
-            );
-        };
-        self.forward_admitted(
-            funnel,
-            parts,
-            body.boxed(),
-            client,
-            client_upgrade,
-            audit,
-            (gate, identity),
-        )
-        .await
     }
 
     /// Sends an admitted request to the funnel's target with the identity headers of its

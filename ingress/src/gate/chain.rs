@@ -168,8 +168,8 @@ impl GateChain {
     }
 
     /// Whether the chain is the lone [`PassThroughGate`](super::PassThroughGate) of a
-    /// funnel without gates: the edge then streams request bodies instead of buffering
-    /// them for the gates.
+    /// funnel without gates. (Whether the edge buffers bodies is
+    /// [`GateChain::reads_body`].)
     pub fn is_pass_through(&self) -> bool {
         matches!(self, GateChain::Gate(gate) if gate.name() == "pass-through")
     }

@@ -176,6 +176,95 @@ pub(super) fn bytes(status: StatusCode, body: Bytes) -> Response<EdgeBody> {
     response
 }
 
+/// How long the edge goes on reading a request's unread body after its own answer
+/// ([`holding_request_body`]).
+pub(super) const DISCARD_BODY_FOR: Duration = Duration::from_secs(5);
+
+/// How much of a request's unread body the edge reads and drops after its own answer, at
+/// most ([`holding_request_body`]).
+pub(super) const DISCARD_BODY_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Makes an answer of the edge's own (a refusal) hold the unread body of the request it
+/// answers. Once the answer has been sent, the body is read and dropped for up to
+/// [`DISCARD_BODY_FOR`] and [`DISCARD_BODY_BYTES`], and only then released. It never goes
+/// anywhere.
+///
+/// Clients that are still sending when the answer comes lose it otherwise:
+/// - Over HTTP/2, releasing the body before the answer is sent resets the stream with
+///   `CANCEL`; releasing it just after resets it with `NO_ERROR`, which RFC 9113 (8.1)
+///   allows, but curl 7.88 (Debian 12's) still reports "Stream error in the HTTP/2 framing
+///   layer" instead of the 401 while it is uploading.
+/// - Over HTTP/1.1, a connection closed with unread data makes the kernel send a TCP
+///   reset, which can destroy the answer before the client reads it.
+///
+/// Reading the rest, as nginx's discarded bodies and lingering close do, avoids both.
+pub(super) fn holding_request_body(
+    response: Response<EdgeBody>,
+    unread: Option<hyper::body::Incoming>,
+) -> Response<EdgeBody> {
+    match unread {
+        None => response,
+        Some(unread) => response.map(|answer| {
+            HoldingBody {
+                answer,
+                unread: Some(unread),
+            }
+            .boxed()
+        }),
+    }
+}
+
+/// An answer's body and the request body it holds until hyper has sent the answer's last
+/// frame and dropped it.
+struct HoldingBody {
+    answer: EdgeBody,
+    unread: Option<hyper::body::Incoming>,
+}
+
+impl Body for HoldingBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.get_mut().answer).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.answer.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.answer.size_hint()
+    }
+}
+
+impl Drop for HoldingBody {
+    fn drop(&mut self) {
+        let (Some(mut unread), Ok(runtime)) =
+            (self.unread.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        runtime.spawn(async move {
+            let drain = async {
+                let mut read = 0u64;
+                while let Some(Ok(frame)) = unread.frame().await {
+                    if let Some(data) = frame.data_ref() {
+                        read = read.saturating_add(data.len() as u64);
+                        if read > DISCARD_BODY_BYTES {
+                            return;
+                        }
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DISCARD_BODY_FOR, drain).await;
+        });
+    }
+}
+
 /// Wraps a response body so that the audit record is written, with the byte count and
 /// duration, when the body ends or is dropped.
 pub(super) fn audited(

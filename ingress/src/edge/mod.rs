@@ -38,7 +38,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -418,7 +418,7 @@ impl Edge {
         let request_body = if funnel.chain.reads_body() {
             match self.buffer_for_gates(&parts, body).await {
                 Ok(bytes) => RequestBody::Buffered(bytes),
-                Err(refusal) => return Ok(refusal.answer(audit)),
+                Err((refusal, body)) => return Ok(refusal.answer(audit, body)),
             }
         } else {
             RequestBody::Streamed(body)
@@ -453,11 +453,12 @@ impl Edge {
                 headers,
             } => {
                 tracing::info!(funnel = %funnel.hostname, %client, trace = %outcome.trace.summary(), "request denied");
-                request_body.discard(self.limits).await;
+                let unread = request_body.unread();
                 let mut response = forward::text(status, format!("{reason}\n"));
                 for (name, value) in headers {
                     response.headers_mut().append(name, value);
                 }
+                let response = forward::holding_request_body(response, unread);
                 Ok(audit.finish(response, "deny", Some(reason.as_str())))
             }
             Decision::Respond {
@@ -465,11 +466,12 @@ impl Edge {
                 headers,
                 body: answer,
             } => {
-                request_body.discard(self.limits).await;
+                let unread = request_body.unread();
                 let mut response = forward::bytes(status, Bytes::from(answer));
                 for (name, value) in headers {
                     response.headers_mut().append(name, value);
                 }
+                let response = forward::holding_request_body(response, unread);
                 Ok(audit.finish(response, "respond", None))
             }
             Decision::Allow { gate, identity } => Ok(self
@@ -494,8 +496,8 @@ impl Edge {
     async fn buffer_for_gates(
         &self,
         parts: &http::request::Parts,
-        body: Incoming,
-    ) -> Result<Bytes, BodyError> {
+        mut body: Incoming,
+    ) -> Result<Bytes, (BodyError, Incoming)> {
         let limit = self.limits.max_body_bytes;
         let declared_too_large = parts
             .headers
@@ -504,9 +506,12 @@ impl Edge {
             .and_then(|v| v.parse::<u64>().ok())
             .is_some_and(|len| len > limit as u64);
         if declared_too_large {
-            return Err(BodyError::TooLarge);
+            return Err((BodyError::TooLarge, body));
         }
-        buffer_body(body, limit, self.limits.request_timeout).await
+        match buffer_body(&mut body, limit, self.limits.request_timeout).await {
+            Ok(bytes) => Ok(bytes),
+            Err(refusal) => Err((refusal, body)),
+        }
     }
 
     /// Sends an admitted request to the funnel's target with the identity headers of its
@@ -552,10 +557,6 @@ impl Edge {
     }
 }
 
-/// How long the edge reads a refused request's body at most, to let its answer reach the
-/// client ([`RequestBody::discard`]).
-const DISCARD_BODY_FOR: Duration = Duration::from_secs(5);
-
 /// The body of a request of a gated funnel, as the chain sees it and as it is forwarded.
 enum RequestBody {
     /// Buffered for a chain that reads it: the gates see these bytes, and they are
@@ -575,33 +576,14 @@ impl RequestBody {
         }
     }
 
-    /// Reads and drops a streamed body that will not be forwarded (the request was
-    /// refused or answered at the edge), up to [`Limits::max_body_bytes`] and for at most
-    /// [`DISCARD_BODY_FOR`] (or the request timeout, if shorter).
-    ///
-    /// Answering with the body unread loses the answer at some clients: over HTTP/2 the
-    /// server resets the stream whose body it did not consume (curl then reports a
-    /// framing error instead of the 401), and over HTTP/1.1 closing a connection with
-    /// unread data makes the kernel send a TCP reset. Reading the rest first lets the
-    /// answer arrive, as nginx's lingering close does. A body beyond the bounds is left
-    /// unread.
-    async fn discard(self, limits: Limits) {
-        let RequestBody::Streamed(mut body) = self else {
-            return;
-        };
-        let drain = async {
-            let mut read = 0usize;
-            while let Some(frame) = body.frame().await {
-                let Ok(frame) = frame else { return };
-                if let Some(data) = frame.data_ref() {
-                    read = read.saturating_add(data.len());
-                    if read > limits.max_body_bytes {
-                        return;
-                    }
-                }
-            }
-        };
-        let _ = tokio::time::timeout(limits.request_timeout.min(DISCARD_BODY_FOR), drain).await;
+    /// The body of a request that will not be forwarded (refused, or answered at the
+    /// edge), if it is still unread. The answer must hold it
+    /// ([`forward::holding_request_body`]), which reads and drops it after the answer.
+    fn unread(self) -> Option<Incoming> {
+        match self {
+            RequestBody::Streamed(body) if !body.is_end_stream() => Some(body),
+            _ => None,
+        }
     }
 
     /// The body to forward.
@@ -626,8 +608,10 @@ enum BodyError {
 }
 
 impl BodyError {
-    /// The edge's answer, audited as a denial (`edge` decided a body too large).
-    fn answer(self, mut audit: PendingAudit) -> Response<EdgeBody> {
+    /// The edge's answer, audited as a denial (`edge` decided a body too large). The
+    /// answer to a body too large holds the rest of it, to be read and dropped after the
+    /// answer ([`forward::holding_request_body`]).
+    fn answer(self, mut audit: PendingAudit, body: Incoming) -> Response<EdgeBody> {
         let (status, reason) = match self {
             BodyError::Unreadable => (StatusCode::BAD_REQUEST, "body_unreadable"),
             BodyError::Timeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
@@ -636,7 +620,10 @@ impl BodyError {
                 (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
             }
         };
-        audit.finish_now(status, "deny", Some(reason), &format!("{reason}\n"))
+        let unread = matches!(self, BodyError::TooLarge).then_some(body);
+        let response =
+            forward::holding_request_body(forward::text(status, format!("{reason}\n")), unread);
+        audit.finish(response, "deny", Some(reason))
     }
 }
 
@@ -646,11 +633,11 @@ impl BodyError {
 /// the usual case for a webhook, is used as it is, and only a body of several frames is
 /// joined, once, into the one slice the gates read. Trailers are dropped.
 async fn buffer_body(
-    mut body: Incoming,
+    body: &mut Incoming,
     limit: usize,
     timeout: Duration,
 ) -> Result<Bytes, BodyError> {
-    let read = async move {
+    let read = async {
         let mut first: Option<Bytes> = None;
         let mut more: Vec<Bytes> = Vec::new();
         let mut total = 0usize;

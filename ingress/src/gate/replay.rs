@@ -1,21 +1,28 @@
 //! A bounded cache of admitted delivery ids, to refuse replays inside the window.
 
-use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasher, Hash, RandomState};
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 use std::sync::Mutex;
 
 /// Delivery ids admitted recently, keyed by provider and id, each with an expiry in unix
 /// seconds.
 ///
 /// Sans-IO: expiry is driven by the `now` given to [`ReplayCache::check_and_insert`].
-/// Bounded: at `capacity` entries, expired entries are dropped first, then the entries
-/// closest to expiry. Only requests whose signature verified are inserted, so an attacker
-/// cannot flood it without the provider's secret.
+/// Bounded: at `capacity` entries, the entries admitted first are dropped first (expired
+/// ones before any other, since the window is the same for every delivery). Only
+/// requests whose signature verified are inserted, so an attacker cannot flood it
+/// without the provider's secret.
 ///
 /// Keys are held as 64-bit SipHash digests under a per-process random key (no allocation
 /// per entry, and no collisions an outsider could aim for). Two different ids colliding
 /// among 100 000 held has a chance of about one in 10⁹; the cost would be one delivery
 /// refused as a replay, which the provider retries.
+///
+/// Each call hashes its key once: the table is indexed by the digest itself, and expiry
+/// follows the order of admission (a queue) rather than a sorted index. An entry whose
+/// expiry is later than that of entries admitted after it (a signed timestamp ahead of
+/// the clock) may leave the queue late; the table checks every entry's own expiry, so it
+/// is never refused past it.
 #[derive(Debug)]
 pub struct ReplayCache {
     capacity: usize,
@@ -25,9 +32,34 @@ pub struct ReplayCache {
 
 #[derive(Debug, Default)]
 struct Entries {
-    by_key: HashMap<u64, (u64, u64)>,
-    by_expiry: BTreeMap<(u64, u64), u64>,
-    next_seq: u64,
+    /// Digest → expiry (unix seconds).
+    by_key: HashMap<u64, u64, BuildHasherDefault<DigestHasher>>,
+    /// (expiry, digest) in the order of admission. May hold entries that
+    /// [`ReplayCache::forget`] removed or a later admission replaced: those are skipped
+    /// when they reach the front.
+    by_admission: VecDeque<(u64, u64)>,
+}
+
+/// The table's hasher: its keys are already uniformly distributed keyed SipHash digests,
+/// so it passes them through instead of hashing them a second time.
+#[derive(Debug, Default)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used (the keys are `u64`); any other input is folded in.
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, digest: u64) {
+        self.0 = digest;
+    }
 }
 
 impl ReplayCache {
@@ -53,19 +85,16 @@ impl ReplayCache {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         entries.expire(now);
-        if entries.by_key.contains_key(&key) {
+        if entries.by_key.get(&key).is_some_and(|&expiry| expiry > now) {
             return false;
         }
-        while entries.by_key.len() >= self.capacity {
-            let Some((_, oldest)) = entries.by_expiry.pop_first() else {
-                break;
-            };
-            entries.by_key.remove(&oldest);
+        while entries.by_key.len() >= self.capacity && entries.drop_first() {}
+        entries.by_key.insert(key, expires_at);
+        entries.by_admission.push_back((expires_at, key));
+        // Stale queue entries (forgotten or replaced ids) are bounded too.
+        while entries.by_admission.len() > self.capacity.saturating_mul(2) && entries.drop_first()
+        {
         }
-        let seq = entries.next_seq;
-        entries.next_seq = entries.next_seq.wrapping_add(1);
-        entries.by_key.insert(key, (expires_at, seq));
-        entries.by_expiry.insert((expires_at, seq), key);
         true
     }
 
@@ -73,13 +102,11 @@ impl ReplayCache {
     /// request could not be delivered to the target at all.
     pub fn forget<K: Hash + ?Sized>(&self, key: &K) {
         let key = self.hasher.hash_one(key);
-        let mut entries = self
-            .inner
+        self.inner
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(slot) = entries.by_key.remove(&key) {
-            entries.by_expiry.remove(&slot);
-        }
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .by_key
+            .remove(&key);
     }
 
     /// The number of ids held (expired ones included until the next insert).
@@ -98,14 +125,27 @@ impl ReplayCache {
 }
 
 impl Entries {
+    /// Drops the queue's expired front entries.
     fn expire(&mut self, now: u64) {
-        while let Some(entry) = self.by_expiry.first_entry() {
-            if entry.key().0 > now {
-                break;
-            }
-            let key = entry.remove();
+        while self
+            .by_admission
+            .front()
+            .is_some_and(|&(expiry, _)| expiry <= now)
+        {
+            self.drop_first();
+        }
+    }
+
+    /// Drops the entry admitted first (from the table too, unless a later admission of
+    /// the same key replaced it). Returns `false` when the queue is empty.
+    fn drop_first(&mut self) -> bool {
+        let Some((expiry, key)) = self.by_admission.pop_front() else {
+            return false;
+        };
+        if self.by_key.get(&key) == Some(&expiry) {
             self.by_key.remove(&key);
         }
+        true
     }
 }
 
@@ -124,7 +164,7 @@ mod tests {
     }
 
     #[test]
-    fn capacity_is_bounded_and_evicts_closest_to_expiry() {
+    fn capacity_is_bounded_and_evicts_the_first_admitted() {
         let cache = ReplayCache::new(2);
         assert!(cache.check_and_insert("a", 0, 50));
         assert!(cache.check_and_insert("b", 0, 100));
@@ -140,5 +180,41 @@ mod tests {
         assert!(cache.check_and_insert("k", 0, 10));
         cache.forget("k");
         assert!(cache.check_and_insert("k", 0, 10));
+        assert!(!cache.check_and_insert("k", 5, 15));
+    }
+
+    #[test]
+    fn an_entry_expiring_after_later_ones_is_refused_until_its_own_expiry_only() {
+        let cache = ReplayCache::new(10);
+        // Admitted first with a signed timestamp ahead of the clock: expires at 900.
+        assert!(cache.check_and_insert("ahead", 100, 900));
+        assert!(cache.check_and_insert("plain", 100, 400));
+        // At 500 "plain" has expired, though it sits behind "ahead" in the queue.
+        assert!(cache.check_and_insert("plain", 500, 800));
+        assert!(!cache.check_and_insert("ahead", 899, 1199));
+        assert!(cache.check_and_insert("ahead", 900, 1200));
+    }
+
+    #[test]
+    fn forgotten_and_replaced_entries_do_not_grow_the_queue_without_bound() {
+        let cache = ReplayCache::new(3);
+        for round in 0..100u64 {
+            assert!(cache.check_and_insert("retried", round, round + 1000));
+            cache.forget("retried");
+        }
+        let entries = cache.inner.lock().unwrap();
+        assert!(entries.by_admission.len() <= 6, "{}", entries.by_admission.len());
+        assert!(entries.by_key.is_empty());
+    }
+
+    #[test]
+    fn a_replaced_entry_is_not_dropped_by_its_old_queue_slot() {
+        let cache = ReplayCache::new(10);
+        assert!(cache.check_and_insert("k", 0, 10));
+        // Expired at 10 and admitted again until 30; the old slot (expiry 10) leaves the
+        // queue without taking the new entry with it.
+        assert!(cache.check_and_insert("k", 10, 30));
+        assert!(cache.check_and_insert("other", 11, 31));
+        assert!(!cache.check_and_insert("k", 20, 40));
     }
 }

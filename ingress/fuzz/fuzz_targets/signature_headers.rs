@@ -19,6 +19,14 @@ fuzz_target!(|data: &[u8]| {
     let _ = parse::parse_unix(&text);
     let _ = parse::parse_rfc3339(&text);
     let _ = parse::decode_hex(&text);
+    // The stack form agrees with the heap form wherever the text fits.
+    let mut buffer = [0u8; 64];
+    if text.len() <= 128 {
+        assert_eq!(
+            parse::decode_hex_into(&text, &mut buffer).ok(),
+            parse::decode_hex(&text).ok().as_deref()
+        );
+    }
     let _ = parse::decode_base64(&text);
     let _ = parse::parse_form(data);
     let _ = parse::url_query(&text);

@@ -334,23 +334,29 @@ impl Drop for AuditedBody {
     }
 }
 
+/// Sets `X-Forwarded-For/-Proto/-Host` and `Forwarded`, replacing any the client sent.
+/// The client's address is formatted once, and each value is built in its own buffer
+/// and handed to the header map without a further copy.
 fn set_forwarded(headers: &mut HeaderMap, host: &str, client: SocketAddr) {
-    let ip = client.ip();
-    let node = if ip.is_ipv6() {
-        format!("\"[{ip}]\"")
+    static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+    let ip = client.ip().to_string();
+    let forwarded = if client.is_ipv6() {
+        format!("for=\"[{ip}]\";proto=https;host={host}")
     } else {
-        ip.to_string()
+        format!("for={ip};proto=https;host={host}")
     };
-    let pairs = [
-        ("x-forwarded-for", ip.to_string()),
-        ("x-forwarded-proto", "https".to_string()),
-        ("x-forwarded-host", host.to_string()),
-        ("forwarded", format!("for={node};proto=https;host={host}")),
-    ];
-    for (name, value) in pairs {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(HeaderName::from_static(name), value);
-        }
+    let shared = |text: String| HeaderValue::from_maybe_shared(Bytes::from(text)).ok();
+    if let Some(value) = shared(ip) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
+    if let Ok(value) = HeaderValue::from_str(host) {
+        headers.insert(X_FORWARDED_HOST.clone(), value);
+    }
+    if let Some(value) = shared(forwarded) {
+        headers.insert(header::FORWARDED, value);
     }
 }
 

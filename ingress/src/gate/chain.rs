@@ -159,7 +159,15 @@ impl GateChain {
     /// it from the edge once per request.
     pub async fn evaluate_async(&self, request: &GateRequest<'_>, now: SystemTime) -> ChainOutcome {
         let mut trace = ChainTrace::default();
-        let (decision, decided_by) = self.run_async(request, now, 0, &mut trace).await;
+        let (decision, decided_by) = match self {
+            // The usual chain, one gate without I/O: no boxed future.
+            GateChain::Gate(gate) if !gate.does_io() => {
+                let decision = gate.evaluate(request, now);
+                record(&mut trace, gate.name(), 0, &decision);
+                (decision, Some(gate.name().to_string()))
+            }
+            _ => self.run_async(request, now, 0, &mut trace).await,
+        };
         ChainOutcome {
             decision,
             trace,
@@ -251,7 +259,11 @@ impl GateChain {
         Box::pin(async move {
             match self {
                 GateChain::Gate(gate) => {
-                    let decision = gate.evaluate_async(request, now).await;
+                    let decision = if gate.does_io() {
+                        gate.evaluate_async(request, now).await
+                    } else {
+                        gate.evaluate(request, now)
+                    };
                     record(trace, gate.name(), depth, &decision);
                     (decision, Some(gate.name().to_string()))
                 }

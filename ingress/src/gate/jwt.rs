@@ -632,6 +632,10 @@ impl Gate for JwtGate {
         }
     }
 
+    fn does_io(&self) -> bool {
+        true
+    }
+
     fn evaluate_async<'a>(
         &'a self,
         request: &'a GateRequest<'a>,

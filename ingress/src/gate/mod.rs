@@ -75,7 +75,8 @@ pub trait Gate: Send + Sync + fmt::Debug {
 
     /// Decides about one request, doing the gate's I/O first where it has any: the JWT
     /// gate fetches its JWKS when a token names an unknown key, the OIDC gate redeems an
-    /// authorization code at the IdP on its callback path. The edge calls this one.
+    /// authorization code at the IdP on its callback path. The edge's chain calls this one
+    /// for gates whose [`Gate::does_io`] is true, and [`Gate::evaluate`] for the others.
     ///
     /// The default runs [`Gate::evaluate`]: gates without I/O (webhooks, IP rules, rate
     /// limits, mTLS) implement only that. A gate that overrides this keeps the decision
@@ -88,6 +89,13 @@ pub trait Gate: Send + Sync + fmt::Debug {
     ) -> GateFuture<'a> {
         let decision = self.evaluate(request, now);
         Box::pin(std::future::ready(decision))
+    }
+
+    /// Whether [`Gate::evaluate_async`] does I/O of its own (the JWT and OIDC gates). A
+    /// chain runs the other gates through [`Gate::evaluate`] directly, without the boxed
+    /// future. Defaults to `false`; a gate that overrides `evaluate_async` must say `true`.
+    fn does_io(&self) -> bool {
+        false
     }
 
     /// Whether the gate decides on the request's body (webhook signatures cover it).

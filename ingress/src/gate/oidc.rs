@@ -860,6 +860,10 @@ impl Gate for OidcGate {
         self.start_login(request, now)
     }
 
+    fn does_io(&self) -> bool {
+        true
+    }
+
     fn evaluate_async<'a>(
         &'a self,
         request: &'a GateRequest<'a>,

@@ -92,8 +92,7 @@ impl ReplayCache {
         entries.by_key.insert(key, expires_at);
         entries.by_admission.push_back((expires_at, key));
         // Stale queue entries (forgotten or replaced ids) are bounded too.
-        while entries.by_admission.len() > self.capacity.saturating_mul(2) && entries.drop_first()
-        {
+        while entries.by_admission.len() > self.capacity.saturating_mul(2) && entries.drop_first() {
         }
         true
     }
@@ -203,7 +202,11 @@ mod tests {
             cache.forget("retried");
         }
         let entries = cache.inner.lock().unwrap();
-        assert!(entries.by_admission.len() <= 6, "{}", entries.by_admission.len());
+        assert!(
+            entries.by_admission.len() <= 6,
+            "{}",
+            entries.by_admission.len()
+        );
         assert!(entries.by_key.is_empty());
     }
 

@@ -398,19 +398,23 @@ impl WebhookGate {
                     Some(name) => required_header(request, name, ReasonCode::SignatureMissing)?,
                     None => required_header(request, *header, ReasonCode::SignatureMissing)?,
                 };
-                let presented = match signature {
-                    SignatureFormat::Single { prefix } => vec![
-                        value
+                match signature {
+                    SignatureFormat::Single { prefix } => {
+                        // The usual case: one signature, decoded on the stack.
+                        let text = value
                             .strip_prefix(prefix)
-                            .ok_or(ReasonCode::SignatureMalformed)?,
-                    ],
-                    SignatureFormat::PrefixedList { prefix } => {
-                        parse::parse_prefixed_list(value, prefix)
-                            .map_err(|_| ReasonCode::SignatureMalformed)?
+                            .ok_or(ReasonCode::SignatureMalformed)?;
+                        let mut buffer = [0u8; DECODE_ON_STACK];
+                        let presented = decode_one(text, *encoding, &mut buffer)?;
+                        self.match_hmac(*algorithm, &[body], &[presented])?;
                     }
-                };
-                let presented = decode_all(&presented, *encoding)?;
-                self.match_hmac(*algorithm, &[body], &presented)?;
+                    SignatureFormat::PrefixedList { prefix } => {
+                        let presented = parse::parse_prefixed_list(value, prefix)
+                            .map_err(|_| ReasonCode::SignatureMalformed)?;
+                        let presented = decode_all(&presented, *encoding)?;
+                        self.match_hmac(*algorithm, &[body], &presented)?;
+                    }
+                }
                 Ok(Verified {
                     timestamp: None,
                     id: None,
@@ -564,11 +568,11 @@ impl WebhookGate {
 
     /// Any configured HMAC key over `parts` equal to any presented signature, in constant
     /// time per comparison.
-    fn match_hmac(
+    fn match_hmac<P: AsRef<[u8]>>(
         &self,
         algorithm: Algorithm,
         parts: &[&[u8]],
-        presented: &[Vec<u8>],
+        presented: &[P],
     ) -> Result<(), ReasonCode> {
         for key in &self.keys {
             let VerifierKey::Hmac(prepared) = key else {
@@ -576,7 +580,7 @@ impl WebhookGate {
             };
             if presented
                 .iter()
-                .any(|candidate| prepared.matches(algorithm, parts, candidate))
+                .any(|candidate| prepared.matches(algorithm, parts, candidate.as_ref()))
             {
                 return Ok(());
             }
@@ -916,6 +920,27 @@ fn required_header<'r, K: http::header::AsHeaderName>(
             Err(ReasonCode::SignatureMalformed)
         }
     }
+}
+
+/// Signatures up to this many bytes (every HMAC the providers use) decode on the stack.
+const DECODE_ON_STACK: usize = 64;
+
+/// Decodes one presented signature into `buffer` when it fits (no allocation), or onto
+/// the heap when it does not (it cannot match an HMAC then, but is still malformed or not
+/// by the same rules as [`decode_all`]).
+fn decode_one<'b>(
+    text: &str,
+    encoding: Encoding,
+    buffer: &'b mut [u8; DECODE_ON_STACK],
+) -> Result<std::borrow::Cow<'b, [u8]>, ReasonCode> {
+    let decoded = match encoding {
+        Encoding::Hex if text.len() <= 2 * DECODE_ON_STACK => {
+            parse::decode_hex_into(text, buffer).map(|bytes| std::borrow::Cow::Borrowed(&*bytes))
+        }
+        Encoding::Hex => parse::decode_hex(text).map(std::borrow::Cow::Owned),
+        Encoding::Base64 => parse::decode_base64(text).map(std::borrow::Cow::Owned),
+    };
+    decoded.map_err(|_| ReasonCode::SignatureMalformed)
 }
 
 fn decode_all(texts: &[&str], encoding: Encoding) -> Result<Vec<Vec<u8>>, ReasonCode> {

@@ -190,6 +190,18 @@ pub fn decode_hex(text: &str) -> Result<Vec<u8>, ParseError> {
     Ok(bytes)
 }
 
+/// Decodes hex text into the front of `buffer` and returns the decoded bytes: the
+/// allocation-free form of [`decode_hex`], for text of at most twice `buffer`'s length
+/// (longer text is [`ParseError::NotHex`] here; use [`decode_hex`] for it).
+pub fn decode_hex_into<'b>(text: &str, buffer: &'b mut [u8]) -> Result<&'b [u8], ParseError> {
+    if !text.len().is_multiple_of(2) {
+        return Err(ParseError::NotHex);
+    }
+    let out = buffer.get_mut(..text.len() / 2).ok_or(ParseError::NotHex)?;
+    hex::decode_to_slice(text, &mut *out).map_err(|_| ParseError::NotHex)?;
+    Ok(out)
+}
+
 /// Decodes a standard-alphabet, padded base64 signature.
 pub fn decode_base64(text: &str) -> Result<Vec<u8>, ParseError> {
     base64::engine::general_purpose::STANDARD
@@ -268,6 +280,28 @@ fn hex_value(byte: u8) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_decodes_onto_the_stack_as_onto_the_heap() {
+        let mut buffer = [0u8; 4];
+        assert_eq!(decode_hex_into("0aFf", &mut buffer), Ok(&[0x0a, 0xff][..]));
+        assert_eq!(decode_hex("0aFf"), Ok(vec![0x0a, 0xff]));
+        assert_eq!(decode_hex_into("", &mut buffer), Ok(&[][..]));
+        for bad in ["0", "0g", "zz"] {
+            assert_eq!(
+                decode_hex_into(bad, &mut buffer),
+                Err(ParseError::NotHex),
+                "{bad}"
+            );
+            assert_eq!(decode_hex(bad), Err(ParseError::NotHex), "{bad}");
+        }
+        // Longer than the buffer holds: refused here, for the heap form to take.
+        assert_eq!(
+            decode_hex_into("0011223344", &mut buffer),
+            Err(ParseError::NotHex)
+        );
+        assert_eq!(decode_hex("0011223344").map(|v| v.len()), Ok(5));
+    }
 
     #[test]
     fn stripe_header_with_rotation_and_v0() {

@@ -935,7 +935,7 @@ fn decode_one<'b>(
 ) -> Result<std::borrow::Cow<'b, [u8]>, ReasonCode> {
     let decoded = match encoding {
         Encoding::Hex if text.len() <= 2 * DECODE_ON_STACK => {
-            parse::decode_hex_into(text, buffer).map(|bytes| std::borrow::Cow::Borrowed(&*bytes))
+            parse::decode_hex_into(text, buffer).map(std::borrow::Cow::Borrowed)
         }
         Encoding::Hex => parse::decode_hex(text).map(std::borrow::Cow::Owned),
         Encoding::Base64 => parse::decode_base64(text).map(std::borrow::Cow::Owned),

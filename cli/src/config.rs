@@ -14,6 +14,7 @@
 //! port = 41641
 //! socks5 = "127.0.0.1:1080"
 //! http_proxy = "127.0.0.1:8080"
+//! metrics = "127.0.0.1:9101"      # Prometheus metrics at http://127.0.0.1:9101/metrics
 //! inspect = "127.0.0.1:4040"      # or "off"
 //! inspect_serves = false
 //! inspect_persist = false         # keep captures in STATE_DIR/inspect.jsonl
@@ -55,6 +56,7 @@ pub(crate) struct ConfigFile {
     pub(crate) port: Option<u16>,
     pub(crate) socks5: Option<SocketAddr>,
     pub(crate) http_proxy: Option<SocketAddr>,
+    pub(crate) metrics: Option<SocketAddr>,
     pub(crate) inspect: Option<String>,
     pub(crate) inspect_serves: Option<bool>,
     pub(crate) inspect_persist: Option<bool>,
@@ -166,13 +168,14 @@ mod tests {
     #[test]
     fn every_key_parses_and_unknown_keys_are_refused() {
         let file = parse_config(
-            "state_dir = \"/s\"\ncoord = \"http://c:1\"\nhostname = \"h\"\nauth_key_file = \"/k\"\nport = 7\nsocks5 = \"127.0.0.1:1080\"\nhttp_proxy = \"127.0.0.1:8080\"\ninspect = \"off\"\ninspect_serves = true\ninspect_persist = true\ninspect_max_mb = 5\ninspect_max_body_kb = 64\nrelay_ca = \"/ca.pem\"\nhome_relay = 2\n",
+            "state_dir = \"/s\"\ncoord = \"http://c:1\"\nhostname = \"h\"\nauth_key_file = \"/k\"\nport = 7\nsocks5 = \"127.0.0.1:1080\"\nhttp_proxy = \"127.0.0.1:8080\"\nmetrics = \"127.0.0.1:9101\"\ninspect = \"off\"\ninspect_serves = true\ninspect_persist = true\ninspect_max_mb = 5\ninspect_max_body_kb = 64\nrelay_ca = \"/ca.pem\"\nhome_relay = 2\n",
         )
         .unwrap();
         assert_eq!(file.state_dir, Some(PathBuf::from("/s")));
         assert_eq!(file.coord.as_deref(), Some("http://c:1"));
         assert_eq!(file.port, Some(7));
         assert_eq!(file.socks5, Some("127.0.0.1:1080".parse().unwrap()));
+        assert_eq!(file.metrics, Some("127.0.0.1:9101".parse().unwrap()));
         assert_eq!(file.inspect.as_deref(), Some("off"));
         assert_eq!(file.inspect_serves, Some(true));
         assert_eq!(file.inspect_persist, Some(true));

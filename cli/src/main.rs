@@ -9,6 +9,7 @@ mod funnel;
 mod funnel_log;
 mod inspect;
 mod login;
+mod metrics;
 mod nc;
 mod ping;
 mod serve;
@@ -107,6 +108,16 @@ enum Command {
     /// For each peer: name, addresses, online (as the coord sees it), the path (direct
     /// and its endpoint), the last WireGuard handshake and bytes received and sent.
     Status(status::StatusArgs),
+    /// Print the running node's metrics in the Prometheus text format.
+    ///
+    /// Peers in the netmap and online, bytes received and sent and the last handshake per
+    /// peer, the path in use (direct, relayed), packets the WireGuard engine dropped by
+    /// reason (`filtered`: refused by the tailnet policy), the coord connection, the key's
+    /// expiry, serves and funnels. The same series answer `GET /v0/metrics` on the local
+    /// API socket, for a scraper on this machine:
+    ///   curl --unix-socket STATE_DIR/postern.sock http://postern/v0/metrics
+    #[command(verbatim_doc_comment)]
+    Metrics(metrics::MetricsArgs),
     /// Carry standard input and output over a TCP connection in the tailnet.
     ///
     /// `postern nc PEER PORT` connects to PORT on PEER; `postern nc -l PORT` listens on
@@ -213,6 +224,7 @@ fn main() -> ExitCode {
         Command::Down(args) => up::run_down(&args),
         Command::Logout(args) => login::run_logout(&args),
         Command::Status(args) => status::run(&args),
+        Command::Metrics(args) => metrics::run(&args),
         Command::Nc(args) => nc::run(&args),
         Command::Ping(args) => ping::run(&args),
         Command::Serve(args) => serve::run(args),

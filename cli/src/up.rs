@@ -38,6 +38,12 @@ pub(crate) struct UpArgs {
     #[arg(long, value_name = "ADDR")]
     http_proxy: Option<SocketAddr>,
 
+    /// Serve the node's Prometheus metrics at http://ADDR/metrics (what `postern metrics`
+    /// prints; no authentication: bind it to loopback or a private address) (config:
+    /// `metrics`).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+
     /// Run request inspection's web UI and JSON API at ADDR, or `off`. Default
     /// 127.0.0.1:4040; if that default is taken (another node on this machine), the node
     /// runs without it and says so. Funnelled requests are captured (config: `inspect`).
@@ -108,6 +114,7 @@ pub(crate) fn run_up(args: UpArgs) -> ExitCode {
     };
     let socks5_addr = args.socks5.or(file.socks5);
     let http_proxy_addr = args.http_proxy.or(file.http_proxy);
+    let metrics_addr = args.metrics.or(file.metrics);
     let inspect = match inspect_setting(args.inspect.as_deref().or(file.inspect.as_deref())) {
         Ok(inspect) => inspect,
         Err(message) => return fail(&message, EXIT_USAGE),
@@ -235,6 +242,21 @@ pub(crate) fn run_up(args: UpArgs) -> ExitCode {
             serves: Some(Arc::clone(&serves)),
             inspect_addr: inspection.as_ref().map(Inspection::addr),
         };
+        if let Some(addr) = metrics_addr {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    tokio::spawn(api::serve_metrics(handle.clone(), extras.clone(), listener));
+                    tracing::info!(%addr, "Prometheus metrics at /metrics");
+                }
+                Err(e) => {
+                    node.shutdown().await;
+                    return fail(
+                        &format!("cannot listen on {addr} (metrics): {e}"),
+                        EXIT_FAILURE,
+                    );
+                }
+            }
+        }
         let api_task = tokio::spawn({
             let handle = handle.clone();
             let socket = socket.clone();

@@ -64,6 +64,34 @@ fn two_nodes_carry_bytes_both_ways_and_show_each_other() {
         "beta counted {received_by_beta}"
     );
 
+    // `postern metrics` says the same in the Prometheus text format.
+    let metrics = beta.metrics();
+    let value = |series: &str| metrics.value(series);
+    assert!(
+        value("postern_node_peer_received_bytes_total{peer=\"alpha\"}") >= received_by_beta as f64
+    );
+    assert!(value("postern_node_peer_sent_bytes_total{peer=\"alpha\"}") > 0.0);
+    assert!(value("postern_node_peer_last_handshake_timestamp_seconds{peer=\"alpha\"}") > 1.7e9);
+    assert_eq!(
+        value("postern_node_peer_path{peer=\"alpha\",path=\"direct\"}"),
+        1.0
+    );
+    assert_eq!(value("postern_node_coord_connected"), 1.0);
+    assert_eq!(value("postern_node_peers"), 1.0);
+    assert_eq!(value("postern_node_peers_online"), 1.0);
+    assert_eq!(
+        value("postern_node_dropped_packets_total{reason=\"filtered\"}"),
+        0.0
+    );
+    assert!(
+        metrics
+            .0
+            .contains("postern_node_info{name=\"beta\",version="),
+        "{}",
+        metrics.0
+    );
+    assert!(metrics.0.ends_with("# EOF\n"), "{}", metrics.0);
+
     // The full name and the IP address work too; ping goes through the mesh.
     let fqdn = alpha.peer("beta").unwrap()["fqdn"]
         .as_str()
@@ -226,6 +254,7 @@ fn a_key_file_others_can_read_is_refused_with_the_fix() {
     // Nothing runs here: the commands that need the daemon say so.
     for args in [
         &["status"][..],
+        &["metrics"],
         &["down"],
         &["ping", "x"],
         &["nc", "x", "1"],

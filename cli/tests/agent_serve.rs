@@ -496,10 +496,12 @@ fn a_policy_that_denies_bob_keeps_him_from_the_origin() {
     let dir = tempfile::tempdir().unwrap();
     let socks5: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let socks5_arg = socks5.to_string();
+    let metrics_at: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let metrics_arg = metrics_at.to_string();
     let (_coord, alpha, _beta) = mesh_custom(
         dir.path(),
         &MeshOptions {
-            alpha_args: &["--inspect", "off"],
+            alpha_args: &["--inspect", "off", "--metrics", &metrics_arg],
             beta_args: &["--socks5", &socks5_arg, "--inspect", "off"],
             alpha_user: Some("alice@example.com"),
             beta_user: Some("bob@example.com"),
@@ -516,6 +518,27 @@ fn a_policy_that_denies_bob_keeps_him_from_the_origin() {
         origin.heads().is_empty(),
         "the origin saw bob's attempt: {:?}",
         origin.heads()
+    );
+    // alpha's metrics count what its packet filter refused: `postern metrics`, and a
+    // Prometheus scrape of `--metrics`.
+    let filtered = "postern_node_dropped_packets_total{reason=\"filtered\"}";
+    let counted = alpha.metrics().value(filtered);
+    assert!(counted >= 1.0, "alpha filtered {counted} packets");
+    let mut scrape = std::net::TcpStream::connect(metrics_at).unwrap();
+    scrape
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    scrape.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(
+        answer.contains("content-type: application/openmetrics-text"),
+        "{answer}"
+    );
+    let (_, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(
+        agent::Metrics(body.to_owned()).value(filtered) >= counted,
+        "{body}"
     );
 }
 

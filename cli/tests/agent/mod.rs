@@ -376,6 +376,19 @@ impl Node {
             .cloned()
     }
 
+    /// `postern metrics`: the node's Prometheus text.
+    #[allow(dead_code)] // not every test binary that shares this module reads metrics
+    pub fn metrics(&self) -> Metrics {
+        let out = self.postern(&["metrics"]);
+        assert!(
+            out.status.success(),
+            "postern metrics on {} failed: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Metrics(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// `postern down`, and waits for the process to exit successfully.
     pub fn down(&mut self) {
         let out = self.postern(&["down"]);
@@ -569,4 +582,21 @@ pub fn mesh_custom(dir: &Path, options: &MeshOptions<'_>) -> (Coord, Node, Node)
         );
     }
     (coord, alpha, beta)
+}
+
+/// What `postern metrics` printed.
+#[allow(dead_code)] // not every test binary that shares this module reads metrics
+pub struct Metrics(pub String);
+
+#[allow(dead_code)]
+impl Metrics {
+    /// The value of one series, named with its labels as printed
+    /// (`postern_node_peers`, `postern_node_peer_path{peer="a",path="direct"}`).
+    pub fn value(&self, series: &str) -> f64 {
+        self.0
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{}", self.0))
+    }
 }

@@ -16,6 +16,7 @@
 //! | `POST /v0/funnel` with a JSON [`FunnelRequestBody`](super::serves::FunnelRequestBody) | asks the coord for a funnel; answers [`FunnelStatus`](super::serves::FunnelStatus) (`--bg`) or, in the foreground, 101 and one JSON [`FunnelStatus`](super::serves::FunnelStatus) line, like `/v0/serve` |
 //! | `POST /v0/funnel/reset` | closes every funnel |
 //! | `GET /v0/funnel/log?funnel=NAME&limit=N&denied=true&since=UNIX&after_id=ID` | the edge decisions of this node's funnels from the coord, newest first: [`FunnelLogAnswer`]; every parameter is optional (`funnel` is a name, hostname or local port) |
+//! | `GET /v0/metrics` | Prometheus metrics (OpenMetrics text): peers, bytes, handshakes, paths, drops; see [`metrics`](super::metrics) |
 //! | `GET /v0/inspect` | `{"addr": "127.0.0.1:4040"}`: where request inspection listens (`addr` null when off) |
 //!
 //! Errors are JSON `{"error": "..."}` with a status that says whose fault it was (400 bad
@@ -180,6 +181,7 @@ pub async fn serve_with(node: NodeHandle, extras: ApiExtras, listener: UnixListe
     let context = ApiContext { node, extras };
     let router = Router::new()
         .route("/v0/status", get(status))
+        .route("/v0/metrics", get(metrics))
         .route("/v0/resolve", get(resolve))
         .route("/v0/ping", post(ping))
         .route("/v0/dial", post(dial))
@@ -200,6 +202,22 @@ pub async fn serve_with(node: NodeHandle, extras: ApiExtras, listener: UnixListe
         tracing::warn!(%err, "local API stopped");
     }
     let _ = std::fs::remove_file(path);
+}
+
+/// Serves `GET /metrics` (the same OpenMetrics text as `GET /v0/metrics`) on a TCP
+/// listener, for a Prometheus scrape (`postern up --metrics ADDR`). Nothing else is
+/// answered there. Returns when the node stops.
+pub async fn serve_metrics(node: NodeHandle, extras: ApiExtras, listener: tokio::net::TcpListener) {
+    let stop = node.clone();
+    let router = Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(ApiContext { node, extras });
+    let served = axum::serve(listener, router)
+        .with_graceful_shutdown(async move { stop.stopped().await })
+        .await;
+    if let Err(err) = served {
+        tracing::warn!(%err, "metrics listener stopped");
+    }
 }
 
 /// Adds [`VERSION_HEADER`] to every answer.
@@ -254,16 +272,39 @@ struct ListenQuery {
     port: u16,
 }
 
+/// The node's status with its serves and funnels.
+async fn full_status(context: &ApiContext) -> Result<super::status::Status, RuntimeError> {
+    let mut status = context.node.status().await?;
+    if let Some(serves) = &context.extras.serves {
+        let serving = serves.status();
+        status.serves = serving.serves;
+        status.funnels = serving.funnels;
+    }
+    Ok(status)
+}
+
 async fn status(State(context): State<ApiContext>) -> Response {
-    match context.node.status().await {
-        Ok(mut status) => {
-            if let Some(serves) = &context.extras.serves {
-                let serving = serves.status();
-                status.serves = serving.serves;
-                status.funnels = serving.funnels;
-            }
-            Json(status).into_response()
-        }
+    match full_status(&context).await {
+        Ok(status) => Json(status).into_response(),
+        Err(err) => error(StatusCode::SERVICE_UNAVAILABLE, &err.to_string()),
+    }
+}
+
+async fn metrics(State(context): State<ApiContext>) -> Response {
+    let snapshot = async {
+        let status = full_status(&context).await?;
+        let engine = context.node.engine_stats().await?;
+        Ok::<_, RuntimeError>((status, engine))
+    };
+    match snapshot.await {
+        Ok((status, engine)) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(super::metrics::CONTENT_TYPE),
+            )],
+            super::metrics::encode(&status, &engine),
+        )
+            .into_response(),
         Err(err) => error(StatusCode::SERVICE_UNAVAILABLE, &err.to_string()),
     }
 }

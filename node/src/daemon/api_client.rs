@@ -87,6 +87,21 @@ impl LocalApiClient {
         json(response).await
     }
 
+    /// `GET path`, returning the answer's text (for `/v0/metrics`).
+    pub async fn get_text(&self, path: &str) -> Result<String, ApiClientError> {
+        let response = self.send(http::Method::GET, path, false, None).await?;
+        if !response.status().is_success() {
+            return Err(error_of(response).await);
+        }
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|err| ApiClientError::Http(err.to_string()))?
+            .to_bytes();
+        String::from_utf8(body.to_vec()).map_err(|err| ApiClientError::Http(err.to_string()))
+    }
+
     /// `POST path`, parsing the JSON answer.
     pub async fn post<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiClientError> {
         let response = self.send(http::Method::POST, path, false, None).await?;

@@ -34,6 +34,7 @@ pub mod filter;
 pub mod http_proxy;
 pub mod icmp;
 pub mod inspection;
+pub mod metrics;
 pub mod names;
 pub mod paths;
 pub mod plan;
@@ -657,6 +658,17 @@ impl NodeHandle {
             .netstack
             .connect_tcp(SocketAddr::new(ip, port))
             .await?)
+    }
+
+    /// The engine's node-wide drop counters (for `GET /v0/metrics`).
+    pub async fn engine_stats(&self) -> Result<crate::engine::EngineStats, RuntimeError> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .commands
+            .send(EngineCommand::EngineStats(tx))
+            .await
+            .map_err(|_| RuntimeError::Stopping)?;
+        rx.await.map_err(|_| RuntimeError::Stopping)
     }
 
     /// The status snapshot: this node, its peers and their counters.

@@ -90,15 +90,7 @@ impl LocalApiClient {
     /// `GET path`, returning the answer's text (for `/v0/metrics`).
     pub async fn get_text(&self, path: &str) -> Result<String, ApiClientError> {
         let response = self.send(http::Method::GET, path, false, None).await?;
-        if !response.status().is_success() {
-            return Err(error_of(response).await);
-        }
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|err| ApiClientError::Http(err.to_string()))?
-            .to_bytes();
+        let body = success_body(response).await?;
         String::from_utf8(body.to_vec()).map_err(|err| ApiClientError::Http(err.to_string()))
     }
 
@@ -226,16 +218,21 @@ async fn upgraded(response: http::Response<Incoming>) -> Result<ApiStream, ApiCl
 async fn json<T: DeserializeOwned>(
     response: http::Response<Incoming>,
 ) -> Result<T, ApiClientError> {
+    let body = success_body(response).await?;
+    serde_json::from_slice(&body).map_err(|err| ApiClientError::Http(err.to_string()))
+}
+
+/// The body of a successful answer, or the daemon's error.
+async fn success_body(response: http::Response<Incoming>) -> Result<Bytes, ApiClientError> {
     if !response.status().is_success() {
         return Err(error_of(response).await);
     }
-    let body = response
+    Ok(response
         .into_body()
         .collect()
         .await
         .map_err(|err| ApiClientError::Http(err.to_string()))?
-        .to_bytes();
-    serde_json::from_slice(&body).map_err(|err| ApiClientError::Http(err.to_string()))
+        .to_bytes())
 }
 
 async fn error_of(response: http::Response<Incoming>) -> ApiClientError {

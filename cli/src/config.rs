@@ -105,6 +105,18 @@ impl Global {
         Ok(LocalApiClient::new(state_dir.join(API_SOCKET_FILE)))
     }
 
+    /// The daemon's local API client and a runtime to call it on; on failure, the exit
+    /// code, the message already printed.
+    pub(crate) fn daemon(
+        &self,
+    ) -> Result<(LocalApiClient, tokio::runtime::Runtime), std::process::ExitCode> {
+        let client = self
+            .api_client()
+            .map_err(|(message, code)| crate::fail(&message, code))?;
+        let runtime = crate::tokio_runtime()?;
+        Ok((client, runtime))
+    }
+
     /// The state directory: the flag, else the config file's, else the default.
     pub(crate) fn state_dir(&self, file: &ConfigFile) -> PathBuf {
         self.state_dir

@@ -184,12 +184,8 @@ pub(crate) fn run(args: FunnelArgs) -> ExitCode {
         Ok(spec) => spec,
         Err(message) => return fail(&message, EXIT_USAGE),
     };
-    let client = match args.global.api_client() {
-        Ok(client) => client,
-        Err((message, code)) => return fail(&message, code),
-    };
-    let runtime = match crate::tokio_runtime() {
-        Ok(runtime) => runtime,
+    let (client, runtime) = match args.global.daemon() {
+        Ok(daemon) => daemon,
         Err(code) => return code,
     };
     let body = FunnelRequestBody {

@@ -46,12 +46,8 @@ pub(crate) fn run(args: &LogArgs) -> ExitCode {
     if args.limit == 0 || args.limit > 1000 {
         return fail("--limit takes 1 to 1000", EXIT_USAGE);
     }
-    let client = match args.global.api_client() {
-        Ok(client) => client,
-        Err((message, code)) => return fail(&message, code),
-    };
-    let runtime = match crate::tokio_runtime() {
-        Ok(runtime) => runtime,
+    let (client, runtime) = match args.global.daemon() {
+        Ok(daemon) => daemon,
         Err(code) => return code,
     };
     let path = query_path(args, SystemTime::now());

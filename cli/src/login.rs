@@ -189,12 +189,8 @@ pub(crate) fn run_logout(args: &LogoutArgs) -> ExitCode {
         Ok(resolved) => resolved,
         Err((message, code)) => return fail(&message, code),
     };
-    let client = match args.global.api_client() {
-        Ok(client) => client,
-        Err((message, code)) => return fail(&message, code),
-    };
-    let runtime = match crate::tokio_runtime() {
-        Ok(runtime) => runtime,
+    let (client, runtime) = match args.global.daemon() {
+        Ok(daemon) => daemon,
         Err(code) => return code,
     };
     match runtime.block_on(crate::up::stop_daemon(&client, Duration::from_secs(10))) {

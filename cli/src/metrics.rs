@@ -17,12 +17,8 @@ pub(crate) struct MetricsArgs {
 
 /// Runs `postern metrics`: prints what `GET /v0/metrics` on the local API answers.
 pub(crate) fn run(args: &MetricsArgs) -> ExitCode {
-    let client = match args.global.api_client() {
-        Ok(client) => client,
-        Err((message, code)) => return fail(&message, code),
-    };
-    let runtime = match crate::tokio_runtime() {
-        Ok(runtime) => runtime,
+    let (client, runtime) = match args.global.daemon() {
+        Ok(daemon) => daemon,
         Err(code) => return code,
     };
     match runtime.block_on(client.get_text("/v0/metrics")) {

@@ -34,12 +34,8 @@ pub(crate) struct PingArgs {
 
 /// Runs `postern ping`.
 pub(crate) fn run(args: &PingArgs) -> ExitCode {
-    let client = match args.global.api_client() {
-        Ok(client) => client,
-        Err((message, code)) => return fail(&message, code),
-    };
-    let runtime = match crate::tokio_runtime() {
-        Ok(runtime) => runtime,
+    let (client, runtime) = match args.global.daemon() {
+        Ok(daemon) => daemon,
         Err(code) => return code,
     };
     let path = format!(

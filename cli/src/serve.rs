@@ -101,12 +101,8 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
         Ok(entry) => entry,
         Err(message) => return fail(&message, EXIT_USAGE),
     };
-    let client = match args.global.api_client() {
-        Ok(client) => client,
-        Err((message, code)) => return fail(&message, code),
-    };
-    let runtime = match crate::tokio_runtime() {
-        Ok(runtime) => runtime,
+    let (client, runtime) = match args.global.daemon() {
+        Ok(daemon) => daemon,
         Err(code) => return code,
     };
     let request = ServeRequest { entry };
@@ -146,12 +142,8 @@ pub(crate) fn run_status(args: &StatusArgs) -> ExitCode {
 
 /// The status of serves, or of funnels when `funnels`.
 pub(crate) fn run_status_of(args: &StatusArgs, funnels: bool) -> ExitCode {
-    let client = match args.global.api_client() {
-        Ok(client) => client,
-        Err((message, code)) => return fail(&message, code),
-    };
-    let runtime = match crate::tokio_runtime() {
-        Ok(runtime) => runtime,
+    let (client, runtime) = match args.global.daemon() {
+        Ok(daemon) => daemon,
         Err(code) => return code,
     };
     let path = if funnels { "/v0/funnel" } else { "/v0/serve" };
@@ -174,12 +166,8 @@ pub(crate) fn run_status_of(args: &StatusArgs, funnels: bool) -> ExitCode {
 
 /// Posts to a reset route and prints what is left.
 pub(crate) fn run_reset(global: &Global, path: &str) -> ExitCode {
-    let client = match global.api_client() {
-        Ok(client) => client,
-        Err((message, code)) => return fail(&message, code),
-    };
-    let runtime = match crate::tokio_runtime() {
-        Ok(runtime) => runtime,
+    let (client, runtime) = match global.daemon() {
+        Ok(daemon) => daemon,
         Err(code) => return code,
     };
     match runtime.block_on(client.post::<ServeStatus>(path)) {

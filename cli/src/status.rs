@@ -24,12 +24,8 @@ pub(crate) struct StatusArgs {
 
 /// Runs `postern status`.
 pub(crate) fn run(args: &StatusArgs) -> ExitCode {
-    let client = match args.global.api_client() {
-        Ok(client) => client,
-        Err((message, code)) => return fail(&message, code),
-    };
-    let runtime = match crate::tokio_runtime() {
-        Ok(runtime) => runtime,
+    let (client, runtime) = match args.global.daemon() {
+        Ok(daemon) => daemon,
         Err(code) => return code,
     };
     let status = match runtime.block_on(client.get::<Status>("/v0/status")) {

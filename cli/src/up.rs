@@ -346,12 +346,8 @@ fn inspect_setting(value: Option<&str>) -> Result<InspectSetting, String> {
 
 /// Runs `postern down`.
 pub(crate) fn run_down(args: &DownArgs) -> ExitCode {
-    let client = match args.global.api_client() {
-        Ok(client) => client,
-        Err((message, code)) => return fail(&message, code),
-    };
-    let runtime = match crate::tokio_runtime() {
-        Ok(runtime) => runtime,
+    let (client, runtime) = match args.global.daemon() {
+        Ok(daemon) => daemon,
         Err(code) => return code,
     };
     match runtime.block_on(stop_daemon(&client, Duration::from_secs(10))) {

@@ -83,6 +83,20 @@ async fn start_origin(release: Arc<Notify>, requests: Arc<AtomicUsize>) -> Socke
             let requests = Arc::clone(&requests);
             tokio::spawn(async move {
                 let head = read_head(&mut tcp).await;
+                // Read the body too, as a real origin does: one that answers and closes
+                // with the body unread resets the connection under the node's client,
+                // and the node then closes the hop stream whose request it could not
+                // finish (which made the pooled-stream count vary under load).
+                let declared = head
+                    .lines()
+                    .find_map(|line| {
+                        let (name, value) = line.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                let mut body = vec![0u8; declared];
+                tcp.read_exact(&mut body).await.unwrap();
                 requests.fetch_add(1, Ordering::SeqCst);
                 if head.starts_with("GET /stream ") {
                     tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n7\r\nfirst\n\n\r\n").await.unwrap();
@@ -410,15 +424,13 @@ async fn requests_of_different_clients_share_a_hop_stream_each_with_its_own_iden
     }
     let requests = 2 * rounds;
     assert_eq!(fixture.origin_requests.load(Ordering::SeqCst), requests);
-    // A stream per request would be 12; pooled streams carry them, alice's and bob's
-    // requests alternating on them. On an idle machine one stream carries them all. On a
-    // loaded one the pool opens a new stream when the last one has not returned yet: with
-    // two busy loops on the 2 cores, 3 and even 6 streams were seen. Fewer streams than
-    // requests shows that a stream carried requests of both clients, which is what this
-    // test is about.
+    // A stream per request would be 12: one pooled stream carries them all, alice's and
+    // bob's requests alternating on it. (It took more when the test origin answered
+    // without reading the request body: the node's client then met a reset, and the node
+    // closed the hop stream whose request it could not finish.)
     let streams = hop_streams(&fixture, requests);
-    assert!(
-        (1..requests).contains(&streams),
+    assert_eq!(
+        streams, 1,
         "{streams} hop streams for {requests} sequential requests"
     );
 }

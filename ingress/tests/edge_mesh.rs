@@ -83,6 +83,13 @@ async fn start_origin(release: Arc<Notify>, requests: Arc<AtomicUsize>) -> Socke
             let requests = Arc::clone(&requests);
             tokio::spawn(async move {
                 let head = read_head(&mut tcp).await;
+                if head.starts_with("POST /early ") {
+                    // Refuses an upload before reading it, and closes with the body unread.
+                    requests.fetch_add(1, Ordering::SeqCst);
+                    tcp.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    return;
+                }
                 // Read the body too, as a real origin does: one that answers and closes
                 // with the body unread resets the connection under the node's client,
                 // and the node then closes the hop stream whose request it could not
@@ -334,6 +341,40 @@ async fn a_streamed_response_streams_through_the_mesh() {
         rest.extend_from_slice(&chunk);
     }
     assert_eq!(rest, b"second\n\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_the_origin_refuses_unread_does_not_cost_the_pooled_hop_stream() {
+    let fixture = start().await;
+    let client = client(&fixture);
+    let ok = client.get("https://app.test/first").send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    ok.bytes().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The origin answers 413 without reading the 8 MiB and resets its connection. The
+    // node reads the rest of the upload from the hop stream and drops it, so that stream
+    // carries the next request.
+    let refused = client
+        .post("https://app.test/early")
+        .body(vec![b'u'; 8 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 413);
+    refused.bytes().await.unwrap();
+    // The edge finishes sending the upload on the hop stream before the stream is idle
+    // again (more than the node's and the origin's socket buffers hold, so the origin's
+    // reset comes while the node is still forwarding it).
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let after = client.get("https://app.test/after").send().await.unwrap();
+    assert_eq!(after.status(), 200);
+    after.bytes().await.unwrap();
+    assert_eq!(fixture.origin_requests.load(Ordering::SeqCst), 3);
+    let streams = hop_streams(&fixture, 3);
+    assert_eq!(
+        streams, 1,
+        "{streams} hop streams for 3 sequential requests"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

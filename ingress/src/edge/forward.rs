@@ -14,6 +14,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use postern_node::serve::DrainOnDrop;
 
 use super::{Upstream, UpstreamContext, UpstreamError};
 use crate::audit::{AuditRecord, AuditSink};
@@ -176,18 +177,10 @@ pub(super) fn bytes(status: StatusCode, body: Bytes) -> Response<EdgeBody> {
     response
 }
 
-/// How long the edge goes on reading a request's unread body after its own answer
-/// ([`holding_request_body`]).
-pub(super) const DISCARD_BODY_FOR: Duration = Duration::from_secs(5);
-
-/// How much of a request's unread body the edge reads and drops after its own answer, at
-/// most ([`holding_request_body`]).
-pub(super) const DISCARD_BODY_BYTES: u64 = 64 * 1024 * 1024;
-
 /// Makes an answer of the edge's own (a refusal) hold the unread body of the request it
 /// answers. Once the answer has been sent, the body is read and dropped for up to
-/// [`DISCARD_BODY_FOR`] and [`DISCARD_BODY_BYTES`], and only then released. It never goes
-/// anywhere.
+/// [`postern_node::serve::DRAIN_FOR`] and [`postern_node::serve::DRAIN_BYTES`]
+/// ([`DrainOnDrop`]), and only then released. It never goes anywhere.
 ///
 /// Clients that are still sending when the answer comes lose it otherwise:
 /// - Over HTTP/2, releasing the body before the answer is sent resets the stream with
@@ -196,8 +189,6 @@ pub(super) const DISCARD_BODY_BYTES: u64 = 64 * 1024 * 1024;
 ///   layer" instead of the 401 while it is uploading.
 /// - Over HTTP/1.1, a connection closed with unread data makes the kernel send a TCP
 ///   reset, which can destroy the answer before the client reads it.
-///
-/// Reading the rest, as nginx's discarded bodies and lingering close do, avoids both.
 pub(super) fn holding_request_body(
     response: Response<EdgeBody>,
     unread: Option<hyper::body::Incoming>,
@@ -207,7 +198,7 @@ pub(super) fn holding_request_body(
         Some(unread) => response.map(|answer| {
             HoldingBody {
                 answer,
-                unread: Some(unread),
+                _unread: DrainOnDrop::new(unread),
             }
             .boxed()
         }),
@@ -218,7 +209,7 @@ pub(super) fn holding_request_body(
 /// frame and dropped it.
 struct HoldingBody {
     answer: EdgeBody,
-    unread: Option<hyper::body::Incoming>,
+    _unread: DrainOnDrop,
 }
 
 impl Body for HoldingBody {
@@ -238,30 +229,6 @@ impl Body for HoldingBody {
 
     fn size_hint(&self) -> SizeHint {
         self.answer.size_hint()
-    }
-}
-
-impl Drop for HoldingBody {
-    fn drop(&mut self) {
-        let (Some(mut unread), Ok(runtime)) =
-            (self.unread.take(), tokio::runtime::Handle::try_current())
-        else {
-            return;
-        };
-        runtime.spawn(async move {
-            let drain = async {
-                let mut read = 0u64;
-                while let Some(Ok(frame)) = unread.frame().await {
-                    if let Some(data) = frame.data_ref() {
-                        read = read.saturating_add(data.len() as u64);
-                        if read > DISCARD_BODY_BYTES {
-                            return;
-                        }
-                    }
-                }
-            };
-            let _ = tokio::time::timeout(DISCARD_BODY_FOR, drain).await;
-        });
     }
 }
 

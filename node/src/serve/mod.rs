@@ -25,6 +25,7 @@
 
 mod capture;
 mod config;
+mod drain;
 mod funnel;
 pub mod identity;
 pub mod observer;
@@ -44,6 +45,7 @@ pub use config::{
     HttpRoute, OriginUrl, RoutePath, ServeConfig, ServeConfigError, ServeTable, ServeTarget,
     Service,
 };
+pub use drain::{DRAIN_BYTES, DRAIN_FOR, DrainOnDrop};
 pub use funnel::HELLO_TIMEOUT;
 pub use identity::{PeerDirectory, PeerIdentity, RequestOrigin, StaticPeerDirectory};
 pub use observer::{CapturedBody, Exchange, ExchangeObserver, NoopObserver};

@@ -204,6 +204,9 @@ impl HttpProxy {
             && hyper::body::Body::is_end_stream(&body))
         .then(|| (parts.method.clone(), parts.headers.clone()));
 
+        // Read to its end even if the origin answers and closes before taking it all,
+        // so that the connection it came on (a pooled hop stream) stays usable.
+        let body = super::DrainOnDrop::new(body);
         let mut request_capture = None;
         let body: ProxyBody = match &exchange {
             Some((limit, _)) => {

@@ -64,6 +64,10 @@ async fn start_origin(release: Arc<Notify>, hits: Arc<AtomicUsize>) -> String {
                         }
                         tcp.write_all(&buffer[..n]).await.unwrap();
                     }
+                } else if head.starts_with("POST /early ") {
+                    // Refuses an upload before reading it, and closes with the body unread.
+                    tcp.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 } else if head.starts_with("POST /echo ") {
                     let length: usize = head
                         .lines()
@@ -213,6 +217,54 @@ fn client(fixture: &Fixture) -> reqwest::Client {
         builder = builder.resolve(host, fixture.address);
     }
     builder.build().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_the_origin_refuses_unread_leaves_the_clients_connection_usable() {
+    let fixture = start_edge().await;
+    let mut tls = tls_connect(&fixture, "app.test").await;
+    // 8 MiB: more than the edge's and the origin's socket buffers hold, so the origin's
+    // reset comes while the edge is still forwarding the upload.
+    let size = 8 * 1024 * 1024;
+    let head = format!("POST /early HTTP/1.1\r\nhost: app.test\r\ncontent-length: {size}\r\n\r\n");
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.write_all(&vec![b'u'; size]).await.unwrap();
+    tls.flush().await.unwrap();
+    let answer = read_response_head(&mut tls).await;
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    // The edge read the rest of the upload and dropped it: the connection carries the
+    // next request (it would be closed if the edge had let the unread body go).
+    tls.write_all(b"GET /after HTTP/1.1\r\nhost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+    let answer = read_response_head(&mut tls).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
+}
+
+/// Reads one response's head and its `content-length` body from `tls`; empty if the
+/// connection closed first.
+async fn read_response_head<S: tokio::io::AsyncRead + Unpin>(tls: &mut S) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match tls.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let length = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    let _ = tls.read_exact(&mut body).await;
+    head
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -592,7 +592,9 @@ impl RequestBody {
             RequestBody::Buffered(bytes) => {
                 Full::new(bytes).map_err(|never| match never {}).boxed()
             }
-            RequestBody::Streamed(body) => body.boxed(),
+            // Read to its end even if the target answers and closes before taking it all,
+            // so the client's connection stays usable and its upload ends cleanly.
+            RequestBody::Streamed(body) => postern_node::serve::DrainOnDrop::new(body).boxed(),
         }
     }
 }

@@ -69,15 +69,8 @@ async fn start_origin(release: Arc<Notify>, hits: Arc<AtomicUsize>) -> String {
                     tcp.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await.unwrap();
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 } else if head.starts_with("POST /echo ") {
-                    let length: usize = head
-                        .lines()
-                        .find_map(|line| {
-                            let (name, value) = line.split_once(':')?;
-                            name.eq_ignore_ascii_case("content-length")
-                                .then(|| value.trim().parse().unwrap())
-                        })
-                        // No length and no chunking: a request without a body.
-                        .unwrap_or(0);
+                    // No length and no chunking: a request without a body.
+                    let length = local_tls::content_length(&head);
                     let mut body = vec![0u8; length];
                     tcp.read_exact(&mut body).await.unwrap();
                     let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {length}\r\n\r\n");
@@ -254,15 +247,7 @@ async fn read_response_head<S: tokio::io::AsyncRead + Unpin>(tls: &mut S) -> Str
         }
     }
     let head = String::from_utf8_lossy(&head).into_owned();
-    let length = head
-        .lines()
-        .find_map(|line| {
-            let (name, value) = line.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse::<usize>().ok())?
-        })
-        .unwrap_or(0);
-    let mut body = vec![0u8; length];
+    let mut body = vec![0u8; local_tls::content_length(&head)];
     let _ = tls.read_exact(&mut body).await;
     head
 }

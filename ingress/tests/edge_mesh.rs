@@ -94,15 +94,7 @@ async fn start_origin(release: Arc<Notify>, requests: Arc<AtomicUsize>) -> Socke
                 // with the body unread resets the connection under the node's client,
                 // and the node then closes the hop stream whose request it could not
                 // finish (which made the pooled-stream count vary under load).
-                let declared = head
-                    .lines()
-                    .find_map(|line| {
-                        let (name, value) = line.split_once(':')?;
-                        name.eq_ignore_ascii_case("content-length")
-                            .then(|| value.trim().parse::<usize>().ok())?
-                    })
-                    .unwrap_or(0);
-                let mut body = vec![0u8; declared];
+                let mut body = vec![0u8; local_tls::content_length(&head)];
                 tcp.read_exact(&mut body).await.unwrap();
                 requests.fetch_add(1, Ordering::SeqCst);
                 if head.starts_with("GET /stream ") {

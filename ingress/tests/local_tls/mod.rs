@@ -59,3 +59,15 @@ pub async fn connect(cert_pem: &str, address: SocketAddr, host: &str) -> TlsStre
     let name = rustls_pki_types::ServerName::try_from(host.to_string()).unwrap();
     connector.connect(name, tcp).await.unwrap()
 }
+
+/// The `content-length` of a raw HTTP/1.1 head, 0 when it has none (a request or response
+/// without a body, for these tests: none of them sends chunked bodies to where this is read).
+pub fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0)
+}

@@ -160,9 +160,10 @@ impl GateChain {
     pub async fn evaluate_async(&self, request: &GateRequest<'_>, now: SystemTime) -> ChainOutcome {
         let mut trace = ChainTrace::default();
         let (decision, decided_by) = match self {
-            // The usual chain, one gate without I/O: no boxed future.
-            GateChain::Gate(gate) if !gate.does_io() => {
-                let decision = gate.evaluate(request, now);
+            // The usual chain, one gate: no boxed recursion (and, for a gate without
+            // I/O, no allocation at all: its `GateFuture` is ready).
+            GateChain::Gate(gate) => {
+                let decision = gate.evaluate_async(request, now).await;
                 record(&mut trace, gate.name(), 0, &decision);
                 (decision, Some(gate.name().to_string()))
             }
@@ -259,11 +260,7 @@ impl GateChain {
         Box::pin(async move {
             match self {
                 GateChain::Gate(gate) => {
-                    let decision = if gate.does_io() {
-                        gate.evaluate_async(request, now).await
-                    } else {
-                        gate.evaluate(request, now)
-                    };
+                    let decision = gate.evaluate_async(request, now).await;
                     record(trace, gate.name(), depth, &decision);
                     (decision, Some(gate.name().to_string()))
                 }

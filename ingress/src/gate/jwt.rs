@@ -632,16 +632,12 @@ impl Gate for JwtGate {
         }
     }
 
-    fn does_io(&self) -> bool {
-        true
-    }
-
     fn evaluate_async<'a>(
         &'a self,
         request: &'a GateRequest<'a>,
         now: SystemTime,
     ) -> GateFuture<'a> {
-        Box::pin(async move {
+        GateFuture::io(async move {
             let token = bearer_token(request).ok();
             // A token verified under the current keys needs no header decoding: only a
             // JWKS past `cache_for` is fetched again for it.

@@ -75,8 +75,7 @@ pub trait Gate: Send + Sync + fmt::Debug {
 
     /// Decides about one request, doing the gate's I/O first where it has any: the JWT
     /// gate fetches its JWKS when a token names an unknown key, the OIDC gate redeems an
-    /// authorization code at the IdP on its callback path. The edge's chain calls this one
-    /// for gates whose [`Gate::does_io`] is true, and [`Gate::evaluate`] for the others.
+    /// authorization code at the IdP on its callback path. The edge's chain calls this one.
     ///
     /// The default runs [`Gate::evaluate`]: gates without I/O (webhooks, IP rules, rate
     /// limits, mTLS) implement only that. A gate that overrides this keeps the decision
@@ -87,15 +86,7 @@ pub trait Gate: Send + Sync + fmt::Debug {
         request: &'a GateRequest<'a>,
         now: SystemTime,
     ) -> GateFuture<'a> {
-        let decision = self.evaluate(request, now);
-        Box::pin(std::future::ready(decision))
-    }
-
-    /// Whether [`Gate::evaluate_async`] does I/O of its own (the JWT and OIDC gates). A
-    /// chain runs the other gates through [`Gate::evaluate`] directly, without the boxed
-    /// future. Defaults to `false`; a gate that overrides `evaluate_async` must say `true`.
-    fn does_io(&self) -> bool {
-        false
+        GateFuture::ready(self.evaluate(request, now))
     }
 
     /// Whether the gate decides on the request's body (webhook signatures cover it).
@@ -118,9 +109,52 @@ pub trait Gate: Send + Sync + fmt::Debug {
     }
 }
 
-/// The future returned by [`Gate::evaluate_async`] and [`GateChain::evaluate_async`].
-pub type GateFuture<'a> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Decision> + Send + 'a>>;
+/// The future returned by [`Gate::evaluate_async`]: a decision made already (no
+/// allocation: what gates without I/O return), or a gate's I/O and then its decision.
+pub enum GateFuture<'a> {
+    /// Decided without I/O; `None` once the decision was taken.
+    Ready(Option<Decision>),
+    /// The gate's I/O, then its decision.
+    Io(std::pin::Pin<Box<dyn std::future::Future<Output = Decision> + Send + 'a>>),
+}
+
+impl<'a> GateFuture<'a> {
+    /// A decision made without I/O.
+    pub fn ready(decision: Decision) -> Self {
+        GateFuture::Ready(Some(decision))
+    }
+
+    /// A decision that needs the gate's I/O first.
+    pub fn io(future: impl std::future::Future<Output = Decision> + Send + 'a) -> Self {
+        GateFuture::Io(Box::pin(future))
+    }
+}
+
+impl std::future::Future for GateFuture<'_> {
+    type Output = Decision;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Decision> {
+        match self.get_mut() {
+            // Polled again after it completed: it never completes twice.
+            GateFuture::Ready(decision) => decision
+                .take()
+                .map_or(std::task::Poll::Pending, std::task::Poll::Ready),
+            GateFuture::Io(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl fmt::Debug for GateFuture<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GateFuture::Ready(decision) => f.debug_tuple("Ready").field(decision).finish(),
+            GateFuture::Io(_) => f.write_str("Io(..)"),
+        }
+    }
+}
 
 /// A read-only view of one incoming request, as the edge received it.
 ///

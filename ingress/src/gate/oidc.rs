@@ -860,16 +860,12 @@ impl Gate for OidcGate {
         self.start_login(request, now)
     }
 
-    fn does_io(&self) -> bool {
-        true
-    }
-
     fn evaluate_async<'a>(
         &'a self,
         request: &'a GateRequest<'a>,
         now: SystemTime,
     ) -> GateFuture<'a> {
-        Box::pin(async move {
+        GateFuture::io(async move {
             let path = request.path();
             if path == self.callback_path {
                 self.ensure_discovered(now).await;

@@ -9,6 +9,8 @@ RESULTS has one line per measurement:
        comparing the funnel with the gate GATE against its baseline KEY (the funnel
        without a gate, driven by the same load generator)
   tcp KEY ROUND bps=.. seconds=.. cpu_ticks=.. wall=.. hz=.. ncpu=..
+  tcppair KEY PAIR (the same fields): one run of the back-to-back pair number PAIR of the
+       TCP funnel over the mesh and rathole, each side on a core of its own
 LOADS has the 1-minute load average sampled before and after every measurement.
 """
 
@@ -228,7 +230,39 @@ def main():
             f"TCP funnel over the mesh (the product's path, encrypted) / encrypted rathole = "
             f"**{ratio:.2f}**; target ≥ 1: {verdict}."
         )
+    out.extend(tcp_pairs(rows, sys.argv[11] if len(sys.argv) > 11 else "5"))
     print("\n".join(out))
+
+
+def tcp_pairs(rows, tcp_t):
+    """The TCP funnel over the mesh against rathole in back-to-back pairs (TCP_PAIRS)."""
+    pairs = {}
+    for kind, key, rnd, fields in rows:
+        if kind == "tcppair":
+            pairs.setdefault(rnd, {})[key] = fields
+    done = [p for _, p in sorted(pairs.items()) if "tcp_funnel_mesh" in p and "rathole" in p]
+    if not done:
+        return []
+    ratios_ = [p["tcp_funnel_mesh"]["bps"] / p["rathole"]["bps"] for p in done]
+    mesh = [p["tcp_funnel_mesh"]["bps"] / 1e9 for p in done]
+    rathole = [p["rathole"]["bps"] / 1e9 for p in done]
+    cpu = [
+        p["tcp_funnel_mesh"]["cpu_ticks"] / p["tcp_funnel_mesh"]["hz"] / p["tcp_funnel_mesh"]["wall"] * 100
+        for p in done
+    ]
+    verdict = "met" if statistics.median(ratios_) >= 1.0 else "NOT met"
+    return [
+        "",
+        f"TCP pairs, each side on a core of its own (the public side: iperf3's client, the "
+        f"ingress, rathole's server on CPU 0; the private side: the node, rathole's client, "
+        f"iperf3's server on CPU 1), back-to-back runs of {tcp_t} s, the order alternating:",
+        "",
+        "| pairs | TCP funnel over the mesh, Gbit/s | rathole (Noise), Gbit/s "
+        "| mesh / rathole: median (range) | ingress + node CPU, % of one core | target ≥ 1 |",
+        "|---|---|---|---|---|---|",
+        f"| {len(done)} | {spread(mesh, 2)} | {spread(rathole, 2)} | {spread(ratios_)} "
+        f"| {statistics.median(cpu):.0f} | {verdict} |",
+    ]
 
 
 if __name__ == "__main__":

@@ -35,6 +35,13 @@
 #   WG_STANDIN=1   also measure the stand-in for the mesh hop (below); 0 to skip it
 #   MESH_ONLY=1    with --mesh: only direct, the ungated funnel, rathole, the edge's TCP
 #                  funnel and the mesh rows (a quick A/B of the mesh path; GATE_PAIRS=0 too)
+#   TCP_PAIRS=0 TCP_T=5   with --mesh: after the rounds, this many back-to-back pairs of
+#                  TCP_T-second runs, the TCP funnel over the mesh and encrypted rathole (the
+#                  order alternating), with the two sides of each on a core of their own,
+#                  as on two machines: the public side (iperf3's client, the ingress,
+#                  rathole's server) on CPU 0, the private side (the node, rathole's client,
+#                  iperf3's server) on CPU 1. Needs 2 CPUs. The median and range of the
+#                  per-pair ratios are reported.
 #   PERF_DIR=DIR   with --mesh: `perf stat` the ingress and the node during each TCP mesh run
 #   HOLD=1         set everything up, print the ports and pids, and wait (no measurement):
 #                  for profiling by hand (the TCP ports need no name; the HTTPS ones do)
@@ -118,6 +125,12 @@ INGRESS_BIN="${INGRESS_BIN:-$target_dir/release/postern-ingress}"
 POSTERN_BIN="${POSTERN_BIN:-$target_dir/release/postern}"
 WG_STANDIN="${WG_STANDIN:-1}"
 PIN="${PIN:-0}"
+TCP_PAIRS="${TCP_PAIRS:-0}"
+TCP_T="${TCP_T:-5}"
+if [ "$TCP_PAIRS" != 0 ] && [ "$(nproc --all)" -lt 2 ]; then
+    echo "run.sh: TCP_PAIRS needs 2 CPUs" >&2
+    exit 2
+fi
 pin_ingress=()
 if [ "$PIN" = 1 ] && [ "$(nproc --all)" -lt 2 ]; then
     echo "run.sh: PIN=1 needs 2 CPUs" >&2
@@ -712,8 +725,10 @@ load_generator() { # load_generator wrk|oha SECONDS URL TAG: prints one RESULT l
             + " errors=\([.errorDistribution[]] | add // 0)"'
 }
 
-tcp_variant() { # tcp_variant KEY ROUND: one iperf3 measurement
-    local key="$1" round="$2" port cpu_pids=() before after bps t0 t1
+tcp_variant() { # tcp_variant KEY ROUND [KIND SECONDS CLIENT_CPU]: one iperf3 measurement
+    local key="$1" round="$2" kind="${3:-tcp}" seconds="${4:-$T}" port cpu_pids=() before after bps t0 t1
+    local client=()
+    [ -n "${5:-}" ] && client=(taskset -c "$5")
     case "$key" in
     direct) port=$P_IPERF ;;
     socat) port=$P_SOCAT_TCP ;;
@@ -731,13 +746,19 @@ tcp_variant() { # tcp_variant KEY ROUND: one iperf3 measurement
         perf stat -e task-clock,context-switches -p "$pid_node" -o "$PERF_DIR/stat.node.$round" -- sleep "$T" >/dev/null 2>&1 &
     fi
     t0="$(date +%s.%N)"
-    bps="$(iperf3 --client 127.0.0.1 --port "$port" --time "$T" --omit 1 --json |
+    bps="$("${client[@]}" iperf3 --client 127.0.0.1 --port "$port" --time "$seconds" --omit 1 --json |
         jq -r '.end.sum_received.bits_per_second')"
     t1="$(date +%s.%N)"
     after="$(cpu_ticks "${cpu_pids[@]}")"
     load_now
-    say "tcp $key round $round: $(awk -v b="$bps" 'BEGIN{printf "%.3f", b/1e9}') Gbit/s cpu_ticks=$((after - before))"
-    echo "tcp $key $round bps=$bps seconds=$T cpu_ticks=$((after - before)) wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b - a}') hz=$hz ncpu=${#cpu_pids[@]}" >>"$results"
+    say "$kind $key round $round: $(awk -v b="$bps" 'BEGIN{printf "%.3f", b/1e9}') Gbit/s cpu_ticks=$((after - before))"
+    echo "$kind $key $round bps=$bps seconds=$seconds cpu_ticks=$((after - before)) wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b - a}') hz=$hz ncpu=${#cpu_pids[@]}" >>"$results"
+}
+
+pin_sides() { # pin_sides: the public side on CPU 0, the private side on CPU 1 (TCP_PAIRS)
+    local pid
+    for pid in "$pid_ingress" "$pid_rathole_server"; do taskset -a -cp 0 "$pid" >/dev/null; done
+    for pid in "$pid_node" "$pid_rathole_client" "$pid_iperf3"; do taskset -a -cp 1 "$pid" >/dev/null; done
 }
 
 http_keys=(direct_http direct_https funnel_open funnel_gated funnel_ip funnel_jwt funnel_oidc funnel_rate funnel_open_oha funnel_mtls)
@@ -775,10 +796,20 @@ for pair in $(seq 1 "$GATE_PAIRS"); do
     done
 done
 
+# The TCP funnel over the mesh against encrypted rathole in back-to-back pairs, each side
+# of both on a core of its own (see TCP_PAIRS); the affinities stay so until the run ends.
+if [ "$mesh" = 1 ] && [ "$TCP_PAIRS" != 0 ]; then
+    pin_sides
+    for pair in $(seq 1 "$TCP_PAIRS"); do
+        if [ $((pair % 2)) = 1 ]; then order=(tcp_funnel_mesh rathole); else order=(rathole tcp_funnel_mesh); fi
+        for key in "${order[@]}"; do tcp_variant "$key" "$pair" tcppair "$TCP_T" 0; done
+    done
+fi
+
 # ---------------------------------------------------------------- the tables
 commit="$(cd "$repo" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 dirty="$(cd "$repo" && git status --porcelain -- ingress 2>/dev/null | head -1)"
 [ -n "$dirty" ] && commit="$commit (ingress/ modified)"
-table="$(python3 -B "$here/report.py" "$results" "$loads" "$started" "$commit" "$T" "$ROUNDS" "$CONNS" "$THREADS" "$GATE_T" "$PIN")"
+table="$(python3 -B "$here/report.py" "$results" "$loads" "$started" "$commit" "$T" "$ROUNDS" "$CONNS" "$THREADS" "$GATE_T" "$PIN" "$TCP_T")"
 echo "$table"
 if [ -n "$out_file" ]; then echo "$table" >"$out_file"; say "tables written to $out_file"; fi

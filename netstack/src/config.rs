@@ -25,6 +25,11 @@ pub const TCP_PACING_ENV: &str = "POSTERN_TCP_PACING";
 /// same binary.
 pub const RECEIVE_COALESCING_ENV: &str = "POSTERN_RECEIVE_COALESCING";
 
+/// The environment variable [`NetstackConfig::apply_env`] reads to choose where the stack's
+/// owner runs ([`NetstackConfig::owner_thread`]): `dedicated` (a thread of its own) or
+/// `shared` (a task on the caller's runtime), overriding the configured setting.
+pub const OWNER_THREAD_ENV: &str = "POSTERN_NETSTACK_THREAD";
+
 /// The settings of one [`Netstack`](crate::Netstack).
 ///
 /// Start from [`NetstackConfig::new`] with the node's tailnet addresses and change the
@@ -107,6 +112,34 @@ pub struct NetstackConfig {
     /// Packets that come out of WireGuard are already authenticated, so an engine that only
     /// feeds decrypted packets may turn this off to save one pass over every payload.
     pub verify_checksums: bool,
+    /// Where the task that owns the stack runs; see [`OwnerThread`]. Default
+    /// [`OwnerThread::Shared`].
+    pub owner_thread: OwnerThread,
+}
+
+/// Where a [`Netstack`](crate::Netstack)'s owner task runs ([`NetstackConfig::owner_thread`]).
+///
+/// A packet crosses several tasks on its way through a tunnel: the engine's (UDP and
+/// WireGuard), the stack's owner (TCP), and the task that copies a connection's bytes to or
+/// from a kernel socket. On a multi-threaded runtime each hand-off between them can be a
+/// wake-up of another thread, and on a machine with few cores those wake-ups, not the
+/// work, are what limits a bulk transfer. [`OwnerThread::Dedicated`] gives the stack a
+/// thread of its own, with a single-threaded runtime that the other hot tasks can join
+/// ([`Netstack::runtime`](crate::Netstack::runtime)), so the whole data path runs on one
+/// thread and hands off without waking anyone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OwnerThread {
+    /// The owner is a task on the runtime that called
+    /// [`Netstack::new`](crate::Netstack::new), which must exist.
+    #[default]
+    Shared,
+    /// The owner runs on a thread of its own (named `netstack`): the one worker of a
+    /// runtime that lives as long as the stack (a second thread, `netstack-keeper`, only
+    /// waits to shut it down). When the stack stops, both threads end and the tasks still
+    /// on the runtime are dropped. A one-worker multi-threaded runtime, not a
+    /// current-thread one: a task it wakes runs next, which keeps a hand-off hot.
+    Dedicated,
 }
 
 /// How the stack's TCP senders pace their data segments ([`NetstackConfig::tcp_pacing`]).
@@ -190,12 +223,14 @@ impl NetstackConfig {
             tcp_pacing: None,
             receive_coalescing: Some(MAX_COALESCED_LEN),
             verify_checksums: true,
+            owner_thread: OwnerThread::Shared,
         }
     }
 
     /// Applies the settings the environment overrides: [`TCP_PACING_ENV`]
-    /// (`POSTERN_TCP_PACING=on` or `off`) and [`RECEIVE_COALESCING_ENV`]
-    /// (`POSTERN_RECEIVE_COALESCING=on`, `off` or a size in bytes); an unset variable leaves
+    /// (`POSTERN_TCP_PACING=on` or `off`), [`RECEIVE_COALESCING_ENV`]
+    /// (`POSTERN_RECEIVE_COALESCING=on`, `off` or a size in bytes) and [`OWNER_THREAD_ENV`]
+    /// (`POSTERN_NETSTACK_THREAD=dedicated` or `shared`); an unset variable leaves
     /// its setting as it is. Call it where a program builds its stack's configuration, so
     /// benchmarks can switch these without a new flag. Fails if a variable holds anything
     /// else.
@@ -205,6 +240,9 @@ impl NetstackConfig {
         }
         if let Some(value) = env_value(RECEIVE_COALESCING_ENV)? {
             self.receive_coalescing = parse_coalescing_switch(&value)?;
+        }
+        if let Some(value) = env_value(OWNER_THREAD_ENV)? {
+            self.owner_thread = parse_owner_thread(&value)?;
         }
         Ok(())
     }
@@ -331,6 +369,17 @@ fn env_value(name: &str) -> Result<Option<String>, NetstackError> {
         Err(std::env::VarError::NotPresent) => Ok(None),
         Err(std::env::VarError::NotUnicode(_)) => Err(NetstackError::InvalidConfig(format!(
             "{name} is not valid UTF-8; set it to `on` or `off`"
+        ))),
+    }
+}
+
+/// Reads an [`OWNER_THREAD_ENV`] value: `dedicated` or `shared`.
+fn parse_owner_thread(value: &str) -> Result<OwnerThread, NetstackError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "dedicated" => Ok(OwnerThread::Dedicated),
+        "shared" => Ok(OwnerThread::Shared),
+        _ => Err(NetstackError::InvalidConfig(format!(
+            "{OWNER_THREAD_ENV} is `{value}`: set it to `dedicated` or `shared`"
         ))),
     }
 }
@@ -513,6 +562,20 @@ mod tests {
         config.mtu = 65_535;
         config.receive_coalescing = Some(MAX_COALESCED_LEN);
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn owner_thread_switch_values() {
+        assert_eq!(
+            parse_owner_thread(" Dedicated ").unwrap(),
+            OwnerThread::Dedicated
+        );
+        assert_eq!(parse_owner_thread("shared").unwrap(), OwnerThread::Shared);
+        let err = parse_owner_thread("both").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "invalid netstack configuration: POSTERN_NETSTACK_THREAD is `both`: set it to `dedicated` or `shared`"
+        );
     }
 
     #[test]

@@ -19,6 +19,10 @@ pub enum NetstackError {
     /// `Netstack::new` was called outside a tokio runtime.
     #[error("no tokio runtime: create the Netstack from inside a tokio runtime")]
     NoRuntime,
+    /// The thread of a stack with [`OwnerThread::Dedicated`](crate::OwnerThread::Dedicated)
+    /// could not be started.
+    #[error("cannot start the netstack's thread: {0}")]
+    Thread(io::Error),
     /// Another socket of the same protocol already uses this port.
     #[error(
         "{protocol} port {port} is already in use on this netstack; pick another port or drop the other socket first"
@@ -92,6 +96,7 @@ impl From<NetstackError> for io::Error {
             | NetstackError::InvalidRemote { .. }
             | NetstackError::DatagramTooLarge { .. } => io::ErrorKind::InvalidInput,
             NetstackError::NoRuntime | NetstackError::Stopped => io::ErrorKind::NotConnected,
+            NetstackError::Thread(error) => error.kind(),
             NetstackError::AddrInUse { .. } | NetstackError::AnyPortListenerExists => {
                 io::ErrorKind::AddrInUse
             }

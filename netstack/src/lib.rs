@@ -124,7 +124,8 @@ mod udp;
 mod wire;
 
 pub use config::{
-    CongestionControl, NetstackConfig, RECEIVE_COALESCING_ENV, TCP_PACING_ENV, TcpPacing,
+    CongestionControl, NetstackConfig, OWNER_THREAD_ENV, OwnerThread, RECEIVE_COALESCING_ENV,
+    TCP_PACING_ENV, TcpPacing,
 };
 pub use error::NetstackError;
 pub use packet::{InboundPacket, MalformedPacket, Transport, inspect_inbound};

@@ -16,7 +16,7 @@ use smoltcp::wire::{HardwareAddress, IpCidr, IpListenEndpoint};
 use tokio::sync::{Notify, mpsc};
 
 use crate::coalesce::Coalescer;
-use crate::config::{CongestionControl, NetstackConfig};
+use crate::config::{CongestionControl, NetstackConfig, OwnerThread};
 use crate::error::NetstackError;
 use crate::packet::{InboundPacket, Transport, inspect_inbound};
 use crate::seam::{PacketBatch, PacketSeam, SeamDevice};
@@ -38,13 +38,14 @@ const MAX_SLEEP: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// A userspace TCP/IP stack with its own addresses, driven through a [`PacketSeam`].
 ///
-/// Create it with [`Netstack::new`] inside a tokio runtime; it spawns one task that owns the
-/// smoltcp interface. Cloning the handle is cheap; when the last clone is dropped the stack
+/// Create it with [`Netstack::new`]; it starts one task that owns the smoltcp interface, on
+/// the caller's runtime or on a thread of its own ([`NetstackConfig::owner_thread`]). Cloning the handle is cheap; when the last clone is dropped the stack
 /// stops: its task ends, open connections are reset and every socket returns
 /// [`NetstackError::Stopped`].
 #[derive(Clone)]
 pub struct Netstack {
     shared: Arc<Shared>,
+    runtime: tokio::runtime::Handle,
     _stop: Arc<StopOnDrop>,
 }
 
@@ -98,12 +99,27 @@ impl Netstack {
     /// Creates a stack with `config`'s addresses and settings, and returns it with the
     /// engine's end of its packet seam.
     ///
-    /// Must be called inside a tokio runtime (the owner task is spawned on it). Fails if the
-    /// configuration is invalid (the error names the field) or if there is no runtime.
+    /// With [`OwnerThread::Shared`] (the default) it must be called inside a tokio runtime,
+    /// which the owner task is spawned on; with [`OwnerThread::Dedicated`] it starts the
+    /// stack's own thread instead. Fails if the configuration is invalid (the error names
+    /// the field), if there is no runtime, or if the thread cannot be started.
     pub fn new(config: NetstackConfig) -> Result<(Self, PacketSeam), NetstackError> {
         config.validate()?;
-        let runtime =
-            tokio::runtime::Handle::try_current().map_err(|_| NetstackError::NoRuntime)?;
+        let owner_runtime = match config.owner_thread {
+            OwnerThread::Shared => None,
+            OwnerThread::Dedicated => Some(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("netstack")
+                    .enable_all()
+                    .build()
+                    .map_err(NetstackError::Thread)?,
+            ),
+        };
+        let runtime = match &owner_runtime {
+            Some(owner) => owner.handle().clone(),
+            None => tokio::runtime::Handle::try_current().map_err(|_| NetstackError::NoRuntime)?,
+        };
         let (to_stack, inbound) = mpsc::channel(config.seam_capacity);
         let (outbound, from_stack) = mpsc::channel(config.seam_capacity);
 
@@ -165,11 +181,27 @@ impl Netstack {
             epoch,
             config,
         });
-        runtime.spawn(run_owner(shared.clone(), inbound, outbound));
+        let owner = run_owner(shared.clone(), inbound, outbound);
+        match owner_runtime {
+            None => drop(runtime.spawn(owner)),
+            Some(owner_runtime) => {
+                std::thread::Builder::new()
+                    .name("netstack-keeper".into())
+                    .spawn(move || {
+                        let owner = owner_runtime.spawn(owner);
+                        let _ = owner_runtime.block_on(owner);
+                        // The stack has stopped: what else ran here (the engine, copies of
+                        // its connections) is dropped with the runtime.
+                        drop(owner_runtime);
+                    })
+                    .map_err(NetstackError::Thread)?;
+            }
+        }
         let stop = Arc::new(StopOnDrop(shared.clone()));
         Ok((
             Self {
                 shared,
+                runtime,
                 _stop: stop,
             },
             PacketSeam {
@@ -309,6 +341,17 @@ impl Netstack {
         st.udp.insert(handle, port);
         drop(st);
         Ok(UdpSocket::new(self.shared.clone(), handle, port))
+    }
+
+    /// The runtime the stack's owner task runs on: the caller's runtime of
+    /// [`Netstack::new`], or the stack's own thread's with [`OwnerThread::Dedicated`].
+    ///
+    /// Spawn the tasks that move a connection's bytes between this stack and a kernel
+    /// socket here (creating or re-registering the kernel socket inside the task), so that
+    /// with a dedicated thread they hand off to the stack without waking another thread.
+    /// Tasks spawned on a dedicated thread's runtime are dropped when the stack stops.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
     }
 
     /// The stack's own addresses.

@@ -230,6 +230,10 @@ impl HopDialer {
 impl Upstream for MeshUpstream {
     /// Opens a hop stream for one connection of a TCP or passthrough funnel: a version 1
     /// hello that names no client (0.0.0.0) and no admission.
+    fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        Some(self.hop.netstack.runtime().clone())
+    }
+
     fn connect(&self) -> Connecting<'_> {
         let hello = self.hop.hello(None).encode();
         Box::pin(async move { self.hop.open(hello, None).await })

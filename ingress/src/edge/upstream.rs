@@ -80,6 +80,15 @@ pub trait Upstream: Send + Sync + fmt::Debug {
         self.connect()
     }
 
+    /// The runtime that should drive byte pipes to this upstream (a TCP funnel's
+    /// connections), or `None` (the default) for the caller's. The [mesh
+    /// hop](super::MeshUpstream) names its netstack's runtime
+    /// ([`Netstack::runtime`](postern_netstack::Netstack::runtime)), so that a pipe and the
+    /// stack it feeds share a thread.
+    fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        None
+    }
+
     /// Sends one admitted HTTP/1.1 request (origin-form URI, headers already rewritten by
     /// the edge) and returns the response head; bodies stream both ways. A `101` response
     /// can be upgraded with `hyper::upgrade::on`.

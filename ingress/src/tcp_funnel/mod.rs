@@ -95,6 +95,7 @@ pub async fn serve_tcp_funnel(
     limiter: Arc<ClientLimiter>,
     audit: Arc<dyn AuditSink>,
 ) -> std::io::Result<()> {
+    let runtime = funnel.upstream.runtime();
     loop {
         let (tcp, client) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -110,7 +111,7 @@ pub async fn serve_tcp_funnel(
             refuse(tcp, client, "tcp", Some(funnel.name()), &*audit);
             continue;
         };
-        tokio::spawn(async move {
+        let connection = move |tcp: TcpStream| async move {
             let _slot = slot;
             let local = tcp.local_addr().unwrap_or(client);
             let audit_record = ConnectionAudit::new("tcp", Some(funnel.name()), client)
@@ -144,7 +145,25 @@ pub async fn serve_tcp_funnel(
                 Err(reason) => audit_record.failed(reason),
             };
             audit.record_connection(&record);
-        });
+        };
+        match runtime.as_ref() {
+            None => drop(tokio::spawn(connection(tcp))),
+            // The pipe runs where the upstream's streams are driven (the mesh hop's stack
+            // thread), with the client's socket moved there.
+            Some(runtime) => match tcp.into_std() {
+                Ok(tcp) => drop(runtime.spawn(async move {
+                    match TcpStream::from_std(tcp) {
+                        Ok(tcp) => connection(tcp).await,
+                        Err(error) => {
+                            tracing::warn!(%error, %client, "cannot move a TCP funnel connection to its upstream's runtime");
+                        }
+                    }
+                })),
+                Err(error) => {
+                    tracing::warn!(%error, %client, "cannot move a TCP funnel connection to its upstream's runtime");
+                }
+            },
+        }
     }
 }
 

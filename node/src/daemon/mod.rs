@@ -51,7 +51,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use postern_netstack::{Netstack, NetstackConfig, NetstackError, TcpStream};
+use postern_netstack::{Netstack, NetstackConfig, NetstackError, OwnerThread, TcpStream};
 use postern_proto::control::AuthKeySecret;
 use postern_proto::netmap::Netmap;
 use postern_proto::{NodePublicKey, x25519};
@@ -487,8 +487,11 @@ impl NodeRuntime {
         stack_config.mtu = usize::from(NODE_MTU);
         // The engine authenticated every packet and checked its source: checksums add nothing.
         stack_config.verify_checksums = false;
-        // POSTERN_TCP_PACING and POSTERN_RECEIVE_COALESCING switch the TCP senders' pacing
-        // and receive coalescing (for benchmarks).
+        // The data path (the engine's task, the stack's owner, the copies of served TCP
+        // connections) shares one thread: see `OwnerThread`.
+        stack_config.owner_thread = OwnerThread::Dedicated;
+        // POSTERN_TCP_PACING, POSTERN_RECEIVE_COALESCING and POSTERN_NETSTACK_THREAD switch
+        // the TCP senders' pacing, receive coalescing and the stack's thread (for benchmarks).
         stack_config.apply_env()?;
         let (netstack, seam) = Netstack::new(stack_config)?;
 
@@ -498,9 +501,12 @@ impl NodeRuntime {
             keys.disco.to_x25519(),
             rand::random(),
         );
-        let udp =
+        let udp = {
+            // The engine's task runs beside the stack's owner.
+            let _data_path = netstack.runtime().enter();
             UdpEngine::spawn_with_paths(engine, socket, UdpShellConfig::default(), Some(selector))
-                .map_err(|source| RuntimeError::Bind { addr: bind, source })?;
+                .map_err(|source| RuntimeError::Bind { addr: bind, source })?
+        };
         let UdpEngine {
             outbound,
             events,

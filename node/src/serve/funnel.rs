@@ -25,7 +25,7 @@ use super::config::{ServeTable, ServeTarget};
 use super::identity::{PeerDirectory, RequestOrigin};
 use super::observer::ExchangeObserver;
 use super::proxy::{HttpProxy, ORIGIN_CONNECT_TIMEOUT, OriginPool};
-use super::splice;
+use super::splice_on;
 
 /// How long the ingress has to send its hello after connecting.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,6 +33,8 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// What the acceptor needs from the node.
 #[derive(Clone)]
 pub(super) struct FunnelAcceptor {
+    /// The netstack's runtime, where TCP funnels' copies run ([`super::splice_on`]).
+    pub(super) runtime: tokio::runtime::Handle,
     pub(super) table: ServeTable,
     pub(super) directory: Arc<dyn PeerDirectory>,
     pub(super) observer: Arc<dyn ExchangeObserver>,
@@ -130,7 +132,7 @@ impl FunnelAcceptor {
                     Ok(local) => {
                         let _ = local.set_nodelay(true);
                         if stream.write_all(&HopReply::Accepted.encode()).await.is_ok() {
-                            splice(stream, local).await;
+                            splice_on(&self.runtime, stream, local).await;
                         }
                     }
                     Err(error) => {

@@ -93,6 +93,7 @@ impl ServeRuntime {
             .map_err(ServeError::HopPort)?;
         let origins = OriginPool::new();
         let acceptor = FunnelAcceptor {
+            runtime: netstack.runtime().clone(),
             table: table.clone(),
             directory: Arc::clone(&directory),
             observer: Arc::clone(&observer),
@@ -170,15 +171,14 @@ impl TailnetListeners {
                     tracing::info!(port, "serving on the tailnet");
                     let stop = cancel.child_token();
                     self.listening.insert(port, stop.clone());
-                    tokio::spawn(serve_port(
-                        listener,
-                        port,
-                        self.table.clone(),
-                        Arc::clone(&self.directory),
-                        Arc::clone(&self.observer),
-                        self.origins.clone(),
-                        stop,
-                    ));
+                    let context = PortContext {
+                        runtime: self.netstack.runtime().clone(),
+                        table: self.table.clone(),
+                        directory: Arc::clone(&self.directory),
+                        observer: Arc::clone(&self.observer),
+                        origins: self.origins.clone(),
+                    };
+                    tokio::spawn(serve_port(listener, port, context, stop));
                 }
                 Err(error) => {
                     tracing::warn!(port, %error, "cannot serve this port on the tailnet");
@@ -188,16 +188,30 @@ impl TailnetListeners {
     }
 }
 
-/// Accepts tailnet connections on one port until `stop`.
-async fn serve_port(
-    listener: TcpListener,
-    port: u16,
+/// What serving a tailnet port needs.
+struct PortContext {
+    /// The netstack's runtime, where TCP services' copies run ([`splice_on`]).
+    runtime: tokio::runtime::Handle,
     table: ServeTable,
     directory: Arc<dyn PeerDirectory>,
     observer: Arc<dyn ExchangeObserver>,
     origins: OriginPool,
+}
+
+/// Accepts tailnet connections on one port until `stop`.
+async fn serve_port(
+    listener: TcpListener,
+    port: u16,
+    context: PortContext,
     stop: CancellationToken,
 ) {
+    let PortContext {
+        runtime,
+        table,
+        directory,
+        observer,
+        origins,
+    } = context;
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
@@ -219,6 +233,7 @@ async fn serve_port(
         match &service.target {
             ServeTarget::Tcp { target } => {
                 let target = *target;
+                let runtime = runtime.clone();
                 tokio::spawn(async move {
                     let local = tokio::time::timeout(
                         proxy::ORIGIN_CONNECT_TIMEOUT,
@@ -230,7 +245,7 @@ async fn serve_port(
                             let _ = local.set_nodelay(true);
                             tokio::select! {
                                 () = stop.cancelled() => {}
-                                () = splice(stream, local) => {}
+                                () = splice_on(&runtime, stream, local) => {}
                             }
                         }
                         Ok(Err(error)) => {
@@ -260,6 +275,33 @@ async fn serve_port(
             }
         }
     }
+}
+
+/// Copies both ways between the tailnet `stream` and the kernel socket `local` until both
+/// are done, on the netstack's `runtime` ([`Netstack::runtime`]: with a dedicated stack
+/// thread, the copies then hand off to the stack without waking another thread). The kernel
+/// socket is moved to that runtime first. Dropping the returned future stops the copies.
+async fn splice_on(
+    runtime: &tokio::runtime::Handle,
+    stream: postern_netstack::TcpStream,
+    local: tokio::net::TcpStream,
+) {
+    let local = match local.into_std() {
+        Ok(local) => local,
+        Err(error) => {
+            tracing::debug!(%error, "cannot move the served TCP connection to the data path");
+            return;
+        }
+    };
+    let copies = runtime.spawn(async move {
+        match tokio::net::TcpStream::from_std(local) {
+            Ok(local) => splice(stream, local).await,
+            Err(error) => {
+                tracing::debug!(%error, "cannot move the served TCP connection to the data path");
+            }
+        }
+    });
+    let _ = tokio_util::task::AbortOnDropHandle::new(copies).await;
 }
 
 /// Copies both ways between `a` and `b` (half-closes carried across) until both are done.

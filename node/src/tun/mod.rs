@@ -162,7 +162,7 @@ impl KernelTunnel {
             routes::add(&name, *net).await?;
         }
         let mark = plan.full_tunnel().then_some(routes::FULL_TUNNEL_MARK);
-        let udp = spawn_udp_engine(config, mark).await?;
+        let udp = spawn_udp_engine(config, mark, &tokio::runtime::Handle::current()).await?;
         // After the socket is marked: from here on everything unmarked enters the tunnel.
         let full_tunnel = routes::FullTunnel::install(&name, &plan).await?;
         let UdpEngine {

@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use postern_netstack::{Netstack, NetstackConfig, NetstackError};
+use postern_netstack::{Netstack, NetstackConfig, NetstackError, OwnerThread};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -141,17 +141,19 @@ impl UserspaceTunnel {
     pub async fn start(config: &WgConfig) -> Result<Self, TunnelError> {
         let addresses = stack_addresses(config)?;
         let mtu = config.interface.mtu.unwrap_or(DEFAULT_MTU);
-        let udp = spawn_udp_engine(config, None).await?;
-
         let mut stack_config = NetstackConfig::new(addresses);
         stack_config.mtu = usize::from(mtu);
         // The engine authenticated every packet (AEAD) and checked its source against the
         // peer's allowed IPs: checksums add nothing but cost.
         stack_config.verify_checksums = false;
-        // POSTERN_TCP_PACING and POSTERN_RECEIVE_COALESCING switch the TCP senders' pacing
-        // and receive coalescing (for benchmarks).
+        // The engine's task, the stack's owner and the forwards' copies share one thread
+        // (see `OwnerThread`).
+        stack_config.owner_thread = OwnerThread::Dedicated;
+        // POSTERN_TCP_PACING, POSTERN_RECEIVE_COALESCING and POSTERN_NETSTACK_THREAD switch
+        // the TCP senders' pacing, receive coalescing and the stack's thread (for benchmarks).
         stack_config.apply_env()?;
         let (netstack, seam) = Netstack::new(stack_config)?;
+        let udp = spawn_udp_engine(config, None, netstack.runtime()).await?;
 
         let cancel = CancellationToken::new();
         let UdpEngine {
@@ -334,11 +336,13 @@ impl Drop for UserspaceTunnel {
 }
 
 /// Builds the engine for `config` (its key and peers, `Endpoint` host names resolved once)
-/// and starts the [UDP shell](crate::udp) on `ListenPort` (or any free port). Shared by the
-/// userspace and the [kernel](crate::tun) modes. Must be called inside a tokio runtime.
+/// and starts the [UDP shell](crate::udp) on `ListenPort` (or any free port), its task on
+/// `runtime`. Shared by the userspace and the [kernel](crate::tun) modes. Must be called
+/// inside a tokio runtime.
 pub(crate) async fn spawn_udp_engine(
     config: &WgConfig,
     mark: Option<u32>,
+    runtime: &tokio::runtime::Handle,
 ) -> Result<UdpEngine, TunnelError> {
     let now = Instant::now();
     let mut engine = PeerEngine::new(config.engine_config(), now);
@@ -359,6 +363,7 @@ pub(crate) async fn spawn_udp_engine(
         config.interface.listen_port.unwrap_or(0),
     );
     let socket = bind_udp(bind, mark).map_err(|source| TunnelError::Bind { addr: bind, source })?;
+    let _runtime = runtime.enter();
     UdpEngine::spawn(engine, socket, UdpShellConfig::default())
         .map_err(|source| TunnelError::Bind { addr: bind, source })
 }

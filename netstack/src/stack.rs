@@ -39,7 +39,8 @@ const MAX_SLEEP: std::time::Duration = std::time::Duration::from_secs(3600);
 /// A userspace TCP/IP stack with its own addresses, driven through a [`PacketSeam`].
 ///
 /// Create it with [`Netstack::new`]; it starts one task that owns the smoltcp interface, on
-/// the caller's runtime or on a thread of its own ([`NetstackConfig::owner_thread`]). Cloning the handle is cheap; when the last clone is dropped the stack
+/// the caller's runtime or on a thread of its own ([`NetstackConfig::owner_thread`]).
+/// Cloning the handle is cheap; when the last clone is dropped the stack
 /// stops: its task ends, open connections are reset and every socket returns
 /// [`NetstackError::Stopped`].
 #[derive(Clone)]
@@ -105,21 +106,6 @@ impl Netstack {
     /// the field), if there is no runtime, or if the thread cannot be started.
     pub fn new(config: NetstackConfig) -> Result<(Self, PacketSeam), NetstackError> {
         config.validate()?;
-        let owner_runtime = match config.owner_thread {
-            OwnerThread::Shared => None,
-            OwnerThread::Dedicated => Some(
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(1)
-                    .thread_name("netstack")
-                    .enable_all()
-                    .build()
-                    .map_err(NetstackError::Thread)?,
-            ),
-        };
-        let runtime = match &owner_runtime {
-            Some(owner) => owner.handle().clone(),
-            None => tokio::runtime::Handle::try_current().map_err(|_| NetstackError::NoRuntime)?,
-        };
         let (to_stack, inbound) = mpsc::channel(config.seam_capacity);
         let (outbound, from_stack) = mpsc::channel(config.seam_capacity);
 
@@ -182,21 +168,15 @@ impl Netstack {
             config,
         });
         let owner = run_owner(shared.clone(), inbound, outbound);
-        match owner_runtime {
-            None => drop(runtime.spawn(owner)),
-            Some(owner_runtime) => {
-                std::thread::Builder::new()
-                    .name("netstack-keeper".into())
-                    .spawn(move || {
-                        let owner = owner_runtime.spawn(owner);
-                        let _ = owner_runtime.block_on(owner);
-                        // The stack has stopped: what else ran here (the engine, copies of
-                        // its connections) is dropped with the runtime.
-                        drop(owner_runtime);
-                    })
-                    .map_err(NetstackError::Thread)?;
+        let runtime = match shared.config.owner_thread {
+            OwnerThread::Shared => {
+                let runtime =
+                    tokio::runtime::Handle::try_current().map_err(|_| NetstackError::NoRuntime)?;
+                drop(runtime.spawn(owner));
+                runtime
             }
-        }
+            OwnerThread::Dedicated => start_owner_thread(owner)?,
+        };
         let stop = Arc::new(StopOnDrop(shared.clone()));
         Ok((
             Self {
@@ -1105,6 +1085,46 @@ async fn run_owner(
     };
     if outbound_open && !out.is_empty() {
         let _ = outbound.try_send(out);
+    }
+}
+
+/// Starts the threads of a stack with [`OwnerThread::Dedicated`] and runs `owner` there;
+/// returns the handle of the owner's runtime.
+///
+/// The runtime is made, run and dropped on the `netstack-keeper` thread, never on the
+/// caller's, which may be inside another runtime (where dropping one panics). The keeper
+/// waits for the owner to end (the stack stopped), then drops the runtime with whatever
+/// else still runs on it.
+fn start_owner_thread(
+    owner: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<tokio::runtime::Handle, NetstackError> {
+    let (started, start) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("netstack-keeper".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("netstack")
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    let _ = started.send(Err(error));
+                    return;
+                }
+            };
+            let owner = runtime.spawn(owner);
+            let _ = started.send(Ok(runtime.handle().clone()));
+            let _ = runtime.block_on(owner);
+            drop(runtime);
+        })
+        .map_err(NetstackError::Thread)?;
+    match start.recv() {
+        Ok(result) => result.map_err(NetstackError::Thread),
+        Err(_) => Err(NetstackError::Thread(std::io::Error::other(
+            "the netstack's thread ended while starting",
+        ))),
     }
 }
 

@@ -150,19 +150,17 @@ pub async fn serve_tcp_funnel(
             None => drop(tokio::spawn(connection(tcp))),
             // The pipe runs where the upstream's streams are driven (the mesh hop's stack
             // thread), with the client's socket moved there.
-            Some(runtime) => match tcp.into_std() {
-                Ok(tcp) => drop(runtime.spawn(async move {
-                    match TcpStream::from_std(tcp) {
+            Some(runtime) => {
+                let moved = tcp.into_std();
+                drop(runtime.spawn(async move {
+                    match moved.and_then(TcpStream::from_std) {
                         Ok(tcp) => connection(tcp).await,
                         Err(error) => {
                             tracing::warn!(%error, %client, "cannot move a TCP funnel connection to its upstream's runtime");
                         }
                     }
-                })),
-                Err(error) => {
-                    tracing::warn!(%error, %client, "cannot move a TCP funnel connection to its upstream's runtime");
-                }
-            },
+                }));
+            }
         }
     }
 }

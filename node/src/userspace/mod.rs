@@ -146,8 +146,8 @@ impl UserspaceTunnel {
         // The engine authenticated every packet (AEAD) and checked its source against the
         // peer's allowed IPs: checksums add nothing but cost.
         stack_config.verify_checksums = false;
-        // The engine's task, the stack's owner and the forwards' copies share one thread
-        // (see `OwnerThread`).
+        // The engine's task and the stack's owner share one thread (see `OwnerThread`); the
+        // forwards and the SOCKS5 server stay on the caller's runtime.
         stack_config.owner_thread = OwnerThread::Dedicated;
         // POSTERN_TCP_PACING, POSTERN_RECEIVE_COALESCING and POSTERN_NETSTACK_THREAD switch
         // the TCP senders' pacing, receive coalescing and the stack's thread (for benchmarks).

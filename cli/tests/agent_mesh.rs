@@ -83,6 +83,19 @@ fn two_nodes_carry_bytes_both_ways_and_show_each_other() {
         value("postern_node_dropped_packets_total{reason=\"filtered\"}"),
         0.0
     );
+    // The data path's own counters: 2 MB arrived as some 1,500 packets of at most 1,420
+    // bytes, each a datagram, and the userspace stack took every one in.
+    let stack_in = value("postern_node_netstack_packets_total{direction=\"in\"}");
+    assert!(stack_in > 1_400.0, "stack took {stack_in} packets in");
+    assert!(value("postern_node_netstack_packets_total{direction=\"out\"}") > 0.0);
+    assert!(value("postern_node_datagrams_received_total") >= stack_in);
+    assert!(value("postern_node_datagrams_sent_total") > 0.0);
+    // Present (the connection is closed by now, so the count itself may be 0).
+    assert!(value("postern_node_netstack_tcp_sockets") >= 0.0);
+    assert_eq!(
+        value("postern_node_netstack_dropped_packets_total{reason=\"malformed\"}"),
+        0.0
+    );
     assert!(
         metrics
             .0

@@ -294,15 +294,15 @@ async fn metrics(State(context): State<ApiContext>) -> Response {
     let snapshot = async {
         let status = full_status(&context).await?;
         let engine = context.node.engine_stats().await?;
-        Ok::<_, RuntimeError>((status, engine))
+        Ok::<_, RuntimeError>((status, engine, context.node.data_path_stats()))
     };
     match snapshot.await {
-        Ok((status, engine)) => (
+        Ok((status, engine, data_path)) => (
             [(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static(super::metrics::CONTENT_TYPE),
             )],
-            super::metrics::encode(&status, &engine),
+            super::metrics::encode(&status, &engine, &data_path),
         )
             .into_response(),
         Err(err) => error(StatusCode::SERVICE_UNAVAILABLE, &err.to_string()),

@@ -14,6 +14,12 @@
 //! | `postern_node_peer_last_handshake_timestamp_seconds` | gauge (absent before the first) | `peer` |
 //! | `postern_node_peer_path` | gauge, 1 for the path in use | `peer`, `path` (`direct`, `relayed`, `none`) |
 //! | `postern_node_dropped_packets_total` | counter | `reason` |
+//! | `postern_node_datagrams_received_total`, `postern_node_datagrams_sent_total` | counter | |
+//! | `postern_node_relayed_datagrams_received_total`, `postern_node_relayed_datagrams_sent_total` | counter | |
+//! | `postern_node_netstack_packets_total` | counter | `direction` (`in`, `out`) |
+//! | `postern_node_netstack_dropped_packets_total` | counter | `reason` |
+//! | `postern_node_netstack_backlog_refused_total` | counter | |
+//! | `postern_node_netstack_tcp_sockets`, `postern_node_netstack_udp_sockets` | gauge | |
 //! | `postern_node_cookie_replies_total` | counter | |
 //! | `postern_node_serves`, `postern_node_funnels` | gauge | |
 
@@ -23,8 +29,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use postern_netstack::NetstackStats;
+
 use super::status::Status;
 use crate::engine::EngineStats;
+use crate::udp::ShellCounters;
 
 /// The content type of [`encode`]'s text (OpenMetrics).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -51,8 +60,53 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabel {
+    direction: &'static str,
+}
+
+/// The data path's own counters, besides the engine's: the UDP shell around it and the
+/// userspace stack. A packet dropped here never reached the engine or an application, so
+/// these are where a transfer's losses inside the node show.
+#[derive(Debug, Clone, Default)]
+pub struct DataPathStats {
+    /// Decrypted packets dropped because the stack had not taken the previous ones yet.
+    pub stack_full: u64,
+    /// Datagrams the UDP socket refused to send.
+    pub send_errors: u64,
+    /// Datagrams received on the UDP socket.
+    pub datagrams_in: u64,
+    /// Datagrams sent on the UDP socket.
+    pub datagrams_out: u64,
+    /// Datagrams received from a relay.
+    pub relay_in: u64,
+    /// Datagrams handed to a relay.
+    pub relay_out: u64,
+    /// Datagrams for a relayed path dropped (no relay, or its queue was full).
+    pub relay_dropped: u64,
+    /// The userspace stack's counters.
+    pub netstack: NetstackStats,
+}
+
+impl DataPathStats {
+    /// Reads the shell's counters and takes the stack's.
+    pub fn read(shell: &ShellCounters, netstack: NetstackStats) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        Self {
+            stack_full: shell.inbound_dropped.load(Relaxed),
+            send_errors: shell.send_errors.load(Relaxed),
+            datagrams_in: shell.datagrams_in.load(Relaxed),
+            datagrams_out: shell.datagrams_out.load(Relaxed),
+            relay_in: shell.relay_in.load(Relaxed),
+            relay_out: shell.relay_out.load(Relaxed),
+            relay_dropped: shell.relay_dropped.load(Relaxed),
+            netstack,
+        }
+    }
+}
+
 /// The metrics of one snapshot as OpenMetrics text.
-pub fn encode(status: &Status, engine: &EngineStats) -> String {
+pub fn encode(status: &Status, engine: &EngineStats, data_path: &DataPathStats) -> String {
     let mut registry = Registry::with_prefix("postern_node");
 
     let info = Family::<InfoLabels, Gauge>::default();
@@ -139,13 +193,83 @@ pub fn encode(status: &Status, engine: &EngineStats) -> String {
         ("no_endpoint", engine.no_endpoint),
         ("source_not_allowed", engine.source_not_allowed),
         ("filtered", engine.filtered),
+        ("stack_full", data_path.stack_full),
+        ("send_error", data_path.send_errors),
+        ("relay_unavailable", data_path.relay_dropped),
     ] {
         dropped.get_or_create(&ReasonLabel { reason }).inc_by(count);
     }
     registry.register(
         "dropped_packets",
-        "Packets and datagrams the WireGuard engine dropped, by reason (filtered: refused by the tailnet policy)",
+        "Packets and datagrams the WireGuard engine and its UDP socket dropped, by reason (filtered: refused by the tailnet policy; stack_full: decrypted while the userspace stack was behind)",
         dropped,
+    );
+    for (name, help, count) in [
+        (
+            "datagrams_received",
+            "UDP datagrams received on the WireGuard socket",
+            data_path.datagrams_in,
+        ),
+        (
+            "datagrams_sent",
+            "UDP datagrams sent on the WireGuard socket",
+            data_path.datagrams_out,
+        ),
+        (
+            "relayed_datagrams_received",
+            "Datagrams received through a relay",
+            data_path.relay_in,
+        ),
+        (
+            "relayed_datagrams_sent",
+            "Datagrams sent through a relay",
+            data_path.relay_out,
+        ),
+    ] {
+        registry.register(name, help, counter(count));
+    }
+    let stack = &data_path.netstack;
+    let packets = Family::<DirectionLabel, Counter>::default();
+    packets
+        .get_or_create(&DirectionLabel { direction: "in" })
+        .inc_by(stack.packets_in);
+    packets
+        .get_or_create(&DirectionLabel { direction: "out" })
+        .inc_by(stack.packets_out);
+    registry.register(
+        "netstack_packets",
+        "IP packets the userspace stack took in (in) and handed to the engine (out)",
+        packets,
+    );
+    let stack_dropped = Family::<ReasonLabel, Counter>::default();
+    for (reason, count) in [
+        ("malformed", stack.malformed_dropped),
+        ("not_local", stack.not_local_dropped),
+        ("engine_gone", stack.outbound_dropped),
+    ] {
+        stack_dropped
+            .get_or_create(&ReasonLabel { reason })
+            .inc_by(count);
+    }
+    registry.register(
+        "netstack_dropped_packets",
+        "IP packets the userspace stack dropped, by reason",
+        stack_dropped,
+    );
+    registry.register(
+        "netstack_backlog_refused",
+        "Connections to this node refused because the listener's backlog was full",
+        counter(stack.backlog_refused),
+    );
+    registry.register(
+        "netstack_tcp_sockets",
+        "TCP sockets the userspace stack holds (listening, open, closing)",
+        gauge(saturating_i64(stack.tcp_sockets)),
+    );
+    registry.register(
+        "netstack_udp_sockets",
+        "UDP sockets the userspace stack holds",
+        gauge(saturating_i64(stack.udp_sockets)),
     );
     let cookies = Counter::<u64>::default();
     cookies.inc_by(engine.cookie_replies);
@@ -171,6 +295,12 @@ pub fn encode(status: &Status, engine: &EngineStats) -> String {
         text.clear();
     }
     text
+}
+
+fn counter(value: u64) -> Counter {
+    let counter = Counter::default();
+    counter.inc_by(value);
+    counter
 }
 
 fn gauge(value: i64) -> Gauge {
@@ -233,6 +363,10 @@ mod tests {
 
     #[test]
     fn series_follow_the_snapshot_and_absent_facts_are_absent() {
+        let mut netstack = NetstackStats::default();
+        netstack.packets_in = 33;
+        netstack.malformed_dropped = 1;
+        netstack.tcp_sockets = 2;
         let engine = EngineStats {
             filtered: 3,
             cookie_replies: 2,
@@ -244,6 +378,12 @@ mod tests {
                 peer("quiet", "none", None),
             ]),
             &engine,
+            &DataPathStats {
+                stack_full: 7,
+                datagrams_in: 40,
+                netstack,
+                ..DataPathStats::default()
+            },
         );
         for line in [
             "postern_node_coord_connected 0",
@@ -257,6 +397,13 @@ mod tests {
             "postern_node_dropped_packets_total{reason=\"filtered\"} 3",
             "postern_node_dropped_packets_total{reason=\"replayed\"} 0",
             "postern_node_cookie_replies_total 2",
+            "postern_node_dropped_packets_total{reason=\"stack_full\"} 7",
+            "postern_node_dropped_packets_total{reason=\"send_error\"} 0",
+            "postern_node_datagrams_received_total 40",
+            "postern_node_netstack_packets_total{direction=\"in\"} 33",
+            "postern_node_netstack_packets_total{direction=\"out\"} 0",
+            "postern_node_netstack_dropped_packets_total{reason=\"malformed\"} 1",
+            "postern_node_netstack_tcp_sockets 2",
             "postern_node_serves 0",
             "postern_node_info{name=\"me\",version=\"0.1.0\"} 1",
         ] {

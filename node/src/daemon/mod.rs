@@ -69,7 +69,7 @@ use crate::control::{
 };
 use crate::disco::PathSelector;
 use crate::engine::{EngineConfig, Event, PathId, PeerConfig, PeerEngine};
-use crate::udp::{EngineCommand, NewFilter, StackLink, UdpEngine, UdpShellConfig};
+use crate::udp::{EngineCommand, NewFilter, ShellCounters, StackLink, UdpEngine, UdpShellConfig};
 
 /// The tunnel MTU of a node (WireGuard's usual figure).
 pub const NODE_MTU: u16 = 1420;
@@ -425,6 +425,7 @@ struct Shared {
     netstack: Netstack,
     commands: mpsc::Sender<EngineCommand>,
     to_engine: mpsc::Sender<Vec<Bytes>>,
+    shell_counters: Arc<ShellCounters>,
     listen_port: u16,
     netmap: watch::Receiver<Option<Arc<Netmap>>>,
     directory: RwLock<Arc<PeerDirectory>>,
@@ -513,6 +514,7 @@ impl NodeRuntime {
             commands,
             public_endpoints,
             task: engine_task,
+            counters: shell_counters,
             ..
         } = udp;
         let (report_tx, reports) = watch::channel(paths::EndpointReport {
@@ -529,6 +531,7 @@ impl NodeRuntime {
             netstack: netstack.clone(),
             commands: commands.clone(),
             to_engine: outbound.clone(),
+            shell_counters,
             listen_port,
             netmap: netmap_rx,
             directory: RwLock::new(Arc::new(PeerDirectory::new(&first))),
@@ -675,6 +678,12 @@ impl NodeHandle {
             .await
             .map_err(|_| RuntimeError::Stopping)?;
         rx.await.map_err(|_| RuntimeError::Stopping)
+    }
+
+    /// The data path's counters besides the engine's: the UDP socket's and the userspace
+    /// stack's (for `GET /v0/metrics`).
+    pub fn data_path_stats(&self) -> metrics::DataPathStats {
+        metrics::DataPathStats::read(&self.shared.shell_counters, self.shared.netstack.stats())
     }
 
     /// The status snapshot: this node, its peers and their counters.

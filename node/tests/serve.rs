@@ -124,7 +124,7 @@ async fn start_origin(tag: &'static str, release: Arc<Notify>) -> SocketAddr {
                 let head = read_head(&mut tcp).await;
                 if head.starts_with("GET /stream ") {
                     tcp.write_all(
-                        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\nfirst\n\r\n",
+                        b"HTTP/1.1 200 OK\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n6\r\nfirst\n\r\n",
                     )
                     .await
                     .unwrap();

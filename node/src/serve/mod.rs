@@ -78,9 +78,10 @@ impl ServeRuntime {
     /// Starts the funnel acceptor and one tailnet listener per service of `table`, and
     /// keeps the listeners in step with the table.
     ///
-    /// Must be called inside a tokio runtime. Fails if the hop port is taken. A served
-    /// port that cannot be listened on (taken by something else on the netstack) is
-    /// logged and retried at the next table change; the rest keep serving.
+    /// Must be called inside a tokio runtime. The table's ports listen when it returns.
+    /// Fails if the hop port is taken. A served port that cannot be listened on (taken by
+    /// something else on the netstack) is logged and retried at the next table change; the
+    /// rest keep serving.
     pub fn start(
         netstack: Netstack,
         table: ServeTable,
@@ -99,7 +100,7 @@ impl ServeRuntime {
             observer: Arc::clone(&observer),
             origins: origins.clone(),
         };
-        let tailnet = TailnetListeners {
+        let mut tailnet = TailnetListeners {
             netstack,
             table,
             directory,
@@ -107,6 +108,9 @@ impl ServeRuntime {
             origins,
             listening: HashMap::new(),
         };
+        // The ports of the table as given listen before `start` returns, so a connection
+        // made right after it is not refused; later changes are applied by the task.
+        tailnet.reconcile(&cancel);
         let tasks = vec![
             tokio::spawn(acceptor.run(hop, cancel.clone())),
             tokio::spawn(tailnet.run(cancel.clone())),

@@ -30,13 +30,14 @@ pub mod allowed_ips;
 pub mod filter;
 pub mod path;
 pub mod session;
+mod transmit_queue;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use boringtun::x25519::{PublicKey, StaticSecret};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use ipnet::IpNet;
 
 use self::allowed_ips::AllowedIps;
@@ -45,6 +46,8 @@ pub use self::path::PathId;
 use self::session::{
     Boringtun, Screened, SessionError, SessionOutput, WireGuardResponder, WireGuardSession,
 };
+use self::transmit_queue::TransmitQueue;
+pub use self::transmit_queue::{MAX_RUN_BYTES, TransmitRun};
 
 /// How often session timers run (boringtun asks for about every 250 ms).
 pub const TIMER_TICK: Duration = Duration::from_millis(250);
@@ -60,6 +63,11 @@ pub const MAX_IP_PACKET: usize = 65_535;
 
 /// Overhead WireGuard adds to an IP packet: 16-byte header and 16-byte tag.
 const DATA_OVERHEAD: usize = 32;
+/// Capacity of a new receive buffer: packets are split off it until it is used up, and it
+/// is freed when the last of them is.
+const RECEIVE_CHUNK: usize = 64 << 10;
+/// Size of a WireGuard handshake initiation.
+const HANDSHAKE_INIT_LEN: usize = 148;
 /// Message type of a handshake initiation.
 const MSG_HANDSHAKE_INIT: u8 = 1;
 /// Message type of a handshake response.
@@ -245,9 +253,11 @@ pub struct PeerEngine<R: WireGuardResponder = Boringtun> {
     routes: AllowedIps<u32>,
     filter: Box<dyn InboundFilter>,
     flows: FlowTable,
-    transmits: VecDeque<Transmit>,
+    transmits: TransmitQueue,
     events: VecDeque<Event>,
     scratch: Vec<u8>,
+    /// Where datagrams are decrypted: an accepted packet is split off it, not copied.
+    received: BytesMut,
     stats: EngineStats,
     last_now: Instant,
     next_timers: Instant,
@@ -293,9 +303,10 @@ impl<R: WireGuardResponder> PeerEngine<R> {
             routes: AllowedIps::new(),
             filter: Box::new(AllowAll),
             flows: FlowTable::new(flow_capacity),
-            transmits: VecDeque::new(),
+            transmits: TransmitQueue::default(),
             events: VecDeque::new(),
             scratch: vec![0u8; MAX_IP_PACKET + DATA_OVERHEAD + 256],
+            received: BytesMut::new(),
             stats: EngineStats::default(),
             last_now: now,
             next_timers: now + TIMER_TICK,
@@ -435,10 +446,7 @@ impl<R: WireGuardResponder> PeerEngine<R> {
         {
             Screened::CookieReply(cookie) => {
                 self.stats.cookie_replies += 1;
-                self.transmits.push_back(Transmit {
-                    dst: from,
-                    payload: Bytes::copy_from_slice(cookie),
-                });
+                self.transmits.push_copy(from, cookie);
                 return;
             }
             Screened::Rejected(e) => {
@@ -459,17 +467,21 @@ impl<R: WireGuardResponder> PeerEngine<R> {
             return;
         };
         let kind = datagram.first().copied().unwrap_or(0);
+        // Decrypted into the receive buffer, so the packet leaves as a slice of it.
+        let room = datagram.len().max(HANDSHAKE_INIT_LEN);
+        if self.received.capacity() < room {
+            self.received = BytesMut::with_capacity(room.max(RECEIVE_CHUNK));
+        }
+        self.received.clear();
+        self.received.resize(room, 0);
+        let base = self.received.as_ptr();
         match peer
             .session
-            .decapsulate(now, src_ip, datagram, &mut self.scratch)
+            .decapsulate(now, src_ip, datagram, &mut self.received[..])
         {
             SessionOutput::WriteToNetwork(reply) => {
-                let reply = Bytes::copy_from_slice(reply);
+                self.transmits.push_copy(from, reply);
                 roam(peer, from, &mut self.events);
-                self.transmits.push_back(Transmit {
-                    dst: from,
-                    payload: reply,
-                });
                 match kind {
                     MSG_HANDSHAKE_RESPONSE => handshake_completed(peer, now, &mut self.events),
                     MSG_HANDSHAKE_INIT => peer.awaiting_confirmation = true,
@@ -494,9 +506,15 @@ impl<R: WireGuardResponder> PeerEngine<R> {
                 if accepted {
                     peer.stats.rx_packets += 1;
                     peer.stats.rx_bytes += packet.len() as u64;
+                    let packet = if packet.as_ptr() == base {
+                        let len = packet.len();
+                        self.received.split_to(len).freeze()
+                    } else {
+                        Bytes::copy_from_slice(packet)
+                    };
                     self.events.push_back(Event::InboundPacket {
                         peer: peer.public_key,
-                        packet: Bytes::copy_from_slice(packet),
+                        packet,
                     });
                 }
             }
@@ -537,16 +555,36 @@ impl<R: WireGuardResponder> PeerEngine<R> {
         self.flows.note_outbound(&meta, now);
         peer.stats.tx_packets += 1;
         peer.stats.tx_bytes += packet.len() as u64;
-        match peer.session.encapsulate(now, packet, &mut self.scratch) {
-            SessionOutput::WriteToNetwork(datagram) => match peer.stats.endpoint {
-                Some(dst) => self.transmits.push_back(Transmit {
-                    dst,
-                    payload: Bytes::copy_from_slice(datagram),
-                }),
-                None => self.stats.no_endpoint += 1,
-            },
-            SessionOutput::Error(e) => self.count_error(e),
-            SessionOutput::Done | SessionOutput::WriteToTunnel(_) => {}
+        let endpoint = peer.stats.endpoint;
+        // Sealed straight into the transmit queue (a data message is the packet, padded
+        // to 16 bytes, plus 32; a handshake initiation sent instead is 148).
+        let room = (packet.len() + DATA_OVERHEAD + 16).max(HANDSHAKE_INIT_LEN);
+        let (reservation, space) = self.transmits.reserve(room);
+        let base = space.as_ptr();
+        let written = match peer.session.encapsulate(now, packet, space) {
+            SessionOutput::WriteToNetwork(datagram) if datagram.as_ptr() == base => {
+                Ok(Some(datagram.len()))
+            }
+            // A session that wrote elsewhere (none does today): copied below.
+            SessionOutput::WriteToNetwork(datagram) => Err(datagram.to_vec()),
+            SessionOutput::Error(e) => {
+                self.transmits.abandon(reservation);
+                self.count_error(e);
+                return;
+            }
+            SessionOutput::Done | SessionOutput::WriteToTunnel(_) => Ok(None),
+        };
+        match (written, endpoint) {
+            (Ok(Some(len)), Some(dst)) => self.transmits.commit(reservation, dst, len),
+            (Ok(None), _) => self.transmits.abandon(reservation),
+            (Err(datagram), Some(dst)) => {
+                self.transmits.abandon(reservation);
+                self.transmits.push_copy(dst, &datagram);
+            }
+            (_, None) => {
+                self.transmits.abandon(reservation);
+                self.stats.no_endpoint += 1;
+            }
         }
     }
 
@@ -573,10 +611,7 @@ impl<R: WireGuardResponder> PeerEngine<R> {
         for peer in self.peers.values_mut() {
             match peer.session.update_timers(now, &mut self.scratch) {
                 SessionOutput::WriteToNetwork(datagram) => match peer.stats.endpoint {
-                    Some(dst) => self.transmits.push_back(Transmit {
-                        dst,
-                        payload: Bytes::copy_from_slice(datagram),
-                    }),
+                    Some(dst) => self.transmits.push_copy(dst, datagram),
                     None => self.stats.no_endpoint += 1,
                 },
                 SessionOutput::Error(SessionError::Expired) => {
@@ -599,7 +634,19 @@ impl<R: WireGuardResponder> PeerEngine<R> {
     /// queue are never sent.
     #[must_use = "a datagram the engine produced must be sent or deliberately dropped"]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+        self.transmits.pop()
+    }
+
+    /// The next run of datagrams to send with one segmented send (UDP GSO), if any:
+    /// consecutive datagrams to one destination, all of one size but a shorter last one, at
+    /// most `max_segments` of them and [`MAX_RUN_BYTES`] in all. They lie back to back
+    /// already, so taking them copies nothing.
+    ///
+    /// An alternative to [`Self::poll_transmit`] (the two take from the same queue), with
+    /// the same duty: call until it returns `None`.
+    #[must_use = "datagrams the engine produced must be sent or deliberately dropped"]
+    pub fn poll_transmit_run(&mut self, max_segments: usize) -> Option<TransmitRun> {
+        self.transmits.pop_run(max_segments)
     }
 
     /// The next event, if any.
@@ -642,10 +689,7 @@ impl<R: WireGuardResponder> PeerEngine<R> {
         for _ in 0..1024 {
             match peer.session.decapsulate(now, None, &[], &mut self.scratch) {
                 SessionOutput::WriteToNetwork(datagram) => match peer.stats.endpoint {
-                    Some(dst) => self.transmits.push_back(Transmit {
-                        dst,
-                        payload: Bytes::copy_from_slice(datagram),
-                    }),
+                    Some(dst) => self.transmits.push_copy(dst, datagram),
                     None => self.stats.no_endpoint += 1,
                 },
                 SessionOutput::Error(e) => {

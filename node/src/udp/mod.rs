@@ -24,8 +24,6 @@
 //! rest to the socket. Each path the selector picks is set on the engine, with roaming off
 //! for that peer.
 
-mod batch;
-
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,11 +43,11 @@ use postern_proto::netmap::RegionId;
 
 use crate::engine::filter::InboundFilter;
 use crate::engine::session::WireGuardResponder;
-use crate::engine::{EngineError, EngineStats, Event, PathId, PeerConfig, PeerEngine, PeerStats};
+use crate::engine::{
+    EngineError, EngineStats, Event, PathId, PeerConfig, PeerEngine, PeerStats, TransmitRun,
+};
 use boringtun::x25519::PublicKey;
 use ipnet::IpNet;
-
-pub use self::batch::{GsoRun, gso_runs};
 
 /// Largest UDP payload one receive buffer holds (a full GRO batch is at most 64 KiB).
 const RECV_BUF: usize = 65_536;
@@ -641,19 +639,18 @@ impl<R: WireGuardResponder> Shell<R> {
             let batch = std::mem::take(&mut self.pending_inbound);
             self.deliver_inbound(batch);
         }
-        let mut transmits = Vec::new();
-        while let Some(t) = self.engine.poll_transmit() {
-            match t.dst {
-                PathId::Relay { region, peer } => self.send_relayed(region, peer, t.payload),
-                _ => transmits.push(t),
-            }
-        }
-        if transmits.is_empty() {
-            return Ok(());
-        }
         let max_segments = self.state.max_gso_segments();
-        for run in gso_runs(&transmits, max_segments) {
-            send_run(&self.socket, &self.state, &self.counters, &run).await?;
+        while let Some(run) = self.engine.poll_transmit_run(max_segments) {
+            match run.dst {
+                PathId::Relay { region, peer } => {
+                    for datagram in run.segments() {
+                        self.send_relayed(region, peer, datagram);
+                    }
+                }
+                PathId::Direct(_) => {
+                    send_run(&self.socket, &self.state, &self.counters, &run).await?;
+                }
+            }
         }
         Ok(())
     }
@@ -713,7 +710,7 @@ async fn send_run(
     socket: &tokio::net::UdpSocket,
     state: &UdpSocketState,
     counters: &ShellCounters,
-    run: &GsoRun,
+    run: &TransmitRun,
 ) -> io::Result<()> {
     let PathId::Direct(destination) = run.dst else {
         // Relay paths are carried by the relay client, not this socket.
@@ -746,7 +743,7 @@ async fn send_run(
                     let single = quinn_udp::Transmit {
                         destination,
                         ecn: None,
-                        contents: segment,
+                        contents: &segment,
                         segment_size: None,
                         src_ip: None,
                     };

@@ -182,6 +182,70 @@ impl TcpStream {
             .is_some_and(|socket| !socket.nagle_enabled())
     }
 
+    /// Writes into the connection's send buffer in place: `fill` gets the free space (one
+    /// contiguous part of it) and returns how many bytes it wrote there, which are then
+    /// sent. A relay that reads from a kernel socket passes a `try_read` into that socket,
+    /// so the bytes go from the kernel straight into the send buffer with no copy between.
+    ///
+    /// Takes `&self`, so one task can write this way while another reads. Pending (the
+    /// waker registered) while the send buffer is full; `fill` is then not called. An error
+    /// of `fill` is returned as it is, with nothing written (`WouldBlock` included: poll
+    /// the source's readiness, then call again). Fails like [`AsyncWrite::poll_write`] once
+    /// the connection is reset or its sending half closed.
+    pub fn poll_write_with(
+        &self,
+        cx: &mut Context<'_>,
+        fill: impl FnOnce(&mut [u8]) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
+        let mut st = self.shared.lock();
+        if st.stopped {
+            return Poll::Ready(Err(stopped()));
+        }
+        let Some(socket) = st.tcp_socket(self.handle) else {
+            return Poll::Ready(Err(stopped()));
+        };
+        if !socket.may_send() {
+            return Poll::Ready(Err(send_closed(socket, self.peer)));
+        }
+        if !socket.can_send() {
+            socket.register_send_waker(cx.waker());
+            return Poll::Pending;
+        }
+        let written = socket.send(|free| {
+            let room = free.len();
+            match fill(free) {
+                Ok(n) => (n.min(room), Ok(n.min(room))),
+                Err(error) => (0, Err(error)),
+            }
+        });
+        match written {
+            Ok(Ok(n)) => {
+                drop(st);
+                if n > 0 {
+                    self.shared.wake_owner();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Ok(Err(error)) => Poll::Ready(Err(error)),
+            Err(_) => Poll::Ready(Err(send_closed(socket, self.peer))),
+        }
+    }
+
+    /// Closes the sending half (a FIN after the bytes already written), like
+    /// [`AsyncWrite::poll_shutdown`] but through `&self`.
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        let mut st = self.shared.lock();
+        if st.stopped {
+            return Err(stopped());
+        }
+        if let Some(socket) = st.tcp_socket(self.handle) {
+            socket.close();
+        }
+        drop(st);
+        self.shared.wake_owner();
+        Ok(())
+    }
+
     /// Waits until an outbound connection is established or has failed.
     pub(crate) async fn wait_connected(&self, timeout: Duration) -> Result<(), NetstackError> {
         let started = Instant::now();
@@ -232,9 +296,36 @@ fn stopped() -> io::Error {
     NetstackError::Stopped.into()
 }
 
+/// Why a connection takes no more bytes: reset by the peer, or its sending half closed.
+fn send_closed(socket: &smoltcp::socket::tcp::Socket<'_>, peer: SocketAddr) -> io::Error {
+    if socket.state() == State::Closed {
+        io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            format!("connection with {peer} was reset"),
+        )
+    } else {
+        io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "the sending half of this TCP stream is closed",
+        )
+    }
+}
+
 impl AsyncRead for TcpStream {
     fn poll_read(
         self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.get_mut().poll_read_shared(cx, buf)
+    }
+}
+
+impl TcpStream {
+    /// [`AsyncRead::poll_read`] through `&self`, so one task can read while another writes
+    /// with [`Self::poll_write_with`].
+    pub fn poll_read_shared(
+        &self,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
@@ -324,17 +415,7 @@ impl AsyncWrite for TcpStream {
                 self.shared.wake_owner();
                 Poll::Ready(Ok(n))
             }
-            Err(_) => Poll::Ready(Err(if socket.state() == State::Closed {
-                io::Error::new(
-                    io::ErrorKind::ConnectionReset,
-                    format!("connection with {} was reset", self.peer),
-                )
-            } else {
-                io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    "the sending half of this TCP stream is closed",
-                )
-            })),
+            Err(_) => Poll::Ready(Err(send_closed(socket, self.peer))),
         }
     }
 

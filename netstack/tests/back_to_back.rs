@@ -258,6 +258,59 @@ async fn half_close_keeps_the_other_direction_open() {
     within(10, server).await.unwrap();
 }
 
+/// Writing in place: what the fill writes is sent, an error of the fill (a source with
+/// nothing to read yet) writes nothing, a full send buffer waits, and after
+/// `shutdown_write` the stream refuses more as `poll_write` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_in_place_sends_what_the_fill_wrote_and_nothing_on_its_error() {
+    use std::future::poll_fn;
+
+    let p = pair();
+    let listener = p.b.listen_tcp(81).unwrap();
+    let server = tokio::spawn(async move {
+        let mut stream = listener.accept().await.unwrap();
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).await.unwrap();
+        got
+    });
+    let client = within(10, p.a.connect_tcp(addr(B_V4, 81))).await.unwrap();
+
+    let nothing_yet = poll_fn(|cx| {
+        client.poll_write_with(cx, |_| Err(io::Error::from(io::ErrorKind::WouldBlock)))
+    })
+    .await;
+    assert_eq!(nothing_yet.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+
+    // 4 MiB through a 2 MiB send buffer: the fills must wait for room in between.
+    let data = pattern(4 << 20, 3);
+    let mut sent = 0;
+    while sent < data.len() {
+        let n = within(
+            10,
+            poll_fn(|cx| {
+                client.poll_write_with(cx, |free| {
+                    let n = free.len().min(data.len() - sent).min(10_000);
+                    free[..n].copy_from_slice(&data[sent..sent + n]);
+                    Ok(n)
+                })
+            }),
+        )
+        .await
+        .unwrap();
+        assert!(n > 0);
+        sent += n;
+    }
+    client.shutdown_write().unwrap();
+    let refused = poll_fn(|cx| client.poll_write_with(cx, |_| Ok(1))).await;
+    assert_eq!(refused.unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+    let got = within(20, server).await.unwrap();
+    assert!(
+        got == data,
+        "received {} bytes, not the 4 MiB sent",
+        got.len()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connecting_to_a_port_nobody_listens_on_is_refused() {
     let p = pair();

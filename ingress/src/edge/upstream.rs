@@ -18,9 +18,12 @@ use super::pool::{Dial, HttpPool, PoolLimits};
 use crate::gate::Identity;
 
 /// A bidirectional byte stream to a target (TCP, or the embedded node's netstack).
-pub trait UpstreamIo: AsyncRead + AsyncWrite + Send + Unpin {}
+///
+/// `Any`, so a relay can tell a stream of the mesh from others and take its faster path
+/// (the TCP funnel's `pipe_to_mesh`).
+pub trait UpstreamIo: AsyncRead + AsyncWrite + Send + Unpin + std::any::Any {}
 
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> UpstreamIo for T {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> UpstreamIo for T {}
 
 /// The future of [`Upstream::connect`]: a stream to the target, or the connect error.
 pub type Connecting<'a> =

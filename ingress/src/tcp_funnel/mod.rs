@@ -32,7 +32,7 @@ use crate::edge::Upstream;
 
 pub use limiter::{ClientLimiter, ClientSlot};
 pub use passthrough::{PassthroughFunnel, TlsPortRouter, TlsRoute};
-pub use pipe::{PipeClock, PipeEnd, PipeOutcome, pipe};
+pub use pipe::{PipeClock, PipeEnd, PipeOutcome, pipe, pipe_to_mesh};
 pub use proxy_header::{ProxyHeaderError, proxy_v2_header};
 
 /// A raw TCP funnel: a public port and where its connections go.
@@ -139,7 +139,22 @@ pub async fn serve_tcp_funnel(
                 .then(|| proxy_v2_header(client, local));
             let record = match connect_target(&*funnel.upstream, header, limits).await {
                 Ok(target) => {
-                    let outcome = pipe(tcp, target, limits, audit_record.started).await;
+                    let started = audit_record.started;
+                    let outcome =
+                        if (&*target as &dyn std::any::Any).is::<postern_netstack::TcpStream>() {
+                            let any: Box<dyn std::any::Any + Send> = target;
+                            match any.downcast::<postern_netstack::TcpStream>() {
+                                Ok(mesh) => pipe_to_mesh(tcp, *mesh, limits, started).await,
+                                // Cannot happen (the type was just checked); audited if it did.
+                                Err(_) => PipeOutcome {
+                                    end: PipeEnd::IoError,
+                                    bytes_from_client: 0,
+                                    bytes_to_client: 0,
+                                },
+                            }
+                        } else {
+                            pipe(tcp, target, limits, started).await
+                        };
                     audit_record.piped(&outcome)
                 }
                 Err(reason) => audit_record.failed(reason),

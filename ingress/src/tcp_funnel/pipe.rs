@@ -2,12 +2,18 @@
 //!
 //! [`PipeClock`] is the sans-IO part: it is told when bytes moved and answers when the pipe
 //! must close. [`pipe`] is the thin shell: two copy loops (each half-closes its side when
-//! its source ends) and a watchdog that sleeps until the clock's next deadline.
+//! its source ends) and a watchdog that sleeps until the clock's next deadline;
+//! [`pipe_to_mesh`] is the same between a kernel socket and a stream of the mesh, without
+//! the copy through a buffer of its own on the way in.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::future::poll_fn;
+
+use postern_netstack::TcpStream as MeshStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 
 use super::TcpLimits;
 
@@ -108,23 +114,84 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let from_client = AtomicU64::new(0);
-    let to_client = AtomicU64::new(0);
-    // Nanoseconds after `started` at which bytes last moved.
-    let activity = AtomicU64::new(0);
+    let counters = PipeCounters::default();
     let (client_read, client_write) = tokio::io::split(client);
     let (target_read, target_write) = tokio::io::split(target);
     let copies = async {
         tokio::try_join!(
-            copy_half(client_read, target_write, &from_client, &activity, started),
-            copy_half(target_read, client_write, &to_client, &activity, started),
+            copy_half(
+                client_read,
+                target_write,
+                &counters.from_client,
+                &counters.activity,
+                started
+            ),
+            copy_half(
+                target_read,
+                client_write,
+                &counters.to_client,
+                &counters.activity,
+                started
+            ),
         )
+        .map(drop)
     };
+    run(copies, &counters, limits, started).await
+}
+
+/// [`pipe`] between a client's kernel socket and a stream of the mesh (a TCP funnel over
+/// the mesh): the client's bytes are read from the kernel straight into the mesh stream's
+/// send buffer ([`MeshStream::poll_write_with`]), one copy fewer per byte than through a
+/// buffer of the pipe's own. On a bulk upload that copy was 5 % of the stack thread's time.
+pub async fn pipe_to_mesh(
+    client: TcpStream,
+    mesh: MeshStream,
+    limits: TcpLimits,
+    started: Instant,
+) -> PipeOutcome {
+    let counters = PipeCounters::default();
+    let copies = async {
+        tokio::try_join!(
+            client_to_mesh(&client, &mesh, &counters, started),
+            mesh_to_client(&mesh, &client, &counters, started),
+        )
+        .map(drop)
+    };
+    run(copies, &counters, limits, started).await
+}
+
+/// What a pipe's copies count while it runs.
+#[derive(Debug, Default)]
+struct PipeCounters {
+    from_client: AtomicU64,
+    to_client: AtomicU64,
+    /// Nanoseconds after `started` at which bytes last moved.
+    activity: AtomicU64,
+}
+
+impl PipeCounters {
+    fn moved(&self, direction: &AtomicU64, bytes: usize, started: Instant) {
+        let moved_at = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.activity.fetch_max(moved_at, Ordering::Relaxed);
+        direction.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
+
+/// Runs `copies` against the pipe's timeouts (a watchdog that sleeps until the
+/// [`PipeClock`]'s next deadline).
+async fn run(
+    copies: impl std::future::Future<Output = std::io::Result<()>>,
+    counters: &PipeCounters,
+    limits: TcpLimits,
+    started: Instant,
+) -> PipeOutcome {
     let watchdog = async {
         let mut clock = PipeClock::new(started, limits);
         loop {
             tokio::time::sleep_until(clock.poll_timeout().into()).await;
-            clock.handle_activity(started + Duration::from_nanos(activity.load(Ordering::Relaxed)));
+            clock.handle_activity(
+                started + Duration::from_nanos(counters.activity.load(Ordering::Relaxed)),
+            );
             if let Some(end) = clock.handle_timeout(Instant::now()) {
                 return end;
             }
@@ -132,15 +199,63 @@ where
     };
     let end = tokio::select! {
         copied = copies => match copied {
-            Ok(_) => PipeEnd::Closed,
+            Ok(()) => PipeEnd::Closed,
             Err(_) => PipeEnd::IoError,
         },
         end = watchdog => end,
     };
     PipeOutcome {
         end,
-        bytes_from_client: from_client.load(Ordering::Relaxed),
-        bytes_to_client: to_client.load(Ordering::Relaxed),
+        bytes_from_client: counters.from_client.load(Ordering::Relaxed),
+        bytes_to_client: counters.to_client.load(Ordering::Relaxed),
+    }
+}
+
+/// The client-to-mesh half of [`pipe_to_mesh`]: the kernel's bytes land in the mesh
+/// stream's send buffer; the mesh's sending half closes when the client's ends.
+async fn client_to_mesh(
+    client: &TcpStream,
+    mesh: &MeshStream,
+    counters: &PipeCounters,
+    started: Instant,
+) -> std::io::Result<()> {
+    loop {
+        client.readable().await?;
+        let read = poll_fn(|cx| mesh.poll_write_with(cx, |free| client.try_read(free))).await;
+        match read {
+            Ok(0) => return mesh.shutdown_write(),
+            Ok(n) => counters.moved(&counters.from_client, n, started),
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// The mesh-to-client half of [`pipe_to_mesh`]; the client's sending half closes when the
+/// mesh's ends.
+async fn mesh_to_client(
+    mesh: &MeshStream,
+    client: &TcpStream,
+    counters: &PipeCounters,
+    started: Instant,
+) -> std::io::Result<()> {
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let mut read = ReadBuf::new(&mut buffer);
+        poll_fn(|cx| mesh.poll_read_shared(cx, &mut read)).await?;
+        let mut chunk = read.filled();
+        if chunk.is_empty() {
+            return socket2::SockRef::from(client).shutdown(std::net::Shutdown::Write);
+        }
+        counters.moved(&counters.to_client, chunk.len(), started);
+        while !chunk.is_empty() {
+            client.writable().await?;
+            match client.try_write(chunk) {
+                Ok(n) => chunk = chunk.get(n..).unwrap_or_default(),
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(error) => return Err(error),
+            }
+        }
     }
 }
 
@@ -231,6 +346,79 @@ mod tests {
         let outcome = task.await.unwrap();
         assert_eq!(outcome.end, PipeEnd::Closed);
         assert_eq!((outcome.bytes_from_client, outcome.bytes_to_client), (5, 6));
+    }
+
+    /// A kernel TCP client, `pipe_to_mesh`, and a stream between two userspace stacks joined
+    /// in memory: megabytes each way arrive intact, each side's end reaches the other as a
+    /// half-close, and the counts are the bytes that moved.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pipe_to_mesh_carries_both_ways_and_half_closes() {
+        use postern_netstack::{Impairment, MemoryWire, Netstack, NetstackConfig};
+
+        let config = |ip: &str| NetstackConfig::new([ip.parse::<std::net::IpAddr>().unwrap()]);
+        let (edge, edge_seam) = Netstack::new(config("100.64.0.1")).unwrap();
+        let (node, node_seam) = Netstack::new(config("100.64.0.2")).unwrap();
+        let _wire = MemoryWire::connect(edge_seam, node_seam, Impairment::none());
+        let target = node.listen_tcp(5000).unwrap();
+        let mesh = edge
+            .connect_tcp(([100, 64, 0, 2], 5000).into())
+            .await
+            .unwrap();
+        let mut target = target.accept().await.unwrap();
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let task = tokio::spawn(pipe_to_mesh(
+            accepted,
+            mesh,
+            limits(30, None),
+            Instant::now(),
+        ));
+
+        let up: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let down: Vec<u8> = (0..2_000_000u32).map(|i| (i % 241) as u8).collect();
+        let (client_read, mut client_write) = client.split();
+        let send_up = async {
+            client_write.write_all(&up).await.unwrap();
+            client_write.shutdown().await.unwrap();
+        };
+        let target_side = async {
+            let mut got = Vec::new();
+            target.read_to_end(&mut got).await.unwrap();
+            target.write_all(&down).await.unwrap();
+            target.shutdown().await.unwrap();
+            got
+        };
+        let receive_down = async {
+            let mut back = Vec::new();
+            let mut client_read = client_read;
+            client_read.read_to_end(&mut back).await.unwrap();
+            back
+        };
+        let ((), got, back) = tokio::time::timeout(Duration::from_secs(30), async {
+            tokio::join!(send_up, target_side, receive_down)
+        })
+        .await
+        .expect("the pipe stalled");
+        assert!(
+            got == up,
+            "the upload arrived changed ({} bytes)",
+            got.len()
+        );
+        assert!(
+            back == down,
+            "the download arrived changed ({} bytes)",
+            back.len()
+        );
+        let outcome = task.await.unwrap();
+        assert_eq!(outcome.end, PipeEnd::Closed);
+        assert_eq!(
+            (outcome.bytes_from_client, outcome.bytes_to_client),
+            (3_000_000, 2_000_000)
+        );
     }
 
     #[tokio::test]

@@ -398,25 +398,16 @@ impl AsyncWrite for TcpStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let mut st = self.shared.lock();
-        if st.stopped {
-            return Poll::Ready(Err(stopped()));
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
         }
-        let Some(socket) = st.tcp_socket(self.handle) else {
-            return Poll::Ready(Err(stopped()));
-        };
-        match socket.send_slice(buf) {
-            Ok(0) if !buf.is_empty() => {
-                socket.register_send_waker(cx.waker());
-                Poll::Pending
+        self.poll_write_with(cx, |free| {
+            let n = free.len().min(buf.len());
+            if let (Some(to), Some(from)) = (free.get_mut(..n), buf.get(..n)) {
+                to.copy_from_slice(from);
             }
-            Ok(n) => {
-                drop(st);
-                self.shared.wake_owner();
-                Poll::Ready(Ok(n))
-            }
-            Err(_) => Poll::Ready(Err(send_closed(socket, self.peer))),
-        }
+            Ok(n)
+        })
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {

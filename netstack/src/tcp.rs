@@ -332,6 +332,34 @@ impl TcpStream {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
+        self.poll_read_with(cx, |data| {
+            let n = data.len().min(buf.remaining());
+            if let Some(chunk) = data.get(..n) {
+                buf.put_slice(chunk);
+            }
+            Ok(n)
+        })
+        .map_ok(drop)
+    }
+
+    /// Reads from the connection's receive buffer in place: `drain` gets the received bytes
+    /// (one contiguous part of them; called again for the rest when the buffer wraps and it
+    /// took all of the first) and returns how many it consumed. A relay that writes to a
+    /// kernel socket passes a `try_write` into that socket, so the bytes go from the
+    /// receive buffer straight into the kernel.
+    ///
+    /// Ready with the bytes consumed, or with 0 once the peer has finished sending and
+    /// every byte was read (`drain` is then not called). Pending (the waker registered)
+    /// while nothing was received. An error of `drain` before it consumed anything is
+    /// returned as it is (`WouldBlock` included: poll the sink's readiness, then call
+    /// again); after it consumed some, the count is returned and the error comes back at
+    /// the next call. `drain` must not return `Ok(0)` for bytes it was given unless it
+    /// wants to stop.
+    pub fn poll_read_with(
+        &self,
+        cx: &mut Context<'_>,
+        mut drain: impl FnMut(&[u8]) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
         let mut st = self.shared.lock();
         if st.stopped {
             return Poll::Ready(Err(stopped()));
@@ -343,23 +371,37 @@ impl TcpStream {
         // Two rounds: the receive buffer is a ring, and the data may wrap around its end.
         let mut outcome = Ok(());
         for _ in 0..2 {
-            let copied = socket.recv(|data| {
-                let n = data.len().min(buf.remaining());
-                if let Some(chunk) = data.get(..n) {
-                    buf.put_slice(chunk);
+            let consumed = socket.recv(|data| {
+                let offered = data.len();
+                if offered == 0 {
+                    return (0, Ok((0, true)));
                 }
-                (n, n)
+                match drain(data) {
+                    Ok(n) => {
+                        let n = n.min(offered);
+                        (n, Ok((n, n == offered)))
+                    }
+                    Err(error) => (0, Err(error)),
+                }
             });
-            match copied {
-                Ok(0) => break,
-                Ok(n) => total += n,
+            match consumed {
+                Ok(Ok((0, _))) => break,
+                Ok(Ok((n, took_all))) => {
+                    total += n;
+                    if !took_all {
+                        break;
+                    }
+                }
+                Ok(Err(error)) => {
+                    if total == 0 {
+                        return Poll::Ready(Err(error));
+                    }
+                    break;
+                }
                 Err(err) => {
                     outcome = Err(err);
                     break;
                 }
-            }
-            if buf.remaining() == 0 {
-                break;
             }
         }
         if total > 0 {
@@ -372,14 +414,14 @@ impl TcpStream {
             if update {
                 self.shared.wake_owner();
             }
-            return Poll::Ready(Ok(()));
+            return Poll::Ready(Ok(total));
         }
         match outcome {
             Ok(()) => {
                 socket.register_recv_waker(cx.waker());
                 Poll::Pending
             }
-            Err(RecvError::Finished) => Poll::Ready(Ok(())),
+            Err(RecvError::Finished) => Poll::Ready(Ok(0)),
             Err(RecvError::InvalidState) => Poll::Ready(Err(if socket.state() == State::Closed {
                 io::Error::new(
                     io::ErrorKind::ConnectionReset,

@@ -311,6 +311,61 @@ async fn write_in_place_sends_what_the_fill_wrote_and_nothing_on_its_error() {
     );
 }
 
+/// Reading in place: an error of the drain consumes nothing, a partial drain leaves the
+/// rest for the next call, everything arrives in order, and the end of the peer's
+/// sending reads as 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_in_place_consumes_what_the_drain_took_and_ends_with_zero() {
+    use std::future::poll_fn;
+
+    let p = pair();
+    let listener = p.b.listen_tcp(82).unwrap();
+    let data = pattern(3 << 20, 5);
+    let sent = data.clone();
+    let server = tokio::spawn(async move {
+        let mut stream = listener.accept().await.unwrap();
+        stream.write_all(&sent).await.unwrap();
+        stream.shutdown().await.unwrap();
+    });
+    let client = within(10, p.a.connect_tcp(addr(B_V4, 82))).await.unwrap();
+
+    // Wait until something arrived, then refuse it: nothing may be consumed.
+    let refused = within(
+        10,
+        poll_fn(|cx| {
+            client.poll_read_with(cx, |_| Err(io::Error::from(io::ErrorKind::WouldBlock)))
+        }),
+    )
+    .await;
+    assert_eq!(refused.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+
+    // Take at most 7,000 bytes per call (a sink that accepts part of what it is offered).
+    let mut got = Vec::new();
+    loop {
+        let n = within(
+            10,
+            poll_fn(|cx| {
+                client.poll_read_with(cx, |offered| {
+                    let n = offered.len().min(7_000);
+                    got.extend_from_slice(&offered[..n]);
+                    Ok(n)
+                })
+            }),
+        )
+        .await
+        .unwrap();
+        if n == 0 {
+            break;
+        }
+    }
+    assert!(
+        got == data,
+        "received {} bytes, not the 3 MiB sent",
+        got.len()
+    );
+    within(10, server).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connecting_to_a_port_nobody_listens_on_is_refused() {
     let p = pair();

@@ -140,21 +140,12 @@ pub async fn serve_tcp_funnel(
             let record = match connect_target(&*funnel.upstream, header, limits).await {
                 Ok(target) => {
                     let started = audit_record.started;
-                    let outcome =
-                        if (&*target as &dyn std::any::Any).is::<postern_netstack::TcpStream>() {
-                            let any: Box<dyn std::any::Any + Send> = target;
-                            match any.downcast::<postern_netstack::TcpStream>() {
-                                Ok(mesh) => pipe_to_mesh(tcp, *mesh, limits, started).await,
-                                // Cannot happen (the type was just checked); audited if it did.
-                                Err(_) => PipeOutcome {
-                                    end: PipeEnd::IoError,
-                                    bytes_from_client: 0,
-                                    bytes_to_client: 0,
-                                },
-                            }
-                        } else {
-                            pipe(tcp, target, limits, started).await
-                        };
+                    // A stream of the mesh takes the pipe without a buffer of its own.
+                    let mesh = (&*target as &dyn std::any::Any).downcast_ref();
+                    let outcome = match mesh {
+                        Some(mesh) => pipe_to_mesh(tcp, mesh, limits, started).await,
+                        None => pipe(tcp, target, limits, started).await,
+                    };
                     audit_record.piped(&outcome)
                 }
                 Err(reason) => audit_record.failed(reason),

@@ -62,7 +62,8 @@ impl TransmitQueue {
 
     /// Queues the first `len` bytes of the reserved space as a datagram for `dst`.
     pub(crate) fn commit(&mut self, reservation: Reservation, dst: PathId, len: usize) {
-        let end = reservation.start + len.min(self.bytes.len() - reservation.start);
+        let room = self.bytes.len().saturating_sub(reservation.start);
+        let end = reservation.start + len.min(room);
         self.bytes.truncate(end);
         self.datagrams.push_back((dst, end - reservation.start));
     }

@@ -30,6 +30,7 @@ HTTP_NAMES = {
     "funnel_mtls": "funnel, mTLS gate (client certificate; oha)",
     "funnel_wg": "funnel, no gate, via the WireGuard stand-in (CPU: ingress + both postern)",
     "funnel_mesh": "**funnel over the mesh, no gate** (ingress → embedded node → WireGuard → node → origin; CPU: ingress + node)",
+    "funnel_mesh_gated": "**funnel over the mesh, GitHub webhook gate** (`postern funnel --verify-webhook github`; CPU: ingress + node)",
 }
 TCP_NAMES = {
     "direct": "direct to iperf3",
@@ -80,6 +81,7 @@ GATES = {
     "funnel_oidc": "funnel_open",
     "funnel_rate": "funnel_open",
     "funnel_mtls": "funnel_open_oha",
+    "funnel_mesh_gated": "funnel_mesh",
 }
 
 
@@ -132,7 +134,7 @@ def gate_costs(http, rows, gate_t):
             verdict = "met" if statistics.median(rps_values) >= 0.95 else "NOT met"
         if rounds_rps == "-" and pair_rps == "-":
             continue
-        name = HTTP_NAMES[gate].strip("*")
+        name = HTTP_NAMES[gate].replace("**", "")
         out.append(
             f"| {name} | {rounds_rps} | {rounds_cpu} | {pair_rps} | {pair_cpu} | {verdict} |"
         )

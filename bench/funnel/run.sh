@@ -25,13 +25,19 @@
 #                  each gate's cost is the median of the ratios within its pairs, reported
 #                  with their range
 #   GATES=oidc,mtls   only these gates in the pairs (any of webhook, ip, jwt, oidc, rate,
-#                  mtls; default all); with ROUNDS=0 only these pairs are measured
+#                  mtls; default all); with ROUNDS=0 only these pairs are measured. With
+#                  --mesh, `webhook` also pairs the funnel over the mesh with and without
+#                  the GitHub gate (a second origin on 18081, funnelled by the node with
+#                  `postern funnel 18081 --name meshgated --verify-webhook github`)
 #   CONNS=32 THREADS=2   wrk connections and threads
 #   PIN=1          the ingress alone on CPU 1, everything else (wrk, oha, the origin, the
 #                  relays, the mesh node) on CPU 0: the ingress is then the bottleneck and
 #                  has its core to itself, so a gate's cost shows as requests/s without
 #                  the noise of three processes sharing two cores (for the gate pairs;
-#                  the ingress runs one tokio worker then). Needs 2 CPUs.
+#                  the ingress runs one tokio worker then). Needs 2 CPUs. The funnel over
+#                  the mesh cannot be measured so: its node shares CPU 0 with wrk and the
+#                  origin, and that core, not the ingress, is then the bottleneck; run the
+#                  mesh pairs without PIN (everything on both cores, as in the rounds).
 #   WG_STANDIN=1   also measure the stand-in for the mesh hop (below); 0 to skip it
 #   MESH_ONLY=1    with --mesh: only direct, the ungated funnel, rathole, the edge's TCP
 #                  funnel and the mesh rows (a quick A/B of the mesh path; GATE_PAIRS=0 too)
@@ -86,8 +92,9 @@
 #   MESH (--mesh): postern-coord on 127.0.0.1:18510 (funnel domain bench.test, TCP funnel
 #   ports 18508-18509, a policy that lets the bench user funnel any port ungated), the
 #   same ingress process with a [node] section (ingress auth key), and `postern up` for a
-#   node "bench-node" that runs `postern funnel 18080 --name mesh --bg` and `postern funnel
-#   --tcp 18201 --bg`: requests to https://mesh.bench.test go ingress -> embedded node
+#   node "bench-node" that runs `postern funnel 18080 --name mesh --bg`, `postern funnel
+#   18081 --name meshgated --verify-webhook github --bg` (a second origin: one funnel per
+#   port) and `postern funnel --tcp 18201 --bg`: requests to https://mesh.bench.test go ingress -> embedded node
 #   (userspace WireGuard + netstack, a funnel-hop stream per request) -> loopback UDP ->
 #   the node's engine and netstack -> its funnel acceptor -> the origin; iperf3 to the TCP
 #   funnel's public port the same way. CPU is the ingress's plus the node's.
@@ -158,9 +165,13 @@ while [ $# -gt 0 ]; do
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
+if [ "$mesh" = 1 ] && [[ " ${gate_keys[*]} " == *" funnel_gated "* ]]; then
+    gate_keys+=(funnel_mesh_gated) # the GitHub gate on the product's path too
+fi
 
 # Ports.
 P_ORIGIN=18080
+P_ORIGIN_MESH_GATED=18081 # --mesh: the second origin, behind the node's gated funnel
 P_IPERF=18201
 P_RATHOLE_CTL=18333
 P_SOCAT_TLS=18443
@@ -284,7 +295,7 @@ fi
 
 for port in $P_ORIGIN $P_IPERF $P_RATHOLE_CTL $P_SOCAT_TLS $P_INGRESS $P_TCP_FUNNEL \
     $P_SOCAT_TCP $P_RATHOLE $P_BORE $P_BORE_CTL $P_WG_FWD_TCP $P_TCP_FUNNEL_WG $P_WG_FWD_HTTP \
-    $P_COORD 18508 18509 $P_JWKS $P_IDP; do
+    $P_COORD 18508 18509 $P_JWKS $P_IDP $P_ORIGIN_MESH_GATED; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         die "port $port on 127.0.0.1 is in use; stop what listens there (ss -ltnp 'sport = :$port')"
     fi
@@ -301,13 +312,13 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
     -subj "/CN=postern bench CA" -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null
 openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
     -subj "/CN=open.bench.test" -keyout "$work/leaf.key" -out "$work/leaf.csr" 2>/dev/null
-printf 'subjectAltName=DNS:open.bench.test,DNS:gated.bench.test,DNS:direct.bench.test,DNS:wg.bench.test,DNS:mesh.bench.test,DNS:ip.bench.test,DNS:jwt.bench.test,DNS:rate.bench.test,DNS:oidc.bench.test,DNS:mtls.bench.test\n' >"$work/san.ext"
+printf 'subjectAltName=DNS:open.bench.test,DNS:gated.bench.test,DNS:direct.bench.test,DNS:wg.bench.test,DNS:mesh.bench.test,DNS:meshgated.bench.test,DNS:ip.bench.test,DNS:jwt.bench.test,DNS:rate.bench.test,DNS:oidc.bench.test,DNS:mtls.bench.test\n' >"$work/san.ext"
 openssl x509 -req -in "$work/leaf.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" \
     -CAcreateserial -days 2 -extfile "$work/san.ext" -out "$work/leaf.pem" 2>/dev/null
 cat "$work/leaf.pem" "$work/ca.pem" >"$work/chain.pem"
 
 # The names wrk connects to, in the /etc/hosts of its private mount namespace.
-printf '127.0.0.1 localhost open.bench.test gated.bench.test direct.bench.test wg.bench.test mesh.bench.test ip.bench.test jwt.bench.test rate.bench.test oidc.bench.test mtls.bench.test\n' >"$work/hosts"
+printf '127.0.0.1 localhost open.bench.test gated.bench.test direct.bench.test wg.bench.test mesh.bench.test meshgated.bench.test ip.bench.test jwt.bench.test rate.bench.test oidc.bench.test mtls.bench.test\n' >"$work/hosts"
 
 # A GitHub-push-shaped 1 KiB body and its signature, computed once.
 secret="bench-$(openssl rand -hex 16)"
@@ -597,6 +608,12 @@ if [ "$mesh" = 1 ]; then
     done
     mesh_url="$(pn funnel "$P_ORIGIN" --name mesh --bg --json | jq -r .url)"
     [ "$mesh_url" = "https://mesh.bench.test/" ] || die "unexpected funnel URL $mesh_url"
+    # The same funnel behind the GitHub gate, on a second origin (one funnel per port).
+    start origin_mesh_gated "$work/origin" "127.0.0.1:$P_ORIGIN_MESH_GATED" 256
+    wait_port "$P_ORIGIN_MESH_GATED" origin_mesh_gated
+    mesh_gated_url="$(pn funnel "$P_ORIGIN_MESH_GATED" --name meshgated --verify-webhook github \
+        --secret-env BENCH_GH_SECRET --bg --json | jq -r .url)"
+    [ "$mesh_gated_url" = "https://meshgated.bench.test/" ] || die "unexpected funnel URL $mesh_gated_url"
     mesh_tcp_url="$(pn funnel --tcp "$P_IPERF" --bg --json | jq -r .url)"
     P_MESH_TCP="${mesh_tcp_url##*:}"
     say "mesh funnels: $mesh_url and $mesh_tcp_url"
@@ -636,6 +653,10 @@ if [ "$mesh" = 1 ]; then
         sleep 0.1
     done
     check "funnel over the mesh, no gate" 200 "$(status_of "https://mesh.bench.test:$P_INGRESS/hook")"
+    check "funnel over the mesh, GitHub gate, signed" 200 "$(status_of "https://meshgated.bench.test:$P_INGRESS/hook" \
+        -H "X-Hub-Signature-256: $signature" -H "X-GitHub-Delivery: check-mesh-1")"
+    check "funnel over the mesh, GitHub gate, unsigned" 401 "$(status_of "https://meshgated.bench.test:$P_INGRESS/hook" \
+        -H "X-GitHub-Delivery: check-mesh-2")"
 fi
 check "funnel, IP gate" 200 "$(status_of "https://ip.bench.test:$P_INGRESS/hook")"
 check "funnel, JWT gate, token" 200 "$(status_of "https://jwt.bench.test:$P_INGRESS/hook" -H "Authorization: Bearer $jwt_token")"
@@ -683,6 +704,7 @@ http_variant() { # http_variant KEY ROUND [KIND SECONDS]: one wrk (or oha) measu
     funnel_gated) url="https://gated.bench.test:$P_INGRESS/hook"; cpu_pids=("$pid_ingress") ;;
     funnel_wg) url="https://wg.bench.test:$P_INGRESS/hook"; cpu_pids=("$pid_ingress" "$pid_wg_a" "$pid_wg_b") ;;
     funnel_mesh) url="https://mesh.bench.test:$P_INGRESS/hook"; cpu_pids=("$pid_ingress" "$pid_node") ;;
+    funnel_mesh_gated) url="https://meshgated.bench.test:$P_INGRESS/hook"; cpu_pids=("$pid_ingress" "$pid_node") ;;
     funnel_ip) url="https://ip.bench.test:$P_INGRESS/hook"; cpu_pids=("$pid_ingress") ;;
     funnel_jwt) url="https://jwt.bench.test:$P_INGRESS/hook"; cpu_pids=("$pid_ingress") ;;
     funnel_oidc) url="https://oidc.bench.test:$P_INGRESS/hook"; cpu_pids=("$pid_ingress") ;;
@@ -768,7 +790,7 @@ if [ "$WG_STANDIN" = 1 ]; then
     tcp_keys+=(tcp_funnel_wg)
 fi
 if [ "$mesh" = 1 ]; then
-    http_keys+=(funnel_mesh)
+    http_keys+=(funnel_mesh funnel_mesh_gated)
     tcp_keys+=(tcp_funnel_mesh)
     if [ -n "${MESH_ONLY:-}" ]; then
         # Only what the mesh rows are read against (a quick A/B of the mesh path).
@@ -791,6 +813,7 @@ for pair in $(seq 1 "$GATE_PAIRS"); do
     for gate in "${gate_keys[@]}"; do
         base=funnel_open
         [ "$gate" = funnel_mtls ] && base=funnel_open_oha
+        [ "$gate" = funnel_mesh_gated ] && base=funnel_mesh
         if [ $((pair % 2)) = 1 ]; then order=("$base" "$gate"); else order=("$gate" "$base"); fi
         for key in "${order[@]}"; do http_variant "$key" "$pair" "pair:$gate" "$GATE_T"; done
     done

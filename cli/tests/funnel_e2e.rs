@@ -67,6 +67,8 @@ const COORD_PORT: u16 = 8080;
 const STUN_PORT: u16 = 3478;
 const FUNNEL_DOMAIN: &str = "funnel.test";
 const TCP_PORTS: &str = "20000-20009";
+/// The ingress's `listen.metrics` port, on its namespace's loopback.
+const METRICS_PORT: u16 = 9464;
 const GH_SECRET: &str = "it's a secret to everybody";
 /// Generous bound for anything that involves an ACME order or a netmap round.
 const SERVE_WAIT: Duration = Duration::from_secs(90);
@@ -245,6 +247,7 @@ audit_log = "{audit}"
 [listen]
 https = "0.0.0.0:443"
 http = "0.0.0.0:80"
+metrics = "127.0.0.1:{METRICS_PORT}"
 tcp_port_range = "{TCP_PORTS}"
 [acme]
 directory = "{directory}"
@@ -290,6 +293,21 @@ hostname = "{name}"
             },
         );
         process
+    }
+
+    /// `GET /metrics` of the ingress on `Host::Ingress`, from inside its namespace (the
+    /// metrics port is on its loopback).
+    fn scrape_metrics(&self) -> String {
+        self.lab
+            .run_in(Host::Ingress, || {
+                let mut stream = TcpStream::connect(("127.0.0.1", METRICS_PORT))?;
+                stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+                let mut answer = String::new();
+                stream.read_to_string(&mut answer)?;
+                Ok::<_, std::io::Error>(answer)
+            })
+            .unwrap()
+            .unwrap()
     }
 
     fn stop_ingress(&mut self) {
@@ -893,6 +911,45 @@ fn signed_webhooks_reach_the_laptop_and_forged_ones_stop_at_the_edge() {
         "{:?}",
         got.headers
     );
+
+    // The ingress's /metrics: the edge's decision, and its embedded node's own series
+    // (the data path that carried the delivery), in one OpenMetrics text.
+    let scrape = edge.scrape_metrics();
+    let series = |name: &str| -> Vec<(String, f64)> {
+        scrape
+            .lines()
+            .filter(|line| line.starts_with(name))
+            .filter_map(|line| {
+                let (key, value) = line.rsplit_once(' ')?;
+                Some((key.to_owned(), value.parse().ok()?))
+            })
+            .collect()
+    };
+    let allowed: f64 = series("postern_ingress_requests_total{")
+        .iter()
+        .filter(|(key, _)| {
+            key.contains(&format!("funnel=\"{host}\"")) && key.contains("result=\"allow\"")
+        })
+        .map(|(_, value)| value)
+        .sum();
+    assert!((allowed - 1.0).abs() < f64::EPSILON, "{scrape}");
+    let received = series("postern_node_datagrams_received_total");
+    assert!(
+        received.len() == 1 && received[0].1 > 0.0,
+        "the embedded node's datagrams: {scrape}"
+    );
+    assert!(
+        series("postern_node_peers_online")
+            .first()
+            .is_some_and(|(_, online)| *online >= 1.0),
+        "{scrape}"
+    );
+    assert!(
+        !series("postern_node_netstack_tcp_sockets").is_empty(),
+        "{scrape}"
+    );
+    assert_eq!(scrape.matches("# EOF").count(), 1, "{scrape}");
+    assert!(scrape.trim_end().ends_with("# EOF"), "{scrape}");
 
     // Forged (wrong secret), tampered (signature of another body) and unsigned.
     let forged = github_signature("not the secret", &body);

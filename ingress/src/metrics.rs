@@ -8,6 +8,11 @@
 //! names; nothing is served unless it is set, and it belongs on a private address (the
 //! series name the funnels' hostnames).
 //!
+//! With an embedded node (`[node]`), a scrape also carries the node's own series
+//! (`postern_node_*`, the same as `postern metrics` prints for an agent): its peers, paths
+//! and handshakes, and the data path's datagrams, drops and userspace-stack counters, so
+//! that an operator sees whether a slow funnel loses packets inside the ingress.
+//!
 //! Labels are bounded: the funnel's hostname (unknown hostnames count under `funnel=""`,
 //! never under the name a client sent), the result (`allow`, `deny`, `respond`, `error`,
 //! `expire`), the reason code (a fixed set) and the HTTP status.
@@ -28,6 +33,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+use postern_node::daemon::NodeHandle;
+
 use crate::audit::{AuditRecord, AuditSink, ConnectionRecord};
 use crate::certs::CertResolver;
 use crate::edge_log::EdgeLogForwarder;
@@ -35,7 +42,8 @@ use crate::edge_log::EdgeLogForwarder;
 /// The edge's counters, registered in one Prometheus registry under `postern_ingress`.
 ///
 /// Make one with [`EdgeMetrics::new`], count through a [`MetricsSink`], and render with
-/// [`EdgeMetrics::encode`] (what `GET /metrics` answers).
+/// [`EdgeMetrics::encode`], or [`EdgeMetrics::scrape`] for the edge's series and the
+/// embedded node's together (what `GET /metrics` answers).
 #[derive(Debug)]
 pub struct EdgeMetrics {
     requests: Family<RequestLabels, Counter>,
@@ -50,6 +58,8 @@ pub struct EdgeMetrics {
     /// The forwarder whose counts `edge_log_*` follow, brought up to date at every
     /// [`EdgeMetrics::encode`] (under the lock, so two scrapes never add a step twice).
     edge_log: Option<(Arc<EdgeLogForwarder>, Mutex<()>)>,
+    /// The embedded node, whose series [`EdgeMetrics::scrape`] adds.
+    node: Option<NodeHandle>,
     registry: Registry,
 }
 
@@ -167,6 +177,7 @@ impl EdgeMetrics {
             edge_log_dropped,
             edge_log_forwarded,
             edge_log: None,
+            node: None,
             registry,
         }
     }
@@ -176,6 +187,13 @@ impl EdgeMetrics {
     #[must_use]
     pub fn with_edge_log(mut self, forwarder: Arc<EdgeLogForwarder>) -> Self {
         self.edge_log = Some((forwarder, Mutex::new(())));
+        self
+    }
+
+    /// Adds the embedded node's series (`postern_node_*`) to every [`Self::scrape`].
+    #[must_use]
+    pub fn with_node(mut self, node: NodeHandle) -> Self {
+        self.node = Some(node);
         self
     }
 
@@ -232,7 +250,27 @@ impl EdgeMetrics {
         }
     }
 
-    /// The metrics as OpenMetrics text (what a Prometheus scrape reads).
+    /// The edge's series and, with an embedded node ([`Self::with_node`]), the node's, as
+    /// one OpenMetrics text (what `GET /metrics` answers). A node that is stopping
+    /// contributes nothing; the edge's series are always there.
+    pub async fn scrape(&self) -> String {
+        let edge = self.encode();
+        let Some(node) = &self.node else {
+            return edge;
+        };
+        let snapshot = async {
+            let status = node.status().await?;
+            let engine = node.engine_stats().await?;
+            Ok::<_, postern_node::daemon::RuntimeError>((status, engine, node.data_path_stats()))
+        };
+        let Ok((status, engine, data_path)) = snapshot.await else {
+            return edge;
+        };
+        let node_text = postern_node::daemon::metrics::encode(&status, &engine, &data_path);
+        join_openmetrics(&edge, &node_text)
+    }
+
+    /// The edge's series as OpenMetrics text.
     pub fn encode(&self) -> String {
         if let Some(resolver) = &self.certificates {
             // Certificates come and go (renewals, routes): the series are those served now.
@@ -259,6 +297,17 @@ impl EdgeMetrics {
         }
         text
     }
+}
+
+/// Two OpenMetrics texts as one: the first without its closing `# EOF`, then the second
+/// (whose `# EOF` ends the whole). Their metric families must not share names (the edge's
+/// are `postern_ingress_*`, the node's `postern_node_*`).
+fn join_openmetrics(first: &str, second: &str) -> String {
+    let head = first.strip_suffix("# EOF\n").unwrap_or(first);
+    let mut text = String::with_capacity(head.len() + second.len());
+    text.push_str(head);
+    text.push_str(second);
+    text
 }
 
 /// An [`AuditSink`] that counts every record in [`EdgeMetrics`] and hands it on to the
@@ -307,7 +356,7 @@ pub async fn serve_metrics(
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<Incoming>| {
                 let metrics = Arc::clone(&metrics);
-                async move { Ok::<_, std::convert::Infallible>(answer(&request, &metrics)) }
+                async move { Ok::<_, std::convert::Infallible>(answer(&request, &metrics).await) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let _ = builder
@@ -317,12 +366,12 @@ pub async fn serve_metrics(
     }
 }
 
-fn answer(request: &Request<Incoming>, metrics: &EdgeMetrics) -> Response<Full<Bytes>> {
+async fn answer(request: &Request<Incoming>, metrics: &EdgeMetrics) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match (request.method(), request.uri().path()) {
         (&Method::GET | &Method::HEAD, "/metrics") => (
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.encode(),
+            metrics.scrape().await,
         ),
         (&Method::GET | &Method::HEAD, "/healthz") => {
             (StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into())

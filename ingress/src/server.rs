@@ -92,6 +92,9 @@ pub async fn run_with_mesh(
     if let Some(forwarder) = edge_log {
         metrics = metrics.with_edge_log(forwarder);
     }
+    if let Some(mesh) = &mesh {
+        metrics = metrics.with_node(mesh.node.clone());
+    }
     let metrics = Arc::new(metrics);
     let audit: Arc<dyn AuditSink> = Arc::new(MetricsSink::new(audit, Arc::clone(&metrics)));
     if let Some(static_cert) = &config.static_cert {

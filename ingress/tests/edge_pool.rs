@@ -3,7 +3,8 @@
 //! idle does not fail the next request; one the origin closes as a request goes out on it
 //! is retried on a fresh connection when the request is idempotent and has no body, and
 //! never otherwise; a client-forged hop context header never reaches the origin; a denied
-//! request never reaches it either.
+//! request never reaches it either; client-forged identity headers are stripped, and the
+//! edge writes its own only for an upstream that does not carry the admission itself.
 
 // Helper functions of these tests unwrap too: a failure is the test failing.
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
@@ -15,7 +16,9 @@ use std::time::Duration;
 
 use postern_ingress::audit::{AuditRecord, AuditSink};
 use postern_ingress::certs::HttpChallenges;
-use postern_ingress::edge::{Edge, Funnel, Limits, TcpUpstream};
+use postern_ingress::edge::{
+    Connecting, Edge, EdgeBody, Funnel, Limits, Sending, TcpUpstream, Upstream, UpstreamContext,
+};
 use postern_ingress::gate::{GateChain, IpAction, IpRulesConfig, IpRulesGate, PassThroughGate};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -105,12 +108,35 @@ enum OriginKind {
     ClosesUnderTheSecondRequest,
 }
 
-/// An edge with `app.test` (no gate) and `gated.test` (an IP gate admitting only
-/// 127.0.0.2), both to one origin.
+/// A plain TCP upstream that says it carries the admission itself, as the mesh hop does
+/// (its node writes the identity headers): the edge must then write none.
+#[derive(Debug)]
+struct CarriesAdmission(TcpUpstream);
+
+impl Upstream for CarriesAdmission {
+    fn connect(&self) -> Connecting<'_> {
+        self.0.connect()
+    }
+
+    fn send_request<'a>(
+        &'a self,
+        request: http::Request<EdgeBody>,
+        context: &'a UpstreamContext,
+    ) -> Sending<'a> {
+        self.0.send_request(request, context)
+    }
+
+    fn carries_admission(&self) -> bool {
+        true
+    }
+}
+
+/// An edge with `app.test` (no gate), `gated.test` (an IP gate admitting only 127.0.0.2)
+/// and `relay.test` (no gate, an upstream that carries the admission), all to one origin.
 async fn start_edge(kind: OriginKind) -> Fixture {
     let counts = Arc::new(Counts::default());
     let origin = start_origin(Arc::clone(&counts), kind).await;
-    let (resolver, cert_pem) = local_tls::self_signed(&["app.test", "gated.test"]);
+    let (resolver, cert_pem) = local_tls::self_signed(&["app.test", "gated.test", "relay.test"]);
     let gate = IpRulesGate::new(IpRulesConfig {
         rules: vec!["allow 127.0.0.2/32".parse().unwrap()],
         default: IpAction::Deny,
@@ -127,8 +153,14 @@ async fn start_edge(kind: OriginKind) -> Fixture {
             },
             Funnel {
                 hostname: "gated.test".into(),
-                upstream: Arc::new(TcpUpstream::new(origin)),
+                upstream: Arc::new(TcpUpstream::new(origin.clone())),
                 chain: GateChain::gate(gate),
+                route: None,
+            },
+            Funnel {
+                hostname: "relay.test".into(),
+                upstream: Arc::new(CarriesAdmission(TcpUpstream::new(origin))),
+                chain: GateChain::gate(PassThroughGate),
                 route: None,
             },
         ],
@@ -150,6 +182,7 @@ fn client(fixture: &Fixture, source: &str) -> reqwest::Client {
         .add_root_certificate(reqwest::Certificate::from_pem(fixture.cert_pem.as_bytes()).unwrap())
         .resolve("app.test", fixture.address)
         .resolve("gated.test", fixture.address)
+        .resolve("relay.test", fixture.address)
         .local_address(source.parse::<std::net::IpAddr>().unwrap())
         .timeout(Duration::from_secs(10))
         .build()
@@ -165,6 +198,36 @@ async fn get(client: &reqwest::Client, url: &str) -> (u16, String) {
         .unwrap();
     let status = response.status().as_u16();
     (status, response.text().await.unwrap().to_ascii_lowercase())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_headers_are_the_edges_unless_the_upstream_carries_the_admission() {
+    let fixture = start_edge(OriginKind::KeepAlive).await;
+    let client = client(&fixture, "127.0.0.1");
+    let head_of = |url: &'static str| {
+        let client = client.clone();
+        async move {
+            let response = client
+                .get(url)
+                .header("Postern-Identity", "user:forged")
+                .header("postern-gate", "forged")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            response.text().await.unwrap().to_ascii_lowercase()
+        }
+    };
+    let head = head_of("https://app.test/plain").await;
+    assert!(head.contains("postern-gate: pass-through\r\n"), "{head}");
+    assert!(head.contains("postern-identity: anonymous\r\n"), "{head}");
+    assert_eq!(head.matches("postern-identity:").count(), 1, "{head}");
+    assert!(!head.contains("forged"), "{head}");
+
+    let head = head_of("https://relay.test/carried").await;
+    assert!(head.starts_with("get /carried http/1.1\r\n"), "{head}");
+    assert!(!head.contains("postern-"), "{head}");
+    assert!(!head.contains("forged"), "{head}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -145,23 +145,23 @@ impl HopDialer {
             .and_then(|c| c.admission.as_ref())
             .map(|(_, identity)| identity.attributes.as_slice())
             .unwrap_or_default();
-        for (name, value) in attributes {
-            let Ok(name) = AttributeName::parse(name) else {
-                continue;
-            };
+        let Some(admission) = hello.admission.as_mut() else {
+            return hello;
+        };
+        admission.attributes = attributes
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((AttributeName::parse(name).ok()?, IdentityText::lossy(value)))
+            })
+            .take(MAX_ATTRIBUTES)
+            .collect();
+        // The usual identity fits at once; one too large for a hello loses attributes
+        // from the end until it fits (the gate and principal always travel).
+        while hello.encode().is_err() {
             let Some(admission) = hello.admission.as_mut() else {
                 break;
             };
-            if admission.attributes.len() >= MAX_ATTRIBUTES {
-                break;
-            }
-            admission
-                .attributes
-                .push((name, IdentityText::lossy(value)));
-            if hello.encode().is_err() {
-                if let Some(admission) = hello.admission.as_mut() {
-                    admission.attributes.pop();
-                }
+            if admission.attributes.pop().is_none() {
                 break;
             }
         }
@@ -232,6 +232,11 @@ impl Upstream for MeshUpstream {
     /// hello that names no client (0.0.0.0) and no admission.
     fn runtime(&self) -> Option<tokio::runtime::Handle> {
         Some(self.hop.netstack.runtime().clone())
+    }
+
+    /// The admission travels in the hop's context; the node writes the identity headers.
+    fn carries_admission(&self) -> bool {
+        true
     }
 
     fn connect(&self) -> Connecting<'_> {

@@ -531,7 +531,10 @@ impl Edge {
         if audit.record.gate.as_deref() != Some(gate.as_str()) {
             audit.record.gate = Some(gate.clone());
         }
-        rewrite_identity_headers(&mut parts.headers, Some((&gate, &identity)));
+        // Over the mesh the node writes the identity headers from the hop's context; the
+        // client's are stripped here all the same.
+        let admission = (!funnel.upstream.carries_admission()).then_some((&*gate, &identity));
+        rewrite_identity_headers(&mut parts.headers, admission);
         let context = UpstreamContext {
             client,
             hostname: funnel.hostname.clone(),

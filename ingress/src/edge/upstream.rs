@@ -83,6 +83,15 @@ pub trait Upstream: Send + Sync + fmt::Debug {
         self.connect()
     }
 
+    /// Whether this upstream tells the target who a request is for by itself: the [mesh
+    /// hop](super::MeshUpstream) sends the admission in its own context, from which the
+    /// node writes the identity headers. The edge then strips the client's `Postern-*`
+    /// headers but does not write its own (they would cross the mesh only to be stripped
+    /// and written again). `false`, the default: the edge writes them.
+    fn carries_admission(&self) -> bool {
+        false
+    }
+
     /// The runtime that should drive byte pipes to this upstream (a TCP funnel's
     /// connections), or `None` (the default) for the caller's. The [mesh
     /// hop](super::MeshUpstream) names its netstack's runtime

@@ -12,6 +12,7 @@
 //! forged by a client of an older edge.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
+use postern_node::serve::identity::attribute_header_name;
 
 use super::Identity;
 
@@ -59,61 +60,6 @@ pub fn rewrite_identity_headers(headers: &mut HeaderMap, admission: Option<(&str
     for (name, value) in &identity.attributes {
         if let Some(name) = attribute_header_name(name) {
             headers.append(name, header_value(value));
-        }
-    }
-}
-
-/// The attribute names the built-in gates set, with their header names made once.
-static KNOWN_ATTRIBUTES: [(&str, HeaderName); 11] = [
-    (
-        "Delivery",
-        HeaderName::from_static("postern-identity-delivery"),
-    ),
-    ("Event", HeaderName::from_static("postern-identity-event")),
-    ("Email", HeaderName::from_static("postern-identity-email")),
-    ("Groups", HeaderName::from_static("postern-identity-groups")),
-    ("Login", HeaderName::from_static("postern-identity-login")),
-    ("Name", HeaderName::from_static("postern-identity-name")),
-    (
-        "Subject",
-        HeaderName::from_static("postern-identity-subject"),
-    ),
-    ("From", HeaderName::from_static("postern-identity-from")),
-    (
-        "Client-Ip",
-        HeaderName::from_static("postern-identity-client-ip"),
-    ),
-    (
-        "Cert-Subject",
-        HeaderName::from_static("postern-identity-cert-subject"),
-    ),
-    (
-        "Cert-Sha256",
-        HeaderName::from_static("postern-identity-cert-sha256"),
-    ),
-];
-
-/// `postern-identity-<name>`, lower case; `None` when `name` is not header-name text.
-/// The names of [`KNOWN_ATTRIBUTES`] are not parsed again; others are built on the stack
-/// (no allocation besides the header name's own).
-fn attribute_header_name(name: &str) -> Option<HeaderName> {
-    if let Some((_, known)) = KNOWN_ATTRIBUTES.iter().find(|(known, _)| *known == name) {
-        return Some(known.clone());
-    }
-    const PREFIX: &[u8] = IDENTITY_ATTRIBUTE_PREFIX.as_bytes();
-    let mut buffer = [0u8; 96];
-    let total = PREFIX.len() + name.len();
-    match buffer.get_mut(..total) {
-        Some(full) => {
-            let (prefix, rest) = full.split_at_mut(PREFIX.len());
-            prefix.copy_from_slice(PREFIX);
-            rest.copy_from_slice(name.as_bytes());
-            rest.make_ascii_lowercase();
-            HeaderName::from_bytes(full).ok()
-        }
-        None => {
-            let full = format!("{IDENTITY_ATTRIBUTE_PREFIX}{}", name.to_ascii_lowercase());
-            HeaderName::from_bytes(full.as_bytes()).ok()
         }
     }
 }
@@ -166,14 +112,6 @@ mod tests {
         headers.insert("postern-identity", HeaderValue::from_static("user:admin"));
         rewrite_identity_headers(&mut headers, None);
         assert!(headers.is_empty());
-    }
-
-    #[test]
-    fn known_attribute_names_are_the_names_they_would_be_built_as() {
-        for (name, header) in &KNOWN_ATTRIBUTES {
-            let built = format!("{IDENTITY_ATTRIBUTE_PREFIX}{}", name.to_ascii_lowercase());
-            assert_eq!(header.as_str(), built, "{name}");
-        }
     }
 
     #[test]

@@ -779,6 +779,12 @@ impl serve::PeerDirectory for NodeHandle {
             is_ingress: peer.is_ingress,
         })
     }
+
+    fn is_ingress(&self, addr: IpAddr) -> bool {
+        self.directory()
+            .peer_by_addr(addr)
+            .is_some_and(|peer| peer.is_ingress)
+    }
 }
 
 /// The serve entry a funnel of `spec.port` needs.

@@ -70,6 +70,13 @@ impl From<&Peer> for PeerIdentity {
 pub trait PeerDirectory: Send + Sync {
     /// The peer owning `addr`, or `None` if no peer does.
     fn peer_by_addr(&self, addr: IpAddr) -> Option<PeerIdentity>;
+
+    /// Whether the peer owning `addr` is an ingress. Asked for every request on a pooled
+    /// funnel stream; the default looks the whole peer up, a directory that can answer
+    /// without copying it should.
+    fn is_ingress(&self, addr: IpAddr) -> bool {
+        self.peer_by_addr(addr).is_some_and(|peer| peer.is_ingress)
+    }
 }
 
 impl<F> PeerDirectory for F
@@ -117,6 +124,10 @@ impl StaticPeerDirectory {
 impl PeerDirectory for StaticPeerDirectory {
     fn peer_by_addr(&self, addr: IpAddr) -> Option<PeerIdentity> {
         self.peers.get(&addr).cloned()
+    }
+
+    fn is_ingress(&self, addr: IpAddr) -> bool {
+        self.peers.get(&addr).is_some_and(|peer| peer.is_ingress)
     }
 }
 
@@ -169,61 +180,127 @@ impl fmt::Display for RequestOrigin {
 /// Values that are not printable ASCII are RFC 2047 encoded (`=?utf-8?b?...?=`); control
 /// characters are dropped. A header that cannot be built is left out, never sent half-made.
 pub fn set_identity_headers(headers: &mut HeaderMap, origin: &RequestOrigin) {
+    static USER_LOGIN: HeaderName = HeaderName::from_static(USER_LOGIN_HEADER);
+    static USER_NAME: HeaderName = HeaderName::from_static(USER_NAME_HEADER);
+    static USER_GROUPS: HeaderName = HeaderName::from_static(USER_GROUPS_HEADER);
+    static NODE_NAME: HeaderName = HeaderName::from_static(NODE_NAME_HEADER);
+    static NODE_TAGS: HeaderName = HeaderName::from_static(NODE_TAGS_HEADER);
+    static FUNNEL_HOST: HeaderName = HeaderName::from_static(FUNNEL_HOST_HEADER);
+    static GATE: HeaderName = HeaderName::from_static(GATE_HEADER);
+    static IDENTITY: HeaderName = HeaderName::from_static(IDENTITY_HEADER);
     strip_identity_headers(headers);
-    let mut set = |name: &str, value: &str| {
-        if let (Ok(name), Some(value)) =
-            (HeaderName::from_bytes(name.as_bytes()), header_value(value))
-        {
-            headers.append(name, value);
+    let mut set = |name: &HeaderName, value: &str| {
+        if let Some(value) = header_value(value) {
+            headers.append(name.clone(), value);
         }
     };
     match origin {
         RequestOrigin::Tailnet { peer, .. } => {
             if !peer.user_login.is_empty() {
-                set(USER_LOGIN_HEADER, &peer.user_login);
+                set(&USER_LOGIN, &peer.user_login);
             }
             if !peer.user_name.is_empty() {
-                set(USER_NAME_HEADER, &peer.user_name);
+                set(&USER_NAME, &peer.user_name);
             }
             if !peer.groups.is_empty() {
-                set(USER_GROUPS_HEADER, &peer.groups.join(", "));
+                set(&USER_GROUPS, &peer.groups.join(", "));
             }
-            set(NODE_NAME_HEADER, &peer.node_name);
+            set(&NODE_NAME, &peer.node_name);
             if !peer.tags.is_empty() {
-                set(NODE_TAGS_HEADER, &peer.tags.join(", "));
+                set(&NODE_TAGS, &peer.tags.join(", "));
             }
         }
         RequestOrigin::Funnel { hello } => {
-            set(FUNNEL_HOST_HEADER, hello.hostname.as_str());
+            set(&FUNNEL_HOST, hello.hostname.as_str());
             if let Some(admission) = &hello.admission {
-                set(GATE_HEADER, admission.gate.as_str());
-                set(IDENTITY_HEADER, admission.principal.as_str());
+                set(&GATE, admission.gate.as_str());
+                set(&IDENTITY, admission.principal.as_str());
                 for (name, value) in &admission.attributes {
-                    let full = format!(
-                        "{IDENTITY_ATTRIBUTE_PREFIX}{}",
-                        name.as_str().to_ascii_lowercase()
-                    );
-                    set(&full, value.as_str());
+                    if let Some(name) = attribute_header_name(name.as_str()) {
+                        set(&name, value.as_str());
+                    }
                 }
             }
         }
     }
 }
 
+/// The attribute names the built-in gates set, with their header names made once.
+static KNOWN_ATTRIBUTES: [(&str, HeaderName); 11] = [
+    (
+        "Delivery",
+        HeaderName::from_static("postern-identity-delivery"),
+    ),
+    ("Event", HeaderName::from_static("postern-identity-event")),
+    ("Email", HeaderName::from_static("postern-identity-email")),
+    ("Groups", HeaderName::from_static("postern-identity-groups")),
+    ("Login", HeaderName::from_static("postern-identity-login")),
+    ("Name", HeaderName::from_static("postern-identity-name")),
+    (
+        "Subject",
+        HeaderName::from_static("postern-identity-subject"),
+    ),
+    ("From", HeaderName::from_static("postern-identity-from")),
+    (
+        "Client-Ip",
+        HeaderName::from_static("postern-identity-client-ip"),
+    ),
+    (
+        "Cert-Subject",
+        HeaderName::from_static("postern-identity-cert-subject"),
+    ),
+    (
+        "Cert-Sha256",
+        HeaderName::from_static("postern-identity-cert-sha256"),
+    ),
+];
+
+/// The header of identity attribute `name`: `postern-identity-<name>`, lower case, or
+/// `None` when `name` is not header-name text. The edge and the node both name attribute
+/// headers with it. The names of the built-in gates' attributes are made once; others are
+/// built on the stack (no allocation besides the header name's own).
+pub fn attribute_header_name(name: &str) -> Option<HeaderName> {
+    if let Some((_, known)) = KNOWN_ATTRIBUTES.iter().find(|(known, _)| *known == name) {
+        return Some(known.clone());
+    }
+    const PREFIX: &[u8] = IDENTITY_ATTRIBUTE_PREFIX.as_bytes();
+    let mut buffer = [0u8; 96];
+    let total = PREFIX.len() + name.len();
+    match buffer.get_mut(..total) {
+        Some(full) => {
+            let (prefix, rest) = full.split_at_mut(PREFIX.len());
+            prefix.copy_from_slice(PREFIX);
+            rest.copy_from_slice(name.as_bytes());
+            rest.make_ascii_lowercase();
+            HeaderName::from_bytes(full).ok()
+        }
+        None => {
+            let full = format!("{IDENTITY_ATTRIBUTE_PREFIX}{}", name.to_ascii_lowercase());
+            HeaderName::from_bytes(full.as_bytes()).ok()
+        }
+    }
+}
+
 /// Removes every header whose name starts with `Postern-`.
 pub fn strip_identity_headers(headers: &mut HeaderMap) {
-    let owned: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().starts_with(HEADER_PREFIX))
-        .cloned()
-        .collect();
-    for name in owned {
+    let owned = |name: &HeaderName| name.as_str().starts_with(HEADER_PREFIX);
+    // The usual request has none: look before collecting.
+    if !headers.keys().any(owned) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers.keys().filter(|name| owned(name)).cloned().collect();
+    for name in names {
         headers.remove(&name);
     }
 }
 
-/// A header value for `text`: as is when printable ASCII, RFC 2047 base64 otherwise.
+/// A header value for `text`: as is (trimmed) when printable ASCII, RFC 2047 base64
+/// otherwise; control characters are dropped.
 fn header_value(text: &str) -> Option<HeaderValue> {
+    if text.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        // The usual case: nothing to drop or encode, no intermediate copy.
+        return HeaderValue::from_str(text.trim()).ok();
+    }
     let clean: String = text.chars().filter(|c| !c.is_control()).collect();
     if clean.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
         return HeaderValue::from_str(clean.trim()).ok();
@@ -293,5 +370,26 @@ mod tests {
         assert_eq!(headers[IDENTITY_HEADER], "webhook:github");
         assert_eq!(headers["postern-identity-delivery"], "abc");
         assert_eq!(headers.len(), 4);
+    }
+
+    #[test]
+    fn known_attribute_names_are_the_names_they_would_be_built_as() {
+        for (name, header) in &KNOWN_ATTRIBUTES {
+            let built = format!("{IDENTITY_ATTRIBUTE_PREFIX}{}", name.to_ascii_lowercase());
+            assert_eq!(header.as_str(), built, "{name}");
+        }
+        assert_eq!(
+            attribute_header_name("X-Custom").unwrap().as_str(),
+            "postern-identity-x-custom"
+        );
+        assert!(attribute_header_name("bad name").is_none());
+        assert!(attribute_header_name(&"a".repeat(200)).is_some());
+    }
+
+    #[test]
+    fn values_lose_control_characters_and_non_ascii_is_encoded() {
+        assert_eq!(header_value("  plain text ").unwrap(), "plain text");
+        assert_eq!(header_value("a\r\nb").unwrap(), "ab");
+        assert_eq!(header_value("Émile").unwrap(), "=?utf-8?b?w4ltaWxl?=");
     }
 }

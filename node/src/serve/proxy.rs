@@ -103,9 +103,7 @@ impl HttpProxy {
             return Ok(Cow::Borrowed(&self.origin));
         }
         if let Some((addr, directory)) = &self.ingress
-            && !directory
-                .peer_by_addr(*addr)
-                .is_some_and(|peer| peer.is_ingress)
+            && !directory.is_ingress(*addr)
         {
             return Err(StreamRefusal::NotIngress(*addr));
         }

@@ -11,6 +11,7 @@ RESULTS has one line per measurement:
   tcp KEY ROUND bps=.. seconds=.. cpu_ticks=.. wall=.. hz=.. ncpu=..
   tcppair KEY PAIR (the same fields): one run of the back-to-back pair number PAIR of the
        TCP funnel over the mesh and rathole, each side on a core of its own
+  tcppair_reverse KEY PAIR (the same fields): the same pair as a download (`iperf3 -R`)
 LOADS has the 1-minute load average sampled before and after every measurement.
 """
 
@@ -237,33 +238,42 @@ def main():
 
 
 def tcp_pairs(rows, tcp_t):
-    """The TCP funnel over the mesh against rathole in back-to-back pairs (TCP_PAIRS)."""
-    pairs = {}
-    for kind, key, rnd, fields in rows:
-        if kind == "tcppair":
-            pairs.setdefault(rnd, {})[key] = fields
-    done = [p for _, p in sorted(pairs.items()) if "tcp_funnel_mesh" in p and "rathole" in p]
-    if not done:
+    """The TCP funnel over the mesh against rathole in back-to-back pairs (TCP_PAIRS):
+    uploads (the public client sends) and downloads (`iperf3 -R`), one row each."""
+    table = []
+    for kind, direction in (("tcppair", "upload"), ("tcppair_reverse", "download")):
+        pairs = {}
+        for row_kind, key, rnd, fields in rows:
+            if row_kind == kind:
+                pairs.setdefault(rnd, {})[key] = fields
+        done = [p for _, p in sorted(pairs.items()) if "tcp_funnel_mesh" in p and "rathole" in p]
+        if not done:
+            continue
+        ratios_ = [p["tcp_funnel_mesh"]["bps"] / p["rathole"]["bps"] for p in done]
+        mesh = [p["tcp_funnel_mesh"]["bps"] / 1e9 for p in done]
+        rathole = [p["rathole"]["bps"] / 1e9 for p in done]
+        cpu = [
+            p["tcp_funnel_mesh"]["cpu_ticks"] / p["tcp_funnel_mesh"]["hz"] / p["tcp_funnel_mesh"]["wall"] * 100
+            for p in done
+        ]
+        verdict = "met" if statistics.median(ratios_) >= 1.0 else "NOT met"
+        table.append(
+            f"| {direction} | {len(done)} | {spread(mesh, 2)} | {spread(rathole, 2)} | {spread(ratios_)} "
+            f"| {statistics.median(cpu):.0f} | {verdict} |"
+        )
+    if not table:
         return []
-    ratios_ = [p["tcp_funnel_mesh"]["bps"] / p["rathole"]["bps"] for p in done]
-    mesh = [p["tcp_funnel_mesh"]["bps"] / 1e9 for p in done]
-    rathole = [p["rathole"]["bps"] / 1e9 for p in done]
-    cpu = [
-        p["tcp_funnel_mesh"]["cpu_ticks"] / p["tcp_funnel_mesh"]["hz"] / p["tcp_funnel_mesh"]["wall"] * 100
-        for p in done
-    ]
-    verdict = "met" if statistics.median(ratios_) >= 1.0 else "NOT met"
     return [
         "",
         f"TCP pairs, each side on a core of its own (the public side: iperf3's client, the "
         f"ingress, rathole's server on CPU 0; the private side: the node, rathole's client, "
-        f"iperf3's server on CPU 1), back-to-back runs of {tcp_t} s, the order alternating:",
+        f"iperf3's server on CPU 1), back-to-back runs of {tcp_t} s, the order alternating; "
+        f"uploads: the public client sends; downloads (`iperf3 -R`): the private side sends:",
         "",
-        "| pairs | TCP funnel over the mesh, Gbit/s | rathole (Noise), Gbit/s "
+        "| direction | pairs | TCP funnel over the mesh, Gbit/s | rathole (Noise), Gbit/s "
         "| mesh / rathole: median (range) | ingress + node CPU, % of one core | target ≥ 1 |",
-        "|---|---|---|---|---|---|",
-        f"| {len(done)} | {spread(mesh, 2)} | {spread(rathole, 2)} | {spread(ratios_)} "
-        f"| {statistics.median(cpu):.0f} | {verdict} |",
+        "|---|---|---|---|---|---|---|",
+        *table,
     ]
 
 

@@ -47,7 +47,8 @@
 #                  as on two machines: the public side (iperf3's client, the ingress,
 #                  rathole's server) on CPU 0, the private side (the node, rathole's client,
 #                  iperf3's server) on CPU 1. Needs 2 CPUs. The median and range of the
-#                  per-pair ratios are reported.
+#                  per-pair ratios are reported. Each pair is an upload (the public client
+#                  sends) and then a download pair (`iperf3 -R`: the private side sends).
 #   PERF_DIR=DIR   with --mesh: `perf stat` the ingress and the node during each TCP mesh run
 #   HOLD=1         set everything up, print the ports and pids, and wait (no measurement):
 #                  for profiling by hand (the TCP ports need no name; the HTTPS ones do)
@@ -747,10 +748,11 @@ load_generator() { # load_generator wrk|oha SECONDS URL TAG: prints one RESULT l
             + " errors=\([.errorDistribution[]] | add // 0)"'
 }
 
-tcp_variant() { # tcp_variant KEY ROUND [KIND SECONDS CLIENT_CPU]: one iperf3 measurement
+tcp_variant() { # tcp_variant KEY ROUND [KIND SECONDS CLIENT_CPU REVERSE]: one iperf3 measurement
     local key="$1" round="$2" kind="${3:-tcp}" seconds="${4:-$T}" port cpu_pids=() before after bps t0 t1
-    local client=()
+    local client=() direction=()
     [ -n "${5:-}" ] && client=(taskset -c "$5")
+    [ -n "${6:-}" ] && direction=(--reverse) # the server (the private side) sends
     case "$key" in
     direct) port=$P_IPERF ;;
     socat) port=$P_SOCAT_TCP ;;
@@ -768,7 +770,7 @@ tcp_variant() { # tcp_variant KEY ROUND [KIND SECONDS CLIENT_CPU]: one iperf3 me
         perf stat -e task-clock,context-switches -p "$pid_node" -o "$PERF_DIR/stat.node.$round" -- sleep "$T" >/dev/null 2>&1 &
     fi
     t0="$(date +%s.%N)"
-    bps="$("${client[@]}" iperf3 --client 127.0.0.1 --port "$port" --time "$seconds" --omit 1 --json |
+    bps="$("${client[@]}" iperf3 --client 127.0.0.1 --port "$port" --time "$seconds" --omit 1 "${direction[@]}" --json |
         jq -r '.end.sum_received.bits_per_second')"
     t1="$(date +%s.%N)"
     after="$(cpu_ticks "${cpu_pids[@]}")"
@@ -826,6 +828,7 @@ if [ "$mesh" = 1 ] && [ "$TCP_PAIRS" != 0 ]; then
     for pair in $(seq 1 "$TCP_PAIRS"); do
         if [ $((pair % 2)) = 1 ]; then order=(tcp_funnel_mesh rathole); else order=(rathole tcp_funnel_mesh); fi
         for key in "${order[@]}"; do tcp_variant "$key" "$pair" tcppair "$TCP_T" 0; done
+        for key in "${order[@]}"; do tcp_variant "$key" "$pair" tcppair_reverse "$TCP_T" 0 reverse; done
     done
 fi
 

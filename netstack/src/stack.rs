@@ -496,6 +496,19 @@ impl StackState {
         }
     }
 
+    /// The TCP socket behind `handle` of a stream, or the error its user gets once the
+    /// stack has stopped or dropped the socket ([`NetstackError::Stopped`]).
+    pub(crate) fn live_tcp_socket(
+        &mut self,
+        handle: SocketHandle,
+    ) -> std::io::Result<&mut tcp::Socket<'static>> {
+        if self.stopped {
+            return Err(NetstackError::Stopped.into());
+        }
+        self.tcp_socket(handle)
+            .ok_or_else(|| NetstackError::Stopped.into())
+    }
+
     /// The UDP socket behind `handle`, if the stack still has it.
     pub(crate) fn udp_socket(&mut self, handle: SocketHandle) -> Option<&mut udp::Socket<'static>> {
         if self.udp.contains_key(&handle) {

@@ -198,11 +198,9 @@ impl TcpStream {
         fill: impl FnOnce(&mut [u8]) -> io::Result<usize>,
     ) -> Poll<io::Result<usize>> {
         let mut st = self.shared.lock();
-        if st.stopped {
-            return Poll::Ready(Err(stopped()));
-        }
-        let Some(socket) = st.tcp_socket(self.handle) else {
-            return Poll::Ready(Err(stopped()));
+        let socket = match st.live_tcp_socket(self.handle) {
+            Ok(socket) => socket,
+            Err(error) => return Poll::Ready(Err(error)),
         };
         if !socket.may_send() {
             return Poll::Ready(Err(send_closed(socket, self.peer)));
@@ -361,11 +359,9 @@ impl TcpStream {
         mut drain: impl FnMut(&[u8]) -> io::Result<usize>,
     ) -> Poll<io::Result<usize>> {
         let mut st = self.shared.lock();
-        if st.stopped {
-            return Poll::Ready(Err(stopped()));
-        }
-        let Some(socket) = st.tcp_socket(self.handle) else {
-            return Poll::Ready(Err(stopped()));
+        let socket = match st.live_tcp_socket(self.handle) {
+            Ok(socket) => socket,
+            Err(error) => return Poll::Ready(Err(error)),
         };
         let mut total = 0;
         // Two rounds: the receive buffer is a ring, and the data may wrap around its end.
@@ -457,16 +453,7 @@ impl AsyncWrite for TcpStream {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut st = self.shared.lock();
-        if st.stopped {
-            return Poll::Ready(Err(stopped()));
-        }
-        if let Some(socket) = st.tcp_socket(self.handle) {
-            socket.close();
-        }
-        drop(st);
-        self.shared.wake_owner();
-        Poll::Ready(Ok(()))
+        Poll::Ready(self.shutdown_write())
     }
 }
 

@@ -346,6 +346,10 @@ impl IdentityText {
     /// [`MAX_IDENTITY_TEXT_LEN`] bytes (on a character boundary) instead of failing. For
     /// the ingress, which must forward whatever identity a gate produced.
     pub fn lossy(text: &str) -> Self {
+        // The usual text: short and without control characters, taken as it is.
+        if text.len() <= MAX_IDENTITY_TEXT_LEN && !text.chars().any(char::is_control) {
+            return Self(text.to_owned());
+        }
         let mut out = String::with_capacity(text.len().min(MAX_IDENTITY_TEXT_LEN));
         for c in text.chars().filter(|c| !c.is_control()) {
             if out.len() + c.len_utf8() > MAX_IDENTITY_TEXT_LEN {
@@ -1175,6 +1179,18 @@ mod tests {
         let cut = IdentityText::lossy(&long);
         assert!(cut.as_str().len() <= MAX_IDENTITY_TEXT_LEN);
         assert!(IdentityText::parse("x", cut.as_str()).is_ok());
+        // Text that needs nothing dropped is kept whole, up to the bound exactly.
+        assert_eq!(
+            IdentityText::lossy("webhook:github").as_str(),
+            "webhook:github"
+        );
+        let full = "a".repeat(MAX_IDENTITY_TEXT_LEN);
+        assert_eq!(IdentityText::lossy(&full).as_str(), full);
+        let over = "a".repeat(MAX_IDENTITY_TEXT_LEN + 1);
+        assert_eq!(
+            IdentityText::lossy(&over).as_str().len(),
+            MAX_IDENTITY_TEXT_LEN
+        );
     }
 
     proptest! {

@@ -107,19 +107,24 @@ impl GateChain {
     }
 
     /// Admit when any member admits. Fails on an empty list.
-    pub fn any_of(members: Vec<GateChain>) -> Result<Self, ChainError> {
-        if members.is_empty() {
-            return Err(ChainError::EmptyGroup("any-of"));
+    pub fn any_of(mut members: Vec<GateChain>) -> Result<Self, ChainError> {
+        match members.len() {
+            0 => Err(ChainError::EmptyGroup("any-of")),
+            // A group of one decides as its member does: the member itself, which runs
+            // without the group's fold (a funnel's single gate takes the fast path).
+            1 => Ok(members.remove(0)),
+            _ => Ok(GateChain::AnyOf(members)),
         }
-        Ok(GateChain::AnyOf(members))
     }
 
-    /// Admit when every member admits. Fails on an empty list.
-    pub fn all_of(members: Vec<GateChain>) -> Result<Self, ChainError> {
-        if members.is_empty() {
-            return Err(ChainError::EmptyGroup("all-of"));
+    /// Admit when every member admits. Fails on an empty list. A list of one is that
+    /// member (it decides the same).
+    pub fn all_of(mut members: Vec<GateChain>) -> Result<Self, ChainError> {
+        match members.len() {
+            0 => Err(ChainError::EmptyGroup("all-of")),
+            1 => Ok(members.remove(0)),
+            _ => Ok(GateChain::AllOf(members)),
         }
-        Ok(GateChain::AllOf(members))
     }
 
     /// Wraps `inner` in a rate limit. A limit keyed by client address or by funnel is
@@ -543,6 +548,35 @@ mod tests {
         ])
         .unwrap();
         assert!(nested.reads_body());
+    }
+
+    #[test]
+    fn a_group_of_one_is_its_member() {
+        for group in [GateChain::all_of, GateChain::any_of] {
+            let chain = group(vec![allow("a")]).unwrap();
+            assert!(matches!(chain, GateChain::Gate(_)));
+            let outcome = run(&chain);
+            let Decision::Allow { gate, identity } = &outcome.decision else {
+                panic!("{:?}", outcome.decision);
+            };
+            assert_eq!((gate.as_str(), identity.principal.as_str()), ("a", "id:a"));
+            assert_eq!(identity.attributes, [("From".to_string(), "a".to_string())]);
+            assert_eq!(outcome.decided_by.as_deref(), Some("a"));
+
+            let outcome = run(&group(vec![deny("b", ReasonCode::SignatureMismatch)]).unwrap());
+            assert!(
+                matches!(
+                    outcome.decision,
+                    Decision::Deny {
+                        reason: ReasonCode::SignatureMismatch,
+                        ..
+                    }
+                ),
+                "{:?}",
+                outcome.decision
+            );
+            assert_eq!(outcome.decided_by.as_deref(), Some("b"));
+        }
     }
 
     #[test]

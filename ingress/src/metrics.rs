@@ -422,6 +422,25 @@ mod tests {
     }
 
     #[test]
+    fn two_texts_join_with_one_eof() {
+        let edge = EdgeMetrics::new().encode();
+        assert!(edge.ends_with("# EOF\n"), "{edge}");
+        let joined = join_openmetrics(
+            &edge,
+            "# TYPE postern_node_peers gauge\npostern_node_peers 2\n# EOF\n",
+        );
+        assert_eq!(joined.matches("# EOF").count(), 1, "{joined}");
+        assert!(
+            joined.ends_with("postern_node_peers 2\n# EOF\n"),
+            "{joined}"
+        );
+        assert!(
+            joined.starts_with(edge.trim_end_matches("# EOF\n")),
+            "{joined}"
+        );
+    }
+
+    #[test]
     fn every_record_is_counted_and_handed_on() {
         let metrics = Arc::new(EdgeMetrics::new());
         let inner = Arc::new(Kept::default());

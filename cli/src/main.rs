@@ -22,6 +22,11 @@ use std::process::ExitCode;
 /// mimalloc instead of glibc's malloc: the data path allocates a buffer per packet on one
 /// thread and frees it on another, which glibc's per-thread arenas answer with page faults
 /// and trimming (5 to 10 % of a node's CPU in `perf record` of a mesh transfer).
+///
+/// Built with mimalloc's `no_thp` (workspace `Cargo.toml`): it does not ask for transparent
+/// huge pages, which tripled a node's resident memory under load (2 MB pages backing
+/// sparsely used arenas) without a measurable gain in throughput (docs/benchmarks.md,
+/// run 17).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

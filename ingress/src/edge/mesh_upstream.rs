@@ -125,8 +125,9 @@ impl HopDialer {
     /// The version 1 hello of one request (or of a TCP connection: `context` `None`).
     /// Identity text is made safe rather than refused (control characters dropped, long
     /// text cut), attributes whose names are not header tokens are dropped (as the edge's
-    /// own header rewrite does), and attributes beyond the bounds are left out: the gate
-    /// and principal always travel.
+    /// own header rewrite does), and attributes beyond [`MAX_ATTRIBUTES`] are left out.
+    /// Send it through [`encode_fitting`], which also leaves out the attributes that would
+    /// make it too long: the gate and principal always travel.
     fn hello(&self, context: Option<&UpstreamContext>) -> FunnelHello {
         let mut hello = FunnelHello {
             client: context.map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.client),
@@ -155,16 +156,6 @@ impl HopDialer {
             })
             .take(MAX_ATTRIBUTES)
             .collect();
-        // The usual identity fits at once; one too large for a hello loses attributes
-        // from the end until it fits (the gate and principal always travel).
-        while hello.encode().is_err() {
-            let Some(admission) = hello.admission.as_mut() else {
-                break;
-            };
-            if admission.attributes.pop().is_none() {
-                break;
-            }
-        }
         hello
     }
 
@@ -227,6 +218,30 @@ impl HopDialer {
     }
 }
 
+/// `hello` encoded by `encode` ([`FunnelHello::encode`] or
+/// [`FunnelHello::encode_context`]). The usual identity fits at the first try (one
+/// encoding per request); a hello too long for the wire loses identity attributes from the
+/// end until it fits, and only a hello that does not fit without any fails.
+fn encode_fitting<T>(
+    mut hello: FunnelHello,
+    encode: impl Fn(&FunnelHello) -> Result<T, HopError>,
+) -> Result<T, HopError> {
+    loop {
+        match encode(&hello) {
+            Ok(encoded) => return Ok(encoded),
+            Err(error) => {
+                let dropped = hello
+                    .admission
+                    .as_mut()
+                    .and_then(|admission| admission.attributes.pop());
+                if dropped.is_none() {
+                    return Err(error);
+                }
+            }
+        }
+    }
+}
+
 impl Upstream for MeshUpstream {
     /// Opens a hop stream for one connection of a TCP or passthrough funnel: a version 1
     /// hello that names no client (0.0.0.0) and no admission.
@@ -247,7 +262,7 @@ impl Upstream for MeshUpstream {
     /// Opens a hop stream for one request, its context in a version 1 hello (the way
     /// before pooling; the edge sends HTTP with [`Upstream::send_request`] instead).
     fn connect_for(&self, context: &UpstreamContext) -> Connecting<'_> {
-        let hello = self.hop.hello(Some(context)).encode();
+        let hello = encode_fitting(self.hop.hello(Some(context)), FunnelHello::encode);
         Box::pin(async move { self.hop.open(hello, None).await })
     }
 
@@ -260,10 +275,7 @@ impl Upstream for MeshUpstream {
     ) -> Sending<'a> {
         let headers = request.headers_mut();
         headers.remove(HOP_CONTEXT_HEADER);
-        let value = self
-            .hop
-            .hello(Some(context))
-            .encode_context()
+        let value = encode_fitting(self.hop.hello(Some(context)), FunnelHello::encode_context)
             .map_err(invalid_hello)
             .and_then(|text| {
                 HeaderValue::try_from(text)
@@ -383,9 +395,16 @@ mod tests {
             hostname: "hooks.test".into(),
             admission: Some(("webhook:github".into(), identity)),
         };
-        let hello = upstream.hop.hello(Some(&context));
+        let frame =
+            encode_fitting(upstream.hop.hello(Some(&context)), FunnelHello::encode).unwrap();
+        let hello = FunnelHello::decode(&frame).unwrap();
+        let context_text = encode_fitting(
+            upstream.hop.hello(Some(&context)),
+            FunnelHello::encode_context,
+        )
+        .unwrap();
         assert_eq!(
-            FunnelHello::decode(&hello.encode().unwrap()).unwrap(),
+            FunnelHello::decode_context(context_text.as_bytes()).unwrap(),
             hello
         );
         assert_eq!(hello.client, context.client);

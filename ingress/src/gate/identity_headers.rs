@@ -12,70 +12,50 @@
 //! forged by a client of an older edge.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use postern_node::serve::identity::attribute_header_name;
+use postern_node::serve::identity::{
+    attribute_header_name, identity_header_value, strip_identity_headers,
+};
 
 use super::Identity;
 
 /// The header naming the gate(s) that admitted the request.
-pub const GATE_HEADER: &str = "postern-gate";
-/// The header carrying the admitted principal.
-pub const IDENTITY_HEADER: &str = "postern-identity";
-/// The prefix of per-attribute identity headers (`Postern-Identity-Delivery`, ...).
-pub const IDENTITY_ATTRIBUTE_PREFIX: &str = "postern-identity-";
+pub use postern_node::serve::identity::GATE_HEADER;
 /// The prefix of every header the edge owns; all of them are stripped from client requests.
-pub const IDENTITY_HEADER_PREFIX: &str = "postern-";
+pub use postern_node::serve::identity::HEADER_PREFIX as IDENTITY_HEADER_PREFIX;
+/// The prefix of per-attribute identity headers (`Postern-Identity-Delivery`, ...).
+pub use postern_node::serve::identity::IDENTITY_ATTRIBUTE_PREFIX;
+/// The header carrying the admitted principal.
+pub use postern_node::serve::identity::IDENTITY_HEADER;
 
 /// Rewrites a request's headers before it is forwarded.
 ///
 /// Call on every request that will be forwarded, with the admission (`Some((gate,
 /// identity))`) from [`super::Decision::Allow`], or `None` for a funnel that forwards
-/// without a gate. It removes every `Postern-*` header the client sent, then sets
-/// `Postern-Gate`, `Postern-Identity` and one `Postern-Identity-<Name>` per attribute.
+/// without a gate or whose upstream carries the admission itself (the mesh hop). It
+/// removes every `Postern-*` header the client sent, then sets `Postern-Gate`,
+/// `Postern-Identity` and one `Postern-Identity-<Name>` per attribute. The names, the
+/// stripping and the values are the node's (`postern_node::serve::identity`), so a target
+/// sees the same headers whether the edge or the node wrote them.
 ///
-/// Attribute names that are not valid header-name text, and characters of values that are
-/// not visible ASCII, are dropped rather than failing the request: the identity itself is
+/// Attribute names that are not valid header-name text are dropped; values lose control
+/// characters and are RFC 2047 encoded when not printable ASCII. The identity itself is
 /// always set.
 pub fn rewrite_identity_headers(headers: &mut HeaderMap, admission: Option<(&str, &Identity)>) {
-    if headers
-        .keys()
-        .any(|name| name.as_str().starts_with(IDENTITY_HEADER_PREFIX))
-    {
-        let owned: Vec<HeaderName> = headers
-            .keys()
-            .filter(|name| name.as_str().starts_with(IDENTITY_HEADER_PREFIX))
-            .cloned()
-            .collect();
-        for name in owned {
-            headers.remove(&name);
-        }
-    }
+    strip_identity_headers(headers);
     let Some((gate, identity)) = admission else {
         return;
     };
     static GATE: HeaderName = HeaderName::from_static(GATE_HEADER);
     static IDENTITY: HeaderName = HeaderName::from_static(IDENTITY_HEADER);
+    let value = |text: &str| identity_header_value(text).unwrap_or(HeaderValue::from_static(""));
     headers.reserve(2 + identity.attributes.len());
-    headers.insert(GATE.clone(), header_value(gate));
-    headers.insert(IDENTITY.clone(), header_value(&identity.principal));
-    for (name, value) in &identity.attributes {
+    headers.insert(GATE.clone(), value(gate));
+    headers.insert(IDENTITY.clone(), value(&identity.principal));
+    for (name, text) in &identity.attributes {
         if let Some(name) = attribute_header_name(name) {
-            headers.append(name, header_value(value));
+            headers.append(name, value(text));
         }
     }
-}
-
-/// A header value from text, keeping only visible ASCII and spaces.
-fn header_value(text: &str) -> HeaderValue {
-    let visible = |b: u8| b.is_ascii_graphic() || b == b' ';
-    if text.bytes().all(visible) {
-        // The usual case: nothing to drop, no intermediate copy.
-        return HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""));
-    }
-    let clean: String = text
-        .chars()
-        .filter(|c| c.is_ascii_graphic() || *c == ' ')
-        .collect();
-    HeaderValue::from_str(&clean).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 #[cfg(test)]
@@ -104,6 +84,15 @@ mod tests {
         assert!(headers.get("postern-identity-groups").is_none());
         assert!(headers.get("postern-future-thing").is_none());
         assert_eq!(headers["x-other"], "kept");
+    }
+
+    #[test]
+    fn values_are_written_as_the_node_writes_them() {
+        let mut headers = HeaderMap::new();
+        let identity = Identity::new("user:Émile").with_attribute("Name", " Émile\u{7} ");
+        rewrite_identity_headers(&mut headers, Some(("oidc", &identity)));
+        assert_eq!(headers["postern-identity"], "=?utf-8?b?dXNlcjrDiW1pbGU=?=");
+        assert_eq!(headers["postern-identity-name"], "=?utf-8?b?IMOJbWlsZSA=?=");
     }
 
     #[test]

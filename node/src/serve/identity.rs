@@ -190,7 +190,7 @@ pub fn set_identity_headers(headers: &mut HeaderMap, origin: &RequestOrigin) {
     static IDENTITY: HeaderName = HeaderName::from_static(IDENTITY_HEADER);
     strip_identity_headers(headers);
     let mut set = |name: &HeaderName, value: &str| {
-        if let Some(value) = header_value(value) {
+        if let Some(value) = identity_header_value(value) {
             headers.append(name.clone(), value);
         }
     };
@@ -294,9 +294,10 @@ pub fn strip_identity_headers(headers: &mut HeaderMap) {
     }
 }
 
-/// A header value for `text`: as is (trimmed) when printable ASCII, RFC 2047 base64
-/// otherwise; control characters are dropped.
-fn header_value(text: &str) -> Option<HeaderValue> {
+/// A header value for identity `text`: as is (trimmed) when printable ASCII, RFC 2047
+/// base64 otherwise; control characters are dropped. The edge and the node write identity
+/// values with it, so a target sees the same value whichever of them wrote it.
+pub fn identity_header_value(text: &str) -> Option<HeaderValue> {
     if text.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
         // The usual case: nothing to drop or encode, no intermediate copy.
         return HeaderValue::from_str(text.trim()).ok();
@@ -388,8 +389,14 @@ mod tests {
 
     #[test]
     fn values_lose_control_characters_and_non_ascii_is_encoded() {
-        assert_eq!(header_value("  plain text ").unwrap(), "plain text");
-        assert_eq!(header_value("a\r\nb").unwrap(), "ab");
-        assert_eq!(header_value("Émile").unwrap(), "=?utf-8?b?w4ltaWxl?=");
+        assert_eq!(
+            identity_header_value("  plain text ").unwrap(),
+            "plain text"
+        );
+        assert_eq!(identity_header_value("a\r\nb").unwrap(), "ab");
+        assert_eq!(
+            identity_header_value("Émile").unwrap(),
+            "=?utf-8?b?w4ltaWxl?="
+        );
     }
 }

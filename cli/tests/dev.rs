@@ -1,8 +1,9 @@
 //! `postern dev` the way the README runs it: start it, wait for the two curl commands it
 //! prints, run them, and check that the signed delivery reaches the demo origin while the
 //! forged one is refused at the edge. The edge's decisions reach the funnel's owner:
-//! `postern funnel log` lists the denial with its reason and the admitted delivery, and
-//! request inspection lists the denial as denied at the edge. Then Ctrl-C, and a second
+//! `postern funnel log` lists the denial with its reason and the admitted delivery,
+//! `postern funnel log --follow`, started before the requests, prints each decision as it
+//! is made, and request inspection lists the denial as denied at the edge. Then Ctrl-C, and a second
 //! start with the same state directory prints the same public URL.
 
 #![allow(
@@ -157,6 +158,59 @@ fn postern_json(state: &Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&postern_out(state, args)).unwrap()
 }
 
+/// `postern funnel log NAME --follow --json` running, and its output lines.
+struct Following {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Following {
+    fn start(state: &Path, funnel: &str) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_postern"))
+            .args(["funnel", "log", funnel, "--follow", "--json", "--state-dir"])
+            .arg(state)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The decisions printed until `enough` holds for them (30 s at most), one JSON object
+    /// per line.
+    fn until(&self, enough: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut seen = Vec::new();
+        while !enough(&seen) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => seen.push(
+                    serde_json::from_str(&line)
+                        .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}")),
+                ),
+                Err(_) => panic!("--follow printed only {seen:#?} within 30 s"),
+            }
+        }
+        seen
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Polls `probe` until it gives a value (30 s at most).
 fn wait_for_json(
     what: &str,
@@ -189,6 +243,9 @@ fn postern_dev_admits_the_signed_delivery_and_refuses_the_forged_one() {
         dev.lines
     );
 
+    let node_dir = state.path().join("node");
+    let following = Following::start(&node_dir, "demo");
+
     let (status, body) = run_curl(curls[0]);
     assert!((200..300).contains(&status), "signed: {status} {body}");
     assert!(body.contains("from the demo origin"), "{body}");
@@ -213,9 +270,24 @@ fn postern_dev_admits_the_signed_delivery_and_refuses_the_forged_one() {
     );
     assert!(body.contains(r#""request":2"#), "{body}");
 
+    // `--follow` printed each decision as it came, oldest first, one JSON object a line.
+    let followed = following.until(|seen| seen.len() >= 3);
+    let results: Vec<&str> = followed
+        .iter()
+        .map(|d| d["result"].as_str().unwrap())
+        .collect();
+    assert_eq!(results, ["allow", "deny", "allow"], "{followed:#?}");
+    assert_eq!(followed[1]["reason"], "signature_mismatch", "{followed:#?}");
+    assert!(
+        followed
+            .windows(2)
+            .all(|w| w[0]["id"].as_u64() < w[1]["id"].as_u64()),
+        "{followed:#?}"
+    );
+    drop(following);
+
     // The edge's decisions reached the owner: the denial with its reason, and the
     // admitted deliveries, through the dev node's local API and the coord.
-    let node_dir = state.path().join("node");
     let log = wait_for_json("postern funnel log", || {
         let log = postern_json(&node_dir, &["funnel", "log", "demo", "--json"]);
         let decisions = log["decisions"].as_array().cloned().unwrap_or_default();

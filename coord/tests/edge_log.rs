@@ -1,7 +1,8 @@
 //! The edge log through the real `postern-coord serve` and real control clients: an ingress
 //! node reports decisions, funnel owners read back their own funnels' decisions only, a
 //! node that is not an ingress is refused, unknown hostnames are dropped, and the
-//! per-funnel bound holds.
+//! per-funnel bound holds. A log request that asks to wait is answered when the ingress
+//! reports a matching decision, and does not hold up the node's netmap stream meanwhile.
 
 #![allow(
     clippy::unwrap_used,
@@ -216,5 +217,58 @@ async fn only_ingress_nodes_report_and_owners_read_only_their_own_funnels() {
         ..FunnelLogQuery::default()
     };
     assert_eq!(log(&laptop, query).await.len(), 4);
+    coord.stop();
+}
+
+#[tokio::test]
+async fn a_waiting_log_request_is_answered_when_the_ingress_reports_a_match() {
+    let coord = CoordProcess::start(POLICY, &["--funnel-domain", DOMAIN]).await;
+    let alice = coord.auth_key(&["--user", "alice@example.com"]);
+    let edge_key = coord.auth_key(&["--ingress"]);
+    let laptop = client(&coord.addr, Some(alice), "laptop");
+    let edge = client(&coord.addr, Some(edge_key), "edge");
+    for node in [&laptop, &edge] {
+        connected(node).await;
+    }
+    let hooks = open(&laptop, 3000, "hooks").await;
+
+    let waiting = FunnelLogQuery {
+        denied_only: true,
+        wait_ms: Some(25_000),
+        ..FunnelLogQuery::default()
+    };
+    let (answer, ()) = tokio::join!(laptop.funnel_log(waiting), async {
+        // Sent after the log request on the same stream, so answered after the coord took
+        // it: a coord that did not hold it would have answered it (empty) already.
+        let listed = laptop.funnel(FunnelChange::List).await.unwrap();
+        assert_eq!(
+            listed.len(),
+            1,
+            "the stream serves other requests meanwhile"
+        );
+        // An admission does not match a wait for denials; the denial after it does.
+        let ack = edge
+            .report_edge_decisions(vec![decision(&hooks, 1, "allow")])
+            .await
+            .unwrap();
+        assert_eq!(ack.stored, 1);
+        let ack = edge
+            .report_edge_decisions(vec![decision(&hooks, 2, "deny")])
+            .await
+            .unwrap();
+        assert_eq!(ack.stored, 1);
+    });
+    let answer = answer.unwrap();
+    let paths: Vec<&str> = answer.iter().map(|d| d.path.as_str()).collect();
+    assert_eq!(paths, ["/webhook/2"]);
+
+    // Asking for what is newer than that, a short wait ends with an empty answer.
+    let after = FunnelLogQuery {
+        denied_only: true,
+        after_id: Some(answer[0].id),
+        wait_ms: Some(200),
+        ..FunnelLogQuery::default()
+    };
+    assert!(log(&laptop, after).await.is_empty());
     coord.stop();
 }

@@ -521,6 +521,7 @@ mod tests {
                     after_id: Some(41),
                     limit: Some(20),
                     denied_only: true,
+                    wait_ms: Some(25_000),
                 },
             }),
             ControlMessage::FunnelLogResponse(FunnelLogResponse {
@@ -745,6 +746,7 @@ mod tests {
                     after_id: Some(batch_id),
                     limit,
                     denied_only,
+                    wait_ms: limit,
                 },
             });
             prop_assert_eq!(round_trip(&request), request);

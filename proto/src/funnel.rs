@@ -343,6 +343,11 @@ pub const MAX_EDGE_BATCH: usize = 500;
 /// The most decisions one [`FunnelLogResponse`] carries; larger `limit`s are capped.
 pub const MAX_FUNNEL_LOG_LIMIT: u32 = 1000;
 
+/// The longest a coord holds a [`FunnelLogRequest`] that asks to wait
+/// ([`FunnelLogQuery::wait_ms`]): 25 s, under the node's 30 s wait for any answer, so a
+/// held request is answered (empty) before the node gives up on it.
+pub const MAX_FUNNEL_LOG_WAIT_MS: u32 = 25_000;
+
 /// One request decision the edge made for a funnel: the ingress's audit record without
 /// the owner and node (the coord knows them from the hostname). It never carries headers,
 /// bodies or the query string (which may hold secrets).
@@ -434,6 +439,13 @@ pub struct FunnelLogQuery {
     /// Only denials (`result` `deny`).
     #[serde(default)]
     pub denied_only: bool,
+    /// When nothing matches yet, how long the coord may hold the answer for a matching
+    /// decision to arrive (a long poll; capped at [`MAX_FUNNEL_LOG_WAIT_MS`]). The answer
+    /// comes as soon as one arrives, or empty at the end of the wait. A coord that predates
+    /// this field answers at once, so a node that asks to wait must not take a quick empty
+    /// answer for the end of a wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u32>,
 }
 
 /// Node → server: the recent edge decisions of this node's own funnels. Sent on the map
@@ -459,6 +471,29 @@ pub struct FunnelLogResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_query_that_does_not_wait_is_sent_as_before_and_old_queries_read() {
+        let plain = FunnelLogQuery {
+            denied_only: true,
+            ..FunnelLogQuery::default()
+        };
+        let json = serde_json::to_string(&plain).unwrap();
+        assert!(!json.contains("wait_ms"), "{json}");
+        let old: FunnelLogQuery =
+            serde_json::from_str(r#"{"after_id": 41, "denied_only": true}"#).unwrap();
+        assert_eq!(old.wait_ms, None);
+        assert_eq!(old.after_id, Some(41));
+        let waiting = FunnelLogQuery {
+            wait_ms: Some(MAX_FUNNEL_LOG_WAIT_MS),
+            ..plain
+        };
+        let json = serde_json::to_string(&waiting).unwrap();
+        assert_eq!(
+            serde_json::from_str::<FunnelLogQuery>(&json).unwrap(),
+            waiting
+        );
+    }
 
     #[test]
     fn certificate_keys_never_print_and_answers_without_one_stay_compatible() {

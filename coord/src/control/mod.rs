@@ -149,6 +149,8 @@ pub struct Coord {
     pub login: Option<Arc<crate::login::LoginService>>,
     /// The policy in force and every node's compiled result.
     pub policy: PolicyEngine,
+    /// Wakes log requests waiting for new edge decisions of a node's funnels.
+    pub edge_log: crate::funnel::edge_log::EdgeLogSignal,
     view_cache: tailnet::ViewCache,
     key: Arc<MachinePrivateKey>,
     shutdown: CancellationToken,
@@ -175,6 +177,7 @@ impl Coord {
             config: Arc::new(config),
             login: None,
             policy,
+            edge_log: crate::funnel::edge_log::EdgeLogSignal::default(),
             view_cache: tailnet::ViewCache::default(),
             key: Arc::new(key),
             shutdown: CancellationToken::new(),

@@ -4,7 +4,7 @@ use std::time::SystemTime;
 
 use postern_node::control::ControlConnection;
 use postern_proto::control::{ControlMessage, MapRequest, MapResponse, RegisterResponse};
-use postern_proto::funnel::FunnelResponse;
+use postern_proto::funnel::{FunnelLogResponse, FunnelResponse};
 use postern_proto::netmap::Netmap;
 use postern_proto::{NodeId, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -13,6 +13,10 @@ use super::Coord;
 use super::auth::register;
 use crate::netmap::diff;
 use crate::store::NodePaths;
+
+/// The most log requests one session holds waiting for new decisions at once; a node that
+/// asks for more waits gets the others answered at once.
+pub const MAX_HELD_LOG_REQUESTS: usize = 4;
 
 /// Why a session ended abnormally (a clean close by the node is `Ok`).
 #[derive(Debug, thiserror::Error)]
@@ -169,8 +173,16 @@ async fn stream<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let keepalive = coord.config.keepalive_interval;
     let mut next_keepalive = tokio::time::Instant::now() + keepalive;
+    // Log requests that wait for new decisions (a long poll), answered when they resolve;
+    // aborted when the session ends.
+    let mut held_logs: tokio::task::JoinSet<FunnelLogResponse> = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
+            Some(answered) = held_logs.join_next(), if !held_logs.is_empty() => {
+                if let Ok(answer) = answered {
+                    conn.send(&ControlMessage::FunnelLogResponse(answer)).await?;
+                }
+            }
             changed = changes.changed() => {
                 if changed.is_err() {
                     return Ok(());
@@ -199,9 +211,18 @@ async fn stream<S: AsyncRead + AsyncWrite + Unpin>(
                     let answer = coord.handle_edge_decisions(node_id, batch).await;
                     conn.send(&ControlMessage::EdgeDecisionsAck(answer)).await?;
                 }
-                Some(ControlMessage::FunnelLogRequest(request)) => {
-                    let answer = coord.handle_funnel_log(node_id, request).await;
-                    conn.send(&ControlMessage::FunnelLogResponse(answer)).await?;
+                Some(ControlMessage::FunnelLogRequest(mut request)) => {
+                    if request.query.wait_ms.is_some_and(|ms| ms > 0)
+                        && held_logs.len() < MAX_HELD_LOG_REQUESTS
+                    {
+                        let coord = coord.clone();
+                        held_logs.spawn(async move { coord.handle_funnel_log(node_id, request).await });
+                    } else {
+                        // Past the bound, a request that asked to wait is answered at once.
+                        request.query.wait_ms = None;
+                        let answer = coord.handle_funnel_log(node_id, request).await;
+                        conn.send(&ControlMessage::FunnelLogResponse(answer)).await?;
+                    }
                 }
                 Some(_) => return Err(SessionError::Protocol("unexpected message on a map stream")),
             },

@@ -13,19 +13,29 @@
 //! - A node's log request ([`FunnelLogRequest`]) is answered with decisions of funnels
 //!   that node owns, and nothing else.
 //!
+//! A log request may ask to wait ([`FunnelLogQuery::wait_ms`]): when nothing matches yet,
+//! the answer is held until a batch stores a decision of one of the node's funnels
+//! ([`EdgeLogSignal`]), then the query runs again. While it waits, the query also runs
+//! again every [`WAIT_RECHECK`], which finds decisions another coord replica stored (the
+//! signal is this process's only). So the node's inspector and `postern funnel log
+//! --follow` see a denial about as soon as the ingress reports it (the ingress reports
+//! within a quarter of a second), without polling the coord.
+//!
 //! Stored rows are bounded by [`ControlConfig::edge_log_per_funnel`] and
 //! [`ControlConfig::edge_log_max_age`](crate::control::ControlConfig::edge_log_max_age).
 //!
 //! [`ControlConfig::edge_log_per_funnel`]: crate::control::ControlConfig::edge_log_per_funnel
 
 use std::collections::{HashMap, HashSet};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use postern_proto::NodeId;
 use postern_proto::funnel::{
-    EdgeDecision, EdgeDecisionAck, EdgeDecisionBatch, FunnelLogRequest, FunnelLogResponse,
-    FunnelRefusal, MAX_EDGE_BATCH, MAX_FUNNEL_LOG_LIMIT,
+    EdgeDecision, EdgeDecisionAck, EdgeDecisionBatch, FunnelLogQuery, FunnelLogRequest,
+    FunnelLogResponse, FunnelRefusal, MAX_EDGE_BATCH, MAX_FUNNEL_LOG_LIMIT, MAX_FUNNEL_LOG_WAIT_MS,
 };
+use tokio::sync::broadcast;
 
 use super::check::{INTERNAL, INVALID, NOT_FOUND, refusal};
 use crate::control::Coord;
@@ -39,6 +49,41 @@ pub const EXPIRY_GRACE_SECS: i64 = 300;
 
 /// How many decisions a log request returns when it does not say: 50.
 pub const DEFAULT_LOG_LIMIT: u32 = 50;
+
+/// How often a waiting log request runs its query again even when no signal came (to find
+/// what another coord replica stored): 2 s.
+pub const WAIT_RECHECK: Duration = Duration::from_secs(2);
+
+/// Tells waiting log requests that a node's funnels have new edge decisions.
+///
+/// Call [`EdgeLogSignal::subscribe`] before running the query that came back empty, then
+/// wait on the receiver: a batch stored in between is not missed.
+#[derive(Debug, Clone)]
+pub struct EdgeLogSignal {
+    stored: Arc<broadcast::Sender<NodeId>>,
+}
+
+impl Default for EdgeLogSignal {
+    fn default() -> Self {
+        // A waiter that falls this far behind re-runs its query (it sees `Lagged`).
+        Self {
+            stored: Arc::new(broadcast::channel(256).0),
+        }
+    }
+}
+
+impl EdgeLogSignal {
+    /// A receiver of the owners of decisions stored from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<NodeId> {
+        self.stored.subscribe()
+    }
+
+    /// Signals that decisions of `owner`'s funnels were stored.
+    pub fn stored(&self, owner: NodeId) {
+        // No receiver: nobody waits.
+        let _ = self.stored.send(owner);
+    }
+}
 
 /// The longest path kept, in bytes (longer ones are cut at a character boundary).
 const MAX_PATH_LEN: usize = 1024;
@@ -146,6 +191,12 @@ impl Coord {
                 ));
             }
         };
+        if stored > 0 {
+            let owners: HashSet<NodeId> = accepted.iter().map(|d| d.node_id).collect();
+            for owner in owners {
+                self.edge_log.stored(owner);
+            }
+        }
         if dropped > 0 {
             tracing::debug!(ingress = %sender, dropped, "edge decisions for funnels not routed to this ingress were dropped");
         }
@@ -159,23 +210,70 @@ impl Coord {
 
     /// Answers node `node_id`'s request for its funnels' edge decisions: newest first, only
     /// of funnels it owns. A funnel name the node does not hold is a `not_found` refusal.
+    ///
+    /// A request that asks to wait ([`FunnelLogQuery::wait_ms`]) and matches nothing yet
+    /// resolves only when a matching decision is stored or the wait (at most
+    /// [`MAX_FUNNEL_LOG_WAIT_MS`]) ends: run it beside the session's other work, not in
+    /// its way (the control session holds it in a task).
     pub async fn handle_funnel_log(
         &self,
         node_id: NodeId,
         request: FunnelLogRequest,
     ) -> FunnelLogResponse {
+        let wait = request
+            .query
+            .wait_ms
+            .map(|ms| Duration::from_millis(u64::from(ms.min(MAX_FUNNEL_LOG_WAIT_MS))));
+        let result = match wait {
+            Some(wait) if !wait.is_zero() => {
+                self.funnel_log_waiting(node_id, &request.query, wait).await
+            }
+            _ => self.funnel_log(node_id, &request.query).await,
+        };
         FunnelLogResponse {
             request_id: request.request_id,
-            result: self.funnel_log(node_id, request).await,
+            result,
+        }
+    }
+
+    /// [`Self::funnel_log`], run again whenever `node_id`'s funnels get new decisions (and
+    /// every [`WAIT_RECHECK`]) until it finds some or `wait` ends.
+    async fn funnel_log_waiting(
+        &self,
+        node_id: NodeId,
+        query: &FunnelLogQuery,
+        wait: Duration,
+    ) -> Result<Vec<EdgeDecision>, FunnelRefusal> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut stored = self.edge_log.subscribe();
+        loop {
+            let found = self.funnel_log(node_id, query).await?;
+            if !found.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(found);
+            }
+            let recheck = (tokio::time::Instant::now() + WAIT_RECHECK).min(deadline);
+            loop {
+                tokio::select! {
+                    owner = stored.recv() => match owner {
+                        Ok(owner) if owner == node_id => break,
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => {
+                            tokio::time::sleep_until(recheck).await;
+                            break;
+                        }
+                    },
+                    () = tokio::time::sleep_until(recheck) => break,
+                }
+            }
         }
     }
 
     async fn funnel_log(
         &self,
         node_id: NodeId,
-        request: FunnelLogRequest,
+        query: &FunnelLogQuery,
     ) -> Result<Vec<EdgeDecision>, FunnelRefusal> {
-        let query = request.query;
         let store = self.registry.store();
         let internal = |err: crate::store::StoreError| {
             tracing::error!(%err, "cannot read the edge log");

@@ -15,7 +15,7 @@
 //! | `GET /v0/funnel` | the same [`ServeStatus`](super::serves::ServeStatus) |
 //! | `POST /v0/funnel` with a JSON [`FunnelRequestBody`](super::serves::FunnelRequestBody) | asks the coord for a funnel; answers [`FunnelStatus`](super::serves::FunnelStatus) (`--bg`) or, in the foreground, 101 and one JSON [`FunnelStatus`](super::serves::FunnelStatus) line, like `/v0/serve` |
 //! | `POST /v0/funnel/reset` | closes every funnel |
-//! | `GET /v0/funnel/log?funnel=NAME&limit=N&denied=true&since=UNIX&after_id=ID` | the edge decisions of this node's funnels from the coord, newest first: [`FunnelLogAnswer`]; every parameter is optional (`funnel` is a name, hostname or local port) |
+//! | `GET /v0/funnel/log?funnel=NAME&limit=N&denied=true&since=UNIX&after_id=ID&wait=SECS` | the edge decisions of this node's funnels from the coord, newest first: [`FunnelLogAnswer`]; every parameter is optional (`funnel` is a name, hostname or local port; with `wait`, an answer that would be empty is held up to that many seconds, at most 25, for a decision to arrive) |
 //! | `GET /v0/metrics` | Prometheus metrics (OpenMetrics text): peers, bytes, handshakes, paths, drops; see [`metrics`](super::metrics) |
 //! | `GET /v0/inspect` | `{"addr": "127.0.0.1:4040"}`: where request inspection listens (`addr` null when off) |
 //!
@@ -135,6 +135,11 @@ pub struct FunnelLogParams {
     /// Only decisions with a larger id.
     #[serde(default)]
     pub after_id: Option<u64>,
+    /// When nothing matches yet, wait up to this many seconds (at most 25) for a matching
+    /// decision and answer as soon as one arrives (empty at the end of the wait): what
+    /// `postern funnel log --follow` asks.
+    #[serde(default)]
+    pub wait: Option<u32>,
 }
 
 impl FunnelLogParams {
@@ -146,6 +151,10 @@ impl FunnelLogParams {
             after_id: self.after_id,
             limit: self.limit,
             denied_only: self.denied,
+            wait_ms: self.wait.filter(|secs| *secs > 0).map(|secs| {
+                secs.saturating_mul(1000)
+                    .min(postern_proto::funnel::MAX_FUNNEL_LOG_WAIT_MS)
+            }),
         }
     }
 }

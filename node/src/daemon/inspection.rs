@@ -8,16 +8,18 @@
 //! to the origin of the first funnelled HTTP port, else of the first served HTTP port.
 //!
 //! Requests the edge refused never reach the node, so they cannot be captured: while the
-//! node has funnels, the inspector asks the coord every [`EDGE_DENIAL_POLL`] for the edge's
-//! new denials of this node's funnels (`postern funnel log --denied`) and records each as
-//! a denied entry (kind `denied`, with the gate and reason; no headers or body, not
-//! replayable).
+//! node has funnels, the inspector keeps one request for the edge's new denials of this
+//! node's funnels (`postern funnel log --denied`) waiting at the coord, which answers as
+//! soon as the ingress reports one (a long poll, [`EDGE_DENIAL_WAIT_MS`]), and records each
+//! as a denied entry (kind `denied`, with the gate and reason; no headers or body, not
+//! replayable). A coord that cannot hold requests answers at once; the inspector then asks
+//! every [`EDGE_DENIAL_POLL`].
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, UNIX_EPOCH};
 
-use postern_proto::funnel::{EdgeDecision, FunnelLogQuery};
+use postern_proto::funnel::{EdgeDecision, FunnelLogQuery, MAX_FUNNEL_LOG_WAIT_MS};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -29,9 +31,14 @@ use crate::inspect::{
 };
 use crate::serve::{Exchange, ExchangeObserver, InspectObserver, RequestOrigin};
 
-/// How often the inspector asks the coord for new edge denials while the node has
-/// funnels: 2 s.
+/// How often the inspector asks the coord for new edge denials when the coord answers at
+/// once (one that predates waiting requests), or after a failed request: 2 s. Also how
+/// often a node without funnels looks whether it has some now.
 pub const EDGE_DENIAL_POLL: Duration = Duration::from_secs(2);
+
+/// How long each request for new edge denials may wait at the coord: the most a coord
+/// holds one ([`MAX_FUNNEL_LOG_WAIT_MS`], 25 s).
+pub const EDGE_DENIAL_WAIT_MS: u32 = MAX_FUNNEL_LOG_WAIT_MS;
 
 /// The most edge denials one poll fetches.
 const EDGE_DENIAL_BATCH: u32 = 200;
@@ -148,8 +155,9 @@ impl Inspection {
     }
 }
 
-/// Asks the coord for new edge denials every [`EDGE_DENIAL_POLL`] while `serves` has
-/// funnels, and records them in `store`, until `stop` or the serve manager goes.
+/// Keeps a request for new edge denials waiting at the coord while `serves` has funnels,
+/// and records what comes back in `store`, until `stop` or the serve manager goes (see the
+/// [module docs](self)).
 async fn pull_edge_denials(
     store: Arc<CaptureStore>,
     serves: Weak<ServeManager>,
@@ -157,31 +165,35 @@ async fn pull_edge_denials(
 ) {
     // A persisted store holds the denials pulled before a restart: resume after them.
     let mut last_id: Option<u64> = store.newest_edge_id();
-    let mut ticks = tokio::time::interval(EDGE_DENIAL_POLL);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
         let Some(manager) = serves.upgrade() else {
             return;
         };
         if !manager.has_funnels() {
+            drop(manager);
+            if paused(&stop, EDGE_DENIAL_POLL).await {
+                return;
+            }
             continue;
         }
         let query = FunnelLogQuery {
             after_id: last_id,
             limit: Some(EDGE_DENIAL_BATCH),
             denied_only: true,
+            wait_ms: Some(EDGE_DENIAL_WAIT_MS),
             ..FunnelLogQuery::default()
         };
+        let asked = tokio::time::Instant::now();
         let pulled = tokio::select! {
             () = stop.cancelled() => return,
             pulled = manager.funnel_log(query) => pulled,
         };
         drop(manager);
-        match pulled {
+        let pause = match pulled {
+            Ok(decisions) if decisions.is_empty() => {
+                // Empty at once: a coord that does not hold requests. Ask as a poll would.
+                EDGE_DENIAL_POLL.saturating_sub(asked.elapsed())
+            }
             Ok(decisions) => {
                 // Newest first from the coord; record oldest first.
                 for decision in decisions.iter().rev() {
@@ -189,10 +201,25 @@ async fn pull_edge_denials(
                 }
                 let newest = decisions.iter().map(|d| d.id).max().unwrap_or(0);
                 last_id = Some(last_id.unwrap_or(0).max(newest));
+                Duration::ZERO
             }
             Err(FunnelCallError::Unsupported) => return,
-            Err(err) => tracing::debug!(%err, "cannot fetch the edge's denials yet"),
+            Err(err) => {
+                tracing::debug!(%err, "cannot fetch the edge's denials yet");
+                EDGE_DENIAL_POLL
+            }
+        };
+        if !pause.is_zero() && paused(&stop, pause).await {
+            return;
         }
+    }
+}
+
+/// Sleeps `pause`; `true` when `stop` came first.
+async fn paused(stop: &CancellationToken, pause: Duration) -> bool {
+    tokio::select! {
+        () = stop.cancelled() => true,
+        () = tokio::time::sleep(pause) => false,
     }
 }
 

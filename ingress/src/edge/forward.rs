@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use postern_node::serve::DrainOnDrop;
+use postern_node::serve::{DrainOnDrop, OnEndBody};
 
 use super::{Upstream, UpstreamContext, UpstreamError};
 use crate::audit::{AuditRecord, AuditSink};
@@ -236,69 +236,16 @@ impl Body for HoldingBody {
 /// duration, when the body ends or is dropped.
 pub(super) fn audited(
     body: EdgeBody,
-    record: AuditRecord,
+    mut record: AuditRecord,
     started: Instant,
     sink: Arc<dyn AuditSink>,
 ) -> EdgeBody {
-    AuditedBody {
-        inner: body,
-        bytes: 0,
-        pending: Some((record, started, sink)),
-    }
+    OnEndBody::new(body, move |bytes| {
+        record.bytes = bytes;
+        record.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        sink.record(&record);
+    })
     .boxed()
-}
-
-struct AuditedBody {
-    inner: EdgeBody,
-    bytes: u64,
-    pending: Option<(AuditRecord, Instant, Arc<dyn AuditSink>)>,
-}
-
-impl AuditedBody {
-    fn write_record(&mut self) {
-        if let Some((mut record, started, sink)) = self.pending.take() {
-            record.bytes = self.bytes;
-            record.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            sink.record(&record);
-        }
-    }
-}
-
-impl Body for AuditedBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.bytes += data.len() as u64;
-                }
-            }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.write_record(),
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for AuditedBody {
-    fn drop(&mut self) {
-        self.write_record();
-    }
 }
 
 /// Sets `X-Forwarded-For/-Proto/-Host` and `Forwarded`, replacing any the client sent.

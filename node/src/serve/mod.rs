@@ -23,6 +23,7 @@
 //!
 //! [`FunnelHello`]: postern_proto::funnel_hop::FunnelHello
 
+mod body_end;
 mod capture;
 mod config;
 mod drain;
@@ -40,6 +41,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use body_end::OnEndBody;
 pub use capture::InspectObserver;
 pub use config::{
     HttpRoute, OriginUrl, RoutePath, ServeConfig, ServeConfigError, ServeTable, ServeTarget,

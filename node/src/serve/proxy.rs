@@ -29,9 +29,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use postern_proto::funnel_hop::{HOP_CONTEXT_HEADER, HOP_REFUSAL_HEADER, RefusalCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::body_end::OnEndBody;
 use super::config::{HttpRoute, ServeTable, ServeTarget};
 use super::identity::{PeerDirectory, RequestOrigin, set_identity_headers};
-use super::observer::{Capture, Exchange, ExchangeObserver, OnEndBody, TeeBody};
+use super::observer::{Capture, Exchange, ExchangeObserver, TeeBody};
 
 /// How long connecting to the origin may take.
 pub(super) const ORIGIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -279,7 +280,7 @@ impl HttpProxy {
         let (parts, body) = response.into_parts();
         let (tee, response_capture) = TeeBody::new(body, limit);
         let observer = Arc::clone(&self.observer);
-        let finish = Box::new(move || {
+        let finish = move |_bytes| {
             record.duration = started.elapsed();
             if let Some(capture) = request_capture {
                 let (body, error) = lock(&capture).snapshot();
@@ -290,7 +291,7 @@ impl HttpProxy {
             record.response_body = body;
             record.error = record.error.take().or(error);
             observer.record(record);
-        });
+        };
         Response::from_parts(parts, OnEndBody::new(tee, finish).boxed_unsync())
     }
 

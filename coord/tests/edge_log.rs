@@ -246,6 +246,9 @@ async fn a_waiting_log_request_is_answered_when_the_ingress_reports_a_match() {
             1,
             "the stream serves other requests meanwhile"
         );
+        coord
+            .wait_metric("postern_coord_edge_log_reads_waiting 1")
+            .await;
         // An admission does not match a wait for denials; the denial after it does.
         let ack = edge
             .report_edge_decisions(vec![decision(&hooks, 1, "allow")])
@@ -261,6 +264,9 @@ async fn a_waiting_log_request_is_answered_when_the_ingress_reports_a_match() {
     let answer = answer.unwrap();
     let paths: Vec<&str> = answer.iter().map(|d| d.path.as_str()).collect();
     assert_eq!(paths, ["/webhook/2"]);
+    coord
+        .wait_metric("postern_coord_edge_log_reads_waiting 0")
+        .await;
 
     // Asking for what is newer than that, a short wait ends with an empty answer.
     let after = FunnelLogQuery {

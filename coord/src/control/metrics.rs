@@ -19,6 +19,9 @@ pub struct ControlMetrics {
     pub keepalives_sent: Counter,
     /// Control handshakes that failed.
     pub handshake_failures: Counter,
+    /// Edge log reads held now, waiting for new decisions (`postern funnel log --follow`
+    /// and request inspection's denials).
+    pub edge_log_reads_waiting: Gauge,
     registry: Registry,
 }
 
@@ -38,6 +41,7 @@ impl ControlMetrics {
         let netmap_frames_sent = Counter::default();
         let keepalives_sent = Counter::default();
         let handshake_failures = Counter::default();
+        let edge_log_reads_waiting = Gauge::default();
         registry.register("registrations", "Nodes registered", registrations.clone());
         registry.register(
             "registrations_rejected",
@@ -64,6 +68,11 @@ impl ControlMetrics {
             "Control handshakes that failed",
             handshake_failures.clone(),
         );
+        registry.register(
+            "edge_log_reads_waiting",
+            "Edge log reads held, waiting for new decisions",
+            edge_log_reads_waiting.clone(),
+        );
         Self {
             registrations,
             registrations_rejected,
@@ -71,6 +80,7 @@ impl ControlMetrics {
             netmap_frames_sent,
             keepalives_sent,
             handshake_failures,
+            edge_log_reads_waiting,
             registry,
         }
     }

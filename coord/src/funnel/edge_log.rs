@@ -85,6 +85,23 @@ impl EdgeLogSignal {
     }
 }
 
+/// Counts a read in `edge_log_reads_waiting` while it is held, however its wait ends
+/// (answered, or dropped with its session).
+struct HeldRead<'m>(&'m prometheus_client::metrics::gauge::Gauge);
+
+impl<'m> HeldRead<'m> {
+    fn new(gauge: &'m prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for HeldRead<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// The longest path kept, in bytes (longer ones are cut at a character boundary).
 const MAX_PATH_LEN: usize = 1024;
 /// The longest of the other text fields kept, in bytes.
@@ -245,6 +262,7 @@ impl Coord {
         wait: Duration,
     ) -> Result<Vec<EdgeDecision>, FunnelRefusal> {
         let deadline = tokio::time::Instant::now() + wait;
+        let _held = HeldRead::new(&self.metrics.edge_log_reads_waiting);
         let mut stored = self.edge_log.subscribe();
         loop {
             let found = self.funnel_log(node_id, query).await?;

@@ -2,7 +2,7 @@
 //!
 //! The stack reads every inbound packet once here: to drop (and count) malformed ones, and to
 //! spot TCP SYNs so that a listening socket exists before smoltcp processes the SYN. This is
-//! the only parser of network input in the crate; it has a fuzz target in `netstack/fuzz/`.
+//! the only parser of network input in the crate; it has a fuzz target in `fuzz/`.
 
 use std::net::{IpAddr, SocketAddr};
 

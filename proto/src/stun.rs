@@ -10,7 +10,7 @@
 //! than taken from a crate because the two STUN crates we checked bring far more than this
 //! (`stun_codec` 0.4 decodes through `unsafe` aliasing tricks and `trackable`; `stun-rs`
 //! pulls in sixteen dependencies for usernames, TURN and ICE), while the subset here is a
-//! 20-byte header and one attribute. `proto/fuzz` has a `stun` target for it.
+//! 20-byte header and one attribute. `fuzz/` has a `stun` target for it.
 //!
 //! Parsing never panics; every length is checked and errors say what was wrong.
 

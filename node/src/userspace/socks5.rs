@@ -9,7 +9,7 @@
 //! Written by hand rather than with a crate: the protocol subset is two tiny messages, the
 //! crates on offer (e.g. `fast-socks5`) bring their own accept loops, timeouts and
 //! resolver choices that would have to be worked around, and the parsers here are pure
-//! functions ([`parse_greeting`], [`parse_request`]) that are fuzzed (`node/fuzz`) and can
+//! functions ([`parse_greeting`], [`parse_request`]) that are fuzzed (`fuzz/`, `socks5`) and can
 //! never panic.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -1,7 +1,7 @@
 //! Parsers for the signature headers and signed fields providers send.
 //!
 //! Everything here reads untrusted input: nothing panics, every failure is a typed
-//! [`ParseError`]. The `ingress/fuzz` target `signature_headers` drives these functions
+//! [`ParseError`]. The fuzz target `signature_headers` (`fuzz/`) drives these functions
 //! with arbitrary bytes.
 
 use base64::Engine as _;

@@ -2,7 +2,7 @@
 //! (`FunnelRoute` with arbitrary `GateSpec`s, modes and rate limits): nothing may panic,
 //! whatever the provider names, prefixes, CA text or limits.
 //!
-//! Run from `ingress/`: `cargo +nightly fuzz run funnel_route -- -max_total_time=30`.
+//! From the repository root: `cargo +nightly fuzz run funnel_route -- -max_total_time=30`.
 
 #![no_main]
 

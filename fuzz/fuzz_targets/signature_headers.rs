@@ -2,7 +2,7 @@
 //! Standard Webhooks `v1,` lists, PagerDuty lists, timestamps, hex/base64 signatures and
 //! Twilio form params. Nothing may panic.
 //!
-//! Run from `ingress/`: `cargo +nightly fuzz run signature_headers -- -max_total_time=30`.
+//! From the repository root: `cargo +nightly fuzz run signature_headers -- -max_total_time=30`.
 
 #![no_main]
 

@@ -2,7 +2,7 @@
 //! signature, timestamp and id header and as the body: nothing may panic, whatever the
 //! provider's family (HMAC, Ed25519, ECDSA, token, JSON and form bodies).
 //!
-//! Run from `ingress/`: `cargo +nightly fuzz run webhook_gate -- -max_total_time=30`.
+//! From the repository root: `cargo +nightly fuzz run webhook_gate -- -max_total_time=30`.
 
 #![no_main]
 

@@ -1,7 +1,7 @@
 //! Fuzzes the OIDC gate's cookie decoder (session and login cookies): nothing may panic,
 //! and nothing but a value this key signed may decode.
 //!
-//! Run from `ingress/`: `cargo +nightly fuzz run oidc_cookie -- -max_total_time=30`.
+//! From the repository root: `cargo +nightly fuzz run oidc_cookie -- -max_total_time=30`.
 
 #![no_main]
 

@@ -1,7 +1,7 @@
 //! Fuzzes the `require` expression of a funnel (TOML value → gate chain): nothing may
 //! panic, whatever the nesting.
 //!
-//! Run from `ingress/`: `cargo +nightly fuzz run gate_require -- -max_total_time=30`.
+//! From the repository root: `cargo +nightly fuzz run gate_require -- -max_total_time=30`.
 
 #![no_main]
 

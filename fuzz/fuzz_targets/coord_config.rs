@@ -1,7 +1,7 @@
 //! Fuzzes the `coord.toml` and `relay.toml` parsers and their checks: nothing may panic,
 //! and every error names a line and column inside the text.
 //!
-//! Run from `coord/`: `cargo +nightly fuzz run coord_config -- -max_total_time=30`.
+//! From the repository root: `cargo +nightly fuzz run coord_config -- -max_total_time=30`.
 
 #![no_main]
 

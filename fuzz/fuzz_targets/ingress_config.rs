@@ -1,6 +1,6 @@
 //! Fuzzes the `ingress.toml` parser and the PEM certificate loader: nothing may panic.
 //!
-//! Run from `ingress/`: `cargo +nightly fuzz run ingress_config -- -max_total_time=30`.
+//! From the repository root: `cargo +nightly fuzz run ingress_config -- -max_total_time=30`.
 
 #![no_main]
 

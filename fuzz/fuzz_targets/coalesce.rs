@@ -28,6 +28,9 @@ fuzz_target!(|data: &[u8]| {
     let out_bytes: usize = out.iter().map(|p| p.len()).sum();
     assert!(out_bytes <= in_bytes);
     for packet in &out {
-        assert!(inspect_inbound(packet, false).is_ok(), "a joined packet does not parse");
+        assert!(
+            inspect_inbound(packet, false).is_ok(),
+            "a joined packet does not parse"
+        );
     }
 });

@@ -28,5 +28,8 @@ fuzz_target!(|data: &[u8]| {
     selector.set_peers(vec![peer], now);
     while selector.poll_event().is_some() {}
     selector.handle_input(PathId::Direct(([192, 0, 2, 1], 41641).into()), data, now);
-    assert!(selector.poll_event().is_none(), "unsealed bytes changed a path");
+    assert!(
+        selector.poll_event().is_none(),
+        "unsealed bytes changed a path"
+    );
 });

@@ -10,9 +10,15 @@ use postern_proto::frame::FrameDecoder;
 const MAX_FRAME: usize = 64 * 1024;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&chunk, rest)) = data.split_first() else { return };
+    let Some((&chunk, rest)) = data.split_first() else {
+        return;
+    };
     let chunk = usize::from(chunk).max(1);
-    let codec = ControlCodec { max_frame_len: MAX_FRAME, max_message_len: 1 << 20, compress_threshold: 256 };
+    let codec = ControlCodec {
+        max_frame_len: MAX_FRAME,
+        max_message_len: 1 << 20,
+        compress_threshold: 256,
+    };
     let mut decoder = FrameDecoder::new(MAX_FRAME);
     for piece in rest.chunks(chunk) {
         decoder.push(piece);

@@ -35,7 +35,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(context) = FunnelHello::decode_context(data) {
         assert!(!context.per_request_context);
         let again = context.encode_context().unwrap();
-        assert_eq!(FunnelHello::decode_context(again.as_bytes()).unwrap(), context);
+        assert_eq!(
+            FunnelHello::decode_context(again.as_bytes()).unwrap(),
+            context
+        );
     }
     let stream = FunnelHello {
         client: "0.0.0.0:0".parse().unwrap(),

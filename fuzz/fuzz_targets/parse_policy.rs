@@ -26,7 +26,9 @@ fuzz_target!(|data: &[u8]| {
                 .collect();
             for node in nodes.iter() {
                 let compiled = policy.compile_for(node, &nodes);
-                let _ = compiled.packet_filter.allows([100, 64, 0, 1].into(), 443, IpProto::TCP);
+                let _ = compiled
+                    .packet_filter
+                    .allows([100, 64, 0, 1].into(), 443, IpProto::TCP);
             }
             let _ = policy.test_access("u1@x", "tag:web:443", "tcp");
         }

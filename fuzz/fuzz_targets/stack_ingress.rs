@@ -11,8 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use postern_netstack::{
-    Impairment, MemoryWire, Netstack, NetstackConfig, PacketSeam, TcpListener, TcpStream,
-    UdpSocket,
+    Impairment, MemoryWire, Netstack, NetstackConfig, PacketSeam, TcpListener, TcpStream, UdpSocket,
 };
 use tokio::sync::mpsc;
 
@@ -20,7 +19,15 @@ struct Harness {
     runtime: tokio::runtime::Runtime,
     stack: Netstack,
     to_stack: mpsc::Sender<Vec<Bytes>>,
-    _keep: (Netstack, MemoryWire, TcpListener, TcpListener, UdpSocket, TcpStream, TcpStream),
+    _keep: (
+        Netstack,
+        MemoryWire,
+        TcpListener,
+        TcpListener,
+        UdpSocket,
+        TcpStream,
+        TcpStream,
+    ),
 }
 
 fn harness() -> &'static Harness {
@@ -41,16 +48,26 @@ fn harness() -> &'static Harness {
             let (peer, peer_seam) = Netstack::new(NetstackConfig::new(peer_addrs)).unwrap();
             let to_stack = seam.to_stack.clone();
             let wire = MemoryWire::connect(
-                PacketSeam { to_stack: seam.to_stack, from_stack: seam.from_stack },
+                PacketSeam {
+                    to_stack: seam.to_stack,
+                    from_stack: seam.from_stack,
+                },
                 peer_seam,
                 Impairment::none(),
             );
             let listener = stack.listen_tcp(80).unwrap();
             let any = stack.listen_tcp_any_port().unwrap();
             let udp = stack.bind_udp(53).unwrap();
-            let client = peer.connect_tcp("100.64.0.1:80".parse().unwrap()).await.unwrap();
+            let client = peer
+                .connect_tcp("100.64.0.1:80".parse().unwrap())
+                .await
+                .unwrap();
             let server = listener.accept().await.unwrap();
-            (stack, to_stack, (peer, wire, listener, any, udp, client, server))
+            (
+                stack,
+                to_stack,
+                (peer, wire, listener, any, udp, client, server),
+            )
         });
         Harness {
             runtime,
@@ -77,7 +94,10 @@ fuzz_target!(|data: &[u8]| {
         h.to_stack.send(packets).await.unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while seen(&h.stack.stats()) < seen(&before) + count {
-            assert!(tokio::time::Instant::now() < deadline, "stack stopped processing");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "stack stopped processing"
+            );
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
     });

@@ -7,8 +7,18 @@ use postern_proto::stun::{self, StunMessage};
 
 fuzz_target!(|data: &[u8]| {
     let _ = stun::is_stun(data);
-    if let Ok(StunMessage::BindingResponse { transaction, mapped }) = stun::parse(data) {
+    if let Ok(StunMessage::BindingResponse {
+        transaction,
+        mapped,
+    }) = stun::parse(data)
+    {
         let again = stun::parse(&stun::binding_response(transaction, mapped)).unwrap();
-        assert_eq!(again, StunMessage::BindingResponse { transaction, mapped });
+        assert_eq!(
+            again,
+            StunMessage::BindingResponse {
+                transaction,
+                mapped
+            }
+        );
     }
 });

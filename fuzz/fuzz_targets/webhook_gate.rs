@@ -10,8 +10,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::OnceLock;
 use std::time::{Duration, UNIX_EPOCH};
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use hmac::{Hmac, Mac};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use libfuzzer_sys::fuzz_target;
 use postern_ingress::gate::{Gate, GateRequest, Provider, Secret, WebhookGate, WebhookGateConfig};
 
@@ -80,7 +80,10 @@ fuzz_target!(|data: &[u8]| {
     for name in HEADERS {
         headers.insert(HeaderName::from_static(name), value.clone());
     }
-    let url = format!("https://hook.example/in?bodySHA256={}", text.get(..8).unwrap_or(""));
+    let url = format!(
+        "https://hook.example/in?bodySHA256={}",
+        text.get(..8).unwrap_or("")
+    );
     let client = SocketAddr::from((Ipv4Addr::LOCALHOST, 9));
     let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     for method in [Method::POST, Method::GET] {
@@ -112,9 +115,15 @@ fuzz_target!(|data: &[u8]| {
         ("twitch-eventsub-message-signature", twitch.as_str()),
         ("twitch-eventsub-message-timestamp", twitch_stamp),
         ("twitch-eventsub-message-id", "id-1"),
-        ("twitch-eventsub-message-type", "webhook_callback_verification"),
+        (
+            "twitch-eventsub-message-type",
+            "webhook_callback_verification",
+        ),
     ] {
-        signed.insert(HeaderName::from_static(name), HeaderValue::from_str(value).expect("ASCII header value"));
+        signed.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_str(value).expect("ASCII header value"),
+        );
     }
     let post = Method::POST;
     let request = GateRequest::new(&post, &url, &signed, data, client);

@@ -4,7 +4,10 @@
 //! one replica (a registration, an admin command, a node connecting) is announced with
 //! `NOTIFY` ([`crate::store::CHANGES_CHANNEL`]); every other replica `LISTEN`s and wakes its
 //! sessions, which re-read the tailnet and send their nodes the deltas. Bursts coalesce:
-//! one announcement covers every change made while the previous one was being sent. The
+//! one announcement covers every change made while the previous one was being sent.
+//! Edge decisions stored on one replica are announced the same way, with their funnels'
+//! owners ([`crate::store::EDGE_LOG_CHANNEL`]), so that an owner's edge log read waiting
+//! on another replica is answered at once. The
 //! node lifecycle (key expiry records, ephemeral cleanup) runs on the one replica holding
 //! an advisory lock ([`crate::lifecycle`]). On SQLite none of this runs.
 //!
@@ -13,6 +16,7 @@
 use rand::RngCore;
 
 use crate::control::Coord;
+use crate::store::Announcement;
 
 /// Starts announcing this replica's changes and listening for the others' (PostgreSQL
 /// only; on SQLite it returns at once). Ends with the coord.
@@ -24,8 +28,10 @@ pub fn spawn(coord: &Coord) {
     rand::rngs::OsRng.fill_bytes(&mut id);
     let replica = hex::encode(id);
     tracing::info!(%replica, "fanning tailnet changes out to the other replicas through PostgreSQL");
-    let (announcer, listener) = (coord.clone(), coord.clone());
+    let (announcer, listener, edge_log) = (coord.clone(), coord.clone(), coord.clone());
     let own = replica.clone();
+    let edge_log_replica = replica.clone();
+    tokio::spawn(async move { announce_edge_log(edge_log, edge_log_replica).await });
     tokio::spawn(async move { announce(announcer, replica).await });
     tokio::spawn(async move { listen(listener, own).await });
     let presence = coord.clone();
@@ -71,6 +77,48 @@ async fn announce(coord: Coord, replica: String) {
     }
 }
 
+/// Announces the owners of the edge decisions this replica stores, so that their edge log
+/// reads waiting on other replicas are answered ([`crate::funnel::edge_log`]). Owners
+/// stored while an announcement is being sent go out together in the next.
+async fn announce_edge_log(coord: Coord, replica: String) {
+    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+    let token = coord.shutdown_token();
+    let mut stored = coord.edge_log.stored_here();
+    loop {
+        let first = tokio::select! {
+            first = stored.recv() => first,
+            () = token.cancelled() => return,
+        };
+        // Lagged: some owners are unknown, so announce "anyone's" (no owners).
+        let mut owners = match first {
+            Ok(owner) => vec![owner],
+            Err(RecvError::Lagged(_)) => Vec::new(),
+            Err(RecvError::Closed) => return,
+        };
+        let mut anyone = owners.is_empty();
+        loop {
+            match stored.try_recv() {
+                Ok(owner) => owners.push(owner),
+                Err(TryRecvError::Lagged(_)) => anyone = true,
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            }
+        }
+        if anyone {
+            owners.clear();
+        }
+        owners.sort_unstable();
+        owners.dedup();
+        if let Err(err) = coord
+            .registry
+            .store()
+            .announce_edge_log(&replica, &owners)
+            .await
+        {
+            tracing::warn!(%err, "cannot announce stored edge decisions to the other replicas");
+        }
+    }
+}
+
 async fn listen(coord: Coord, replica: String) {
     let token = coord.shutdown_token();
     let retry = std::time::Duration::from_secs(1);
@@ -90,17 +138,23 @@ async fn listen(coord: Coord, replica: String) {
         };
         // Anything may have changed while nobody listened.
         coord.hub.notify_local();
+        coord.edge_log.anything();
         loop {
             let received = tokio::select! {
                 received = listener.recv() => received,
                 () = token.cancelled() => return,
             };
             match received {
-                Ok(from) if from == replica => {}
-                Ok(_) => coord.hub.notify_local(),
+                Ok(Announcement::Changes { replica: from }) if from == replica => {}
+                Ok(Announcement::Changes { .. }) => coord.hub.notify_local(),
+                Ok(Announcement::EdgeLog { replica: from, .. }) if from == replica => {}
+                Ok(Announcement::EdgeLog { owners, .. }) => {
+                    coord.edge_log.stored_elsewhere(&owners);
+                }
                 Err(err) => {
                     tracing::warn!(%err, "lost the other replicas' change feed; reconnecting");
                     coord.hub.notify_local();
+                    coord.edge_log.anything();
                     tokio::time::sleep(retry).await;
                     break;
                 }

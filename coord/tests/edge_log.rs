@@ -13,14 +13,11 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::{CoordProcess, WAIT, client};
-use postern_node::control::{ClientError, ControlClient};
-use postern_proto::funnel::{
-    EdgeDecision, FunnelChange, FunnelLogQuery, FunnelProtocol, FunnelSpec, GateMode, GateSecret,
-    GateSpec, MAX_EDGE_BATCH,
+use common::{
+    CoordProcess, client, connected, edge_decision as decision, open_webhook_funnel as open,
 };
+use postern_node::control::{ClientError, ControlClient};
+use postern_proto::funnel::{EdgeDecision, FunnelChange, FunnelLogQuery, MAX_EDGE_BATCH};
 
 const DOMAIN: &str = "funnel.example.test";
 
@@ -29,50 +26,6 @@ const POLICY: &str = r#"{
   "nodeAttrs": [{"target": ["alice@example.com", "bob@example.com"], "attr": ["funnel"]}],
   "funnels": [{"src": ["alice@example.com", "bob@example.com"], "ports": ["3000-3009"]}],
 }"#;
-
-async fn connected(node: &ControlClient) {
-    let deadline = Instant::now() + WAIT;
-    while !node.is_connected() {
-        assert!(Instant::now() < deadline, "never connected");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Opens a webhook-gated funnel of `port` named `name`; returns its hostname.
-async fn open(node: &ControlClient, port: u16, name: &str) -> String {
-    let spec = FunnelSpec {
-        port,
-        name: Some(name.into()),
-        protocol: FunnelProtocol::Http,
-        ttl_secs: None,
-        gates: vec![GateSpec::Webhook {
-            provider: "github".into(),
-            secrets: vec![GateSecret::new("s3cret")],
-            tolerance_secs: None,
-        }],
-        gate_mode: GateMode::All,
-        rate_limit: None,
-    };
-    let opened = node.funnel(FunnelChange::Open(spec)).await.unwrap();
-    opened[0].hostname.clone()
-}
-
-fn decision(hostname: &str, n: u64, result: &str) -> EdgeDecision {
-    EdgeDecision {
-        id: 0,
-        at_ms: 1_795_939_200_000 + i64::try_from(n).unwrap(),
-        funnel: hostname.to_owned(),
-        client: format!("203.0.113.7:{}", 5000 + n),
-        method: "POST".into(),
-        path: format!("/webhook/{n}"),
-        gate: Some("webhook:github".into()),
-        result: result.into(),
-        reason: (result == "deny").then(|| "signature_mismatch".into()),
-        status: if result == "deny" { 401 } else { 200 },
-        bytes: 18,
-        duration_ms: 2,
-    }
-}
 
 async fn log(node: &ControlClient, query: FunnelLogQuery) -> Vec<EdgeDecision> {
     node.funnel_log(query).await.unwrap()

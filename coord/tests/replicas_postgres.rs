@@ -1,6 +1,7 @@
 //! Two `postern-coord serve` replicas on one real PostgreSQL (from `postern-lab`): changes
 //! made on one reach the nodes streaming from the other through the database (LISTEN /
-//! NOTIFY), and the node lifecycle runs on one replica only. Needs the PostgreSQL server
+//! NOTIFY), an edge log read waiting on one is answered by a decision an ingress reported
+//! to the other, and the node lifecycle runs on one replica only. Needs the PostgreSQL server
 //! installed (`scripts/install-deps`); fails, never skips, when it is missing.
 
 #![allow(
@@ -14,9 +15,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{CoordProcess, client, client_with, peer_names, wait_for};
+use common::{
+    CoordProcess, client, client_with, connected, edge_decision, open_webhook_funnel, peer_names,
+    wait_for,
+};
 use postern_lab::postgres::PostgresCluster;
 use postern_proto::MachinePrivateKey;
+use postern_proto::funnel::FunnelLogQuery;
 
 /// Each user's devices see each other (both replicas get the same file, as operators must).
 const POLICY: &str = r#"{
@@ -126,4 +131,65 @@ async fn one_replica_runs_the_lifecycle_and_respects_streams_on_the_other() {
             .is_empty()
     );
     drop(b);
+}
+
+/// POLICY, and alice may funnel ports 3000 to 3009.
+const FUNNEL_POLICY: &str = r#"{
+  "acls": [{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]}],
+  "nodeAttrs": [{"target": ["alice@example.com"], "attr": ["funnel"]}],
+  "funnels": [{"src": ["alice@example.com"], "ports": ["3000-3009"]}],
+}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_log_read_waiting_on_one_replica_is_answered_from_the_other() {
+    let (_cluster, url) = postgres();
+    let extra = [
+        "--database",
+        url.as_str(),
+        "--funnel-domain",
+        "funnel.example.test",
+    ];
+    let a = CoordProcess::start(FUNNEL_POLICY, &extra).await;
+    let b = CoordProcess::start(FUNNEL_POLICY, &extra).await;
+    let alice = a.auth_key(&["--user", "alice@example.com", "--database", &url]);
+    let edge_key = a.auth_key(&["--ingress", "--database", &url]);
+    // The funnel's owner streams from A, the ingress from B.
+    let laptop = client(&a.addr, Some(alice), "alice-laptop");
+    let edge = client(&b.addr, Some(edge_key), "edge");
+    connected(&laptop).await;
+    connected(&edge).await;
+    let hooks = open_webhook_funnel(&laptop, 3000, "hooks").await;
+
+    let waiting = FunnelLogQuery {
+        denied_only: true,
+        wait_ms: Some(25_000),
+        ..FunnelLogQuery::default()
+    };
+    let (answer, ()) = tokio::join!(laptop.funnel_log(waiting), async {
+        a.wait_metric("postern_coord_edge_log_reads_waiting 1")
+            .await;
+        // B stores the denial once its view has the funnel (it learns it from A).
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let ack = edge
+                .report_edge_decisions(vec![edge_decision(&hooks, 1, "deny")])
+                .await
+                .unwrap();
+            if ack.stored == 1 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "replica B never stored the denial: {ack:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    // Answered through B's announcement: without it, the read would end empty after
+    // its 25 s.
+    let answer = answer.unwrap();
+    let paths: Vec<&str> = answer.iter().map(|d| d.path.as_str()).collect();
+    assert_eq!(paths, ["/webhook/1"]);
+    laptop.shutdown();
+    edge.shutdown();
 }

@@ -15,11 +15,12 @@
 //!
 //! A log request may ask to wait ([`FunnelLogQuery::wait_ms`]): when nothing matches yet,
 //! the answer is held until a batch stores a decision of one of the node's funnels
-//! ([`EdgeLogSignal`]), then the query runs again. While it waits, the query also runs
-//! again every [`WAIT_RECHECK`], which finds decisions another coord replica stored (the
-//! signal is this process's only). So the node's inspector and `postern funnel log
-//! --follow` see a denial about as soon as the ingress reports it (the ingress reports
-//! within a quarter of a second), without polling the coord.
+//! ([`EdgeLogSignal`]), then the query runs again; at the end of the wait the answer is
+//! empty (the node asks again). With PostgreSQL replicas, a replica that stores decisions
+//! announces their owners ([`crate::replicas`]), so a read waiting on another replica is
+//! woken too. So the node's inspector and `postern funnel log --follow` see a denial about
+//! as soon as the ingress reports it (the ingress reports within a quarter of a second),
+//! without polling the coord.
 //!
 //! Stored rows are bounded by [`ControlConfig::edge_log_per_funnel`] and
 //! [`ControlConfig::edge_log_max_age`](crate::control::ControlConfig::edge_log_max_age).
@@ -50,38 +51,66 @@ pub const EXPIRY_GRACE_SECS: i64 = 300;
 /// How many decisions a log request returns when it does not say: 50.
 pub const DEFAULT_LOG_LIMIT: u32 = 50;
 
-/// How often a waiting log request runs its query again even when no signal came (to find
-/// what another coord replica stored): 2 s.
-pub const WAIT_RECHECK: Duration = Duration::from_secs(2);
-
-/// Tells waiting log requests that a node's funnels have new edge decisions.
+/// Tells waiting log requests that a node's funnels have new edge decisions, and
+/// [`crate::replicas`] which ones this process stored (to announce them to the others).
 ///
 /// Call [`EdgeLogSignal::subscribe`] before running the query that came back empty, then
 /// wait on the receiver: a batch stored in between is not missed.
 #[derive(Debug, Clone)]
 pub struct EdgeLogSignal {
-    stored: Arc<broadcast::Sender<NodeId>>,
+    /// To waiting reads: the owner whose funnels got decisions, or `None` when anyone's
+    /// may have (an announcement was lost).
+    waiters: Arc<broadcast::Sender<Option<NodeId>>>,
+    /// The owners of decisions stored by this process, for the replicas' announcer.
+    stored_here: Arc<broadcast::Sender<NodeId>>,
 }
 
 impl Default for EdgeLogSignal {
     fn default() -> Self {
-        // A waiter that falls this far behind re-runs its query (it sees `Lagged`).
+        // A receiver that falls this far behind sees `Lagged`: a waiter re-runs its query,
+        // the announcer announces "anyone's".
         Self {
-            stored: Arc::new(broadcast::channel(256).0),
+            waiters: Arc::new(broadcast::channel(256).0),
+            stored_here: Arc::new(broadcast::channel(256).0),
         }
     }
 }
 
 impl EdgeLogSignal {
-    /// A receiver of the owners of decisions stored from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<NodeId> {
-        self.stored.subscribe()
+    /// A receiver of the owners of decisions stored from now on (`None`: anyone's may
+    /// have been).
+    pub fn subscribe(&self) -> broadcast::Receiver<Option<NodeId>> {
+        self.waiters.subscribe()
     }
 
-    /// Signals that decisions of `owner`'s funnels were stored.
+    /// A receiver of the owners of decisions this process stores from now on (what the
+    /// replicas' announcer tells the others).
+    pub fn stored_here(&self) -> broadcast::Receiver<NodeId> {
+        self.stored_here.subscribe()
+    }
+
+    /// Signals that this process stored decisions of `owner`'s funnels.
     pub fn stored(&self, owner: NodeId) {
-        // No receiver: nobody waits.
-        let _ = self.stored.send(owner);
+        // No receiver: nobody waits, or no replicas.
+        let _ = self.waiters.send(Some(owner));
+        let _ = self.stored_here.send(owner);
+    }
+
+    /// Signals that another replica stored decisions of `owners`' funnels (empty: of
+    /// anyone's).
+    pub fn stored_elsewhere(&self, owners: &[NodeId]) {
+        if owners.is_empty() {
+            self.anything();
+        }
+        for owner in owners {
+            let _ = self.waiters.send(Some(*owner));
+        }
+    }
+
+    /// Signals that anyone's funnels may have new decisions (announcements may have been
+    /// lost): every waiting read runs its query again.
+    pub fn anything(&self) {
+        let _ = self.waiters.send(None);
     }
 }
 
@@ -253,8 +282,8 @@ impl Coord {
         }
     }
 
-    /// [`Self::funnel_log`], run again whenever `node_id`'s funnels get new decisions (and
-    /// every [`WAIT_RECHECK`]) until it finds some or `wait` ends.
+    /// [`Self::funnel_log`], run again whenever `node_id`'s funnels may have new decisions,
+    /// until it finds some; empty when `wait` ends first.
     async fn funnel_log_waiting(
         &self,
         node_id: NodeId,
@@ -266,22 +295,21 @@ impl Coord {
         let mut stored = self.edge_log.subscribe();
         loop {
             let found = self.funnel_log(node_id, query).await?;
-            if !found.is_empty() || tokio::time::Instant::now() >= deadline {
+            if !found.is_empty() {
                 return Ok(found);
             }
-            let recheck = (tokio::time::Instant::now() + WAIT_RECHECK).min(deadline);
             loop {
                 tokio::select! {
                     owner = stored.recv() => match owner {
-                        Ok(owner) if owner == node_id => break,
-                        Ok(_) => {}
-                        Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Ok(Some(owner)) if owner != node_id => {}
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,
                         Err(broadcast::error::RecvError::Closed) => {
-                            tokio::time::sleep_until(recheck).await;
-                            break;
+                            tokio::time::sleep_until(deadline).await;
+                            return Ok(Vec::new());
                         }
                     },
-                    () = tokio::time::sleep_until(recheck) => break,
+                    // The node asks again: what came without a signal is found then.
+                    () = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
                 }
             }
         }

@@ -53,7 +53,9 @@ pub use records::{
     EdgeRetention, FunnelRecord, NewAuditRecord, NewAuthKey, NewEdgeDecision, NewFunnel, NewNode,
     NodePaths, NodeRecord, UserRecord,
 };
-pub use replicas::{CHANGES_CHANNEL, ChangeListener, LIFECYCLE_LOCK_KEY, Lease};
+pub use replicas::{
+    Announcement, CHANGES_CHANNEL, ChangeListener, EDGE_LOG_CHANNEL, LIFECYCLE_LOCK_KEY, Lease,
+};
 
 /// File name of the SQLite store inside the state directory.
 pub const SQLITE_FILE_NAME: &str = "coord.sqlite3";

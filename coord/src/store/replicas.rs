@@ -6,10 +6,38 @@
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgListener, Postgres};
 
+use postern_proto::NodeId;
+
 use super::{Backend, Store, StoreError};
 
 /// The `NOTIFY` channel on which replicas announce that the tailnet changed.
 pub const CHANGES_CHANNEL: &str = "postern_tailnet_changes";
+
+/// The `NOTIFY` channel on which replicas announce that they stored edge decisions, and of
+/// whose funnels (so that a node's edge log read waiting on another replica is answered).
+pub const EDGE_LOG_CHANNEL: &str = "postern_edge_log";
+
+/// The most node ids one edge log announcement carries (PostgreSQL caps a payload at
+/// 8000 bytes); more are split over several.
+const OWNERS_PER_ANNOUNCEMENT: usize = 300;
+
+/// What another replica (or this one) announced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Announcement {
+    /// The tailnet changed on the replica with this id.
+    Changes {
+        /// The announcing replica's id.
+        replica: String,
+    },
+    /// The replica with this id stored edge decisions of these nodes' funnels.
+    EdgeLog {
+        /// The announcing replica's id.
+        replica: String,
+        /// The funnels' owners; empty when the payload could not be read (then any
+        /// node's may have new decisions).
+        owners: Vec<NodeId>,
+    },
+}
 
 /// Key of the advisory lock held by the replica that runs the node lifecycle (key
 /// expiry, ephemeral cleanup): "pstn" in ASCII.
@@ -22,12 +50,19 @@ pub struct ChangeListener {
 }
 
 impl ChangeListener {
-    /// Waits for the next announcement and returns its payload (the announcing replica's
-    /// id). Fails when the connection is lost; sqlx reconnects on the next call, and
-    /// announcements sent meanwhile are lost, so treat an error as "something may have
-    /// changed".
-    pub async fn recv(&mut self) -> Result<String, StoreError> {
-        Ok(self.listener.recv().await?.payload().to_owned())
+    /// Waits for the next announcement. Fails when the connection is lost; sqlx
+    /// reconnects on the next call, and announcements sent meanwhile are lost, so treat an
+    /// error as "something may have changed".
+    pub async fn recv(&mut self) -> Result<Announcement, StoreError> {
+        let notification = self.listener.recv().await?;
+        let payload = notification.payload();
+        Ok(if notification.channel() == EDGE_LOG_CHANNEL {
+            parse_edge_log(payload)
+        } else {
+            Announcement::Changes {
+                replica: payload.to_owned(),
+            }
+        })
     }
 }
 
@@ -98,13 +133,39 @@ impl Store {
         Ok(())
     }
 
+    /// Announces that replica `replica` stored edge decisions of `owners`' funnels (several
+    /// `NOTIFY`s for many owners). Does nothing on SQLite.
+    pub async fn announce_edge_log(
+        &self,
+        replica: &str,
+        owners: &[NodeId],
+    ) -> Result<(), StoreError> {
+        if let Backend::Postgres(pool) = &self.backend {
+            for chunk in owners.chunks(OWNERS_PER_ANNOUNCEMENT) {
+                let mut payload = replica.to_owned();
+                for owner in chunk {
+                    payload.push(' ');
+                    payload.push_str(&owner.0.to_string());
+                }
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(EDGE_LOG_CHANNEL)
+                    .bind(payload)
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Subscribes to the replicas' change announcements; `None` on SQLite.
     pub async fn listen_for_changes(&self) -> Result<Option<ChangeListener>, StoreError> {
         match &self.backend {
             Backend::Sqlite(_) => Ok(None),
             Backend::Postgres(pool) => {
                 let mut listener = PgListener::connect_with(pool).await?;
-                listener.listen(CHANGES_CHANNEL).await?;
+                listener
+                    .listen_all([CHANGES_CHANNEL, EDGE_LOG_CHANNEL])
+                    .await?;
                 Ok(Some(ChangeListener { listener }))
             }
         }
@@ -126,5 +187,49 @@ impl Store {
                 }))
             }
         }
+    }
+}
+
+/// An edge log announcement's payload: the replica's id, then the owners' node ids, all
+/// separated by spaces. Owners that do not read leave the list empty: anyone's may have
+/// changed.
+fn parse_edge_log(payload: &str) -> Announcement {
+    let mut words = payload.split(' ');
+    let replica = words.next().unwrap_or_default().to_owned();
+    let owners: Result<Vec<NodeId>, _> = words.map(|w| w.parse().map(NodeId)).collect();
+    Announcement::EdgeLog {
+        replica,
+        owners: owners.unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edge_log_announcements_read_back() {
+        assert_eq!(
+            parse_edge_log("ab12 7 42"),
+            Announcement::EdgeLog {
+                replica: "ab12".into(),
+                owners: vec![NodeId(7), NodeId(42)],
+            }
+        );
+        // Unreadable owners: anyone's may have changed.
+        assert_eq!(
+            parse_edge_log("ab12 7 x"),
+            Announcement::EdgeLog {
+                replica: "ab12".into(),
+                owners: Vec::new(),
+            }
+        );
+        assert_eq!(
+            parse_edge_log(""),
+            Announcement::EdgeLog {
+                replica: String::new(),
+                owners: Vec::new(),
+            }
+        );
     }
 }

@@ -352,3 +352,54 @@ pub async fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
     tcp.read_to_string(&mut out).await?;
     Ok(out)
 }
+
+/// Waits until `node` holds its control connection.
+pub async fn connected(node: &ControlClient) {
+    let deadline = Instant::now() + WAIT;
+    while !node.is_connected() {
+        assert!(Instant::now() < deadline, "never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Opens a GitHub-webhook-gated funnel of `port` named `name` on `node`; returns its
+/// hostname.
+pub async fn open_webhook_funnel(node: &ControlClient, port: u16, name: &str) -> String {
+    use postern_proto::funnel::{
+        FunnelChange, FunnelProtocol, FunnelSpec, GateMode, GateSecret, GateSpec,
+    };
+    let spec = FunnelSpec {
+        port,
+        name: Some(name.into()),
+        protocol: FunnelProtocol::Http,
+        ttl_secs: None,
+        gates: vec![GateSpec::Webhook {
+            provider: "github".into(),
+            secrets: vec![GateSecret::new("s3cret")],
+            tolerance_secs: None,
+        }],
+        gate_mode: GateMode::All,
+        rate_limit: None,
+    };
+    let opened = node.funnel(FunnelChange::Open(spec)).await.unwrap();
+    opened[0].hostname.clone()
+}
+
+/// The `n`th edge decision for `hostname`, as an ingress reports it: `result` `allow`
+/// (200) or `deny` (401, `signature_mismatch`).
+pub fn edge_decision(hostname: &str, n: u64, result: &str) -> postern_proto::funnel::EdgeDecision {
+    postern_proto::funnel::EdgeDecision {
+        id: 0,
+        at_ms: 1_795_939_200_000 + i64::try_from(n).unwrap(),
+        funnel: hostname.to_owned(),
+        client: format!("203.0.113.7:{}", 5000 + n),
+        method: "POST".into(),
+        path: format!("/webhook/{n}"),
+        gate: Some("webhook:github".into()),
+        result: result.into(),
+        reason: (result == "deny").then(|| "signature_mismatch".into()),
+        status: if result == "deny" { 401 } else { 200 },
+        bytes: 18,
+        duration_ms: 2,
+    }
+}

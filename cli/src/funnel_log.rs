@@ -58,14 +58,16 @@ pub(crate) fn run(args: &LogArgs) -> ExitCode {
         Ok(daemon) => daemon,
         Err(code) => return code,
     };
-    let path = query_path(args, SystemTime::now());
+    let now = SystemTime::now();
+    let path = query_path(args, now);
+    let filters = filters(args, now);
     runtime.block_on(async move {
         let answer = match client.get::<FunnelLogAnswer>(&path).await {
             Ok(answer) => answer,
             Err(e) => return api_fail(&e),
         };
         if args.follow {
-            return follow(&client, args, &path, answer).await;
+            return follow(&client, args, &filters, answer).await;
         }
         if args.json {
             print_json(&answer)
@@ -88,11 +90,12 @@ const FOLLOW_WAIT_SECS: u32 = postern_proto::funnel::MAX_FUNNEL_LOG_WAIT_MS / 10
 const FOLLOW_PAUSE: Duration = Duration::from_secs(2);
 
 /// `--follow`: prints `first` (the answer to the plain query), then every newer decision
-/// as the daemon reports it, until interrupted or the daemon goes away.
+/// matching `filters` ([`filters`]) as the daemon reports it, until interrupted or the
+/// daemon goes away.
 async fn follow(
     client: &LocalApiClient,
     args: &LogArgs,
-    path: &str,
+    filters: &str,
     first: FunnelLogAnswer,
 ) -> ExitCode {
     let mut out = FollowOutput::new(args.json);
@@ -108,7 +111,7 @@ async fn follow(
     loop {
         let asked = std::time::Instant::now();
         let pause = match client
-            .get::<FunnelLogAnswer>(&follow_path(path, last))
+            .get::<FunnelLogAnswer>(&follow_path(filters, last))
             .await
         {
             Ok(answer) => {
@@ -146,15 +149,11 @@ async fn follow(
     }
 }
 
-/// The query of one `--follow` request: what `path` asks, newer than `last`, every one
-/// of them (up to the most one answer carries), waiting for some when there are none.
-fn follow_path(path: &str, last: Option<u64>) -> String {
-    // `limit` is the query's first parameter (see `query_path`); the rest are kept.
-    let rest = path
-        .strip_prefix("/v0/funnel/log?limit=")
-        .and_then(|tail| tail.find('&').map(|at| &tail[at..]))
-        .unwrap_or("");
-    let mut followed = format!("/v0/funnel/log?limit=1000{rest}&wait={FOLLOW_WAIT_SECS}");
+/// The query of one `--follow` request: the decisions matching `filters` newer than
+/// `last`, every one of them (up to the most one answer carries, so none is skipped),
+/// waiting for some when there are none.
+fn follow_path(filters: &str, last: Option<u64>) -> String {
+    let mut followed = format!("/v0/funnel/log?limit=1000{filters}&wait={FOLLOW_WAIT_SECS}");
     if let Some(last) = last {
         followed.push_str(&format!("&after_id={last}"));
     }
@@ -208,7 +207,13 @@ impl FollowOutput {
 
 /// The local API path of the query `args` ask for at `now`.
 fn query_path(args: &LogArgs, now: SystemTime) -> String {
-    let mut path = format!("/v0/funnel/log?limit={}", args.limit);
+    format!("/v0/funnel/log?limit={}{}", args.limit, filters(args, now))
+}
+
+/// The query's parameters besides `limit`, each with its leading `&`: the funnel,
+/// `--denied`, `--since` as of `now`.
+fn filters(args: &LogArgs, now: SystemTime) -> String {
+    let mut path = String::new();
     if let Some(funnel) = &args.funnel {
         path.push_str("&funnel=");
         path.push_str(&crate::nc::encode_query(funnel));
@@ -383,15 +388,11 @@ mod tests {
 
     #[test]
     fn following_asks_for_everything_newer_and_waits() {
-        let path = "/v0/funnel/log?limit=20&funnel=hooks&denied=true&since=940";
         assert_eq!(
-            follow_path(path, Some(41)),
+            follow_path("&funnel=hooks&denied=true&since=940", Some(41)),
             "/v0/funnel/log?limit=1000&funnel=hooks&denied=true&since=940&wait=25&after_id=41"
         );
-        assert_eq!(
-            follow_path("/v0/funnel/log?limit=50", None),
-            "/v0/funnel/log?limit=1000&wait=25"
-        );
+        assert_eq!(follow_path("", None), "/v0/funnel/log?limit=1000&wait=25");
     }
 
     #[test]

@@ -154,6 +154,7 @@ enum FunnelCommand {
     /// Examples:
     ///   postern funnel log                    (every funnel of this node)
     ///   postern funnel log hooks --denied     (why were deliveries refused?)
+    ///   postern funnel log hooks -f           (watch decisions as they happen)
     ///   postern funnel log 3000 --since 10m --json
     #[command(verbatim_doc_comment)]
     Log(crate::funnel_log::LogArgs),

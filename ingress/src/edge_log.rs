@@ -5,9 +5,11 @@
 //! [`EdgeLogForwarder`] is an [`AuditSink`] wrapped around the ingress's own sink: every
 //! record goes to the inner sink as before, and each record of a funnel the coordination
 //! server opened (it has an owner) is also put, as an [`EdgeDecision`], on a bounded queue.
-//! A task drains the queue in batches (at most [`MAX_EDGE_BATCH`] decisions, sent
-//! [`FLUSH_DELAY`] after the first one arrives) and reports them through the embedded
-//! node's control client ([`EdgeReporter`]).
+//! A task drains the queue in batches (at most [`MAX_EDGE_BATCH`] decisions, at most one
+//! batch per [`FLUSH_DELAY`]) and reports them through the embedded node's control client
+//! ([`EdgeReporter`]). A decision after a quiet spell goes at once, so its owner sees it
+//! within milliseconds; while decisions keep coming they are gathered, so a flood of
+//! requests costs the coord at most four batches a second.
 //!
 //! The request path never waits: `record` only tries to queue. When the queue is full (the
 //! coord is slow or unreachable) the record is dropped, counted ([`EdgeLogForwarder::dropped`])
@@ -34,7 +36,8 @@ use crate::audit::{AuditRecord, AuditSink, ConnectionRecord};
 /// How many decisions wait for the coord at most; more are dropped: 4096.
 pub const QUEUE_CAPACITY: usize = 4096;
 
-/// How long the forwarder gathers decisions after the first one before it sends a batch.
+/// The least time between the starts of two batches: a decision that comes sooner after
+/// the last batch waits (with any others) until then; one that comes later goes at once.
 pub const FLUSH_DELAY: Duration = Duration::from_millis(250);
 
 /// How often a batch is tried before it is dropped.
@@ -88,9 +91,25 @@ impl EdgeLogForwarder {
         reporter: Arc<dyn EdgeReporter>,
         capacity: usize,
     ) -> Arc<Self> {
+        Self::with_settings(inner, reporter, capacity, FLUSH_DELAY)
+    }
+
+    /// Like [`Self::with_capacity`], at most one batch per `flush_delay` (tests use long
+    /// ones, to see what waits for the next batch).
+    pub fn with_settings(
+        inner: Arc<dyn AuditSink>,
+        reporter: Arc<dyn EdgeReporter>,
+        capacity: usize,
+        flush_delay: Duration,
+    ) -> Arc<Self> {
         let (queue, receiver) = mpsc::channel(capacity.max(1));
         let counters = Arc::new(Counters::default());
-        tokio::spawn(drain(receiver, reporter, Arc::clone(&counters)));
+        tokio::spawn(drain(
+            receiver,
+            reporter,
+            Arc::clone(&counters),
+            flush_delay,
+        ));
         Arc::new(Self {
             inner,
             queue,
@@ -204,18 +223,34 @@ async fn drain(
     mut receiver: mpsc::Receiver<EdgeDecision>,
     reporter: Arc<dyn EdgeReporter>,
     counters: Arc<Counters>,
+    flush_delay: Duration,
 ) {
     let mut ever_acknowledged = false;
     let mut unacknowledged_in_a_row = 0u32;
+    let mut last_batch: Option<tokio::time::Instant> = None;
     while let Some(first) = receiver.recv().await {
         let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + FLUSH_DELAY;
+        // Leading edge: after a quiet spell the batch goes at once with what is queued;
+        // within `flush_delay` of the last one, it gathers until then.
+        let deadline = last_batch.map_or_else(tokio::time::Instant::now, |last| last + flush_delay);
         while batch.len() < MAX_EDGE_BATCH {
+            match receiver.try_recv() {
+                Ok(decision) => {
+                    batch.push(decision);
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
             match tokio::time::timeout_at(deadline, receiver.recv()).await {
                 Ok(Some(decision)) => batch.push(decision),
                 Ok(None) | Err(_) => break,
             }
         }
+        last_batch = Some(tokio::time::Instant::now());
         let count = batch.len() as u64;
         let mut attempt = 0;
         loop {
@@ -381,6 +416,32 @@ mod tests {
         assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 5);
         assert!(batches.len() <= 2, "batched, not one by one: {batches:?}");
         assert_eq!(forwarder.dropped(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_lone_decision_goes_at_once_and_those_right_after_it_wait_for_the_next_batch() {
+        let inner = Arc::new(Recorded::default());
+        let coord = FakeCoord::new(true);
+        // An hour between batches: what must wait cannot go by chance in this test.
+        let hour = Duration::from_secs(3600);
+        let forwarder = EdgeLogForwarder::with_settings(inner, coord.clone(), 16, hour);
+        let batches = || coord.batches.lock().unwrap().clone();
+        forwarder.record(&record(Some("alice@example.com"), "deny"));
+        wait_for("the lone decision, not held for the batch delay", || {
+            batches().len() == 1
+        })
+        .await;
+        wait_for("its acknowledgement", || forwarder.forwarded() == 1).await;
+        // Decisions right after a batch are gathered for the next one.
+        for _ in 0..3 {
+            forwarder.record(&record(Some("alice@example.com"), "deny"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(batches().len(), 1, "gathered, not sent one by one");
+        // Closing the queue sends what was gathered.
+        drop(forwarder);
+        wait_for("the gathered batch", || batches().len() == 2).await;
+        assert_eq!(batches()[1].len(), 3);
     }
 
     #[tokio::test]

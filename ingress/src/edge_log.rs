@@ -5,11 +5,12 @@
 //! [`EdgeLogForwarder`] is an [`AuditSink`] wrapped around the ingress's own sink: every
 //! record goes to the inner sink as before, and each record of a funnel the coordination
 //! server opened (it has an owner) is also put, as an [`EdgeDecision`], on a bounded queue.
-//! A task drains the queue in batches (at most [`MAX_EDGE_BATCH`] decisions, at most one
-//! batch per [`FLUSH_DELAY`]) and reports them through the embedded node's control client
-//! ([`EdgeReporter`]). A decision after a quiet spell goes at once, so its owner sees it
-//! within milliseconds; while decisions keep coming they are gathered, so a flood of
-//! requests costs the coord at most four batches a second.
+//! A task drains the queue in batches of at most [`MAX_EDGE_BATCH`] decisions and reports
+//! them through the embedded node's control client ([`EdgeReporter`]). A decision after a
+//! quiet spell goes at once, so its owner sees it within milliseconds; decisions that come
+//! within [`FLUSH_DELAY`] of the last batch are gathered until then, so steady traffic
+//! makes at most four batches a second, and only a flood that fills batches makes more
+//! (full ones go at once).
 //!
 //! The request path never waits: `record` only tries to queue. When the queue is full (the
 //! coord is slow or unreachable) the record is dropped, counted ([`EdgeLogForwarder::dropped`])
@@ -36,8 +37,9 @@ use crate::audit::{AuditRecord, AuditSink, ConnectionRecord};
 /// How many decisions wait for the coord at most; more are dropped: 4096.
 pub const QUEUE_CAPACITY: usize = 4096;
 
-/// The least time between the starts of two batches: a decision that comes sooner after
-/// the last batch waits (with any others) until then; one that comes later goes at once.
+/// How long after a batch the next one gathers: a decision that comes sooner after the
+/// last batch waits (with any others) until then, unless the batch fills up; one that
+/// comes later goes at once.
 pub const FLUSH_DELAY: Duration = Duration::from_millis(250);
 
 /// How often a batch is tried before it is dropped.
@@ -94,8 +96,8 @@ impl EdgeLogForwarder {
         Self::with_settings(inner, reporter, capacity, FLUSH_DELAY)
     }
 
-    /// Like [`Self::with_capacity`], at most one batch per `flush_delay` (tests use long
-    /// ones, to see what waits for the next batch).
+    /// Like [`Self::with_capacity`], gathering for `flush_delay` after a batch instead of
+    /// [`FLUSH_DELAY`] (tests use long ones, to see what waits for the next batch).
     pub fn with_settings(
         inner: Arc<dyn AuditSink>,
         reporter: Arc<dyn EdgeReporter>,

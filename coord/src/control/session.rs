@@ -179,8 +179,10 @@ async fn stream<S: AsyncRead + AsyncWrite + Unpin>(
     loop {
         tokio::select! {
             Some(answered) = held_logs.join_next(), if !held_logs.is_empty() => {
-                if let Ok(answer) = answered {
-                    conn.send(&ControlMessage::FunnelLogResponse(answer)).await?;
+                match answered {
+                    Ok(answer) => conn.send(&ControlMessage::FunnelLogResponse(answer)).await?,
+                    // The node's read times out unanswered; say why here.
+                    Err(err) => tracing::warn!(node = %node_id, %err, "a held edge log read failed"),
                 }
             }
             changed = changes.changed() => {

@@ -159,6 +159,12 @@ def main():
             if pinned
             else ""
         )
+        + (
+            " A new connection per request (NEW_CONN=1): every request opens its own TCP"
+            " connection and TLS session."
+            if len(sys.argv) > 12 and sys.argv[12] == "1"
+            else ""
+        )
     )
     out.append("")
 

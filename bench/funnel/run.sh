@@ -30,6 +30,10 @@
 #                  the GitHub gate (a second origin on 18081, funnelled by the node with
 #                  `postern funnel 18081 --name meshgated --verify-webhook github`)
 #   CONNS=32 THREADS=2   wrk connections and threads
+#   NEW_CONN=1     every request on a new TCP connection and TLS session (wrk sends
+#                  `Connection: close`, oha runs with --disable-keepalive), as from a
+#                  webhook sender that connects once per delivery; the default keeps the
+#                  connections alive, which leaves the edge's per-request work most exposed
 #   PIN=1          the ingress alone on CPU 1, everything else (wrk, oha, the origin, the
 #                  relays, the mesh node) on CPU 0: the ingress is then the bottleneck and
 #                  has its core to itself, so a gate's cost shows as requests/s without
@@ -127,6 +131,7 @@ GATE_PAIRS="${GATE_PAIRS:-4}"
 GATE_T="${GATE_T:-5}"
 CONNS="${CONNS:-32}"
 THREADS="${THREADS:-2}"
+NEW_CONN="${NEW_CONN:-0}"
 TOOLS_DIR="${TOOLS_DIR:-$repo/target/bench-tools}"
 target_dir="${CARGO_TARGET_DIR:-$repo/target}"
 INGRESS_BIN="${INGRESS_BIN:-$target_dir/release/postern-ingress}"
@@ -731,12 +736,15 @@ load_generator() { # load_generator wrk|oha SECONDS URL TAG: prints one RESULT l
     local tool="$1" seconds="$2" url="$3" tag="$4"
     if [ "$tool" = wrk ]; then
         in_ns wrk -t"$THREADS" -c"$CONNS" -d"${seconds}s" -s "$here/webhook.lua" "$url" -- \
-            "$work/body.json" "$signature" "$tag" "$jwt_token" "$session_cookie" | grep '^RESULT'
+            "$work/body.json" "$signature" "$tag" "$jwt_token" "$session_cookie" \
+            "$([ "$NEW_CONN" = 1 ] && echo close)" | grep '^RESULT'
         return
     fi
     # oha: the same POST (no fresh delivery id: no webhook gate is driven with it), with
     # the client certificate; requests still running at the deadline are awaited (-w).
-    in_ns oha --no-tui --output-format json -z "${seconds}s" -w -c "$CONNS" -m POST \
+    local keepalive=()
+    [ "$NEW_CONN" = 1 ] && keepalive=(--disable-keepalive)
+    in_ns oha --no-tui --output-format json -z "${seconds}s" -w -c "$CONNS" "${keepalive[@]}" -m POST \
         -D "$work/body.json" -H 'Content-Type: application/json' -H 'X-GitHub-Event: push' \
         -H "X-Hub-Signature-256: $signature" -H "X-GitHub-Delivery: $tag" \
         -H "Authorization: Bearer $jwt_token" -H "Cookie: $session_cookie" \
@@ -836,6 +844,6 @@ fi
 commit="$(cd "$repo" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 dirty="$(cd "$repo" && git status --porcelain -- ingress 2>/dev/null | head -1)"
 [ -n "$dirty" ] && commit="$commit (ingress/ modified)"
-table="$(python3 -B "$here/report.py" "$results" "$loads" "$started" "$commit" "$T" "$ROUNDS" "$CONNS" "$THREADS" "$GATE_T" "$PIN" "$TCP_T")"
+table="$(python3 -B "$here/report.py" "$results" "$loads" "$started" "$commit" "$T" "$ROUNDS" "$CONNS" "$THREADS" "$GATE_T" "$PIN" "$TCP_T" "$NEW_CONN")"
 echo "$table"
 if [ -n "$out_file" ]; then echo "$table" >"$out_file"; say "tables written to $out_file"; fi

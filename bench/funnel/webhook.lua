@@ -5,14 +5,16 @@
 -- gate's replay cache admits every one. The same script drives every HTTP variant (direct,
 -- funnel without gate, funnel with the gate), so the client does the same work in each.
 --
--- Arguments (after `--`): BODY_FILE SIGNATURE RUN_TAG [BEARER_TOKEN [COOKIE]]
+-- Arguments (after `--`): BODY_FILE SIGNATURE RUN_TAG [BEARER_TOKEN [COOKIE [close]]]
 -- With BEARER_TOKEN every request also carries `Authorization: Bearer TOKEN` (for the JWT
 -- gate's variant), with COOKIE a `Cookie: COOKIE` header (the OIDC gate's session); the
--- other variants ignore these headers, so all send them.
+-- other variants ignore these headers, so all send them. With `close`, every request
+-- carries `Connection: close`: the server closes the connection after answering and wrk
+-- opens a new one (TCP and TLS) for the next request.
 -- done() prints one line for run.sh to parse:
 --   RESULT requests=N seconds=S rps=R p50_us=A p99_us=B non2xx=C errors=E
 
-local body, signature, tag, bearer, cookie
+local body, signature, tag, bearer, cookie, close
 local counter = 0
 local thread_id = 0
 local next_id = 0
@@ -30,6 +32,7 @@ function init(args)
   tag = args[3] or "run"
   if args[4] and args[4] ~= "" then bearer = "Bearer " .. args[4] end
   if args[5] and args[5] ~= "" then cookie = args[5] end
+  close = args[6] == "close"
   thread_id = tid or 0
 end
 
@@ -44,6 +47,7 @@ function request()
   }
   if bearer then headers["Authorization"] = bearer end
   if cookie then headers["Cookie"] = cookie end
+  if close then headers["Connection"] = "close" end
   return wrk.format("POST", "/hook", headers, body)
 end
 

@@ -2,12 +2,15 @@
 //! ingress read them: the prefix first, then exactly one frame. Parsing may fail but never
 //! panic, and a hello that parses must re-encode to the exact bytes it came from. The same
 //! bytes are also read as the per-request context header of a pooled stream (whole, and
-//! split at a `,` into several header values), which must round-trip too.
+//! split at a `,` into several header values), which must round-trip too. Last, the bytes
+//! (as text, split at `|`) are the identity a gate made from a request: the gate, the
+//! principal, then attribute names and values; the ingress's lossy encoding of them must
+//! succeed and decode again.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use postern_proto::funnel_hop::{
-    FunnelHello, FunnelHostname, HopReply, hello_frame_len, reply_frame_len,
+    FunnelHello, FunnelHostname, HopReply, LossyAdmission, hello_frame_len, reply_frame_len,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -51,4 +54,31 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(context.target_port, stream.target_port);
         assert_eq!(context.hostname, stream.hostname);
     }
+
+    let text = String::from_utf8_lossy(data);
+    let mut parts = text.split('|');
+    let gate = parts.next().unwrap_or_default();
+    let principal = parts.next().unwrap_or_default();
+    let rest: Vec<&str> = parts.collect();
+    let attributes: Vec<(&str, &str)> = rest
+        .chunks(2)
+        .map(|pair| {
+            let at = |i: usize| pair.get(i).copied().unwrap_or_default();
+            (at(0), at(1))
+        })
+        .collect();
+    let admission = LossyAdmission {
+        gate,
+        principal,
+        attributes: &attributes,
+    };
+    let frame = FunnelHello::encode_lossy(
+        "203.0.113.7:51000".parse().unwrap(),
+        3000,
+        &stream.hostname,
+        Some(admission),
+    )
+    .unwrap();
+    let hello = FunnelHello::decode(&frame).unwrap();
+    assert!(hello.admission.is_some());
 });

@@ -108,9 +108,9 @@ fn a_valid_token_is_admitted_with_its_claims_as_identity() {
             assert_eq!(
                 identity.attributes,
                 vec![
-                    ("Subject".to_string(), "svc-deploy".to_string()),
-                    ("Email".to_string(), "deploy@example.com".to_string()),
-                    ("groups".to_string(), "ci,ops".to_string()),
+                    ("Subject".into(), "svc-deploy".to_string()),
+                    ("Email".into(), "deploy@example.com".to_string()),
+                    ("groups".into(), "ci,ops".to_string()),
                 ]
             );
         }

@@ -39,10 +39,10 @@ fn github_documented_vector_is_admitted_with_delivery_and_event() {
                 identity.attributes,
                 vec![
                     (
-                        "Delivery".to_string(),
+                        "Delivery".into(),
                         "72d3162e-cc78-11e3-81ab-4c9367dc0958".to_string()
                     ),
-                    ("Event".to_string(), "push".to_string()),
+                    ("Event".into(), "push".to_string()),
                 ]
             );
         }
@@ -598,7 +598,7 @@ fn gitlab_token_and_signed_mode() {
     match request("glsecret-old").eval(&gate, NOW) {
         Decision::Allow { identity, .. } => assert_eq!(
             identity.attributes,
-            vec![("Event".to_string(), "Push Hook".to_string())]
+            vec![("Event".into(), "Push Hook".to_string())]
         ),
         other => panic!("{other:?}"),
     }

@@ -55,6 +55,7 @@
 //! never re-checks. Nothing here panics on input; every failure is a [`HopError`] that says
 //! what was wrong.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -300,16 +301,20 @@ pub struct AttributeName(String);
 impl AttributeName {
     /// Checks `text`. Fails with [`HopError::BadAttributeName`].
     pub fn parse(text: &str) -> Result<Self, HopError> {
-        let ok = !text.is_empty()
-            && text.len() <= MAX_ATTRIBUTE_NAME_LEN
-            && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        if ok {
+        if Self::is_valid(text) {
             Ok(Self(text.to_string()))
         } else {
             Err(HopError::BadAttributeName {
                 name: printable(text),
             })
         }
+    }
+
+    /// Whether [`AttributeName::parse`] takes `text`.
+    pub fn is_valid(text: &str) -> bool {
+        !text.is_empty()
+            && text.len() <= MAX_ATTRIBUTE_NAME_LEN
+            && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
     }
 
     /// The name as given.
@@ -346,18 +351,7 @@ impl IdentityText {
     /// [`MAX_IDENTITY_TEXT_LEN`] bytes (on a character boundary) instead of failing. For
     /// the ingress, which must forward whatever identity a gate produced.
     pub fn lossy(text: &str) -> Self {
-        // The usual text: short and without control characters, taken as it is.
-        if text.len() <= MAX_IDENTITY_TEXT_LEN && !text.chars().any(char::is_control) {
-            return Self(text.to_owned());
-        }
-        let mut out = String::with_capacity(text.len().min(MAX_IDENTITY_TEXT_LEN));
-        for c in text.chars().filter(|c| !c.is_control()) {
-            if out.len() + c.len_utf8() > MAX_IDENTITY_TEXT_LEN {
-                break;
-            }
-            out.push(c);
-        }
-        Self(out)
+        Self(lossy_text(text).into_owned())
     }
 
     /// The text.
@@ -691,57 +685,213 @@ impl FunnelHello {
     }
 
     fn encode_version(&self, version: u8) -> Result<Vec<u8>, HopError> {
-        let mut body = Vec::with_capacity(64);
-        match self.client.ip() {
-            IpAddr::V4(v4) => {
-                body.push(4);
-                body.extend_from_slice(&v4.octets());
-            }
-            IpAddr::V6(v6) => {
-                body.push(6);
-                body.extend_from_slice(&v6.octets());
-            }
-        }
-        body.extend_from_slice(&self.client.port().to_be_bytes());
-        body.extend_from_slice(&self.target_port.to_be_bytes());
-        put_str8(&mut body, "hostname", self.hostname.as_str())?;
+        let mut frame = Frame::start(version, self.client, self.target_port, &self.hostname)?;
         match &self.admission {
-            None => body.push(0),
+            None => frame.no_admission(),
             Some(admission) => {
-                body.push(1);
-                put_str16(&mut body, "gate", admission.gate.as_str())?;
-                put_str16(&mut body, "principal", admission.principal.as_str())?;
                 let count = u8::try_from(admission.attributes.len())
                     .ok()
                     .filter(|&c| usize::from(c) <= MAX_ATTRIBUTES)
                     .ok_or(HopError::TooManyAttributes {
                         count: admission.attributes.len(),
                     })?;
-                body.push(count);
+                frame.admission(admission.gate.as_str(), admission.principal.as_str(), count)?;
                 for (name, value) in &admission.attributes {
-                    put_str8(&mut body, "attribute name", name.as_str())?;
-                    put_str16(&mut body, "attribute value", value.as_str())?;
+                    frame.attribute(name.as_str(), value.as_str())?;
                 }
             }
         }
-        if body.len() > MAX_HELLO_BODY_LEN {
-            return Err(HopError::TooLong {
-                what: "hello body",
-                len: body.len(),
-                max: MAX_HELLO_BODY_LEN,
-            });
-        }
-        let len = u16::try_from(body.len()).map_err(|_| HopError::TooLong {
-            what: "hello body",
-            len: body.len(),
-            max: MAX_HELLO_BODY_LEN,
-        })?;
-        let mut frame = Vec::with_capacity(HOP_PREFIX_LEN + body.len());
-        frame.push(version);
-        frame.extend_from_slice(&len.to_be_bytes());
-        frame.extend_from_slice(&body);
-        Ok(frame)
+        frame.finish()
     }
+
+    /// Encodes the version 1 hello of one request (or of a TCP connection) straight from
+    /// what the ingress holds, without building a [`FunnelHello`] first: the ingress calls
+    /// it, through [`FunnelHello::encode_context_lossy`] for a request on a pooled stream,
+    /// for every admitted request.
+    ///
+    /// Whatever identity a gate produced travels, made safe rather than refused: gate,
+    /// principal and values as [`IdentityText::lossy`] makes them, attributes whose names
+    /// are not [`AttributeName`]s dropped, at most [`MAX_ATTRIBUTES`] of the rest, and as
+    /// many of those (in order) as fit [`MAX_HELLO_BODY_LEN`]. The gate and principal
+    /// always fit, so this does not fail for an admission; it fails only as
+    /// [`FunnelHello::encode`] would for the address and hostname (it cannot for a
+    /// [`FunnelHostname`]). Decoding the result gives the same hello as building it with
+    /// those rules and encoding it.
+    pub fn encode_lossy<N, V>(
+        client: SocketAddr,
+        target_port: u16,
+        hostname: &FunnelHostname,
+        admission: Option<LossyAdmission<'_, N, V>>,
+    ) -> Result<Vec<u8>, HopError>
+    where
+        N: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut frame = Frame::start(HELLO_VERSION_PER_STREAM, client, target_port, hostname)?;
+        let Some(admission) = admission else {
+            frame.no_admission();
+            return frame.finish();
+        };
+        let gate = lossy_text(admission.gate);
+        let principal = lossy_text(admission.principal);
+        let travelling = || {
+            admission
+                .attributes
+                .iter()
+                .map(|(name, value)| (name.as_ref(), value.as_ref()))
+                .filter(|(name, _)| AttributeName::is_valid(name))
+                .take(MAX_ATTRIBUTES)
+        };
+        // What fits: the body so far, the admission's fixed part, then attributes in order.
+        let mut len = frame.body_len() + 1 + 2 + gate.len() + 2 + principal.len() + 1;
+        let mut count: u8 = 0;
+        for (name, value) in travelling() {
+            let more = 1 + name.len() + 2 + lossy_text(value).len();
+            if len + more > MAX_HELLO_BODY_LEN {
+                break;
+            }
+            len += more;
+            count += 1;
+        }
+        frame.reserve(len);
+        frame.admission(&gate, &principal, count)?;
+        for (name, value) in travelling().take(usize::from(count)) {
+            frame.attribute(name, &lossy_text(value))?;
+        }
+        frame.finish()
+    }
+
+    /// [`FunnelHello::encode_lossy`] as a [`HOP_CONTEXT_HEADER`] value (see
+    /// [`FunnelHello::encode_context`]).
+    pub fn encode_context_lossy<N, V>(
+        client: SocketAddr,
+        target_port: u16,
+        hostname: &FunnelHostname,
+        admission: Option<LossyAdmission<'_, N, V>>,
+    ) -> Result<String, HopError>
+    where
+        N: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let frame = Self::encode_lossy(client, target_port, hostname, admission)?;
+        Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(frame))
+    }
+}
+
+/// An admission as the ingress holds it, borrowed, for [`FunnelHello::encode_lossy`]:
+/// the gate, the principal and the identity's attributes (name, value), in order.
+#[derive(Debug)]
+pub struct LossyAdmission<'a, N, V> {
+    /// The gate(s) that admitted.
+    pub gate: &'a str,
+    /// The principal.
+    pub principal: &'a str,
+    /// The identity's attributes, any names (those that are not [`AttributeName`]s stay
+    /// behind).
+    pub attributes: &'a [(N, V)],
+}
+
+// Not derived: a borrow is `Copy` whatever `N` and `V` are.
+impl<N, V> Clone for LossyAdmission<'_, N, V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<N, V> Copy for LossyAdmission<'_, N, V> {}
+
+/// A hello being encoded: the prefix (its length filled in by [`Frame::finish`]) and the
+/// body so far, in one buffer.
+struct Frame {
+    buf: Vec<u8>,
+}
+
+impl Frame {
+    fn start(
+        version: u8,
+        client: SocketAddr,
+        target_port: u16,
+        hostname: &FunnelHostname,
+    ) -> Result<Self, HopError> {
+        let mut buf = Vec::with_capacity(96);
+        buf.extend_from_slice(&[version, 0, 0]);
+        match client.ip() {
+            IpAddr::V4(v4) => {
+                buf.push(4);
+                buf.extend_from_slice(&v4.octets());
+            }
+            IpAddr::V6(v6) => {
+                buf.push(6);
+                buf.extend_from_slice(&v6.octets());
+            }
+        }
+        buf.extend_from_slice(&client.port().to_be_bytes());
+        buf.extend_from_slice(&target_port.to_be_bytes());
+        put_str8(&mut buf, "hostname", hostname.as_str())?;
+        Ok(Self { buf })
+    }
+
+    fn body_len(&self) -> usize {
+        self.buf.len() - HOP_PREFIX_LEN
+    }
+
+    /// Makes room for a body of `body_len` bytes in all.
+    fn reserve(&mut self, body_len: usize) {
+        self.buf
+            .reserve((HOP_PREFIX_LEN + body_len).saturating_sub(self.buf.len()));
+    }
+
+    fn no_admission(&mut self) {
+        self.buf.push(0);
+    }
+
+    fn admission(&mut self, gate: &str, principal: &str, count: u8) -> Result<(), HopError> {
+        self.buf.push(1);
+        put_str16(&mut self.buf, "gate", gate)?;
+        put_str16(&mut self.buf, "principal", principal)?;
+        self.buf.push(count);
+        Ok(())
+    }
+
+    fn attribute(&mut self, name: &str, value: &str) -> Result<(), HopError> {
+        put_str8(&mut self.buf, "attribute name", name)?;
+        put_str16(&mut self.buf, "attribute value", value)
+    }
+
+    /// The frame, its body length filled in; fails if the body is over
+    /// [`MAX_HELLO_BODY_LEN`].
+    fn finish(mut self) -> Result<Vec<u8>, HopError> {
+        let body_len = self.body_len();
+        let len = u16::try_from(body_len)
+            .ok()
+            .filter(|_| body_len <= MAX_HELLO_BODY_LEN)
+            .ok_or(HopError::TooLong {
+                what: "hello body",
+                len: body_len,
+                max: MAX_HELLO_BODY_LEN,
+            })?;
+        if let Some(prefix) = self.buf.get_mut(1..HOP_PREFIX_LEN) {
+            prefix.copy_from_slice(&len.to_be_bytes());
+        }
+        Ok(self.buf)
+    }
+}
+
+/// `text` as [`IdentityText::lossy`] keeps it: control characters dropped, cut at
+/// [`MAX_IDENTITY_TEXT_LEN`] bytes on a character boundary. Borrowed when nothing needs
+/// dropping (the usual text).
+fn lossy_text(text: &str) -> Cow<'_, str> {
+    if text.len() <= MAX_IDENTITY_TEXT_LEN && !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len().min(MAX_IDENTITY_TEXT_LEN));
+    for c in text.chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > MAX_IDENTITY_TEXT_LEN {
+            break;
+        }
+        out.push(c);
+    }
+    Cow::Owned(out)
 }
 
 impl HopReply {
@@ -1193,7 +1343,122 @@ mod tests {
         );
     }
 
+    /// The hello [`FunnelHello::encode_lossy`] must encode, built the long way: every
+    /// text through [`IdentityText::lossy`], names through [`AttributeName::parse`], at
+    /// most [`MAX_ATTRIBUTES`], then attributes dropped from the end until it encodes.
+    fn lossy_reference(
+        client: SocketAddr,
+        hostname: &FunnelHostname,
+        gate: &str,
+        principal: &str,
+        attributes: &[(String, String)],
+    ) -> FunnelHello {
+        let mut hello = FunnelHello {
+            client,
+            target_port: 3000,
+            hostname: hostname.clone(),
+            admission: Some(Admission {
+                gate: IdentityText::lossy(gate),
+                principal: IdentityText::lossy(principal),
+                attributes: attributes
+                    .iter()
+                    .filter_map(|(n, v)| {
+                        Some((AttributeName::parse(n).ok()?, IdentityText::lossy(v)))
+                    })
+                    .take(MAX_ATTRIBUTES)
+                    .collect(),
+            }),
+            per_request_context: false,
+        };
+        while hello.encode().is_err() {
+            hello.admission.as_mut().unwrap().attributes.pop().unwrap();
+        }
+        hello
+    }
+
+    #[test]
+    fn a_lossy_hello_is_the_hello_built_with_the_lossy_rules() {
+        let client: SocketAddr = "[2001:db8::7]:443".parse().unwrap();
+        let hostname = FunnelHostname::parse("hooks.example.com").unwrap();
+        let mut attributes = vec![
+            ("Delivery".to_string(), "72d3162e\r\n-cc78".to_string()),
+            ("bad name".to_string(), "dropped".to_string()),
+            ("Event".to_string(), "push".to_string()),
+        ];
+        for i in 0..40 {
+            attributes.push((format!("A{i}"), "v".repeat(1000)));
+        }
+        let admission = LossyAdmission {
+            gate: "webhook:github",
+            principal: "user:\u{7}x",
+            attributes: &attributes,
+        };
+        let frame = FunnelHello::encode_lossy(client, 3000, &hostname, Some(admission)).unwrap();
+        let hello = FunnelHello::decode(&frame).unwrap();
+        let reference = lossy_reference(
+            client,
+            &hostname,
+            "webhook:github",
+            "user:\u{7}x",
+            &attributes,
+        );
+        assert_eq!(hello, reference);
+        let kept = &hello.admission.as_ref().unwrap().attributes;
+        assert_eq!(kept[0].1.as_str(), "72d3162e-cc78");
+        assert_eq!(kept[1].0.as_str(), "Event");
+        assert!(kept.len() > 5 && kept.len() < 20, "{} kept", kept.len());
+        let last_kept = kept.len();
+        assert_eq!(hello.admission.unwrap().principal.as_str(), "user:x");
+        // The first attribute that does not fit ends the list, even if a smaller one after
+        // it would fit.
+        // (`attributes[1]` is the bad name, so the first left out is `attributes[last_kept + 1]`.)
+        assert_eq!(attributes[last_kept + 1].1.len(), 1000);
+        let mut with_small = attributes.clone();
+        with_small.insert(last_kept + 2, ("Small".to_string(), "s".to_string()));
+        let frame = FunnelHello::encode_lossy(
+            client,
+            3000,
+            &hostname,
+            Some(LossyAdmission {
+                attributes: &with_small,
+                ..admission
+            }),
+        )
+        .unwrap();
+        let hello = FunnelHello::decode(&frame).unwrap();
+        assert_eq!(hello.admission.unwrap().attributes.len(), last_kept);
+        assert_eq!(frame, reference.encode().unwrap());
+
+        let context =
+            FunnelHello::encode_context_lossy(client, 3000, &hostname, Some(admission)).unwrap();
+        assert_eq!(
+            FunnelHello::decode_context(context.as_bytes()).unwrap(),
+            reference
+        );
+
+        let bare =
+            FunnelHello::encode_lossy::<String, String>(client, 3000, &hostname, None).unwrap();
+        let bare = FunnelHello::decode(&bare).unwrap();
+        assert!(bare.admission.is_none() && !bare.per_request_context);
+    }
+
     proptest! {
+        #[test]
+        fn lossy_hellos_match_the_reference(
+            gate in "[a-z:\\x00-\\x1f\\u{80}-\\u{10ffff}]{0,40}",
+            principal in "(?s).{0,1100}",
+            attributes in proptest::collection::vec(
+                ("[A-Za-z0-9-]{1,12}|[A-Za-z0-9 -]{0,70}", "(?s).{0,1100}"), 0..48),
+        ) {
+            let client: SocketAddr = "203.0.113.7:51000".parse().unwrap();
+            let hostname = FunnelHostname::parse("hooks.example.com").unwrap();
+            let admission = LossyAdmission { gate: &gate, principal: &principal, attributes: &attributes };
+            let frame = FunnelHello::encode_lossy(client, 3000, &hostname, Some(admission)).unwrap();
+            let reference = lossy_reference(client, &hostname, &gate, &principal, &attributes);
+            prop_assert_eq!(FunnelHello::decode(&frame).unwrap(), reference.clone());
+            prop_assert_eq!(frame, reference.encode().unwrap());
+        }
+
         #[test]
         fn decoding_arbitrary_bytes_never_panics_and_reencodes(
             bytes in proptest::collection::vec(any::<u8>(), 0..300)

@@ -30,9 +30,8 @@ use http::{HeaderName, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use postern_netstack::Netstack;
 use postern_proto::funnel_hop::{
-    Admission, AttributeName, FUNNEL_HOP_PORT, FunnelHello, FunnelHostname, HOP_CONTEXT_HEADER,
-    HOP_PREFIX_LEN, HOP_REFUSAL_HEADER, HopError, HopReply, IdentityText, MAX_ATTRIBUTES, Refusal,
-    RefusalCode, reply_frame_len,
+    FUNNEL_HOP_PORT, FunnelHello, FunnelHostname, HOP_CONTEXT_HEADER, HOP_PREFIX_LEN,
+    HOP_REFUSAL_HEADER, HopError, HopReply, LossyAdmission, Refusal, RefusalCode, reply_frame_len,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -122,49 +121,43 @@ impl MeshUpstream {
 }
 
 impl HopDialer {
-    /// The version 1 hello of one request (or of a TCP connection: `context` `None`).
-    /// Identity text is made safe rather than refused (control characters dropped, long
-    /// text cut), attributes whose names are not header tokens are dropped (as the edge's
-    /// own header rewrite does), and attributes beyond [`MAX_ATTRIBUTES`] are left out.
-    /// Send it through [`encode_fitting`], which also leaves out the attributes that would
-    /// make it too long: the gate and principal always travel.
-    fn hello(&self, context: Option<&UpstreamContext>) -> FunnelHello {
-        let mut hello = FunnelHello {
-            client: context.map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.client),
-            target_port: self.target_port,
-            hostname: self.hostname.clone(),
-            admission: context
-                .and_then(|c| c.admission.as_ref())
-                .map(|(gate, identity)| Admission {
-                    gate: IdentityText::lossy(gate),
-                    principal: IdentityText::lossy(&identity.principal),
-                    attributes: Vec::new(),
-                }),
-            per_request_context: false,
-        };
-        let attributes = context
+    /// The version 1 hello of one request's context, or of a TCP connection (`context`
+    /// `None`: no client, 0.0.0.0, and no admission), encoded by `encode`
+    /// ([`FunnelHello::encode_lossy`] or [`FunnelHello::encode_context_lossy`]) straight
+    /// from the admission: identity text is made safe rather than refused, attributes
+    /// whose names are not header tokens are dropped (as the edge's own header rewrite
+    /// does), and attributes that would make it too long are left out; the gate and
+    /// principal always travel.
+    fn hello<T>(
+        &self,
+        context: Option<&UpstreamContext>,
+        encode: impl FnOnce(
+            SocketAddr,
+            u16,
+            &FunnelHostname,
+            Option<LossyAdmission<'_, std::borrow::Cow<'static, str>, String>>,
+        ) -> Result<T, HopError>,
+    ) -> Result<T, HopError> {
+        let client = context.map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.client);
+        let admission = context
             .and_then(|c| c.admission.as_ref())
-            .map(|(_, identity)| identity.attributes.as_slice())
-            .unwrap_or_default();
-        let Some(admission) = hello.admission.as_mut() else {
-            return hello;
-        };
-        admission.attributes = attributes
-            .iter()
-            .filter_map(|(name, value)| {
-                Some((AttributeName::parse(name).ok()?, IdentityText::lossy(value)))
-            })
-            .take(MAX_ATTRIBUTES)
-            .collect();
-        hello
+            .map(|(gate, identity)| LossyAdmission {
+                gate,
+                principal: &identity.principal,
+                attributes: &identity.attributes,
+            });
+        encode(client, self.target_port, &self.hostname, admission)
     }
 
     /// The version 2 hello of a pooled HTTP stream: port and hostname, no client, no
     /// admission (each request brings its own).
     fn pooled_hello(&self) -> FunnelHello {
         FunnelHello {
+            client: SocketAddr::from(([0, 0, 0, 0], 0)),
+            target_port: self.target_port,
+            hostname: self.hostname.clone(),
+            admission: None,
             per_request_context: true,
-            ..self.hello(None)
         }
     }
 
@@ -218,30 +211,6 @@ impl HopDialer {
     }
 }
 
-/// `hello` encoded by `encode` ([`FunnelHello::encode`] or
-/// [`FunnelHello::encode_context`]). The usual identity fits at the first try (one
-/// encoding per request); a hello too long for the wire loses identity attributes from the
-/// end until it fits, and only a hello that does not fit without any fails.
-fn encode_fitting<T>(
-    mut hello: FunnelHello,
-    encode: impl Fn(&FunnelHello) -> Result<T, HopError>,
-) -> Result<T, HopError> {
-    loop {
-        match encode(&hello) {
-            Ok(encoded) => return Ok(encoded),
-            Err(error) => {
-                let dropped = hello
-                    .admission
-                    .as_mut()
-                    .and_then(|admission| admission.attributes.pop());
-                if dropped.is_none() {
-                    return Err(error);
-                }
-            }
-        }
-    }
-}
-
 impl Upstream for MeshUpstream {
     /// Opens a hop stream for one connection of a TCP or passthrough funnel: a version 1
     /// hello that names no client (0.0.0.0) and no admission.
@@ -255,14 +224,14 @@ impl Upstream for MeshUpstream {
     }
 
     fn connect(&self) -> Connecting<'_> {
-        let hello = self.hop.hello(None).encode();
+        let hello = self.hop.hello(None, FunnelHello::encode_lossy);
         Box::pin(async move { self.hop.open(hello, None).await })
     }
 
     /// Opens a hop stream for one request, its context in a version 1 hello (the way
     /// before pooling; the edge sends HTTP with [`Upstream::send_request`] instead).
     fn connect_for(&self, context: &UpstreamContext) -> Connecting<'_> {
-        let hello = encode_fitting(self.hop.hello(Some(context)), FunnelHello::encode);
+        let hello = self.hop.hello(Some(context), FunnelHello::encode_lossy);
         Box::pin(async move { self.hop.open(hello, None).await })
     }
 
@@ -275,7 +244,9 @@ impl Upstream for MeshUpstream {
     ) -> Sending<'a> {
         let headers = request.headers_mut();
         headers.remove(HOP_CONTEXT_HEADER);
-        let value = encode_fitting(self.hop.hello(Some(context)), FunnelHello::encode_context)
+        let value = self
+            .hop
+            .hello(Some(context), FunnelHello::encode_context_lossy)
             .map_err(invalid_hello)
             .and_then(|text| {
                 HeaderValue::try_from(text)
@@ -395,14 +366,15 @@ mod tests {
             hostname: "hooks.test".into(),
             admission: Some(("webhook:github".into(), identity)),
         };
-        let frame =
-            encode_fitting(upstream.hop.hello(Some(&context)), FunnelHello::encode).unwrap();
+        let frame = upstream
+            .hop
+            .hello(Some(&context), FunnelHello::encode_lossy)
+            .unwrap();
         let hello = FunnelHello::decode(&frame).unwrap();
-        let context_text = encode_fitting(
-            upstream.hop.hello(Some(&context)),
-            FunnelHello::encode_context,
-        )
-        .unwrap();
+        let context_text = upstream
+            .hop
+            .hello(Some(&context), FunnelHello::encode_context_lossy)
+            .unwrap();
         assert_eq!(
             FunnelHello::decode_context(context_text.as_bytes()).unwrap(),
             hello
@@ -410,7 +382,9 @@ mod tests {
         assert_eq!(hello.client, context.client);
         assert_eq!(hello.target_port, 3000);
         assert_eq!(hello.hostname.as_str(), "hooks.test");
+        assert!(!hello.per_request_context);
         let admission = hello.admission.unwrap();
+        assert_eq!(admission.gate.as_str(), "webhook:github");
         assert_eq!(admission.principal.as_str(), "webhook:github");
         assert_eq!(admission.attributes[0].0.as_str(), "Delivery");
         assert!(
@@ -421,9 +395,12 @@ mod tests {
         );
         assert!(admission.attributes.len() > 5 && admission.attributes.len() < 20);
 
-        let bare = upstream.hop.hello(None);
+        let bare =
+            FunnelHello::decode(&upstream.hop.hello(None, FunnelHello::encode_lossy).unwrap())
+                .unwrap();
         assert!(bare.admission.is_none());
         assert!(!bare.per_request_context);
+        assert_eq!(bare.client, SocketAddr::from(([0, 0, 0, 0], 0)));
         let pooled = upstream.hop.pooled_hello();
         assert!(pooled.per_request_context && pooled.admission.is_none());
         assert_eq!(pooled.encode().unwrap()[0], 2);

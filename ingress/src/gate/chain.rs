@@ -393,7 +393,7 @@ impl AnyOfFold {
 struct AllOfFold {
     gates: Vec<String>,
     principals: Vec<String>,
-    attributes: Vec<(String, String)>,
+    attributes: Vec<(std::borrow::Cow<'static, str>, String)>,
 }
 
 impl AllOfFold {
@@ -560,7 +560,7 @@ mod tests {
                 panic!("{:?}", outcome.decision);
             };
             assert_eq!((gate.as_str(), identity.principal.as_str()), ("a", "id:a"));
-            assert_eq!(identity.attributes, [("From".to_string(), "a".to_string())]);
+            assert_eq!(identity.attributes, [("From".into(), "a".to_string())]);
             assert_eq!(outcome.decided_by.as_deref(), Some("a"));
 
             let outcome = run(&group(vec![deny("b", ReasonCode::SignatureMismatch)]).unwrap());

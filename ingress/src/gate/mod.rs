@@ -34,6 +34,7 @@ mod secret;
 mod verified_credentials;
 pub mod webhook;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -469,8 +470,9 @@ pub struct Identity {
     /// The principal, e.g. `webhook:github`, `user:alice@example.com`, `ip:203.0.113.7`.
     pub principal: String,
     /// Extra facts for the target, each sent as `Postern-Identity-<Name>`
-    /// (e.g. `Delivery` for a webhook's delivery id). Names are header-token text.
-    pub attributes: Vec<(String, String)>,
+    /// (e.g. `Delivery` for a webhook's delivery id). Names are header-token text, most
+    /// of them fixed (`&'static str`, no allocation per request).
+    pub attributes: Vec<(Cow<'static, str>, String)>,
 }
 
 impl Identity {
@@ -484,7 +486,11 @@ impl Identity {
 
     /// Adds one attribute.
     #[must_use]
-    pub fn with_attribute(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn with_attribute(
+        mut self,
+        name: impl Into<Cow<'static, str>>,
+        value: impl Into<String>,
+    ) -> Self {
         self.attributes.push((name.into(), value.into()));
         self
     }

@@ -1076,9 +1076,9 @@ mod tests {
             assert_eq!(
                 identity.attributes,
                 vec![
-                    ("Login".to_string(), "carol@example.com".to_string()),
-                    ("Name".to_string(), "N".to_string()),
-                    ("Groups".to_string(), String::new()),
+                    ("Login".into(), "carol@example.com".to_string()),
+                    ("Name".into(), "N".to_string()),
+                    ("Groups".into(), String::new()),
                 ]
             );
         }

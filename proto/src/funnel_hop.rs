@@ -732,31 +732,32 @@ impl FunnelHello {
             frame.no_admission();
             return frame.finish();
         };
-        let gate = lossy_text(admission.gate);
-        let principal = lossy_text(admission.principal);
-        let travelling = || {
-            admission
-                .attributes
-                .iter()
-                .map(|(name, value)| (name.as_ref(), value.as_ref()))
-                .filter(|(name, _)| AttributeName::is_valid(name))
-                .take(MAX_ATTRIBUTES)
-        };
-        // What fits: the body so far, the admission's fixed part, then attributes in order.
-        let mut len = frame.body_len() + 1 + 2 + gate.len() + 2 + principal.len() + 1;
+        frame.admission(
+            &lossy_text(admission.gate),
+            &lossy_text(admission.principal),
+            0,
+        )?;
+        // The count byte is the last written; it is set once the attributes that fit are in.
+        let count_at = frame.buf.len().saturating_sub(1);
         let mut count: u8 = 0;
-        for (name, value) in travelling() {
-            let more = 1 + name.len() + 2 + lossy_text(value).len();
-            if len + more > MAX_HELLO_BODY_LEN {
+        let travelling = admission
+            .attributes
+            .iter()
+            .map(|(name, value)| (name.as_ref(), value.as_ref()))
+            .filter(|(name, _)| AttributeName::is_valid(name))
+            .take(MAX_ATTRIBUTES);
+        for (name, value) in travelling {
+            let before = frame.buf.len();
+            frame.attribute(name, &lossy_text(value))?;
+            if frame.body_len() > MAX_HELLO_BODY_LEN {
+                // The first that does not fit ends the list: the ones after it stay behind.
+                frame.buf.truncate(before);
                 break;
             }
-            len += more;
             count += 1;
         }
-        frame.reserve(len);
-        frame.admission(&gate, &principal, count)?;
-        for (name, value) in travelling().take(usize::from(count)) {
-            frame.attribute(name, &lossy_text(value))?;
+        if let Some(byte) = frame.buf.get_mut(count_at) {
+            *byte = count;
         }
         frame.finish()
     }
@@ -813,7 +814,8 @@ impl Frame {
         target_port: u16,
         hostname: &FunnelHostname,
     ) -> Result<Self, HopError> {
-        let mut buf = Vec::with_capacity(96);
+        // Room for the usual hello (a hostname, a gate, a principal and two attributes).
+        let mut buf = Vec::with_capacity(160);
         buf.extend_from_slice(&[version, 0, 0]);
         match client.ip() {
             IpAddr::V4(v4) => {
@@ -832,13 +834,7 @@ impl Frame {
     }
 
     fn body_len(&self) -> usize {
-        self.buf.len() - HOP_PREFIX_LEN
-    }
-
-    /// Makes room for a body of `body_len` bytes in all.
-    fn reserve(&mut self, body_len: usize) {
-        self.buf
-            .reserve((HOP_PREFIX_LEN + body_len).saturating_sub(self.buf.len()));
+        self.buf.len().saturating_sub(HOP_PREFIX_LEN)
     }
 
     fn no_admission(&mut self) {

@@ -21,6 +21,7 @@
 //! that node would wait for the edge's own timeouts. With it, the stream is reset after
 //! [`KEEPALIVE_PROBES`](postern_netstack::KEEPALIVE_PROBES) intervals of silence and the pool drops it.
 
+use std::borrow::Cow;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -135,7 +136,7 @@ impl HopDialer {
             SocketAddr,
             u16,
             &FunnelHostname,
-            Option<LossyAdmission<'_, std::borrow::Cow<'static, str>, String>>,
+            Option<LossyAdmission<'_, Cow<'static, str>, String>>,
         ) -> Result<T, HopError>,
     ) -> Result<T, HopError> {
         let client = context.map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.client);

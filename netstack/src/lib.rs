@@ -71,15 +71,23 @@
 //!   segment's own connection (found by its 4-tuple) to process it (smoltcp patch 7,
 //!   `poll_ingress_single_hinted`) and polls only that connection for egress (patch 6,
 //!   `poll_egress_socket`), so the cost of a packet does not grow with idle connections
-//!   (issue #8: a flow beside 32 idle ones moved 3 to 4 times less before); every other
-//!   socket, timers and application writes are served by one full `poll_egress` per turn
-//!   of the owner's loop. Packets of no known connection (a SYN nobody listens for, UDP,
-//!   ICMP) still get a full pass. [`NetstackStats::inbound_egress_visits`] counts the
-//!   sockets it looks at.
+//!   (issue #8: a flow beside 32 idle ones moved 3 to 4 times less before). Packets of
+//!   no known connection (a SYN nobody listens for, UDP, ICMP), or that their connection
+//!   did not take, still get a full pass. [`NetstackStats::inbound_egress_visits`] counts
+//!   the sockets it looks at.
+//! - Each turn of the owner's loop then lets send only the sockets that need it: those a
+//!   call changed (a write, a read that opened the window, a close) and those whose
+//!   deadline came (retransmission, delayed ACK, keep-alive, pacing). Each socket's
+//!   deadline is recorded whenever it changes (smoltcp patch 11, `poll_at_socket`), so
+//!   the owner knows the earliest without asking every socket
+//!   (`schedule::EgressSchedule`). Idle connections cost a turn nothing (issue #8:
+//!   `tests/idle_connections.rs`); [`NetstackStats::turn_egress_visits`] counts the
+//!   sockets turns look at. Debug builds check at the end of every turn that no
+//!   socket wants egress earlier than its recorded deadline.
 //! - [`TcpStream::set_keepalive`] turns TCP keep-alive on, so a peer that vanished
 //!   without a RST (a node gone from the mesh) resets the connection after
 //!   [`KEEPALIVE_PROBES`] silent intervals instead of leaving it open forever.
-//! - The owner arms one timer at smoltcp's `poll_delay` and otherwise sleeps; a test counts
+//! - The owner arms one timer at the earliest socket deadline and otherwise sleeps; a test counts
 //!   its loop turns over an idle second.
 //! - smoltcp computes checksums on transmit only; inbound checksums are verified once, in
 //!   [`inspect_inbound`], which also counts the failures (or not at all, when the engine
@@ -116,6 +124,7 @@ mod coalesce;
 mod config;
 mod error;
 mod packet;
+mod schedule;
 mod seam;
 mod seq_repair;
 mod stack;

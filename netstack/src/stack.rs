@@ -19,6 +19,7 @@ use crate::coalesce::Coalescer;
 use crate::config::{CongestionControl, NetstackConfig, OwnerThread};
 use crate::error::NetstackError;
 use crate::packet::{InboundPacket, Transport, inspect_inbound};
+use crate::schedule::{EgressSchedule, Turn};
 use crate::seam::{PacketBatch, PacketSeam, SeamDevice};
 use crate::tcp::{TcpListener, TcpStream};
 use crate::udp::UdpSocket;
@@ -81,6 +82,11 @@ pub struct NetstackStats {
     /// socket of the stack per round. Egress at the end of each turn of the owner task
     /// (timers, application writes) is not counted.
     pub inbound_egress_visits: u64,
+    /// Sockets looked at by the egress at the end of each turn of the owner task: the
+    /// sockets that calls changed and those whose deadline came, each once per round (as
+    /// above), or every socket per round when the turn needed a full pass (after a packet
+    /// no known connection took, or a listener closing). Idle connections are not visited.
+    pub turn_egress_visits: u64,
     /// Runs of in-order TCP segments joined into one before smoltcp processed them
     /// ([`NetstackConfig::receive_coalescing`]).
     pub coalesced_runs: u64,
@@ -159,6 +165,8 @@ impl Netstack {
             port_cursor: (seed % u64::from(EPHEMERAL_COUNT)) as u16,
             stats: NetstackStats::default(),
             config: config.clone(),
+            schedule: EgressSchedule::default(),
+            turn_sockets: Vec::new(),
         };
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
@@ -234,6 +242,7 @@ impl Netstack {
                 },
             );
             st.tcp_tuples.insert((local, remote), handle);
+            st.touch(handle);
             (handle, local)
         };
         self.shared.wake_owner();
@@ -476,6 +485,10 @@ pub(crate) struct StackState {
     port_cursor: u16,
     pub(crate) stats: NetstackStats,
     config: NetstackConfig,
+    /// Which sockets the owner's next turn lets send, and every socket's next deadline.
+    schedule: EgressSchedule,
+    /// The sockets of the current turn (kept to reuse its allocation).
+    turn_sockets: Vec<SocketHandle>,
 }
 
 impl StackState {
@@ -507,6 +520,13 @@ impl StackState {
         }
         self.tcp_socket(handle)
             .ok_or_else(|| NetstackError::Stopped.into())
+    }
+
+    /// Notes that a call changed the socket behind `handle`, so the owner's next turn lets
+    /// it send (see [`EgressSchedule`]). Every change made to a socket outside the owner's
+    /// turn must be noted so; wake the owner as well if it should go out now.
+    pub(crate) fn touch(&mut self, handle: SocketHandle) {
+        self.schedule.touch(handle);
     }
 
     /// The UDP socket behind `handle`, if the stack still has it.
@@ -620,6 +640,7 @@ impl StackState {
                 socket.abort();
             }
             self.orphan_tcp(handle);
+            self.touch(handle);
         }
     }
 
@@ -650,6 +671,7 @@ impl StackState {
                 socket.set_timeout(Some(linger));
             }
             self.orphan_tcp(handle);
+            self.touch(handle);
         }
     }
 
@@ -657,6 +679,7 @@ impl StackState {
     pub(crate) fn release_udp(&mut self, handle: SocketHandle) {
         if self.udp.contains_key(&handle) {
             self.udp_orphans.push(handle);
+            self.touch(handle);
         }
     }
 
@@ -671,6 +694,7 @@ impl StackState {
         let Some(entry) = self.tcp.remove(&handle) else {
             return;
         };
+        self.schedule.forget(handle);
         if let smoltcp::socket::Socket::Tcp(mut socket) = self.sockets.remove(handle)
             && self.spare_tcp.len() < self.config.tcp_spare_sockets
         {
@@ -700,6 +724,7 @@ impl StackState {
 
     fn remove_udp(&mut self, handle: SocketHandle) {
         if let Some(port) = self.udp.remove(&handle) {
+            self.schedule.forget(handle);
             self.sockets.remove(handle);
             self.udp_ports.remove(&port);
         }
@@ -729,10 +754,10 @@ impl StackState {
     /// sends what it caused: each segment is acknowledged before the next is looked at,
     /// which keeps the peer's ACK clock running.
     ///
-    /// When the stack knows the packet's socket (a TCP segment of a known connection),
-    /// smoltcp is pointed at it for ingress and polls only it for egress, so the
-    /// per-packet cost does not grow with idle connections; other sockets are served by
-    /// the full pass at the end of the owner's turn, as are timers and application writes.
+    /// When the stack knows the packet's socket (a TCP segment of a known connection) and
+    /// that socket takes it, smoltcp is pointed at it for ingress and polls only it for
+    /// egress, so the per-packet cost does not grow with idle connections. Any other
+    /// packet (one that another socket, or no socket, may have taken) gets the full pass.
     fn deliver(&mut self, packet: Bytes, info: InboundPacket, now: SmolInstant) {
         let (created, tuple) = match info.transport {
             Transport::TcpSyn { from, to } => (self.prepare_for_syn(from, to), Some((to, from))),
@@ -743,16 +768,22 @@ impl StackState {
         // it first instead of searching every socket (smoltcp patch 7).
         let mut owner = tuple.and_then(|tuple| self.tcp_tuples.get(&tuple).copied());
         self.device.rx = Some(packet);
-        let _ = match owner {
-            Some(handle) => self.iface.poll_ingress_single_hinted(
-                now,
-                &mut self.device,
-                &mut self.sockets,
-                handle,
-            ),
-            None => self
-                .iface
-                .poll_ingress_single(now, &mut self.device, &mut self.sockets),
+        let taken = match owner {
+            Some(handle) => {
+                let _ = self.iface.poll_ingress_single_hinted(
+                    now,
+                    &mut self.device,
+                    &mut self.sockets,
+                    handle,
+                );
+                self.iface.ingress_hint_taken()
+            }
+            None => {
+                let _ = self
+                    .iface
+                    .poll_ingress_single(now, &mut self.device, &mut self.sockets);
+                false
+            }
         };
         self.device.rx = None;
         if let Some(handle) = created
@@ -766,13 +797,11 @@ impl StackState {
                 owner = None;
             }
         }
-        match owner {
-            Some(handle) => self.egress_socket(now, handle),
-            None => {
-                let visits = self.egress(now);
-                self.stats.inbound_egress_visits += visits;
-            }
-        }
+        let visits = match owner {
+            Some(handle) if taken => self.egress_socket(now, handle),
+            _ => self.egress_everything(now),
+        };
+        self.stats.inbound_egress_visits += visits;
     }
 
     /// Makes a listening socket for an inbound SYN to a port someone listens on, so that
@@ -841,8 +870,9 @@ impl StackState {
     }
 
     /// Lets every socket send what it has, until smoltcp has nothing more or the outbound
-    /// queue is full. Returns how many sockets it looked at (every socket, each round).
-    fn egress(&mut self, now: SmolInstant) -> u64 {
+    /// queue is full, then records every socket's deadline afresh. Returns how many
+    /// sockets it looked at (every socket, each round).
+    fn egress_everything(&mut self, now: SmolInstant) -> u64 {
         let per_round = (self.tcp.len() + self.udp.len()) as u64;
         let mut visits = 0;
         for _ in 0..MAX_EGRESS_ROUNDS {
@@ -855,27 +885,87 @@ impl StackState {
                 PollResult::SocketStateChanged => {}
             }
         }
+        self.schedule.clear_deadlines();
+        for (handle, _) in self.sockets.iter() {
+            let at = self.iface.poll_at_socket(now, &self.sockets, handle);
+            self.schedule.set_deadline(handle, at);
+        }
         visits
     }
 
-    /// Lets one TCP socket send what it has (smoltcp patch 6, `poll_egress_socket`), until
-    /// it has nothing more or the outbound queue is full; counted in
-    /// [`NetstackStats::inbound_egress_visits`].
-    fn egress_socket(&mut self, now: SmolInstant, handle: SocketHandle) {
+    /// Lets one socket send what it has (smoltcp patch 6, `poll_egress_socket`), until it
+    /// has nothing more or the outbound queue is full, then records its next deadline.
+    /// Returns how many times it looked at the socket.
+    fn egress_socket(&mut self, now: SmolInstant, handle: SocketHandle) -> u64 {
+        let mut visits = 0;
         for _ in 0..MAX_EGRESS_ROUNDS {
-            self.stats.inbound_egress_visits += 1;
+            visits += 1;
             match self
                 .iface
                 .poll_egress_socket(now, &mut self.device, &mut self.sockets, handle)
             {
-                PollResult::None => return,
+                PollResult::None => break,
                 PollResult::SocketStateChanged => {}
+            }
+        }
+        self.record_deadline(now, handle);
+        visits
+    }
+
+    /// Records the next deadline smoltcp gives the socket behind `handle`.
+    fn record_deadline(&mut self, now: SmolInstant, handle: SocketHandle) {
+        let at = self.iface.poll_at_socket(now, &self.sockets, handle);
+        self.schedule.set_deadline(handle, at);
+    }
+
+    /// A turn's egress: the sockets calls touched and those whose deadline has come, or
+    /// every socket when the stack asked for that (see [`EgressSchedule`]).
+    fn egress_turn(&mut self, now: SmolInstant) {
+        let mut sockets = std::mem::take(&mut self.turn_sockets);
+        match self.schedule.take_turn(now, &mut sockets) {
+            Turn::Everything => {
+                self.stats.turn_egress_visits += self.egress_everything(now);
+            }
+            Turn::These => {
+                for &handle in &sockets {
+                    if self.tcp.contains_key(&handle) || self.udp.contains_key(&handle) {
+                        self.stats.turn_egress_visits += self.egress_socket(now, handle);
+                    }
+                }
+            }
+        }
+        sockets.clear();
+        self.turn_sockets = sockets;
+    }
+
+    /// How long the owner may sleep: until the earliest deadline of any socket.
+    fn poll_delay(&mut self, now: SmolInstant) -> Option<SmolDuration> {
+        self.schedule
+            .next_deadline()
+            .map(|at| if at > now { at - now } else { SmolDuration::ZERO })
+    }
+
+    /// Debug builds check, at the end of each turn, that no socket's deadline is earlier
+    /// than the one recorded for it: a change to a socket that was not noted
+    /// ([`StackState::touch`]) would otherwise leave it waiting until something else woke
+    /// the owner.
+    #[cfg(debug_assertions)]
+    fn check_deadlines(&mut self, now: SmolInstant) {
+        let handles: Vec<SocketHandle> = self.sockets.iter().map(|(handle, _)| handle).collect();
+        for handle in handles {
+            let actual = self.iface.poll_at_socket(now, &self.sockets, handle);
+            let recorded = self.schedule.deadline(handle);
+            if let Some(actual) = actual {
+                assert!(
+                    recorded.is_some_and(|recorded| recorded <= actual),
+                    "socket {handle} wants egress at {actual} but the schedule has {recorded:?}"
+                );
             }
         }
     }
 
     /// After a turn: finished handshakes go to their listener, closed orphans go away.
-    fn settle(&mut self) {
+    fn settle(&mut self, now: SmolInstant) {
         let mut index = 0;
         while let Some(&handle) = self.pending.get(index) {
             let socket = self.sockets.get_mut::<tcp::Socket<'static>>(handle);
@@ -893,6 +983,7 @@ impl StackState {
                 _ => {
                     // Established (or already past it): an idle connection must not time out.
                     socket.set_timeout(None);
+                    self.record_deadline(now, handle);
                     self.pending.swap_remove(index);
                     if let Some(entry) = self.tcp.get_mut(&handle)
                         && let TcpRole::Pending(id) = entry.role
@@ -963,7 +1054,7 @@ impl StackState {
                 waker.wake();
             }
         }
-        self.egress(now);
+        self.egress_everything(now);
     }
 }
 
@@ -1049,14 +1140,16 @@ async fn run_owner(
             let st = &mut *guard;
             st.stats.poll_loop_iterations += 1;
             st.iface.poll_maintenance(now);
-            st.egress(now);
-            st.settle();
+            st.egress_turn(now);
+            st.settle(now);
+            #[cfg(debug_assertions)]
+            st.check_deadlines(now);
             let out = if blocked {
                 Vec::new()
             } else {
                 st.device.take_tx()
             };
-            let delay = st.iface.poll_delay(now, &st.sockets);
+            let delay = st.poll_delay(now);
             (out, delay)
         };
 

@@ -140,6 +140,7 @@ impl TcpStream {
         let mut st = self.shared.lock();
         if let Some(socket) = st.tcp_socket(self.handle) {
             socket.set_nagle_enabled(!nodelay);
+            st.touch(self.handle);
         }
         drop(st);
         self.shared.wake_owner();
@@ -162,6 +163,7 @@ impl TcpStream {
             let interval = interval.map(|i| to_smol(i.max(Duration::from_millis(1))));
             socket.set_keep_alive(interval);
             socket.set_timeout(interval.map(|i| i * KEEPALIVE_PROBES));
+            st.touch(self.handle);
         }
         drop(st);
         self.shared.wake_owner();
@@ -218,8 +220,9 @@ impl TcpStream {
         });
         match written {
             Ok(Ok(n)) => {
-                drop(st);
                 if n > 0 {
+                    st.touch(self.handle);
+                    drop(st);
                     self.shared.wake_owner();
                 }
                 Poll::Ready(Ok(n))
@@ -238,6 +241,7 @@ impl TcpStream {
         }
         if let Some(socket) = st.tcp_socket(self.handle) {
             socket.close();
+            st.touch(self.handle);
         }
         drop(st);
         self.shared.wake_owner();
@@ -405,7 +409,13 @@ impl TcpStream {
             // send a window update (smoltcp patch 10): a reader draining a bulk transfer
             // reads thousands of times a second, and a turn of the owner for each one is
             // work and a cross-thread wake-up on the receiving path for nothing.
+            // (Only then does the read change when the socket wants egress: smoltcp's
+            // `poll_at` asks the same rule, so a read that makes no update due needs no
+            // note in the schedule either.)
             let update = socket.window_update_due();
+            if update {
+                st.touch(self.handle);
+            }
             drop(st);
             if update {
                 self.shared.wake_owner();

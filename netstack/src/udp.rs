@@ -101,6 +101,7 @@ impl UdpSocket {
         meta.local_address = Some(source.into());
         match socket.send_slice(buf, meta) {
             Ok(()) => {
+                st.touch(self.handle);
                 drop(st);
                 self.shared.wake_owner();
                 Poll::Ready(Ok(buf.len()))

@@ -1,6 +1,7 @@
-//! A bulk transfer beside many idle connections (issue #8: a funnel's TCP beside pooled,
-//! idle HTTP hop streams): the egress that follows each inbound packet looks at the
-//! packet's own connection only, and the idle connections still work.
+//! A bulk transfer, and requests and responses, beside many idle connections (issue #8: a
+//! funnel's TCP beside pooled, idle HTTP hop streams): the egress that follows each inbound
+//! packet looks at the packet's own connection only, each turn of the owner task looks at
+//! the connections that have something to do only, and the idle connections still work.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -122,6 +123,53 @@ async fn inbound_packets_do_not_visit_idle_connections() {
     }
 
     // Every idle connection still works both ways after the transfer.
+    for (i, (mut client, mut server)) in idle.into_iter().enumerate() {
+        within(10, exchange(&mut client, &mut server, i as u8)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turns_do_not_visit_idle_connections() {
+    const EXCHANGES: u64 = 200;
+    let (a, seam_a) = Netstack::new(config(A_V4)).unwrap();
+    let (b, seam_b) = Netstack::new(config(B_V4)).unwrap();
+    let _wire = MemoryWire::connect(seam_a, seam_b, Impairment::none());
+    let idle = idle_connections(&a, &b).await;
+    let listener = b.listen_tcp(BULK_PORT).unwrap();
+    let mut client = within(10, a.connect_tcp(addr(B_V4, BULK_PORT)))
+        .await
+        .unwrap();
+    let mut server = within(10, listener.accept()).await.unwrap();
+    client.set_nodelay(true);
+    server.set_nodelay(true);
+
+    let before = (settled(&a).await, settled(&b).await);
+    assert_eq!(before.0.tcp_sockets, IDLE + 1);
+    // Requests and responses, as an HTTP hop stream carries them: each one written, then
+    // waited for.
+    for i in 0..EXCHANGES {
+        within(10, exchange(&mut client, &mut server, i as u8)).await;
+    }
+    let after = (settled(&a).await, settled(&b).await);
+
+    for (name, before, after) in [("a", &before.0, &after.0), ("b", &before.1, &after.1)] {
+        let packets_out = after.packets_out - before.packets_out;
+        let visits = after.turn_egress_visits - before.turn_egress_visits;
+        let turns = after.poll_loop_iterations - before.poll_loop_iterations;
+        eprintln!("{name}: {packets_out} packets out, {visits} turn egress visits, {turns} turns");
+        assert!(turns >= EXCHANGES, "{name}: only {turns} turns for {EXCHANGES} exchanges");
+        // A turn looks at the busy connection (a round per packet it sends, and one that
+        // finds nothing more) and at most a few more sockets whose deadline came (a
+        // delayed ACK, the busy connection's timers). Visiting every socket would take 33
+        // per turn.
+        assert!(
+            visits <= packets_out + 3 * turns,
+            "{name}: {visits} socket visits in {turns} turns that sent {packets_out} packets: \
+             turns visited idle connections"
+        );
+    }
+
+    // Every idle connection still works both ways.
     for (i, (mut client, mut server)) in idle.into_iter().enumerate() {
         within(10, exchange(&mut client, &mut server, i as u8)).await;
     }

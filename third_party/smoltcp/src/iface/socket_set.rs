@@ -140,6 +140,12 @@ impl<'a> SocketSet<'a> {
     }
 
     /// The socket behind `handle` with its metadata, if the set holds one there.
+    /// Postern patch (PATCHES.md, patch 11): for `Interface::poll_at_socket`.
+    pub(crate) fn item(&self, handle: SocketHandle) -> Option<&Item<'a>> {
+        self.sockets.get(handle.0)?.inner.as_ref()
+    }
+
+    /// The socket behind `handle` with its metadata, if the set holds one there.
     /// Postern patch (PATCHES.md): for `Interface::poll_egress_socket`.
     pub(crate) fn item_mut(&mut self, handle: SocketHandle) -> Option<&mut Item<'a>> {
         self.sockets.get_mut(handle.0)?.inner.as_mut()

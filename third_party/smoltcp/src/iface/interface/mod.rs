@@ -158,6 +158,9 @@ pub struct InterfaceInner {
     /// Postern patch (PATCHES.md): the TCP socket `process_tcp` tries first, set only
     /// for the duration of `poll_ingress_single_hinted`.
     tcp_ingress_hint: Option<SocketHandle>,
+    /// Postern patch (PATCHES.md): whether the hinted socket took the last segment of a
+    /// `poll_ingress_single_hinted` (patch 11).
+    tcp_ingress_hint_taken: bool,
 }
 
 /// Configuration structure used for creating a network interface.
@@ -301,6 +304,7 @@ impl Interface {
                 slaac_updated: Instant::from_millis(0),
                 rand,
                 tcp_ingress_hint: None,
+                tcp_ingress_hint_taken: false,
             },
         }
     }
@@ -623,9 +627,49 @@ impl Interface {
         hint: SocketHandle,
     ) -> PollIngressSingleResult {
         self.inner.tcp_ingress_hint = Some(hint);
+        self.inner.tcp_ingress_hint_taken = false;
         let result = self.poll_ingress_single(timestamp, device, sockets);
         self.inner.tcp_ingress_hint = None;
         result
+    }
+
+    /// Postern patch (PATCHES.md, patch 11): whether the last
+    /// [`poll_ingress_single_hinted`](Self::poll_ingress_single_hinted) handed its packet to
+    /// the hinted socket. When it did not (no packet, not TCP, or the hinted socket did not
+    /// accept the segment), another socket may have processed it, and a caller that only
+    /// polls the hinted socket for egress must poll the others too.
+    pub fn ingress_hint_taken(&self) -> bool {
+        self.inner.tcp_ingress_hint_taken
+    }
+
+    /// Postern patch (PATCHES.md, patch 11): [`poll_at`](Self::poll_at) for the one socket
+    /// behind `handle`: when it next needs [`poll_egress`](Self::poll_egress) (or
+    /// [`poll_egress_socket`](Self::poll_egress_socket)). `None` when it waits for ingress
+    /// only, or when the set holds no socket there.
+    ///
+    /// A socket's answer changes only when the socket does: after ingress to it, egress
+    /// from it, or a call on it. So a caller that records each socket's answer after each
+    /// of those knows the earliest of them, the same instant `poll_at` computes, without
+    /// visiting every socket. Unlike `poll_at`, it leaves out the interface's own deadlines
+    /// (fragments, SLAAC), which `netstack` does not enable.
+    pub fn poll_at_socket(
+        &mut self,
+        timestamp: Instant,
+        sockets: &SocketSet<'_>,
+        handle: SocketHandle,
+    ) -> Option<Instant> {
+        self.inner.now = timestamp;
+        let item = sockets.item(handle)?;
+        let socket_poll_at = item.socket.poll_at(&mut self.inner);
+        match item.meta.poll_at(
+            socket_poll_at,
+            |ip_addr| self.inner.has_neighbor(&ip_addr),
+            timestamp,
+        ) {
+            PollAt::Ingress => None,
+            PollAt::Time(instant) => Some(instant),
+            PollAt::Now => Some(Instant::from_millis(0)),
+        }
     }
 
     /// Maintain stateful processing on the device.

@@ -35,6 +35,8 @@ impl InterfaceInner {
             && let Some(tcp_socket) = Socket::downcast_mut(&mut item.socket)
             && tcp_socket.accepts(self, &ip_repr, &tcp_repr)
         {
+            // Postern patch 11 (PATCHES.md): the caller learns that the hint took it.
+            self.tcp_ingress_hint_taken = true;
             return tcp_socket
                 .process(self, &ip_repr, &tcp_repr)
                 .map(|(ip, tcp)| Packet::new(ip, IpPayload::Tcp(tcp)));

@@ -417,10 +417,62 @@ pub fn poll_ingress_single_hinted_prefers_the_hinted_socket() {
     iface.poll_ingress_single_hinted(Instant::ZERO, &mut device, &mut sockets, second);
     assert_eq!(state(&sockets, second), tcp::State::SynReceived);
     assert_eq!(state(&sockets, first), tcp::State::Listen);
+    assert!(iface.ingress_hint_taken());
 
     // A hinted socket that does not accept the segment: the search finds the right one.
     device.rx_queue.push_back(syn(50002));
     iface.poll_ingress_single_hinted(Instant::ZERO, &mut device, &mut sockets, other_port);
     assert_eq!(state(&sockets, first), tcp::State::SynReceived);
     assert_eq!(state(&sockets, other_port), tcp::State::Listen);
+    assert!(!iface.ingress_hint_taken());
+}
+
+/// Postern patch 11 (PATCHES.md): `poll_at_socket` answers for one socket what `poll_at`
+/// answers for the set, and changes with that socket only.
+#[test]
+#[cfg(all(feature = "medium-ip", feature = "socket-tcp", feature = "proto-ipv4"))]
+pub fn poll_at_socket_is_poll_at_for_one_socket() {
+    use crate::socket::tcp;
+
+    let (mut iface, mut sockets, mut device) = setup(Medium::Ip);
+    let socket = |sockets: &mut SocketSet<'static>| {
+        sockets.add(tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 64]),
+            tcp::SocketBuffer::new(vec![0; 64]),
+        ))
+    };
+    let idle = socket(&mut sockets);
+    let connecting = socket(&mut sockets);
+    sockets
+        .get_mut::<tcp::Socket>(idle)
+        .listen(1234)
+        .unwrap();
+    let now = Instant::from_millis(100);
+
+    // Nothing to send: both wait for ingress, and so does the set.
+    assert_eq!(iface.poll_at_socket(now, &sockets, idle), None);
+    assert_eq!(iface.poll_at_socket(now, &sockets, connecting), None);
+    assert_eq!(iface.poll_at(now, &sockets), None);
+
+    // A SYN to send: that socket wants egress now; the listening one still waits.
+    sockets
+        .get_mut::<tcp::Socket>(connecting)
+        .connect(iface.context(), (Ipv4Address::new(192, 168, 1, 2), 80), 50001)
+        .unwrap();
+    assert_eq!(
+        iface.poll_at_socket(now, &sockets, connecting),
+        Some(Instant::from_millis(0))
+    );
+    assert_eq!(iface.poll_at_socket(now, &sockets, idle), None);
+    assert_eq!(iface.poll_at(now, &sockets), Some(Instant::from_millis(0)));
+
+    // Sent: it now waits for its retransmission timer, the set's earliest deadline.
+    iface.poll_egress_socket(now, &mut device, &mut sockets, connecting);
+    let at = iface.poll_at_socket(now, &sockets, connecting);
+    assert!(at.is_some_and(|at| at > now), "{at:?}");
+    assert_eq!(iface.poll_at(now, &sockets), at);
+
+    // A handle no longer in the set has no deadline.
+    sockets.remove(connecting);
+    assert_eq!(iface.poll_at_socket(now, &sockets, connecting), None);
 }

@@ -286,7 +286,11 @@ mod tests {
             schedule.set_deadline(h[0], Some(ms(i)));
             schedule.set_deadline(h[1], Some(ms(20_000 - i)));
         }
-        assert!(schedule.timers.len() <= 2 * 2 + 64 + 1, "{}", schedule.timers.len());
+        assert!(
+            schedule.timers.len() <= 2 * 2 + 64 + 1,
+            "{}",
+            schedule.timers.len()
+        );
         assert_eq!(schedule.next_deadline(), Some(ms(9_999)));
         assert_eq!(turn(&mut schedule, 10_001), (Turn::These, vec![h[0], h[1]]));
     }

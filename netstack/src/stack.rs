@@ -940,9 +940,13 @@ impl StackState {
 
     /// How long the owner may sleep: until the earliest deadline of any socket.
     fn poll_delay(&mut self, now: SmolInstant) -> Option<SmolDuration> {
-        self.schedule
-            .next_deadline()
-            .map(|at| if at > now { at - now } else { SmolDuration::ZERO })
+        self.schedule.next_deadline().map(|at| {
+            if at > now {
+                at - now
+            } else {
+                SmolDuration::ZERO
+            }
+        })
     }
 
     /// Debug builds check, at the end of each turn, that no socket's deadline is earlier

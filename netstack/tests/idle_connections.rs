@@ -157,7 +157,10 @@ async fn turns_do_not_visit_idle_connections() {
         let visits = after.turn_egress_visits - before.turn_egress_visits;
         let turns = after.poll_loop_iterations - before.poll_loop_iterations;
         eprintln!("{name}: {packets_out} packets out, {visits} turn egress visits, {turns} turns");
-        assert!(turns >= EXCHANGES, "{name}: only {turns} turns for {EXCHANGES} exchanges");
+        assert!(
+            turns >= EXCHANGES,
+            "{name}: only {turns} turns for {EXCHANGES} exchanges"
+        );
         // A turn looks at the busy connection (a round per packet it sends, and one that
         // finds nothing more) and at most a few more sockets whose deadline came (a
         // delayed ACK, the busy connection's timers). Visiting every socket would take 33

@@ -23,7 +23,10 @@
 #                  pairs of GATE_T-second runs, funnel without and with the gate
 #                  (alternating which goes first; the pairs of the gates interleaved):
 #                  each gate's cost is the median of the ratios within its pairs, reported
-#                  with their range
+#                  with their range. One run's pairs resolve about ±3 %; pool several
+#                  runs' output with bench/funnel/pairs.py (ratio of the pooled means and
+#                  a 95 % interval). bench/funnel/process_cpu.sh, against a HOLD=1 run,
+#                  gives every process's CPU per request.
 #   GATES=oidc,mtls   only these gates in the pairs (any of webhook, ip, jwt, oidc, rate,
 #                  mtls; default all); with ROUNDS=0 only these pairs are measured. With
 #                  --mesh, `webhook` also pairs the funnel over the mesh with and without

@@ -6,7 +6,7 @@
 //! owner did both at every turn, so a stack holding many idle connections (an ingress's
 //! pooled hop connections to many funnels) paid for each of them on every packet batch
 //! and every application write (issue #8: with 64 pooled hop connections, half of them
-//! idle, these visits were about 1.5 µs of each request's CPU on each side of the mesh,
+//! idle, these visits were 1 to 2 µs of each request's CPU on each side of the mesh,
 //! and more as the request rate fell).
 //!
 //! A socket needs egress only when:

@@ -8,8 +8,10 @@
 #   bench/funnel/process_cpu.sh [HOST ...]    (default: mesh meshgated, four times, alternating)
 #   S=5 (seconds per run)
 set -euo pipefail
-work="$(ls -d /tmp/funnel-bench.* | head -1)"
-pid="$(pgrep -f 'postern-ingress serve' | head -1)"
+die() { echo "process_cpu.sh: $*" >&2; exit 1; }
+work="$(ls -d /tmp/funnel-bench.* 2>/dev/null | head -1)" || true
+pid="$(pgrep -f 'postern-ingress serve' | head -1)" || true
+[ -n "$work" ] && [ -n "$pid" ] || die "no held bench: start HOLD=1 bench/funnel/run.sh --mesh first"
 secret="$(tr '\0' '\n' <"/proc/$pid/environ" | sed -n 's/^BENCH_GH_SECRET=//p')"
 seconds="${S:-5}"
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -21,8 +23,9 @@ hosts=("$@")
 snapshot() {
     for stat in /proc/[0-9]*/stat; do
         # fields after the ")" of the command name: utime is the 12th, stime the 13th
-        sed -n 's/^[0-9]* (\(.*\)) \(.*\)$/\1 \2/p' "$stat" 2>/dev/null | awk '{print $1, $13 + $14}'
-    done | awk '{t[$1] += $2} END {for (k in t) print k, t[k]}' | sort
+        # (a process may exit between the glob and the read: skip it)
+        sed -n 's/^[0-9]* (\(.*\)) \(.*\)$/\1 \2/p' "$stat" 2>/dev/null || true
+    done | awk '{t[$1] += $13 + $14} END {for (k in t) print k, t[k]}' | sort
 }
 hz="$(getconf CLK_TCK)"
 for host in "${hosts[@]}"; do
@@ -33,6 +36,7 @@ for host in "${hosts[@]}"; do
         "$work/body.json" "$signature" "cpu$RANDOM" "" ""; } 2>&1)"
     snapshot >"$work/cpu.after"
     requests="$(echo "$out" | sed -n 's/^RESULT requests=\([0-9]*\).*/\1/p')"
+    [ -n "$requests" ] && [ "$requests" -gt 0 ] || die "wrk measured nothing for $host: $out"
     wrk_us="$(echo "$out" | awk '/^WRKCPU/ {print ($2 + $3) * 1e6}')"
     printf '%-10s req/s=%6d ' "$host" $((requests / seconds))
     join "$work/cpu.before" "$work/cpu.after" | awk -v r="$requests" -v w="$wrk_us" -v hz="$hz" '

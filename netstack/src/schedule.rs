@@ -21,10 +21,11 @@
 //!
 //! A socket's deadline changes only on those same events, so recording it after each of
 //! them keeps the earliest deadline of the stack known without asking the others. What
-//! the stack cannot pin to one socket (a packet no known connection took, a listener
-//! going away, shutting down) asks for the old full pass
-//! ([`touch_all`](EgressSchedule::touch_all)), after which every deadline is recorded
-//! afresh.
+//! the stack cannot pin to one socket (a packet no known connection took, shutting down)
+//! gets the old full pass at once, after which every deadline is recorded afresh; a
+//! listener going away touches each connection it resets. A turn falls back to the full
+//! pass itself only when more sockets were touched since the last one than it remembers
+//! ([`MAX_TOUCHED`]).
 //!
 //! The deadlines are kept in a map (the current one per socket) and a heap ordered by
 //! time; a heap entry the map no longer agrees with is stale and skipped, so updating a
@@ -77,9 +78,8 @@ impl EgressSchedule {
         self.touched.push(handle);
     }
 
-    /// Asks the next turn to visit every socket: for changes the stack cannot pin to
-    /// sockets of its own knowing.
-    pub(crate) fn touch_all(&mut self) {
+    /// Makes the next turn visit every socket (too many touched to remember one by one).
+    fn touch_all(&mut self) {
         self.everything = true;
         self.touched.clear();
     }

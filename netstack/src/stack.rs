@@ -84,8 +84,9 @@ pub struct NetstackStats {
     pub inbound_egress_visits: u64,
     /// Sockets looked at by the egress at the end of each turn of the owner task: the
     /// sockets that calls changed and those whose deadline came, each once per round (as
-    /// above), or every socket per round when the turn needed a full pass (after a packet
-    /// no known connection took, or a listener closing). Idle connections are not visited.
+    /// above), or every socket per round when more than 1,024 sockets were touched since
+    /// the turn before (then a full pass is cheaper to track). Idle connections are not
+    /// visited.
     pub turn_egress_visits: u64,
     /// Runs of in-order TCP segments joined into one before smoltcp processed them
     /// ([`NetstackConfig::receive_coalescing`]).
